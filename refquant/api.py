@@ -25,7 +25,7 @@ def check_floats(x, fmt: Format, what: str = "x") -> np.ndarray:
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         row, col = idx[:-1], idx[-1]
-        raise InputError(f"{fmt.name}: {what} has a non-finite value {x[idx]!r} at row {row if len(row) != 1 else row[0]}, "
+        raise InputError(f"{fmt.name}: {what} has a non-finite value {float(x[idx])} at row {row if len(row) != 1 else row[0]}, "
                          f"column {col}; ggml's output for NaN and Inf is undefined, so refquant refuses it")
     return x
 
@@ -43,7 +43,7 @@ def check_imatrix(imatrix, fmt: Format, n: int):
     bad = ~np.isfinite(im)
     if bad.any():
         i = int(np.argwhere(bad)[0][0])
-        raise InputError(f"{fmt.name}: imatrix has a non-finite value {im[i]!r} at column {i}")
+        raise InputError(f"{fmt.name}: imatrix has a non-finite value {float(im[i])} at column {i}")
     return np.ascontiguousarray(im)
 
 

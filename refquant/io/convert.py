@@ -1,0 +1,86 @@
+"""Whole-file conversions of GGUF models, tensor by tensor.
+
+    dequantize_file(IN, OUT, "F32")   every tensor decoded to F32 (or F16, BF16)
+    quantize_file(IN, OUT, "Q8_0")    every quantizable weight in one type; the rest kept
+
+A weight is quantizable when it has two or more dimensions and its rows are a whole number of
+the type's blocks; other tensors (norms, biases) are written as they are.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..backend import get_backend
+from ..errors import FileFormatError, FormatError
+from ..registry import get_format
+from .gguf import GGUFFile, KV, TensorInfo, write_gguf
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
+FILE_TYPE_KEY = "general.file_type"
+# llama.cpp's LLAMA_FTYPE_* ids for files whose weights are all of one ggml type
+FILE_TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "BF16": 32}
+
+
+def _with_file_type(kvs: list[KV], name: str) -> list[KV]:
+    from gguf import GGUFValueType
+    out = [kv for kv in kvs]
+    ftype = FILE_TYPE_IDS.get(name)
+    for i, kv in enumerate(out):
+        if kv.key == FILE_TYPE_KEY:
+            if ftype is None:
+                del out[i]
+            else:
+                out[i] = KV(FILE_TYPE_KEY, GGUFValueType.UINT32, ftype)
+            return out
+    if ftype is not None:
+        out.append(KV(FILE_TYPE_KEY, GGUFValueType.UINT32, ftype))
+    return out
+
+
+def dequantize_file(src_path, dst_path, out_type: str = "F32", backend: str = "numpy",
+                    progress: Optional[Callable[[TensorInfo], None]] = None) -> None:
+    out_type = out_type.upper()
+    if out_type not in FLOAT_TYPES:
+        raise FormatError(f"dequantize writes F32, F16 or BF16, not {out_type!r}")
+    be = get_backend(backend)
+    fmt = get_format(out_type)
+    with GGUFFile(src_path) as src:
+        infos = [TensorInfo(t.name, fmt.ggml_type, t.shape) for t in src.tensors]
+
+        def data(t: TensorInfo):
+            x = src.dequantize(t.name)
+            return be.quantize(x.reshape(-1, x.shape[-1] if x.ndim else 1), fmt)
+
+        write_gguf(dst_path, _with_file_type(src.kvs, out_type), infos, data, progress)
+
+
+def is_quantizable(t: TensorInfo, block_size: int) -> bool:
+    return len(t.shape) >= 2 and t.shape[-1] % block_size == 0
+
+
+def quantize_file(src_path, dst_path, qtype: str, imatrix: Optional[dict[str, np.ndarray]] = None,
+                  backend: str = "numpy", progress: Optional[Callable[[TensorInfo], None]] = None) -> None:
+    """Quantize every quantizable weight of a float GGUF model to `qtype`."""
+    fmt = get_format(qtype)
+    if not fmt.can_quantize or fmt.ggml_type is None:
+        raise FormatError(f"{fmt.name} is not a GGUF type refquant can quantize to")
+    be = get_backend(backend)
+    with GGUFFile(src_path) as src:
+        for t in src.tensors:
+            if t.type_name not in FLOAT_TYPES:
+                raise FileFormatError(f"{src_path}: tensor {t.name!r} is already quantized ({t.type_name}); "
+                                      f"dequantize the model first (refquant dequantize IN OUT)")
+        infos = [TensorInfo(t.name, fmt.ggml_type if is_quantizable(t, fmt.block_size) else t.ggml_type, t.shape)
+                 for t in src.tensors]
+
+        def data(t: TensorInfo):
+            if t.ggml_type != fmt.ggml_type:
+                return src.raw(t.name)
+            x = src.dequantize(t.name)
+            rows = x.reshape(-1, x.shape[-1])
+            im = None if imatrix is None else imatrix.get(t.name)
+            return be.quantize(rows, fmt, im)
+
+        write_gguf(dst_path, _with_file_type(src.kvs, fmt.name), infos, data, progress)

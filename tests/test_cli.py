@@ -1,0 +1,106 @@
+"""The refquant command line: inspect, dequantize, quantize, and its handling of bad input."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import refquant
+from refquant.cli import main
+from refquant.io.gguf import GGUFFile
+from refquant.models import smollm2_path
+from test_gguf_io import small_model
+
+
+@pytest.fixture
+def model(tmp_path):
+    p = tmp_path / "m.gguf"
+    small_model(p)
+    return p
+
+
+def test_inspect_real_model(capsys):
+    assert main(["inspect", str(smollm2_path())]) == 0
+    out = capsys.readouterr().out
+    assert "GGUF v3, 33 metadata keys, 272 tensors" in out
+    assert "general.architecture" in out and "'llama'" in out
+    line = next(l for l in out.splitlines() if l.strip().startswith("blk.0.ffn_down.weight"))
+    assert line.split()[1:] == ["Q4_1", "[576,", "1536]", "552,960", "5.00"]
+
+
+def test_dequantize_then_quantize(model, tmp_path, ggml):
+    f32 = tmp_path / "f32.gguf"
+    assert main(["dequantize", str(model), str(f32), "--no-progress"]) == 0
+    with GGUFFile(model) as a, GGUFFile(f32) as b:
+        assert [t.type_name for t in b.tensors] == ["F32", "F32"]
+        np.testing.assert_array_equal(b.dequantize("a.weight"), a.dequantize("a.weight"))
+        assert b.get("general.file_type") == 0
+    q = tmp_path / "q5.gguf"
+    assert main(["quantize", str(f32), str(q), "--type", "q5_1", "--no-progress"]) == 0
+    with GGUFFile(f32) as a, GGUFFile(q) as b:
+        assert [t.type_name for t in b.tensors] == ["Q5_1", "F32"]  # the 1-D norm stays F32
+        x = a.dequantize("a.weight")
+        np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), ggml.quantize(x, "Q5_1"))
+        assert b.get("general.file_type") == 9
+
+
+@pytest.mark.parametrize("out_type", ["F16", "BF16"])
+def test_dequantize_to_half_types(model, tmp_path, out_type):
+    out = tmp_path / "h.gguf"
+    assert main(["dequantize", str(model), str(out), "--type", out_type.lower(), "--no-progress"]) == 0
+    with GGUFFile(model) as a, GGUFFile(out) as b:
+        x = a.dequantize("a.weight")
+        np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), refquant.quantize(x, out_type))
+
+
+def one_line_error(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refquant: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_files_give_one_line_and_status_2(model, tmp_path, capsys):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGML" + bytes(100))
+    assert "bad magic" in one_line_error(capsys, ["inspect", str(bad)])
+    bad.write_bytes(model.read_bytes()[:-100])
+    assert "past the end of the file" in one_line_error(capsys, ["dequantize", str(bad), str(tmp_path / "o.gguf")])
+    assert not (tmp_path / "o.gguf").exists()
+    assert "unknown format 'Q9_9'" in one_line_error(capsys, ["quantize", str(model), str(tmp_path / "o.gguf"),
+                                                              "--type", "Q9_9"])
+
+
+def test_quantized_input_is_refused(model, tmp_path, capsys):
+    err = one_line_error(capsys, ["quantize", str(model), str(tmp_path / "o.gguf"), "--type", "Q8_0"])
+    assert "tensor 'a.weight' is already quantized (Q8_0)" in err
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_interrupted_write_leaves_no_file(model, tmp_path, monkeypatch, capsys):
+    f32 = tmp_path / "f32.gguf"
+    main(["dequantize", str(model), str(f32), "--no-progress"])
+    import refquant.cli as cli
+
+    class Interrupting(cli.Progress):
+        def __call__(self, item=None):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "Progress", Interrupting)
+    out = tmp_path / "q.gguf"
+    assert main(["quantize", str(f32), str(out), "--type", "Q4_0"]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f32.gguf", "m.gguf"]
+
+
+def test_module_entry_point_runs(model):
+    r = subprocess.run([sys.executable, "-m", "refquant.cli", "inspect", str(model)], capture_output=True, text=True)
+    assert r.returncode == 0 and "a.weight" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "refquant.cli", "inspect", str(model) + ".missing"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_formats_command(capsys):
+    assert main(["formats"]) == 0
+    out = capsys.readouterr().out
+    assert any(l.split()[:4] == ["Q4_0", "ggml-legacy", "32", "18"] for l in out.splitlines())

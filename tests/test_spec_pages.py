@@ -1,0 +1,47 @@
+"""Every registered format has a spec page, and the page agrees with the registry."""
+import re
+from pathlib import Path
+
+import pytest
+
+import refquant
+
+SPEC = Path(__file__).resolve().parent.parent / "spec"
+FORMATS = refquant.formats()
+
+
+def table_value(text: str, label: str):
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].lower().startswith(label):
+            m = re.search(r"\d+(\.\d+)?", cells[1])
+            return float(m.group(0)) if m else None
+    return None
+
+
+@pytest.mark.parametrize("rec", FORMATS, ids=[r["name"] for r in FORMATS])
+def test_page_exists_and_agrees(rec):
+    assert rec["spec_page"], f"{rec['name']} names no spec page"
+    page = SPEC / rec["spec_page"]
+    assert page.is_file(), f"{rec['name']}: {page} is missing"
+    text = page.read_text()
+    assert text.startswith(f"# {rec['name']}"), f"{page} must start with '# {rec['name']}'"
+    assert table_value(text, "block size") == rec["block_size"], page
+    assert table_value(text, "bytes per block") == rec["type_size"], page
+    bpw = table_value(text, "bits per weight")
+    assert bpw is not None and abs(bpw - rec["bits_per_weight"]) < 1e-3, page
+    for section in ("## Layout",):
+        assert section in text, f"{page} lacks a '{section}' section"
+
+
+def test_index_lists_every_format():
+    index = (SPEC / "README.md").read_text()
+    for rec in FORMATS:
+        assert f"({rec['spec_page']})" in index, f"spec/README.md does not link {rec['spec_page']}"
+
+
+def test_no_orphan_pages():
+    pages = {str(p.relative_to(SPEC)) for p in (SPEC / "ggml").glob("*.md")}
+    named = {r["spec_page"] for r in FORMATS}
+    extra = {p for p in pages - named if p not in ("ggml/recipes.md",)}
+    assert not extra, f"pages for no registered format: {sorted(extra)}"
