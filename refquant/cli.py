@@ -3,6 +3,7 @@
     refquant inspect FILE.gguf                          metadata and tensor table
     refquant dequantize IN.gguf OUT.gguf [--type F32|F16|BF16]
     refquant quantize IN.gguf OUT.gguf --type Q8_0      one type for every quantizable weight
+    refquant conformance --backend NAME                 the conformance suite against a backend
     refquant formats                                    the registered formats
 
 Bad input gives one line on stderr and exit status 2; an interrupted or failed write leaves no
@@ -101,6 +102,14 @@ def cmd_formats(args) -> int:
     return 0
 
 
+def cmd_conformance(args) -> int:
+    from .conformance.suite import run
+    formats = [f.strip() for f in args.formats.split(",")] if args.formats else None
+    report = run(args.backend, max_examples=args.max_examples, seed=args.seed, formats=formats)
+    print(report.matrix())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refquant", description="Bit-exact LLM quantization formats.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -129,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--type", required=True, help="ggml type for every quantizable weight (e.g. Q8_0)")
     progress_flags(s)
     s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("conformance", help="run the conformance suite against a backend")
+    s.add_argument("--backend", default="numpy",
+                   help="a registered backend name or a 'module:object' path (default: numpy)")
+    s.add_argument("--max-examples", type=int, default=100, help="Hypothesis examples per check")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--formats", help="comma-separated formats (default: all)")
+    s.set_defaults(func=cmd_conformance)
 
     s = sub.add_parser("formats", help="list the registered formats")
     s.set_defaults(func=cmd_formats)

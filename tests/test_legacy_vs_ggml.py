@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refquant
-from refquant.conformance.strategies import float_rows, importance
+from refquant.conformance.strategies import float_rows, importance, tie_grids_for
 
 CHUNK_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
@@ -18,7 +18,7 @@ def bits(a):
 @pytest.mark.parametrize("qtype", CHUNK_TYPES)
 @given(data=st.data())
 def test_quantize_matches_ggml(ggml, qtype, data):
-    x = data.draw(float_rows(32))
+    x = data.draw(float_rows(32, tie_grids=tie_grids_for(qtype)))
     ours = refquant.quantize(x, qtype)
     np.testing.assert_array_equal(ours, ggml.quantize(x, qtype))
 
@@ -26,13 +26,13 @@ def test_quantize_matches_ggml(ggml, qtype, data):
 @pytest.mark.parametrize("qtype", IMATRIX_TYPES)
 @given(data=st.data())
 def test_quantize_with_imatrix_matches_ggml(ggml, qtype, data):
-    x = data.draw(float_rows(32))
+    x = data.draw(float_rows(32, tie_grids=tie_grids_for(qtype)))
     im = data.draw(importance(x.shape[1]))
     ours = refquant.quantize(x, qtype, imatrix=im)
     np.testing.assert_array_equal(ours, ggml.quantize(x, qtype, im))
 
 
-@given(x=float_rows(32))
+@given(x=float_rows(32, tie_grids=tie_grids_for("Q8_1")))
 def test_q8_1_matches_quantize_row_ref(ggml, x):
     np.testing.assert_array_equal(refquant.quantize(x, "Q8_1"), ggml.quantize_row_ref(x, "Q8_1"))
 

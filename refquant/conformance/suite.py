@@ -1,0 +1,225 @@
+"""The conformance suite: any backend against the spec, generated from the format registry.
+
+For every format in the registry and every operation, a backend either claims it — and is then
+run on Hypothesis-generated inputs and compared with the spec — or does not, and the spec is
+what callers get. Encode/decode operations must be bit-exact. A failure is reported with the
+smallest failing block and a snippet that reproduces it.
+
+    from refquant.conformance.suite import run
+    report = run("numba", max_examples=100, seed=0)
+    print(report.matrix())
+"""
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hseed
+from hypothesis import strategies as st
+
+from ..backend import SPEC, Backend, get_backend
+from ..registry import IMATRIX_NONE, Format, all_formats
+from .strategies import float_rows, importance, tie_grids_for
+
+EXACT, FAIL, NOT_CLAIMED, ERROR = "exact", "FAIL", "not claimed", "ERROR"
+
+# (operation label, backend operation, uses an importance matrix)
+CHECKS = (("quantize", "quantize", False), ("quantize+imatrix", "quantize", True), ("dequantize", "dequantize", False))
+
+
+@dataclass
+class Failure:
+    fmt: str
+    check: str
+    message: str
+    snippet: str
+
+
+@dataclass
+class Report:
+    backend: str
+    results: dict = field(default_factory=dict)   # (format, check) -> status
+    failures: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(s in (FAIL, ERROR) for s in self.results.values())
+
+    def matrix(self) -> str:
+        fmts = sorted({f for f, _ in self.results}, key=_format_order)
+        cols = [c for c, _, _ in CHECKS]
+        w = max([len(f) for f in fmts] + [6])
+        lines = [f"conformance of backend {self.backend!r} against the spec",
+                 f"{'format':<{w}}  " + "  ".join(f"{c:<16}" for c in cols)]
+        for f in fmts:
+            lines.append(f"{f:<{w}}  " + "  ".join(f"{self.results.get((f, c), '-'):<16}" for c in cols))
+        n = {s: sum(1 for v in self.results.values() if v == s) for s in (EXACT, FAIL, ERROR, NOT_CLAIMED)}
+        lines.append(f"\n{n[EXACT]} exact, {n[FAIL]} failed, {n[ERROR]} errors, {n[NOT_CLAIMED]} not claimed")
+        for fl in self.failures:
+            lines.append(f"\nFAIL {fl.fmt} {fl.check}: {fl.message}\nreproduce with:\n{textwrap.indent(fl.snippet, '    ')}")
+        return "\n".join(lines)
+
+
+_ORDER = {f.name: i for i, f in enumerate(all_formats())}
+
+
+def _format_order(name):
+    return _ORDER.get(name, 1 << 30)
+
+
+def _array_literal(a: np.ndarray) -> str:
+    if a.dtype == np.float32:
+        # exact: float32 values written by their bit patterns
+        return f"np.array({a.view(np.uint32).tolist()}, dtype=np.uint32).view(np.float32).reshape({a.shape})"
+    return f"np.array({a.tolist()}, dtype=np.{a.dtype}).reshape({a.shape})"
+
+
+def _first_bad_block(ours: np.ndarray, theirs: np.ndarray, unit: int) -> int:
+    a = ours.reshape(-1, unit)
+    b = theirs.reshape(-1, unit)
+    if a.dtype == np.float32:
+        bad = np.any(a.view(np.uint32) != b.view(np.uint32), axis=1)
+    else:
+        bad = np.any(a != b, axis=1)
+    return int(np.argmax(bad))
+
+
+def _check_quantize(backend: Backend, ref: str, fmt: Format, with_imatrix: bool, max_examples: int, seed: int):
+    found = {}
+
+    @hseed(seed)
+    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=False,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def prop(data):
+        x = data.draw(float_rows(fmt.block_size, max_rows=2, max_blocks=4 if fmt.block_size <= 32 else 2,
+                                 tie_grids=tie_grids_for(fmt.name)))
+        im = data.draw(importance(x.shape[1])) if with_imatrix else None
+        if im is None and fmt.needs_imatrix:
+            im = np.ones(x.shape[1], np.float32)
+        want = SPEC.quantize(x, fmt, im)
+        got = backend.quantize(x, fmt, im)
+        if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(got, want):
+            found["case"] = (x, im, got, want)
+            raise AssertionError("mismatch")
+
+    try:
+        prop()
+        return EXACT, None
+    except Exception as e:  # noqa: BLE001 - every failure becomes a report line
+        if "case" not in found:
+            return ERROR, Failure(fmt.name, "quantize", f"{type(e).__name__}: {e}", "")
+    x, im, got, want = found["case"]
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return FAIL, Failure(fmt.name, "quantize", f"returned {got.dtype}{got.shape}, expected {want.dtype}{want.shape}", "")
+    # narrow the failure to one block, run alone (whole rows when the imatrix path needs the row)
+    blk = _first_bad_block(got, want, fmt.type_size)
+    nb = x.shape[1] // fmt.block_size
+    row, col = divmod(blk, nb)
+    xs, ims = x[row:row + 1], im
+    if im is None:
+        single = x.reshape(-1, fmt.block_size)[blk:blk + 1]
+        if not np.array_equal(backend.quantize(single, fmt), SPEC.quantize(single, fmt)):
+            xs, col = single, 0
+    w0, g0 = SPEC.quantize(xs, fmt, ims), backend.quantize(xs, fmt, ims)
+    at = col * fmt.type_size
+    msg = (f"block {col} of a {xs.shape[0]}x{xs.shape[1]} input: bytes {g0.reshape(-1)[at:at + fmt.type_size].tolist()} "
+           f"where the spec gives {w0.reshape(-1)[at:at + fmt.type_size].tolist()}")
+    im_arg = "" if ims is None else f", imatrix=im"
+    snippet = "\n".join([
+        "import numpy as np, refquant",
+        f"x = {_array_literal(xs)}",
+        *([f"im = {_array_literal(ims)}"] if ims is not None else []),
+        f"ours = refquant.get_backend({ref!r}).quantize(x, {fmt.name!r}{im_arg})",
+        f"spec = refquant.quantize(x, {fmt.name!r}{im_arg})",
+        "print(np.flatnonzero(ours != spec))",
+    ])
+    return FAIL, Failure(fmt.name, "quantize+imatrix" if with_imatrix else "quantize", msg, snippet)
+
+
+def _check_dequantize(backend: Backend, ref: str, fmt: Format, max_examples: int, seed: int):
+    found = {}
+
+    @hseed(seed)
+    @settings(max_examples=max_examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def prop(data):
+        nblocks = data.draw(st.integers(1, 8))
+        if fmt.can_quantize and data.draw(st.booleans()):
+            # bytes a quantizer writes (realistic scales) ...
+            x = data.draw(float_rows(fmt.block_size, max_rows=1, max_blocks=nblocks))
+            raw = SPEC.quantize(x, fmt, np.ones(x.shape[1], np.float32) if fmt.needs_imatrix else None).reshape(-1)
+        else:
+            # ... or any bytes at all (NaN/inf scales, every code)
+            raw = np.frombuffer(data.draw(st.binary(min_size=nblocks * fmt.type_size,
+                                                    max_size=nblocks * fmt.type_size)), np.uint8).copy()
+        want = SPEC.dequantize(raw, fmt)
+        got = backend.dequantize(raw, fmt)
+        if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(
+                got.view(np.uint32), want.view(np.uint32)):
+            found["case"] = (raw, got, want)
+            raise AssertionError("mismatch")
+
+    try:
+        prop()
+        return EXACT, None
+    except Exception as e:  # noqa: BLE001
+        if "case" not in found:
+            return ERROR, Failure(fmt.name, "dequantize", f"{type(e).__name__}: {e}", "")
+    raw, got, want = found["case"]
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return FAIL, Failure(fmt.name, "dequantize", f"returned {got.dtype}{got.shape}, expected {want.dtype}{want.shape}", "")
+    blk = _first_bad_block(got.reshape(-1), want.reshape(-1), fmt.block_size)
+    block = raw.reshape(-1, fmt.type_size)[blk:blk + 1].reshape(-1).copy()
+    g1, w1 = backend.dequantize(block, fmt), SPEC.dequantize(block, fmt)
+    if np.array_equal(g1.view(np.uint32), w1.view(np.uint32)):
+        block = raw  # fails only in context: report the whole input
+        g1, w1 = got, want
+    diff = np.flatnonzero(g1.view(np.uint32) != w1.view(np.uint32))
+    i = int(diff[0])
+    msg = f"element {i} of a {block.size}-byte input decodes to {float(g1[i])!r}, the spec gives {float(w1[i])!r}"
+    snippet = "\n".join([
+        "import numpy as np, refquant",
+        f"data = {_array_literal(block)}",
+        f"ours = refquant.get_backend({ref!r}).dequantize(data, {fmt.name!r})",
+        f"spec = refquant.dequantize(data, {fmt.name!r})",
+        "print(np.flatnonzero(ours.view(np.uint32) != spec.view(np.uint32)))",
+    ])
+    return FAIL, Failure(fmt.name, "dequantize", msg, snippet)
+
+
+def run(backend, max_examples: int = 100, seed: int = 0, formats: Optional[list[str]] = None,
+        checks: Optional[list[str]] = None) -> Report:
+    """Run every check the registry generates against `backend` (a name, a 'module:object' path
+    or a Backend)."""
+    be = get_backend(backend) if not isinstance(backend, Backend) else backend
+    ref = backend if isinstance(backend, str) else be.name  # how the snippets name it
+    report = Report(ref)
+    wanted = None if formats is None else {f.upper() for f in formats}
+    for fmt in all_formats():
+        if wanted is not None and fmt.name not in wanted:
+            continue
+        for label, op, with_im in CHECKS:
+            if checks is not None and label not in checks:
+                continue
+            possible = fmt.can_quantize if op == "quantize" else fmt.can_dequantize
+            if with_im and fmt.imatrix == IMATRIX_NONE:
+                possible = False
+            if not possible:
+                continue
+            if not be.supports(op, fmt):
+                report.results[(fmt.name, label)] = NOT_CLAIMED
+                continue
+            if op == "quantize":
+                status, failure = _check_quantize(be, ref, fmt, with_im, max_examples, seed)
+            else:
+                status, failure = _check_dequantize(be, ref, fmt, max_examples, seed)
+            report.results[(fmt.name, label)] = status
+            if failure is not None:
+                failure.check = label
+                report.failures.append(failure)
+    return report
