@@ -4,6 +4,7 @@
     refquant dequantize IN.gguf OUT.gguf [--type F32|F16|BF16]
     refquant quantize IN.gguf OUT.gguf --type Q8_0      one type for every quantizable weight
     refquant conformance --backend NAME                 the conformance suite against a backend
+    refquant vectors --out DIR                          golden test vectors per format
     refquant formats                                    the registered formats
 
 Bad input gives one line on stderr and exit status 2; an interrupted or failed write leaves no
@@ -110,6 +111,14 @@ def cmd_conformance(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_vectors(args) -> int:
+    from .conformance.vectors import write_vectors
+    formats = [f.strip() for f in args.formats.split(",")] if args.formats else None
+    paths = write_vectors(args.out, formats)
+    print(f"wrote {len(paths)} files under {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refquant", description="Bit-exact LLM quantization formats.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -146,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--formats", help="comma-separated formats (default: all)")
     s.set_defaults(func=cmd_conformance)
+
+    s = sub.add_parser("vectors", help="write golden test vectors (.npy, .json, .gguf) per format")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--formats", help="comma-separated formats (default: every quantizable GGUF format)")
+    s.set_defaults(func=cmd_vectors)
 
     s = sub.add_parser("formats", help="list the registered formats")
     s.set_defaults(func=cmd_formats)

@@ -34,10 +34,23 @@ def test_page_exists_and_agrees(rec):
         assert section in text, f"{page} lacks a '{section}' section"
 
 
-def test_index_lists_every_format():
-    index = (SPEC / "README.md").read_text()
+def index_rows():
+    rows = {}
+    for line in (SPEC / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[4].startswith("[") and cells[2].isdigit():
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_index_lists_every_format_as_the_registry_has_it():
+    rows = index_rows()
     for rec in FORMATS:
-        assert f"({rec['spec_page']})" in index, f"spec/README.md does not link {rec['spec_page']}"
+        assert rec["name"] in rows, f"spec/README.md has no row for {rec['name']}"
+        name, family, block, size, bpw, link = rows[rec["name"]]
+        assert (family, int(block), int(size)) == (rec["family"], rec["block_size"], rec["type_size"]), name
+        assert abs(float(bpw) - rec["bits_per_weight"]) < 1e-3, name
+        assert f"({rec['spec_page']})" in link, name
 
 
 def test_no_orphan_pages():

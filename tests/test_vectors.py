@@ -1,0 +1,53 @@
+"""The committed golden vectors match what the code writes now, and what ggml writes."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import refquant
+from refquant.conformance.vectors import build, write_vectors
+
+VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+COMMITTED = sorted(p.name for p in VECTORS.iterdir() if p.is_dir())
+
+
+def test_every_quantizable_gguf_format_has_vectors():
+    from refquant.conformance.vectors import vector_formats
+    assert sorted(vector_formats()) == COMMITTED
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_vectors_are_current(name):
+    arrays = build(name)
+    d = VECTORS / name
+    assert sorted(p.stem for p in d.glob("*.npy")) == sorted(arrays)
+    for key, a in arrays.items():
+        committed = np.load(d / f"{key}.npy")
+        assert committed.dtype == a.dtype and committed.shape == a.shape, (name, key)
+        assert committed.tobytes() == a.tobytes(), f"{name}/{key}.npy is stale: run refquant vectors --out spec/vectors"
+    doc = json.loads((d / "vectors.json").read_text())
+    assert doc["encoded"] == [r.tobytes().hex() for r in arrays["encoded"]]
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_vectors_are_ggmls_bytes(name, ggml):
+    d = VECTORS / name
+    x = np.load(d / "input.npy")
+    enc = np.load(d / "encoded.npy")
+    fmt = refquant.get_format(name)
+    theirs = ggml.quantize_row_ref(x, name) if name in ("Q8_1", "Q8_K") else ggml.quantize(x, name)
+    np.testing.assert_array_equal(enc, theirs)
+    if (d / "encoded_imatrix.npy").exists():
+        np.testing.assert_array_equal(np.load(d / "encoded_imatrix.npy"), ggml.quantize(x, name, np.load(d / "imatrix.npy")))
+    if name not in ("Q8_1",) and fmt.can_dequantize and name != "F32":
+        dec = np.load(d / "decoded.npy")
+        np.testing.assert_array_equal(dec.view(np.uint32), ggml.dequantize(enc, name).view(np.uint32))
+
+
+def test_vectors_gguf_reads_back(tmp_path):
+    from refquant.io.gguf import GGUFFile
+    write_vectors(tmp_path, ["Q4_0", "Q8_0"])
+    with GGUFFile(tmp_path / "vectors.gguf") as f:
+        assert [t.name for t in f.tensors] == ["Q4_0", "Q8_0"]
+        np.testing.assert_array_equal(np.asarray(f.raw("Q4_0")), np.load(tmp_path / "Q4_0" / "encoded.npy"))
