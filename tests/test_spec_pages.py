@@ -38,7 +38,7 @@ def index_rows():
     rows = {}
     for line in (SPEC / "README.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and cells[4].startswith("[") and cells[2].isdigit():
+        if len(cells) == 6 and cells[5].startswith("[") and cells[2].isdigit():
             rows[cells[0]] = cells
     return rows
 
