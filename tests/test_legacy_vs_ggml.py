@@ -74,3 +74,15 @@ def test_large_matrix_matches(ggml, qtype):
         return
     np.testing.assert_array_equal(refquant.quantize(x, qtype), ggml.quantize(x, qtype))
     np.testing.assert_array_equal(refquant.quantize(x, qtype, im), ggml.quantize(x, qtype, im))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q5_1"])
+def test_weighted_sums_keep_negative_zero(ggml, qtype):
+    """make_qkx3_quants starts its sums from the first term: a block of -0s whose only weight is
+    on a -0 keeps sum_x = -0, and the stored minimum comes out as -0 (found by the thorough profile)."""
+    x = np.zeros((2, 64), np.float32)
+    x[1, 32] = -233.34447
+    x[1, 33:] = -0.0
+    im = np.zeros(64, np.float32)
+    im[33] = 1
+    np.testing.assert_array_equal(refquant.quantize(x, qtype, im), ggml.quantize(x, qtype, im))

@@ -89,8 +89,10 @@ def make_qkx3_quants(x: np.ndarray, nmax: int, weights: np.ndarray | None, rmin:
     vmin = c_min(x)
     vmin = np.where(vmin > 0, F32(0), vmin)  # `if (min > 0) min = 0;`
     vmax = c_max(x)
-    sum_w = seq_sum(w)
-    sum_x = seq_sum(w * x)
+    # `float sum_w = w[0]; float sum_x = sum_w * x[0];` then += from i = 1: the sums start
+    # from the first term, not from +0 (which would turn a -0 sum into +0)
+    sum_w = seq_sum(w[:, 1:], start=w[:, 0])
+    sum_x = seq_sum((w * x)[:, 1:], start=w[:, 0] * x[:, 0])
     flat = vmax <= vmin  # all equal (and <= 0): L = 0, scale 0
     vmax = np.where(flat, vmin + F32(1), vmax)
 
