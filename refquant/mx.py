@@ -265,12 +265,15 @@ FP4_MAX = F32(6.0)
 
 
 def nvfp4_global_scale(x: np.ndarray) -> np.float32:
-    """compressed-tensors' generate_gparam over the whole tensor: 448 * 6 / amax in float32, with
+    """compressed-tensors' generate_gparam over the whole tensor: 448 * 6 / amax in float32 (as
+    (1 / amax) * 2688, the way torch divides a number by a tensor), with
     amax = max(|min(x, 0)|, max(x, 0)) clamped below at 2^-126; Inf (or NaN) becomes 1.0."""
     amax = max(abs(min(F32(x.min()), F32(0))), max(F32(x.max()), F32(0)))
     amax = max(F32(amax), FLT_MIN_NORMAL)
-    with np.errstate(over="ignore"):
-        gs = F32(2688.0) / F32(amax)                     # 448.0 * 6.0 is exact
+    with np.errstate(over="ignore", divide="ignore"):
+        # `2688.0 / tensor` is torch's __rtruediv__: tensor.reciprocal() * 2688.0, two float32
+        # roundings (448.0 * 6.0 = 2688.0 is exact)
+        gs = (F32(1.0) / F32(amax)) * F32(2688.0)
     return F32(1.0) if not np.isfinite(gs) else F32(gs)
 
 
@@ -282,8 +285,8 @@ def quantize_nvfp4(x: np.ndarray, global_scale=None) -> tuple[np.ndarray, np.nda
       2. per block: s = E4M3(clamp(gs * (amax / 6), +-448)) rounded to nearest even; a scale
          that rounds to 0 is replaced by 0.125.
       3. per element: y = x / (s / gs) in float32 (two roundings, as written), clamped to +-6,
-         rounded to the nearest E2M1 value, ties to even; a negative value that rounds to
-         zero keeps its sign (code 0x8).
+         rounded to the nearest E2M1 value, ties to even; a negative y that rounds to zero
+         keeps its sign (code 0x8), but a y that is -0.0 itself gives +0 (code 0).
       4. pack two codes a byte, element 2i in the low nibble.
     """
     x = _check_x(x, "NVFP4", NVFP4_BLOCK)
@@ -308,7 +311,10 @@ def quantize_nvfp4(x: np.ndarray, global_scale=None) -> tuple[np.ndarray, np.nda
         eff = (s_val / gs).astype(F32)
         y = (xb / eff[..., None]).astype(F32)
     y = np.clip(y, -FP4_MAX, FP4_MAX)
-    codes = mf.encode(y, "E2M1", saturate=True).reshape(x.shape)
+    codes = mf.encode(y, "E2M1", saturate=True)
+    # compressed-tensors rounds |y| and multiplies by torch.sign(y): a y of -0.0 has sign 0 and
+    # comes out +0 (code 0), while a negative y that rounds to zero comes out -0 (code 0x8).
+    codes = np.where(y == 0, np.uint8(0), codes).reshape(x.shape)
     return pack_fp4(codes), s_codes, gs
 
 
