@@ -228,3 +228,31 @@ def test_errors():
         mx.dequantize_mx(np.zeros((2, 2), np.uint8), np.zeros((2, 32), np.uint8), "MXFP8")
     with pytest.raises(InputError, match="does not fit"):
         mx.dequantize_mx(np.zeros((1, 1), np.uint8), np.full((1, 32), 64, np.uint8), "MXFP6_E2M3")
+
+
+# ----------------------------------------------------------------------------- torch's own FP8 casts
+
+def _fp8_grid(name):
+    f = mf.FORMATS[name]
+    vals = mf.decode(np.arange(256, dtype=np.uint8), name).astype(np.float64)
+    vals = np.unique(vals[np.isfinite(vals)])
+    mids = (vals[:-1] + vals[1:]) / 2
+    top = f.max * np.array([1.0, 1.03, 1.07, 1.1, 2.0, 1e10, 1e30])
+    x = np.concatenate([vals, mids, top, [np.inf]]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        x = np.concatenate([x, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(0))])
+    return np.concatenate([x, -x])
+
+
+@pytest.mark.parametrize("name,torch_dtype,saturate", [
+    ("E4M3FN", "float8_e4m3fn", True),      # torch >= 2.12 eager: overflow and ±Inf -> ±448
+    ("E5M2", "float8_e5m2", False),         # overflow -> ±Inf, as ml_dtypes
+    ("E4M3FNUZ", "float8_e4m3fnuz", False),  # overflow -> NaN (0x80), as ml_dtypes
+    ("E5M2FNUZ", "float8_e5m2fnuz", False),
+])
+def test_torch_fp8_casts(name, torch_dtype, saturate):
+    """torch's CPU cast to E4M3FN saturates (unlike ml_dtypes, which gives NaN); its other FP8
+    casts do not. Each equals refquant's encode with the matching `saturate`."""
+    x = _fp8_grid(name)
+    ref = torch.from_numpy(x).to(getattr(torch, torch_dtype)).view(torch.uint8).numpy()
+    np.testing.assert_array_equal(mf.encode(x, name, saturate=saturate), ref)
