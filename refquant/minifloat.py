@@ -249,13 +249,14 @@ def _round_magnitude(a: np.ndarray, f: MiniFloat) -> np.ndarray:
     significand rounded to M bits (n in [2^M, 2^(M+1)] for normals, [0, 2^M] for subnormals),
     and the code is ((e + bias) << M) + n - 2^M: a carry out of the mantissa (n = 2^(M+1))
     moves to the next exponent, and a subnormal that rounds up to 2^M lands on the smallest
-    normal, both by plain addition. All of it is exact in float64.
+    normal, both by plain addition.
+
+    floor(log2 |x|) is float32's exponent field - 127 (a float32 subnormal or zero reads -127,
+    below every format's emin, so it takes emin), and |x| / q is a float32 multiply by a power
+    of two whose result lies in [0, 2^(M+1)): exact, so np.rint sees the true quotient.
     """
-    a64 = a.astype(np.float64)
-    _, ex = np.frexp(a64)                      # a = frac * 2^ex, frac in [0.5, 1): floor(log2 a) = ex - 1
-    e = np.maximum(ex.astype(np.int64) - 1, f.emin)
-    e = np.where(a64 == 0, f.emin, e)
-    n = np.rint(np.ldexp(a64, (f.mbits - e).astype(np.int32))).astype(np.int64)   # rint: ties to even
+    e = np.maximum((a.view(np.uint32) >> 23).astype(np.int32) - 127, np.int32(f.emin))
+    n = np.rint(np.ldexp(a, f.mbits - e)).astype(np.int32)      # rint: ties to even
     return ((e + f.bias) << f.mbits) + n - (1 << f.mbits)
 
 
@@ -308,14 +309,15 @@ def encode(x, fmt, saturate: bool = False) -> np.ndarray:
 
     mag = _round_magnitude(a, f)
     over = (mag > f.max_code) | inf
-    sign = np.where(neg, f.sign_bit, 0)
+    sign = neg.astype(np.int32) * np.int32(f.sign_bit)
     if f.specials == "fnuz":                 # no negative zero: a value that rounds to zero is +0
-        sign = np.where((mag == 0) & ~inf, 0, sign)
-    if saturate:
-        code = np.where(over, f.max_code | sign, mag | sign)
-    else:
-        code = np.where(over, f.overflow_code(neg), mag | sign)
-    code = np.where(nan, f.nan_code(neg), code)
+        sign[(mag == 0) & ~inf] = 0
+    code = mag | sign
+    # the rare special cases, written over the few elements they concern
+    if over.any():
+        code[over] = (f.max_code | sign[over]) if saturate else f.overflow_code(neg[over])
+    if nan.any():
+        code[nan] = f.nan_code(neg[nan])
     return code.astype(np.uint8)
 
 
