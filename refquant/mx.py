@@ -217,6 +217,9 @@ def quantize_mx(x: np.ndarray, fmt, rule: str = DEFAULT_SCALE_RULE) -> tuple[np.
     f = get_mx_format(fmt)
     if rule not in SCALE_RULES:
         raise FormatError(f"unknown MX scale rule {rule!r}; known: {', '.join(SCALE_RULES)}")
+    if f.element is None and rule != "ocp":
+        raise FormatError(f"{f.name}: only the 'ocp' scale rule is defined (the other rules are torchao's, "
+                          f"and torchao has no MXINT8)")
     x = _check_x(x, f.name, MX_BLOCK)
     xb = x.reshape(*x.shape[:-1], -1, MX_BLOCK)
     amax = np.max(np.abs(xb), axis=-1)                  # max is order-free

@@ -216,6 +216,8 @@ def test_errors():
         mx.quantize_mx(x, "MXFP5")
     with pytest.raises(FormatError, match="unknown MX scale rule"):
         mx.quantize_mx(x, "MXFP8", "round")
+    with pytest.raises(FormatError, match="only the 'ocp' scale rule"):
+        mx.quantize_mx(x, "MXINT8", "rceil")
     with pytest.raises(InputError, match="multiple of the block size 32"):
         mx.quantize_mx(np.zeros((2, 48), np.float32), "MXFP4")
     with pytest.raises(InputError, match="float32"):
