@@ -327,3 +327,41 @@ def encode_decode(x, fmt, saturate: bool = False) -> np.ndarray:
 
 
 __all__ = ["MiniFloat", "FORMATS", "get_minifloat", "encode", "decode", "decode_table", "encode_decode"]
+
+
+# ---------------------------------------------------------------------------------------------
+# registry: element formats as byte rows (ml_dtypes' cast semantics, saturate=False)
+#   8-bit and 6-bit formats: one code a byte (as ml_dtypes and torchao hold them)
+#   E2M1: two codes a byte, element 2i in the low nibble (torchao's pack_uint4 order)
+# ---------------------------------------------------------------------------------------------
+
+def _register_all() -> None:
+    from .registry import Format, register
+
+    def rows(f: MiniFloat):
+        if f.nbits == 4:
+            def quantize_rows(x, imatrix=None):
+                c = encode(x, f)
+                return (c[..., 0::2] | (c[..., 1::2] << 4)).astype(np.uint8)
+
+            def dequantize_rows(data):
+                c = np.stack([data & 0x0F, data >> 4], axis=-1).reshape(*data.shape[:-1], -1)
+                return decode(np.ascontiguousarray(c), f)
+        else:
+            def quantize_rows(x, imatrix=None):
+                return encode(x, f)
+
+            def dequantize_rows(data):
+                if f.nbits < 8:   # a row format takes any byte: bits above the code are ignored
+                    data = data & np.uint8((1 << f.nbits) - 1)
+                return decode(np.ascontiguousarray(data), f)
+        quantize_rows.__name__ = f"quantize_{f.name.lower()}"
+        dequantize_rows.__name__ = f"dequantize_{f.name.lower()}"
+        return quantize_rows, dequantize_rows
+
+    for f in FORMATS.values():
+        q, dq = rows(f)
+        register(Format(f.name, "minifloat", 2 if f.nbits == 4 else 1, 1, q, dq, spec_page=f.spec_page))
+
+
+_register_all()

@@ -272,3 +272,22 @@ def test_aliases():
     assert mf.get_minifloat("float8_e4m3fn").name == "E4M3FN"
     assert mf.get_minifloat("fp4_e2m1").name == "E2M1"
     assert mf.get_minifloat("e8m0fnu").name == "E8M0"
+
+
+# ----------------------------------------------------------------------------- registered rows
+
+@pytest.mark.parametrize("name", NAMES)
+@given(x=float_rows(32, max_rows=2, max_blocks=2))
+def test_registered_rows_are_ml_dtypes_codes(name, x):
+    """refquant.quantize(x, name): one ml_dtypes code a byte (E2M1: two a byte, low nibble
+    first); refquant.dequantize gives ml_dtypes' values back."""
+    import refquant
+    rows = refquant.quantize(x, name)
+    ref = ml_encode(x, name)
+    if name == "E2M1":
+        ref = (ref[:, 0::2] | (ref[:, 1::2] << 4)).astype(np.uint8)
+    np.testing.assert_array_equal(rows, ref)
+    back = refquant.dequantize(rows, name)
+    expect = ml_encode(x, name).view(oracle_dtype(name)).astype(np.float32)
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(expect))
+    np.testing.assert_array_equal(back[~np.isnan(back)], expect[~np.isnan(expect)])
