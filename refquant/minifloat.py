@@ -269,11 +269,9 @@ def _round_e8m0(a: np.ndarray) -> np.ndarray:
     A tie between two powers, 1.5 * 2^k, therefore goes up (away from zero), and every
     float32 subnormal above 2^-128 goes to 2^-126.
     """
-    u = a.view(np.uint32).astype(np.int64)
-    e = u >> 23
-    half = (u >> 22) & 1
-    rest = u & 0x3FFFFF
-    up = (half == 1) & ((e > 0) | (rest != 0))
+    u = a.view(np.uint32)
+    e = (u >> 23).astype(np.int32)
+    up = ((u & 0x400000) != 0) & ((e > 0) | ((u & 0x3FFFFF) != 0))
     return e + up
 
 
@@ -296,15 +294,15 @@ def encode(x, fmt, saturate: bool = False) -> np.ndarray:
         a = np.abs(np.where(nan | inf, F32(0), x)).astype(F32)
 
     if f.specials == "e8m0":
-        mag = _round_e8m0(a)
-        bad = nan | (neg & ~nan) | ((a == 0) & ~inf)         # NaN, negative (and -0), zero
-        over = (mag > f.max_code) | inf
+        code = _round_e8m0(a)
+        zero = (a == 0) & ~inf                                # +0, -0, and NaN (a was set to 0)
+        over = (code > f.max_code) | inf
         if saturate:
-            code = np.where(over, f.max_code, mag)
-            code = np.where((a == 0) & ~inf & ~neg, 0, code)  # ONNX: 0 -> E8M0_MIN
-            code = np.where(nan | neg, 0xFF, code)
+            code[over] = f.max_code
+            code[zero] = 0                                    # ONNX: 0 -> E8M0_MIN
+            code[nan | neg] = 0xFF                            # NaN, negatives and -0 stay NaN
         else:
-            code = np.where(over | bad, 0xFF, mag)
+            code[over | zero | nan | neg] = 0xFF
         return code.astype(np.uint8)
 
     mag = _round_magnitude(a, f)
