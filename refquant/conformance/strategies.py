@@ -122,3 +122,34 @@ def importance(draw, n: int) -> np.ndarray:
         mask = draw(hnp.arrays(np.bool_, n))
         return np.where(mask, v, F32(0)).astype(F32)
     return draw(hnp.arrays(F32, n, elements=f32_range(0, 1e6)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Element formats (refquant.minifloat): values on, between and just off a binary float grid
+# ---------------------------------------------------------------------------------------------
+
+@st.composite
+def grid_floats(draw, mbits: int, emin: int, emax: int, max_size: int = 64) -> np.ndarray:
+    """A float32 array of values around the grid of a float format with `mbits` mantissa bits and
+    exponents emin..emax: grid points, midpoints between neighbours (the ties), one float32
+    ulp either side of those, values past the top and below the bottom, ±0, ±Inf, NaN, and
+    arbitrary float32 — mixed, with random signs."""
+    n = draw(st.integers(1, max_size))
+    kinds = draw(hnp.arrays(np.int8, n, elements=st.integers(0, 5)))
+    e = draw(hnp.arrays(np.int32, n, elements=st.integers(emin - mbits - 2, emax + 2)))
+    m = draw(hnp.arrays(np.int64, n, elements=st.integers(0, (1 << (mbits + 1)) - 1)))
+    nudge = draw(hnp.arrays(np.int8, n, elements=st.integers(-1, 1)))
+    # grid point (even numerator) or midpoint (odd numerator) of 2^(mbits+1) + m, scaled
+    num = ((1 << (mbits + 1)) + m).astype(np.float64)
+    with np.errstate(over="ignore"):   # the top exponents run past float32: Inf is an input too
+        v = np.ldexp(num, e - (mbits + 1)).astype(F32)
+        v = np.where(kinds == 1, np.ldexp(np.floor(num / 2) * 2, e - (mbits + 1)).astype(F32), v)
+    bits = v.view(np.int32) + nudge.astype(np.int32)
+    v = np.where(kinds <= 1, v, bits.view(F32)).astype(F32)
+    other = draw(hnp.arrays(F32, n, elements=st.floats(width=32)))
+    v = np.where(kinds == 5, other, v)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan], F32)
+    pick = draw(hnp.arrays(np.int8, n, elements=st.integers(0, 4)))
+    v = np.where(kinds == 4, specials[pick], v)
+    sign = draw(hnp.arrays(np.bool_, n))
+    return np.where(sign & (kinds != 4), -v, v).astype(F32)
