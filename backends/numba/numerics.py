@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from refquant.numerics import fp16_bits_to_fp32
@@ -58,7 +59,8 @@ def fmaf(typingctx, a, b, c):
         return None
 
     def codegen(context, builder, sig, args):
-        fn = builder.module.declare_intrinsic("llvm.fma", [ir.FloatType()])
+        f = ir.FloatType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f, f, f]), "llvm.fma.f32")
         return builder.call(fn, args)
     return types.float32(types.float32, types.float32, types.float32), codegen
 
