@@ -13,7 +13,8 @@ Y = A @ W^T with A (M, K) activations and W (N, K) weights held in an encoded fo
   where h is the depth of its summation tree (the number of float additions on the longest
   path to one output), p the float roundings inside one term, u_out the unit roundoff of the
   output dtype (0 when the float32 accumulator is the output), and the last term is the float64
-  reference's own error. Every summation order has h <= K, so gamma(K + p) is the hard cap that
+  reference's own error. Like every gamma bound it assumes no float32 intermediate underflows
+  (a subnormal partial result loses relative accuracy) or overflows. Every summation order has h <= K, so gamma(K + p) is the hard cap that
   holds whatever the order; `depth()` gives the tighter h of the common orders.
 
 The schemes' layouts are defined here, self-contained:
@@ -94,8 +95,8 @@ def error_bound(R: np.ndarray, S: np.ndarray, K: int, h: int | None = None, prod
     """The elementwise bound on |Y - R| (module docstring). h defaults to the hard cap K."""
     h = K if h is None else h
     u_out = 0.0 if np.dtype(out_dtype) == np.float32 else unit_roundoff(out_dtype)
-    return (gamma(h + products) * S * (1 + u_out) + u_out * np.abs(R)
-            + gamma(K + 1, np.float64) * S)
+    g = gamma(h + products)
+    return g * S * (1 + u_out) + u_out * np.abs(R) + gamma(K + 1, np.float64) * S
 
 
 def within_bound(Y: np.ndarray, R: np.ndarray, S: np.ndarray, K: int, **kw) -> np.ndarray:

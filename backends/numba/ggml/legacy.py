@@ -165,6 +165,19 @@ def _quantize_q4_1_q5_1_imatrix(x, imatrix, out, five):
             _pack(L, o, 4, five)
 
 
+@njit(**dict(JIT, inline="always"))
+def _mul_add(q, d, m):
+    """q*d + m, two roundings. With NaN operands x86's add returns its first NaN operand; LLVM
+    may swap the operands of a commutative fadd, so the NaN that C (and the spec) returns is
+    chosen explicitly: the product's if it is NaN, else m's."""
+    t = q * d
+    if t != t:
+        return t
+    if m != m:
+        return m
+    return t + m
+
+
 @njit(**PJIT)
 def _dequantize_q4_1_q5_1(data, out, five):
     nrows = data.shape[0]
@@ -181,12 +194,12 @@ def _dequantize_q4_1_q5_1(data, out, five):
                 for j in range(QK // 2):
                     h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
                     h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
-                    y[j] = F32(np.int32(o[8 + j]) & 0x0F | h0) * d + m
-                    y[j + 16] = F32(np.int32(o[8 + j]) >> 4 | h1) * d + m
+                    y[j] = _mul_add(F32(np.int32(o[8 + j]) & 0x0F | h0), d, m)
+                    y[j + 16] = _mul_add(F32(np.int32(o[8 + j]) >> 4 | h1), d, m)
             else:
                 for j in range(QK // 2):
-                    y[j] = F32(np.int32(o[4 + j]) & 0x0F) * d + m
-                    y[j + 16] = F32(np.int32(o[4 + j]) >> 4) * d + m
+                    y[j] = _mul_add(F32(np.int32(o[4 + j]) & 0x0F), d, m)
+                    y[j + 16] = _mul_add(F32(np.int32(o[4 + j]) >> 4), d, m)
 
 
 # --------------------------------------------------------------------------- Q8_0, Q8_1
