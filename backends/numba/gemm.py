@@ -77,6 +77,27 @@ def w8a8_matmul(a, w):
 
 # --------------------------------------------------------------------------- W4A16
 
+@njit(**JIT)
+def _group_dot(arow, crow, z, k0, k1):
+    """sum over k in [k0, k1) of arow[k] * (crow[k] - z) (code - zero is exact in float32): 8 strided float32 accumulators, then
+    the tree of _tree8 (a separate function, so LLVM sees one small loop it can vectorise)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO
+    nfull = (k1 - k0) // LANES
+    for i in range(nfull):
+        b = k0 + LANES * i
+        a0 += arow[b] * (F32(crow[b]) - z)
+        a1 += arow[b + 1] * (F32(crow[b + 1]) - z)
+        a2 += arow[b + 2] * (F32(crow[b + 2]) - z)
+        a3 += arow[b + 3] * (F32(crow[b + 3]) - z)
+        a4 += arow[b + 4] * (F32(crow[b + 4]) - z)
+        a5 += arow[b + 5] * (F32(crow[b + 5]) - z)
+        a6 += arow[b + 6] * (F32(crow[b + 6]) - z)
+        a7 += arow[b + 7] * (F32(crow[b + 7]) - z)
+    for k in range(k0 + LANES * nfull, k1):  # a group not a multiple of 8: the rest goes to lane 0
+        a0 += arow[k] * (F32(crow[k]) - z)
+    return _tree8(a0, a1, a2, a3, a4, a5, a6, a7)
+
+
 @njit(**PJIT)
 def _w4a16(ap, codes, scales, zeros, gstart, gid, out):
     """ap (M, K) activations in group order; codes (N, K) in group order; gstart (ng+1,) the
@@ -85,29 +106,13 @@ def _w4a16(ap, codes, scales, zeros, gstart, gid, out):
     N = codes.shape[0]
     ngr = gstart.shape[0] - 1
     for n in prange(N):
+        crow = codes[n]
         for m in range(M):
+            arow = ap[m]
             total = ZERO
             for gi in range(ngr):
                 g = gid[gi]
-                z = np.int32(zeros[n, g])
-                k0 = gstart[gi]
-                k1 = gstart[gi + 1]
-                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO
-                k = k0
-                while k + LANES <= k1:
-                    a0 += ap[m, k] * F32(np.int32(codes[n, k]) - z)
-                    a1 += ap[m, k + 1] * F32(np.int32(codes[n, k + 1]) - z)
-                    a2 += ap[m, k + 2] * F32(np.int32(codes[n, k + 2]) - z)
-                    a3 += ap[m, k + 3] * F32(np.int32(codes[n, k + 3]) - z)
-                    a4 += ap[m, k + 4] * F32(np.int32(codes[n, k + 4]) - z)
-                    a5 += ap[m, k + 5] * F32(np.int32(codes[n, k + 5]) - z)
-                    a6 += ap[m, k + 6] * F32(np.int32(codes[n, k + 6]) - z)
-                    a7 += ap[m, k + 7] * F32(np.int32(codes[n, k + 7]) - z)
-                    k += LANES
-                while k < k1:  # a group not a multiple of 8: the rest goes to lane 0
-                    a0 += ap[m, k] * F32(np.int32(codes[n, k]) - z)
-                    k += 1
-                total += _tree8(a0, a1, a2, a3, a4, a5, a6, a7) * scales[n, g]
+                total += _group_dot(arow, crow, F32(zeros[n, g]), gstart[gi], gstart[gi + 1]) * scales[n, g]
             out[m, n] = total
 
 

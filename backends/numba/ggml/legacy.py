@@ -231,18 +231,22 @@ def _quantize_q8(x, out, with_sum):
 
 
 @njit(**PJIT)
-def _dequantize_q8(data, out, with_sum):
+def _dequantize_q8(data, sdata, out, with_sum):
+    """sdata: the same bytes viewed as int8 (the qs are read signed)."""
     nrows = data.shape[0]
     ts = 36 if with_sum else 34
     at = 4 if with_sum else 2
     nb = data.shape[1] // ts
     for r in prange(nrows):
+        row = data[r]
+        srow = sdata[r]
+        y = out[r]
         for b in range(nb):
-            o = data[r, b * ts:(b + 1) * ts]
-            d = fp16_to_fp32(o[0], o[1])
+            d = fp16_to_fp32(row[b * ts], row[b * ts + 1])
+            qs = srow[b * ts + at:b * ts + at + QK]
+            yb = y[b * QK:b * QK + QK]
             for j in range(QK):
-                v = np.int32(o[at + j])
-                out[r, b * QK + j] = F32(v - 256 if v > 127 else v) * d
+                yb[j] = F32(qs[j]) * d
 
 
 # --------------------------------------------------------------------------- the spec's signatures
@@ -333,13 +337,15 @@ def dequantize_q5_1(data):
 
 def dequantize_q8_0(data):
     out = _deq_out(data, 34)
-    _dequantize_q8(_c(data), out, False)
+    data = _c(data)
+    _dequantize_q8(data, data.view(np.int8), out, False)
     return out
 
 
 def dequantize_q8_1(data):
     out = _deq_out(data, 36)
-    _dequantize_q8(_c(data), out, True)
+    data = _c(data)
+    _dequantize_q8(data, data.view(np.int8), out, True)
     return out
 
 
