@@ -1,12 +1,13 @@
 """Numba twin of refquant/gemm.py: W8A8 (bit-exact), W4A16 and FP8 (float32 accumulation in a
 stated order, inside refquant.gemm's bound).
 
-Float orders (`accumulation`): for each output, K is cut into blocks (W4A16: the groups, in
-group order after the act-order permutation; FP8: 128 columns); inside a block 8 strided
-float32 accumulators run sequentially and are summed as a tree ((0+4, 1+5, 2+6, 3+7), then
-pairs, then the last two); the block's sum is multiplied by its scale and added to a sequential
-float32 total. Each term carries p = 2 roundings (the product, and the block scale; the
-W4A16 term a * (code - zero) has an exact integer factor)."""
+Float orders (`accumulation`), for each output: K is cut into blocks (W4A16: the groups, in
+group order after the act-order permutation; FP8: 128 columns). W4A16 sums each group
+sequentially (vectorised across outputs, from codes transposed once per weight): "blocked".
+FP8 runs 8 strided float32 accumulators inside a block and sums them as a tree ((0+4, 1+5, 2+6,
+3+7), then pairs, then the last two): "blocked_lanes". Each block's sum is multiplied by its
+scale and added to a sequential float32 total. Each term carries p = 2 roundings (the product
+and the block scale; the W4A16 factor code - zero is an exact integer)."""
 from __future__ import annotations
 
 import numpy as np
@@ -77,48 +78,50 @@ def w8a8_matmul(a, w):
 
 # --------------------------------------------------------------------------- W4A16
 
-@njit(**JIT)
-def _group_dot(arow, crow, z, k0, k1):
-    """sum over k in [k0, k1) of arow[k] * (crow[k] - z) (code - zero is exact in float32): 8 strided float32 accumulators, then
-    the tree of _tree8 (a separate function, so LLVM sees one small loop it can vectorise)."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO
-    nfull = (k1 - k0) // LANES
-    for i in range(nfull):
-        b = k0 + LANES * i
-        a0 += arow[b] * (F32(crow[b]) - z)
-        a1 += arow[b + 1] * (F32(crow[b + 1]) - z)
-        a2 += arow[b + 2] * (F32(crow[b + 2]) - z)
-        a3 += arow[b + 3] * (F32(crow[b + 3]) - z)
-        a4 += arow[b + 4] * (F32(crow[b + 4]) - z)
-        a5 += arow[b + 5] * (F32(crow[b + 5]) - z)
-        a6 += arow[b + 6] * (F32(crow[b + 6]) - z)
-        a7 += arow[b + 7] * (F32(crow[b + 7]) - z)
-    for k in range(k0 + LANES * nfull, k1):  # a group not a multiple of 8: the rest goes to lane 0
-        a0 += arow[k] * (F32(crow[k]) - z)
-    return _tree8(a0, a1, a2, a3, a4, a5, a6, a7)
+TILE = 256  # output columns per task
 
 
 @njit(**PJIT)
-def _w4a16(ap, codes, scales, zeros, gstart, gid, out):
-    """ap (M, K) activations in group order; codes (N, K) in group order; gstart (ng+1,) the
-    group boundaries; gid[i] the group number of the i-th boundary."""
+def _w4a16(ap, codesT, scalesT, zerosT, gstart, gid, out):
+    """ap (M, K) activations with columns in group order; codesT (K, N) the codes transposed,
+    rows in the same order; scalesT, zerosT (ngroups, N); gstart (ng+1,) the group boundaries
+    in that order, gid their group numbers. Vectorised across outputs (no float reassociation):
+    for each output, each group's sum runs sequentially over its columns, then is scaled and
+    added to a sequential total -- order "blocked", block = the group size."""
+    K, N = codesT.shape
     M = ap.shape[0]
-    N = codes.shape[0]
     ngr = gstart.shape[0] - 1
-    for n in prange(N):
-        crow = codes[n]
+    ntiles = (N + TILE - 1) // TILE
+    for t in prange(ntiles):
+        n0 = t * TILE
+        w = min(N, n0 + TILE) - n0
+        acc = np.empty(TILE, np.float32)
+        tot = np.empty(TILE, np.float32)
+        zf = np.empty(TILE, np.float32)
         for m in range(M):
-            arow = ap[m]
-            total = ZERO
+            for j in range(w):
+                tot[j] = ZERO
             for gi in range(ngr):
                 g = gid[gi]
-                total += _group_dot(arow, crow, F32(zeros[n, g]), gstart[gi], gstart[gi + 1]) * scales[n, g]
-            out[m, n] = total
+                zrow = zerosT[g]
+                for j in range(w):
+                    acc[j] = ZERO
+                    zf[j] = F32(zrow[n0 + j])
+                for k in range(gstart[gi], gstart[gi + 1]):
+                    av = ap[m, k]
+                    crow = codesT[k, n0:n0 + w]
+                    for j in range(w):
+                        acc[j] += av * (F32(crow[j]) - zf[j])   # code - zero: exact
+                srow = scalesT[g, n0:n0 + w]
+                for j in range(w):
+                    tot[j] += acc[j] * srow[j]
+            for j in range(w):
+                out[m, n0 + j] = tot[j]
 
 
 def _prepack(w):
-    """Columns sorted by group (stable), once per weight: the act-order permutation applied to
-    the codes, kept on the weight object."""
+    """Once per weight, kept on the weight object: the columns sorted by group (stable: the
+    act-order permutation) and the codes transposed to (K, N) for output-wise vectorisation."""
     pack = getattr(w, "_numba_w4a16", None)
     if pack is not None:
         return pack
@@ -129,17 +132,18 @@ def _prepack(w):
     gstart = np.r_[starts, gs.size].astype(np.int64)
     gid = gs[starts].astype(np.int64)
     identity = bool(np.all(perm == np.arange(perm.size)))
-    codes = np.ascontiguousarray(w.codes if identity else w.codes[:, perm])
-    pack = (None if identity else perm, codes, gstart, gid, int(np.diff(gstart).max(initial=0)))
+    codesT = np.ascontiguousarray((w.codes if identity else w.codes[:, perm]).T)
+    pack = (None if identity else perm, codesT, np.ascontiguousarray(w.scales.T),
+            np.ascontiguousarray(w.zeros.T), gstart, gid, int(np.diff(gstart).max(initial=0)))
     object.__setattr__(w, "_numba_w4a16", pack)
     return pack
 
 
 def w4a16_matmul(a, w):
-    perm, codes, gstart, gid, _ = _prepack(w)
+    perm, codesT, scalesT, zerosT, gstart, gid, _ = _prepack(w)
     ap = np.ascontiguousarray(a if perm is None else a[:, perm])
-    out = np.empty((a.shape[0], codes.shape[0]), np.float32)
-    _w4a16(ap, codes, np.ascontiguousarray(w.scales), np.ascontiguousarray(w.zeros), gstart, gid, out)
+    out = np.empty((a.shape[0], codesT.shape[1]), np.float32)
+    _w4a16(ap, codesT, scalesT, zerosT, gstart, gid, out)
     return out
 
 
@@ -262,8 +266,8 @@ MATMUL = {"W8A8": w8a8_matmul, "W4A16": w4a16_matmul, "FP8": fp8_matmul}
 def accumulation(op: str, key: str, K: int, weight=None) -> dict:
     """refquant.gemm.depth arguments describing this backend's order for (op, key)."""
     if key == "W4A16":
-        block = _prepack(weight)[4] if weight is not None else K
-        return dict(order="blocked_lanes", lanes=LANES, block=max(block, 1))
+        block = _prepack(weight)[-1] if weight is not None else K
+        return dict(order="blocked", block=max(block, 1))
     if key == "FP8":
         return dict(order="blocked_lanes", lanes=LANES, block=FP8_BLOCK)
     raise KeyError(f"{op} {key} is not float-accumulating")
