@@ -21,7 +21,9 @@ ggml_compute_forward_mul_mat multiplies a weight matrix W (N rows of type T) by 
    with dw, da, mw, sa the fp16 fields decoded exactly (GGML_CPU_FP16_TO_FP32), sumi converted
    to float exactly (|sumi| < 2^24), and every `*`, `+` one float32 rounding.
 
-The result of `vec_dot` equals the `*_generic` kernels bit for bit. The SIMD kernels that the CPU
+The result of `vec_dot` equals the `*_generic` kernels bit for bit (Q5_0: ggml-python 0.0.45's
+build of that kernel mis-decodes codes below 16, against its own C source; spec/ggml/dot.md).
+The SIMD kernels that the CPU
 type traits select on x86 (AVX2) keep the integer part (steps 1-2) but combine differently: each
 block's sumi is split into 8 lanes of 4 products, lane l accumulates fma(dw*da, lane_l, acc_l)
 over the blocks, the 8 lanes are summed as a tree ((l+l+4), then pairs, then the last two), and
