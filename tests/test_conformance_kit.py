@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from refquant.backend import SPEC, Backend
-from refquant.conformance.suite import EXACT, FAIL, NOT_CLAIMED, run
+from refquant.conformance.suite import BOUND, EXACT, FAIL, NOT_CLAIMED, run
 from refquant.ggml import legacy
 from refquant.ggml.blocks import join_fields, split_fields, u16
 from refquant.numerics import F32, c_max_abs, fp16_bits_to_fp32, fp32_to_fp16_bits, safe_reciprocal
@@ -121,7 +121,8 @@ def test_quantize_failure_is_narrowed_to_one_block():
 
 def test_the_spec_passes_and_unclaimed_is_visible():
     report = run("numpy", max_examples=10, seed=0)
-    assert report.ok and set(report.results.values()) == {EXACT}
+    assert report.ok and set(report.results.values()) == {EXACT, BOUND}
+    assert report.results[("W8A8", "matmul")] == EXACT and report.results[("W4A16", "matmul")] == BOUND
     partial = run(WrongTieRule(), max_examples=5, seed=0, formats=["Q4_0"])
     assert set(partial.results.values()) == {NOT_CLAIMED}
 
@@ -130,7 +131,8 @@ def test_cli_exit_status_and_matrix():
     ok = subprocess.run([sys.executable, "-m", "refquant.cli", "conformance", "--backend", "numpy",
                          "--max-examples", "5", "--formats", "Q4_0,Q8_0"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "5 exact, 0 failed" in ok.stdout  # Q4_0: three checks, Q8_0: two (no imatrix path)
+    # Q4_0: quantize, quantize+imatrix, dequantize, vec_dot; Q8_0: the same less the imatrix path
+    assert "7 exact, 0 within bound, 0 failed" in ok.stdout
     here = Path(__file__).parent
     bad = subprocess.run([sys.executable, "-m", "refquant.cli", "conformance", "--backend",
                           "test_conformance_kit:WrongTieRule", "--max-examples", "60", "--formats", "Q8_0"],

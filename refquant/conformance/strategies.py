@@ -153,3 +153,74 @@ def grid_floats(draw, mbits: int, emin: int, emax: int, max_size: int = 64) -> n
     v = np.where(kinds == 4, specials[pick], v)
     sign = draw(hnp.arrays(np.bool_, n))
     return np.where(sign & (kinds != 4), -v, v).astype(F32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matmul operands (refquant.gemm schemes, ggml vec_dot)
+# ---------------------------------------------------------------------------------------------
+
+# Block kinds whose values keep every float32 product and partial sum finite and normal in a
+# matmul of modest K with the scales drawn below: refquant.gemm's bound, like every gamma bound,
+# assumes no underflow or overflow. Integer schemes (bit-exact) take the subnormal kind too.
+MATMUL_KINDS = ("zeros", "neg_zeros", "ties", "outlier", "gaussian", "positive")
+EXACT_MATMUL_KINDS = MATMUL_KINDS + ("subnormal",)
+
+
+@st.composite
+def activations(draw, K: int, max_rows: int = 3, kinds=MATMUL_KINDS) -> np.ndarray:
+    """Float32 activations (M, K), K a multiple of 32, blocks of 32 of drawn kinds."""
+    M = draw(st.integers(1, max_rows))
+    blocks = [draw(float_block(32, kinds)) for _ in range(M * (K // 32))]
+    return np.concatenate(blocks).reshape(M, K)
+
+
+@st.composite
+def w4a16_weights(draw, max_n: int = 8, max_groups: int = 4):
+    """A refquant.gemm.W4A16Weight: codes, zeros in [0, 15], scales of many magnitudes, and a
+    g_idx that is either trivial or a random act-order permutation of the groups."""
+    from ..gemm import W4A16Weight
+    N = draw(st.integers(1, max_n))
+    ng = draw(st.integers(1, max_groups))
+    G = draw(st.sampled_from([32, 64, 128]))
+    K = ng * G
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 16, (N, K)).astype(np.uint8)
+    zeros = rng.integers(0, 16, (N, ng)).astype(np.uint8)
+    mag = draw(st.sampled_from([1e-6, 1e-3, 1.0, 1e3, 1e6]))
+    scales = (rng.random((N, ng)) * mag).astype(F32)
+    g_idx = (np.arange(K) // G).astype(np.int32)
+    if draw(st.booleans()):
+        g_idx = rng.permutation(g_idx).astype(np.int32)
+    return W4A16Weight(codes, scales, zeros, g_idx)
+
+
+@st.composite
+def w8a8_weights(draw, max_n: int = 8, max_blocks: int = 4):
+    from ..gemm import W8A8Weight
+    N = draw(st.integers(1, max_n))
+    K = 32 * draw(st.integers(1, max_blocks))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    codes = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    if draw(st.booleans()):
+        codes[:, :] = draw(st.sampled_from([-128, -127, 127, 0]))
+    mag = draw(st.sampled_from([1e-30, 1e-3, 1.0, 1e3]))
+    scales = (rng.random(N) * mag).astype(F32)
+    return W8A8Weight(codes, scales)
+
+
+@st.composite
+def fp8_weights(draw, max_n: int = 140, max_k: int = 300):
+    """A refquant.gemm.FP8Weight: any non-NaN e4m3fn codes, per-tensor / per-channel /
+    128x128-block scales; N and K not multiples of 128 included."""
+    from ..gemm import FP8_BLOCK, FP8Weight
+    N = draw(st.integers(1, max_n))
+    K = 32 * draw(st.integers(1, max_k // 32))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    codes = rng.integers(0, 256, (N, K)).astype(np.uint8)
+    codes[(codes & 0x7F) == 0x7F] = 0x7E  # no NaN codes
+    gran = draw(st.sampled_from(["tensor", "channel", "block"]))
+    shape = {"tensor": (), "channel": (N,), "block": (-(-N // FP8_BLOCK), -(-K // FP8_BLOCK))}[gran]
+    mag = draw(st.sampled_from([1e-6, 1e-3, 1.0, 1e3]))
+    scale = np.asarray(rng.random(shape) * mag + mag * 1e-3, dtype=F32)
+    return FP8Weight(codes, scale)

@@ -1,13 +1,24 @@
-"""The conformance suite: any backend against the spec, generated from the format registry.
+"""The conformance suite: any backend against the spec, generated from the format registry,
+refquant.ggml.dot and refquant.gemm. A format or scheme that joins the spec is covered on every
+backend that claims it, with no new test code.
 
-For every format in the registry and every operation, a backend either claims it — and is then
-run on Hypothesis-generated inputs and compared with the spec — or does not, and the spec is
-what callers get. Encode/decode operations must be bit-exact. A failure is reported with the
-smallest failing block and a snippet that reproduces it.
+For every (operation, key) the spec defines, a backend either claims it — and is then run on
+Hypothesis-generated inputs and compared with the spec — or does not, and the spec is what
+callers get. Encode/decode, vec_dot and integer matmuls must be bit-exact; float-accumulating
+matmuls must meet refquant.gemm's bound for the order the backend states
+(`Backend.accumulation`), or the hard cap of any order. A quantize/dequantize failure is
+reported with the smallest failing block and a snippet that reproduces it.
 
     from refquant.conformance.suite import run
     report = run("numba", max_examples=100, seed=0)
     print(report.matrix())
+
+Single properties, for a backend's own tests:
+
+    @given(data=st.data())
+    def test(data):
+        c = data.draw(case(op, key))
+        check(backend, op, key, c)
 """
 from __future__ import annotations
 
@@ -20,14 +31,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hseed
 from hypothesis import strategies as st
 
-from ..backend import SPEC, Backend, get_backend
-from ..registry import IMATRIX_NONE, Format, all_formats
-from .strategies import float_rows, importance, tie_grids_for
+from ..backend import SPEC, Backend, get_backend, operation_key, operation_keys
+from ..registry import IMATRIX_NONE, Format, all_formats, get_format
+from .strategies import (EXACT_MATMUL_KINDS, activations, float_rows, fp8_weights, importance, tie_grids_for,
+                         w4a16_weights, w8a8_weights)
 
-EXACT, FAIL, NOT_CLAIMED, ERROR = "exact", "FAIL", "not claimed", "ERROR"
+EXACT, BOUND, FAIL, NOT_CLAIMED, ERROR = "exact", "within bound", "FAIL", "not claimed", "ERROR"
 
 # (operation label, backend operation, uses an importance matrix)
 CHECKS = (("quantize", "quantize", False), ("quantize+imatrix", "quantize", True), ("dequantize", "dequantize", False))
+COLUMNS = tuple(c for c, _, _ in CHECKS) + ("vec_dot", "matmul")
 
 
 @dataclass
@@ -50,24 +63,23 @@ class Report:
 
     def matrix(self) -> str:
         fmts = sorted({f for f, _ in self.results}, key=_format_order)
-        cols = [c for c, _, _ in CHECKS]
+        cols = [c for c in COLUMNS if any(k == c for _, k in self.results)]
         w = max([len(f) for f in fmts] + [6])
         lines = [f"conformance of backend {self.backend!r} against the spec",
                  f"{'format':<{w}}  " + "  ".join(f"{c:<16}" for c in cols)]
         for f in fmts:
             lines.append(f"{f:<{w}}  " + "  ".join(f"{self.results.get((f, c), '-'):<16}" for c in cols))
-        n = {s: sum(1 for v in self.results.values() if v == s) for s in (EXACT, FAIL, ERROR, NOT_CLAIMED)}
-        lines.append(f"\n{n[EXACT]} exact, {n[FAIL]} failed, {n[ERROR]} errors, {n[NOT_CLAIMED]} not claimed")
+        n = {s: sum(1 for v in self.results.values() if v == s) for s in (EXACT, BOUND, FAIL, ERROR, NOT_CLAIMED)}
+        lines.append(f"\n{n[EXACT]} exact, {n[BOUND]} within bound, {n[FAIL]} failed, {n[ERROR]} errors, "
+                     f"{n[NOT_CLAIMED]} not claimed")
         for fl in self.failures:
             lines.append(f"\nFAIL {fl.fmt} {fl.check}: {fl.message}\nreproduce with:\n{textwrap.indent(fl.snippet, '    ')}")
         return "\n".join(lines)
 
 
-_ORDER = {f.name: i for i, f in enumerate(all_formats())}
-
-
 def _format_order(name):
-    return _ORDER.get(name, 1 << 30)
+    order = {f.name: i for i, f in enumerate(all_formats())}
+    return order.get(name, 1 << 30), name
 
 
 def _array_literal(a: np.ndarray) -> str:
@@ -222,4 +234,118 @@ def run(backend, max_examples: int = 100, seed: int = 0, formats: Optional[list[
             if failure is not None:
                 failure.check = label
                 report.failures.append(failure)
+    for op in ("vec_dot", "matmul"):
+        if checks is not None and op not in checks:
+            continue
+        for key in operation_keys(op):
+            if wanted is not None and key not in wanted:
+                continue
+            if not be.supports(op, key):
+                report.results[(key, op)] = NOT_CLAIMED
+                continue
+            status, failure = _check_operation(be, op, key, max_examples, seed)
+            report.results[(key, op)] = status
+            if failure is not None:
+                report.failures.append(failure)
     return report
+
+
+def _check_operation(backend: Backend, op: str, key: str, max_examples: int, seed: int):
+    """vec_dot and matmul: `check` on `case` inputs, at the accumulation order the backend states."""
+    @hseed(seed)
+    @settings(max_examples=max_examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def prop(data):
+        c = data.draw(case(op, key))
+        acc = None
+        if op == "matmul" and not _scheme_exact(key):
+            acc = backend.accumulation(op, key, c["a"].shape[1], c["weight"])
+        check(backend, op, key, c, accumulation=acc)
+
+    try:
+        prop()
+    except AssertionError as e:
+        return FAIL, Failure(key, op, str(e).strip().splitlines()[0][:500], "")
+    except Exception as e:  # noqa: BLE001
+        return ERROR, Failure(key, op, f"{type(e).__name__}: {e}", "")
+    return (EXACT if op == "vec_dot" or _scheme_exact(key) else BOUND), None
+
+
+def _scheme_exact(key: str) -> bool:
+    from ..gemm import get_scheme
+    return get_scheme(key).exact
+
+
+# ----------------------------------------------------------- single properties
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint32) if a.dtype == np.float32 else a
+
+
+@st.composite
+def case(draw, op: str, key: str) -> dict:
+    """Inputs for one (operation, key)."""
+    key = operation_key(op, key)
+    if op == "quantize":
+        fmt = get_format(key)
+        x = draw(float_rows(max(fmt.block_size, 32) if fmt.block_size == 1 else fmt.block_size))
+        im = None
+        if fmt.imatrix != IMATRIX_NONE and draw(st.booleans()):
+            im = draw(importance(x.shape[1]))
+        return {"x": x, "imatrix": im}
+    if op == "dequantize":
+        fmt = get_format(key)
+        nblocks = draw(st.integers(1, 64))
+        raw = draw(st.binary(min_size=nblocks * fmt.type_size, max_size=nblocks * fmt.type_size))
+        rows = draw(st.sampled_from([d for d in (1, 2, 4) if nblocks % d == 0]))
+        return {"data": np.frombuffer(raw, np.uint8).copy().reshape(rows, -1)}
+    if op == "vec_dot":
+        fmt = get_format(key)
+        w = SPEC.quantize(draw(float_rows(fmt.block_size, max_rows=5)), fmt)
+        K = w.shape[1] // fmt.type_size * fmt.block_size
+        a = draw(float_rows(32, max_rows=3, min_blocks=K // 32, max_blocks=K // 32))
+        return {"w": w, "a": a, "variant": draw(st.sampled_from(["ref", "x86"]))}
+    if op == "matmul":
+        if key == "W4A16":
+            w = draw(w4a16_weights())
+            return {"weight": w, "a": draw(activations(w.shape[1])), "options": {}}
+        if key == "W8A8":
+            w = draw(w8a8_weights())
+            return {"weight": w, "a": draw(activations(w.shape[1], kinds=EXACT_MATMUL_KINDS)), "options": {}}
+        if key == "FP8":
+            w = draw(fp8_weights())
+            return {"weight": w, "a": draw(activations(w.shape[1])),
+                    "options": {"activation": draw(st.sampled_from(["none", "per_token"]))}}
+    raise AssertionError(f"no conformance case for ({op}, {key})")
+
+
+def check(backend, op: str, key: str, c: dict, accumulation: dict | None = None) -> None:
+    """Assert that `backend` agrees with the spec on case `c`. `accumulation` (refquant.gemm.depth
+    arguments) tightens the float bound to the backend's stated order; without it, the hard cap."""
+    key = operation_key(op, key)
+    if op == "quantize":
+        ours = backend.quantize(c["x"], key, c["imatrix"])
+        np.testing.assert_array_equal(ours, SPEC.quantize(c["x"], key, c["imatrix"]))
+    elif op == "dequantize":
+        ours = backend.dequantize(c["data"], key)
+        np.testing.assert_array_equal(_bits(ours), _bits(SPEC.dequantize(c["data"], key)))
+    elif op == "vec_dot":
+        ours = backend.vec_dot(c["w"], key, c["a"], c["variant"])
+        np.testing.assert_array_equal(_bits(ours), _bits(SPEC.vec_dot(c["w"], key, c["a"], c["variant"])))
+    elif op == "matmul":
+        from ..gemm import depth, get_scheme, within_bound
+        sc = get_scheme(key)
+        ours = backend.matmul(key, c["a"], c["weight"], **c["options"])
+        if sc.exact:
+            np.testing.assert_array_equal(_bits(ours), _bits(SPEC.matmul(key, c["a"], c["weight"], **c["options"])))
+            return
+        R, S = sc.reference(c["a"], c["weight"], **c["options"])
+        K = c["a"].shape[1]
+        h = depth(K=K, **accumulation) if accumulation else K
+        ok = within_bound(ours, R, S, K, h=h, products=sc.products)
+        if not ok.all():
+            i = tuple(int(v) for v in np.argwhere(~ok)[0])
+            raise AssertionError(f"{key}: Y{list(i)} = {ours[i]!r}, R = {R[i]!r}, S = {S[i]!r}: "
+                                 f"|Y - R| = {abs(float(ours[i]) - R[i]):.3e} exceeds the bound (h={h})")
+    else:
+        raise AssertionError(op)

@@ -143,3 +143,95 @@ def dequantize_row(data: np.ndarray, qtype) -> np.ndarray:
 
 def requires_imatrix(qtype) -> bool:
     return bool(lib().ggml_quantize_requires_imatrix(type_id(qtype)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU backend (libggml-cpu): activation quantizers and vec_dot kernels
+# ---------------------------------------------------------------------------------------------
+
+class _TypeTraitsCpu(ctypes.Structure):
+    # struct ggml_type_traits_cpu (ggml-cpu.h)
+    _fields_ = [
+        ("from_float", ctypes.c_void_p),
+        ("vec_dot", ctypes.c_void_p),
+        ("vec_dot_type", ctypes.c_int),
+        ("nrows", ctypes.c_int64),
+    ]
+
+
+# void (*ggml_vec_dot_t)(int n, float *s, size_t bs, const void *x, size_t bx, const void *y, size_t by, int nrc)
+_VEC_DOT_FN = ctypes.CFUNCTYPE(None, ctypes.c_int, _f32p, ctypes.c_size_t, ctypes.c_void_p,
+                               ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_lib() -> ctypes.CDLL:
+    """libggml-cpu from the ggml-python package (the CPU backend: SIMD kernels and type traits)."""
+    import ggml  # noqa: F401  (ggml-python)
+    lib()  # libggml-base first, globally, for the symbols libggml-cpu needs
+    libdir = Path(ggml.__file__).parent / "lib"
+    for n in ["libggml-cpu.so", "libggml-cpu.dylib", "ggml-cpu.dll"]:
+        if (libdir / n).exists():
+            L = ctypes.CDLL(str(libdir / n), mode=getattr(os, "RTLD_GLOBAL", 0))
+            break
+    else:
+        raise OracleUnavailable(f"no libggml-cpu in {libdir}")
+    L.ggml_get_type_traits_cpu.argtypes = [ctypes.c_int]
+    L.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_TypeTraitsCpu)
+    L.ggml_cpu_init.argtypes = []
+    L.ggml_cpu_init()
+    return L
+
+
+def cpu_traits(qtype) -> _TypeTraitsCpu:
+    return cpu_lib().ggml_get_type_traits_cpu(type_id(qtype)).contents
+
+
+def vec_dot_type(qtype) -> str:
+    """The type ggml's CPU backend quantizes the activations to before calling vec_dot."""
+    import gguf
+    return gguf.GGMLQuantizationType(cpu_traits(qtype).vec_dot_type).name
+
+
+def from_float(x: np.ndarray, qtype) -> np.ndarray:
+    """The CPU backend's `from_float` for `qtype` (for Q8_0/Q8_1 the SIMD activation quantizer
+    that ggml_compute_forward_mul_mat applies to src1), over all rows of x."""
+    fmt = get_format(qtype)
+    tr = cpu_traits(qtype)
+    if not tr.from_float:
+        raise ValueError(f"ggml-cpu has no from_float for {fmt.name}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[-1]
+    rows = x.reshape(-1, n)
+    rs = n // fmt.block_size * fmt.type_size
+    out = np.zeros((rows.shape[0], rs), dtype=np.uint8)
+    fn = _ROW_FN(tr.from_float)
+    for i in range(rows.shape[0]):  # row by row, as mul_mat calls it
+        fn(_ptr(rows[i]), _ptr(out[i]), n)
+    return out.reshape(x.shape[:-1] + (rs,))
+
+
+def vec_dot(w: np.ndarray, qa: np.ndarray, qtype, generic: bool = False) -> np.ndarray:
+    """ggml's vec_dot of every weight row w (N, row_bytes) with every quantized activation row
+    qa (M, row_bytes of the vec_dot type) -> (M, N) float32. generic=False calls the kernel in the
+    CPU type traits (the SIMD one this build selected); generic=True calls the exported scalar
+    `ggml_vec_dot_<type>_<vec_dot_type>_generic`."""
+    fmt = get_format(qtype)
+    vt = vec_dot_type(qtype)
+    w = np.ascontiguousarray(w, dtype=np.uint8)
+    qa = np.ascontiguousarray(qa, dtype=np.uint8)
+    n = w.shape[1] // fmt.type_size * fmt.block_size
+    if generic:
+        fn = getattr(cpu_lib(), f"ggml_vec_dot_{fmt.name.lower()}_{vt.lower()}_generic")
+        fn.argtypes = [ctypes.c_int, _f32p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                       ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        fn.restype = None
+    else:
+        fn = _VEC_DOT_FN(cpu_traits(qtype).vec_dot)
+    out = np.zeros((qa.shape[0], w.shape[0]), dtype=np.float32)
+    s = np.zeros(1, dtype=np.float32)
+    for i in range(qa.shape[0]):
+        for j in range(w.shape[0]):
+            fn(n, _ptr(s, _f32p), 0, _ptr(w[j]), 0, _ptr(qa[i]), 0, 1)
+            out[i, j] = s[0]
+    return out

@@ -1,0 +1,73 @@
+"""The Numba CPU backend of refquant.
+
+    import refquant
+    nb = refquant.get_backend("numba")   # registered under the `refquant.backends` entry point
+    nb.quantize(x, "Q4_0"); nb.dequantize(q, "Q4_0"); nb.vec_dot(w, "Q4_0", a)
+    nb.matmul("W4A16", a, weight)
+
+Its modules mirror the spec's: backends/numba/ggml/legacy.py is the twin of
+refquant/ggml/legacy.py, backends/numba/gemm.py of refquant/gemm.py. Each twin module lists what
+it implements in tables named after the operation (QUANTIZE, DEQUANTIZE, VEC_DOT, MATMUL: key ->
+function with the spec's signature); the backend's claims are the union of those tables, so a
+format joins the backend when its twin module is added to MODULES. Everything else falls back to
+the spec (`supports(op, key)` says which).
+
+Encode/decode and integer operations are bit-exact with the spec; float-accumulating matmuls
+meet refquant.gemm's bound for the order stated in ACCUMULATION.
+"""
+from __future__ import annotations
+
+import importlib
+
+from refquant.backend import Backend
+
+# The twin modules, by their path relative to the spec's package. New families join this list.
+MODULES = ("ggml.floats", "ggml.legacy", "ggml.dot", "gemm")
+TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
+
+
+def _tables():
+    out = {op: {} for op in TABLES}
+    for m in MODULES:
+        mod = importlib.import_module(f"{__name__}.{m}")
+        for op, attr in TABLES.items():
+            out[op].update(getattr(mod, attr, {}))
+    return out
+
+
+class NumbaBackend(Backend):
+    name = "numba"
+
+    def __init__(self):
+        self._t = _tables()
+        self._claims = frozenset((op, key) for op, table in self._t.items() for key in table)
+
+    def claims(self):
+        return set(self._claims)
+
+    def quantize_rows(self, fmt, x, imatrix):
+        return self._t["quantize"][fmt.name](x, imatrix)
+
+    def dequantize_rows(self, fmt, data):
+        return self._t["dequantize"][fmt.name](data)
+
+    def vec_dot_rows(self, fmt, w, a, variant):
+        return self._t["vec_dot"][fmt.name](w, a, variant)
+
+    def matmul_rows(self, scheme, a, weight, **options):
+        return self._t["matmul"][scheme.name](a, weight, **options)
+
+    def accumulation(self, op, key, K, weight=None):
+        from .gemm import accumulation
+        return accumulation(op, key, K, weight)
+
+    @staticmethod
+    def set_num_threads(n: int) -> None:
+        import numba
+        numba.set_num_threads(n)
+
+
+def accumulation(op: str, key: str, K: int) -> dict:
+    """The summation order of a float-accumulating kernel, as refquant.gemm.depth's arguments."""
+    mod = importlib.import_module(f"{__name__}.gemm")
+    return mod.accumulation(op, key, K)

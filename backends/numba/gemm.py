@@ -1,0 +1,273 @@
+"""Numba twin of refquant/gemm.py: W8A8 (bit-exact), W4A16 and FP8 (float32 accumulation in a
+stated order, inside refquant.gemm's bound).
+
+Float orders (`accumulation`), for each output: K is cut into blocks (W4A16: the groups, in
+group order after the act-order permutation; FP8: 128 columns). W4A16 sums each group
+sequentially (vectorised across outputs, from codes transposed once per weight): "blocked".
+FP8 runs 8 strided float32 accumulators inside a block and sums them as a tree ((0+4, 1+5, 2+6,
+3+7), then pairs, then the last two): "blocked_lanes". Each block's sum is multiplied by its
+scale and added to a sequential float32 total. Each term carries p = 2 roundings (the product
+and the block scale; the W4A16 factor code - zero is an exact integer)."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from refquant.gemm import E4M3_MAX, FP8_BLOCK, e4m3_decode_table
+
+from .numerics import F32, JIT, ZERO, f32_bits
+
+PJIT = dict(JIT, parallel=True)
+LANES = 8
+E4M3 = e4m3_decode_table()                   # code -> float32 (the spec's table)
+E4M3_POS = E4M3[:127].copy()                 # codes 0..126: 0 .. 448, increasing
+F127 = F32(127)
+F448 = F32(E4M3_MAX)
+HALF = F32(0.5)
+
+
+@njit(**dict(JIT, inline="always"))
+def _tree8(a0, a1, a2, a3, a4, a5, a6, a7):
+    b0 = a0 + a4
+    b1 = a1 + a5
+    b2 = a2 + a6
+    b3 = a3 + a7
+    return (b0 + b2) + (b1 + b3)
+
+
+# --------------------------------------------------------------------------- W8A8
+
+@njit(**PJIT)
+def _quantize_int8_rows(x, q, s):
+    for r in prange(x.shape[0]):
+        amax = ZERO
+        for k in range(x.shape[1]):
+            amax = max(amax, abs(x[r, k]))
+        sc = amax / F127
+        s[r] = sc
+        for k in range(x.shape[1]):
+            if sc != ZERO:
+                v = np.float32(np.rint(x[r, k] / sc))
+                v = min(max(v, -F127), F127)
+                q[r, k] = np.int8(np.int32(v))
+            else:
+                q[r, k] = 0
+
+
+@njit(**PJIT)
+def _w8a8(qa, sa, qw, sw, out):
+    M, K = qa.shape
+    N = qw.shape[0]
+    for n in prange(N):
+        for m in range(M):
+            acc = np.int32(0)
+            for k in range(K):
+                acc += np.int32(qa[m, k]) * np.int32(qw[n, k])
+            out[m, n] = (F32(acc) * sa[m]) * sw[n]
+
+
+def w8a8_matmul(a, w):
+    M, K = a.shape
+    qa = np.empty((M, K), np.int8)
+    sa = np.empty(M, np.float32)
+    _quantize_int8_rows(np.ascontiguousarray(a), qa, sa)
+    out = np.empty((M, w.codes.shape[0]), np.float32)
+    _w8a8(qa, sa, np.ascontiguousarray(w.codes), np.ascontiguousarray(w.scales), out)
+    return out
+
+
+# --------------------------------------------------------------------------- W4A16
+
+TILE = 256  # output columns per task
+
+
+@njit(**PJIT)
+def _w4a16(ap, codesT, scalesT, zerosT, gstart, gid, out):
+    """ap (M, K) activations with columns in group order; codesT (K, N) the codes transposed,
+    rows in the same order; scalesT, zerosT (ngroups, N); gstart (ng+1,) the group boundaries
+    in that order, gid their group numbers. Vectorised across outputs (no float reassociation):
+    for each output, each group's sum runs sequentially over its columns, then is scaled and
+    added to a sequential total -- order "blocked", block = the group size."""
+    K, N = codesT.shape
+    M = ap.shape[0]
+    ngr = gstart.shape[0] - 1
+    ntiles = (N + TILE - 1) // TILE
+    for t in prange(ntiles):
+        n0 = t * TILE
+        w = min(N, n0 + TILE) - n0
+        acc = np.empty(TILE, np.float32)
+        tot = np.empty(TILE, np.float32)
+        zf = np.empty(TILE, np.float32)
+        for m in range(M):
+            for j in range(w):
+                tot[j] = ZERO
+            for gi in range(ngr):
+                g = gid[gi]
+                zrow = zerosT[g]
+                for j in range(w):
+                    acc[j] = ZERO
+                    zf[j] = F32(zrow[n0 + j])
+                for k in range(gstart[gi], gstart[gi + 1]):
+                    av = ap[m, k]
+                    crow = codesT[k, n0:n0 + w]
+                    for j in range(w):
+                        acc[j] += av * (F32(crow[j]) - zf[j])   # code - zero: exact
+                srow = scalesT[g, n0:n0 + w]
+                for j in range(w):
+                    tot[j] += acc[j] * srow[j]
+            for j in range(w):
+                out[m, n0 + j] = tot[j]
+
+
+def _prepack(w):
+    """Once per weight, kept on the weight object: the columns sorted by group (stable: the
+    act-order permutation) and the codes transposed to (K, N) for output-wise vectorisation."""
+    pack = getattr(w, "_numba_w4a16", None)
+    if pack is not None:
+        return pack
+    g = w.g_idx
+    perm = np.argsort(g, kind="stable")
+    gs = g[perm]
+    starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]]) if gs.size else np.zeros(0, np.int64)
+    gstart = np.r_[starts, gs.size].astype(np.int64)
+    gid = gs[starts].astype(np.int64)
+    identity = bool(np.all(perm == np.arange(perm.size)))
+    codesT = np.ascontiguousarray((w.codes if identity else w.codes[:, perm]).T)
+    pack = (None if identity else perm, codesT, np.ascontiguousarray(w.scales.T),
+            np.ascontiguousarray(w.zeros.T), gstart, gid, int(np.diff(gstart).max(initial=0)))
+    object.__setattr__(w, "_numba_w4a16", pack)
+    return pack
+
+
+def w4a16_matmul(a, w):
+    perm, codesT, scalesT, zerosT, gstart, gid, _ = _prepack(w)
+    ap = np.ascontiguousarray(a if perm is None else a[:, perm])
+    out = np.empty((a.shape[0], codesT.shape[1]), np.float32)
+    _w4a16(ap, codesT, scalesT, zerosT, gstart, gid, out)
+    return out
+
+
+# --------------------------------------------------------------------------- FP8
+
+@njit(**dict(JIT, inline="always"))
+def _e4m3_encode(x):
+    """float32 (already clipped to +-448) -> e4m3fn code, round to nearest, ties to even code."""
+    sign = np.uint8(0x80) if f32_bits(x) < 0 else np.uint8(0)
+    ax = abs(x)
+    lo = 0
+    hi = 126
+    while lo < hi:                           # the largest code c with value(c) <= ax
+        mid = (lo + hi + 1) // 2
+        if E4M3_POS[mid] <= ax:
+            lo = mid
+        else:
+            hi = mid - 1
+    c = lo
+    if c < 126:
+        midv = (E4M3_POS[c] + E4M3_POS[c + 1]) * HALF   # exact: few significant bits
+        if ax > midv or (ax == midv and (c & 1) == 1):
+            c += 1
+    return np.uint8(c) | sign
+
+
+@njit(**PJIT)
+def _quantize_fp8_rows(x, codes, s):
+    for r in prange(x.shape[0]):
+        amax = ZERO
+        for k in range(x.shape[1]):
+            amax = max(amax, abs(x[r, k]))
+        sc = amax / F448
+        if not sc > ZERO:
+            sc = F32(1)
+        s[r] = sc
+        for k in range(x.shape[1]):
+            v = min(max(x[r, k] / sc, -F448), F448)
+            codes[r, k] = _e4m3_encode(v)
+
+
+@njit(**PJIT)
+def _fp8(a, ac, sa, quant_a, wc, ws, gran, out):
+    """gran 0 tensor, 1 channel, 2 block; ws the scale array flattened to 2-D (rows, kblocks)."""
+    N, K = wc.shape
+    M = out.shape[0]
+    nkb = (K + FP8_BLOCK - 1) // FP8_BLOCK
+    for n in prange(N):
+        for m in range(M):
+            total = ZERO
+            for kb in range(nkb):
+                k0 = kb * FP8_BLOCK
+                k1 = min(K, k0 + FP8_BLOCK)
+                if gran == 0:
+                    s = ws[0, 0]
+                elif gran == 1:
+                    s = ws[n, 0]
+                else:
+                    s = ws[n // FP8_BLOCK, kb]
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO
+                k = k0
+                if quant_a:
+                    s = sa[m] * s
+                    while k + LANES <= k1:
+                        a0 += E4M3[ac[m, k]] * E4M3[wc[n, k]]
+                        a1 += E4M3[ac[m, k + 1]] * E4M3[wc[n, k + 1]]
+                        a2 += E4M3[ac[m, k + 2]] * E4M3[wc[n, k + 2]]
+                        a3 += E4M3[ac[m, k + 3]] * E4M3[wc[n, k + 3]]
+                        a4 += E4M3[ac[m, k + 4]] * E4M3[wc[n, k + 4]]
+                        a5 += E4M3[ac[m, k + 5]] * E4M3[wc[n, k + 5]]
+                        a6 += E4M3[ac[m, k + 6]] * E4M3[wc[n, k + 6]]
+                        a7 += E4M3[ac[m, k + 7]] * E4M3[wc[n, k + 7]]
+                        k += LANES
+                    while k < k1:
+                        a0 += E4M3[ac[m, k]] * E4M3[wc[n, k]]
+                        k += 1
+                else:
+                    while k + LANES <= k1:
+                        a0 += a[m, k] * E4M3[wc[n, k]]
+                        a1 += a[m, k + 1] * E4M3[wc[n, k + 1]]
+                        a2 += a[m, k + 2] * E4M3[wc[n, k + 2]]
+                        a3 += a[m, k + 3] * E4M3[wc[n, k + 3]]
+                        a4 += a[m, k + 4] * E4M3[wc[n, k + 4]]
+                        a5 += a[m, k + 5] * E4M3[wc[n, k + 5]]
+                        a6 += a[m, k + 6] * E4M3[wc[n, k + 6]]
+                        a7 += a[m, k + 7] * E4M3[wc[n, k + 7]]
+                        k += LANES
+                    while k < k1:
+                        a0 += a[m, k] * E4M3[wc[n, k]]
+                        k += 1
+                total += _tree8(a0, a1, a2, a3, a4, a5, a6, a7) * s
+            out[m, n] = total
+
+
+def quantize_fp8_per_token(a):
+    codes = np.empty(a.shape, np.uint8)
+    s = np.empty(a.shape[0], np.float32)
+    _quantize_fp8_rows(np.ascontiguousarray(a), codes, s)
+    return codes, s
+
+
+def fp8_matmul(a, w, activation="none"):
+    M = a.shape[0]
+    N = w.codes.shape[0]
+    gran = np.ndim(w.scale)
+    ws = np.ascontiguousarray(w.scale, dtype=np.float32).reshape((1, 1) if gran == 0 else (N, 1) if gran == 1 else w.scale.shape)
+    a = np.ascontiguousarray(a)
+    if activation == "per_token":
+        ac, sa = quantize_fp8_per_token(a)
+    else:
+        ac, sa = np.zeros((1, 1), np.uint8), np.ones(1, np.float32)
+    out = np.empty((M, N), np.float32)
+    _fp8(a, ac, sa, activation == "per_token", np.ascontiguousarray(w.codes), ws, gran, out)
+    return out
+
+
+MATMUL = {"W8A8": w8a8_matmul, "W4A16": w4a16_matmul, "FP8": fp8_matmul}
+
+
+def accumulation(op: str, key: str, K: int, weight=None) -> dict:
+    """refquant.gemm.depth arguments describing this backend's order for (op, key)."""
+    if key == "W4A16":
+        block = _prepack(weight)[-1] if weight is not None else K
+        return dict(order="blocked", block=max(block, 1))
+    if key == "FP8":
+        return dict(order="blocked_lanes", lanes=LANES, block=FP8_BLOCK)
+    raise KeyError(f"{op} {key} is not float-accumulating")

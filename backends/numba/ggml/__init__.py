@@ -1,0 +1,1 @@
+"""Numba twins of refquant/ggml/*: same module names, same functions, same results."""

@@ -1,0 +1,165 @@
+"""Numba twin of refquant/ggml/dot.py: ggml's CPU vec_dot for the legacy types, bit-exact with
+the spec (the generic kernels' order: sumf += term_b over blocks, each term with C's
+association and the FMA that ggml's x86-64 build contracts for Q4_1/Q5_1)."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from refquant.ggml.dot import VEC_DOT_TYPE
+
+from ..numerics import F32, JIT, ZERO, fmaf, fp16_to_fp32, fp32_to_fp16_bits, store_fp16
+from .legacy import _quantize_q8
+
+QK = 32
+PJIT = dict(JIT, parallel=True)
+# weight type -> (type_size, kind): kind 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1, 4 Q8_0
+KIND = {"Q4_0": (18, 0), "Q4_1": (20, 1), "Q5_0": (22, 2), "Q5_1": (24, 3), "Q8_0": (34, 4)}
+INT_MIN_F = F32(-2147483648.0)
+INT_LIM_F = F32(2147483648.0)
+F127 = F32(127)
+
+
+@njit(**PJIT)
+def _unpack(data, kind, q, d, m):
+    """Weight rows -> integer codes q (N, K) int8 as vec_dot uses them, d and m (N, nb) float32."""
+    ts = (18, 20, 22, 24, 34)[kind]
+    N = data.shape[0]
+    nb = data.shape[1] // ts
+    for r in prange(N):
+        for b in range(nb):
+            o = data[r, b * ts:(b + 1) * ts]
+            y = q[r, b * QK:(b + 1) * QK]
+            d[r, b] = fp16_to_fp32(o[0], o[1])
+            if kind == 4:
+                for j in range(QK):
+                    v = np.int32(o[2 + j])
+                    y[j] = v - 256 if v > 127 else v
+                continue
+            at = 2
+            if kind == 1 or kind == 3:
+                m[r, b] = fp16_to_fp32(o[2], o[3])
+                at = 4
+            qh = np.uint32(0)
+            if kind >= 2:
+                qh = np.uint32(o[at]) | (np.uint32(o[at + 1]) << 8) | (np.uint32(o[at + 2]) << 16) | (np.uint32(o[at + 3]) << 24)
+                at += 4
+            off = (8, 0, 16, 0, 0)[kind]
+            for j in range(QK // 2):
+                h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
+                h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
+                y[j] = ((np.int32(o[at + j]) & 0x0F) | h0) - off
+                y[j + 16] = ((np.int32(o[at + j]) >> 4) | h1) - off
+
+
+@njit(**PJIT)
+def _unpack_q8(data, with_sum, q, d, s):
+    ts = 36 if with_sum else 34
+    at = 4 if with_sum else 2
+    nb = data.shape[1] // ts
+    for r in prange(data.shape[0]):
+        for b in range(nb):
+            o = data[r, b * ts:(b + 1) * ts]
+            d[r, b] = fp16_to_fp32(o[0], o[1])
+            if with_sum:
+                s[r, b] = fp16_to_fp32(o[2], o[3])
+            for j in range(QK):
+                v = np.int32(o[at + j])
+                q[r, b * QK + j] = v - 256 if v > 127 else v
+
+
+@njit(**PJIT)
+def _vec_dot(kind, wq, wd, wm, aq, ad, as_, out):
+    N, K = wq.shape
+    M = aq.shape[0]
+    nb = K // QK
+    for n in prange(N):
+        for mi in range(M):
+            sumf = ZERO
+            for b in range(nb):
+                sumi = np.int32(0)
+                for j in range(b * QK, (b + 1) * QK):
+                    sumi += np.int32(wq[n, j]) * np.int32(aq[mi, j])
+                s = F32(sumi)
+                dw = wd[n, b]
+                da = ad[mi, b]
+                if kind == 0:
+                    t = (s * dw) * da
+                elif kind == 2:
+                    t = (dw * da) * s
+                elif kind == 4:
+                    t = s * (dw * da)
+                else:
+                    t = fmaf(dw * da, s, wm[n, b] * as_[mi, b])
+                sumf += t
+            out[mi, n] = sumf
+
+
+@njit(**PJIT)
+def _quantize_q8_x86(x, out, with_sum):
+    """The AVX2 from_float: multiplier 127/amax, round half to even, saturating int8 packing."""
+    nrows, n = x.shape
+    nb = n // QK
+    ts = 36 if with_sum else 34
+    at = 4 if with_sum else 2
+    for r in prange(nrows):
+        for b in range(nb):
+            xb = x[r, b * QK:(b + 1) * QK]
+            o = out[r, b * ts:(b + 1) * ts]
+            amax = ZERO
+            for j in range(QK):
+                amax = max(amax, abs(xb[j]))
+            d = amax / F127
+            idv = F127 / amax if amax != ZERO else ZERO
+            total = np.int64(0)
+            for j in range(QK):
+                v = np.float32(np.rint(xb[j] * idv))
+                if v >= INT_MIN_F and v < INT_LIM_F:
+                    iv = np.int64(v)
+                else:
+                    iv = np.int64(-2147483648)  # NaN, out of range: integer indefinite
+                total += iv
+                c = min(max(iv, -128), 127)
+                o[at + j] = np.uint8(c & 0xFF)
+            store_fp16(o, 0, d)
+            if with_sum:
+                t32 = np.int32(((total + 2147483648) % 4294967296) - 2147483648)  # int32 adds wrap
+                store_fp16(o, 2, F32(t32) * d)
+
+
+def quantize_activation(a, qtype, variant="ref"):
+    with_sum = qtype == "Q8_1"
+    out = np.empty((a.shape[0], a.shape[1] // QK * (36 if with_sum else 34)), np.uint8)
+    if variant == "ref":
+        _quantize_q8(np.ascontiguousarray(a), out, with_sum)
+    else:
+        _quantize_q8_x86(np.ascontiguousarray(a), out, with_sum)
+    return out
+
+
+def _make(name):
+    ts, kind = KIND[name]
+    vt = VEC_DOT_TYPE[name]
+
+    def vec_dot(w, a, variant="ref"):
+        N = w.shape[0]
+        K = w.shape[1] // ts * QK
+        nb = K // QK
+        wq = np.empty((N, K), np.int8)
+        wd = np.empty((N, nb), np.float32)
+        wm = np.zeros((N, nb), np.float32)
+        _unpack(np.ascontiguousarray(w), kind, wq, wd, wm)
+        qa = quantize_activation(a, vt, variant)
+        M = a.shape[0]
+        aq = np.empty((M, K), np.int8)
+        ad = np.empty((M, nb), np.float32)
+        as_ = np.zeros((M, nb), np.float32)
+        _unpack_q8(qa, vt == "Q8_1", aq, ad, as_)
+        out = np.empty((M, N), np.float32)
+        _vec_dot(kind, wq, wd, wm, aq, ad, as_, out)
+        return out
+    vec_dot.__name__ = f"vec_dot_{name.lower()}"
+    return vec_dot
+
+
+VEC_DOT = {name: _make(name) for name in KIND}

@@ -1,0 +1,355 @@
+"""Numba twin of refquant/ggml/legacy.py: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1, bit-exact with it.
+
+Rows are independent: every kernel runs its rows in parallel (prange) and each row's blocks in
+order. Inside a block the loops are the spec's (C's) loops, in float32."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..numerics import (F32, HALF, JIT, ZERO, c_float_to_int8, c_float_to_uint8, fp16_to_fp32,
+                        reciprocal_or_zero, roundf, store_fp16)
+from .search import make_qkx3_quants, make_qx_quants
+
+QK = 32
+PJIT = dict(JIT, parallel=True)
+RMIN = F32(-0.9)
+RDELTA = F32(0.05)
+
+
+@njit(**JIT)
+def _row_weights(x, imatrix, w):
+    """imatrix_weights for one row: w[j] = qw[j] * sqrtf(sigma2 + x[j]*x[j])."""
+    n = x.shape[0]
+    sum_x2 = ZERO
+    for j in range(n):
+        sum_x2 += x[j] * x[j]
+    sigma2 = sum_x2 / F32(n)
+    for j in range(n):
+        w[j] = imatrix[j] * np.sqrt(sigma2 + x[j] * x[j])
+
+
+# --------------------------------------------------------------------------- Q4_0, Q5_0
+
+@njit(**PJIT)
+def _quantize_q4_0_q5_0(x, out, five):
+    nrows, n = x.shape
+    nb = n // QK
+    ts = 22 if five else 18
+    half = -16 if five else -8
+    offs = F32(16.5) if five else F32(8.5)
+    top = 31 if five else 15
+    for r in prange(nrows):
+        q = np.empty(QK, np.int32)
+        for b in range(nb):
+            xb = x[r, b * QK:(b + 1) * QK]
+            o = out[r, b * ts:(b + 1) * ts]
+            amax = ZERO
+            vmax = ZERO
+            for j in range(QK):
+                if amax < abs(xb[j]):
+                    amax = abs(xb[j])
+                    vmax = xb[j]
+            d = vmax / F32(half)
+            idv = reciprocal_or_zero(d)
+            for j in range(QK):
+                q[j] = min(top, np.int32(c_float_to_int8(xb[j] * idv + offs)))
+            store_fp16(o, 0, d)
+            _pack(q, o, 2, five)
+
+
+@njit(**PJIT)
+def _quantize_q4_0_q5_0_imatrix(x, imatrix, out, five):
+    nrows, n = x.shape
+    nb = n // QK
+    ts = 22 if five else 18
+    nmax = 16 if five else 8
+    for r in prange(nrows):
+        w = np.empty(n, np.float32)
+        L = np.empty(QK, np.int32)
+        _row_weights(x[r], imatrix, w)
+        for b in range(nb):
+            o = out[r, b * ts:(b + 1) * ts]
+            d = make_qx_quants(x[r, b * QK:(b + 1) * QK], nmax, w[b * QK:(b + 1) * QK], L)
+            store_fp16(o, 0, d)
+            _pack(L, o, 2, five)
+
+
+@njit(**dict(JIT, inline="always"))
+def _pack(q, o, at, five):
+    """Low nibbles as Q4 (element j low, j+16 high); for Q5, qh bit j = bit 4 of element j."""
+    if five:
+        qh = np.uint32(0)
+        for j in range(QK):
+            qh |= np.uint32((q[j] & 0x10) >> 4) << np.uint32(j)
+        for k in range(4):
+            o[at + k] = np.uint8((qh >> np.uint32(8 * k)) & np.uint32(0xFF))
+        at += 4
+    for j in range(QK // 2):
+        o[at + j] = np.uint8(((q[j] & 0x0F) | ((q[j + QK // 2] & 0x0F) << 4)) & 0xFF)
+
+
+@njit(**PJIT)
+def _dequantize_q4_0_q5_0(data, out, five):
+    nrows = data.shape[0]
+    ts = 22 if five else 18
+    nb = data.shape[1] // ts
+    for r in prange(nrows):
+        for b in range(nb):
+            o = data[r, b * ts:(b + 1) * ts]
+            d = fp16_to_fp32(o[0], o[1])
+            y = out[r, b * QK:(b + 1) * QK]
+            if five:
+                qh = np.uint32(o[2]) | (np.uint32(o[3]) << 8) | (np.uint32(o[4]) << 16) | (np.uint32(o[5]) << 24)
+                for j in range(QK // 2):
+                    h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
+                    h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
+                    y[j] = F32((np.int32(o[6 + j]) & 0x0F | h0) - 16) * d
+                    y[j + 16] = F32((np.int32(o[6 + j]) >> 4 | h1) - 16) * d
+            else:
+                for j in range(QK // 2):
+                    y[j] = F32((np.int32(o[2 + j]) & 0x0F) - 8) * d
+                    y[j + 16] = F32((np.int32(o[2 + j]) >> 4) - 8) * d
+
+
+# --------------------------------------------------------------------------- Q4_1, Q5_1
+
+@njit(**PJIT)
+def _quantize_q4_1_q5_1(x, out, five):
+    nrows, n = x.shape
+    nb = n // QK
+    ts = 24 if five else 20
+    nmax = F32(31) if five else F32(15)
+    for r in prange(nrows):
+        q = np.empty(QK, np.int32)
+        for b in range(nb):
+            xb = x[r, b * QK:(b + 1) * QK]
+            o = out[r, b * ts:(b + 1) * ts]
+            vmin = xb[0]
+            vmax = xb[0]
+            for j in range(1, QK):
+                if xb[j] < vmin:
+                    vmin = xb[j]
+                if xb[j] > vmax:
+                    vmax = xb[j]
+            d = (vmax - vmin) / nmax
+            idv = reciprocal_or_zero(d)
+            for j in range(QK):
+                v = (xb[j] - vmin) * idv + HALF
+                if five:
+                    q[j] = np.int32(c_float_to_uint8(v))
+                else:
+                    q[j] = min(15, np.int32(c_float_to_int8(v)))
+            store_fp16(o, 0, d)
+            store_fp16(o, 2, vmin)
+            _pack(q, o, 4, five)
+
+
+@njit(**PJIT)
+def _quantize_q4_1_q5_1_imatrix(x, imatrix, out, five):
+    nrows, n = x.shape
+    nb = n // QK
+    ts = 24 if five else 20
+    nmax = 31 if five else 15
+    for r in prange(nrows):
+        w = np.empty(n, np.float32)
+        L = np.empty(QK, np.int32)
+        laux = np.empty(QK, np.int32)
+        _row_weights(x[r], imatrix, w)
+        for b in range(nb):
+            o = out[r, b * ts:(b + 1) * ts]
+            d, m = make_qkx3_quants(x[r, b * QK:(b + 1) * QK], nmax, w[b * QK:(b + 1) * QK],
+                                    RMIN, RDELTA, 36, L, laux)
+            store_fp16(o, 0, d)
+            store_fp16(o, 2, -m)  # make_qkx3_quants returns -min; the block stores min
+            _pack(L, o, 4, five)
+
+
+@njit(**dict(JIT, inline="always"))
+def _mul_add(q, d, m):
+    """q*d + m, two roundings. With NaN operands x86's add returns its first NaN operand; LLVM
+    may swap the operands of a commutative fadd, so the NaN that C (and the spec) returns is
+    chosen explicitly: the product's if it is NaN, else m's."""
+    t = q * d
+    if t != t:
+        return t
+    if m != m:
+        return m
+    return t + m
+
+
+@njit(**PJIT)
+def _dequantize_q4_1_q5_1(data, out, five):
+    nrows = data.shape[0]
+    ts = 24 if five else 20
+    nb = data.shape[1] // ts
+    for r in prange(nrows):
+        for b in range(nb):
+            o = data[r, b * ts:(b + 1) * ts]
+            d = fp16_to_fp32(o[0], o[1])
+            m = fp16_to_fp32(o[2], o[3])
+            y = out[r, b * QK:(b + 1) * QK]
+            if five:
+                qh = np.uint32(o[4]) | (np.uint32(o[5]) << 8) | (np.uint32(o[6]) << 16) | (np.uint32(o[7]) << 24)
+                for j in range(QK // 2):
+                    h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
+                    h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
+                    y[j] = _mul_add(F32(np.int32(o[8 + j]) & 0x0F | h0), d, m)
+                    y[j + 16] = _mul_add(F32(np.int32(o[8 + j]) >> 4 | h1), d, m)
+            else:
+                for j in range(QK // 2):
+                    y[j] = _mul_add(F32(np.int32(o[4 + j]) & 0x0F), d, m)
+                    y[j + 16] = _mul_add(F32(np.int32(o[4 + j]) >> 4), d, m)
+
+
+# --------------------------------------------------------------------------- Q8_0, Q8_1
+
+@njit(**PJIT)
+def _quantize_q8(x, out, with_sum):
+    nrows, n = x.shape
+    nb = n // QK
+    ts = 36 if with_sum else 34
+    at = 4 if with_sum else 2
+    for r in prange(nrows):
+        for b in range(nb):
+            xb = x[r, b * QK:(b + 1) * QK]
+            o = out[r, b * ts:(b + 1) * ts]
+            amax = ZERO
+            for j in range(QK):
+                if amax < abs(xb[j]):
+                    amax = abs(xb[j])
+            d = amax / F32(127)
+            idv = reciprocal_or_zero(d)
+            total = 0
+            for j in range(QK):
+                qv = c_float_to_int8(roundf(xb[j] * idv))
+                o[at + j] = np.uint8(np.int32(qv) & 0xFF)
+                total += np.int32(qv)
+            store_fp16(o, 0, d)
+            if with_sum:
+                store_fp16(o, 2, F32(total) * d)
+
+
+@njit(**PJIT)
+def _dequantize_q8(data, sdata, out, with_sum):
+    """sdata: the same bytes viewed as int8 (the qs are read signed)."""
+    nrows = data.shape[0]
+    ts = 36 if with_sum else 34
+    at = 4 if with_sum else 2
+    nb = data.shape[1] // ts
+    for r in prange(nrows):
+        row = data[r]
+        srow = sdata[r]
+        y = out[r]
+        for b in range(nb):
+            d = fp16_to_fp32(row[b * ts], row[b * ts + 1])
+            qs = srow[b * ts + at:b * ts + at + QK]
+            yb = y[b * QK:b * QK + QK]
+            for j in range(QK):
+                yb[j] = F32(qs[j]) * d
+
+
+# --------------------------------------------------------------------------- the spec's signatures
+
+def _out(x, ts):
+    return np.empty((x.shape[0], x.shape[1] // QK * ts), np.uint8)
+
+
+def _deq_out(data, ts):
+    return np.empty((data.shape[0], data.shape[1] // ts * QK), np.float32)
+
+
+def _c(x):
+    return np.ascontiguousarray(x)
+
+
+def quantize_q4_0(x, imatrix=None):
+    out = _out(x, 18)
+    if imatrix is None:
+        _quantize_q4_0_q5_0(_c(x), out, False)
+    else:
+        _quantize_q4_0_q5_0_imatrix(_c(x), _c(imatrix), out, False)
+    return out
+
+
+def quantize_q5_0(x, imatrix=None):
+    out = _out(x, 22)
+    if imatrix is None:
+        _quantize_q4_0_q5_0(_c(x), out, True)
+    else:
+        _quantize_q4_0_q5_0_imatrix(_c(x), _c(imatrix), out, True)
+    return out
+
+
+def quantize_q4_1(x, imatrix=None):
+    out = _out(x, 20)
+    if imatrix is None:
+        _quantize_q4_1_q5_1(_c(x), out, False)
+    else:
+        _quantize_q4_1_q5_1_imatrix(_c(x), _c(imatrix), out, False)
+    return out
+
+
+def quantize_q5_1(x, imatrix=None):
+    out = _out(x, 24)
+    if imatrix is None:
+        _quantize_q4_1_q5_1(_c(x), out, True)
+    else:
+        _quantize_q4_1_q5_1_imatrix(_c(x), _c(imatrix), out, True)
+    return out
+
+
+def quantize_q8_0(x, imatrix=None):
+    out = _out(x, 34)
+    _quantize_q8(_c(x), out, False)
+    return out
+
+
+def quantize_q8_1(x, imatrix=None):
+    out = _out(x, 36)
+    _quantize_q8(_c(x), out, True)
+    return out
+
+
+def dequantize_q4_0(data):
+    out = _deq_out(data, 18)
+    _dequantize_q4_0_q5_0(_c(data), out, False)
+    return out
+
+
+def dequantize_q5_0(data):
+    out = _deq_out(data, 22)
+    _dequantize_q4_0_q5_0(_c(data), out, True)
+    return out
+
+
+def dequantize_q4_1(data):
+    out = _deq_out(data, 20)
+    _dequantize_q4_1_q5_1(_c(data), out, False)
+    return out
+
+
+def dequantize_q5_1(data):
+    out = _deq_out(data, 24)
+    _dequantize_q4_1_q5_1(_c(data), out, True)
+    return out
+
+
+def dequantize_q8_0(data):
+    out = _deq_out(data, 34)
+    data = _c(data)
+    _dequantize_q8(data, data.view(np.int8), out, False)
+    return out
+
+
+def dequantize_q8_1(data):
+    out = _deq_out(data, 36)
+    data = _c(data)
+    _dequantize_q8(data, data.view(np.int8), out, True)
+    return out
+
+
+QUANTIZE = {"Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1, "Q5_0": quantize_q5_0,
+            "Q5_1": quantize_q5_1, "Q8_0": quantize_q8_0, "Q8_1": quantize_q8_1}
+DEQUANTIZE = {"Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1, "Q5_0": dequantize_q5_0,
+              "Q5_1": dequantize_q5_1, "Q8_0": dequantize_q8_0, "Q8_1": dequantize_q8_1}

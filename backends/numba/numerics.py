@@ -1,0 +1,151 @@
+"""The Numba twin of refquant/numerics.py: the same pinned rules, as scalar functions that the
+kernels inline. Every function is compiled with fastmath off (numba's default), so LLVM neither
+reassociates nor contracts `a*b + c` into an FMA; where the spec wants an FMA, `fmaf` asks for one.
+
+float32 discipline: a Python float or int mixed into float32 arithmetic would promote it to
+float64 in Numba, so every constant here is a np.float32 and every int is converted explicitly.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from refquant.numerics import fp16_bits_to_fp32
+
+F32 = np.float32
+JIT = dict(cache=True, fastmath=False, nogil=True)          # every kernel
+INLINE = dict(cache=True, fastmath=False, inline="always")  # scalar helpers
+
+# GGML_FP16_TO_FP32 for every code, from the spec (NaN payloads quieted as ggml does).
+FP16_TABLE = fp16_bits_to_fp32(np.arange(65536, dtype=np.uint32).astype(np.uint16))
+
+ZERO = F32(0.0)
+ONE = F32(1.0)
+HALF = F32(0.5)
+MAGIC = F32(12582912.0)       # 1.5 * 2^23, nearest_int's shifter
+INT_MIN_F = F32(-2147483904.0)  # the first float below INT32_MIN that truncates outside the range
+INT_LIM_F = F32(2147483648.0)
+
+
+@intrinsic
+def f32_bits(typingctx, x):
+    """The bits of a float32 as int32 (a bitcast)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def bits_f32(typingctx, x):
+    """int32 bits -> float32 (a bitcast)."""
+    if x != types.int32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def fmaf(typingctx, a, b, c):
+    """C's fmaf: a*b + c rounded once (llvm.fma.f32)."""
+    if not (a == b == c == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        f = ir.FloatType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f, f, f]), "llvm.fma.f32")
+        return builder.call(fn, args)
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@njit(**INLINE)
+def nearest_int(f):
+    """ggml's nearest_int: bits(f + 12582912.f) & 0x7fffff - 0x400000."""
+    return (f32_bits(F32(f) + MAGIC) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
+
+
+@njit(**INLINE)
+def c_float_to_int32(x):
+    """cvttss2si: truncation; NaN and out-of-range give INT_MIN."""
+    if x > INT_MIN_F and x < INT_LIM_F:
+        return np.int32(np.int64(x))
+    return np.int32(-2147483648)
+
+
+@njit(**INLINE)
+def c_float_to_int8(x):
+    """(int8_t) f: to int32, keep the low byte."""
+    v = np.int32(c_float_to_int32(x) & 0xFF)
+    return np.int8(v - 256 if v > 127 else v)
+
+
+@njit(**INLINE)
+def c_float_to_uint8(x):
+    return np.uint8(c_float_to_int32(x) & 0xFF)
+
+
+@njit(**INLINE)
+def roundf(x):
+    """C's roundf (half away from zero), float32."""
+    t = np.float32(np.trunc(x))
+    frac = x - t
+    if abs(frac) >= HALF:
+        return t + (ONE if x > ZERO else -ONE)
+    return t
+
+
+@njit(**INLINE)
+def reciprocal_or_zero(d):
+    """`d ? 1.0f/d : 0.0f`."""
+    return ONE / d if d != ZERO else ZERO
+
+
+@njit(**INLINE)
+def fp32_to_fp16_bits(x):
+    """Round to nearest even; subnormal halves kept; |x| >= 65520 -> inf; NaN -> 0x7E00|sign."""
+    u = f32_bits(F32(x))
+    sign = (u >> 16) & 0x8000
+    a = u & 0x7FFFFFFF
+    if a > 0x7F800000:
+        return np.uint16(sign | 0x7E00)
+    if a >= 0x477FF000:              # 65520: rounds up to inf
+        return np.uint16(sign | 0x7C00)
+    if a >= 0x38800000:              # a normal half: rebias the exponent, round 13 bits off
+        h = a - 0x38000000
+        h = (h + 0x0FFF + ((h >> 13) & 1)) >> 13
+        return np.uint16(sign | h)
+    if a <= 0x33000000:              # at most 2^-25: rounds to zero (2^-25 is a tie to even 0)
+        return np.uint16(sign)
+    e = a >> 23                      # a subnormal half: value = m * 2^(e-150), unit 2^-24
+    m = (a & 0x007FFFFF) | 0x00800000
+    sh = 126 - e
+    h = (m + (1 << (sh - 1)) - 1 + ((m >> sh) & 1)) >> sh
+    return np.uint16(sign | h)
+
+
+@njit(**INLINE)
+def fp32_to_bf16_bits(x):
+    u = np.uint32(f32_bits(F32(x)))
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint16((u >> np.uint32(16)) | np.uint32(64))
+    return np.uint16((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
+
+
+@njit(**INLINE)
+def fp16_to_fp32(lo, hi):
+    """A little-endian fp16 field from two bytes -> float32 (table lookup)."""
+    return FP16_TABLE[np.int64(lo) | (np.int64(hi) << 8)]
+
+
+@njit(**INLINE)
+def store_fp16(out, at, x):
+    h = fp32_to_fp16_bits(x)
+    out[at] = np.uint8(h & 0xFF)
+    out[at + 1] = np.uint8(h >> 8)

@@ -1,0 +1,122 @@
+"""The Numba backend against ggml C, measured in the same run.
+
+    python benchmarks/bench_numba.py [--rows 1024 --cols 4096 --repeat 5]
+
+* quantize / dequantize of a 1024x4096 float32 matrix, one thread each: ggml's
+  ggml_quantize_chunk / to_float (single-threaded C) against the Numba kernels with
+  numba.set_num_threads(1); then the Numba kernels on every core (prange over rows) and the
+  speed-up. Ratio = Numba time / ggml time (below 1: Numba is faster).
+* batch-1 W4A16 matmul (N = K = 4096, groups of 128, act-order g_idx) in GB/s of operand bytes
+  read (codes 1 B/weight as refquant.gemm lays them out, fp32 scales, uint8 zeros), against the
+  machine's copy bandwidth measured here (bytes read + written per second by numpy.copyto of a
+  256 MiB buffer).
+* first-call time of a kernel in a fresh process: with an empty on-disk cache (compile), and
+  again with the cache that run left (cache=True: load).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numba  # noqa: E402
+
+from backends.numba import NumbaBackend  # noqa: E402
+from refquant import gemm  # noqa: E402
+from refquant.oracles import ggml  # noqa: E402
+
+TYPES = ["Q4_0", "Q8_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16"]
+
+
+def best(fn, repeat):
+    fn()  # warm (compile or load, first touch of memory)
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def copy_bandwidth(repeat):
+    src = np.ones(256 * 2**20, np.uint8)
+    dst = np.empty_like(src)
+    t = best(lambda: np.copyto(dst, src), repeat)
+    return 2 * src.nbytes / t / 1e9
+
+
+def compile_times(qtype="Q4_0"):
+    code = (f"import time, numpy as np; t = time.perf_counter(); "
+            f"from backends.numba.ggml import legacy; "
+            f"legacy.quantize_{qtype.lower()}(np.ones((4, 64), np.float32)); "
+            f"print(time.perf_counter() - t)")
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, NUMBA_CACHE_DIR=d, PYTHONPATH=str(ROOT))
+        run = lambda: float(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,  # noqa: E731
+                                           capture_output=True, text=True, check=True).stdout)
+        return run(), run()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1024)
+    ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    nb = NumbaBackend()
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((args.rows, args.cols)) * 0.02).astype(np.float32)
+    ncores = numba.config.NUMBA_NUM_THREADS
+    nb._t["dequantize"]["Q8_0"](ggml.quantize(x[:1], "Q8_0"))  # starts the threading layer
+    print(f"matrix {args.rows}x{args.cols} float32; numba {numba.__version__}, {ncores} threads available, "
+          f"threading layer {numba.threading_layer()}; "
+          f"best of {args.repeat} (1 thread) / {4 * args.repeat} ({ncores} threads); load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'op':<11}{'type':<6}{'ggml C 1T ms':>14}{'numba 1T ms':>13}{'ratio':>8}{'numba ' + str(ncores) + 'T ms':>14}{'speed-up':>10}")
+    for qt in TYPES:
+        fmt = nb._t["quantize"][qt]
+        dfmt = nb._t["dequantize"][qt]
+        q = ggml.quantize(x, qt)
+        for op, c_fn, nb_fn in [("quantize", lambda: ggml.quantize(x, qt), lambda: fmt(x, None)),
+                                ("dequantize", lambda: ggml.dequantize(q, qt), lambda: dfmt(q))]:
+            numba.set_num_threads(1)
+            tc = best(c_fn, args.repeat)
+            t1 = best(nb_fn, args.repeat)
+            numba.set_num_threads(ncores)
+            tn = best(nb_fn, 4 * args.repeat)  # more tries: a busy host delays a thread's wake-up
+            print(f"{op:<11}{qt:<6}{tc * 1e3:14.2f}{t1 * 1e3:13.2f}{t1 / tc:8.2f}{tn * 1e3:14.2f}{t1 / tn:10.2f}")
+
+    # batch-1 W4A16
+    N = K = 4096
+    G = 128
+    W = (rng.standard_normal((N, K)) * 0.02).astype(np.float32)
+    g_idx = rng.permutation(np.arange(K) // G).astype(np.int32)
+    w = gemm.quantize_w4a16(W, G, g_idx)
+    a = rng.standard_normal((1, K)).astype(np.float32)
+    mm = nb._t["matmul"]["W4A16"]
+    nbytes = w.codes.nbytes + w.scales.nbytes + w.zeros.nbytes + a.nbytes
+    bw = copy_bandwidth(args.repeat)
+    print(f"\ncopy bandwidth (numpy.copyto, read + write): {bw:.1f} GB/s")
+    for threads in (1, ncores):
+        numba.set_num_threads(threads)
+        t = best(lambda: mm(a, w), args.repeat if threads == 1 else 4 * args.repeat)
+        gbs = nbytes / t / 1e9
+        print(f"W4A16 batch-1 N=K={K} G={G} act-order, {threads} thread(s): {t * 1e3:.2f} ms, "
+              f"{gbs:.1f} GB/s = {gbs / bw:.2f} of copy bandwidth")
+
+    cold, warm = compile_times()
+    print(f"\nfirst call of Q4_0 quantize in a fresh process: {cold:.1f} s with an empty cache "
+          f"(compile), {warm:.2f} s with the on-disk cache (cache=True)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""What ggml's CPU backend computes for a quantized matmul: vec_dot (ggml-cpu/quants.c).
+
+ggml_compute_forward_mul_mat multiplies a weight matrix W (N rows of type T) by activations A
+(M rows of float32) as follows, and this module defines each step:
+
+1. Every activation row is quantized to T's `vec_dot_type` (Q8_0 for Q4_0 Q5_0 Q8_0, Q8_1 for
+   Q4_1 Q5_1) by the CPU backend's `from_float` -> `quantize_activation`.
+2. For every (activation row, weight row) pair and every block b of 32, an integer dot
+   sumi_b = sum_j qw[j] * qa[j] -- EXACT (int32, |sumi| < 2^17, order irrelevant).
+3. The blocks are combined in float32, one block at a time, in C's order and association:
+   `sumf += term_b` from sumf = 0 -> `combine`. The term, as the scalar `*_generic` kernel
+   computes it when built by GCC for x86-64 with FMA (ggml-cpu's build; GCC contracts
+   `a*b + c` to an FMA by default, which the built library shows for Q4_1 and Q5_1):
+
+       Q4_0   (sumi * dw) * da                      (C: sumi*d_x*d_y)
+       Q5_0   (dw * da) * sumi
+       Q8_0   sumi * (dw * da)
+       Q4_1   fmaf(dw * da, sumi, mw * sa)          (C: (d_x*d_y)*sumi + m_x*s_y)
+       Q5_1   fmaf(dw * da, sumi, mw * sa)
+
+   with dw, da, mw, sa the fp16 fields decoded exactly (GGML_CPU_FP16_TO_FP32), sumi converted
+   to float exactly (|sumi| < 2^24), and every `*`, `+` one float32 rounding.
+
+The result of `vec_dot` equals the `*_generic` kernels bit for bit (Q5_0: ggml-python 0.0.45's
+build of that kernel mis-decodes codes below 16, against its own C source; spec/ggml/dot.md).
+The SIMD kernels that the CPU
+type traits select on x86 (AVX2) keep the integer part (steps 1-2) but combine differently: each
+block's sumi is split into 8 lanes of 4 products, lane l accumulates fma(dw*da, lane_l, acc_l)
+over the blocks, the 8 lanes are summed as a tree ((l+l+4), then pairs, then the last two), and
+for Q4_1/Q5_1 the offsets `mw*sa` are summed separately and added at the end. That order is
+bounded, not reproduced: see `simd_error_bound` and spec/ggml/dot.md.
+
+Activation quantization has two variants (step 1):
+
+  "ref"  quantize_row_q8_0_ref / quantize_row_q8_1_ref: d = amax/127, q = roundf(x * (1/d))
+         (half away from zero), stored with (int8_t). What ggml's scalar build uses.
+  "x86"  the AVX/AVX2 `quantize_row_q8_0` / `quantize_row_q8_1` that ggml-cpu selects on x86:
+         d = amax/127 as before, but the multiplier is 127/amax (not 1/d), the rounding is to
+         nearest even (_mm256_round_ps), the float->int conversion gives INT_MIN for NaN and
+         out-of-range values, and the int32 -> int8 packing saturates to [-128, 127]. Q8_1's
+         s = fp16(d * (float)sum) sums the int32 values before saturation, wrapping mod 2^32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import FormatError, InputError
+from ..numerics import F32, fma_f32, fp16_bits_to_fp32, fp32_to_fp16_bits
+from ..registry import get_format
+from .blocks import as_blocks, join_fields, split_fields, u16, unpack_high_bits
+
+QK = 32
+
+# Weight type -> the type the activations are quantized to (type_traits_cpu[].vec_dot_type).
+# Q8_1 has none: ggml has no vec_dot with Q8_1 weights. New families add their types here.
+VEC_DOT_TYPE = {
+    "Q4_0": "Q8_0",
+    "Q4_1": "Q8_1",
+    "Q5_0": "Q8_0",
+    "Q5_1": "Q8_1",
+    "Q8_0": "Q8_0",
+}
+
+ACTIVATION_VARIANTS = ("ref", "x86")
+
+
+def vec_dot_formats() -> list[str]:
+    """Weight formats that have a vec_dot (the keys of the `vec_dot` operation)."""
+    return list(VEC_DOT_TYPE)
+
+
+def vec_dot_type(qtype) -> str:
+    fmt = get_format(qtype)
+    if fmt.name not in VEC_DOT_TYPE:
+        raise FormatError(f"{fmt.name} has no vec_dot in ggml's CPU backend; "
+                          f"those that do: {', '.join(VEC_DOT_TYPE)}")
+    return VEC_DOT_TYPE[fmt.name]
+
+
+# --------------------------------------------------------------------------- step 1
+
+def _cvtps_epi32(v: np.ndarray) -> np.ndarray:
+    """_mm256_cvtps_epi32 on values already rounded to integers: NaN and |v| >= 2^31 give
+    INT_MIN (the 'integer indefinite' value); returns int64 holding the int32 results."""
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(v) & (v >= F32(-2147483648.0)) & (v < F32(2147483648.0))
+        return np.where(ok, np.where(ok, v, 0).astype(np.int64), np.int64(-(2**31)))
+
+
+def quantize_activation(a: np.ndarray, qtype: str, variant: str = "ref") -> np.ndarray:
+    """Float32 rows a (M, K) -> bytes (M, K/32 * type_size) of Q8_0 or Q8_1 (step 1)."""
+    fmt = get_format(qtype)
+    if fmt.name not in ("Q8_0", "Q8_1"):
+        raise FormatError(f"activations are quantized to Q8_0 or Q8_1 here, not {fmt.name}")
+    if variant == "ref":
+        with np.errstate(all="ignore"):  # overflow to inf is part of the C arithmetic
+            return fmt.quantize_rows(a, None)
+    if variant != "x86":
+        raise InputError(f"unknown activation variant {variant!r}; known: {', '.join(ACTIVATION_VARIANTS)}")
+    xb = as_blocks(a, QK)
+    with np.errstate(all="ignore"):
+        amax = np.max(np.abs(xb), axis=1)            # _mm256_max_ps over |x|: no NaN here
+        d = amax / F32(127)
+        idv = np.where(amax != 0, F32(127) / np.where(amax != 0, amax, F32(1)), F32(0)).astype(F32)
+        v = np.rint(xb * idv[:, None])               # _MM_ROUND_NEAREST: half to even
+    i32 = _cvtps_epi32(v)
+    qs = np.clip(i32, -128, 127).astype(np.int8)     # packs_epi32 then packs_epi16: saturate
+    if fmt.name == "Q8_0":
+        return join_fields(a.shape[0], fp32_to_fp16_bits(d), qs)
+    total = i32.sum(axis=1)                          # _mm256_add_epi32 + hsum: wraps mod 2^32
+    total = ((total + 2**31) % 2**32 - 2**31).astype(np.int32)
+    with np.errstate(all="ignore"):
+        s = d * total.astype(F32)
+    return join_fields(a.shape[0], fp32_to_fp16_bits(d), fp32_to_fp16_bits(s), qs)
+
+
+# --------------------------------------------------------------------------- step 2
+
+def decode_weight_blocks(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
+    """Weight rows (N, row_bytes) -> {"q": int32 (N, nb, 32) integer codes as vec_dot uses them,
+    "d": float32 (N, nb), and for Q4_1/Q5_1 "m": float32 (N, nb)}."""
+    fmt = get_format(qtype)
+    N = w.shape[0]
+    name = fmt.name
+    if name == "Q4_0":
+        f = split_fields(w, 18, ("d", 2), ("qs", 16))
+        q = np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1).astype(np.int32) - 8
+    elif name == "Q4_1":
+        f = split_fields(w, 20, ("d", 2), ("m", 2), ("qs", 16))
+        q = np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1).astype(np.int32)
+    elif name in ("Q5_0", "Q5_1"):
+        if name == "Q5_0":
+            f = split_fields(w, 22, ("d", 2), ("qh", 4), ("qs", 16))
+        else:
+            f = split_fields(w, 24, ("d", 2), ("m", 2), ("qh", 4), ("qs", 16))
+        lo = np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1).astype(np.int32)
+        q = lo | (unpack_high_bits(f["qh"]).astype(np.int32) << 4)
+        if name == "Q5_0":
+            q = q - 16
+    elif name == "Q8_0":
+        f = split_fields(w, 34, ("d", 2), ("qs", 32))
+        q = f["qs"].view(np.int8).astype(np.int32)
+    else:
+        raise FormatError(f"{name} has no vec_dot")
+    out = {"q": q.reshape(N, -1, QK), "d": fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)}
+    if "m" in f:
+        out["m"] = fp16_bits_to_fp32(u16(f["m"])).reshape(N, -1)
+    return out
+
+
+def decode_activation_blocks(qa: np.ndarray, qtype) -> dict[str, np.ndarray]:
+    """Q8_0/Q8_1 rows (M, row_bytes) -> {"q": int32 (M, nb, 32), "d": (M, nb), ["s": (M, nb)]}."""
+    M = qa.shape[0]
+    if get_format(qtype).name == "Q8_0":
+        f = split_fields(qa, 34, ("d", 2), ("qs", 32))
+    else:
+        f = split_fields(qa, 36, ("d", 2), ("s", 2), ("qs", 32))
+    out = {"q": f["qs"].view(np.int8).astype(np.int32).reshape(M, -1, QK),
+           "d": fp16_bits_to_fp32(u16(f["d"])).reshape(M, -1)}
+    if "s" in f:
+        out["s"] = fp16_bits_to_fp32(u16(f["s"])).reshape(M, -1)
+    return out
+
+
+def block_dots(wq: np.ndarray, aq: np.ndarray) -> np.ndarray:
+    """sumi[m, n, b] = sum_j wq[n, b, j] * aq[m, b, j]: exact integers (step 2), int32."""
+    return np.einsum("mbj,nbj->mnb", aq.astype(np.int64), wq.astype(np.int64)).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- step 3
+
+def combine(qtype, sumi: np.ndarray, wb: dict, ab: dict) -> np.ndarray:
+    """sumf = 0; for b: sumf += term_b -- float32, in the generic kernel's order (step 3).
+    sumi (M, N, nb) int32; wb, ab from decode_*_blocks. Returns (M, N) float32."""
+    name = get_format(qtype).name
+    M, N, nb = sumi.shape
+    sumf = np.zeros((M, N), dtype=F32)
+    with np.errstate(all="ignore"):
+        for b in range(nb):
+            s = sumi[:, :, b].astype(F32)                  # exact
+            dw = wb["d"][None, :, b]
+            da = ab["d"][:, None, b]
+            if name == "Q4_0":
+                t = (s * dw) * da
+            elif name == "Q5_0":
+                t = (dw * da) * s
+            elif name == "Q8_0":
+                t = s * (dw * da)
+            elif name in ("Q4_1", "Q5_1"):
+                t = fma_f32(dw * da, s, wb["m"][None, :, b] * ab["s"][:, None, b])
+            else:
+                raise FormatError(f"{name} has no vec_dot")
+            sumf = (sumf + t).astype(F32)
+    return sumf
+
+
+def vec_dot_quantized(w: np.ndarray, qtype, qa: np.ndarray) -> np.ndarray:
+    """Steps 2-3 on already quantized activations qa (M, bytes of the vec_dot type) -> (M, N)."""
+    vt = vec_dot_type(qtype)
+    wb = decode_weight_blocks(w, qtype)
+    ab = decode_activation_blocks(qa, vt)
+    if wb["q"].shape[1] != ab["q"].shape[1]:
+        raise InputError(f"{get_format(qtype).name} vec_dot: weight rows have {wb['q'].shape[1]} blocks, "
+                         f"activation rows {ab['q'].shape[1]}")
+    return combine(qtype, block_dots(wb["q"], ab["q"]), wb, ab)
+
+
+def vec_dot(w: np.ndarray, qtype, a: np.ndarray, variant: str = "ref") -> np.ndarray:
+    """ggml's CPU mul_mat for weight rows w (N, row_bytes of qtype) and float32 activations
+    a (M, K): Y[m, n] = vec_dot(W[n], quantize(a[m])) -> (M, N) float32 (steps 1-3)."""
+    return vec_dot_quantized(w, qtype, quantize_activation(a, vec_dot_type(qtype), variant))
+
+
+# --------------------------------------------------------------------------- bounds
+
+def exact_quantized_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, S): the exact value of what steps 2-3 approximate, R = sum_b dw*da*sumi_b (+ mw*sa),
+    in float64 (every product exact: 11+11+17 bits), and S = sum_b |dw*da| sum_j |qw*qa| (+ |mw*sa|),
+    the magnitude the float error is proportional to. Each is a float64 sum of nb terms, with
+    relative error at most nb * 2^-53 of S."""
+    vt = vec_dot_type(qtype)
+    wb = decode_weight_blocks(w, qtype)
+    ab = decode_activation_blocks(qa, vt)
+    sumi = block_dots(wb["q"], ab["q"]).astype(np.float64)
+    with np.errstate(all="ignore"):
+        return _exact(wb, ab, sumi)
+
+
+def _exact(wb, ab, sumi):
+    absi = np.einsum("mbj,nbj->mnb", np.abs(ab["q"]).astype(np.int64), np.abs(wb["q"]).astype(np.int64)).astype(np.float64)
+    dd = wb["d"].astype(np.float64)[None, :, :] * ab["d"].astype(np.float64)[:, None, :]
+    R = (dd * sumi).sum(axis=2)
+    S = (np.abs(dd) * absi).sum(axis=2)
+    if "m" in wb:
+        ms = wb["m"].astype(np.float64)[None, :, :] * ab["s"].astype(np.float64)[:, None, :]
+        R = R + ms.sum(axis=2)
+        S = S + np.abs(ms).sum(axis=2)
+    return R, S
+
+
+def simd_error_bound(qtype, nblocks: int, S: np.ndarray) -> np.ndarray:
+    """A bound on |Y - R| for ANY of the combination orders above (generic or the AVX2 kernels):
+    gamma(k) * S with k = nb + 5 float32 roundings on the longest path of the sum tree
+    (1 for dw*da, nb for the lane/chain accumulation, 3 for the 8-lane tree sum, 1 for the
+    separate offset sum's product or the final add -- see spec/ggml/dot.md), plus the float64
+    reference's own error nb * 2^-53 * S."""
+    from ..gemm import gamma
+    return gamma(nblocks + 5, np.float32) * S + gamma(nblocks + 1, np.float64) * S
