@@ -158,8 +158,13 @@ def quantize_iq4_xs(x, imatrix=None):
     qw = _imatrix_rows(imatrix, nrows, n, QK_K)
     xb = xs.reshape(-1, 32)
     scales = _block_scales(xb, _weights(xs, qw, QK_K)).reshape(-1, 8)
-    # `if (fabsf(d) > amax_scale)` from 0: first of the largest magnitudes, 0 when all are 0
-    _, max_scale = c_max_abs(scales)
+    # `if (fabsf(d) > amax_scale)` from 0: the first of the largest magnitudes; 0 when all are
+    # 0, and a NaN scale (from inf sums on values near FLT_MAX) is never picked
+    a = np.abs(scales)
+    a = np.where(np.isnan(a), F32(-1), a)
+    pick = np.argmax(a, axis=1)[:, None]
+    max_scale = np.where(np.take_along_axis(a, pick, 1)[:, 0] > 0,
+                         np.take_along_axis(scales, pick, 1)[:, 0], F32(0)).astype(F32)
     d = -max_scale / F32(32)
     idv = safe_reciprocal(d)
     with np.errstate(over="ignore", invalid="ignore"):
