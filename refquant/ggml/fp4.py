@@ -106,8 +106,8 @@ def fp32_to_ue4m3(x: np.ndarray) -> np.ndarray:
     - e >= 15 (x >= 256): 0x7E (448).
     - otherwise the top 3 mantissa bits plus the next bit (round half up on the bits, ties away
       from zero); a carry to 8 bumps the exponent, and a bump to 15 gives 0x7E.
-    So every value from 240 up (the carry out of 1.875 * 2^7) is coded 0x7E = 448: ggml never
-    produces the codes 0x78..0x7D (256..416)."""
+    So every value from 248 up (the carry out of 1.875 * 2^7, and all of [256, 448]) is coded
+    0x7E = 448: ggml never produces the codes 0x78..0x7D (256..416)."""
     x = np.asarray(x, dtype=F32)
     with np.errstate(invalid="ignore"):
         pos = x > 0
