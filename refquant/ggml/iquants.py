@@ -47,7 +47,11 @@ def best_index_int8(x: np.ndarray, values: np.ndarray = _VALS) -> np.ndarray:
     A NaN gives the last index, as the C comparisons do."""
     x = np.asarray(x, dtype=F32)
     n = values.shape[0]
-    mu = np.clip(np.searchsorted(values, x, side="right"), 1, n - 1)  # NaN sorts last -> n-1
+    # mu = 1 + #{k in 1..n-2 : values[k] <= x}: the bracket's upper end, clipped to [1, n-1]
+    mu = np.ones(x.shape, dtype=np.uint8)
+    for k in range(1, n - 1):
+        mu += x >= values[k]
+    mu[np.isnan(x)] = n - 1
     lo, hi = values[mu - 1], values[mu]
     with np.errstate(invalid="ignore", over="ignore"):
         pick_lo = (x - lo) < (hi - x)
@@ -68,7 +72,18 @@ def _weights(x: np.ndarray, qw: np.ndarray | None, super_block_size: int) -> np.
     return w.reshape(-1, 32)
 
 
+CHUNK_BLOCKS = 16384  # blocks searched at once: keeps the temporaries in cache (speed only)
+
+
 def _block_scales(xb: np.ndarray, w: np.ndarray, ntry: int = NTRY) -> np.ndarray:
+    """_block_scales_chunk over every block, CHUNK_BLOCKS at a time (blocks are independent)."""
+    out = np.empty(xb.shape[0], dtype=F32)
+    for s in range(0, xb.shape[0], CHUNK_BLOCKS):
+        out[s:s + CHUNK_BLOCKS] = _block_scales_chunk(xb[s:s + CHUNK_BLOCKS], w[s:s + CHUNK_BLOCKS], ntry)
+    return out
+
+
+def _block_scales_chunk(xb: np.ndarray, w: np.ndarray, ntry: int) -> np.ndarray:
     """The scale search of quantize_row_iq4_nl_impl for blocks xb (nblocks, 32), weights w.
 
     1. amax, max: the first element of largest |x| (strict `ax > amax` scan from 0).
@@ -82,12 +97,14 @@ def _block_scales(xb: np.ndarray, w: np.ndarray, ntry: int = NTRY) -> np.ndarray
     skip = amax < GROUP_MAX_EPS
     vmax = np.where(skip, F32(1), vmax)  # the skipped blocks' values are discarded below
     v0 = _VALS[0]
+    # position-major copies (32, nblocks): the sums over j run over contiguous rows
+    xt = np.ascontiguousarray(xb.T)
+    wt = np.ascontiguousarray(w.T)
 
     def sums(iscale):
-        L = best_index_int8(iscale[:, None] * xb)
-        q = _VALS[L]
-        wq = w * q
-        return seq_sum(wq * xb), seq_sum(wq * q)
+        q = _VALS[best_index_int8(iscale[None, :] * xt)]   # float q = values[l]
+        wq = wt * q
+        return seq_sum(wq * xt, axis=0), seq_sum(wq * q, axis=0)  # sumqx += w*q*x; sumq2 += w*q*q
 
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         d = (-vmax / v0) if ntry > 0 else (vmax / v0)  # -max/values[0] : max/values[0]

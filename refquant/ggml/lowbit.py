@@ -22,7 +22,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from ..numerics import F32, c_float_to_int32, fp16_bits_to_fp32, fp32_to_fp16_bits, roundf, safe_reciprocal, seq_sum
+from ..numerics import F32, fp16_bits_to_fp32, fp32_to_fp16_bits, roundf, safe_reciprocal, seq_sum
 from ..registry import IMATRIX_NONE, Format, register
 from .blocks import as_blocks, join_fields, split_fields, u16
 
@@ -68,6 +68,12 @@ def _unpack_base3(b: np.ndarray, n: int) -> list[np.ndarray]:
     return [(((b * 3 ** k) & 0xFF) * 3) >> 8 for k in range(n)]
 
 
+# (float)(trit - 1) for the 5 trits of every byte value, by the rule above: decoding is a lookup
+_TRITS_F32 = np.stack(_unpack_base3(np.arange(256), 5), axis=1).astype(F32) - F32(1)   # (256, 5)
+# (float)(q - 1) for the four 2-bit fields of every byte value, field n = (b >> 2n) & 3
+_PAIRS_F32 = ((np.arange(256)[:, None] >> (2 * np.arange(4))) & 3).astype(F32) - F32(1)  # (256, 4)
+
+
 # --------------------------------------------------------------------------- TQ1_0
 
 def quantize_tq1_0(x, imatrix=None):
@@ -85,12 +91,12 @@ def quantize_tq1_0(x, imatrix=None):
 def dequantize_tq1_0(data):
     f = split_fields(data, 54, ("qs", 48), ("qh", 4), ("d", 2))
     d = fp16_bits_to_fp32(u16(f["d"]))
-    head = np.stack(_unpack_base3(f["qs"][:, :32], 5), axis=1).reshape(-1, 160)
-    mid = np.stack(_unpack_base3(f["qs"][:, 32:], 5), axis=1).reshape(-1, 80)
-    tail = np.stack(_unpack_base3(f["qh"], 4), axis=1).reshape(-1, 16)
+    head = _TRITS_F32[f["qs"][:, :32]].transpose(0, 2, 1).reshape(-1, 160)   # [n, m] -> m + 32n
+    mid = _TRITS_F32[f["qs"][:, 32:]].transpose(0, 2, 1).reshape(-1, 80)     # 160 + m + 16n
+    tail = _TRITS_F32[f["qh"]][:, :, :4].transpose(0, 2, 1).reshape(-1, 16)  # 240 + j + 4n
     t = np.concatenate([head, mid, tail], axis=1)
     with np.errstate(over="ignore", invalid="ignore"):
-        y = (t - 1).astype(F32) * d[:, None]                        # (float)(xi - 1) * d
+        y = t * d[:, None]                                          # (float)(xi - 1) * d
     return y.reshape(data.shape[0], -1)
 
 
@@ -109,10 +115,9 @@ def quantize_tq2_0(x, imatrix=None):
 def dequantize_tq2_0(data):
     f = split_fields(data, 66, ("qs", 64), ("d", 2))
     d = fp16_bits_to_fp32(u16(f["d"]))
-    qs = f["qs"].reshape(-1, 2, 1, 32).astype(np.int32)
-    t = (qs >> (2 * np.arange(4)).reshape(1, 1, 4, 1)) & 3
+    t = _PAIRS_F32[f["qs"].reshape(-1, 2, 32)].transpose(0, 1, 3, 2)  # [h, n, m]: 128h + 32n + m
     with np.errstate(over="ignore", invalid="ignore"):
-        y = (t.reshape(-1, QK_K) - 1).astype(F32) * d[:, None]
+        y = t.reshape(-1, QK_K) * d[:, None]                       # (float)(q - 1) * d
     return y.reshape(data.shape[0], -1)
 
 
@@ -124,17 +129,14 @@ def quantize_q1_0(x, imatrix=None):
     nrows = x.shape[0]
     xb = as_blocks(x, QK1_0)
     d = seq_sum(np.abs(xb)) / F32(QK1_0)
-    bits = (xb >= 0).astype(np.uint8).reshape(-1, 16, 8)
-    qs = np.zeros(bits.shape[:2], dtype=np.uint8)
-    for k in range(8):
-        qs |= bits[:, :, k] << k
+    qs = np.packbits(xb >= 0, axis=1, bitorder="little")   # qs[j/8] |= 1 << j%8
     return join_fields(nrows, fp32_to_fp16_bits(d), qs)
 
 
 def dequantize_q1_0(data):
     f = split_fields(data, 18, ("d", 2), ("qs", 16))
     d = fp16_bits_to_fp32(u16(f["d"]))
-    bits = ((f["qs"][:, :, None] >> np.arange(8, dtype=np.uint8)) & 1).reshape(-1, QK1_0)
+    bits = np.unpackbits(f["qs"], axis=1, bitorder="little")  # bit j%8 of qs[j/8]
     y = np.where(bits == 1, d[:, None], -d[:, None]).astype(F32)
     return y.reshape(data.shape[0], -1)
 
