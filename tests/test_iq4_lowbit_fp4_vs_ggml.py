@@ -154,3 +154,13 @@ def test_signed_zero_blocks(ggml, qtype):
     x[2, ::3] = -0.0
     x[2, bs + 1] = 1.0
     np.testing.assert_array_equal(refquant.quantize(x, qtype), ggml.quantize(x, qtype))
+
+
+def test_iq4_nl_files_use_the_chunk_search_not_the_ref_row(ggml):
+    """ggml's own two IQ4_NL quantizers disagree (ntry = 7 in ggml_quantize_chunk, -1 in
+    quantize_row_iq4_nl_ref); the spec is the chunk path. IQ4_XS's ref row is the chunk path."""
+    x = (np.random.default_rng(4).standard_normal((8, 1024)) * 0.02).astype(np.float32)
+    chunk = ggml.quantize(x, "IQ4_NL")
+    assert not np.array_equal(ggml.quantize_row_ref(x, "IQ4_NL"), chunk)
+    np.testing.assert_array_equal(refquant.quantize(x, "IQ4_NL"), chunk)
+    np.testing.assert_array_equal(ggml.quantize_row_ref(x, "IQ4_XS"), ggml.quantize(x, "IQ4_XS"))

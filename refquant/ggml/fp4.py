@@ -16,7 +16,8 @@ so a decoded element is kvalues_mxfp4[code] * scale_half = E2M1 * scale.
       four sub-blocks of 16, sub-block s scaled by d[s]; qs[8s + j] low nibble = code of
       element 16s + j, high nibble = code of element 16s + 8 + j. No per-tensor scale.
 
-Quantizing (neither type uses an importance matrix; `ggml_quantize_chunk` ignores one):
+Quantizing (neither type uses an importance matrix: `ggml_quantize_chunk` runs
+`quantize_row_*_ref` and ignores one; no `ggml_quantize_init` is needed):
 each element takes the code whose kvalues_mxfp4[code] * scale_half is nearest to it, |error|
 in float32, scanning codes 0..15 and keeping the first strict minimum: ties go to the lower
 code, i.e. to the smaller magnitude (and 0 to code 0, +0). OCP MX and NVIDIA's NVFP4 round to

@@ -15,7 +15,12 @@ Each 4-bit code indexes the 16-entry table `kvalues_iq4nl`; a value is `d * kval
 Both types are quantized the way `ggml_quantize_chunk` does it (`quantize_iq4_nl`,
 `quantize_iq4_xs`): a search over 15 candidate scales (ntry = 7). The exported
 `quantize_row_iq4_nl_ref` uses ntry = -1, a different search that gives different bytes; files
-hold the chunk path's bytes, and that is what is specified here.
+hold the chunk path's bytes, and that is what is specified here. (IQ4_XS's
+`quantize_row_iq4_xs_ref` calls the chunk routine, so there the two agree.)
+
+With an importance matrix both take the same search with weights qw[j] * sqrtf(sigma2 + x[j]^2)
+in place of x[j]^2; neither requires one. `ggml_quantize_init` has nothing to set up for
+them (no grids).
 """
 from __future__ import annotations
 

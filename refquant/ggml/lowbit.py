@@ -1,7 +1,8 @@
 """ggml's ternary and 1-bit types: TQ1_0, TQ2_0 (BitNet b1.58 / TriLM) and Q1_0 (ggml-quants.c).
 
 None of them uses an importance matrix: `ggml_quantize_chunk` runs the reference quantizer
-whether one is given or not.
+(`quantize_row_*_ref`) whether one is given or not (Q1_0 with one calls it row by row: the same
+bytes). None needs `ggml_quantize_init`.
 
     TQ1_0  (256 values, 54 bytes)   | qs[48] | qh[4] | d: f16 |
       trits t in {0,1,2} stand for -1, 0, +1; value = (t - 1) * d.
