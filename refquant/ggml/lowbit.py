@@ -1,0 +1,151 @@
+"""ggml's ternary and 1-bit types: TQ1_0, TQ2_0 (BitNet b1.58 / TriLM) and Q1_0 (ggml-quants.c).
+
+None of them uses an importance matrix: `ggml_quantize_chunk` runs the reference quantizer
+(`quantize_row_*_ref`) whether one is given or not (Q1_0 with one calls it row by row: the same
+bytes). None needs `ggml_quantize_init`.
+
+    TQ1_0  (256 values, 54 bytes)   | qs[48] | qh[4] | d: f16 |
+      trits t in {0,1,2} stand for -1, 0, +1; value = (t - 1) * d.
+      qs[m],      m < 32: elements m + 32n,        n = 0..4, n = 0 the most significant trit
+      qs[32 + m], m < 16: elements 160 + m + 16n,  n = 0..4
+      qh[j],      j < 4:  elements 240 + j + 4n,   n = 0..3, then a 0 trit in last place
+      a byte holds t0*81 + t1*27 + t2*9 + t3*3 + t4 (< 243) stored as ceil(that * 256 / 243):
+      a fixed-point fraction whose digits in base 3 come out as (byte * 3^n mod 256) * 3 >> 8.
+
+    TQ2_0  (256 values, 66 bytes)   | qs[64] | d: f16 |
+      qs[32h + m] bits 2n..2n+1 = t of element 128h + m + 32n; value = (t - 1) * d.
+
+    Q1_0   (128 values, 18 bytes)   | d: f16 | qs[16] |
+      bit j (qs[j/8] >> j%8) set: element j is +d, clear: -d.
+"""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+
+from ..numerics import F32, fp16_bits_to_fp32, fp32_to_fp16_bits, roundf, safe_reciprocal, seq_sum
+from ..registry import IMATRIX_NONE, Format, register
+from .blocks import as_blocks, join_fields, split_fields, u16
+
+T = gguf.GGMLQuantizationType
+
+QK_K = 256
+QK1_0 = 128
+
+
+def _lroundf_int(x: np.ndarray) -> np.ndarray:
+    """`int xi = lroundf(x)` on x86-64 glibc: roundf (half away from zero) then a conversion to a
+    64-bit long; NaN and out-of-range values give LONG_MIN, whose low 32 bits (the `int`) are 0."""
+    r = roundf(x)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(r) & (np.abs(r) < F32(2.0**63))
+        v = np.where(ok, r, F32(0)).astype(np.int64)
+    return v.astype(np.int32)  # keeps the low 32 bits, as the long -> int conversion does
+
+
+def _ternary_scale(x):
+    """d = amax over the block (`amax = MAX(amax, fabsf(v))` from 0), id = d ? 1/d : 0.
+    Returns (d, trits t = lroundf(x * id) + 1 as int32)."""
+    xb = as_blocks(x, QK_K)
+    amax = np.max(np.abs(xb), axis=1)
+    idv = safe_reciprocal(amax)
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = _lroundf_int(xb * idv[:, None]) + 1
+    return amax, t
+
+
+def _pack_base3(trits: list[np.ndarray]) -> np.ndarray:
+    """q = 0; for t in trits: q = q*3 + t (uint8 arithmetic); then (uint16)q * 256 + 242) / 243
+    stored in a byte."""
+    q = np.zeros_like(trits[0], dtype=np.int32)
+    for t in trits:
+        q = (q * 3 + t) & 0xFF
+    return (((q * 256) + 242) // 243).astype(np.uint8)
+
+
+def _unpack_base3(b: np.ndarray, n: int) -> list[np.ndarray]:
+    """The n-th trit of each byte: q = b * 3^n (mod 256), trit = (q * 3) >> 8."""
+    b = b.astype(np.int32)
+    return [(((b * 3 ** k) & 0xFF) * 3) >> 8 for k in range(n)]
+
+
+# (float)(trit - 1) for the 5 trits of every byte value, by the rule above: decoding is a lookup
+_TRITS_F32 = np.stack(_unpack_base3(np.arange(256), 5), axis=1).astype(F32) - F32(1)   # (256, 5)
+# (float)(q - 1) for the four 2-bit fields of every byte value, field n = (b >> 2n) & 3
+_PAIRS_F32 = ((np.arange(256)[:, None] >> (2 * np.arange(4))) & 3).astype(F32) - F32(1)  # (256, 4)
+
+
+# --------------------------------------------------------------------------- TQ1_0
+
+def quantize_tq1_0(x, imatrix=None):
+    nrows = x.shape[0]
+    d, t = _ternary_scale(x)
+    head = t[:, :160].reshape(-1, 5, 32)          # element m + 32n
+    mid = t[:, 160:240].reshape(-1, 5, 16)        # element 160 + m + 16n
+    tail = t[:, 240:].reshape(-1, 4, 4)           # element 240 + j + 4n
+    qs = np.concatenate([_pack_base3([head[:, k] for k in range(5)]),
+                         _pack_base3([mid[:, k] for k in range(5)])], axis=1)
+    qh = _pack_base3([tail[:, k] for k in range(4)] + [np.zeros_like(tail[:, 0])])  # `q *= 3`
+    return join_fields(nrows, qs, qh, fp32_to_fp16_bits(d))
+
+
+def dequantize_tq1_0(data):
+    f = split_fields(data, 54, ("qs", 48), ("qh", 4), ("d", 2))
+    d = fp16_bits_to_fp32(u16(f["d"]))
+    head = _TRITS_F32[f["qs"][:, :32]].transpose(0, 2, 1).reshape(-1, 160)   # [n, m] -> m + 32n
+    mid = _TRITS_F32[f["qs"][:, 32:]].transpose(0, 2, 1).reshape(-1, 80)     # 160 + m + 16n
+    tail = _TRITS_F32[f["qh"]][:, :, :4].transpose(0, 2, 1).reshape(-1, 16)  # 240 + j + 4n
+    t = np.concatenate([head, mid, tail], axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = t * d[:, None]                                          # (float)(xi - 1) * d
+    return y.reshape(data.shape[0], -1)
+
+
+# --------------------------------------------------------------------------- TQ2_0
+
+def quantize_tq2_0(x, imatrix=None):
+    nrows = x.shape[0]
+    d, t = _ternary_scale(x)
+    g = (t & 3).reshape(-1, 2, 4, 32)              # [half h, shift n, m]: element 128h + 32n + m
+    qs = np.zeros((g.shape[0], 2, 32), dtype=np.int32)
+    for k in range(4):
+        qs += g[:, :, k] << (2 * k)
+    return join_fields(nrows, (qs & 0xFF).astype(np.uint8).reshape(-1, 64), fp32_to_fp16_bits(d))
+
+
+def dequantize_tq2_0(data):
+    f = split_fields(data, 66, ("qs", 64), ("d", 2))
+    d = fp16_bits_to_fp32(u16(f["d"]))
+    t = _PAIRS_F32[f["qs"].reshape(-1, 2, 32)].transpose(0, 1, 3, 2)  # [h, n, m]: 128h + 32n + m
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = t.reshape(-1, QK_K) * d[:, None]                       # (float)(q - 1) * d
+    return y.reshape(data.shape[0], -1)
+
+
+# --------------------------------------------------------------------------- Q1_0
+
+def quantize_q1_0(x, imatrix=None):
+    """quantize_row_q1_0_ref: d = (|x0| + |x1| + ... in order) / 128; bit j = (x[j] >= 0),
+    so -0 is stored as +d."""
+    nrows = x.shape[0]
+    xb = as_blocks(x, QK1_0)
+    d = seq_sum(np.abs(xb)) / F32(QK1_0)
+    qs = np.packbits(xb >= 0, axis=1, bitorder="little")   # qs[j/8] |= 1 << j%8
+    return join_fields(nrows, fp32_to_fp16_bits(d), qs)
+
+
+def dequantize_q1_0(data):
+    f = split_fields(data, 18, ("d", 2), ("qs", 16))
+    d = fp16_bits_to_fp32(u16(f["d"]))
+    bits = np.unpackbits(f["qs"], axis=1, bitorder="little")  # bit j%8 of qs[j/8]
+    y = np.where(bits == 1, d[:, None], -d[:, None]).astype(F32)
+    return y.reshape(data.shape[0], -1)
+
+
+for _name, _bs, _ts, _q, _dq in [
+    ("TQ1_0", QK_K, 54, quantize_tq1_0, dequantize_tq1_0),
+    ("TQ2_0", QK_K, 66, quantize_tq2_0, dequantize_tq2_0),
+    ("Q1_0", QK1_0, 18, quantize_q1_0, dequantize_q1_0),
+]:
+    register(Format(_name, "ggml-lowbit", _bs, _ts, _q, _dq, IMATRIX_NONE, int(T[_name]),
+                    f"ggml/{_name.lower()}.md"))
