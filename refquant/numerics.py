@@ -149,3 +149,36 @@ def safe_reciprocal(d: np.ndarray) -> np.ndarray:
     d = np.asarray(d, dtype=F32)
     with np.errstate(divide="ignore", over="ignore"):
         return np.where(d != 0, F32(1.0) / np.where(d != 0, d, F32(1.0)), F32(0.0)).astype(F32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused multiply-add
+# ---------------------------------------------------------------------------------------------
+
+def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """C's fmaf(a, b, c) (what a compiler emits for `a * b + c` under FP contraction): the exact
+    a*b + c rounded once to float32, to nearest even.
+
+    a*b of two float32s is exact in float64; the float64 sum s = a*b + c may round, so its
+    error e (TwoSum) is kept, and when s falls exactly halfway between two float32s the tie
+    is broken by the sign of e, as the exact value would break it.
+    """
+    a, b, c = (np.asarray(v, dtype=F32) for v in (a, b, c))
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = a.astype(np.float64) * b.astype(np.float64)      # exact
+        c64 = c.astype(np.float64)
+        s = p + c64
+        bb = s - p
+        e = (p - (s - bb)) + (c64 - bb)                      # s + e == p + c exactly
+        r = s.astype(F32)                                    # round to nearest even
+        r64 = r.astype(np.float64)
+        toward = np.where(s > r64, np.inf, -np.inf).astype(F32)
+        other = np.nextafter(r, toward).astype(np.float64)   # the float32 on the other side of s
+        tie = np.isfinite(s) & (s != r64) & (s == (r64 + other) * 0.5) & (e != 0)
+        if tie.any():
+            # the exact value lies on e's side of the midpoint: round to that neighbour
+            up = e > 0
+            hi = np.maximum(r64, other).astype(F32)
+            lo = np.minimum(r64, other).astype(F32)
+            r = np.where(tie, np.where(up, hi, lo), r).astype(F32)
+    return r
