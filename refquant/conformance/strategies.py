@@ -109,3 +109,22 @@ def importance(draw, n: int) -> np.ndarray:
         mask = draw(hnp.arrays(np.bool_, n))
         return np.where(mask, v, F32(0)).astype(F32)
     return draw(hnp.arrays(F32, n, elements=f32_range(0, 1e6)))
+
+
+@st.composite
+def float_tensors(draw, dtypes=("float32",), max_blocks: int = 24, block: int = 32,
+                  kinds=BLOCK_KINDS) -> np.ndarray:
+    """A tensor of any length (not a multiple of anything), 1-D or 2-D, in one of `dtypes`
+    ("float32", "float16", "bfloat16"): runs of `block` values of the float_block kinds, cut to
+    a drawn length. Values beyond the dtype's range are clipped to its largest finite value."""
+    import ml_dtypes
+    nb = draw(st.integers(1, max_blocks))
+    x = np.concatenate([draw(float_block(block, kinds)) for _ in range(nb)])
+    n = draw(st.integers(1, x.size))
+    x = x[:n]
+    dt = np.dtype({"float32": np.float32, "float16": np.float16,
+                   "bfloat16": ml_dtypes.bfloat16}[draw(st.sampled_from(dtypes))])
+    big = F32(np.finfo(np.float16).max) if dt == np.float16 else F32(3.3895313e38)
+    x = np.clip(x, -big, big).astype(dt)
+    rows = draw(st.sampled_from([d for d in (1, 2, 3, 4) if n % d == 0]))
+    return x.reshape(rows, n // rows) if draw(st.booleans()) else x
