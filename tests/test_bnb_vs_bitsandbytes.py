@@ -526,3 +526,149 @@ def test_llm_int8_outlier_decomposition(dtype, data):
     r, bound = gemm.fp_accumulation_bound(lhs, rhs, dtype, len(ocols) + 1)
     assert np.all(np.abs(y.astype(np.float64) - r) <= bound)
     assert np.all(np.abs(ours.astype(np.float64) - r) <= bound)
+
+
+# ============================================================================ checkpoints
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A two-layer llama built locally from a config (no downloads), saved in float16."""
+    transformers = pytest.importorskip("transformers", reason="the checkpoint tests load through transformers")
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).to(torch.float16)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[3, 7] = 40.0   # an outlier weight
+    path = tmp_path_factory.mktemp("tiny-llama-fp16")
+    model.save_pretrained(path)
+    return path
+
+
+def bnb_dequantize_4bit(packed, qs):
+    """bitsandbytes' dequantize_4bit, through its PyTorch kernel where its AVX512 kernel would
+    use the wrong scales (test_avx512_dequantize_4bit_restarts_blocks_at_each_row)."""
+    shape = tuple(qs.shape)
+    if avx512_row_aligned(shape, qs.blocksize):
+        return to_numpy(F.dequantize_4bit(packed, qs)).reshape(shape), dequant_kernel_for(shape, qs.blocksize)
+    absmax = qs.absmax
+    if qs.nested:
+        absmax = F.dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
+    out = torch.ops.bitsandbytes.dequantize_4bit.default.redispatch(CEA, packed, absmax, qs.blocksize, qs.quant_type,
+                                                                     list(shape), qs.dtype)
+    return to_numpy(out), "torch"
+
+
+def _linear_names(entries):
+    return sorted(k[:-len(".weight")] for k in entries
+                  if k.endswith(".weight") and k.split(".")[-2] in LINEARS and ".layers." in k)
+
+
+def _write_quantized(src, dst, mode, quant_type="nf4", double_quant=True):
+    import json
+    from refquant.layouts import bnb as lay
+    entries = lay.read_safetensors(str(src / "model.safetensors"))
+    out = {}
+    for name in _linear_names(entries):
+        w = entries.pop(name + ".weight")
+        if mode == "4bit":
+            packed, state = rbw.quantize_4bit(w, 64, quant_type, double_quant)
+            out.update(lay.quant_state_entries(name, packed, state))
+        else:
+            cb, scb, _ = ri8.int8_vectorwise_quant(w)
+            out.update(lay.int8_entries(name, cb, scb))
+    out.update(entries)
+    dst.mkdir()
+    lay.write_safetensors(str(dst / "model.safetensors"), out)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["quantization_config"] = (lay.quantization_config_4bit(quant_type, double_quant) if mode == "4bit"
+                                  else lay.quantization_config_8bit())
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def _load(path, quant_config):
+    import transformers
+    extra = {} if quant_config is None else {"quantization_config": quant_config}   # None: read config.json's
+    return transformers.AutoModelForCausalLM.from_pretrained(path, device_map="cpu", dtype=torch.float16, **extra)
+
+
+@pytest.mark.parametrize("quant_type, double_quant", [("nf4", True), ("fp4", False), ("nf4", False)])
+def test_4bit_checkpoint_written_by_refquant_loads_in_transformers(tiny_llama, tmp_path, quant_type, double_quant):
+    import transformers
+    from refquant.layouts import bnb as lay
+    ours = _write_quantized(tiny_llama, tmp_path / "refquant", "4bit", quant_type, double_quant)
+    qc = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                         bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch.float16)
+    loaded = _load(tmp_path / "refquant", None)
+    reference = _load(tiny_llama, qc)          # transformers quantizes the float16 weights itself
+    reference.save_pretrained(tmp_path / "transformers")
+    theirs = lay.read_safetensors(str(tmp_path / "transformers" / "model.safetensors"))
+    names = _linear_names({k: None for k in theirs if k.endswith(".weight")})
+    assert names
+    for name in names:
+        mod = loaded.get_submodule(name)
+        assert isinstance(mod, bnb.nn.Linear4bit)
+        packed, state = lay.quant_state_from_entries(ours, name)
+        got, kernel = bnb_dequantize_4bit(mod.weight.data, mod.weight.quant_state)
+        want = rbw.dequantize_4bit(packed, state, kernel=kernel, bf16_daz=AVX512BF16)
+        same_bits(want, got)
+        # and the bytes transformers + bitsandbytes write for the same weights are refquant's
+        for key in [k for k in theirs if k.startswith(name + ".weight")]:
+            assert key in ours, key
+            same_bits(ours[key], theirs[key])
+
+
+def test_8bit_checkpoint_written_by_refquant_loads_in_transformers(tiny_llama, tmp_path):
+    import transformers
+    from refquant.layouts import bnb as lay
+    ours = _write_quantized(tiny_llama, tmp_path / "refquant", "8bit")
+    loaded = _load(tmp_path / "refquant", None)
+    reference = _load(tiny_llama, transformers.BitsAndBytesConfig(load_in_8bit=True))
+    reference.save_pretrained(tmp_path / "transformers")
+    theirs = lay.read_safetensors(str(tmp_path / "transformers" / "model.safetensors"))
+    names = _linear_names({k: None for k in theirs if k.endswith(".weight")})
+    assert names
+    for name in names:
+        mod = loaded.get_submodule(name)
+        assert isinstance(mod, bnb.nn.Linear8bitLt)
+        cb, scb = lay.int8_from_entries(ours, name)
+        np.testing.assert_array_equal(to_numpy(mod.weight.data), cb)
+        same_bits(to_numpy(mod.weight.SCB if mod.weight.SCB is not None else mod.state.SCB), scb)
+        same_bits(lay.dequantize_entries(ours, name),
+                  to_numpy(F.int8_vectorwise_dequant(mod.weight.data, torch.from_numpy(scb))))
+        for key in (name + ".weight", name + ".SCB", name + ".weight_format"):
+            same_bits(ours[key], theirs[key])
+
+
+def test_checkpoint_reader_refuses_bad_entries():
+    from refquant.errors import FileFormatError
+    from refquant.layouts import bnb as lay
+    packed, state = rbw.quantize_4bit(np.ones((4, 64), F32), 64, "nf4", True)
+    good = lay.quant_state_entries("m", packed, state)
+    lay.quant_state_from_entries(good, "m")
+    bad = dict(good)
+    bad["m.weight.quant_map"] = np.zeros(16, F32)
+    with pytest.raises(FileFormatError, match="quant_map"):
+        lay.quant_state_from_entries(bad, "m")
+    bad = {k: v for k, v in good.items() if "quant_state" not in k}
+    with pytest.raises(FileFormatError, match="quant_state"):
+        lay.quant_state_from_entries(bad, "m")
+    with pytest.raises(FileFormatError, match="weight"):
+        lay.quant_state_from_entries({}, "m")
+
+
+def test_quant_state_from_dict_reads_refquant_entries():
+    """bitsandbytes' own QuantState.from_dict on the entries refquant writes."""
+    x = np.random.default_rng(1).standard_normal((8, 256)).astype(np.float16)
+    from refquant.layouts import bnb as lay
+    for cs in (False, True):
+        packed, state = rbw.quantize_4bit(x, 128, "fp4", cs)
+        entries = lay.quant_state_entries("layer", packed, state)
+        qs = F.QuantState.from_dict({k[len("layer.weight."):]: torch.from_numpy(v.copy())
+                                     for k, v in entries.items() if k != "layer.weight"}, device="cpu")
+        got = to_numpy(F.dequantize_4bit(torch.from_numpy(entries["layer.weight"].copy()), qs))
+        same_bits(rbw.dequantize_4bit(packed, state, kernel=dequant_kernel_for((8, 256), 128), bf16_daz=AVX512BF16), got)
