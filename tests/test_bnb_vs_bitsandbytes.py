@@ -548,11 +548,12 @@ def tiny_llama(tmp_path_factory):
     return path
 
 
-def bnb_dequantize_4bit(packed, qs):
+def bnb_dequantize_4bit(packed, qs, torch_kernel=False):
     """bitsandbytes' dequantize_4bit, through its PyTorch kernel where its AVX512 kernel would
-    use the wrong scales (test_avx512_dequantize_4bit_restarts_blocks_at_each_row)."""
+    use the wrong scales (test_avx512_dequantize_4bit_restarts_blocks_at_each_row), or when
+    asked."""
     shape = tuple(qs.shape)
-    if avx512_row_aligned(shape, qs.blocksize):
+    if avx512_row_aligned(shape, qs.blocksize) and not torch_kernel:
         return to_numpy(F.dequantize_4bit(packed, qs)).reshape(shape), dequant_kernel_for(shape, qs.blocksize)
     absmax = qs.absmax
     if qs.nested:
@@ -672,3 +673,18 @@ def test_quant_state_from_dict_reads_refquant_entries():
                                      for k, v in entries.items() if k != "layer.weight"}, device="cpu")
         got = to_numpy(F.dequantize_4bit(torch.from_numpy(entries["layer.weight"].copy()), qs))
         same_bits(rbw.dequantize_4bit(packed, state, kernel=dequant_kernel_for((8, 256), 128), bf16_daz=AVX512BF16), got)
+
+
+# ============================================================================ registry
+
+@pytest.mark.parametrize("qtype, quant_type", [("BNB_NF4", "nf4"), ("BNB_FP4", "fp4")])
+@given(x=float_rows(64, max_rows=3, max_blocks=4))
+def test_registered_row_formats_match_bitsandbytes(qtype, quant_type, x):
+    import refquant
+    q = refquant.quantize(x, qtype)
+    packed, state = F.quantize_4bit(torch.from_numpy(x), blocksize=64, quant_type=quant_type)
+    blocks = q.reshape(-1, 36)
+    np.testing.assert_array_equal(blocks[:, 4:].reshape(-1), to_numpy(packed).reshape(-1))
+    same_bits(np.ascontiguousarray(blocks[:, :4]).view("<f4").reshape(-1), to_numpy(state.absmax))
+    theirs, _ = bnb_dequantize_4bit(packed, state, torch_kernel=True)   # refquant's default kernel
+    same_bits(refquant.dequantize(q, qtype), theirs.reshape(x.shape))
