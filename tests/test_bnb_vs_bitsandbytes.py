@@ -81,6 +81,22 @@ def test_nf4_exact_paper_offset_gives_a_different_table():
     assert not np.array_equal(ours, rcb.create_normal_map())
 
 
+def test_nf4_is_not_qlora_equation_4():
+    """Divergence: QLoRA's equation (4) takes midpoints of 2**k + 1 evenly spaced quantiles,
+    q_i = (Q(i / 17) + Q((i + 1) / 17)) / 2 (with the ends replaced); bitsandbytes' NF4 takes
+    quantiles at linspace(0.9677083, 0.5) on each side (the paper's appendix E). The two tables
+    differ; bitsandbytes' is the one checkpoints hold."""
+    from statistics import NormalDist
+    nd = NormalDist()
+    eps = 1 / 34
+    p = np.linspace(eps, 1 - eps, 17)
+    q = np.array([nd.inv_cdf(v) for v in p])
+    eq4 = (q[:-1] + q[1:]) / 2
+    eq4 = (eq4 / np.abs(eq4).max()).astype(F32)
+    assert not np.allclose(eq4, rcb.nf4_code(), atol=1e-2)
+    assert 0.0 in rcb.nf4_code() and 0.0 not in eq4
+
+
 def test_fp4_table_equals_bitsandbytes():
     same_bits(rcb.fp4_code(), to_numpy(F.get_4bit_type("fp4", device="cpu")))
 
@@ -320,6 +336,35 @@ def test_quantize_blockwise_matches(method, data):
         same_bits(rbw.dequantize_blockwise(ours, ostate), to_numpy(F.dequantize_blockwise(q, state)))
     else:
         same_bits(ostate.absmax, to_numpy(absmax))
+
+
+def test_cpu_lut_kernel_is_not_the_nearest_entry():
+    """Divergence: bitsandbytes' native CPU quantize_blockwise rounds the scaled value to one of
+    65536 levels before the lookup, so next to a midpoint it can pick the farther entry; its
+    PyTorch kernel (and CUDA's binary search) picks the nearest."""
+    x = np.array([1.0, -0.98594, -0.95781, -0.9297], F32)
+    q, _ = F.quantize_blockwise(torch.from_numpy(x), blocksize=64)
+    lut, _ = rbw.quantize_blockwise(x, blocksize=64, method="cpu-lut")
+    near, _ = rbw.quantize_blockwise(x, blocksize=64, method="nearest")
+    np.testing.assert_array_equal(lut, to_numpy(q))
+    assert not np.array_equal(lut, near)
+    code = rcb.create_dynamic_map()
+    assert np.all(np.abs(code[near] - x) <= np.abs(code[lut] - x))
+
+
+@pytest.mark.skipif(not (AVX512 and AVX512BF16), reason="needs a CPU with AVX512-BF16")
+def test_avx512_bf16_output_reads_subnormals_as_zero():
+    """Divergence: on AVX512-BF16 CPUs dequantize_4bit's bfloat16 output comes from
+    vcvtneps2bf16, which treats float32 subnormals as zero; elsewhere they round normally."""
+    absmax = np.array([1e-39, 3e-39], F32)
+    packed = np.full((64, 1), 0xFF, np.uint8)
+    state = F.QuantState(absmax=torch.from_numpy(absmax), shape=torch.Size((1, 128)), blocksize=64,
+                         quant_type="nf4", dtype=torch.bfloat16)
+    theirs = to_numpy(F.dequantize_4bit(torch.from_numpy(packed), state))
+    ostate = rbw.QuantState(absmax, (1, 128), None, 64, "bfloat16", "nf4")
+    same_bits(rbw.dequantize_4bit(packed, ostate, kernel="avx512", bf16_daz=True), theirs)
+    assert np.all(theirs.astype(F32) == 0)
+    assert np.all(rbw.dequantize_4bit(packed, ostate, kernel="scalar").astype(F32) != 0)
 
 
 @pytest.mark.parametrize("out_dtype", DTYPES)
