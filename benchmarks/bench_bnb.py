@@ -43,7 +43,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((args.rows, args.cols)) * 0.02).astype(np.float16)
     a = rng.standard_normal((16, args.cols)).astype(np.float16)
-    tw, ta = torch.from_numpy(w), torch.from_numpy(a)
+    tw = torch.from_numpy(w)
     threads = torch.get_num_threads()
     kernel = rbw.bnb_cpu_dequantize_4bit_kernel(w.shape, 64, torch.backends.cpu.get_cpu_capability() == "AVX512")
 

@@ -564,10 +564,8 @@ def test_llm_int8_outlier_decomposition(dtype, data):
         same_bits(ours, y)
         return
     same_bits(sub_b, to_numpy(F.int8_vectorwise_dequant(torch.from_numpy(cb[:, ocols].copy()), torch.from_numpy(scb)).to(TORCH_DTYPE[dtype])))
-    ones = np.ones((m, 1))
     lhs = np.concatenate([y8.astype(np.float64), sub_a.astype(np.float64)], axis=1)
     rhs = np.concatenate([np.eye(n), sub_b.astype(np.float64)], axis=1)
-    del ones
     r, bound = gemm.fp_accumulation_bound(lhs, rhs, dtype, len(ocols) + 1)
     assert np.all(np.abs(y.astype(np.float64) - r) <= bound)
     assert np.all(np.abs(ours.astype(np.float64) - r) <= bound)

@@ -20,7 +20,7 @@ Which entry a value gets depends on the kernel, and bitsandbytes' CPU build has 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional
 
 import ml_dtypes
@@ -364,7 +364,3 @@ def dequantize_4bit(packed: np.ndarray, state: QuantState, kernel: str = "torch"
         code[8] = F32(-0.0)
     v = (code[q] * am[_blocks(n, blocksize)]).astype(F32)
     return _to_dtype(v, state.dtype, bf16_daz and kernel == "avx512").reshape(state.shape)
-
-
-def with_dtype(state: QuantState, dtype: str) -> QuantState:
-    return replace(state, dtype=dtype_name(DTYPES[dtype]) if dtype in DTYPES else dtype_name(dtype))

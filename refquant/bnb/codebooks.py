@@ -93,11 +93,11 @@ def get_4bit_type(quant_type: str) -> np.ndarray:
 
 def create_fp8_map(signed: bool = True, exponent_bits: int = 5, precision_bits: int = 2,
                    total_bits: int = 8) -> np.ndarray:
-    """bitsandbytes.functional.create_fp8_map: every (exponent, mantissa) pattern of a small
-    float with bias 2**(e-1), sorted, zero-padded to 256 and divided by the largest value.
-    Exponent field E > 0: (1 + mantissa) * 2**(E - bias - 1)... written by bitsandbytes as
-    2**-(E - bias - 1); E = 0: mantissa * 2**-bias. Kept to show how it differs from the FP4
-    table that quantize_4bit uses (see spec/divergences-bnb.md)."""
+    """bitsandbytes.functional.create_fp8_map: every (exponent field E, mantissa) pattern of a
+    small float, sorted, zero-padded to 256 and divided by the largest value (float32).
+    With bias = 2**(exponent_bits - 1): E > 0 gives (1 + mantissa) * 2**-(E - bias - 1), E = 0
+    gives mantissa * 2**-bias. Kept to show how it differs from the FP4 table quantize_4bit
+    uses (spec/divergences-bnb.md, row 3)."""
     has_sign = 1 if signed else 0
     if exponent_bits + precision_bits != total_bits - has_sign:
         from ..errors import InputError

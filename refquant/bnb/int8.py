@@ -139,7 +139,8 @@ def int8_mixed_matmul(A: np.ndarray, CB: np.ndarray, SCB: np.ndarray, threshold:
        subB = int8_vectorwise_dequant(CB[:, cols], SCB) rounded to A's dtype     (bit-exact)
        Y = Y8 + subA @ subB.T: a 16-bit matmul, which refquant evaluates in float64 and
        rounds once (bitsandbytes' addmm rounds as its BLAS does; see refquant.gemm).
-    Returns (Y, Y8, subA, subB.T-less: subB (N, ncols), cols).
+    Returns (Y, Y8, subA (M, ncols), subB (N, ncols), cols); subA and subB are None without
+    outlier columns (then Y is Y8).
     """
     A, name = _matrix(A, "A")
     CB = np.asarray(CB)
