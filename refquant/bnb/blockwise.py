@@ -324,15 +324,19 @@ def quantize_4bit(A: np.ndarray, blocksize: int = 64, quant_type: str = "fp4",
 DEQUANT_KERNELS = ("torch", "avx512", "scalar")
 
 
-def bnb_cpu_dequantize_4bit_kernel(shape: tuple, blocksize: int, avx512: bool) -> str:
+def bnb_cpu_dequantize_4bit_kernel(shape: tuple, blocksize: int, avx512: bool,
+                                   cpu_avx512f: Optional[bool] = None) -> str:
     """Which of bitsandbytes' CPU kernels dequantize_4bit runs for this shape (backends/cpu):
-    the PyTorch kernel for an odd last dimension, or on an AVX512 CPU at blocksize >= 2048;
-    else the native AVX512 loop when the last dimension is a multiple of 16; else the native
-    scalar loop."""
+    the PyTorch kernel for an odd last dimension, or at blocksize >= 2048 when PyTorch runs its
+    AVX512 code (`avx512`: torch.backends.cpu.get_cpu_capability() == "AVX512"); else the
+    native library, whose AVX512 loop runs when the CPU has AVX512F (`cpu_avx512f`, by default
+    the same as `avx512`) and the last dimension is a multiple of 16; else its scalar loop."""
+    if cpu_avx512f is None:
+        cpu_avx512f = avx512
     last = shape[-1] if len(shape) else 1
     if last % 2 or (avx512 and blocksize >= 2048):
         return "torch"
-    if avx512 and last % 16 == 0:
+    if cpu_avx512f and last % 16 == 0:
         return "avx512"
     return "scalar"
 
