@@ -624,16 +624,18 @@ def _linear_names(entries):
                   if k.endswith(".weight") and k.split(".")[-2] in LINEARS and ".layers." in k)
 
 
-def _write_quantized(src, dst, mode, quant_type="nf4", double_quant=True):
+def _write_quantized(src, dst, mode, quant_type="nf4", double_quant=True, quant_storage="uint8"):
     import json
     from refquant.layouts import bnb as lay
     entries = lay.read_safetensors(str(src / "model.safetensors"))
+    if quant_storage == "bfloat16":   # the model is loaded in bfloat16: its weights are rounded first
+        entries = {k: v.astype(F32).astype(ml_dtypes.bfloat16) for k, v in entries.items()}
     out = {}
     for name in _linear_names(entries):
         w = entries.pop(name + ".weight")
         if mode == "4bit":
             packed, state = rbw.quantize_4bit(w, 64, quant_type, double_quant)
-            out.update(lay.quant_state_entries(name, packed, state))
+            out.update(lay.quant_state_entries(name, packed, state, quant_storage=quant_storage))
         else:
             cb, scb, _ = ri8.int8_vectorwise_quant(w)
             out.update(lay.int8_entries(name, cb, scb))
@@ -641,27 +643,33 @@ def _write_quantized(src, dst, mode, quant_type="nf4", double_quant=True):
     dst.mkdir()
     lay.write_safetensors(str(dst / "model.safetensors"), out)
     cfg = json.loads((src / "config.json").read_text())
-    cfg["quantization_config"] = (lay.quantization_config_4bit(quant_type, double_quant) if mode == "4bit"
-                                  else lay.quantization_config_8bit())
+    compute = "bfloat16" if quant_storage == "bfloat16" else "float16"
+    cfg["quantization_config"] = (lay.quantization_config_4bit(quant_type, double_quant, compute, quant_storage)
+                                  if mode == "4bit" else lay.quantization_config_8bit())
     (dst / "config.json").write_text(json.dumps(cfg))
     return out
 
 
-def _load(path, quant_config):
+def _load(path, quant_config, dtype=torch.float16):
     import transformers
     extra = {} if quant_config is None else {"quantization_config": quant_config}   # None: read config.json's
-    return transformers.AutoModelForCausalLM.from_pretrained(path, device_map="cpu", dtype=torch.float16, **extra)
+    return transformers.AutoModelForCausalLM.from_pretrained(path, device_map="cpu", dtype=dtype, **extra)
 
 
-@pytest.mark.parametrize("quant_type, double_quant", [("nf4", True), ("fp4", False), ("nf4", False)])
-def test_4bit_checkpoint_written_by_refquant_loads_in_transformers(tiny_llama, tmp_path, quant_type, double_quant):
+@pytest.mark.parametrize("quant_type, double_quant, quant_storage",
+                         [("nf4", True, "uint8"), ("fp4", False, "uint8"), ("nf4", False, "uint8"),
+                          ("fp4", True, "bfloat16")])
+def test_4bit_checkpoint_written_by_refquant_loads_in_transformers(tiny_llama, tmp_path, quant_type, double_quant,
+                                                                   quant_storage):
     import transformers
     from refquant.layouts import bnb as lay
-    ours = _write_quantized(tiny_llama, tmp_path / "refquant", "4bit", quant_type, double_quant)
+    ours = _write_quantized(tiny_llama, tmp_path / "refquant", "4bit", quant_type, double_quant, quant_storage)
+    dtype = TORCH_DTYPE["bfloat16" if quant_storage == "bfloat16" else "float16"]
     qc = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                                         bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch.float16)
-    loaded = _load(tmp_path / "refquant", None)
-    reference = _load(tiny_llama, qc)          # transformers quantizes the float16 weights itself
+                                         bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype,
+                                         bnb_4bit_quant_storage=TORCH_DTYPE.get(quant_storage, torch.uint8))
+    loaded = _load(tmp_path / "refquant", None, dtype)
+    reference = _load(tiny_llama, qc, dtype)   # transformers quantizes the float16 weights itself
     reference.save_pretrained(tmp_path / "transformers")
     theirs = lay.read_safetensors(str(tmp_path / "transformers" / "model.safetensors"))
     names = _linear_names({k: None for k in theirs if k.endswith(".weight")})
