@@ -441,3 +441,25 @@ def get_scheme(name) -> Scheme:
     if s is None:
         raise InputError(f"unknown matmul scheme {name!r}; known: {', '.join(SCHEMES)}")
     return s
+
+
+# ---------------------------------------------------------------------------------------------
+# The bound for a result rounded to a narrower type (LLM.int8()'s float16/bfloat16 outputs)
+# ---------------------------------------------------------------------------------------------
+
+SMALLEST_SUBNORMAL = {"float64": 2.0**-1074, "float32": 2.0**-149, "float16": 2.0**-24, "bfloat16": 2.0**-133}
+
+
+def fp_accumulation_bound(A, W, out_dtype: str, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """(R, bound) for Y ~ A @ W.T: A (M, K) and W (N, K) the exactly dequantized operands,
+    summed in float32 in any order (the hard cap gamma(K + 1)), then rounded to `out_dtype`
+    ("float32", "float16", "bfloat16"). Half the output type's smallest subnormal is added for
+    results that underflow there (the no-underflow assumption of the gamma bound fails exactly
+    for those)."""
+    if out_dtype not in SMALLEST_SUBNORMAL:
+        raise InputError(f"out_dtype must be one of {sorted(SMALLEST_SUBNORMAL)}, got {out_dtype!r}")
+    R, S = reference(A, W)
+    u_out = unit_roundoff(out_dtype)
+    bound = (gamma(K + 1) * S * (1 + u_out) + u_out * np.abs(R) + gamma(K + 1, np.float64) * S
+             + SMALLEST_SUBNORMAL[out_dtype] / 2)
+    return R, bound

@@ -224,3 +224,22 @@ def fp8_weights(draw, max_n: int = 140, max_k: int = 300):
     mag = draw(st.sampled_from([1e-6, 1e-3, 1.0, 1e3]))
     scale = np.asarray(rng.random(shape) * mag + mag * 1e-3, dtype=F32)
     return FP8Weight(codes, scale)
+
+
+@st.composite
+def float_tensors(draw, dtypes=("float32",), max_blocks: int = 24, block: int = 32,
+                  kinds=BLOCK_KINDS) -> np.ndarray:
+    """A tensor of any length (not a multiple of anything), 1-D or 2-D, in one of `dtypes`
+    ("float32", "float16", "bfloat16"): runs of `block` values of the float_block kinds, cut to
+    a drawn length. Values beyond the dtype's range are clipped to its largest finite value."""
+    import ml_dtypes
+    nb = draw(st.integers(1, max_blocks))
+    x = np.concatenate([draw(float_block(block, kinds)) for _ in range(nb)])
+    n = draw(st.integers(1, x.size))
+    x = x[:n]
+    dt = np.dtype({"float32": np.float32, "float16": np.float16,
+                   "bfloat16": ml_dtypes.bfloat16}[draw(st.sampled_from(dtypes))])
+    big = F32(np.finfo(np.float16).max) if dt == np.float16 else F32(3.3895313e38)
+    x = np.clip(x, -big, big).astype(dt)
+    rows = draw(st.sampled_from([d for d in (1, 2, 3, 4) if n % d == 0]))
+    return x.reshape(rows, n // rows) if draw(st.booleans()) else x
