@@ -32,9 +32,10 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | No
     amax, vmax = c_max_abs_scan(x)  # `if (ax > amax) { amax = ax; max = x[i]; }`
     zero = amax < GROUP_MAX_EPS  # all zero: L = 0 and scale 0
     vmax = np.where(zero, F32(1), vmax)
+    x = x.T.copy()  # position-major: row i is position i of every block (see make_qkx2_quants)
 
     def quant(iscale):
-        l = nearest_int(iscale[:, None] * x)
+        l = nearest_int(iscale * x)
         return np.clip(l, -nmax, nmax - 1)
 
     iscale = F32(-nmax) / vmax
@@ -42,12 +43,12 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | No
     L = l + nmax
     if rmse_type == 0:
         scale = F32(1) / iscale
-        return np.where(zero, F32(0), scale), np.where(zero[:, None], 0, L).astype(np.int8)
+        return np.where(zero, F32(0), scale), np.where(zero, 0, L).T.astype(np.int8)
 
     return_early = rmse_type < 0
     rmse_type = abs(rmse_type)
     if qw is not None:
-        w = np.asarray(qw, dtype=F32)
+        w = np.asarray(qw, dtype=F32).T
     elif rmse_type == 1:
         w = x * x
     elif rmse_type == 2:
@@ -60,14 +61,14 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | No
 
     def sums(l):
         lf = l.astype(F32)
-        return seq_sum(wx * lf), seq_sum(w * lf * lf)  # sumlx += w*x[i]*l; suml2 += w*l*l
+        return seq_sum(wx * lf, axis=0), seq_sum(w * lf * lf, axis=0)  # sumlx += w*x[i]*l; suml2 += w*l*l
 
     sumlx, suml2 = sums(l)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(F32)
     if return_early:
         early = np.where(suml2 > 0, F32(0.5) * (scale + F32(1) / iscale), F32(1) / iscale)
-        return np.where(zero, F32(0), early), np.where(zero[:, None], 0, L).astype(np.int8)
+        return np.where(zero, F32(0), early), np.where(zero, 0, L).T.astype(np.int8)
 
     best = scale * sumlx
     for is_ in range(-9, 10):
@@ -78,12 +79,12 @@ def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | No
         sumlx, suml2 = sums(l)
         with np.errstate(invalid="ignore"):
             take = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        L = np.where(take[:, None], l + nmax, L)
+        L = np.where(take, l + nmax, L)
         with np.errstate(divide="ignore", invalid="ignore"):
             new_scale = (sumlx / suml2).astype(F32)
         scale = np.where(take, new_scale, scale)
         best = np.where(take, scale * sumlx, best)
-    return np.where(zero, F32(0), scale), np.where(zero[:, None], 0, L).astype(np.int8)
+    return np.where(zero, F32(0), scale), np.where(zero, 0, L).T.astype(np.int8)
 
 
 def make_q3_quants(x: np.ndarray, nmax: int, do_rmse: bool):
@@ -108,24 +109,32 @@ def make_q3_quants(x: np.ndarray, nmax: int, do_rmse: bool):
     lf = L.astype(F32)
     sumlx = seq_sum(w * x * lf)     # sumlx += w*x[i]*l
     suml2 = seq_sum(w * lf * lf)    # suml2 += w*l*l
+    # Position-major copies (one contiguous row per position), and only the blocks that changed
+    # in the previous pass go through the next one: a block whose pass changed nothing is final.
+    xt, wt, Lt = x.T.copy(), w.T.copy(), L.T.copy()
+    active = np.arange(len(x))
     for _ in range(5):
-        changed = np.zeros(len(x), dtype=bool)
+        xa, wa, La, sx, s2 = xt[:, active], wt[:, active], Lt[:, active], sumlx[active], suml2[active]
+        changed = np.zeros(len(active), dtype=bool)
         for i in range(x.shape[1]):
-            wi, xi, li = w[:, i], x[:, i], L[:, i].astype(F32)
-            slx = sumlx - wi * xi * li
-            sl2 = suml2 - wi * li * li
+            wi, xi, li = wa[i], xa[i], La[i].astype(F32)
+            slx = sx - wi * xi * li                     # slx = sumlx - w*x[i]*L[i]
+            sl2 = s2 - wi * li * li                     # sl2 = suml2 - w*L[i]*L[i]
             new_l = np.clip(nearest_int(xi * sl2 / slx), -nmax, nmax - 1)
             nl = new_l.astype(F32)
             slx_new = slx + wi * xi * nl
             sl2_new = sl2 + wi * nl * nl
-            take = ((slx > 0) & (new_l != L[:, i]) & (sl2_new > 0)
-                    & (slx_new * slx_new * suml2 > sumlx * sumlx * sl2_new))
-            L[:, i] = np.where(take, new_l, L[:, i])
-            sumlx = np.where(take, slx_new, sumlx)
-            suml2 = np.where(take, sl2_new, suml2)
+            take = ((slx > 0) & (new_l != La[i]) & (sl2_new > 0)
+                    & (slx_new * slx_new * s2 > sx * sx * sl2_new))
+            La[i] = np.where(take, new_l, La[i])
+            sx = np.where(take, slx_new, sx)
+            s2 = np.where(take, sl2_new, s2)
             changed |= take
-        if not changed.any():
+        Lt[:, active], sumlx[active], suml2[active] = La, sx, s2
+        active = active[changed]
+        if not len(active):
             break
+    L = Lt.T
     scale = np.where(suml2 > 0, sumlx / suml2, F32(0)).astype(F32)
     return np.where(zero, F32(0), scale), np.where(zero[:, None], 0, L + nmax).astype(np.int8)
 
@@ -191,12 +200,6 @@ def make_qp_quants(x: np.ndarray, nmax: int, quant_weights: np.ndarray):
     return np.where(zero, F32(0), scale), np.where(zero[:, None], 0, L).astype(np.uint8)
 
 
-def _sum_from_first(terms: np.ndarray) -> np.ndarray:
-    """`sum = t[0]; for (i = 1; i < n; ++i) sum += t[i];` in float32 (a sum started from the first
-    term rather than from 0: the two differ only in the sign of an all-zero sum)."""
-    return seq_sum(terms[:, 1:], start=terms[:, 0])
-
-
 def make_qkx2_quants(x: np.ndarray, nmax: int, weights: np.ndarray, rmin: float, rdelta: float,
                      nstep: int, use_mad: bool):
     """Asymmetric quantization to [0, nmax] with a minimum (x ≈ scale*L - the_min): start from
@@ -207,27 +210,33 @@ def make_qkx2_quants(x: np.ndarray, nmax: int, weights: np.ndarray, rmin: float,
     C detail kept: when a candidate wins, `min` becomes its least-squares minimum, and every
     later candidate is built from that updated `min` (both `max - min` and `x - min`)."""
     x = np.asarray(x, dtype=F32)
-    w = np.asarray(weights, dtype=F32)
     vmin = c_min(x)                            # min = x[0]; if (x[i] < min) min = x[i];
     vmax = c_max(x)
-    sum_w = _sum_from_first(w)                 # sum_w = weights[0]; sum_w += w;
-    sum_x = _sum_from_first(w * x)             # sum_x = sum_w * x[0]; sum_x += w * x[i];
+    # Position-major from here: row i holds position i of every block, so each step of a C loop
+    # over positions is one contiguous vector operation, and per-block values broadcast.
+    x = x.T.copy()
+    w = np.asarray(weights, dtype=F32).T.copy()
+    sum_w = seq_sum(w[1:], axis=0, start=w[0])            # sum_w = weights[0]; sum_w += w;
+    wx = w * x
+    sum_x = seq_sum(wx[1:], axis=0, start=wx[0])          # sum_x = sum_w * x[0]; sum_x += w * x[i];
     vmin = np.where(vmin > 0, F32(0), vmin)    # if (min > 0) min = 0;
     flat = vmax == vmin                        # all equal (and <= 0): L = 0, scale 0
     vmax = np.where(flat, vmin + F32(1), vmax)
 
     iscale = F32(nmax) / (vmax - vmin)
     scale = F32(1) / iscale
-    L = np.clip(nearest_int(iscale[:, None] * (x - vmin[:, None])), 0, nmax)
+    L = np.clip(nearest_int(iscale * (x - vmin)), 0, nmax)
     # diff = scale * L[i] + min - x[i]; best_error += w * diff(²)
-    best_error = seq_sum(w * _err(scale[:, None] * L.astype(F32) + vmin[:, None] - x, use_mad))
+    best_error = seq_sum(w * _err(scale * L.astype(F32) + vmin - x, use_mad), axis=0)
     the_min = vmin
     for is_ in range(nstep + 1 if nstep >= 1 else 0):  # `if (nstep < 1) return` skips the search
         iscale = (F32(rmin) + F32(rdelta) * F32(is_) + F32(nmax)) / (vmax - the_min)
-        laux = np.clip(nearest_int(iscale[:, None] * (x - the_min[:, None])), 0, nmax)
+        laux = np.clip(nearest_int(iscale * (x - the_min)), 0, nmax)
         lf = laux.astype(F32)
         wl = w * lf
-        sum_l, sum_l2, sum_xl = seq_sum(wl), seq_sum(wl * lf), seq_sum(wl * x)  # w*l, w*l*l, w*l*x
+        sum_l = seq_sum(wl, axis=0)            # sum_l  += w*l
+        sum_l2 = seq_sum(wl * lf, axis=0)      # sum_l2 += w*l*l
+        sum_xl = seq_sum(wl * x, axis=0)       # sum_xl += w*l*x[i]
         D = sum_w * sum_l2 - sum_l * sum_l
         ok = D > 0
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
@@ -235,15 +244,15 @@ def make_qkx2_quants(x: np.ndarray, nmax: int, weights: np.ndarray, rmin: float,
         pos = this_min > 0                     # if (this_min > 0) { this_min = 0; this_scale = sum_xl / sum_l2; }
         this_min = np.where(pos, F32(0), this_min)
         this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-        cur_error = seq_sum(w * _err(this_scale[:, None] * lf + this_min[:, None] - x, use_mad))
+        cur_error = seq_sum(w * _err(this_scale * lf + this_min - x, use_mad), axis=0)
         take = ok & (cur_error < best_error)
-        L = np.where(take[:, None], laux, L)
+        np.copyto(L, laux, where=take)
         best_error = np.where(take, cur_error, best_error)
         scale = np.where(take, this_scale, scale)
         the_min = np.where(take, this_min, the_min)
     scale = np.where(flat, F32(0), scale).astype(F32)
     the_min = np.where(flat, vmin, the_min)
-    L = np.where(flat[:, None], 0, L).astype(np.uint8)
+    L = np.where(flat, 0, L).T.astype(np.uint8)
     return scale, (-the_min).astype(F32), L
 
 
