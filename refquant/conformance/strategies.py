@@ -116,7 +116,7 @@ def importance(draw, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 SEARCH_KINDS = ("lattice", "near_lattice", "one_outlier", "positive_min", "negative_only",
-                "two_levels", "sparse")
+                "two_levels", "sparse", "offset")
 
 # Grid sizes of the K-quant searches: Q2_K (3), Q3_K (4), Q4_K (15), Q5_K (31), Q6_K (32),
 # the 6-bit and 4-bit scale grids (63, 15), and one step either side of some.
@@ -134,7 +134,9 @@ def search_block(draw, n: int) -> np.ndarray:
     - positive_min / negative_only: every value on one side of zero (the minimum is clamped to 0,
       or the maximum is below 0);
     - two_levels: two distinct values (degenerate least-squares systems);
-    - sparse: mostly zeros with a few values (zero sub-blocks inside a super-block).
+    - sparse: mostly zeros with a few values (zero sub-blocks inside a super-block);
+    - offset: a large constant plus a tiny spread, so least-squares sums cancel catastrophically
+      (fitted scales can come out negative, minimums positive).
     """
     kind = draw(st.sampled_from(SEARCH_KINDS))
     seed = draw(st.integers(0, 2**32 - 1))
@@ -164,6 +166,10 @@ def search_block(draw, n: int) -> np.ndarray:
     if kind == "two_levels":
         a, b = draw(finite_f32.filter(lambda v: abs(v) < 1e30)), draw(finite_f32.filter(lambda v: abs(v) < 1e30))
         return np.where(rng.random(n) < 0.5, F32(a), F32(b)).astype(F32)
+    if kind == "offset":
+        c = F32(draw(st.sampled_from([-1, 1])) * draw(f32_range(1e-3, 1e6)))
+        spread = F32(draw(st.sampled_from([1e-7, 1e-6, 1e-5, 1e-3])))
+        return (c + c * spread * rng.standard_normal(n).astype(F32)).astype(F32)
     if kind == "sparse":
         x = np.zeros(n, F32)
         k = draw(st.integers(1, 3))

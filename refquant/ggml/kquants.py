@@ -22,7 +22,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from ..numerics import F32, fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int, seq_sum
+from ..numerics import F32, c_max_abs, fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int, seq_sum
 from ..registry import IMATRIX_NONE, IMATRIX_OPTIONAL, Format, register
 from .blocks import as_blocks, join_fields, split_fields, u16
 from .search import (GROUP_MAX_EPS, c_max_abs_scan, make_q3_quants, make_qkx2_quants,
@@ -370,12 +370,12 @@ def quantize_q8_k(x, imatrix=None):
     its bsums unwritten; they are written here as 0, the sum of its qs)."""
     nrows = x.shape[0]
     xb = as_blocks(x, QK_K)
-    amax, vmax = c_max_abs_scan(xb)
+    amax, vmax = c_max_abs(xb)                   # finite input: no NaN to skip
     zero = amax == 0
     iscale = F32(-127) / np.where(zero, F32(1), vmax)
     qs = np.minimum(127, nearest_int(iscale[:, None] * xb))
     qs = np.where(zero[:, None], 0, qs).astype(np.int8)
-    bsums = qs.reshape(-1, 16, 16).astype(np.int32).sum(axis=2).astype("<i2")  # integer: exact
+    bsums = qs.reshape(-1, 16, 16).sum(axis=2, dtype=np.int32).astype("<i2")  # integer: exact
     d = np.where(zero, F32(0), F32(1) / iscale).astype("<f4")
     return join_fields(nrows, d, qs, bsums)
 
