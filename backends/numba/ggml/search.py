@@ -62,65 +62,206 @@ def make_qx_quants(x, nmax, w, L):
 
 @njit(**INLINE)
 def make_qkx3_quants(x, nmax, w, rmin, rdelta, nstep, L, laux):
-    """make_qkx3_quants(..., use_mad=false) for one block; writes L, returns (scale, -min)."""
+    """make_qkx3_quants(..., use_mad=false) for one block: make_qkx2_quants with explicit weights
+    (C's `max <= min` and make_qkx2_quants' `max == min` agree once min <= 0). Writes L,
+    returns (scale, -min)."""
+    return make_qkx2_quants(x, nmax, w, rmin, rdelta, nstep, False, L, laux)
+
+
+@njit(**INLINE)
+def make_qx_quants_w(x, nmax, w, L):
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=w) with L holding l + nmax; the K-quants'
+    name for the same search (Q3_K's impl, Q6_K)."""
+    return make_qx_quants(x, nmax, w, L)
+
+
+@njit(**INLINE)
+def make_qx_quants_x2(x, nmax, w, L):
+    """make_qx_quants(..., rmse_type=1, qw=NULL): the weights are x[i]*x[i] (w: scratch)."""
+    for i in range(x.shape[0]):
+        w[i] = x[i] * x[i]
+    return make_qx_quants(x, nmax, w, L)
+
+
+@njit(**INLINE)
+def make_q3_quants(x, nmax, do_rmse, L):
+    """make_q3_quants for one block: writes L (l + nmax; 0 for an all-zero block), returns the
+    scale. The refinement passes (weights x²) stop after a pass that changes nothing."""
+    n = x.shape[0]
+    amax = ZERO
+    vmax = ZERO
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            vmax = x[i]
+    if amax < GROUP_MAX_EPS:
+        for i in range(n):
+            L[i] = 0
+        return ZERO
+    iscale = -F32(nmax) / vmax
+    for i in range(n):
+        L[i] = min(max(nearest_int(iscale * x[i]), -nmax), nmax - 1)
+    if not do_rmse:
+        for i in range(n):
+            L[i] += nmax
+        return ONE / iscale
+    sumlx = ZERO
+    suml2 = ZERO
+    for i in range(n):
+        w = x[i] * x[i]
+        lf = F32(L[i])
+        sumlx += w * x[i] * lf
+        suml2 += w * lf * lf
+    for _ in range(5):
+        changed = 0
+        for i in range(n):
+            w = x[i] * x[i]
+            li = F32(L[i])
+            slx = sumlx - w * x[i] * li
+            if slx > ZERO:
+                sl2 = suml2 - w * li * li
+                new_l = min(max(nearest_int(x[i] * sl2 / slx), -nmax), nmax - 1)
+                if new_l != L[i]:
+                    nl = F32(new_l)
+                    slx = slx + w * x[i] * nl
+                    sl2 = sl2 + w * nl * nl
+                    if sl2 > ZERO and slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i] = new_l
+                        sumlx = slx
+                        suml2 = sl2
+                        changed += 1
+        if changed == 0:
+            break
+    for i in range(n):
+        L[i] += nmax
+    return sumlx / suml2 if suml2 > ZERO else ZERO
+
+
+@njit(**INLINE)
+def make_qp_quants(x, nmax, w, L):
+    """make_qp_quants for one block of non-negative values: writes L (uint8 stores, so a
+    negative level is kept mod 256), returns the scale."""
+    n = x.shape[0]
+    vmax = ZERO
+    for i in range(n):
+        vmax = vmax if vmax > x[i] else x[i]           # MAX(max, x[i])
+    if vmax < GROUP_MAX_EPS:
+        for i in range(n):
+            L[i] = 0
+        return ZERO
+    nmaxf = F32(nmax)
+    iscale = nmaxf / vmax
+    scale = ONE / iscale
+    best_mse = ZERO
+    for i in range(n):
+        L[i] = nearest_int(iscale * x[i]) & 0xFF       # unclamped, stored as uint8
+        diff = x[i] - scale * F32(L[i])
+        best_mse += w[i] * diff * diff
+    for is_ in range(-4, 5):
+        if is_ == 0:
+            continue
+        iscale_is = (TENTH * F32(is_) + nmaxf) / vmax
+        scale_is = ONE / iscale_is
+        mse = ZERO
+        for i in range(n):
+            l = min(nmax, nearest_int(iscale_is * x[i]))
+            diff = x[i] - scale_is * F32(l)
+            mse += w[i] * diff * diff
+        if mse < best_mse:
+            best_mse = mse
+            iscale = iscale_is
+    sumlx = ZERO
+    suml2 = ZERO
+    for i in range(n):
+        l = min(nmax, nearest_int(iscale * x[i]))
+        L[i] = l & 0xFF
+        lf = F32(l)
+        sumlx += w[i] * x[i] * lf
+        suml2 += w[i] * lf * lf
+    for _ in range(5):
+        changed = 0
+        for i in range(n):
+            li = F32(L[i])
+            slx = sumlx - w[i] * x[i] * li
+            sl2 = suml2 - w[i] * li * li
+            if slx > ZERO and sl2 > ZERO:
+                new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
+                if new_l != L[i]:
+                    nl = F32(new_l)
+                    slx = slx + w[i] * x[i] * nl
+                    sl2 = sl2 + w[i] * nl * nl
+                    if slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i] = new_l & 0xFF
+                        sumlx = slx
+                        suml2 = sl2
+                        changed += 1
+        if changed == 0:
+            break
+    return sumlx / suml2 if suml2 > ZERO else ZERO
+
+
+@njit(**INLINE)
+def make_qkx2_quants(x, nmax, w, rmin, rdelta, nstep, use_mad, L, laux):
+    """make_qkx2_quants for one block: writes L, returns (scale, -min). The sums start from the
+    first term (`sum_w = weights[0]`), the error is |diff| with use_mad, else diff²; a winning
+    candidate's least-squares min is the min every later candidate is built from."""
     n = x.shape[0]
     vmin = x[0]
     vmax = x[0]
+    sum_w = w[0]
+    sum_x = sum_w * x[0]
     for i in range(1, n):
         if x[i] < vmin:
             vmin = x[i]
         if x[i] > vmax:
             vmax = x[i]
+        sum_w += w[i]
+        sum_x += w[i] * x[i]
     if vmin > ZERO:
         vmin = ZERO
-    sum_w = ZERO
-    sum_x = ZERO
-    for i in range(n):
-        sum_w += w[i]
-    for i in range(n):
-        sum_x += w[i] * x[i]
-    if vmax <= vmin:
+    if vmax == vmin:
         for i in range(n):
             L[i] = 0
         return ZERO, -vmin
     nmaxf = F32(nmax)
     iscale = nmaxf / (vmax - vmin)
     scale = ONE / iscale
-    best_mad = ZERO
+    best_error = ZERO
     for i in range(n):
         l = min(max(nearest_int(iscale * (x[i] - vmin)), 0), nmax)
         L[i] = l
         diff = scale * F32(l) + vmin - x[i]
-        best_mad += w[i] * (diff * diff)
-    the_min = vmin
-    if nstep >= 1:
-        for is_ in range(nstep + 1):
-            iscale = (rmin + rdelta * F32(is_) + nmaxf) / (vmax - the_min)
-            sum_l = ZERO
-            sum_l2 = ZERO
-            sum_xl = ZERO
+        diff = abs(diff) if use_mad else diff * diff
+        best_error += w[i] * diff
+    for is_ in range(nstep + 1 if nstep >= 1 else 0):
+        iscale = (rmin + rdelta * F32(is_) + nmaxf) / (vmax - vmin)
+        sum_l = ZERO
+        sum_l2 = ZERO
+        sum_xl = ZERO
+        for i in range(n):
+            l = min(max(nearest_int(iscale * (x[i] - vmin)), 0), nmax)
+            laux[i] = l
+            wl = w[i] * F32(l)
+            sum_l += wl
+            sum_l2 += wl * F32(l)
+            sum_xl += wl * x[i]
+        D = sum_w * sum_l2 - sum_l * sum_l
+        if D > ZERO:
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            if this_min > ZERO:
+                this_min = ZERO
+                this_scale = sum_xl / sum_l2
+            cur_error = ZERO
             for i in range(n):
-                l = min(max(nearest_int(iscale * (x[i] - the_min)), 0), nmax)
-                laux[i] = l
-                wl = w[i] * F32(l)
-                sum_l += wl
-                sum_l2 += wl * F32(l)
-                sum_xl += wl * x[i]
-            D = sum_w * sum_l2 - sum_l * sum_l
-            if D > ZERO:
-                this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-                this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-                if this_min > ZERO:
-                    this_min = ZERO
-                    this_scale = sum_xl / sum_l2
-                mad = ZERO
+                diff = this_scale * F32(laux[i]) + this_min - x[i]
+                diff = abs(diff) if use_mad else diff * diff
+                cur_error += w[i] * diff
+            if cur_error < best_error:
                 for i in range(n):
-                    diff = this_scale * F32(laux[i]) + this_min - x[i]
-                    mad += w[i] * (diff * diff)
-                if mad < best_mad:
-                    for i in range(n):
-                        L[i] = laux[i]
-                    best_mad = mad
-                    scale = this_scale
-                    the_min = this_min
-    return scale, -the_min
+                    L[i] = laux[i]
+                best_error = cur_error
+                scale = this_scale
+                vmin = this_min
+    return scale, -vmin

@@ -1,0 +1,617 @@
+"""Numba twin of refquant/ggml/kquants.py: Q2_K Q3_K Q4_K Q5_K Q6_K and Q8_K, bit-exact with it.
+
+Rows run in parallel (prange); each row's super-blocks in order, each with C's loops over
+sub-blocks and positions (float32, fastmath off: no reassociation, no FMA contraction). The
+byte layouts are drawn in the spec module's docstring."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..numerics import (F32, JIT, ONE, ZERO, bits_f32, f32_bits, fp16_to_fp32, fp32_to_fp16_bits,
+                        nearest_int)
+from .search import (GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qp_quants,
+                     make_qx_quants, make_qx_quants_x2)
+
+QK_K = 256
+PJIT = dict(JIT, parallel=True)
+F15 = F32(15)
+F63 = F32(63)
+
+
+@njit(**dict(JIT, inline="always"))
+def _round_fp16(v):
+    """The fp16 bits of v and the float32 the decoder reads back."""
+    h = fp32_to_fp16_bits(v)
+    return h, fp16_to_fp32(np.uint8(h & 0xFF), np.uint8(h >> 8))
+
+
+@njit(**dict(JIT, inline="always"))
+def _store_u16(o, at, h):
+    o[at] = np.uint8(h & 0xFF)
+    o[at + 1] = np.uint8(h >> 8)
+
+
+@njit(**dict(JIT, inline="always"))
+def _impl_weights(x, qw, sigma2_factor, w):
+    """weight[l] = qw[l] * sqrtf(sigma2 + x[l]*x[l]), sigma2 = factor * Σx² / 256 (in order)."""
+    sum_x2 = ZERO
+    for l in range(QK_K):
+        sum_x2 += x[l] * x[l]
+    sigma2 = sigma2_factor * sum_x2 / F32(QK_K)
+    for l in range(QK_K):
+        w[l] = qw[l] * np.sqrt(sigma2 + x[l] * x[l])
+
+
+@njit(**dict(JIT, inline="always"))
+def _pack_2bit(L, qs, at):
+    """qs[32h + l] = L[128h + l] | L[128h + l + 32] << 2 | ... << 4 | ... << 6."""
+    for h in range(2):
+        for l in range(32):
+            j = 128 * h + l
+            qs[at + 32 * h + l] = np.uint8(L[j] | (L[j + 32] << 2) | (L[j + 64] << 4) | (L[j + 96] << 6))
+
+
+@njit(**dict(JIT, inline="always"))
+def _scan_max_from_zero(v):
+    m = ZERO
+    for j in range(v.shape[0]):
+        if v[j] > m:
+            m = v[j]
+    return m
+
+
+# --------------------------------------------------------------------------- Q2_K
+
+@njit(**PJIT)
+def _quantize_q2_k(x, imatrix, use_imatrix, out):
+    nrows, n = x.shape
+    nb = n // QK_K
+    ts = 84
+    for r in prange(nrows):
+        L = np.empty(QK_K, np.int32)
+        laux = np.empty(16, np.int32)
+        w = np.empty(QK_K, np.float32)
+        scales = np.empty(16, np.float32)
+        mins = np.empty(16, np.float32)
+        sw = np.empty(16, np.float32)
+        ls = np.empty(16, np.int32)
+        lm = np.empty(16, np.int32)
+        for b in range(nb):
+            xb = x[r, b * QK_K:(b + 1) * QK_K]
+            o = out[r, b * ts:(b + 1) * ts]
+            if not use_imatrix:
+                for l in range(QK_K):
+                    w[l] = abs(xb[l])
+                for j in range(16):
+                    s, m = make_qkx2_quants(xb[16 * j:16 * j + 16], 3, w[16 * j:16 * j + 16], F32(-0.5),
+                                            F32(0.1), 15, True, L[16 * j:16 * j + 16], laux)
+                    scales[j] = s
+                    mins[j] = m
+                max_scale = _scan_max_from_zero(scales)
+                max_min = _scan_max_from_zero(mins)
+                if max_scale > ZERO:
+                    iscale = F15 / max_scale
+                    for j in range(16):
+                        ls[j] = nearest_int(iscale * scales[j])
+                    d = max_scale / F15
+                else:
+                    for j in range(16):
+                        ls[j] = 0
+                    d = ZERO
+                if max_min > ZERO:
+                    imin = F15 / max_min
+                    for j in range(16):
+                        lm[j] = nearest_int(imin * mins[j])
+                    dmin = max_min / F15
+                else:
+                    for j in range(16):
+                        lm[j] = 0
+                    dmin = ZERO
+            else:
+                _impl_weights(xb, imatrix[b * QK_K:(b + 1) * QK_K], ONE, w)
+                for j in range(16):
+                    t = ZERO
+                    for l in range(16):
+                        t += w[16 * j + l]
+                    sw[j] = t
+                    s, m = make_qkx2_quants(xb[16 * j:16 * j + 16], 3, w[16 * j:16 * j + 16], F32(-0.9),
+                                            F32(0.05), 36, False, L[16 * j:16 * j + 16], laux)
+                    scales[j] = s
+                    mins[j] = m
+                d = make_qp_quants(scales, 15, sw, ls)
+                dmin = make_qp_quants(mins, 15, sw, lm)
+            for j in range(16):
+                o[j] = np.uint8(((ls[j] & 0xFF) | (lm[j] << 4)) & 0xFF)
+            dh, d = _round_fp16(d)
+            mh, dmin = _round_fp16(dmin)
+            for j in range(16):
+                sc = np.int32(o[j])
+                dl = d * F32(sc & 0xF)
+                if dl == ZERO:
+                    continue
+                ml = dmin * F32(sc >> 4)
+                for l in range(16):
+                    q = nearest_int((xb[16 * j + l] + ml) / dl)
+                    L[16 * j + l] = max(0, min(3, q))
+            _pack_2bit(L, o, 16)
+            _store_u16(o, 80, dh)
+            _store_u16(o, 82, mh)
+
+
+@njit(**PJIT)
+def _dequantize_q2_k(data, out):
+    nrows = data.shape[0]
+    nb = data.shape[1] // 84
+    for r in prange(nrows):
+        for b in range(nb):
+            o = data[r, b * 84:(b + 1) * 84]
+            y = out[r, b * QK_K:(b + 1) * QK_K]
+            d = fp16_to_fp32(o[80], o[81])
+            dmin = fp16_to_fp32(o[82], o[83])
+            for h in range(2):
+                for k in range(4):
+                    for half in range(2):
+                        sc = np.int32(o[8 * h + 2 * k + half])
+                        dl = d * F32(sc & 0xF)
+                        ml = dmin * F32(sc >> 4)
+                        for l in range(16):
+                            q = (np.int32(o[16 + 32 * h + 16 * half + l]) >> (2 * k)) & 3
+                            y[128 * h + 32 * k + 16 * half + l] = dl * F32(q) - ml
+
+
+# --------------------------------------------------------------------------- Q3_K
+
+@njit(**PJIT)
+def _quantize_q3_k(x, imatrix, use_imatrix, out):
+    nrows, n = x.shape
+    nb = n // QK_K
+    ts = 110
+    for r in prange(nrows):
+        L = np.empty(QK_K, np.int32)
+        w = np.empty(QK_K, np.float32)
+        scales = np.empty(16, np.float32)
+        sw = np.empty(16, np.float32)
+        ls = np.empty(16, np.int32)
+        for b in range(nb):
+            xb = x[r, b * QK_K:(b + 1) * QK_K]
+            o = out[r, b * ts:(b + 1) * ts]
+            for k in range(ts):
+                o[k] = 0
+            if not use_imatrix:
+                for j in range(16):
+                    scales[j] = make_q3_quants(xb[16 * j:16 * j + 16], 4, True, L[16 * j:16 * j + 16])
+                amax = ZERO
+                max_scale = ZERO
+                for j in range(16):
+                    a = abs(scales[j])
+                    if a > amax:
+                        amax = a
+                        max_scale = scales[j]
+                if max_scale != ZERO:
+                    iscale = F32(-32) / max_scale
+                    for j in range(16):
+                        l8 = nearest_int(iscale * scales[j]) & 0xFF      # int8_t l = nearest_int(...)
+                        l8 = l8 - 256 if l8 > 127 else l8
+                        ls[j] = max(-32, min(31, l8)) + 32
+                    d = ONE / iscale
+                    _pack_q3_scales(ls, o, 96)
+                else:
+                    d = ZERO
+            else:
+                _impl_weights(xb, imatrix[b * QK_K:(b + 1) * QK_K], F32(2), w)
+                for j in range(16):
+                    t = ZERO
+                    for l in range(16):
+                        t += w[16 * j + l]
+                    sw[j] = t
+                    scales[j] = make_qx_quants(xb[16 * j:16 * j + 16], 4, w[16 * j:16 * j + 16], L[16 * j:16 * j + 16])
+                d = make_qx_quants(scales, 32, sw, ls)
+                _pack_q3_scales(ls, o, 96)
+            dh, d = _round_fp16(d)
+            for j in range(16):
+                sc = _q3_scale(o, 96, j) - 32
+                dl = d * F32(sc)
+                if dl == ZERO:
+                    continue
+                for l in range(16):
+                    q = nearest_int(xb[16 * j + l] / dl)
+                    L[16 * j + l] = max(-4, min(3, q)) + 4
+            for j in range(QK_K):
+                if L[j] > 3:
+                    o[j % 32] |= np.uint8(1 << (j // 32))
+                    L[j] -= 4
+            _pack_2bit(L, o, 32)
+            _store_u16(o, 108, dh)
+
+
+@njit(**dict(JIT, inline="always"))
+def _pack_q3_scales(ls, o, at):
+    for j in range(16):
+        l = ls[j]
+        if j < 8:
+            o[at + j] = np.uint8(l & 0xF)
+        else:
+            o[at + j - 8] |= np.uint8((l & 0xF) << 4)
+        o[at + 8 + j % 4] |= np.uint8(((l >> 4) << (2 * (j // 4))) & 0xFF)
+
+
+@njit(**dict(JIT, inline="always"))
+def _q3_scale(o, at, j):
+    low = (np.int32(o[at + j]) & 0xF) if j < 8 else (np.int32(o[at + j - 8]) >> 4)
+    return low | (((np.int32(o[at + 8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)
+
+
+@njit(**PJIT)
+def _dequantize_q3_k(data, out):
+    nrows = data.shape[0]
+    nb = data.shape[1] // 110
+    for r in prange(nrows):
+        for b in range(nb):
+            o = data[r, b * 110:(b + 1) * 110]
+            y = out[r, b * QK_K:(b + 1) * QK_K]
+            d = fp16_to_fp32(o[108], o[109])
+            for j in range(16):
+                dl = d * F32(_q3_scale(o, 96, j) - 32)
+                h, rest = divmod(16 * j, 128)
+                k, base = divmod(rest, 32)
+                for l in range(16):
+                    i = 16 * j + l
+                    q = (np.int32(o[32 + 32 * h + base + l]) >> (2 * k)) & 3
+                    if (np.int32(o[i % 32]) >> (i // 32)) & 1 == 0:
+                        q -= 4
+                    y[i] = dl * F32(q)
+
+
+# --------------------------------------------------------------------------- Q4_K, Q5_K
+
+@njit(**dict(JIT, inline="always"))
+def _scale_min_k4(o, at, j):
+    """get_scale_min_k4: the 6-bit scale and min of sub-block j."""
+    if j < 4:
+        return np.int32(o[at + j]) & 63, np.int32(o[at + j + 4]) & 63
+    sc = (np.int32(o[at + j + 4]) & 0xF) | ((np.int32(o[at + j - 4]) >> 6) << 4)
+    m = (np.int32(o[at + j + 4]) >> 4) | ((np.int32(o[at + j]) >> 6) << 4)
+    return sc, m
+
+
+@njit(**PJIT)
+def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five):
+    nrows, n = x.shape
+    nb = n // QK_K
+    ts = 176 if five else 144
+    nmax = 31 if five else 15
+    rmin = F32(-0.5) if five else F32(-1.0)
+    nstep = 15 if five else 20
+    for r in prange(nrows):
+        L = np.empty(QK_K, np.int32)
+        laux = np.empty(32, np.int32)
+        w = np.empty(QK_K, np.float32)
+        scales = np.empty(8, np.float32)
+        mins = np.empty(8, np.float32)
+        sw = np.empty(8, np.float32)
+        ls = np.empty(8, np.int32)
+        lm = np.empty(8, np.int32)
+        for b in range(nb):
+            xb = x[r, b * QK_K:(b + 1) * QK_K]
+            o = out[r, b * ts:(b + 1) * ts]
+            for k in range(ts):
+                o[k] = 0
+            if not use_imatrix:
+                for j in range(8):
+                    xs = xb[32 * j:32 * j + 32]
+                    sum_x2 = ZERO
+                    for l in range(32):
+                        sum_x2 += xs[l] * xs[l]
+                    av_x = np.sqrt(sum_x2 / F32(32))
+                    for l in range(32):
+                        w[32 * j + l] = av_x + abs(xs[l])
+                    s, m = make_qkx2_quants(xs, nmax, w[32 * j:32 * j + 32], rmin, F32(0.1), nstep, False,
+                                            L[32 * j:32 * j + 32], laux)
+                    scales[j] = s
+                    mins[j] = m
+                max_scale = _scan_max_from_zero(scales)
+                max_min = _scan_max_from_zero(mins)
+                inv_scale = F63 / max_scale if max_scale > ZERO else ZERO
+                inv_min = F63 / max_min if max_min > ZERO else ZERO
+                for j in range(8):
+                    ls[j] = min(63, nearest_int(inv_scale * scales[j]) & 0xFF)  # uint8_t, MIN(63, .)
+                    lm[j] = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
+                d = max_scale / F63
+                dmin = max_min / F63
+            else:
+                _impl_weights(xb, imatrix[b * QK_K:(b + 1) * QK_K], F32(2), w)
+                for j in range(8):
+                    t = ZERO
+                    for l in range(32):
+                        t += w[32 * j + l]
+                    sw[j] = t
+                    s, m = make_qkx2_quants(xb[32 * j:32 * j + 32], nmax, w[32 * j:32 * j + 32], F32(-0.9),
+                                            F32(0.05), 36, False, L[32 * j:32 * j + 32], laux)
+                    scales[j] = s
+                    mins[j] = m
+                d = make_qp_quants(scales, 63, sw, ls)
+                dmin = make_qp_quants(mins, 63, sw, lm)
+                if five:  # Q5_K's impl clamps to 63; Q4_K's stores the uint8 as it is
+                    for j in range(8):
+                        ls[j] = min(63, ls[j])
+                        lm[j] = min(63, lm[j])
+            for j in range(8):   # pack_scale_min_k4 (bytes 4..15 of the block)
+                if j < 4:
+                    o[4 + j] = np.uint8(ls[j] & 0xFF)
+                    o[4 + j + 4] = np.uint8(lm[j] & 0xFF)
+                else:
+                    o[4 + j + 4] = np.uint8(((ls[j] & 0xF) | ((lm[j] & 0xF) << 4)) & 0xFF)
+                    o[4 + j - 4] |= np.uint8(((ls[j] >> 4) << 6) & 0xFF)
+                    o[4 + j] |= np.uint8(((lm[j] >> 4) << 6) & 0xFF)
+            dh, d = _round_fp16(d)
+            mh, dmin = _round_fp16(dmin)
+            _store_u16(o, 0, dh)
+            _store_u16(o, 2, mh)
+            for j in range(8):
+                sc, m = _scale_min_k4(o, 4, j)
+                dl = d * F32(sc)
+                if dl == ZERO:
+                    continue
+                dm = dmin * F32(m)
+                for l in range(32):
+                    q = nearest_int((xb[32 * j + l] + dm) / dl)
+                    L[32 * j + l] = max(0, min(nmax, q))
+            at = 16
+            if five:
+                for j in range(QK_K):
+                    if L[j] > 15:
+                        o[16 + j % 32] |= np.uint8(1 << (j // 32))
+                        L[j] -= 16
+                at = 48
+            for c in range(4):
+                for l in range(32):
+                    o[at + 32 * c + l] = np.uint8(L[64 * c + l] | (L[64 * c + 32 + l] << 4))
+
+
+@njit(**PJIT)
+def _dequantize_q4_k_q5_k(data, out, five):
+    nrows = data.shape[0]
+    ts = 176 if five else 144
+    at = 48 if five else 16
+    nb = data.shape[1] // ts
+    for r in prange(nrows):
+        for b in range(nb):
+            o = data[r, b * ts:(b + 1) * ts]
+            y = out[r, b * QK_K:(b + 1) * QK_K]
+            d = fp16_to_fp32(o[0], o[1])
+            dmin = fp16_to_fp32(o[2], o[3])
+            for j in range(8):
+                sc, m = _scale_min_k4(o, 4, j)
+                d1 = d * F32(sc)
+                m1 = dmin * F32(m)
+                c, hi = divmod(j, 2)
+                for l in range(32):
+                    q = np.int32(o[at + 32 * c + l])
+                    q = (q >> 4) if hi else (q & 0xF)
+                    if five:
+                        q |= ((np.int32(o[16 + l]) >> j) & 1) << 4
+                    y[32 * j + l] = d1 * F32(q) - m1
+
+
+# --------------------------------------------------------------------------- Q6_K
+
+@njit(**PJIT)
+def _quantize_q6_k(x, imatrix, use_imatrix, out):
+    nrows, n = x.shape
+    nb = n // QK_K
+    ts = 210
+    for r in prange(nrows):
+        L = np.empty(QK_K, np.int32)
+        w = np.empty(16, np.float32)
+        scales = np.empty(16, np.float32)
+        for b in range(nb):
+            xb = x[r, b * QK_K:(b + 1) * QK_K]
+            o = out[r, b * ts:(b + 1) * ts]
+            amax = ZERO
+            max_scale = ZERO
+            for j in range(16):
+                if use_imatrix:
+                    s = make_qx_quants(xb[16 * j:16 * j + 16], 32, imatrix[b * QK_K + 16 * j:b * QK_K + 16 * j + 16],
+                                       L[16 * j:16 * j + 16])
+                else:
+                    s = make_qx_quants_x2(xb[16 * j:16 * j + 16], 32, w, L[16 * j:16 * j + 16])
+                scales[j] = s
+                a = abs(s)
+                if a > amax:
+                    amax = a
+                    max_scale = s
+            if amax < GROUP_MAX_EPS:
+                for k in range(ts):
+                    o[k] = 0
+                continue
+            iscale = F32(-128) / max_scale
+            dh, d = _round_fp16(ONE / iscale)
+            _store_u16(o, 208, dh)
+            for j in range(16):
+                sc = min(127, nearest_int(iscale * scales[j])) & 0xFF   # int8_t store
+                o[192 + j] = np.uint8(sc)
+                sc = sc - 256 if sc > 127 else sc
+                dl = d * F32(sc)
+                if dl == ZERO:
+                    continue
+                for l in range(16):
+                    q = nearest_int(xb[16 * j + l] / dl)
+                    L[16 * j + l] = max(-32, min(31, q)) + 32
+            for h in range(2):
+                for l in range(32):
+                    j = 128 * h + l
+                    o[64 * h + l] = np.uint8((L[j] & 0xF) | ((L[j + 64] & 0xF) << 4))
+                    o[64 * h + 32 + l] = np.uint8((L[j + 32] & 0xF) | ((L[j + 96] & 0xF) << 4))
+                    o[128 + 32 * h + l] = np.uint8((L[j] >> 4) | ((L[j + 32] >> 4) << 2)
+                                                   | ((L[j + 64] >> 4) << 4) | ((L[j + 96] >> 4) << 6))
+
+
+@njit(**PJIT)
+def _dequantize_q6_k(data, sdata, out):
+    nrows = data.shape[0]
+    nb = data.shape[1] // 210
+    for r in prange(nrows):
+        for b in range(nb):
+            o = data[r, b * 210:(b + 1) * 210]
+            so = sdata[r, b * 210:(b + 1) * 210]
+            y = out[r, b * QK_K:(b + 1) * QK_K]
+            d = fp16_to_fp32(o[208], o[209])
+            for h in range(2):
+                for k in range(4):
+                    for half in range(2):
+                        dl = d * F32(so[192 + 8 * h + 2 * k + half])
+                        for l in range(16 * half, 16 * half + 16):
+                            low = np.int32(o[64 * h + 32 * (k & 1) + l])
+                            low = (low >> 4) if k >= 2 else (low & 0xF)
+                            q = (low | (((np.int32(o[128 + 32 * h + l]) >> (2 * k)) & 3) << 4)) - 32
+                            y[128 * h + 32 * k + l] = dl * F32(q)
+
+
+# --------------------------------------------------------------------------- Q8_K
+
+@njit(**PJIT)
+def _quantize_q8_k(x, out):
+    nrows, n = x.shape
+    nb = n // QK_K
+    ts = 292
+    for r in prange(nrows):
+        for b in range(nb):
+            xb = x[r, b * QK_K:(b + 1) * QK_K]
+            o = out[r, b * ts:(b + 1) * ts]
+            amax = ZERO
+            vmax = ZERO
+            for j in range(QK_K):
+                a = abs(xb[j])
+                if a > amax:
+                    amax = a
+                    vmax = xb[j]
+            if amax == ZERO:
+                for k in range(ts):
+                    o[k] = 0
+                continue
+            iscale = F32(-127) / vmax
+            for g in range(16):
+                s = np.int32(0)
+                for l in range(16):
+                    q = min(127, nearest_int(iscale * xb[16 * g + l]))
+                    o[4 + 16 * g + l] = np.uint8(q & 0xFF)
+                    s += q
+                o[260 + 2 * g] = np.uint8(s & 0xFF)
+                o[261 + 2 * g] = np.uint8((s >> 8) & 0xFF)
+            u = f32_bits(ONE / iscale)
+            for k in range(4):
+                o[k] = np.uint8((u >> (8 * k)) & 0xFF)
+
+
+@njit(**PJIT)
+def _dequantize_q8_k(data, out):
+    nrows = data.shape[0]
+    nb = data.shape[1] // 292
+    for r in prange(nrows):
+        for b in range(nb):
+            o = data[r, b * 292:(b + 1) * 292]
+            d = bits_f32(np.int32(np.uint32(o[0]) | (np.uint32(o[1]) << 8) | (np.uint32(o[2]) << 16) | (np.uint32(o[3]) << 24)))
+            y = out[r, b * QK_K:(b + 1) * QK_K]
+            for j in range(QK_K):
+                v = np.int32(o[4 + j])
+                y[j] = d * F32(v - 256 if v > 127 else v)
+
+
+# --------------------------------------------------------------------------- the spec's signatures
+
+def _c(x, dtype=None):
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _qout(x, ts):
+    return np.empty((x.shape[0], x.shape[1] // QK_K * ts), np.uint8)
+
+
+def _dout(data, ts):
+    return np.empty((data.shape[0], data.shape[1] // ts * QK_K), np.float32)
+
+
+def _im(x, imatrix):
+    if imatrix is None:
+        return np.zeros(1, np.float32), False
+    return _c(imatrix, np.float32).reshape(-1), True
+
+
+def quantize_q2_k(x, imatrix=None):
+    out = _qout(x, 84)
+    _quantize_q2_k(_c(x, np.float32), *_im(x, imatrix), out)
+    return out
+
+
+def quantize_q3_k(x, imatrix=None):
+    out = _qout(x, 110)
+    _quantize_q3_k(_c(x, np.float32), *_im(x, imatrix), out)
+    return out
+
+
+def quantize_q4_k(x, imatrix=None):
+    out = _qout(x, 144)
+    _quantize_q4_k_q5_k(_c(x, np.float32), *_im(x, imatrix), out, False)
+    return out
+
+
+def quantize_q5_k(x, imatrix=None):
+    out = _qout(x, 176)
+    _quantize_q4_k_q5_k(_c(x, np.float32), *_im(x, imatrix), out, True)
+    return out
+
+
+def quantize_q6_k(x, imatrix=None):
+    out = _qout(x, 210)
+    _quantize_q6_k(_c(x, np.float32), *_im(x, imatrix), out)
+    return out
+
+
+def quantize_q8_k(x, imatrix=None):
+    out = _qout(x, 292)
+    _quantize_q8_k(_c(x, np.float32), out)
+    return out
+
+
+def dequantize_q2_k(data):
+    out = _dout(data, 84)
+    _dequantize_q2_k(_c(data), out)
+    return out
+
+
+def dequantize_q3_k(data):
+    out = _dout(data, 110)
+    _dequantize_q3_k(_c(data), out)
+    return out
+
+
+def dequantize_q4_k(data):
+    out = _dout(data, 144)
+    _dequantize_q4_k_q5_k(_c(data), out, False)
+    return out
+
+
+def dequantize_q5_k(data):
+    out = _dout(data, 176)
+    _dequantize_q4_k_q5_k(_c(data), out, True)
+    return out
+
+
+def dequantize_q6_k(data):
+    out = _dout(data, 210)
+    data = _c(data)
+    _dequantize_q6_k(data, data.view(np.int8), out)
+    return out
+
+
+def dequantize_q8_k(data):
+    out = _dout(data, 292)
+    _dequantize_q8_k(_c(data), out)
+    return out
+
+
+QUANTIZE = {"Q2_K": quantize_q2_k, "Q3_K": quantize_q3_k, "Q4_K": quantize_q4_k,
+            "Q5_K": quantize_q5_k, "Q6_K": quantize_q6_k, "Q8_K": quantize_q8_k}
+DEQUANTIZE = {"Q2_K": dequantize_q2_k, "Q3_K": dequantize_q3_k, "Q4_K": dequantize_q4_k,
+              "Q5_K": dequantize_q5_k, "Q6_K": dequantize_q6_k, "Q8_K": dequantize_q8_k}
