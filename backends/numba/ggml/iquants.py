@@ -1,0 +1,220 @@
+"""Numba twin of refquant/ggml/iquants.py: IQ4_NL and IQ4_XS (the chunk path's ntry = 7 search),
+bit-exact with it. Rows run in parallel (prange), blocks in order, C's loops inside a block."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from refquant.ggml.iquants import KVALUES_IQ4NL
+
+from ..numerics import F32, JIT, ONE, ZERO, fp16_to_fp32, nearest_int, store_fp16
+
+QK4_NL = 32
+QK_K = 256
+NTRY = 7
+PJIT = dict(JIT, parallel=True)
+GROUP_MAX_EPS = F32(1e-15)
+VALS = KVALUES_IQ4NL.astype(np.float32)
+V0 = int(KVALUES_IQ4NL[0])
+
+
+@njit(**dict(JIT, inline="always"))
+def best_index_int8(x):
+    """The nearest entry of VALS to x: binary search, a tie to the upper entry, NaN to the last."""
+    if x <= VALS[0]:
+        return 0
+    if x >= VALS[15]:
+        return 15
+    ml = 0
+    mu = 15
+    while mu - ml > 1:
+        mav = (ml + mu) // 2
+        if x < VALS[mav]:
+            mu = mav
+        else:
+            ml = mav
+    return mu - 1 if x - VALS[mu - 1] < VALS[mu] - x else mu
+
+
+@njit(**dict(JIT, inline="always"))
+def _sums(x, w, iscale):
+    sumqx = ZERO
+    sumq2 = ZERO
+    for j in range(x.shape[0]):
+        q = VALS[best_index_int8(iscale * x[j])]
+        wq = w[j] * q
+        sumqx += wq * x[j]
+        sumq2 += wq * q
+    return sumqx, sumq2
+
+
+@njit(**dict(JIT, inline="always"))
+def block_scale(x, w):
+    """The scale search of quantize_row_iq4_nl_impl (ntry = 7) for one block of 32."""
+    amax = ZERO
+    vmax = ZERO
+    for j in range(x.shape[0]):
+        ax = abs(x[j])
+        if ax > amax:
+            amax = ax
+            vmax = x[j]
+    if amax < GROUP_MAX_EPS:
+        return ZERO
+    d = -vmax / VALS[0]
+    sumqx, sumq2 = _sums(x, w, ONE / d)
+    d = sumqx / sumq2 if sumq2 > ZERO else ZERO
+    best = d * sumqx
+    for itry in range(-NTRY, NTRY + 1):
+        iscale = F32(itry + V0) / vmax
+        sumqx, sumq2 = _sums(x, w, iscale)
+        if sumq2 > ZERO and sumqx * sumqx > best * sumq2:
+            d = sumqx / sumq2
+            best = d * sumqx
+    return d
+
+
+@njit(**dict(JIT, inline="always"))
+def _weights(x, imatrix, use_imatrix, w):
+    """x² without an importance matrix; qw * sqrtf(sigma2 + x²) with one, sigma2 = Σx² * (2/n)."""
+    n = x.shape[0]
+    if not use_imatrix:
+        for j in range(n):
+            w[j] = x[j] * x[j]
+        return
+    s = ZERO
+    for j in range(n):
+        s += x[j] * x[j]
+    sigma2 = s * (F32(2) / F32(n))
+    for j in range(n):
+        w[j] = imatrix[j] * np.sqrt(sigma2 + x[j] * x[j])
+
+
+@njit(**dict(JIT, inline="always"))
+def _recip(d):
+    return ONE / d if d != ZERO else ZERO
+
+
+@njit(**dict(JIT, inline="always"))
+def _pack_codes(x, idv, o, at):
+    """q4[j] = code(x[j]) | code(x[j + 16]) << 4 for a block of 32."""
+    for j in range(16):
+        o[at + j] = np.uint8(best_index_int8(idv * x[j]) | (best_index_int8(idv * x[j + 16]) << 4))
+
+
+@njit(**PJIT)
+def _quantize_iq4_nl(x, imatrix, use_imatrix, out):
+    nrows, n = x.shape
+    nb = n // QK4_NL
+    for r in prange(nrows):
+        w = np.empty(QK4_NL, np.float32)
+        for b in range(nb):
+            xb = x[r, b * QK4_NL:(b + 1) * QK4_NL]
+            o = out[r, b * 18:(b + 1) * 18]
+            _weights(xb, imatrix[b * QK4_NL:(b + 1) * QK4_NL] if use_imatrix else imatrix, use_imatrix, w)
+            d = block_scale(xb, w)
+            store_fp16(o, 0, d)
+            _pack_codes(xb, _recip(d), o, 2)
+
+
+@njit(**PJIT)
+def _quantize_iq4_xs(x, imatrix, use_imatrix, out):
+    nrows, n = x.shape
+    nb = n // QK_K
+    for r in prange(nrows):
+        w = np.empty(QK_K, np.float32)
+        scales = np.empty(8, np.float32)
+        for b in range(nb):
+            xb = x[r, b * QK_K:(b + 1) * QK_K]
+            o = out[r, b * 136:(b + 1) * 136]
+            _weights(xb, imatrix[b * QK_K:(b + 1) * QK_K] if use_imatrix else imatrix, use_imatrix, w)
+            amax = ZERO
+            max_scale = ZERO
+            for ib in range(8):
+                s = block_scale(xb[32 * ib:32 * ib + 32], w[32 * ib:32 * ib + 32])
+                scales[ib] = s
+                a = abs(s)
+                if a > amax:
+                    amax = a
+                    max_scale = s
+            d = -max_scale / F32(32)
+            idv = _recip(d)
+            store_fp16(o, 0, d)
+            sh = 0
+            for k in range(4):
+                o[4 + k] = 0
+            for ib in range(8):
+                l = max(-32, min(31, nearest_int(idv * scales[ib])))
+                dl = d * F32(l)
+                ls = l + 32
+                o[4 + ib // 2] |= np.uint8((ls & 0xF) << (4 * (ib % 2)))
+                sh |= (ls >> 4) << (2 * ib)
+                _pack_codes(xb[32 * ib:32 * ib + 32], _recip(dl), o, 8 + 16 * ib)
+            o[2] = np.uint8(sh & 0xFF)
+            o[3] = np.uint8(sh >> 8)
+
+
+@njit(**PJIT)
+def _dequantize_iq4_nl(data, out):
+    nrows = data.shape[0]
+    nb = data.shape[1] // 18
+    for r in prange(nrows):
+        for b in range(nb):
+            o = data[r, b * 18:(b + 1) * 18]
+            y = out[r, b * QK4_NL:(b + 1) * QK4_NL]
+            d = fp16_to_fp32(o[0], o[1])
+            for j in range(16):
+                y[j] = d * VALS[np.int32(o[2 + j]) & 0xF]
+                y[j + 16] = d * VALS[np.int32(o[2 + j]) >> 4]
+
+
+@njit(**PJIT)
+def _dequantize_iq4_xs(data, out):
+    nrows = data.shape[0]
+    nb = data.shape[1] // 136
+    for r in prange(nrows):
+        for b in range(nb):
+            o = data[r, b * 136:(b + 1) * 136]
+            y = out[r, b * QK_K:(b + 1) * QK_K]
+            d = fp16_to_fp32(o[0], o[1])
+            sh = np.int32(o[2]) | (np.int32(o[3]) << 8)
+            for ib in range(8):
+                ls = ((np.int32(o[4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
+                dl = d * F32(ls - 32)
+                for j in range(16):
+                    q = np.int32(o[8 + 16 * ib + j])
+                    y[32 * ib + j] = dl * VALS[q & 0xF]
+                    y[32 * ib + 16 + j] = dl * VALS[q >> 4]
+
+
+def _im(imatrix):
+    if imatrix is None:
+        return np.zeros(1, np.float32), False
+    return np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1), True
+
+
+def quantize_iq4_nl(x, imatrix=None):
+    out = np.empty((x.shape[0], x.shape[1] // QK4_NL * 18), np.uint8)
+    _quantize_iq4_nl(np.ascontiguousarray(x, dtype=np.float32), *_im(imatrix), out)
+    return out
+
+
+def quantize_iq4_xs(x, imatrix=None):
+    out = np.empty((x.shape[0], x.shape[1] // QK_K * 136), np.uint8)
+    _quantize_iq4_xs(np.ascontiguousarray(x, dtype=np.float32), *_im(imatrix), out)
+    return out
+
+
+def dequantize_iq4_nl(data):
+    out = np.empty((data.shape[0], data.shape[1] // 18 * QK4_NL), np.float32)
+    _dequantize_iq4_nl(np.ascontiguousarray(data), out)
+    return out
+
+
+def dequantize_iq4_xs(data):
+    out = np.empty((data.shape[0], data.shape[1] // 136 * QK_K), np.float32)
+    _dequantize_iq4_xs(np.ascontiguousarray(data), out)
+    return out
+
+
+QUANTIZE = {"IQ4_NL": quantize_iq4_nl, "IQ4_XS": quantize_iq4_xs}
+DEQUANTIZE = {"IQ4_NL": dequantize_iq4_nl, "IQ4_XS": dequantize_iq4_xs}
