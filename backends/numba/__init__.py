@@ -22,7 +22,7 @@ import importlib
 from refquant.backend import Backend
 
 # The twin modules, by their path relative to the spec's package. New families join this list.
-MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.lowbit", "ggml.fp4", "ggml.dot", "gemm")
+MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.lowbit", "ggml.fp4", "ggml.dot", "minifloat", "gemm")
 TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
 
 
