@@ -117,3 +117,114 @@ def test_large_matrix_bit_exact(nb):
     im = rng.random(1024).astype(np.float32)
     for qt in ["Q4_0", "Q4_1", "Q5_0", "Q5_1"]:
         np.testing.assert_array_equal(nb.quantize(x, qt, im), refquant.quantize(x, qt, im))
+
+
+# ------------------------------------------------- K-quants, IQ4, low-bit, FP4, minifloats
+
+NEW_GGML = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS",
+            "TQ1_0", "TQ2_0", "Q1_0", "MXFP4", "NVFP4"]
+MINIFLOATS = ["E4M3FN", "E4M3FNUZ", "E5M2", "E5M2FNUZ", "E2M3", "E3M2", "E2M1", "E8M0"]
+
+
+def test_claims_cover_every_gguf_type_and_minifloat(nb):
+    for name in NEW_GGML + MINIFLOATS:
+        assert nb.supports("quantize", name) and nb.supports("dequantize", name)
+
+
+def _kernels(mod):
+    """The module's compiled kernels, each recompiled without the on-disk cache (numba cannot
+    show the IR of code it loaded from the cache) for the signatures it was called with. prange
+    is compiled as range here (parallel=False): the loop bodies and their float flags are the
+    same, and the parallel lowering would multiply the compile time."""
+    from numba import njit
+    from numba.core.registry import CPUDispatcher
+    out = []
+    for n, f in vars(mod).items():
+        if isinstance(f, CPUDispatcher) and f.signatures and f.py_func.__module__ == mod.__name__:
+            opts = {k: v for k, v in f.targetoptions.items() if k in ("fastmath", "nogil")}
+            g = njit(**opts)(f.py_func)
+            for sig in f.signatures:
+                g.compile(sig)
+            out.append((n, g))
+    return out
+
+
+def test_kernels_have_no_fma_and_no_fast_math(nb):
+    """Bit-exactness needs every float32 operation rounded on its own: no FMA contraction, no
+    reassociation. Compile every quantize/dequantize kernel (the prange bodies are part of the
+    same LLVM module) and read its IR and machine code: no llvm.fma / llvm.fmuladd, no fast-math
+    flags on any float instruction, no vfmadd-family instruction."""
+    import re
+    from backends.numba import minifloat
+    from backends.numba.ggml import fp4, iquants, kquants, lowbit
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 256)) * 0.1).astype(np.float32)
+    im = rng.random(256).astype(np.float32)
+    for name in NEW_GGML + MINIFLOATS:
+        nb.dequantize(nb.quantize(x, name), name)
+        if name not in MINIFLOATS and refquant.registry.get_format(name).imatrix != refquant.registry.IMATRIX_NONE:
+            nb.quantize(x, name, im)
+    flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
+    fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
+    checked = 0
+    for mod in (kquants, iquants, lowbit, fp4, minifloat):
+        for name, f in _kernels(mod):
+            for sig in f.signatures:
+                ir = f.inspect_llvm(sig)
+                assert "llvm.fma." not in ir and "llvm.fmuladd" not in ir, f"{mod.__name__}.{name}: fma in IR"
+                assert not flags.search(ir), f"{mod.__name__}.{name}: fast-math flag: {flags.search(ir).group(0)}"
+                assert not fused.search(f.inspect_asm(sig)), f"{mod.__name__}.{name}: fused multiply-add in asm"
+                checked += 1
+    assert checked >= 16
+
+
+def _near_tie_rows(rng, n, nrows):
+    """Rows whose values sit one ulp either side of ties of power-of-two scales, with the
+    extreme values placed so the scales come out as those powers of two."""
+    rows = []
+    for _ in range(nrows):
+        d = np.float32(2.0) ** rng.integers(-10, 10)
+        k = rng.integers(-16, 16, n).astype(np.float32)
+        x = (k + np.float32(0.5)) * d
+        x = np.nextafter(x, x + rng.choice([-1, 1], n).astype(np.float32) * np.inf).astype(np.float32)
+        x[::32] = 8 * d
+        rows.append(x)
+    return np.stack(rows).astype(np.float32)
+
+
+def test_new_types_bit_exact_on_near_ties_and_a_larger_matrix(nb):
+    """Inputs a contracted multiply-add or a reordered sum would round differently, and a matrix
+    with more rows than threads (every prange chunk), with and without an importance matrix."""
+    rng = np.random.default_rng(11)
+    ties = _near_tie_rows(rng, 256, 6)
+    big = (rng.standard_normal((24, 512)) * 0.02).astype(np.float32)
+    big[5, 17] = 3.0
+    im = rng.random(512).astype(np.float32)
+    for name in NEW_GGML:
+        for x in (ties, big):
+            np.testing.assert_array_equal(nb.quantize(x, name), refquant.quantize(x, name), err_msg=name)
+        if refquant.registry.get_format(name).imatrix != refquant.registry.IMATRIX_NONE:
+            np.testing.assert_array_equal(nb.quantize(big, name, im), refquant.quantize(big, name, im),
+                                          err_msg=f"{name} imatrix")
+        q = refquant.quantize(big, name)
+        np.testing.assert_array_equal(nb.dequantize(q, name).view(np.uint32),
+                                      refquant.dequantize(q, name).view(np.uint32), err_msg=name)
+
+
+@pytest.mark.parametrize("name", MINIFLOATS)
+@settings(max_examples=40)
+@given(data=st.data())
+def test_minifloat_encode_decode_on_the_grid(name, data):
+    """backends.numba.minifloat.encode/decode against the spec on values on, between and just off
+    the format's grid (ties, overflow, subnormals, ±0, ±Inf, NaN), both overflow rules."""
+    from backends.numba import minifloat as nbmf
+    from refquant import minifloat as mf
+    from refquant.conformance.strategies import grid_floats
+    f = mf.get_minifloat(name)
+    emax = (1 << f.ebits) - 1 - f.bias
+    x = data.draw(grid_floats(f.mbits, f.emin, emax))
+    sat = data.draw(st.booleans())
+    np.testing.assert_array_equal(nbmf.encode(x, name, saturate=sat), mf.encode(x, name, saturate=sat))
+    codes = data.draw(st.binary(min_size=1, max_size=64))
+    c = np.frombuffer(codes, np.uint8) & np.uint8((1 << f.nbits) - 1)
+    np.testing.assert_array_equal(nbmf.decode(c, name).view(np.uint32), mf.decode(c, name).view(np.uint32))
