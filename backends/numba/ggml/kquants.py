@@ -385,13 +385,16 @@ def _dequantize_q4_k_q5_k(data, out, five):
                 sc, m = _scale_min_k4(o, 4, j)
                 d1 = d * F32(sc)
                 m1 = dmin * F32(m)
-                c, hi = divmod(j, 2)
-                for l in range(32):
-                    q = np.int32(o[at + 32 * c + l])
-                    q = (q >> 4) if hi else (q & 0xF)
-                    if five:
-                        q |= ((np.int32(o[16 + l]) >> j) & 1) << 4
-                    y[32 * j + l] = d1 * F32(q) - m1
+                base = at + 32 * (j // 2)
+                shift = 4 * (j % 2)
+                # the nibble chosen outside the loop over positions
+                if five:
+                    for l in range(32):
+                        q = ((np.int32(o[base + l]) >> shift) & 0xF) | (((np.int32(o[16 + l]) >> j) & 1) << 4)
+                        y[32 * j + l] = d1 * F32(q) - m1
+                else:
+                    for l in range(32):
+                        y[32 * j + l] = d1 * F32((np.int32(o[base + l]) >> shift) & 0xF) - m1
 
 
 # --------------------------------------------------------------------------- Q6_K
