@@ -1,8 +1,9 @@
 """The Numba backend against ggml C, measured in the same run.
 
-    python benchmarks/bench_numba.py [--rows 1024 --cols 4096 --repeat 5]
+    python benchmarks/bench_numba.py [--rows 1024 --cols 4096 --repeat 5] [--types Q4_K,IQ4_XS] [--skip-extras]
 
-* quantize / dequantize of a 1024x4096 float32 matrix, one thread each: ggml's
+* quantize / dequantize of a 1024x4096 float32 matrix for every type the backend claims (the
+  issue's targets Q4_0, Q8_0, Q4_K, Q6_K, IQ4_XS first), one thread each: ggml's
   ggml_quantize_chunk / to_float (single-threaded C) against the Numba kernels with
   numba.set_num_threads(1); then the Numba kernels on every core (prange over rows) and the
   speed-up. Ratio = Numba time / ggml time (below 1: Numba is faster).
