@@ -86,6 +86,7 @@ def register(fmt: Format) -> Format:
 def _load_all() -> None:
     # Importing a format module registers its formats. New families join this list.
     from .ggml import floats, legacy  # noqa: F401
+    from .ggml import iquants_grid  # noqa: F401
 
 
 def all_formats() -> list[Format]:
