@@ -164,6 +164,154 @@ def dequantize_iq1_m(data):
     return y.reshape(data.shape[0], -1)
 
 
+# ============================================================================ IQ2/IQ3 drivers
+
+def _quantize_subblocks(x, imatrix, fmt, *, sub, sigma_mul, rule, even_parity, eps, lat_name,
+                        kmaxq, candidates, step, initial, final):
+    """Everything up to the super-block scale: per sub-block (B of them) the scale, the grid
+    index of each group, the sign bytes and whether the sub-block was skipped (written as zeros)."""
+    lat = grids.lattice(lat_name)
+    xb, w = _superblock_weights(x, imatrix, sub, sigma_mul, rule)
+    waux = np.sqrt(w)
+    xval, signs = _signs_and_magnitudes(xb, w, even_parity)
+    vmax = _c_running_max(xval)
+    dead = (vmax == 0) if eps is None else (vmax < F32(eps))   # `if (!max)` / `if (max < eps)`
+    B = xb.shape[0]
+    G = sub // lat.dims
+    aborts = _Aborts(B)
+    scale = np.zeros(B, F32)
+    L = np.zeros((B, sub), np.int32)
+    act = np.flatnonzero(~dead)
+    if act.size:
+        sc, La, skip = _grid_search(xval[act], w[act], waux[act], vmax[act], lat, kmaxq=kmaxq,
+                                    candidates=candidates, step=step, initial=initial, final=final,
+                                    aborts=aborts, sel=act)
+        scale[act], L[act] = sc, La
+        dead[act[skip]] = True
+    smask = 127 if even_parity else 255
+    neg = scale < 0                                  # "should never happen": flip scale and signs
+    scale = np.where(neg, -scale, scale)
+    signs = np.where(neg[:, None], ~signs & smask, signs)
+    codes = grids.pack_levels(L.reshape(B, G, lat.dims), lat.bits)
+    index = lat.map[codes].astype(np.int64)
+    aborts.add(~dead & (index < 0).any(axis=1), "a level code off the grid (\"Oops\")")
+    with np.errstate(invalid="ignore"):
+        aborts.add(~dead & ~(scale >= 0), "GGML_ASSERT(scale >= 0) on a NaN scale")
+    aborts.raise_if_any(fmt, x.shape[0], x.shape[1], sub)
+    index = np.where(dead[:, None], 0, index)
+    signs = np.where(dead[:, None], 0, signs)
+    scale = np.where(dead, F32(0), scale)
+    return scale, index, signs, dead
+
+
+def _superscale(scales: np.ndarray, nmax: int, top: int, fudge):
+    """max_scale over the sub-blocks (MAX from 0), d = max_scale/nmax, stored fp16(d*fudge);
+    each sub-block scale l = clamp(nearest_int(0.5f*(scales/d... as id*scale - 1)), 0, top).
+    Returns (d bits (nsb,), l (nsb, nsub), max_scale)."""
+    max_scale = _c_running_max(scales, start=F32(0))
+    d = max_scale / F32(nmax)
+    dbits = fp32_to_fp16_bits(d if fudge is None else d * F32(fudge))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        id_ = F32(1) / d
+        l = nearest_int(F32(0.5) * (id_[:, None] * scales - F32(1)))
+    l = np.clip(l, 0, top)
+    zero = max_scale == 0
+    return np.where(zero, np.uint16(0), dbits), np.where(zero[:, None], 0, l), zero
+
+
+def _pack_u16(v):
+    return np.ascontiguousarray(v.astype("<u2")).view(np.uint8).reshape(v.shape[0], -1)
+
+
+def _pack_u32(v):
+    return np.ascontiguousarray(v.astype("<u4")).view(np.uint8).reshape(v.shape[0], -1)
+
+
+def quantize_iq2_xxs(x, imatrix=None):
+    """quantize_row_iq2_xxs_impl: sub-blocks of 32, parity signs, initial scale from
+    make_qp_quants, candidates is = -6..6 (step 0.1), every group re-rounded at the end."""
+    if imatrix is None:
+        raise InputError("IQ2_XXS requires an importance matrix (imatrix=...), none was given")
+    with np.errstate(all="ignore"):
+        scale, index, signs, dead = _quantize_subblocks(
+            x, imatrix, "IQ2_XXS", sub=32, sigma_mul=None, rule=None, even_parity=True, eps=1e-15,
+            lat_name="iq2xxs", kmaxq=3, candidates=range(-6, 7), step=0.1, initial="qp", final="all")
+        nsb = scale.shape[0] // 8
+        dbits, l, zero = _superscale(scale.reshape(nsb, 8), 31, 15, None)
+    grid = (index.reshape(nsb, 8, 4) << (8 * np.arange(4))).sum(axis=2)
+    sg = (signs.reshape(nsb, 8, 4).astype(np.int64) << (7 * np.arange(4))).sum(axis=2) | (l.astype(np.int64) << 28)
+    q2 = np.stack([grid, sg], axis=2).reshape(nsb, 16)
+    q2 = np.where(zero[:, None], 0, q2)
+    return np.concatenate([_pack_u16(dbits[:, None]), _pack_u32(q2)], axis=1).reshape(x.shape[0], -1)
+
+
+def quantize_iq2_xs(x, imatrix=None):
+    """quantize_row_iq2_xs_impl: sub-blocks of 16, parity signs, candidates is = -9..9 (0.1)."""
+    if imatrix is None:
+        raise InputError("IQ2_XS requires an importance matrix (imatrix=...), none was given")
+    with np.errstate(all="ignore"):
+        scale, index, signs, dead = _quantize_subblocks(
+            x, imatrix, "IQ2_XS", sub=16, sigma_mul=None, rule=None, even_parity=True, eps=1e-15,
+            lat_name="iq2xs", kmaxq=3, candidates=range(-9, 10), step=0.1, initial="max", final="off")
+        nsb = scale.shape[0] // 16
+        dbits, l, zero = _superscale(scale.reshape(nsb, 16), 31, 15, None)
+    qs = (index | (signs.astype(np.int64) << 9)).reshape(nsb, 32)
+    qs = np.where(zero[:, None], 0, qs)
+    sc = (l[:, 0::2] | (l[:, 1::2] << 4)).astype(np.uint8)
+    return np.concatenate([_pack_u16(dbits[:, None]), _pack_u16(qs), sc], axis=1).reshape(x.shape[0], -1)
+
+
+def quantize_iq2_s(x, imatrix=None):
+    """quantize_row_iq2_s_impl: sub-blocks of 16, 8 sign bits per 8, nwant 1, fudge 0.9875."""
+    with np.errstate(all="ignore"):
+        scale, index, signs, dead = _quantize_subblocks(
+            x, imatrix, "IQ2_S", sub=16, sigma_mul=2, rule="sigma", even_parity=False, eps=1e-8,
+            lat_name="iq2s", kmaxq=3, candidates=range(-9, 10), step=0.1, initial="max", final="off")
+        nsb = scale.shape[0] // 16
+        dbits, l, zero = _superscale(scale.reshape(nsb, 16), 31, 15, 0.9875)
+    index = index.reshape(nsb, 32)
+    qs = (index & 255).astype(np.uint8)
+    hi = (index >> 8).reshape(nsb, 8, 4)
+    qh = (hi << (2 * np.arange(4))).sum(axis=2).astype(np.uint8)
+    sg = signs.reshape(nsb, 32).astype(np.uint8)
+    sc = (l[:, 0::2] | (l[:, 1::2] << 4)).astype(np.uint8)
+    return np.concatenate([_pack_u16(dbits[:, None]), qs, sg, qh, sc], axis=1).reshape(x.shape[0], -1)
+
+
+def quantize_iq3_xxs(x, imatrix=None):
+    """quantize_row_iq3_xxs_impl(256): sub-blocks of 32, groups of 4 on the 3-bit grid, parity
+    signs per 8, candidates is = -15..15 (step 0.2), fudge 1.0125."""
+    with np.errstate(all="ignore"):
+        scale, index, signs, dead = _quantize_subblocks(
+            x, imatrix, "IQ3_XXS", sub=32, sigma_mul=2, rule="x2", even_parity=True, eps=1e-8,
+            lat_name="iq3xxs", kmaxq=8, candidates=range(-15, 16), step=0.2, initial="max", final="off")
+        nsb = scale.shape[0] // 8
+        dbits, l, zero = _superscale(scale.reshape(nsb, 8), 31, 15, 1.0125)
+    qs = index.reshape(nsb, 64).astype(np.uint8)
+    ss = (signs.reshape(nsb, 8, 4).astype(np.int64) << (7 * np.arange(4))).sum(axis=2) | (l.astype(np.int64) << 28)
+    qs = np.where(zero[:, None], 0, qs)
+    ss = np.where(zero[:, None], 0, ss)
+    return np.concatenate([_pack_u16(dbits[:, None]), qs, _pack_u32(ss)], axis=1).reshape(x.shape[0], -1)
+
+
+def quantize_iq3_s(x, imatrix=None):
+    """quantize_row_iq3_s_impl(32): sub-blocks of 32, 8 sign bits per 8, `if (!max)` skip,
+    candidates is = -9..9 (0.2), every group re-rounded when any was off the grid, fudge 1.033."""
+    with np.errstate(all="ignore"):
+        scale, index, signs, dead = _quantize_subblocks(
+            x, imatrix, "IQ3_S", sub=32, sigma_mul=2, rule="x2", even_parity=False, eps=None,
+            lat_name="iq3s", kmaxq=8, candidates=range(-9, 10), step=0.2, initial="max_off",
+            final="all_if_off")
+        nsb = scale.shape[0] // 8
+        dbits, l, zero = _superscale(scale.reshape(nsb, 8), 31, 15, 1.033)
+    index = index.reshape(nsb, 8, 8)
+    qs = (index & 255).astype(np.uint8).reshape(nsb, 64)
+    qh = ((index >> 8) << np.arange(8)).sum(axis=2).astype(np.uint8)
+    sg = signs.reshape(nsb, 32).astype(np.uint8)
+    sc = (l[:, 0::2] | (l[:, 1::2] << 4)).astype(np.uint8)
+    return np.concatenate([_pack_u16(dbits[:, None]), qs, qh, sg, sc], axis=1).reshape(x.shape[0], -1)
+
+
 # ============================================================================ registration
 
 _FORMATS = [
@@ -179,3 +327,312 @@ _FORMATS = [
 for _name, _ts, _q, _dq, _im in _FORMATS:
     register(Format(_name, "ggml-iq", QK_K, _ts, globals().get("quantize_" + _name.lower()), _dq, _im,
                     int(T[_name]), f"ggml/{_name.lower()}.md"))
+
+
+# ============================================================================ shared pieces
+
+def _c_running_max(v: np.ndarray, start=None) -> np.ndarray:
+    """`max = v[0]; for i: max = MAX(max, v[i])` with MAX(a, b) = a > b ? a : b, over the last axis
+    (or from `start` when given)."""
+    m = v[..., 0].copy() if start is None else np.broadcast_to(np.asarray(start, F32), v.shape[:-1]).copy()
+    for i in range(0 if start is not None else 1, v.shape[-1]):
+        m = np.where(m > v[..., i], m, v[..., i])
+    return m
+
+
+def _c_first_min_index(v: np.ndarray) -> np.ndarray:
+    """`imin = 0; min = v[0]; for i >= 1: if (v[i] < min) {min = v[i]; imin = i;}` over the last axis."""
+    imin = np.zeros(v.shape[:-1], dtype=np.int64)
+    m = v[..., 0].copy()
+    for i in range(1, v.shape[-1]):
+        take = v[..., i] < m
+        m = np.where(take, v[..., i], m)
+        imin = np.where(take, i, imin)
+    return imin
+
+
+def _superblock_weights(x: np.ndarray, imatrix, sub: int, sigma_mul: float | None, rule: str):
+    """Per-sub-block weights (B, sub) for x (nrows, n), B = all sub-blocks of all rows.
+
+    sigma2 = sumx2/256 (sigma_mul None) or 2*sumx2/256, sumx2 summed over the super-block in order.
+    With an importance matrix: weight = qw * sqrtf(sigma2 + x*x), the same qw row for every row.
+    Without: rule "x2" -> x*x; "sigma" -> 0.25f*sigma2 + x*x.
+    """
+    nrows, n = x.shape
+    xs = x.reshape(-1, QK_K)
+    sumx2 = np.zeros(xs.shape[0], F32)
+    for i in range(QK_K):                      # for (i...) sumx2 += xbl[i]*xbl[i];
+        sumx2 += xs[:, i] * xs[:, i]
+    sigma2 = (sumx2 if sigma_mul is None else F32(sigma_mul) * sumx2) / F32(QK_K)
+    sig = np.repeat(sigma2, QK_K // sub)[:, None]
+    xb = xs.reshape(-1, sub)
+    if imatrix is not None:
+        qw = np.tile(np.asarray(imatrix, F32).reshape(-1, sub), (nrows, 1))
+        w = qw * np.sqrt(sig + xb * xb)
+    elif rule == "x2":
+        w = xb * xb
+    else:
+        w = F32(0.25) * sig + xb * xb
+    return xb, w.astype(F32)
+
+
+def _signs_and_magnitudes(xb: np.ndarray, w: np.ndarray, even_parity: bool):
+    """Per group of 8: xval = |x| (x >= 0 keeps x, so -0 stays -0), sign bits s of the negative
+    ones. With even_parity (7 stored sign bits), an odd count of negatives flips the sign of the
+    element with the smallest w*x*x back: its xval becomes negative. Returns xval (B, sub) and the
+    sign bytes (B, sub/8) (only the low 7 bits kept with even_parity)."""
+    B, sub = xb.shape
+    x8 = xb.reshape(B, sub // 8, 8)
+    w8 = w.reshape(B, sub // 8, 8)
+    pos = x8 >= 0
+    xval = np.where(pos, x8, -x8)
+    s = (((~pos).astype(np.int32)) << np.arange(8)).sum(axis=-1)
+    if even_parity:
+        odd = ((~pos).sum(axis=-1) % 2) == 1
+        imin = _c_first_min_index(w8 * x8 * x8)
+        flip = odd[..., None] & (np.arange(8) == imin[..., None])
+        xval = np.where(flip, -xval, xval)
+        s = np.where(odd, s ^ (1 << imin), s) & 127
+    return xval.reshape(B, sub).astype(F32), s.astype(np.int32)
+
+
+def _best_neighbour(lat: grids.Lattice, codes: np.ndarray, xval: np.ndarray, w: np.ndarray,
+                    scale: np.ndarray):
+    """iq2_find_best_neighbour / iq3_find_best_neighbour for M off-grid groups at once.
+
+    codes (M,), xval and w (M, dims), scale (M,). For each group, over its neighbour list in
+    order: d2 = sum_i w[i]*diff*diff, diff = scale*q[i] - xval[i], q the 2l+1 coordinates; the
+    first strict minimum below FLT_MAX wins. Returns (index (M,), found (M,)); ggml aborts
+    where nothing was found (every d2 NaN or >= FLT_MAX).
+    """
+    M = codes.shape[0]
+    if M == 0:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    rows = lat.nbr_row[codes]
+    starts = lat.nbr_start[rows]
+    lens = lat.nbr_start[rows + 1] - starts
+    seg_start = np.cumsum(lens) - lens
+    seg = np.repeat(np.arange(M), lens)
+    flat = np.arange(lens.sum()) - np.repeat(seg_start, lens) + np.repeat(starts, lens)
+    cand = lat.nbr_flat[flat]
+    q = lat.pos[cand].astype(F32)
+    sc, xv, wv = scale[seg], xval[seg], w[seg]
+    d2 = np.zeros(cand.shape[0], F32)
+    for i in range(lat.dims):
+        diff = sc * q[:, i] - xv[:, i]
+        d2 += wv[:, i] * diff * diff
+    ok = d2 < FLT_MAX                      # `if (d2 < best_d2)` from best_d2 = FLT_MAX: NaN never wins
+    d2 = np.where(ok, d2, np.inf)
+    segmin = np.minimum.reduceat(d2, seg_start)
+    hit = ok & (d2 == segmin[seg])
+    found = np.zeros(M, bool)
+    index = np.zeros(M, np.int64)
+    hs = seg[hit]
+    first = np.unique(hs, return_index=True)
+    found[first[0]] = True
+    index[first[0]] = cand[np.flatnonzero(hit)[first[1]]]
+    return index, found
+
+
+def _make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> np.ndarray:
+    """ggml's make_qp_quants for blocks (B, n) with weights qw; returns the scale only (its one
+    caller here, IQ2_XXS, recomputes the levels before using them).
+
+    The levels live in a uint8_t array: where x is negative (the sign-parity element of IQ2_XXS)
+    a stored level wraps modulo 256, and the later reads of L[i] see the wrapped value while the
+    first sums use the int before it was stored. Both are reproduced.
+    """
+    x = np.asarray(x, F32)
+    B, n = x.shape
+    vmax = _c_running_max(x, start=F32(0))
+    zero = vmax < F32(1e-15)
+    vmax = np.where(zero, F32(1), vmax)
+    iscale = F32(nmax) / vmax
+    L = nearest_int(iscale[:, None] * x) & 0xFF          # L[i] = nearest_int(...) into uint8_t
+    scale = F32(1) / iscale
+    best_mse = np.zeros(B, F32)
+    for i in range(n):
+        diff = x[:, i] - scale * L[:, i].astype(F32)
+        best_mse += qw[:, i] * diff * diff
+    for is_ in range(-4, 5):
+        if is_ == 0:
+            continue
+        iscale_is = (F32(0.1) * F32(is_) + F32(nmax)) / vmax
+        scale_is = F32(1) / iscale_is
+        mse = np.zeros(B, F32)
+        for i in range(n):
+            l = np.minimum(nmax, nearest_int(iscale_is * x[:, i]))
+            diff = x[:, i] - scale_is * l.astype(F32)
+            mse += qw[:, i] * diff * diff
+        take = mse < best_mse
+        best_mse = np.where(take, mse, best_mse)
+        iscale = np.where(take, iscale_is, iscale)
+    l = np.minimum(nmax, nearest_int(iscale[:, None] * x))
+    L = l & 0xFF
+    sumlx = np.zeros(B, F32)
+    suml2 = np.zeros(B, F32)
+    for i in range(n):
+        lf = l[:, i].astype(F32)                           # the int, before the store
+        sumlx += qw[:, i] * x[:, i] * lf
+        suml2 += qw[:, i] * lf * lf
+    active = np.ones(B, bool)
+    for _ in range(5):
+        changed = np.zeros(B, bool)
+        for i in range(n):
+            w = qw[:, i]
+            li = L[:, i].astype(F32)
+            slx = sumlx - w * x[:, i] * li
+            sl2 = suml2 - w * li * li
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                ok = active & (slx > 0) & (sl2 > 0)
+                new_l = np.minimum(nmax, nearest_int(x[:, i] * sl2 / slx))
+            ok &= new_l != L[:, i]
+            nl = new_l.astype(F32)
+            slx2 = slx + w * x[:, i] * nl
+            sl22 = sl2 + w * nl * nl
+            take = ok & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+            L[:, i] = np.where(take, new_l & 0xFF, L[:, i])
+            sumlx = np.where(take, slx2, sumlx)
+            suml2 = np.where(take, sl22, suml2)
+            changed |= take
+        active &= changed                   # `if (!n_changed) break;` per block
+        if not active.any():
+            break
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(suml2 > 0, sumlx / suml2, F32(0)).astype(F32)
+    return np.where(zero, F32(0), out)
+
+
+def _weighted_sums(w: np.ndarray, xval: np.ndarray, L: np.ndarray):
+    """sumqx += w*xval*q; sumq2 += w*q*q with q = 2*L+1, in position order."""
+    sumqx = np.zeros(w.shape[0], F32)
+    sumq2 = np.zeros(w.shape[0], F32)
+    for i in range(w.shape[1]):
+        q = (2 * L[:, i] + 1).astype(F32)
+        sumqx += w[:, i] * xval[:, i] * q
+        sumq2 += w[:, i] * q * q
+    return sumqx, sumq2
+
+
+def _round_to_grid(lat, kmaxq, xval, waux, id_, scale, groups=None):
+    """Levels l = clamp(nearest_int(0.5f*(id*xval - 1)), 0, kMaxQ-1) per group; groups whose code
+    is not in the codebook are replaced by their best neighbour at `scale`. `groups` (B, G) bool
+    limits the work to those groups (others come back as computed but not searched).
+    Returns (L (B, sub) levels, index (B, G) grid index, on_grid (B, G), found (B, G))."""
+    B, sub = xval.shape
+    dims = lat.dims
+    G = sub // dims
+    with np.errstate(invalid="ignore", over="ignore"):
+        l = nearest_int(F32(0.5) * (id_[:, None] * xval - F32(1)))
+    L = np.clip(l, 0, kmaxq - 1).astype(np.int32)
+    codes = grids.pack_levels(L.reshape(B, G, dims), lat.bits)
+    index = lat.map[codes].astype(np.int64)
+    on_grid = index >= 0
+    found = np.ones((B, G), bool)
+    need = ~on_grid if groups is None else (~on_grid & groups)
+    bi, gi = np.nonzero(need)
+    if bi.size:
+        xg = xval.reshape(B, G, dims)[bi, gi]
+        wg = waux.reshape(B, G, dims)[bi, gi]
+        idx, ok = _best_neighbour(lat, codes[bi, gi], xg, wg, scale[bi])
+        index[bi, gi] = idx
+        found[bi, gi] = ok
+        L3 = L.reshape(B, G, dims)
+        L3[bi, gi] = lat.levels[idx]
+    return L, index, on_grid, found
+
+
+# ============================================================================ the IQ2/IQ3 search
+
+class _Aborts:
+    """Where ggml would abort (GGML_ASSERT / GGML_ABORT), per sub-block, with the reason."""
+
+    def __init__(self, nsub: int):
+        self.mask = np.zeros(nsub, bool)
+        self.reason = np.full(nsub, "", dtype=object)
+
+    def add(self, where: np.ndarray, reason: str):
+        """where: a mask over all sub-blocks, or the numbers of some of them."""
+        if where.dtype != bool:
+            m = np.zeros_like(self.mask)
+            m[where] = True
+            where = m
+        new = where & ~self.mask
+        self.reason[new] = reason
+        self.mask |= where
+
+    def raise_if_any(self, fmt: str, nrows: int, n: int, sub: int):
+        if not self.mask.any():
+            return
+        b = int(np.flatnonzero(self.mask)[0])
+        per_row = n // sub
+        row, col = divmod(b, per_row)
+        raise InputError(
+            f"{fmt}: ggml aborts on this input ({self.reason[b]}) in row {row}, values "
+            f"{col * sub}..{col * sub + sub - 1}; refquant refuses it (values this large make "
+            f"the weighted sums overflow float32; see spec/ggml/{fmt.lower()}.md)")
+
+
+def _grid_search(xval, weight, waux, vmax, lat, *, kmaxq, candidates, step, initial, final, aborts, sel):
+    """The scale search shared by IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S, on the sub-blocks
+    that reach it (B of them; `sel` their numbers, for reporting aborts).
+
+    initial "max":  scale = max/(2*kMaxQ-1), levels 0, every group counted as on the grid
+                    (IQ2_XS, IQ2_S, IQ3_XXS) or off it (IQ3_S: `initial="max_off"`).
+    initial "qp":   scale from make_qp_quants(kMaxQ+1) (IQ2_XXS); the candidates are spread
+                    around eff_max = scale*kMaxQ instead of max.
+    For is in candidates: id = (2*kMaxQ-1 + is*step)/max, levels rounded at id, off-grid groups
+    replaced by their best neighbour at 1/id; the candidate is taken when
+    sumqx^2 > best*sumq2 (best = scale*sumqx of the last one taken, 0 at first).
+    final "all":        (IQ2_XXS) if scale > 0, re-round every group at 1/scale.
+    final "off":        (IQ2_XS, IQ2_S, IQ3_XXS) if some group of the winner was off the grid
+                        and scale > 0, re-round those groups only.
+    final "all_if_off": (IQ3_S) as "off", but re-round every group.
+    Then scale = sumqx/sumq2 when sumq2 > 0.
+    Returns (scale, L levels (B, sub), on_grid_final (B, G) computed from L by the caller).
+    """
+    B, sub = xval.shape
+    G = sub // lat.dims
+    L = np.zeros((B, sub), np.int32)
+    if initial == "qp":
+        scale = _make_qp_quants(xval, kmaxq + 1, weight)
+        eff_max = scale * F32(kmaxq)
+        ref = eff_max
+        on_grid = np.ones((B, G), bool)
+        skip = eff_max <= 0                 # `if (eff_max <= 0)`: scale 0, levels 0 (NaN goes on)
+    else:
+        scale = vmax / F32(2 * kmaxq - 1)
+        ref = vmax
+        on_grid = np.full((B, G), initial == "max", bool)
+        skip = np.zeros(B, bool)
+    best = np.zeros(B, F32)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        for is_ in candidates:
+            id_ = (F32(2 * kmaxq - 1) + F32(is_) * F32(step)) / ref
+            this_scale = F32(1) / id_
+            Laux, _, og, found = _round_to_grid(lat, kmaxq, xval, waux, id_, this_scale)
+            aborts.add(sel[~found.all(axis=1) & ~skip], "no neighbour with a finite distance")
+            sumqx, sumq2 = _weighted_sums(weight, xval, Laux)
+            take = (sumq2 > 0) & (sumqx * sumqx > best * sumq2) & ~skip
+            scale = np.where(take, sumqx / sumq2, scale)
+            best = np.where(take, scale * sumqx, best)
+            L = np.where(take[:, None], Laux, L)
+            on_grid = np.where(take[:, None], og, on_grid)
+        if final == "all":
+            redo = (scale > 0) & ~skip
+            groups = np.ones((B, G), bool)
+        else:
+            redo = (~on_grid).any(axis=1) & (scale > 0)
+            groups = ~on_grid if final == "off" else np.ones((B, G), bool)
+        if redo.any():
+            r = np.flatnonzero(redo)
+            sc = scale[r]
+            Lr, _, _, found = _round_to_grid(lat, kmaxq, xval[r], waux[r], F32(1) / sc, sc, groups[r])
+            aborts.add(sel[r[~found.all(axis=1)]], "no neighbour with a finite distance")
+            keep = np.repeat(groups[r], lat.dims, axis=1)
+            L[r] = np.where(keep, Lr, L[r])
+            sumqx, sumq2 = _weighted_sums(weight[r], xval[r], L[r])
+            scale[r] = np.where(sumq2 > 0, sumqx / sumq2, sc)
+    scale = np.where(skip, F32(0), scale)
+    L = np.where(skip[:, None], 0, L)
+    return scale.astype(F32), L, skip
