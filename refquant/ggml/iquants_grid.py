@@ -44,9 +44,14 @@ FLT_MAX = F32(np.finfo(np.float32).max)
 # ============================================================================ dequantization
 
 def _signs8(bits: np.ndarray) -> np.ndarray:
-    """Sign bytes (...,) -> (..., 8) float32 ±1: bit j set means coordinate j is negative."""
-    b = (np.asarray(bits, dtype=np.uint8)[..., None] & grids.KMASK_IQ2XS) != 0
-    return np.where(b, F32(-1), F32(1))
+    """Sign bytes (...,) -> (..., 8) bool: bit j set means coordinate j is negative."""
+    return (np.asarray(bits, dtype=np.uint8)[..., None] & grids.KMASK_IQ2XS) != 0
+
+
+def _apply_signs(v: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """`v * (neg ? -1.f : 1.f)` as ggml's build computes it: the compiler turns a multiply by
+    -1 into a negation, so a NaN's sign bit flips too (a multiply would keep it)."""
+    return np.where(neg, -v, v)
 
 
 def _grid_values(name: str, index: np.ndarray) -> np.ndarray:
@@ -67,7 +72,7 @@ def dequantize_iq2_xxs(data):
     sidx = (aux[..., 1:2] >> (7 * np.arange(4, dtype=np.uint32))) & 127
     grid = _grid_values("iq2xxs", gidx)                                # (nb, 8, 4, 8)
     signs = _signs8(grids.KSIGNS_IQ2XS[sidx])
-    y = db[:, :, None, None] * grid * signs
+    y = _apply_signs(db[:, :, None, None] * grid, signs)
     return y.reshape(data.shape[0], -1)
 
 
@@ -80,7 +85,7 @@ def dequantize_iq2_xs(data):
     dl = np.repeat(db, 2, axis=2)                                      # groups 0,1 -> low; 2,3 -> high
     grid = _grid_values("iq2xs", qs & 511)
     signs = _signs8(grids.KSIGNS_IQ2XS[qs >> 9])
-    y = dl[..., None] * grid * signs
+    y = _apply_signs(dl[..., None] * grid, signs)
     return y.reshape(data.shape[0], -1)
 
 
@@ -95,7 +100,7 @@ def dequantize_iq2_s(data):
     dl = np.repeat(db, 2, axis=2)
     grid = _grid_values("iq2s", idx)
     signs = _signs8(f["signs"].reshape(-1, 8, 4))
-    y = dl[..., None] * grid * signs
+    y = _apply_signs(dl[..., None] * grid, signs)
     return y.reshape(data.shape[0], -1)
 
 
@@ -107,7 +112,7 @@ def dequantize_iq3_xxs(data):
     sidx = (aux[..., None] >> (7 * np.arange(4, dtype=np.uint32))) & 127
     signs = _signs8(grids.KSIGNS_IQ2XS[sidx])                          # (nb, 8, 4, 8)
     grid = _grid_values("iq3xxs", f["qs"].reshape(-1, 8, 4, 2)).reshape(-1, 8, 4, 8)
-    y = db[:, :, None, None] * grid * signs
+    y = _apply_signs(db[:, :, None, None] * grid, signs)
     return y.reshape(data.shape[0], -1)
 
 
@@ -122,7 +127,7 @@ def dequantize_iq3_s(data):
     db = d[:, None] * (1 + 2 * s).astype(F32)                          # d * (1 + 2*s)
     grid = _grid_values("iq3s", idx).reshape(-1, 8, 4, 8)
     signs = _signs8(f["signs"].reshape(-1, 8, 4))
-    y = db[:, :, None, None] * grid * signs
+    y = _apply_signs(db[:, :, None, None] * grid, signs)
     return y.reshape(data.shape[0], -1)
 
 
