@@ -317,6 +317,168 @@ def quantize_iq3_s(x, imatrix=None):
     return np.concatenate([_pack_u16(dbits[:, None]), qs, qh, sg, sc], axis=1).reshape(x.shape[0], -1)
 
 
+# ============================================================================ IQ1_S, IQ1_M
+
+_X_P = np.array([-1 + 0.125, 0.125, 1 + 0.125], F32)    # levels 0, 1, 2 shifted by +delta
+_X_M = np.array([-1 - 0.125, -0.125, 1 - 0.125], F32)   # ... by -delta
+
+
+def _best_neighbour2(lat, codes, xb, w, scale, xx):
+    """iq1_find_best_neighbour2 for M off-grid groups: over the neighbour list in order,
+    d2 = sum_i w[i]*diff*diff with diff = scale*xx[level_i] - x[i] (signed x, plain weights);
+    the first strict minimum below FLT_MAX wins. xx (M, 3): the group's shifted levels.
+    Returns (index, found). (When nothing is found ggml scans the whole codebook with an
+    expression that reads past the end of its input; refquant refuses those inputs.)"""
+    M = codes.shape[0]
+    if M == 0:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    rows = lat.nbr_row[codes]
+    starts = lat.nbr_start[rows]
+    lens = lat.nbr_start[rows + 1] - starts
+    seg_start = np.cumsum(lens) - lens
+    seg = np.repeat(np.arange(M), lens)
+    flat = np.arange(lens.sum()) - np.repeat(seg_start, lens) + np.repeat(starts, lens)
+    cand = lat.nbr_flat[flat]
+    lv = lat.levels[cand]
+    sc, xv, wv, xxs = scale[seg], xb[seg], w[seg], xx[seg]
+    d2 = np.zeros(cand.shape[0], F32)
+    for i in range(8):
+        q = np.take_along_axis(xxs, lv[:, i:i + 1].astype(np.int64), axis=1)[:, 0]
+        diff = sc * q - xv[:, i]
+        d2 += wv[:, i] * diff * diff
+    ok = d2 < FLT_MAX
+    d2 = np.where(ok, d2, np.inf)
+    segmin = np.minimum.reduceat(d2, seg_start)
+    hit = ok & (d2 == segmin[seg])
+    found = np.zeros(M, bool)
+    index = np.zeros(M, np.int64)
+    first = np.unique(seg[hit], return_index=True)
+    found[first[0]] = True
+    index[first[0]] = cand[np.flatnonzero(hit)[first[1]]]
+    return index, found
+
+
+def _sorted_order(xb: np.ndarray) -> np.ndarray:
+    """The order qsort(pairs, n, 8, iq1_sort_helper) leaves the values in. The comparator has no
+    tie-break; glibc's qsort sorts arrays this small (n*8 bytes < 1024) with its merge sort,
+    which is stable, so equal values (-0 and +0 included) keep their positions' order."""
+    return np.argsort(xb, axis=1, kind="stable")
+
+
+def _iq1_weights(x, imatrix, sub):
+    return _superblock_weights(x, imatrix, sub, 2, "x2")
+
+
+def _iq1_grid_fix(lat, L, xb, w, scale, xx_groups, aborts, sel):
+    """Look each group's level code up; off-grid groups take their best neighour (find_best_neighbour2).
+    Returns (index (B, G), L, all_on_grid (B,))."""
+    B, sub = L.shape
+    G = sub // 8
+    codes = grids.pack_levels(L.reshape(B, G, 8), 2)
+    index = lat.map[codes].astype(np.int64)
+    off = index < 0
+    bi, gi = np.nonzero(off)
+    if bi.size:
+        idx, ok = _best_neighbour2(lat, codes[bi, gi], xb.reshape(B, G, 8)[bi, gi],
+                                   w.reshape(B, G, 8)[bi, gi], scale[bi], xx_groups[bi, gi])
+        index[bi, gi] = idx
+        aborts.add(sel[bi[~ok]], "no neighbour with a finite distance")
+        L3 = L.reshape(B, G, 8)
+        L3[bi, gi] = lat.levels[idx]
+    return index, L, ~off.any(axis=1)
+
+
+def _iq1_refit(index, lat, xb, w, xx_groups):
+    """sumqx += w*q*x; sumq2 += w*q*q over the sub-block, q = xx[level] of the chosen points."""
+    B, sub = xb.shape
+    G = sub // 8
+    lv = lat.levels[index].reshape(B, sub).astype(np.int64)
+    xxe = np.repeat(xx_groups, 8, axis=1)                  # (B, sub, 3)
+    sumqx = np.zeros(B, F32)
+    sumq2 = np.zeros(B, F32)
+    for i in range(sub):
+        q = np.take_along_axis(xxe[:, i], lv[:, i:i + 1], axis=1)[:, 0]
+        sumqx += w[:, i] * q * xb[:, i]
+        sumq2 += w[:, i] * q * q
+    return sumqx, sumq2
+
+
+def quantize_iq1_s(x, imatrix=None):
+    """quantize_row_iq1_s_impl: sub-blocks of 32, levels -1/0/1 shifted by ±1/8 per sub-block,
+    the exact best split of the sorted values into three runs, fudge 1.125."""
+    if imatrix is None:
+        raise InputError("IQ1_S requires an importance matrix (imatrix=...), none was given")
+    lat = grids.lattice("iq1s")
+    with np.errstate(all="ignore"):
+        xb, w = _iq1_weights(x, imatrix, 32)
+        B = xb.shape[0]
+        aborts = _Aborts(B)
+        vmax = _c_running_max(np.abs(xb))
+        dead = vmax < F32(1e-12)
+        order = _sorted_order(xb)
+        xs = np.take_along_axis(xb, order, axis=1)
+        ws = np.take_along_axis(w, order, axis=1)
+        sumx = np.zeros((B, 33), F32)
+        sumw = np.zeros((B, 33), F32)
+        for j in range(32):
+            sumx[:, j + 1] = sumx[:, j] + ws[:, j] * xs[:, j]
+            sumw[:, j + 1] = sumw[:, j] + ws[:, j]
+        best = np.full(B, -FLT_MAX, F32)
+        scale = vmax.copy()
+        b1 = np.full(B, -1)
+        b2 = np.full(B, -1)
+        shift = np.zeros(B, np.int64)
+        for i1 in range(33):
+            for i2 in range(i1, 33):
+                a, b_, c = sumx[:, i1] - sumx[:, 0], sumx[:, i2] - sumx[:, i1], sumx[:, 32] - sumx[:, i2]
+                wa, wb, wc = sumw[:, i1] - sumw[:, 0], sumw[:, i2] - sumw[:, i1], sumw[:, 32] - sumw[:, i2]
+                for xx, sh in ((_X_P, 1), (_X_M, -1)):
+                    sumqx = a * xx[0] + b_ * xx[1] + c * xx[2]
+                    sumq2 = wa * xx[0] * xx[0] + wb * xx[1] * xx[1] + wc * xx[2] * xx[2]
+                    take = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+                    scale = np.where(take, sumqx / sumq2, scale)
+                    best = np.where(take, scale * sumqx, best)
+                    b1 = np.where(take, i1, b1)
+                    b2 = np.where(take, i2, b2)
+                    shift = np.where(take, sh, shift)
+        dead |= (b1 < 0) | (b2 < 0) | (shift == 0)
+        jpos = np.arange(32)
+        Ls = np.where(jpos < b1[:, None], 0, np.where(jpos < b2[:, None], 1, 2))
+        L = np.empty_like(Ls)
+        np.put_along_axis(L, order, Ls, axis=1)
+        neg = scale < 0
+        L = np.where(neg[:, None], 2 - L, L)
+        scale = np.where(neg, -scale, scale)
+        shift = np.where(neg, -shift, shift)
+        xx_g = np.where((shift == 1)[:, None, None], _X_P, _X_M) * np.ones((1, 4, 1), F32)
+        act = np.flatnonzero(~dead)
+        index = np.zeros((B, 4), np.int64)
+        if act.size:
+            ia, La, on = _iq1_grid_fix(lat, L[act], xb[act], w[act], scale[act], xx_g[act], aborts, act)
+            sqx, sq2 = _iq1_refit(ia, lat, xb[act], w[act], xx_g[act])
+            refit = ~on & (sqx > 0) & (sq2 > 0)
+            scale[act] = np.where(refit, sqx / sq2, scale[act])
+            index[act] = ia
+        aborts.add(~dead & ~(scale >= 0), "GGML_ASSERT(scale >= 0) on a NaN scale")
+        aborts.raise_if_any("IQ1_S", x.shape[0], x.shape[1], 32)
+        scale = np.where(dead, F32(0), scale)
+        shift = np.where(dead, 1, shift)
+        nsb = B // 8
+        scales = scale.reshape(nsb, 8)
+        max_scale = _c_running_max(scales, start=F32(0))
+        d = max_scale / F32(15)
+        dbits = fp32_to_fp16_bits(d * F32(1.125))
+        l = np.clip(nearest_int(F32(0.5) * ((F32(1) / d)[:, None] * scales - F32(1))), 0, 7)
+        l = l | np.where(shift.reshape(nsb, 8) == -1, 8, 0)
+        zero = max_scale == 0
+        dbits = np.where(zero, np.uint16(0), dbits)
+        l = np.where(zero[:, None], 0, l)
+    index = index.reshape(nsb, 8, 4)
+    qs = (index & 255).astype(np.uint8).reshape(nsb, 32)
+    qh = ((index >> 8) << (3 * np.arange(4))).sum(axis=2) | (l << 12)
+    return np.concatenate([_pack_u16(dbits[:, None]), qs, _pack_u16(qh)], axis=1).reshape(x.shape[0], -1)
+
+
 # ============================================================================ registration
 
 _FORMATS = [
