@@ -479,6 +479,130 @@ def quantize_iq1_s(x, imatrix=None):
     return np.concatenate([_pack_u16(dbits[:, None]), qs, _pack_u16(qh)], axis=1).reshape(x.shape[0], -1)
 
 
+def _iq1m_xx(k: np.ndarray, group: int) -> np.ndarray:
+    """The shifted levels of group 0 (k < 2 -> +delta) or group 1 (k even -> +delta) for the
+    shift pattern k: 0 (+,+), 1 (+,-), 2 (-,+), 3 (-,-)."""
+    plus = (k < 2) if group == 0 else (k % 2 == 0)
+    return np.where(plus[:, None], _X_P, _X_M)
+
+
+def quantize_iq1_m(x, imatrix=None):
+    """quantize_row_iq1_m_impl: sub-blocks of 16 in two groups of 8, each group with its own
+    ±delta shift, the exact best split of the sorted values into three runs for each of the 4
+    shift patterns, and a least-squares super-scale with fudge 1.1125."""
+    lat = grids.lattice("iq1s")
+    with np.errstate(all="ignore"):
+        xb, w = _iq1_weights(x, imatrix, 16)
+        B = xb.shape[0]
+        aborts = _Aborts(B)
+        vmax = _c_running_max(np.abs(xb))
+        dead = vmax < F32(1e-7)
+        order = _sorted_order(xb)
+        xs = np.take_along_axis(xb, order, axis=1)
+        ws = np.take_along_axis(w, order, axis=1)
+        first_half = order < 8
+        # per sorted position j and run r: the sumqx / sumq2 terms with +delta and -delta levels
+        tqx = {(r, sgn): ws * xx[r] * xs for r in range(3) for sgn, xx in (("p", _X_P), ("m", _X_M))}
+        tq2 = {(r, sgn): ws * xx[r] * xx[r] for r in range(3) for sgn, xx in (("p", _X_P), ("m", _X_M))}
+
+        def terms(j, r):
+            """(B, 4) terms of position j in run r for the 4 shift patterns."""
+            p_qx, m_qx = tqx[r, "p"][:, j], tqx[r, "m"][:, j]
+            p_q2, m_q2 = tq2[r, "p"][:, j], tq2[r, "m"][:, j]
+            h = first_half[:, j]
+            qx = np.stack([p_qx, np.where(h, p_qx, m_qx), np.where(h, m_qx, p_qx), m_qx], axis=1)
+            q2 = np.stack([p_q2, np.where(h, p_q2, m_q2), np.where(h, m_q2, p_q2), m_q2], axis=1)
+            return qx, q2
+
+        # sums over the first i1 positions (run 0), the same for every i2
+        pre_qx = [np.zeros((B, 4), F32)]
+        pre_q2 = [np.zeros((B, 4), F32)]
+        for j in range(16):
+            qx, q2 = terms(j, 0)
+            pre_qx.append(pre_qx[-1] + qx)
+            pre_q2.append(pre_q2[-1] + q2)
+        best = np.full(B, -FLT_MAX, F32)
+        scale = vmax.copy()
+        b1 = np.full(B, -1)
+        b2 = np.full(B, -1)
+        bk = np.full(B, -1)
+        for i1 in range(17):
+            i2s = np.arange(i1, 17)
+            sqx = np.repeat(pre_qx[i1][:, None, :], len(i2s), axis=1)     # (B, n_i2, 4)
+            sq2 = np.repeat(pre_q2[i1][:, None, :], len(i2s), axis=1)
+            for j in range(i1, 16):
+                qx1, q21 = terms(j, 1)
+                qx2, q22 = terms(j, 2)
+                in1 = (j < i2s)[None, :, None]
+                sqx += np.where(in1, qx1[:, None, :], qx2[:, None, :])
+                sq2 += np.where(in1, q21[:, None, :], q22[:, None, :])
+            for n, i2 in enumerate(i2s):
+                for k in range(4):
+                    a, c = sqx[:, n, k], sq2[:, n, k]
+                    take = (c > 0) & (a * a > best * c)
+                    scale = np.where(take, a / c, scale)
+                    best = np.where(take, scale * a, best)
+                    b1 = np.where(take, i1, b1)
+                    b2 = np.where(take, i2, b2)
+                    bk = np.where(take, k, bk)
+        dead |= (b1 < 0) | (b2 < 0) | (bk < 0)
+        jpos = np.arange(16)
+        Ls = np.where(jpos < b1[:, None], 0, np.where(jpos < b2[:, None], 1, 2))
+        L = np.empty_like(Ls)
+        np.put_along_axis(L, order, Ls, axis=1)
+        neg = scale < 0
+        L = np.where(neg[:, None], 2 - L, L)
+        scale = np.where(neg, -scale, scale)
+        bk = np.where(neg, 3 - bk, bk)                     # 0 <-> 3, 1 <-> 2
+        kk = np.clip(bk, 0, 3)
+        xx_g = np.stack([_iq1m_xx(kk, 0), _iq1m_xx(kk, 1)], axis=1)      # (B, 2, 3)
+        act = np.flatnonzero(~dead)
+        index = np.zeros((B, 2), np.int64)
+        if act.size:
+            ia, La, on = _iq1_grid_fix(lat, L[act], xb[act], w[act], scale[act], xx_g[act], aborts, act)
+            sqx_f, sq2_f = _iq1_refit(ia, lat, xb[act], w[act], xx_g[act])
+            refit = ~on & (sqx_f > 0) & (sq2_f > 0)
+            scale[act] = np.where(refit, sqx_f / sq2_f, scale[act])
+            index[act] = ia
+        aborts.add(~dead & ~(scale >= 0), "GGML_ASSERT(scale >= 0) on a NaN scale")
+        aborts.raise_if_any("IQ1_M", x.shape[0], x.shape[1], 16)
+        scale = np.where(dead, F32(0), scale)
+        shifts = np.where(dead, 0, bk)
+        nsb = B // 16
+        scales = scale.reshape(nsb, 16)
+        max_scale = _c_running_max(scales, start=F32(0))
+        zero = max_scale == 0
+        d = max_scale / F32(15)
+        id_ = F32(1) / d
+        l = np.clip(nearest_int(F32(0.5) * (id_[:, None] * scales - F32(1))), 0, 7)   # (nsb, 16)
+        # the least-squares super-scale over all 256 values, in order (sub-block, group, position)
+        sh = shifts.reshape(nsb, 16)
+        lv = lat.levels[index.reshape(nsb, 16, 2)].astype(np.int64)        # (nsb, 16, 2, 8)
+        xv = xb.reshape(nsb, 16, 2, 8)
+        wv = w.reshape(nsb, 16, 2, 8)
+        mult = (2 * l + 1).astype(F32)
+        sumqx = np.zeros(nsb, F32)
+        sumq2 = np.zeros(nsb, F32)
+        for ib in range(16):
+            for g in range(2):
+                xx = _iq1m_xx(sh[:, ib], g)                                 # (nsb, 3)
+                for j in range(8):
+                    q = np.take_along_axis(xx, lv[:, ib, g, j:j + 1], axis=1)[:, 0] * mult[:, ib]
+                    sumqx += wv[:, ib, g, j] * q * xv[:, ib, g, j]
+                    sumq2 += wv[:, ib, g, j] * q * q
+        d = np.where(sumq2 > 0, sumqx / sumq2, d)
+        dbits = fp32_to_fp16_bits(d * F32(1.1125)).astype(np.int64)
+    index = index.reshape(nsb, 16, 2)
+    qs = (index & 255).astype(np.uint8).reshape(nsb, 32)
+    masks = np.array([0x00, 0x80, 0x08, 0x88])
+    qh = (index[..., 0] >> 8) | ((index[..., 1] >> 8) << 4)
+    qh = np.where(zero[:, None], qh, qh | masks[sh])
+    sc = (l.reshape(nsb, 4, 4) << (3 * np.arange(4))).sum(axis=2)
+    sc = sc | (((dbits[:, None] >> (4 * np.arange(4))) & 0xF) << 12)
+    sc = np.where(zero[:, None], 0, sc)
+    return np.concatenate([qs, qh.astype(np.uint8), _pack_u16(sc)], axis=1).reshape(x.shape[0], -1)
+
+
 # ============================================================================ registration
 
 _FORMATS = [
