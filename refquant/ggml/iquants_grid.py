@@ -310,9 +310,13 @@ def quantize_iq3_s(x, imatrix=None):
         nsb = scale.shape[0] // 8
         dbits, l, zero = _superscale(scale.reshape(nsb, 8), 31, 15, 1.033)
     index = index.reshape(nsb, 8, 8)
-    qs = (index & 255).astype(np.uint8).reshape(nsb, 64)
     qh = ((index >> 8) << np.arange(8)).sum(axis=2).astype(np.uint8)
-    sg = signs.reshape(nsb, 32).astype(np.uint8)
+    # ggml advances its qs and signs pointers only past sub-blocks it quantized: a sub-block
+    # skipped by `if (!max)` leaves no room, the next ones move down, zeros fill the end
+    # (qh is written at absolute positions and does not move).
+    live_first = np.argsort(dead.reshape(nsb, 8), axis=1, kind="stable")
+    qs = np.take_along_axis(index & 255, live_first[..., None], axis=1).astype(np.uint8).reshape(nsb, 64)
+    sg = np.take_along_axis(signs.reshape(nsb, 8, 4), live_first[..., None], axis=1).astype(np.uint8).reshape(nsb, 32)
     sc = (l[:, 0::2] | (l[:, 1::2] << 4)).astype(np.uint8)
     return np.concatenate([_pack_u16(dbits[:, None]), qs, qh, sg, sc], axis=1).reshape(x.shape[0], -1)
 
