@@ -105,6 +105,7 @@ class Lattice:
                 codes no quantizer can produce)
     nbr_start:  (lists + 1,) int64: list r is nbr_flat[nbr_start[r]:nbr_start[r+1]]
     nbr_flat:   the neighbour lists end to end, int32 codebook indices
+    nbr_levels: (len(nbr_flat), dims) int8, the levels of each nbr_flat entry
     """
     pos: np.ndarray
     levels: np.ndarray
@@ -113,6 +114,7 @@ class Lattice:
     nbr_row: np.ndarray
     nbr_start: np.ndarray
     nbr_flat: np.ndarray
+    nbr_levels: np.ndarray
 
     @property
     def dims(self) -> int:
@@ -173,4 +175,5 @@ def lattice(name: str) -> Lattice:
     start = np.concatenate([[0], np.cumsum([len(l) for l in lists])]).astype(np.int64)
     nbr_row = np.full(map_size, -1, dtype=np.int32)
     nbr_row[off_codes] = np.arange(len(lists), dtype=np.int32)
-    return Lattice(pos, levels, bits, kmap, nbr_row, start, np.concatenate(lists).astype(np.int32))
+    flat = np.concatenate(lists).astype(np.int32)
+    return Lattice(pos, levels, bits, kmap, nbr_row, start, flat, levels[flat])

@@ -328,38 +328,10 @@ _X_M = np.array([-1 - 0.125, -0.125, 1 - 0.125], F32)   # ... by -delta
 
 
 def _best_neighbour2(lat, codes, xb, w, scale, xx):
-    """iq1_find_best_neighbour2 for M off-grid groups: over the neighbour list in order,
-    d2 = sum_i w[i]*diff*diff with diff = scale*xx[level_i] - x[i] (signed x, plain weights);
-    the first strict minimum below FLT_MAX wins. xx (M, 3): the group's shifted levels.
-    Returns (index, found). (When nothing is found ggml scans the whole codebook with an
-    expression that reads past the end of its input; refquant refuses those inputs.)"""
-    M = codes.shape[0]
-    if M == 0:
-        return np.zeros(0, np.int64), np.zeros(0, bool)
-    rows = lat.nbr_row[codes]
-    starts = lat.nbr_start[rows]
-    lens = lat.nbr_start[rows + 1] - starts
-    seg_start = np.cumsum(lens) - lens
-    seg = np.repeat(np.arange(M), lens)
-    flat = np.arange(lens.sum()) - np.repeat(seg_start, lens) + np.repeat(starts, lens)
-    cand = lat.nbr_flat[flat]
-    lv = lat.levels[cand]
-    sc, xv, wv, xxs = scale[seg], xb[seg], w[seg], xx[seg]
-    d2 = np.zeros(cand.shape[0], F32)
-    for i in range(8):
-        q = np.take_along_axis(xxs, lv[:, i:i + 1].astype(np.int64), axis=1)[:, 0]
-        diff = sc * q - xv[:, i]
-        d2 += wv[:, i] * diff * diff
-    ok = d2 < FLT_MAX
-    d2 = np.where(ok, d2, np.inf)
-    segmin = np.minimum.reduceat(d2, seg_start)
-    hit = ok & (d2 == segmin[seg])
-    found = np.zeros(M, bool)
-    index = np.zeros(M, np.int64)
-    first = np.unique(seg[hit], return_index=True)
-    found[first[0]] = True
-    index[first[0]] = cand[np.flatnonzero(hit)[first[1]]]
-    return index, found
+    """iq1_find_best_neighbour2: q = xx[level] (xx (M, 3): the group's shifted levels), x the
+    signed values, w the plain weights. (When nothing is found ggml scans the whole codebook
+    with an expression that reads past the end of its input; refquant refuses those inputs.)"""
+    return _search_neighbours(lat, codes, xx, xb, w, scale)
 
 
 def _sorted_order(xb: np.ndarray) -> np.ndarray:
@@ -691,42 +663,53 @@ def _signs_and_magnitudes(xb: np.ndarray, w: np.ndarray, even_parity: bool):
     return xval.reshape(B, sub).astype(F32), s.astype(np.int32)
 
 
-def _best_neighbour(lat: grids.Lattice, codes: np.ndarray, xval: np.ndarray, w: np.ndarray,
-                    scale: np.ndarray):
-    """iq2_find_best_neighbour / iq3_find_best_neighbour for M off-grid groups at once.
+def _search_neighbours(lat: grids.Lattice, codes: np.ndarray, level_values: np.ndarray,
+                       xval: np.ndarray, w: np.ndarray, scale: np.ndarray):
+    """The neighbour search of ggml's IQ quantizers, for M off-grid groups at once.
 
-    codes (M,), xval and w (M, dims), scale (M,). For each group, over its neighbour list in
-    order: d2 = sum_i w[i]*diff*diff, diff = scale*q[i] - xval[i], q the 2l+1 coordinates; the
-    first strict minimum below FLT_MAX wins. Returns (index (M,), found (M,)); ggml aborts
-    where nothing was found (every d2 NaN or >= FLT_MAX).
+    codes (M,): the groups' off-grid level codes; level_values (M, levels): the value q each
+    level stands for in that group; xval, w (M, dims); scale (M,). For each group, over its
+    neighbour list in order: d2 = sum_i w[i]*diff*diff (left to right), diff = scale*q_i - xval[i];
+    the first strict minimum below FLT_MAX wins (`if (d2 < best_d2)` from FLT_MAX, so NaN and
+    overflowed distances never win). Returns (index (M,), found (M,)).
+
+    A coordinate's term depends only on its level, so the terms are computed once per group and
+    level, then gathered per candidate: the same float32 operations, in the same order.
     """
     M = codes.shape[0]
     if M == 0:
         return np.zeros(0, np.int64), np.zeros(0, bool)
+    dims, nlev = lat.dims, level_values.shape[1]
+    diff = scale[:, None, None] * level_values[:, None, :] - xval[:, :, None]     # (M, dims, nlev)
+    terms = (w[:, :, None] * diff * diff).reshape(-1)
     rows = lat.nbr_row[codes]
     starts = lat.nbr_start[rows]
     lens = lat.nbr_start[rows + 1] - starts
     seg_start = np.cumsum(lens) - lens
     seg = np.repeat(np.arange(M), lens)
     flat = np.arange(lens.sum()) - np.repeat(seg_start, lens) + np.repeat(starts, lens)
-    cand = lat.nbr_flat[flat]
-    q = lat.pos[cand].astype(F32)
-    sc, xv, wv = scale[seg], xval[seg], w[seg]
-    d2 = np.zeros(cand.shape[0], F32)
-    for i in range(lat.dims):
-        diff = sc * q[:, i] - xv[:, i]
-        d2 += wv[:, i] * diff * diff
-    ok = d2 < FLT_MAX                      # `if (d2 < best_d2)` from best_d2 = FLT_MAX: NaN never wins
+    lv = lat.nbr_levels[flat]                                                     # (total, dims)
+    base = seg * (dims * nlev)
+    d2 = np.zeros(flat.shape[0], F32)
+    for i in range(dims):
+        d2 += terms[base + i * nlev + lv[:, i]]
+    ok = d2 < FLT_MAX
     d2 = np.where(ok, d2, np.inf)
     segmin = np.minimum.reduceat(d2, seg_start)
     hit = ok & (d2 == segmin[seg])
     found = np.zeros(M, bool)
     index = np.zeros(M, np.int64)
-    hs = seg[hit]
-    first = np.unique(hs, return_index=True)
+    first = np.unique(seg[hit], return_index=True)
     found[first[0]] = True
-    index[first[0]] = cand[np.flatnonzero(hit)[first[1]]]
+    index[first[0]] = lat.nbr_flat[flat[np.flatnonzero(hit)[first[1]]]]
     return index, found
+
+
+def _best_neighbour(lat, codes, xval, w, scale):
+    """iq2_find_best_neighbour / iq3_find_best_neighbour: q = the point's 2l+1 coordinates,
+    xval the group's magnitudes, w = sqrtf(weight). ggml aborts where nothing is found."""
+    odd = (2 * np.arange(1 << lat.bits) + 1).astype(F32)
+    return _search_neighbours(lat, codes, np.broadcast_to(odd, (codes.shape[0], odd.size)), xval, w, scale)
 
 
 def _make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> np.ndarray:
