@@ -123,7 +123,7 @@ def test_sign_tables():
 
 
 @pytest.mark.parametrize("qtype", ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"])
-def test_neighbour_lists_choose_as_ggml(ggml, qtype):
+def test_neighbour_lists_choose_as_ggml(ggml, qtype, monkeypatch):
     """Inputs built so that each group's rounded levels form an off-grid code and equal weights
     make several neighbours tie: ggml's bytes then depend on the order of the neighbour lists."""
     name = {"IQ2_XXS": "iq2xxs", "IQ2_XS": "iq2xs", "IQ2_S": "iq2s", "IQ3_XXS": "iq3xxs", "IQ3_S": "iq3s"}[qtype]
@@ -138,6 +138,17 @@ def test_neighbour_lists_choose_as_ggml(ggml, qtype):
     check_against_ggml(ggml, x, qtype, im)
     if qtype not in NEEDS_IMATRIX:
         check_against_ggml(ggml, x, qtype, None)
+    # teeth: with every neighbour list reversed, the same input no longer gives ggml's bytes
+    import dataclasses
+    from refquant.ggml import iquants_grid
+    flat = lat.nbr_flat.copy()
+    for r in range(len(lat.nbr_start) - 1):
+        a, b = lat.nbr_start[r], lat.nbr_start[r + 1]
+        flat[a:b] = flat[a:b][::-1].copy()
+    reversed_lat = dataclasses.replace(lat, nbr_flat=flat, nbr_levels=lat.levels[flat])
+    real = grids.lattice
+    monkeypatch.setattr(iquants_grid.grids, "lattice", lambda n: reversed_lat if n == name else real(n))
+    assert not np.array_equal(refquant.quantize(x, qtype, imatrix=im), ggml.quantize(x, qtype, im))
 
 
 # ------------------------------------------------------------------ quantize, property tests
