@@ -250,3 +250,17 @@ def test_sort_ties_follow_glibc_merge_sort(ggml, qtype, monkeypatch):
         return
     monkeypatch.setattr(iquants_grid, "_sorted_order", ties_last_first)
     assert not np.array_equal(refquant.quantize(x, qtype, imatrix=im), theirs)
+
+
+@pytest.mark.parametrize("qtype", ["IQ2_XXS", "IQ2_XS", "IQ3_XXS"])
+def test_negative_scale_flips_signs_as_ggml(ggml, qtype):
+    """The 'should never happen' branch: with 7 stored sign bits, the element whose sign is
+    flipped back has a negative magnitude; give it a small value and a large weight, the other
+    seven large values and tiny weights, and the best scale comes out negative, so ggml negates
+    it and complements the stored sign bits."""
+    rng = np.random.default_rng(2)
+    x = rng.uniform(50, 100, (2, 256)).astype(np.float32)
+    x[:, ::8] = -0.01
+    im = np.full(256, 1e-6, np.float32)
+    im[::8] = 10.0
+    check_against_ggml(ggml, x, qtype, im)
