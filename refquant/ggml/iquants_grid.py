@@ -663,6 +663,9 @@ def _signs_and_magnitudes(xb: np.ndarray, w: np.ndarray, even_parity: bool):
     return xval.reshape(B, sub).astype(F32), s.astype(np.int32)
 
 
+_SEARCH_CHUNK = 2048
+
+
 def _search_neighbours(lat: grids.Lattice, codes: np.ndarray, level_values: np.ndarray,
                        xval: np.ndarray, w: np.ndarray, scale: np.ndarray):
     """The neighbour search of ggml's IQ quantizers, for M off-grid groups at once.
@@ -679,6 +682,11 @@ def _search_neighbours(lat: grids.Lattice, codes: np.ndarray, level_values: np.n
     M = codes.shape[0]
     if M == 0:
         return np.zeros(0, np.int64), np.zeros(0, bool)
+    if M > _SEARCH_CHUNK:                    # bound the temporaries; groups are independent
+        parts = [_search_neighbours(lat, codes[a:a + _SEARCH_CHUNK], level_values[a:a + _SEARCH_CHUNK],
+                                    xval[a:a + _SEARCH_CHUNK], w[a:a + _SEARCH_CHUNK], scale[a:a + _SEARCH_CHUNK])
+                 for a in range(0, M, _SEARCH_CHUNK)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     dims, nlev = lat.dims, level_values.shape[1]
     diff = scale[:, None, None] * level_values[:, None, :] - xval[:, :, None]     # (M, dims, nlev)
     terms = (w[:, :, None] * diff * diff).reshape(-1)
