@@ -8,6 +8,8 @@ Each type is quantized with an importance matrix (three of them require one). gg
 table set-up (ggml_quantize_init, several seconds for the 2-bit grids) and refquant's (building
 the neighbour lists, about a second) are done before timing and reported separately.
 ggml_quantize_chunk and to_float run on one thread; NumPy is single-threaded for this work.
+Times are process CPU time (time.process_time), so that other load on a shared machine does
+not skew the ratio; both sides run in this one process.
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ LATTICE = {"IQ2_XXS": "iq2xxs", "IQ2_XS": "iq2xs", "IQ2_S": "iq2s", "IQ3_XXS": "
 def best_of(fn, repeat):
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return best
 
 
@@ -45,16 +47,16 @@ def main(argv=None):
     x = (rng.standard_normal((args.rows, args.cols)) * 0.02).astype(np.float32)
     im = rng.random(args.cols).astype(np.float32)
     names = [t.strip().upper() for t in args.types.split(",") if t.strip()]
-    print(f"matrix {args.rows}x{args.cols} float32, with imatrix, best of {args.repeat}")
+    print(f"matrix {args.rows}x{args.cols} float32, with imatrix, best of {args.repeat}; CPU seconds")
     print(f"{'type':<8} {'init ours':>9} {'init ggml':>9} | {'quantize ours':>13} {'ggml':>8} {'ratio':>7}"
           f" | {'dequantize ours':>15} {'ggml':>8} {'ratio':>7}")
     for name in names:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         grids.lattice(LATTICE[name])
-        init_ours = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        init_ours = time.process_time() - t0
+        t0 = time.process_time()
         ggml.quantize(x[:1], name, im)              # ggml_quantize_init(type) happens here
-        init_ggml = time.perf_counter() - t0
+        init_ggml = time.process_time() - t0
         q = refquant.quantize(x, name, im)
         assert np.array_equal(q, ggml.quantize(x, name, im)), f"{name}: refquant and ggml disagree"
         qo = best_of(lambda: refquant.quantize(x, name, im), args.repeat)
