@@ -509,9 +509,11 @@ def quantize_iq1_m(x, imatrix=None):
             for j in range(i1, 16):
                 qx1, q21 = terms(j, 1)
                 qx2, q22 = terms(j, 2)
-                in1 = (j < i2s)[None, :, None]
-                sqx += np.where(in1, qx1[:, None, :], qx2[:, None, :])
-                sq2 += np.where(in1, q21[:, None, :], q22[:, None, :])
+                k = j - i1 + 1                  # splits i2 <= j put position j in run 2, the rest in run 1
+                sqx[:, :k] += qx2[:, None, :]
+                sq2[:, :k] += q22[:, None, :]
+                sqx[:, k:] += qx1[:, None, :]
+                sq2[:, k:] += q21[:, None, :]
             for n, i2 in enumerate(i2s):
                 for k in range(4):
                     a, c = sqx[:, n, k], sq2[:, n, k]
