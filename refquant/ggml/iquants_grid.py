@@ -211,7 +211,7 @@ def _quantize_subblocks(x, imatrix, fmt, *, sub, sigma_mul, rule, even_parity, e
 
 def _superscale(scales: np.ndarray, nmax: int, top: int, fudge):
     """max_scale over the sub-blocks (MAX from 0), d = max_scale/nmax, stored fp16(d*fudge);
-    each sub-block scale l = clamp(nearest_int(0.5f*(scales/d... as id*scale - 1)), 0, top).
+    each sub-block scale l = clamp(nearest_int(0.5f*(id*scale - 1)), 0, top) with id = 1/d.
     Returns (d bits (nsb,), l (nsb, nsub), max_scale)."""
     max_scale = _c_running_max(scales, start=F32(0))
     d = max_scale / F32(nmax)
@@ -346,7 +346,7 @@ def _iq1_weights(x, imatrix, sub):
 
 
 def _iq1_grid_fix(lat, L, xb, w, scale, xx_groups, aborts, sel):
-    """Look each group's level code up; off-grid groups take their best neighour (find_best_neighbour2).
+    """Look each group's level code up; off-grid groups take their best neighbour (find_best_neighbour2).
     Returns (index (B, G), L, all_on_grid (B,))."""
     B, sub = L.shape
     G = sub // 8
