@@ -89,6 +89,7 @@ def _load_all() -> None:
     from .ggml import fp4, iquants, lowbit  # noqa: F401
     from . import minifloat, mx  # noqa: F401
     from .bnb import formats as _bnb_formats  # noqa: F401
+    from .ggml import iquants_grid  # noqa: F401
 
 
 def all_formats() -> list[Format]:
