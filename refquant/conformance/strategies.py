@@ -125,7 +125,6 @@ def importance(draw, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-<<<<<<< HEAD
 # Element formats (refquant.minifloat): values on, between and just off a binary float grid
 # ---------------------------------------------------------------------------------------------
 
@@ -244,7 +243,9 @@ def float_tensors(draw, dtypes=("float32",), max_blocks: int = 24, block: int = 
     x = np.clip(x, -big, big).astype(dt)
     rows = draw(st.sampled_from([d for d in (1, 2, 3, 4) if n % d == 0]))
     return x.reshape(rows, n // rows) if draw(st.booleans()) else x
-=======
+
+
+# ---------------------------------------------------------------------------------------------
 # Inputs that stress the scale searches (make_qx_quants, make_qkx2_quants, make_qp_quants, ...)
 # ---------------------------------------------------------------------------------------------
 
@@ -322,4 +323,3 @@ def search_rows(draw, block_size: int, sub_block: int, max_rows: int = 2, max_bl
     use_search = draw(st.lists(st.booleans(), min_size=nsub, max_size=nsub))
     parts = [draw(search_block(sub_block)) if u else draw(float_block(sub_block)) for u in use_search]
     return np.concatenate(parts).reshape(nrows, nblocks * block_size).astype(F32)
->>>>>>> kquants
