@@ -2,7 +2,15 @@
 // below is one IEEE round-to-nearest operation, as the spec (NumPy on x86) performs it.
 #pragma once
 #include <cuda_fp16.h>
+#if defined(__CUDACC_RTC__)
+typedef unsigned char uint8_t;
+typedef signed char int8_t;
+typedef unsigned short uint16_t;
+typedef unsigned int uint32_t;
+typedef unsigned long long uint64_t;
+#else
 #include <stdint.h>
+#endif
 
 // NaN results as x86 SSE produces them (NumPy's float32 arithmetic on the spec's machines): a
 // NaN operand propagates quieted, the first operand's if both are NaN; an invalid operation on

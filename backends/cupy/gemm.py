@@ -1,0 +1,267 @@
+"""CuPy twin of refquant/gemm.py (sources: gemm.cu, gemm_sm90.cu).
+
+Claimed ("matmul" operation, what `backend.matmul` runs):
+  W4A16  w4a16_plain: float32 CUDA-core kernel, any float32 activations; order "blocked"
+         (block = the group size): per output, each group's terms a * (q - z) summed sequentially,
+         the sum times the group's scale added to a sequential total. p = 2.
+  FP8    fp8_plain: float32 CUDA-core kernel; order "blocked_lanes" (block 128, lanes 8).
+Not claimed (fast paths, with their own numerics, spec/backends/cupy.md):
+  w4a16_fused  mma.sync m16n8k16 with float16 activations (the "A16" of W4A16 taken literally):
+               the activations must be float16 values; weights unpacked to fp16 (q - z) in
+               registers. The tensor cores' float32 accumulation is not IEEE round-to-nearest, so
+               refquant.gemm's bound (u = 2^-24 per addition) is not claimed for it.
+  q4k_fused    the same for Q4_K rows.
+  fp8_wgmma    sm_90a wgmma e4m3 x e4m3 with per-token activations, partial sums promoted to
+               float32 every 128 columns of K (Hopper's FP8 accumulator keeps about 14 bits).
+
+The index mappings of the fused kernels (which lane holds which packed word and which columns
+its nibbles are) are written out below in NumPy (`b_fragment_columns`, `pack_w4a16`,
+`emulate_w4a16_fused`) so they are tested on the CPU against the spec.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from refquant.gemm import FP8_BLOCK, quantize_fp8_per_token
+
+SRC = "gemm.cu"
+SRC90 = "gemm_sm90.cu"
+THREADS = 256
+W4_NT = 4          # n8 tiles per warp in w4a16_fused
+WARPS_PER_BLOCK = 4
+
+
+def accumulation(op: str, key: str, K: int, weight=None) -> dict | None:
+    """The summation order of the claimed float kernels, as refquant.gemm.depth's arguments."""
+    if op != "matmul":
+        return None
+    if key == "W4A16":
+        if weight is None:
+            return {"order": "any"}
+        counts = np.bincount(weight.g_idx, minlength=weight.scales.shape[1])
+        return {"order": "blocked", "block": int(counts.max(initial=1))}
+    if key == "FP8":
+        return {"order": "blocked_lanes", "block": FP8_BLOCK, "lanes": 8}
+    return None
+
+
+def _cp():
+    import cupy
+    return cupy
+
+
+def _launch(name, n, args, src=SRC):
+    from ._runtime import kernel
+    if n:
+        kernel(src, name)(((n + THREADS - 1) // THREADS,), (THREADS,), args)
+
+
+# --------------------------------------------------------------------------- W4A16, plain (claimed)
+
+def group_order(g_idx: np.ndarray):
+    """(perm, gstart, gid): the columns sorted by group (stable: the act-order permutation), the
+    boundaries of the groups in that order and their group numbers."""
+    perm = np.argsort(g_idx, kind="stable")
+    gs = g_idx[perm]
+    starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]]) if gs.size else np.zeros(0, np.int64)
+    gstart = np.r_[starts, gs.size].astype(np.int64)
+    gid = gs[starts].astype(np.int64)
+    return perm, gstart, gid
+
+
+def w4a16_matmul(a, w):
+    cp = _cp()
+    M, K = a.shape
+    N = w.codes.shape[0]
+    perm, gstart, gid = group_order(w.g_idx)
+    ap = cp.asarray(np.ascontiguousarray(a[:, perm]))
+    codes = cp.asarray(np.ascontiguousarray(w.codes[:, perm]))
+    out = cp.empty((M, N), cp.float32)
+    _launch("w4a16_plain", M * N, (ap, codes, cp.asarray(w.scales), cp.asarray(w.zeros), cp.asarray(gstart),
+                                   cp.asarray(gid), np.int32(len(gid)), np.int32(M), np.int32(N), np.int32(K),
+                                   np.int32(w.scales.shape[1]), out))
+    return out.get()
+
+
+# --------------------------------------------------------------------------- FP8, plain (claimed)
+
+def fp8_matmul(a, w, activation="none"):
+    cp = _cp()
+    M, K = a.shape
+    N = w.codes.shape[0]
+    gran = np.ndim(w.scale)
+    ws = np.asarray(w.scale, np.float32).reshape(-1)
+    if activation == "per_token":
+        ac, sa = quantize_fp8_per_token(a)   # the spec's own activation quantizer, on the host
+        args = (cp.zeros(1, cp.float32), cp.asarray(ac), cp.asarray(sa), np.int32(1))
+    else:
+        args = (cp.asarray(np.ascontiguousarray(a)), cp.zeros(1, cp.uint8), cp.zeros(1, cp.float32), np.int32(0))
+    out = cp.empty((M, N), cp.float32)
+    _launch("fp8_plain", M * N, args + (cp.asarray(w.codes), cp.asarray(ws), np.int32(gran), np.int32(M),
+                                        np.int32(N), np.int32(K), out))
+    return out.get()
+
+
+MATMUL = {"W4A16": w4a16_matmul, "FP8": fp8_matmul}
+
+
+# --------------------------------------------------------------------------- W4A16, fused (mma.sync)
+
+# m16n8k16 fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16" with .f16):
+#   A (16x16, row): lane L holds rows L/4 and L/4 + 8, columns 2(L%4) + {0, 1} and + 8 + {0, 1}
+#   B (16x8, col):  lane L holds column L/4, rows 2(L%4) + {0, 1} (b0) and + 8 (b1)
+#   C (16x8):       lane L holds rows L/4, L/4 + 8, columns 2(L%4) + {0, 1}
+NIBBLE_OF = (0, 4, 1, 5, 2, 6, 3, 7)  # the j-th of a lane's 8 columns sits in this nibble
+
+
+def b_fragment_columns(lane: int) -> np.ndarray:
+    """The 8 columns (within a k-step of 32) whose codes lane `lane` holds, in order j = 0..7:
+    two k16 mma steps, each with b0 (rows 2t, 2t+1) and b1 (rows 2t+8, 2t+9)."""
+    t = lane % 4
+    return np.array([2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9,
+                     16 + 2 * t, 17 + 2 * t, 24 + 2 * t, 25 + 2 * t])
+
+
+def pack_w4a16(w):
+    """The fused kernel's weight: (words uint32 (N/8 * K/32 * 32,), gorder int32, perm).
+    Needs N a multiple of 32, every group of the same size G, G a multiple of 32."""
+    N, K = w.codes.shape
+    ng = w.scales.shape[1]
+    perm, gstart, gid = group_order(w.g_idx)
+    sizes = np.diff(gstart)
+    if N % (8 * W4_NT) or len(gid) != ng or np.any(sizes != sizes[0]) or sizes[0] % 32:
+        raise ValueError("w4a16_fused needs N % 32 == 0 and equal groups of a multiple of 32 columns")
+    c = w.codes[:, perm].astype(np.uint32)                     # (N, K), group order
+    c = c.reshape(N // 8, 8, K // 32, 32)                      # tile, row in tile, kk, column
+    lanes = np.arange(32)
+    cols = np.stack([b_fragment_columns(L) for L in lanes])    # (32, 8)
+    rows = lanes // 4                                          # (32,)
+    # words[tile, kk, lane] = sum_j code[tile, rows[lane], kk, cols[lane, j]] << 4 * NIBBLE_OF[j]
+    g = c[:, rows[:, None], :, cols]                           # (32, 8, tiles, kk)
+    g = np.moveaxis(g, (2, 3), (0, 1))                         # (tiles, kk, 32, 8)
+    shifts = (4 * np.array(NIBBLE_OF, np.uint32))
+    words = np.bitwise_or.reduce(g << shifts, axis=-1).astype(np.uint32)
+    return words.reshape(-1), gid.astype(np.int32), perm, int(sizes[0])
+
+
+def unpack_lane_codes(words: np.ndarray, N: int, K: int) -> np.ndarray:
+    """The inverse mapping, as the kernel reads it: lane L of warp tile `tile` at k-step kk loads
+    words[(tile * K/32 + kk) * 32 + L] and finds column b_fragment_columns(L)[j] of row
+    8 tile + L/4 in nibble NIBBLE_OF[j]. Returns the (N, K) codes (group order)."""
+    out = np.full((N, K), 255, np.uint8)
+    w = words.reshape(N // 8, K // 32, 32)
+    for L in range(32):
+        cols = b_fragment_columns(L)
+        for j in range(8):
+            nib = (w[:, :, L] >> (4 * NIBBLE_OF[j])) & 0xF                 # (tiles, kk)
+            n = np.arange(N // 8)[:, None] * 8 + L // 4
+            k = np.arange(K // 32)[None, :] * 32 + cols[j]
+            out[n, k] = nib
+    return out
+
+
+def splits_for(N: int, M: int, ng: int, target_warps: int = 132 * 32) -> int:
+    warps = (N // (8 * W4_NT)) * (-(-M // 16))
+    return int(max(1, min(ng, target_warps // max(1, warps))))
+
+
+def emulate_w4a16_fused(a16: np.ndarray, w, splits: int | None = None) -> np.ndarray:
+    """A NumPy model of w4a16_fused's index mapping: every warp, lane and fragment register as the
+    kernel assigns them, products summed in float64 (the arithmetic is not modelled, the
+    indexing is). Returns the (M, N) result assembled from the C fragments."""
+    M, K = a16.shape
+    N = w.codes.shape[0]
+    ng = w.scales.shape[1]
+    words, gorder, perm, G = pack_w4a16(w)
+    A = a16[:, perm].astype(np.float64)
+    splits = splits or splits_for(N, M, ng)
+    ntiles, mtiles, KK = N // (8 * W4_NT), -(-M // 16), K // 32
+    ws = np.full((splits, M, N), np.nan)
+    for warp in range(ntiles * mtiles * splits):
+        nt, rest = warp % ntiles, warp // ntiles
+        mt, split = rest % mtiles, rest // mtiles
+        g0, g1 = split * ng // splits, (split + 1) * ng // splits
+        tot = np.zeros((32, W4_NT, 4))
+        for gi in range(g0, g1):
+            g = gorder[gi]
+            acc = np.zeros((32, W4_NT, 4))
+            # mma semantics: C[r, c] += sum_k A[r, k] B[k, c], B gathered from all lanes
+            for j in range(W4_NT):
+                B = np.zeros((G, 8))
+                for L in range(32):
+                    q = L // 4
+                    n_b = (nt * W4_NT + j) * 8 + q
+                    z = int(w.zeros[n_b, g])
+                    for k in range(gi * G, (gi + 1) * G, 32):
+                        word = int(words[((nt * W4_NT + j) * KK + k // 32) * 32 + L])
+                        for jj, col in enumerate(b_fragment_columns(L)):
+                            B[k - gi * G + col, q] = ((word >> (4 * NIBBLE_OF[jj])) & 0xF) - z
+                Ar = np.zeros((16, G))
+                rows = np.arange(mt * 16, mt * 16 + 16)
+                ok = rows < M
+                Ar[ok] = A[rows[ok], gi * G:(gi + 1) * G]
+                C = Ar @ B                                             # (16, 8)
+                for L in range(32):
+                    t, q = L % 4, L // 4
+                    n = (nt * W4_NT + j) * 8 + 2 * t
+                    s0, s1 = w.scales[n, g], w.scales[n + 1, g]
+                    acc[L, j] = [C[q, 2 * t], C[q, 2 * t + 1], C[q + 8, 2 * t], C[q + 8, 2 * t + 1]]
+                    tot[L, j] += acc[L, j] * np.array([s0, s1, s0, s1])
+        for L in range(32):
+            t, q = L % 4, L // 4
+            for j in range(W4_NT):
+                n = (nt * W4_NT + j) * 8 + 2 * t
+                r0, r1 = mt * 16 + q, mt * 16 + q + 8
+                if r0 < M:
+                    ws[split, r0, n:n + 2] = tot[L, j, 0:2]
+                if r1 < M:
+                    ws[split, r1, n:n + 2] = tot[L, j, 2:4]
+    return ws.sum(axis=0)
+
+
+def w4a16_fused(a16, packed, w, splits: int | None = None):
+    """Y (M, N) float32 on the device from float16 activations a16 (M, K) (host or device, columns
+    in the weight's original order) and pack_w4a16(w)."""
+    cp = _cp()
+    from ._runtime import kernel
+    words, gorder, perm, G = packed
+    M, K = a16.shape
+    N = w.codes.shape[0]
+    ng = w.scales.shape[1]
+    a = cp.asarray(a16)
+    if not np.array_equal(perm, np.arange(K)):
+        a = a[:, cp.asarray(perm)]
+    a = cp.ascontiguousarray(a, dtype=cp.float16)
+    splits = splits or splits_for(N, M, ng)
+    ws = cp.empty((splits, M, N), cp.float32)
+    warps = (N // (8 * W4_NT)) * (-(-M // 16)) * splits
+    blocks = -(-warps // WARPS_PER_BLOCK)
+    kernel(SRC, "w4a16_fused")((blocks,), (32 * WARPS_PER_BLOCK,),
+                               (a, cp.asarray(words), cp.asarray(w.scales), cp.asarray(w.zeros), cp.asarray(gorder),
+                                np.int32(M), np.int32(N), np.int32(K), np.int32(ng), np.int32(G), np.int32(splits), ws))
+    if splits == 1:
+        return ws[0]
+    out = cp.empty((M, N), cp.float32)
+    _launch("splitk_reduce", M * N, (ws, np.int32(splits), np.int64(M * N), out))
+    return out
+
+
+def q4k_fused(a16, wq, splits: int | None = None):
+    """Y (M, N) float32 on the device: float16 activations (M, K) against Q4_K rows (N, K/256*144)."""
+    cp = _cp()
+    from ._runtime import kernel
+    M, K = a16.shape
+    N = wq.shape[0]
+    if N % 8 or K % 256:
+        raise ValueError("q4k_fused needs N % 8 == 0 and K % 256 == 0")
+    splits = splits or int(max(1, min(K // 256, 132 * 32 // max(1, (N // 8) * -(-M // 16)))))
+    ws = cp.empty((splits, M, N), cp.float32)
+    warps = (N // 8) * (-(-M // 16)) * splits
+    kernel(SRC, "q4k_fused")((-(-warps // WARPS_PER_BLOCK),), (32 * WARPS_PER_BLOCK,),
+                             (cp.ascontiguousarray(cp.asarray(a16), dtype=cp.float16), cp.asarray(wq), np.int32(M),
+                              np.int32(N), np.int32(K), np.int32(splits), ws))
+    if splits == 1:
+        return ws[0]
+    out = cp.empty((M, N), cp.float32)
+    _launch("splitk_reduce", M * N, (ws, np.int32(splits), np.int64(M * N), out))
+    return out
