@@ -28,6 +28,7 @@ SRC = "gemm.cu"
 SRC90 = "gemm_sm90.cu"
 THREADS = 256
 W4_NT = 4          # n8 tiles per warp in w4a16_fused
+POISON = False     # tests set this: every output and workspace is NaN-filled before a launch
 WARPS_PER_BLOCK = 4
 
 
@@ -48,6 +49,11 @@ def accumulation(op: str, key: str, K: int, weight=None) -> dict | None:
 def _cp():
     import cupy
     return cupy
+
+
+def _empty(shape):
+    cp = _cp()
+    return cp.full(shape, np.nan, cp.float32) if POISON else cp.empty(shape, cp.float32)
 
 
 def _launch(name, n, args, src=SRC):
@@ -76,7 +82,7 @@ def w4a16_matmul(a, w):
     perm, gstart, gid = group_order(w.g_idx)
     ap = cp.asarray(np.ascontiguousarray(a[:, perm]))
     codes = cp.asarray(np.ascontiguousarray(w.codes[:, perm]))
-    out = cp.empty((M, N), cp.float32)
+    out = _empty((M, N))
     _launch("w4a16_plain", M * N, (ap, codes, cp.asarray(w.scales), cp.asarray(w.zeros), cp.asarray(gstart),
                                    cp.asarray(gid), np.int32(len(gid)), np.int32(M), np.int32(N), np.int32(K),
                                    np.int32(w.scales.shape[1]), out))
@@ -96,7 +102,7 @@ def fp8_matmul(a, w, activation="none"):
         args = (cp.zeros(1, cp.float32), cp.asarray(ac), cp.asarray(sa), np.int32(1))
     else:
         args = (cp.asarray(np.ascontiguousarray(a)), cp.zeros(1, cp.uint8), cp.zeros(1, cp.float32), np.int32(0))
-    out = cp.empty((M, N), cp.float32)
+    out = _empty((M, N))
     _launch("fp8_plain", M * N, args + (cp.asarray(w.codes), cp.asarray(ws), np.int32(gran), np.int32(M),
                                         np.int32(N), np.int32(K), out))
     return out.get()
@@ -233,7 +239,7 @@ def w4a16_fused(a16, packed, w, splits: int | None = None):
         a = a[:, cp.asarray(perm)]
     a = cp.ascontiguousarray(a, dtype=cp.float16)
     splits = splits or splits_for(N, M, ng)
-    ws = cp.empty((splits, M, N), cp.float32)
+    ws = _empty((splits, M, N))
     warps = (N // (8 * W4_NT)) * (-(-M // 16)) * splits
     blocks = -(-warps // WARPS_PER_BLOCK)
     kernel(SRC, "w4a16_fused")((blocks,), (32 * WARPS_PER_BLOCK,),
@@ -241,7 +247,7 @@ def w4a16_fused(a16, packed, w, splits: int | None = None):
                                 np.int32(M), np.int32(N), np.int32(K), np.int32(ng), np.int32(G), np.int32(splits), ws))
     if splits == 1:
         return ws[0]
-    out = cp.empty((M, N), cp.float32)
+    out = _empty((M, N))
     _launch("splitk_reduce", M * N, (ws, np.int32(splits), np.int64(M * N), out))
     return out
 
@@ -255,13 +261,34 @@ def q4k_fused(a16, wq, splits: int | None = None):
     if N % 8 or K % 256:
         raise ValueError("q4k_fused needs N % 8 == 0 and K % 256 == 0")
     splits = splits or int(max(1, min(K // 256, 132 * 32 // max(1, (N // 8) * -(-M // 16)))))
-    ws = cp.empty((splits, M, N), cp.float32)
+    ws = _empty((splits, M, N))
     warps = (N // 8) * (-(-M // 16)) * splits
     kernel(SRC, "q4k_fused")((-(-warps // WARPS_PER_BLOCK),), (32 * WARPS_PER_BLOCK,),
                              (cp.ascontiguousarray(cp.asarray(a16), dtype=cp.float16), cp.asarray(wq), np.int32(M),
                               np.int32(N), np.int32(K), np.int32(splits), ws))
     if splits == 1:
         return ws[0]
-    out = cp.empty((M, N), cp.float32)
+    out = _empty((M, N))
     _launch("splitk_reduce", M * N, (ws, np.int32(splits), np.int64(M * N), out))
+    return out
+
+
+# --------------------------------------------------------------------------- FP8, wgmma (sm_90a)
+
+def fp8_wgmma(ac, sa, w, out=None):
+    """Y (M, N) float32 on the device from e4m3 activation codes ac (M, K) with per-token
+    scales sa (M,) and an FP8Weight (codes (N, K)); K a multiple of 128. sm_90a only."""
+    cp = _cp()
+    from ._runtime import kernel
+    M, K = ac.shape
+    N = w.codes.shape[0]
+    if K % 128:
+        raise ValueError("fp8_wgmma needs K % 128 == 0")
+    gran = np.ndim(w.scale)
+    if out is None:
+        out = _empty((M, N))
+    kernel(SRC90, "fp8_wgmma")(((N + 63) // 64, (M + 63) // 64), (128,),
+                               (cp.asarray(ac), cp.asarray(sa, dtype=cp.float32), cp.asarray(w.codes),
+                                cp.asarray(np.asarray(w.scale, np.float32).reshape(-1)), np.int32(gran),
+                                np.int32(M), np.int32(N), np.int32(K), out))
     return out

@@ -15,7 +15,8 @@ def launch(src: str, name: str, data: np.ndarray, block_size: int, type_size: in
     nrows = d.shape[0]
     n = d.shape[1] // type_size * block_size
     if out is None:
-        out = cp.empty((nrows, n), cp.float32)
+        from .. import gemm
+        out = cp.full((nrows, n), np.nan, cp.float32) if gemm.POISON else cp.empty((nrows, n), cp.float32)
     total = nrows * n
     if total:
         grid = min((total + THREADS - 1) // THREADS, 1 << 20)
