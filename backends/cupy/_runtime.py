@@ -18,11 +18,11 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-OPTIONS = ("--std=c++17", "-fmad=false")
+OPTIONS = ("--std=c++17", "-fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true")
 # Architectures every source is compiled for (sm_90a: Hopper with wgmma; the plain paths and
 # mma.sync need sm_80+).
 ARCHS = ("sm_80", "sm_89", "sm_90a")
-SOURCES = ("ggml/legacy.cu", "ggml/kquants.cu", "ggml/iquants.cu", "ggml/fp4.cu", "gemm.cu", "gemm_sm90.cu")
+SOURCES = ("ggml/legacy.cu", "ggml/kquants.cu", "ggml/iquants.cu", "ggml/fp4.cu", "gemm_plain.cu", "gemm.cu", "gemm_sm90.cu")
 
 
 def source(rel: str) -> str:

@@ -1,8 +1,14 @@
 // Shared device helpers of the CuPy backend. Compiled with -fmad=false: every float operation
 // below is one IEEE round-to-nearest operation, as the spec (NumPy on x86) performs it.
 #pragma once
+#if defined(RQ_HOST)
+#include "host_shim.h"
+#else
 #include <cuda_fp16.h>
-#if defined(__CUDACC_RTC__)
+#endif
+#if defined(RQ_HOST)
+#include <stdint.h>
+#elif defined(__CUDACC_RTC__)
 typedef unsigned char uint8_t;
 typedef signed char int8_t;
 typedef unsigned short uint16_t;

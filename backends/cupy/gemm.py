@@ -25,6 +25,7 @@ import numpy as np
 from refquant.gemm import FP8_BLOCK, quantize_fp8_per_token
 
 SRC = "gemm.cu"
+SRC_PLAIN = "gemm_plain.cu"
 SRC90 = "gemm_sm90.cu"
 THREADS = 256
 W4_NT = 4          # n8 tiles per warp in w4a16_fused
@@ -83,7 +84,7 @@ def w4a16_matmul(a, w):
     ap = cp.asarray(np.ascontiguousarray(a[:, perm]))
     codes = cp.asarray(np.ascontiguousarray(w.codes[:, perm]))
     out = _empty((M, N))
-    _launch("w4a16_plain", M * N, (ap, codes, cp.asarray(w.scales), cp.asarray(w.zeros), cp.asarray(gstart),
+    _launch("w4a16_plain", M * N, src=SRC_PLAIN, args=(ap, codes, cp.asarray(w.scales), cp.asarray(w.zeros), cp.asarray(gstart),
                                    cp.asarray(gid), np.int32(len(gid)), np.int32(M), np.int32(N), np.int32(K),
                                    np.int32(w.scales.shape[1]), out))
     return out.get()
@@ -103,7 +104,7 @@ def fp8_matmul(a, w, activation="none"):
     else:
         args = (cp.asarray(np.ascontiguousarray(a)), cp.zeros(1, cp.uint8), cp.zeros(1, cp.float32), np.int32(0))
     out = _empty((M, N))
-    _launch("fp8_plain", M * N, args + (cp.asarray(w.codes), cp.asarray(ws), np.int32(gran), np.int32(M),
+    _launch("fp8_plain", M * N, src=SRC_PLAIN, args=args + (cp.asarray(w.codes), cp.asarray(ws), np.int32(gran), np.int32(M),
                                         np.int32(N), np.int32(K), out))
     return out.get()
 
