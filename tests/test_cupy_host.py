@@ -105,3 +105,17 @@ def test_plain_gemm_writes_every_output(key, data):
     y = HK.matmul(key, c["a"], c["weight"], **c["options"])
     R, _ = refquant.gemm.get_scheme(key).reference(c["a"], c["weight"], **c["options"])
     assert not np.any(np.isnan(y) & ~np.isnan(R))
+
+
+@pytest.mark.parametrize("key", ["W4A16", "FP8"])
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_plain_gemm_agrees_bitwise_with_the_numba_backend(key, data):
+    """Two independent implementations of one stated summation order (backends/numba/gemm.py
+    and gemm_plain.cu) must round identically, bit for bit."""
+    pytest.importorskip("numba", reason="the numba extra is not installed")
+    from backends.numba import gemm as ng
+    c = data.draw(case("matmul", key))
+    ours = HK.matmul(key, c["a"], c["weight"], **c["options"])
+    theirs = {"W4A16": ng.w4a16_matmul, "FP8": ng.fp8_matmul}[key](c["a"], c["weight"], **c["options"])
+    assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
