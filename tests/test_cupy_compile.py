@@ -14,7 +14,7 @@ from backends.cupy import _runtime as rt
 
 # kernels whose main loops must not touch local memory, per architecture they are claimed for
 GEMM_KERNELS = {"w4a16_plain": rt.ARCHS, "fp8_plain": rt.ARCHS, "splitk_reduce": rt.ARCHS,
-                "w4a16_fused": ("sm_80", "sm_90a"), "q4k_fused": rt.ARCHS, "fp8_wgmma": ("sm_90a",)}
+                "w4a16_fused": rt.ARCHS, "q4k_fused": rt.ARCHS, "fp8_wgmma": ("sm_90a",)}
 
 
 def _nvrtc_or_skip():

@@ -51,7 +51,7 @@ __device__ __forceinline__ void load_a(uint32_t* a, const __half* __restrict__ A
 // Each warp: 16 rows x NT*8 columns, over the groups [g0, g1) of its split; partial sums go to
 // ws[split, M, N] (or straight to out when there is one split).
 #define W4_NT 4
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 4)
 w4a16_fused(const __half* __restrict__ A, const uint32_t* __restrict__ Wp, const float* __restrict__ scales,
             const uint8_t* __restrict__ zeros, const int* __restrict__ gorder, int M, int N, int K, int ng,
             int G, int splits, float* __restrict__ ws) {
@@ -74,9 +74,7 @@ w4a16_fused(const __half* __restrict__ A, const uint32_t* __restrict__ Wp, const
 #pragma unroll
         for (int j = 0; j < W4_NT; ++j) {
             int n = (nt * W4_NT + j) * 8 + q;
-            uint32_t z = 1024u + zeros[(long long)n * ng + g];
-            __half hz = __ushort_as_half(__half_as_ushort(__uint2half_rn(z)));
-            uint32_t hb = __half_as_ushort(hz);
+            uint32_t hb = 0x6400u | zeros[(long long)n * ng + g];   // fp16 bits of 1024 + z
             zz[j] = hb | (hb << 16);
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
