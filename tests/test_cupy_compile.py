@@ -152,3 +152,53 @@ def test_fused_w4a16_model_one_hot_rows_pick_single_columns():
     a = np.zeros((17, K), np.float16)
     a[np.arange(17), ks] = 1
     assert np.array_equal(emulate_w4a16_fused(a, w), dequantize_w4a16(w)[:, ks].T)
+
+
+def test_q4k_fused_mapping_model_matches_the_spec_exactly():
+    """Power-of-two d, dmin and integer activations: every value exact, so the lane/byte/nibble
+    mapping of q4k_fused must reproduce A @ dequantize(Q4_K)^T exactly."""
+    import refquant
+    from backends.cupy.gemm import emulate_q4k_fused
+    rng = np.random.default_rng(11)
+    N, K, M = 16, 512, 19
+    raw = rng.integers(0, 256, (N, K // 256, 144)).astype(np.uint8)
+    bits = (rng.integers(12, 17, (N, K // 256, 2)) << 10).astype("<u2")
+    raw[:, :, 0:4] = bits.view(np.uint8).reshape(N, K // 256, 4)
+    raw = raw.reshape(N, -1)
+    a = rng.integers(-4, 5, (M, K)).astype(np.float32)
+    want = a.astype(np.float64) @ refquant.dequantize(raw, "Q4_K").astype(np.float64).T
+    for splits in (1, 2):
+        assert np.array_equal(emulate_q4k_fused(a, raw, splits), want)
+
+
+def test_wgmma_d_fragment_covers_the_tile_once():
+    from backends.cupy.gemm import wgmma_d_fragment
+    seen = {wgmma_d_fragment(w, L, i) for w in range(4) for L in range(32) for i in range(32)}
+    assert seen == {(r, c) for r in range(64) for c in range(64)}
+
+
+def test_core_matrix_layout_is_what_the_descriptors_address():
+    from backends.cupy.gemm import core_matrix_offset, descriptor_read
+    chunk = np.arange(64 * 128, dtype=np.int64).reshape(64, 128)
+    smem = np.zeros(64 * 128, np.int64)
+    for r in range(64):
+        for kb in range(128):
+            smem[core_matrix_offset(r, kb)] = chunk[r, kb]
+    assert sorted(smem.tolist()) == list(range(64 * 128))   # a bijection
+    for s in range(4):
+        assert np.array_equal(descriptor_read(smem, 2 * s * 128, 128, 1024), chunk[:, 32 * s:32 * s + 32])
+
+
+@pytest.mark.parametrize("gran", ["tensor", "channel", "block"])
+def test_fp8_wgmma_mapping_model_matches_the_spec_exactly(gran):
+    from backends.cupy.gemm import emulate_fp8_wgmma
+    from refquant.gemm import FP8Weight, dequantize_fp8, e4m3_decode_table, e4m3_encode
+    rng = np.random.default_rng({"tensor": 0, "channel": 1, "block": 2}[gran])
+    M, N, K = 70, 72, 256
+    shape = {"tensor": (), "channel": (N,), "block": (1, 2)}[gran]
+    w = FP8Weight(e4m3_encode(rng.integers(-4, 5, (N, K)).astype(np.float32)),
+                  np.asarray(np.ldexp(np.float32(1), rng.integers(-2, 3, shape)), np.float32))
+    ac = e4m3_encode(rng.integers(-4, 5, (M, K)).astype(np.float32))
+    sa = np.ldexp(np.float32(1), rng.integers(-2, 3, M)).astype(np.float32)
+    A = e4m3_decode_table()[ac].astype(np.float64) * sa[:, None]
+    assert np.array_equal(emulate_fp8_wgmma(ac, sa, w), A @ dequantize_fp8(w).T)

@@ -293,3 +293,131 @@ def fp8_wgmma(ac, sa, w, out=None):
                                 cp.asarray(np.asarray(w.scale, np.float32).reshape(-1)), np.int32(gran),
                                 np.int32(M), np.int32(N), np.int32(K), out))
     return out
+
+
+# --------------------------------------------------------------------------- NumPy models of the
+# q4k_fused and fp8_wgmma index mappings (the arithmetic in float64; the indexing as the kernels do it)
+
+def emulate_q4k_fused(a: np.ndarray, wq: np.ndarray, splits: int = 1) -> np.ndarray:
+    """q4k_fused's mapping: warp (nt, mt, split), lane (q = lane/4, t = lane%4); the B fragment of
+    sub-block s, k16 step h read from qs[32 (s/2) + 16h + {2t, 2t+1, 2t+8, 2t+9}] of column
+    8 nt + q, nibble s%2; C columns 8 nt + 2t + {0, 1} scaled by their own blocks' d1, m1."""
+    from refquant.ggml.kquants import unpack_scale_min_k4
+    from refquant.numerics import fp16_bits_to_fp32
+    M, K = a.shape
+    N = wq.shape[0]
+    nsb = K // 256
+    blocks = wq.reshape(N, nsb, 144)
+    d = fp16_bits_to_fp32(blocks[:, :, 0:2].copy().view("<u2")[..., 0]).astype(np.float32)
+    dmin = fp16_bits_to_fp32(blocks[:, :, 2:4].copy().view("<u2")[..., 0]).astype(np.float32)
+    sc, mm = unpack_scale_min_k4(blocks[:, :, 4:16].reshape(-1, 12))
+    sc, mm = sc.reshape(N, nsb, 8), mm.reshape(N, nsb, 8)
+    A = a.astype(np.float64)
+    ws = np.full((splits, M, N), np.nan)
+    ntiles, mtiles = N // 8, -(-M // 16)
+    for warp in range(ntiles * mtiles * splits):
+        nt, rest = warp % ntiles, warp // ntiles
+        mt, split = rest % mtiles, rest // mtiles
+        b0, b1 = split * nsb // splits, (split + 1) * nsb // splits
+        tot = np.zeros((32, 4))
+        for blk in range(b0, b1):
+            for s in range(8):
+                c, sh = s >> 1, (s & 1) * 4
+                P = np.zeros((16, 8))
+                Sa = np.zeros((16, 8))
+                for h in range(2):
+                    B = np.zeros((16, 8))
+                    for L in range(32):
+                        t, q = L % 4, L // 4
+                        qs = blocks[nt * 8 + q, blk, 16 + 32 * c:16 + 32 * c + 32]
+                        kb = 16 * h + 2 * t
+                        for r, off in zip((2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9), (kb, kb + 1, kb + 8, kb + 9)):
+                            B[r, q] = (qs[off] >> sh) & 0xF
+                    Ar = np.zeros((16, 16))
+                    rows = np.arange(mt * 16, mt * 16 + 16)
+                    ok = rows < M
+                    k0 = blk * 256 + 32 * s + 16 * h
+                    Ar[ok] = A[rows[ok], k0:k0 + 16]
+                    P += Ar @ B
+                    Sa += Ar @ np.ones((16, 8))
+                for L in range(32):
+                    t, q = L % 4, L // 4
+                    for e in range(2):
+                        n = nt * 8 + 2 * t + e
+                        d1 = np.float32(d[n, blk] * np.float32(sc[n, blk, s]))
+                        m1 = np.float32(dmin[n, blk] * np.float32(mm[n, blk, s]))
+                        tot[L, e] += d1 * P[q, 2 * t + e] - m1 * Sa[q, 2 * t + e]
+                        tot[L, e + 2] += d1 * P[q + 8, 2 * t + e] - m1 * Sa[q + 8, 2 * t + e]
+        for L in range(32):
+            t, q = L % 4, L // 4
+            n, r0, r1 = nt * 8 + 2 * t, mt * 16 + q, mt * 16 + q + 8
+            if r0 < M:
+                ws[split, r0, n:n + 2] = tot[L, 0:2]
+            if r1 < M:
+                ws[split, r1, n:n + 2] = tot[L, 2:4]
+    return ws.sum(axis=0)
+
+
+def core_matrix_offset(r: int, kbyte: int) -> int:
+    """fp8_wgmma's shared-memory layout of a 64 x 128-byte chunk (no swizzle, K-major): byte
+    (r, kbyte) at ((r/8) * 8 + kbyte/16) * 128 + (r%8) * 16 + kbyte%16."""
+    return (((r >> 3) * 8 + (kbyte >> 4)) * 8 + (r & 7)) * 16 + (kbyte & 15)
+
+
+def descriptor_read(smem: np.ndarray, start: int, lbo: int, sbo: int, rows: int = 64, kbytes: int = 32) -> np.ndarray:
+    """The (rows x kbytes) operand a no-swizzle K-major wgmma descriptor addresses: core matrix
+    (row group i, K group j) at start + i * SBO + j * LBO, 8 rows of 16 contiguous bytes."""
+    out = np.zeros((rows, kbytes), smem.dtype)
+    for r in range(rows):
+        for kb in range(kbytes):
+            out[r, kb] = smem[start + (r >> 3) * sbo + (kb >> 4) * lbo + (r & 7) * 16 + (kb & 15)]
+    return out
+
+
+def wgmma_d_fragment(warp: int, lane: int, i: int) -> tuple[int, int]:
+    """(row, column) of accumulator register i of a thread in wgmma m64nN (f32 D)."""
+    return 16 * warp + lane // 4 + 8 * ((i >> 1) & 1), 8 * (i >> 2) + 2 * (lane & 3) + (i & 1)
+
+
+def emulate_fp8_wgmma(ac: np.ndarray, sa: np.ndarray, w) -> np.ndarray:
+    """fp8_wgmma's mapping: CTA tiles of 64 x 64, chunks of 128 columns stored by core_matrix_offset,
+    four k32 steps addressed by descriptors (start + 2s*128, LBO 128, SBO 1024), results placed
+    by wgmma_d_fragment and promoted with sa[m] * s_w per chunk. float64 arithmetic."""
+    from refquant.gemm import e4m3_decode_table
+    M, K = ac.shape
+    N = w.codes.shape[0]
+    tab = e4m3_decode_table().astype(np.float64)
+    nkb = K // 128
+    full = w.full_scale()
+    out = np.full((M, N), np.nan)
+    for by in range(-(-M // 64)):
+        for bx in range(-(-N // 64)):
+            m0, n0 = by * 64, bx * 64
+            tot = np.zeros((128, 32))
+            for kb in range(nkb):
+                sA = np.zeros(64 * 128, np.uint8)
+                sB = np.zeros(64 * 128, np.uint8)
+                for r in range(64):
+                    for kbyte in range(128):
+                        if m0 + r < M:
+                            sA[core_matrix_offset(r, kbyte)] = ac[m0 + r, kb * 128 + kbyte]
+                        if n0 + r < N:
+                            sB[core_matrix_offset(r, kbyte)] = w.codes[n0 + r, kb * 128 + kbyte]
+                acc = np.zeros((64, 64))
+                for s in range(4):
+                    Aop = tab[descriptor_read(sA, 2 * s * 128, 128, 1024)]
+                    Bop = tab[descriptor_read(sB, 2 * s * 128, 128, 1024)]
+                    acc += Aop @ Bop.T
+                for th in range(128):
+                    wp, lane = th // 32, th % 32
+                    for i in range(32):
+                        r, c = wgmma_d_fragment(wp, lane, i)
+                        rr, cc = min(m0 + r, M - 1), min(n0 + c, N - 1)
+                        tot[th, i] += acc[r, c] * (float(sa[rr]) * float(full[cc, kb * 128]))
+            for th in range(128):
+                wp, lane = th // 32, th % 32
+                for i in range(32):
+                    r, c = wgmma_d_fragment(wp, lane, i)
+                    if m0 + r < M and n0 + c < N:
+                        out[m0 + r, n0 + c] = tot[th, i]
+    return out
