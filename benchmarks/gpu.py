@@ -75,7 +75,6 @@ def main():
         f = refquant.registry.get_format(fmt)
         nb = (256 << 20) // f.block_size                      # 256 Mi values -> 1 GiB of float32
         raw_h = rng.integers(0, 256, (64, f.type_size * 64)).astype(np.uint8)
-        raw_h[:, :2] = 0                                        # check: small sample against the spec
         got = launch(f"ggml/{name}.cu", f"dequantize_{fmt.lower()}", raw_h, f.block_size, f.type_size).get()
         want = refquant.dequantize(raw_h, fmt)
         ok = np.array_equal(got.view(np.uint32), want.view(np.uint32))
@@ -97,17 +96,17 @@ def main():
     scales = np.ldexp(np.float32(1), rng.integers(-8, -4, (N, ng))).astype(np.float32)
     g = rng.permutation((np.arange(K) // Gs).astype(np.int32)).astype(np.int32)
     w = W4A16Weight(codes, scales, zeros, g)
-    packed = G.pack_w4a16(w)
-    nw = nbuf(packed[0].nbytes)
-    words = [cp.asarray(packed[0]) for _ in range(nw)]
+    wd = G.W4A16Device(w)
+    nw = nbuf(wd.words.nbytes)
+    wds = [wd.with_words(wd.words.copy()) for _ in range(nw)]
     wf16 = [cp.asarray(rng.standard_normal((N, K)).astype(np.float16)) for _ in range(nbuf(N * K * 2))]
     for M in (1, 16, 128):
         a = rng.integers(-2, 3, (M, K)).astype(np.float16)
-        y = G.w4a16_fused(a, packed, w).get()
+        y = G.w4a16_fused(a, wd).get()
         R, _ = refquant.gemm.w4a16_reference(a.astype(np.float32), w)
         ok = np.array_equal(y, R.astype(np.float32))
         ad = cp.asarray(a)
-        t_ours = bench(lambda i: G.w4a16_fused(ad, (words[i % nw],) + packed[1:], w))
+        t_ours = bench(lambda i: G.w4a16_fused(ad, wds[i % nw]))
         t_ref = bench(lambda i: cp.matmul(ad, wf16[i % len(wf16)].T))
         row(f"W4A16 M={M}", t_ours, t_ref, 2.5 if M <= 16 else 1.0, f"exact={ok}, act-order, G=128")
 
@@ -119,12 +118,11 @@ def main():
         ac = e4m3_encode(rng.integers(-4, 5, (M, K)).astype(np.float32))
         sa = np.ones(M, np.float32)
         y = G.fp8_wgmma(ac[:256], sa[:256], w8).get()
-        ok = np.array_equal(y, (ac[:256].view(np.uint8) is not None) and
-                            (refquant.gemm.e4m3_decode_table()[ac[:256]].astype(np.float64)
-                             @ refquant.gemm.dequantize_fp8(w8).T).astype(np.float32))
+        A = refquant.gemm.e4m3_decode_table()[ac[:256]].astype(np.float64)
+        ok = np.array_equal(y, (A @ refquant.gemm.dequantize_fp8(w8).T).astype(np.float32))
+        wdev = (cp.asarray(w8.codes), cp.asarray(w8.scale.reshape(-1)), 2)
         acd, sad, out = cp.asarray(ac), cp.asarray(sa), cp.empty((M, N), cp.float32)
-        t_ours = bench(lambda i: G.fp8_wgmma(acd, sad, w8, out=out), reps=10)
-        import cupy._core  # noqa: F401
+        t_ours = bench(lambda i: G.fp8_wgmma(acd, sad, wdev, out=out), reps=10)
         try:
             ab = cp.asarray(rng.standard_normal((M, K)), dtype=cp.float32).astype("bfloat16")
             wb = cp.asarray(rng.standard_normal((N, K)), dtype=cp.float32).astype("bfloat16")

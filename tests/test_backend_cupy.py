@@ -76,26 +76,26 @@ def _w4(rng, N, K, G, act):
 def test_w4a16_fused_exact_on_integer_inputs(M, act):
     """Integer activations (|a| <= 8), power-of-two scales, K small enough that every partial sum
     is an integer below 2^24: exact whatever the tensor cores' rounding."""
-    from backends.cupy.gemm import pack_w4a16, w4a16_fused
+    from backends.cupy.gemm import w4a16_fused
     from refquant.gemm import w4a16_reference
     rng = np.random.default_rng(M + 100 * act)
     w = _w4(rng, 64, 512, 128, act)
     a = rng.integers(-8, 9, (M, 512)).astype(np.float16)
     for splits in (1, 2, 4):
-        y = w4a16_fused(a, pack_w4a16(w), w, splits=splits).get()
+        y = w4a16_fused(a, w, splits=splits).get()
         R, _ = w4a16_reference(a.astype(np.float32), w)
         assert np.array_equal(y, R.astype(np.float32)), splits
 
 
 def test_w4a16_fused_one_hot_rows():
-    from backends.cupy.gemm import pack_w4a16, w4a16_fused
+    from backends.cupy.gemm import w4a16_fused
     from refquant.gemm import dequantize_w4a16
     rng = np.random.default_rng(7)
     w = _w4(rng, 96, 256, 64, True)
     ks = rng.choice(256, 40, replace=False)
     a = np.zeros((40, 256), np.float16)
     a[np.arange(40), ks] = 1
-    y = w4a16_fused(a, pack_w4a16(w), w).get()
+    y = w4a16_fused(a, w).get()
     assert np.array_equal(y, dequantize_w4a16(w)[:, ks].T.astype(np.float32))
 
 

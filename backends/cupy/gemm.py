@@ -226,26 +226,49 @@ def emulate_w4a16_fused(a16: np.ndarray, w, splits: int | None = None) -> np.nda
     return ws.sum(axis=0)
 
 
-def w4a16_fused(a16, packed, w, splits: int | None = None):
+class W4A16Device:
+    """A W4A16 weight prepared once for w4a16_fused: packed words, scales, zeros, group order
+    and the act-order permutation, all on the device."""
+
+    def __init__(self, w, packed=None):
+        cp = _cp()
+        words, gorder, perm, G = packed if packed is not None else pack_w4a16(w)
+        self.N, self.K = w.codes.shape
+        self.ng, self.G = w.scales.shape[1], G
+        self.words = cp.asarray(words)
+        self.scales = cp.asarray(np.ascontiguousarray(w.scales, np.float32))
+        self.zeros = cp.asarray(np.ascontiguousarray(w.zeros))
+        self.gorder = cp.asarray(gorder)
+        self.perm = None if np.array_equal(perm, np.arange(self.K)) else cp.asarray(perm)
+
+    def with_words(self, words):
+        """The same weight with another copy of its packed words (benchmarks rotate buffers)."""
+        other = object.__new__(W4A16Device)
+        other.__dict__.update(self.__dict__)
+        other.words = words
+        return other
+
+
+def w4a16_fused(a16, wd: "W4A16Device | object", splits: int | None = None):
     """Y (M, N) float32 on the device from float16 activations a16 (M, K) (host or device, columns
-    in the weight's original order) and pack_w4a16(w)."""
+    in the weight's original order) and a W4A16Device (or a W4A16Weight, prepared on the fly)."""
     cp = _cp()
     from ._runtime import kernel
-    words, gorder, perm, G = packed
+    if not isinstance(wd, W4A16Device):
+        wd = W4A16Device(wd)
     M, K = a16.shape
-    N = w.codes.shape[0]
-    ng = w.scales.shape[1]
+    N, ng = wd.N, wd.ng
     a = cp.asarray(a16)
-    if not np.array_equal(perm, np.arange(K)):
-        a = a[:, cp.asarray(perm)]
+    if wd.perm is not None:
+        a = a[:, wd.perm]
     a = cp.ascontiguousarray(a, dtype=cp.float16)
     splits = splits or splits_for(N, M, ng)
     ws = _empty((splits, M, N))
     warps = (N // (8 * W4_NT)) * (-(-M // 16)) * splits
     blocks = -(-warps // WARPS_PER_BLOCK)
     kernel(SRC, "w4a16_fused")((blocks,), (32 * WARPS_PER_BLOCK,),
-                               (a, cp.asarray(words), cp.asarray(w.scales), cp.asarray(w.zeros), cp.asarray(gorder),
-                                np.int32(M), np.int32(N), np.int32(K), np.int32(ng), np.int32(G), np.int32(splits), ws))
+                               (a, wd.words, wd.scales, wd.zeros, wd.gorder, np.int32(M), np.int32(N), np.int32(K),
+                                np.int32(ng), np.int32(wd.G), np.int32(splits), ws))
     if splits == 1:
         return ws[0]
     out = _empty((M, N))
@@ -278,19 +301,23 @@ def q4k_fused(a16, wq, splits: int | None = None):
 
 def fp8_wgmma(ac, sa, w, out=None):
     """Y (M, N) float32 on the device from e4m3 activation codes ac (M, K) with per-token
-    scales sa (M,) and an FP8Weight (codes (N, K)); K a multiple of 128. sm_90a only."""
+    scales sa (M,) and an FP8Weight (codes (N, K)) -- or a tuple (codes, scale, granularity)
+    of device arrays already there; K a multiple of 128. sm_90a only."""
     cp = _cp()
     from ._runtime import kernel
     M, K = ac.shape
-    N = w.codes.shape[0]
+    if isinstance(w, tuple):
+        codes, scale, gran = w
+    else:
+        codes, scale, gran = (cp.asarray(w.codes), cp.asarray(np.asarray(w.scale, np.float32).reshape(-1)),
+                              np.ndim(w.scale))
+    N = codes.shape[0]
     if K % 128:
         raise ValueError("fp8_wgmma needs K % 128 == 0")
-    gran = np.ndim(w.scale)
     if out is None:
         out = _empty((M, N))
     kernel(SRC90, "fp8_wgmma")(((N + 63) // 64, (M + 63) // 64), (128,),
-                               (cp.asarray(ac), cp.asarray(sa, dtype=cp.float32), cp.asarray(w.codes),
-                                cp.asarray(np.asarray(w.scale, np.float32).reshape(-1)), np.int32(gran),
+                               (cp.asarray(ac), cp.asarray(sa, dtype=cp.float32), codes, scale, np.int32(gran),
                                 np.int32(M), np.int32(N), np.int32(K), out))
     return out
 
