@@ -202,3 +202,26 @@ def test_fp8_wgmma_mapping_model_matches_the_spec_exactly(gran):
     sa = np.ldexp(np.float32(1), rng.integers(-2, 3, M)).astype(np.float32)
     A = e4m3_decode_table()[ac].astype(np.float64) * sa[:, None]
     assert np.array_equal(emulate_fp8_wgmma(ac, sa, w), A @ dequantize_fp8(w).T)
+
+
+def test_sass_uses_the_tensor_cores_and_no_local_memory():
+    """With nvcc and cuobjdump (CUDA_CUOBJDUMP or on PATH): the sm_90a SASS of the fused W4A16
+    kernel has HMMA, the wgmma kernel QGMMA (e4m3), and neither touches local memory."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    co = os.environ.get("CUDA_CUOBJDUMP") or shutil.which("cuobjdump")
+    if rt.nvcc_path() is None or co is None:
+        pytest.skip("needs nvcc and cuobjdump on this machine (neither ships with the pip NVRTC)")
+    with tempfile.TemporaryDirectory() as tmp:
+        sass = {}
+        for src in ("gemm.cu", "gemm_sm90.cu"):
+            cub, _ = rt.compile_nvcc(src, "sm_90a")
+            path = os.path.join(tmp, src + ".cubin")
+            open(path, "wb").write(cub)
+            sass[src] = subprocess.run([co, "-sass", path], capture_output=True, text=True, check=True).stdout
+    assert "HMMA" in sass["gemm.cu"]
+    assert "QGMMA" in sass["gemm_sm90.cu"] and "E4M3" in sass["gemm_sm90.cu"]
+    for s in sass.values():
+        assert "LDL" not in s and "STL" not in s

@@ -51,7 +51,8 @@ __device__ __forceinline__ void load_a(uint32_t* a, const __half* __restrict__ A
 // Each warp: 16 rows x NT*8 columns, over the groups [g0, g1) of its split; partial sums go to
 // ws[split, M, N] (or straight to out when there is one split).
 #define W4_NT 4
-extern "C" __global__ void __launch_bounds__(128, 4)
+#define W4_KU 4
+extern "C" __global__ void __launch_bounds__(128, 3)
 w4a16_fused(const __half* __restrict__ A, const uint32_t* __restrict__ Wp, const float* __restrict__ scales,
             const uint8_t* __restrict__ zeros, const int* __restrict__ gorder, int M, int N, int K, int ng,
             int G, int splits, float* __restrict__ ws) {
@@ -79,7 +80,29 @@ w4a16_fused(const __half* __restrict__ A, const uint32_t* __restrict__ Wp, const
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
         }
-        for (int k = gi * G; k < (gi + 1) * G; k += 32) {
+        // KU k-steps at a time: all their weight words are loaded before the first mma, so
+        // each warp keeps W4_NT * KU * 128 bytes in flight (memory-bound at small M).
+        int k = gi * G, kend = (gi + 1) * G;
+        for (; k + 32 * W4_KU <= kend; k += 32 * W4_KU) {
+            uint32_t w[W4_KU][W4_NT];
+#pragma unroll
+            for (int u = 0; u < W4_KU; ++u)
+#pragma unroll
+                for (int j = 0; j < W4_NT; ++j)
+                    w[u][j] = __ldg(Wp + ((long long)(nt * W4_NT + j) * KK + k / 32 + u) * 32 + lane);
+#pragma unroll
+            for (int u = 0; u < W4_KU; ++u) {
+                uint32_t a0[4], a1[4];
+                load_a(a0, A, M, K, mt * 16, k + 32 * u, lane);
+                load_a(a1, A, M, K, mt * 16, k + 32 * u + 16, lane);
+#pragma unroll
+                for (int j = 0; j < W4_NT; ++j) {
+                    mma_16816(acc[j], a0, int4_pair_to_half2(w[u][j], zz[j]), int4_pair_to_half2(w[u][j] >> 4, zz[j]));
+                    mma_16816(acc[j], a1, int4_pair_to_half2(w[u][j] >> 8, zz[j]), int4_pair_to_half2(w[u][j] >> 12, zz[j]));
+                }
+            }
+        }
+        for (; k < kend; k += 32) {               // groups that are not a multiple of 32 * W4_KU
             uint32_t w[W4_NT];
 #pragma unroll
             for (int j = 0; j < W4_NT; ++j)
