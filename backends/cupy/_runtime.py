@@ -59,6 +59,9 @@ def module(rel: str):
     """The compiled module of a source, for the current device (needs a GPU and a driver)."""
     import cupy
     opts = OPTIONS + tuple(f"-I{d}" for d in _include_dirs(rel))
+    inc = cuda_include_dir()
+    if inc:
+        opts += (f"-I{inc}",)
     return cupy.RawModule(code=source(rel), options=opts)
 
 
