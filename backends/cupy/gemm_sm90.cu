@@ -4,7 +4,8 @@
 // Y (M, N) = (A_codes * sa[m]) @ (W_codes * sw)^T with per-token activation scales sa and
 // weight scales sw per tensor, per channel or per 128x128 block.
 // One CTA = one warpgroup (128 threads) computing a 64 x 64 output tile. K is walked in
-// chunks of 128: the A (64 x 128) and W (64 x 128) chunks are copied to shared memory in the
+// chunks of 128, two shared-memory stages deep (cp.async of chunk kb + 1 overlaps the wgmma of
+// chunk kb): the A (64 x 128) and W (64 x 128) chunks are copied to shared memory in the
 // no-swizzle K-major core-matrix layout (core matrix = 8 rows x 16 bytes; core (rg, kc) at byte
 // (rg * 8 + kc) * 128), then four wgmma m64n64k32 accumulate into FRESH registers, and the
 // chunk's result is promoted: tot += acc * (sa[m] * s_w(n, chunk)) in float32. So the tensor
@@ -35,14 +36,17 @@ __device__ __forceinline__ void wgmma_64x64x32(float* d, uint64_t da, uint64_t d
         : "l"(da), "l"(db), "r"(scale_d));
 }
 
-// 64 rows x 128 bytes of a row-major (rows, K) byte matrix -> the core-matrix layout.
-__device__ __forceinline__ void load_chunk(uint8_t* s, const uint8_t* __restrict__ g, int rows, int r0, int K,
-                                           int k0) {
+// 64 rows x 128 bytes of a row-major (rows, K) byte matrix -> the core-matrix layout, by
+// 16-byte cp.async copies (rows past the end are zero-filled: src-size 0).
+__device__ __forceinline__ void load_chunk_async(uint8_t* s, const uint8_t* __restrict__ g, int rows, int r0,
+                                                 int K, int k0) {
     for (int i = threadIdx.x; i < 64 * 8; i += blockDim.x) {       // 16-byte pieces
         int r = i >> 3, kc = i & 7;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (r0 + r < rows) v = *reinterpret_cast<const uint4*>(g + (long long)(r0 + r) * K + k0 + 16 * kc);
-        *reinterpret_cast<uint4*>(s + (((r >> 3) * 8 + kc) * 8 + (r & 7)) * 16) = v;
+        bool ok = r0 + r < rows;
+        const uint8_t* src = g + (long long)(ok ? r0 + r : 0) * K + k0 + 16 * kc;
+        uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(s + (((r >> 3) * 8 + kc) * 8 + (r & 7)) * 16));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0)
+                     : "memory");
     }
 }
 #endif
@@ -51,18 +55,26 @@ extern "C" __global__ void __launch_bounds__(128, 1)
 fp8_wgmma(const uint8_t* __restrict__ ac, const float* __restrict__ sa, const uint8_t* __restrict__ wc,
           const float* __restrict__ wsc, int gran, int M, int N, int K, float* __restrict__ out) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    __shared__ __align__(128) uint8_t sA[64 * 128];
-    __shared__ __align__(128) uint8_t sB[64 * 128];
+    __shared__ __align__(128) uint8_t sA[2][64 * 128];
+    __shared__ __align__(128) uint8_t sB[2][64 * 128];
     int m0 = blockIdx.y * 64, n0 = blockIdx.x * 64;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int nkb = K / 128;
     float tot[32], acc[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) tot[i] = 0.0f;
+    // two stages: chunk kb + 1 is in flight (cp.async) while chunk kb is multiplied
+    load_chunk_async(sA[0], ac, M, m0, K, 0);
+    load_chunk_async(sB[0], wc, N, n0, K, 0);
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
     for (int kb = 0; kb < nkb; ++kb) {
-        __syncthreads();
-        load_chunk(sA, ac, M, m0, K, kb * 128);
-        load_chunk(sB, wc, N, n0, K, kb * 128);
+        int cur = kb & 1;
+        if (kb + 1 < nkb) {
+            load_chunk_async(sA[cur ^ 1], ac, M, m0, K, (kb + 1) * 128);
+            load_chunk_async(sB[cur ^ 1], wc, N, n0, K, (kb + 1) * 128);
+        }
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+        asm volatile("cp.async.wait_group 1;\n" ::: "memory");       // chunk kb has landed
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();
 #pragma unroll
@@ -70,7 +82,7 @@ fp8_wgmma(const uint8_t* __restrict__ ac, const float* __restrict__ sa, const ui
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
         for (int s = 0; s < 4; ++s)
-            wgmma_64x64x32(acc, smem_desc(sA + 2 * s * 128, 128, 1024), smem_desc(sB + 2 * s * 128, 128, 1024), 1);
+            wgmma_64x64x32(acc, smem_desc(sA[cur] + 2 * s * 128, 128, 1024), smem_desc(sB[cur] + 2 * s * 128, 128, 1024), 1);
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         // promotion: accumulator fragment i of this lane is row 16 warp + lane/4 + 8 ((i/2) % 2),
@@ -83,6 +95,7 @@ fp8_wgmma(const uint8_t* __restrict__ ac, const float* __restrict__ sa, const ui
             float s = __fmul_rn(sa[min(r, M - 1)], sw);
             tot[i] = __fadd_rn(tot[i], __fmul_rn(acc[i], s));
         }
+        __syncthreads();                      // every warp's wgmma has read stage `cur` before it is refilled
     }
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
