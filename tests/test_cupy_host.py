@@ -7,7 +7,7 @@ sequence without a GPU; it cannot check the device's own float behaviour (see
 tests/test_backend_cupy.py for that)."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import refquant
@@ -119,3 +119,75 @@ def test_plain_gemm_agrees_bitwise_with_the_numba_backend(key, data):
     ours = HK.matmul(key, c["a"], c["weight"], **c["options"])
     theirs = {"W4A16": ng.w4a16_matmul, "FP8": ng.fp8_matmul}[key](c["a"], c["weight"], **c["options"])
     assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+
+
+# --------------------------------------------------------------------------- the backend itself,
+# end to end on the CPU: CupyBackend -> its Python launchers -> the kernels' source, with CuPy
+# replaced by NumPy and each launch run by the host build (same argument tuple, same grid)
+
+class _FakeArray(np.ndarray):
+    def get(self):
+        return np.asarray(self)
+
+
+def _fake_cupy():
+    import types
+    cp = types.ModuleType("cupy")
+    wrap = lambda a: np.ascontiguousarray(a).view(_FakeArray)  # noqa: E731
+    cp.asarray = lambda x, dtype=None: wrap(np.asarray(x, dtype=dtype))
+    cp.ascontiguousarray = lambda x, dtype=None: wrap(np.asarray(x, dtype=dtype))
+    cp.empty = lambda shape, dtype: wrap(np.full(shape, np.nan, dtype) if np.dtype(dtype).kind == "f"
+                                         else np.empty(shape, dtype))
+    cp.full = lambda shape, v, dtype: wrap(np.full(shape, v, dtype))
+    cp.zeros = lambda shape, dtype: wrap(np.zeros(shape, dtype))
+    cp.float32, cp.float16, cp.uint8 = np.float32, np.float16, np.uint8
+    return cp
+
+
+def _host_kernel(src, name):
+    import ctypes
+    fn = getattr(_host.library(), f"host_{name}")
+
+    def launch(grid, block, args):
+        conv = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                assert a.flags.c_contiguous
+                conv.append(a.ctypes.data_as(ctypes.c_void_p))
+            elif isinstance(a, np.int64):
+                conv.append(ctypes.c_longlong(int(a)))
+            elif isinstance(a, np.int32):
+                conv.append(ctypes.c_int(int(a)))
+            else:
+                raise TypeError(f"{name}: argument of type {type(a).__name__} would not reach a kernel")
+        fn(*conv, ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]))
+    return launch
+
+
+@pytest.fixture
+def cpu_cupy(monkeypatch):
+    import sys
+    from backends.cupy import _runtime
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    monkeypatch.setattr(_runtime, "kernel", _host_kernel)
+    import backends.cupy.ggml._dequant as dq
+    monkeypatch.setattr(dq, "kernel", _host_kernel)
+    monkeypatch.setattr(dq, "THREADS", 32)
+    from backends.cupy import CupyBackend
+    return CupyBackend()
+
+
+@pytest.mark.parametrize("fmt", sorted(KERNELS))
+def test_backend_launchers_dequantize_on_the_cpu(cpu_cupy, fmt):
+    f = refquant.registry.get_format(fmt)
+    raw = np.random.default_rng(4).integers(0, 256, (3, 5 * f.type_size)).astype(np.uint8)
+    got = cpu_cupy.dequantize(raw, fmt)
+    assert np.array_equal(got.view(np.uint32), refquant.dequantize(raw, fmt).view(np.uint32))
+
+
+@pytest.mark.parametrize("key", ["W4A16", "FP8"])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_backend_launchers_matmul_on_the_cpu(cpu_cupy, key, data):  # the fixture holds no state
+    c = data.draw(case("matmul", key))
+    check(cpu_cupy, "matmul", key, c, accumulation=cpu_cupy.accumulation("matmul", key, c["a"].shape[1], c["weight"]))
