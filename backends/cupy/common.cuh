@@ -55,3 +55,24 @@ __device__ __forceinline__ float rq_fp16(uint16_t h) {
 __device__ __forceinline__ uint16_t rq_u16(const uint8_t* p) {
     return (uint16_t)(p[0] | (p[1] << 8));
 }
+
+// The dequantization loop: four consecutive values per thread (every block size is a multiple
+// of 4, so the four share one block) and one 16-byte store; grid-stride over groups of four.
+// V::at(block, v) is value v of a block, exactly as the spec computes it.
+template <class V, int QK, int TS>
+__device__ __forceinline__ void rq_dequantize4(const uint8_t* __restrict__ data, float* __restrict__ out,
+                                               long long nvalues) {
+    long long n4 = nvalues >> 2;
+    for (long long g = blockIdx.x * (long long)blockDim.x + threadIdx.x; g < n4;
+         g += (long long)gridDim.x * blockDim.x) {
+        long long i = g << 2;
+        const uint8_t* b = data + (i / QK) * TS;
+        int v = (int)(i % QK);
+        float4 r;
+        r.x = V::at(b, v);
+        r.y = V::at(b, v + 1);
+        r.z = V::at(b, v + 2);
+        r.w = V::at(b, v + 3);
+        reinterpret_cast<float4*>(out)[g] = r;
+    }
+}

@@ -22,3 +22,4 @@ inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); retu
 inline uint32_t __float_as_uint(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 using std::isnan;
 using std::min;
+struct float4 { float x, y, z, w; };
