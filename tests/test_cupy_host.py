@@ -191,3 +191,92 @@ def test_backend_launchers_dequantize_on_the_cpu(cpu_cupy, fmt):
 def test_backend_launchers_matmul_on_the_cpu(cpu_cupy, key, data):  # the fixture holds no state
     c = data.draw(case("matmul", key))
     check(cpu_cupy, "matmul", key, c, accumulation=cpu_cupy.accumulation("matmul", key, c["a"].shape[1], c["weight"]))
+
+
+# The fused kernels cannot run on the CPU (their mma / wgmma are warp-collective), but their
+# launchers can: a NumPy stand-in reads each launch's argument tuple exactly as the kernel's
+# signature declares it (the packed words through the lane mapping, group order, splits) and
+# writes the workspace, so argument order, device preparation and the split-K reduction run.
+
+def _model_kernel(src, name):
+    from backends.cupy.gemm import unpack_lane_codes
+    from refquant.gemm import e4m3_decode_table
+
+    def w4a16_fused(grid, block, args):
+        A, words, scales, zeros, gorder, M, N, K, ng, G, splits, ws = args
+        codes = unpack_lane_codes(np.asarray(words), int(N), int(K)).astype(np.float64)
+        A = np.asarray(A, np.float64)
+        for s in range(int(splits)):
+            tot = np.zeros((int(M), int(N)))
+            for gi in range(s * int(ng) // int(splits), (s + 1) * int(ng) // int(splits)):
+                g = int(gorder[gi])
+                cols = slice(gi * int(G), (gi + 1) * int(G))
+                acc = A[:, cols] @ (codes[:, cols] - zeros[:, g:g + 1].astype(np.float64)).T
+                tot += acc * scales[:, g][None, :].astype(np.float64)
+            ws[s] = tot
+
+    def splitk_reduce(grid, block, args):
+        ws, splits, MN, out = args
+        out.reshape(-1)[:] = np.asarray(ws).reshape(int(splits), -1).sum(axis=0)
+
+    def fp8_wgmma(grid, block, args):
+        ac, sa, codes, scale, gran, M, N, K, out = args
+        tab = e4m3_decode_table().astype(np.float64)
+        nkb = int(K) // 128
+        full = {0: lambda: np.full((int(N), nkb), scale[0]), 1: lambda: np.repeat(scale[:, None], nkb, 1),
+                2: lambda: np.repeat(np.asarray(scale).reshape(-1, nkb), 128, 0)[:int(N)]}[int(gran)]()
+        A, W = tab[np.asarray(ac)], tab[np.asarray(codes)]
+        tot = np.zeros((int(M), int(N)))
+        for kb in range(nkb):
+            c = slice(128 * kb, 128 * kb + 128)
+            tot += (A[:, c] @ W[:, c].T) * (np.asarray(sa, np.float64)[:, None] * full[None, :, kb])
+        out[:] = tot
+
+    return {"w4a16_fused": w4a16_fused, "splitk_reduce": splitk_reduce, "fp8_wgmma": fp8_wgmma}[name]
+
+
+@pytest.fixture
+def model_cupy(monkeypatch):
+    import sys
+    from backends.cupy import _runtime
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    monkeypatch.setattr(_runtime, "kernel", _model_kernel)
+    import backends.cupy.gemm as g
+    monkeypatch.setattr(g, "POISON", True)
+    return g
+
+
+@pytest.mark.parametrize("act", [False, True])
+@pytest.mark.parametrize("M", [1, 17])
+def test_w4a16_fused_launcher(model_cupy, act, M):
+    from refquant.gemm import W4A16Weight, w4a16_reference
+    rng = np.random.default_rng(M + act)
+    N, G, ng = 64, 64, 4
+    K = G * ng
+    g_idx = (np.arange(K) // G).astype(np.int32)
+    if act:
+        g_idx = rng.permutation(g_idx).astype(np.int32)
+    w = W4A16Weight(rng.integers(0, 16, (N, K)).astype(np.uint8),
+                    np.ldexp(np.float32(1), rng.integers(-3, 4, (N, ng))).astype(np.float32),
+                    rng.integers(0, 16, (N, ng)).astype(np.uint8), g_idx)
+    a = rng.integers(-8, 9, (M, K)).astype(np.float16)
+    R, _ = w4a16_reference(a.astype(np.float32), w)
+    wd = model_cupy.W4A16Device(w)
+    for splits in (None, 1, 3):
+        y = model_cupy.w4a16_fused(a, wd, splits=splits).get()
+        assert np.array_equal(y, R.astype(np.float32)), splits
+
+
+@pytest.mark.parametrize("gran", ["tensor", "channel", "block"])
+def test_fp8_wgmma_launcher(model_cupy, gran):
+    from refquant.gemm import FP8Weight, dequantize_fp8, e4m3_decode_table, e4m3_encode
+    rng = np.random.default_rng(9)
+    M, N, K = 20, 200, 384
+    shape = {"tensor": (), "channel": (N,), "block": (2, 3)}[gran]
+    w = FP8Weight(e4m3_encode(rng.integers(-4, 5, (N, K)).astype(np.float32)),
+                  np.asarray(np.ldexp(np.float32(1), rng.integers(-2, 3, shape)), np.float32))
+    ac = e4m3_encode(rng.integers(-4, 5, (M, K)).astype(np.float32))
+    sa = np.ldexp(np.float32(1), rng.integers(-2, 3, M)).astype(np.float32)
+    A = e4m3_decode_table()[ac].astype(np.float64) * sa[:, None]
+    y = model_cupy.fp8_wgmma(ac, sa, w).get()
+    assert np.array_equal(y, (A @ dequantize_fp8(w).T).astype(np.float32))
