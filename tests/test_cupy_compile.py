@@ -225,3 +225,9 @@ def test_sass_uses_the_tensor_cores_and_no_local_memory():
     assert "QGMMA" in sass["gemm_sm90.cu"] and "E4M3" in sass["gemm_sm90.cu"]
     for s in sass.values():
         assert "LDL" not in s and "STL" not in s
+
+
+def test_a_fragment_positions_cover_the_16x16_step_once():
+    from backends.cupy.gemm import a_fragment_positions
+    seen = [p for L in range(32) for p in a_fragment_positions(L)]
+    assert sorted(seen) == [(r, c) for r in range(16) for c in range(16)]

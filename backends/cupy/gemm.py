@@ -129,6 +129,14 @@ def b_fragment_columns(lane: int) -> np.ndarray:
                      16 + 2 * t, 17 + 2 * t, 24 + 2 * t, 25 + 2 * t])
 
 
+def a_fragment_positions(lane: int) -> list:
+    """(row, column) of the 8 fp16 values lane `lane` holds in a0..a3 of one m16n8k16 step:
+    rows L/4 and L/4 + 8, columns 2t, 2t+1 and 2t+8, 2t+9 (load_a in gemm.cu)."""
+    q, t = lane // 4, lane % 4
+    return [(q, 2 * t), (q, 2 * t + 1), (q + 8, 2 * t), (q + 8, 2 * t + 1),
+            (q, 2 * t + 8), (q, 2 * t + 9), (q + 8, 2 * t + 8), (q + 8, 2 * t + 9)]
+
+
 def pack_w4a16(w):
     """The fused kernel's weight: (words uint32 (N/8 * K/32 * 32,), gorder int32, perm).
     Needs N a multiple of 32, every group of the same size G, G a multiple of 32."""
@@ -203,10 +211,14 @@ def emulate_w4a16_fused(a16: np.ndarray, w, splits: int | None = None) -> np.nda
                         word = int(words[((nt * W4_NT + j) * KK + k // 32) * 32 + L])
                         for jj, col in enumerate(b_fragment_columns(L)):
                             B[k - gi * G + col, q] = ((word >> (4 * NIBBLE_OF[jj])) & 0xF) - z
-                Ar = np.zeros((16, G))
-                rows = np.arange(mt * 16, mt * 16 + 16)
-                ok = rows < M
-                Ar[ok] = A[rows[ok], gi * G:(gi + 1) * G]
+                # A as load_a gathers it: lane L's registers hold (row, col) a_fragment_positions(L)
+                # of each k16 step; rows past M read as 0
+                Ar = np.full((16, G), np.nan)
+                for k16 in range(0, G, 16):
+                    for L in range(32):
+                        for r, c in a_fragment_positions(L):
+                            row = mt * 16 + r
+                            Ar[r, k16 + c] = A[row, gi * G + k16 + c] if row < M else 0.0
                 C = Ar @ B                                             # (16, 8)
                 for L in range(32):
                     t, q = L % 4, L // 4
