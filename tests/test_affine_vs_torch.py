@@ -12,8 +12,9 @@ from refquant import affine as A
 from refquant.conformance.strategies import affine_matrix, as_float_dtype, block_sizes
 from refquant.errors import InputError
 
-torch = pytest.importorskip("torch")
-pt = pytest.importorskip("refquant.oracles.pytorch")
+import torch  # noqa: E402  (the oracles are in the test extra: a missing one is a failure, not a skip)
+
+from refquant.oracles import pytorch as pt  # noqa: E402
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
 

@@ -12,8 +12,9 @@ from refquant import fp8_scaling as F
 from refquant.conformance.strategies import affine_matrix, as_float_dtype, block_sizes
 from refquant.errors import InputError
 
-torch = pytest.importorskip("torch")
-pt = pytest.importorskip("refquant.oracles.pytorch")
+import torch  # noqa: E402  (the oracles are in the test extra: a missing one is a failure, not a skip)
+
+from refquant.oracles import pytorch as pt  # noqa: E402
 
 from test_affine_vs_torch import DTYPES, bits_of, ct_args, ct_qparams, same  # noqa: E402
 

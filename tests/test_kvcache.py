@@ -12,8 +12,9 @@ from refquant import kvcache as KV
 from refquant.errors import InputError
 from refquant.registry import all_formats
 
-torch = pytest.importorskip("torch")
-pt = pytest.importorskip("refquant.oracles.pytorch")
+import torch  # noqa: E402  (the oracles are in the test extra: a missing one is a failure, not a skip)
+
+from refquant.oracles import pytorch as pt  # noqa: E402
 
 
 @st.composite
