@@ -144,6 +144,34 @@ def dequantize(q: np.ndarray, scale: np.ndarray, block_size, rule: str = "compre
         return rnd(q.astype(F32) * f32(se), out)
 
 
+# ----------------------------------------------------------------------------- torchao blockwise training
+
+BLOCKWISE_TRAINING_EPS = 1e-12
+
+
+def quantize_blockwise_training(x: np.ndarray, block_size):
+    """torchao's blockwise FP8 training recipe (prototype/blockwise_fp8_training:
+    torch_blockwise_scale_act_quant_lhs for 1 x 128, torch_blockwise_scale_weight_quant for
+    128 x 128), a multiply-by-reciprocal rule whose multiplier and stored scale are made together:
+
+        amax = max(block absmax, 1e-12)                  in float64
+        s    = float32(448 / amax)                       the multiplier, rounded once to float32
+        q    = e4m3(clamp(x * s, -448, 448))             the product in float32
+        scale = 1 / s                                    float32 reciprocal: what is stored
+
+    Returns (q, scale). An all-zero block gets s = 4.48e14 and +-0 codes (no NaN). Blocks must
+    tile x."""
+    who = "fp8 quantize_blockwise_training"
+    x = A.check_floats(x, who)
+    block = A.check_block_size(x.shape, block_size, who=who)
+    amax = A.block_reduce(np.abs(f32(x)), block, np.max, 0.0).astype(np.float64)
+    amax = np.maximum(amax, BLOCKWISE_TRAINING_EPS)
+    mult = (E4M3_MAX / amax).astype(F32)
+    with np.errstate(all="ignore"):
+        y = np.clip(f32(x) * A.expand(mult, block, x.shape), -E4M3_MAX, E4M3_MAX)
+        return _to_e4m3(y, saturate=False), (F32.type(1) / mult).astype(F32)
+
+
 # ----------------------------------------------------------------------------- DeepSeek-V3 names
 
 def quantize_weight_128x128(w: np.ndarray):

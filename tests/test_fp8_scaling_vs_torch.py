@@ -139,6 +139,28 @@ def test_deepseek_v3_edge_blocks_as_compressed_tensors_pads(data):
     np.testing.assert_array_equal(plus_zero, tq.view(np.uint8))
 
 
+@given(c=fp8_case(kinds=("group", "block")), tile=st.sampled_from([16, 32]))
+def test_torchao_blockwise_training(c, tile):
+    """torch_blockwise_scale_act_quant_lhs (1 x tile) and torch_blockwise_scale_weight_quant
+    (tile x tile) on every float dtype, zero blocks included."""
+    from torchao.prototype.blockwise_fp8_training.kernels import (torch_blockwise_scale_act_quant_lhs,
+                                                                  torch_blockwise_scale_weight_quant)
+    x, kind, _ = c
+    R, K = x.shape
+    tx = pt.to_torch(x)
+    if kind == "group":
+        if K % tile:
+            return
+        tq, ts = torch_blockwise_scale_act_quant_lhs(tx, tile)
+        q, s = F.quantize_blockwise_training(x, (1, tile))
+    else:
+        x = np.ascontiguousarray(np.resize(x, (tile, 2 * tile)))
+        tq, ts = torch_blockwise_scale_weight_quant(pt.to_torch(x), tile)
+        q, s = F.quantize_blockwise_training(x, (tile, tile))
+    same(q, pt.to_numpy(tq))
+    same(s, pt.to_numpy(ts))
+
+
 def test_zero_block_is_refused_where_the_rule_divides_by_zero():
     x = np.zeros((2, 256), np.float32)
     for rule in ("torchao", "deepseek-v3"):
