@@ -307,3 +307,35 @@ def test_bad_input_is_refused(conv):
         A.quantize(x, np.ones((3, 1), s.dtype), z, (1, 32), 4, conv)
     with pytest.raises(InputError, match="unknown affine convention"):
         A.choose_qparams(x, (1, 32), 4, "nope")
+
+
+# --------------------------------------------------------------------------- a realistic weight
+
+@pytest.mark.parametrize("dt", DTYPES, ids=str)
+def test_realistic_weight_all_conventions(dt):
+    """A 64 x 1024 weight (std 0.02, one outlier channel) at group size 128, 4 bits, under every
+    convention, and 8-bit per-channel: many blocks in one call, as a checkpoint quantizer does."""
+    from compressed_tensors.quantization.lifecycle.forward import quantize
+    from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, quantize_affine
+    rng = np.random.default_rng(11)
+    w32 = (rng.standard_normal((64, 1024)) * 0.02).astype(np.float32)
+    w32[:, 77] *= 40
+    w = as_float_dtype(w32, dt)
+    tw = pt.to_torch(w)
+    for bits, block in ((4, (1, 128)), (8, (1, 1024))):
+        qmin, qmax = A.code_range(bits, False)
+        ts, tz = choose_qparams_affine(tw, MappingType.ASYMMETRIC, block, torch.uint8, qmin, qmax)
+        s, z = A.choose_qparams_torchao(w, block, bits, "ASYMMETRIC", signed=False)
+        same(s, pt.to_numpy(ts))
+        same(A.quantize_torchao(w, s, z, block, bits, signed=False),
+             pt.to_numpy(quantize_affine(tw, block, ts, tz, torch.uint8, qmin, qmax)))
+        kind = "group" if block[1] == 128 else "channel"
+        args = ct_args(bits, True, kind, block)
+        cs, cz = ct_qparams(tw, args, kind, block)
+        s, z = A.choose_qparams_compressed_tensors(w, block, bits, True)
+        same(s, pt.to_numpy(cs))
+        same(A.quantize_compressed_tensors(w, s, z, block, bits), pt.to_numpy(quantize(tw, cs, cz, args, dtype=torch.int8)))
+        aw, ascale, _ = pt.awq_pseudo_quantize()(tw, bits, block[1] if kind == "group" else 0, True)
+        s, z = A.choose_qparams_awq(w, block, bits, True)
+        same(s, pt.to_numpy(ascale))
+        same(A.dequantize_awq(A.quantize_awq(w, s, z, block, bits), s, z, block), pt.to_numpy(aw))
