@@ -387,6 +387,74 @@ def dequantize_torchao(q: np.ndarray, scale: np.ndarray, zero_point, block_size,
         return d.astype(out)
 
 
+def choose_qparams_torchao_float_zero(x: np.ndarray, block_size, bits: int, eps: Optional[float] = None,
+                                      scale_dtype=None, zero_point_dtype=None):
+    """torchao's FLOAT zero-point domain (`_choose_qparams_affine_tinygemm`, the int4 tinygemm
+    layout): asymmetric over the block's own [min, max] — zero is not forced onto the grid —
+    with unsigned codes [0, 2^b - 1] and mid_point = 2^(b-1):
+
+        scale = max((max - min) / (2^b - 1), eps)          in x's dtype
+        zero_point = min + scale * mid_point               a float, in x's dtype
+    Returns (scale cast to scale_dtype, zero_point cast to zero_point_dtype; both default x's)."""
+    who = "choose_qparams(torchao, float zero point)"
+    x = check_floats(x, who)
+    bits = check_bits(bits, who)
+    block = check_block_size(x.shape, block_size, who=who)
+    qmin, qmax = code_range(bits, False)
+    dt = x.dtype
+    eps_v = float(np.finfo(np.float16 if dt == F16 else np.float32).tiny) if eps is None else float(eps)
+    mid = F32.type((qmax + qmin + 1) / 2)
+    with np.errstate(all="ignore"):
+        mn, mx = block_min(x, block), block_max(x, block)
+        scale = div(sub(mx, mn, dt), F32.type(qmax - qmin), dt)
+        scale = np.maximum(f32(scale), f32(rnd(F32.type(eps_v), dt))).astype(dt)
+        zp = add(mn, mul(scale, mid, dt), dt)
+    sdt = dt if scale_dtype is None else float_dtype(scale_dtype)
+    zdt = dt if zero_point_dtype is None else float_dtype(zero_point_dtype)
+    return rnd(f32(scale), sdt), rnd(f32(zp), zdt)
+
+
+def quantize_torchao_float_zero(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, block_size,
+                                bits: int) -> np.ndarray:
+    """torchao `_quantize_affine_tinygemm`: min_val = zero_point - scale * mid_point;
+    q = clamp(round((x - min_val) / scale), 0, 2^b - 1), each step in torch's promoted dtype."""
+    who = "quantize(torchao, float zero point)"
+    x = check_floats(x, who)
+    bits = check_bits(bits, who)
+    block = check_block_size(x.shape, block_size, who=who)
+    qmin, qmax = code_range(bits, False)
+    s = check_scale(scale, x.shape, block, who)
+    z = check_floats(np.asarray(zero_point), who, "zero_point").reshape(s.shape)
+    mid = F32.type((qmax + qmin + 1) / 2)
+    with np.errstate(all="ignore"):
+        mdt = promote(z.dtype, s.dtype)
+        min_val = sub(z, mul(s, mid, s.dtype), mdt)
+        d1 = promote(x.dtype, mdt)
+        y = sub(x, expand(min_val, block, x.shape), d1)
+        d2 = promote(d1, s.dtype)
+        y = np.rint(f32(div(y, expand(s, block, x.shape), d2)))
+        return np.clip(y, qmin, qmax).astype(np.uint8)
+
+
+def dequantize_torchao_float_zero(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, block_size,
+                                  bits: int, output_dtype=F32) -> np.ndarray:
+    """torchao `_dequantize_affine_tinygemm`: d = float32(q - mid_point).to(out);
+    d *= scale; d += zero_point (in place: computed in the promoted dtype, stored as out)."""
+    who = "dequantize(torchao, float zero point)"
+    bits = check_bits(bits, who)
+    qmin, qmax = code_range(bits, False)
+    q = _check_codes(q, qmin, qmax, who)
+    block = check_block_size(q.shape, block_size, who=who)
+    out = float_dtype(output_dtype)
+    s = check_floats(np.asarray(scale), who, "scale").reshape(scale_shape(q.shape, block))
+    z = check_floats(np.asarray(zero_point), who, "zero_point").reshape(s.shape)
+    mid = F32.type((qmax + qmin + 1) / 2)
+    with np.errstate(all="ignore"):
+        d = rnd(q.astype(F32) - mid, out)
+        d = mul(d, expand(s, block, q.shape), out)
+        return add(d, expand(z, block, q.shape), out)
+
+
 # ============================================================================ compressed-tensors
 
 def choose_qparams_compressed_tensors(x: np.ndarray, block_size, bits: int, symmetric: bool = True,

@@ -98,6 +98,34 @@ def test_torchao_choose_quantize_dequantize(c, signed, mapping, scale_dtype, eps
     same(A.dequantize_torchao(q, s, z, block, out), pt.to_numpy(td))
 
 
+@given(c=case(), sdt=st.sampled_from([None, "float32", "bfloat16"]), zdt=st.sampled_from([None, "float32", "bfloat16"]),
+       out=st.sampled_from(DTYPES))
+def test_torchao_float_zero_point_domain(c, sdt, zdt, out):
+    """The tinygemm (FLOAT zero-point domain) ops: _choose_qparams_affine_tinygemm,
+    _quantize_affine_tinygemm, _dequantize_affine_tinygemm."""
+    from torchao.quantization.quant_primitives import (MappingType, _choose_qparams_affine_tinygemm,
+                                                       _dequantize_affine_tinygemm, _quantize_affine_tinygemm)
+    x, bits, _, block = c
+    if all(b == 1 for b in block):
+        block = (1, x.shape[1])
+    qmin, qmax = A.code_range(bits, False)
+    tx = pt.to_torch(x)
+    tsd = None if sdt is None else pt.torch_dtype(A.float_dtype(sdt))
+    tzd = None if zdt is None else pt.torch_dtype(A.float_dtype(zdt))
+    ts, tz = _choose_qparams_affine_tinygemm(tx, MappingType.ASYMMETRIC, block, torch.uint8, qmin, qmax,
+                                             scale_dtype=tsd, zero_point_dtype=tzd)
+    s, z = A.choose_qparams_torchao_float_zero(x, block, bits, scale_dtype=sdt, zero_point_dtype=zdt)
+    same(s, pt.to_numpy(ts))
+    same(z, pt.to_numpy(tz))
+    if not np.isfinite(A.f32(z)).all() or refused(A.quantize_torchao_float_zero, x, s, z, block, bits):
+        return
+    q = A.quantize_torchao_float_zero(x, s, z, block, bits)
+    tq = _quantize_affine_tinygemm(tx, block, ts, tz, torch.uint8, qmin, qmax)
+    same(q, pt.to_numpy(tq))
+    td = _dequantize_affine_tinygemm(tq, block, ts, tz, torch.uint8, qmin, qmax, output_dtype=pt.torch_dtype(out))
+    same(A.dequantize_torchao_float_zero(q, s, z, block, bits, out), pt.to_numpy(td))
+
+
 def test_torchao_all_ones_block_size_is_per_tensor():
     """torchao's _get_reduction_params leaves no reduction dim for block_size (1, 1), and
     torch.amin(dim=[]) then reduces over every element: one scale for the tensor. refquant's
