@@ -367,3 +367,12 @@ def test_realistic_weight_all_conventions(dt):
         s, z = A.choose_qparams_awq(w, block, bits, True)
         same(s, pt.to_numpy(ascale))
         same(A.dequantize_awq(A.quantize_awq(w, s, z, block, bits), s, z, block), pt.to_numpy(aw))
+
+
+def test_torchao_refuses_a_scale_whose_reciprocal_overflows():
+    """A float16 scale below 1/65504 has no float16 reciprocal: torchao's x * (1.0 / scale)
+    would multiply by inf (and 0 * inf = NaN codes)."""
+    x = np.zeros((1, 4), np.float16)
+    s = np.array([[1e-5]], np.float16)
+    with pytest.raises(InputError, match="no finite reciprocal in float16"):
+        A.quantize_torchao(x, s, np.zeros((1, 1), np.int32), (1, 4), 8)
