@@ -198,7 +198,7 @@ def test_compressed_tensors_quantize_dequantize(c, symmetric):
     args = ct_args(bits, symmetric, kind, block)
     tx = pt.to_torch(x)
     ts, tz = ct_qparams(tx, args, kind, block)
-    s, z = A.choose_qparams_compressed_tensors(x, block, bits, symmetric)
+    s, z = A.choose_qparams_compressed_tensors(x, block, bits, symmetric, zero_dim_minmax=(kind == "tensor"))
     same(s, pt.to_numpy(ts))
     same(z, pt.to_numpy(tz))
     if refused(A.quantize_compressed_tensors, x, s, z, block, bits):
@@ -229,6 +229,25 @@ def test_compressed_tensors_dynamic_per_token(bits, dt, symmetric, x):
     tq = quantize(tx, ts, tz, args, dtype=torch.int8)
     same(q, pt.to_numpy(tq))
     same(A.dequantize_compressed_tensors(q, s, z, block), pt.to_numpy(dequantize(tq, ts, tz, args)))
+
+
+def test_compressed_tensors_zero_dim_promotion():
+    """One scale for a bfloat16 tensor: the dynamic TENSOR path hands calculate_qparams 0-dim
+    min/max and `bit_min - min / scale` is evaluated in float32; a BLOCK covering the same
+    tensor hands it (1, 1) tensors and it is evaluated in bfloat16. Their zero points differ on
+    some inputs; zero_dim_minmax reproduces each."""
+    rng = np.random.default_rng(1)
+    seen = 0
+    for _ in range(400):
+        x = (rng.standard_normal((2, 16)) * 3 + rng.uniform(-2, 5)).astype(np.float32).astype(A.BF16)
+        tx = pt.to_torch(x)
+        _, zt = ct_qparams(tx, ct_args(8, False, "tensor", x.shape), "tensor", x.shape)
+        _, zb = ct_qparams(tx, ct_args(8, False, "block", x.shape), "block", x.shape)
+        _, z0 = A.choose_qparams_compressed_tensors(x, x.shape, 8, False)  # default: 0-dim for per-tensor
+        _, z1 = A.choose_qparams_compressed_tensors(x, x.shape, 8, False, zero_dim_minmax=False)
+        assert int(z0.flat[0]) == int(zt.flatten()[0]) and int(z1.flat[0]) == int(zb.flatten()[0])
+        seen += int(zt.flatten()[0]) != int(zb.flatten()[0])
+    assert seen > 0
 
 
 def test_compressed_tensors_token_on_2d_is_per_tensor():
