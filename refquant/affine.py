@@ -458,7 +458,7 @@ def dequantize_torchao_float_zero(q: np.ndarray, scale: np.ndarray, zero_point: 
 # ============================================================================ compressed-tensors
 
 def choose_qparams_compressed_tensors(x: np.ndarray, block_size, bits: int, symmetric: bool = True,
-                                      zero_dim_minmax: Optional[bool] = None):
+                                      zero_dim_minmax: bool = False):
     """compressed-tensors' calculate_qparams on the block's min and max (INT type, no
     scale_dtype, no global scale), in x's dtype:
 
@@ -470,17 +470,16 @@ def choose_qparams_compressed_tensors(x: np.ndarray, block_size, bits: int, symm
         zp -> int8: round (half even) after clamping to int8's range; a NaN zp (0/0, an all-zero
               block) becomes 0, as torch's float -> int8 conversion gives on x86.
 
-    With one scale for the whole tensor the dynamic path reduces to 0-dim min/max (aminmax), and
-    torch's promotion then computes `bit_min - min / scale` in float32 instead of x's dtype:
-    `zero_dim_minmax` (default: per-tensor granularity) selects that.
+    The dynamic TENSOR strategy reduces to 0-dim min/max (aminmax), and torch's promotion then
+    computes `bit_min - min / scale` in float32 instead of x's dtype: `zero_dim_minmax=True`
+    reproduces that path. Every other path (channel, group, block, token, or an observer's
+    (1, 1) min/max for a whole tensor) keeps the min/max dimensions: the default.
     """
     who = "choose_qparams(compressed-tensors)"
     x = check_floats(x, who)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, pad=True, who=who)
     dt = x.dtype
-    if zero_dim_minmax is None:
-        zero_dim_minmax = all(b >= s for b, s in zip(block, x.shape))
     bit_min, bit_max = code_range(bits, True)
     mn = np.minimum(f32(block_min(x, block)), 0).astype(dt)
     mx = np.maximum(f32(block_max(x, block)), 0).astype(dt)

@@ -243,8 +243,8 @@ def test_compressed_tensors_zero_dim_promotion():
         tx = pt.to_torch(x)
         _, zt = ct_qparams(tx, ct_args(8, False, "tensor", x.shape), "tensor", x.shape)
         _, zb = ct_qparams(tx, ct_args(8, False, "block", x.shape), "block", x.shape)
-        _, z0 = A.choose_qparams_compressed_tensors(x, x.shape, 8, False)  # default: 0-dim for per-tensor
-        _, z1 = A.choose_qparams_compressed_tensors(x, x.shape, 8, False, zero_dim_minmax=False)
+        _, z0 = A.choose_qparams_compressed_tensors(x, x.shape, 8, False, zero_dim_minmax=True)
+        _, z1 = A.choose_qparams_compressed_tensors(x, x.shape, 8, False)
         assert int(z0.flat[0]) == int(zt.flatten()[0]) and int(z1.flat[0]) == int(zb.flatten()[0])
         seen += int(zt.flatten()[0]) != int(zb.flatten()[0])
     assert seen > 0
@@ -379,7 +379,7 @@ def test_realistic_weight_all_conventions(dt):
         kind = "group" if block[1] == 128 else "channel"
         args = ct_args(bits, True, kind, block)
         cs, cz = ct_qparams(tw, args, kind, block)
-        s, z = A.choose_qparams_compressed_tensors(w, block, bits, True)
+        s, z = A.choose_qparams_compressed_tensors(w, block, bits, True)  # symmetric: no zero-point path
         same(s, pt.to_numpy(cs))
         same(A.quantize_compressed_tensors(w, s, z, block, bits), pt.to_numpy(quantize(tw, cs, cz, args, dtype=torch.int8)))
         aw, ascale, _ = pt.awq_pseudo_quantize()(tw, bits, block[1] if kind == "group" else 0, True)
