@@ -302,8 +302,9 @@ def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],
     """Write a GGUF v3 file atomically, one tensor at a time.
 
     `tensors` gives names, types and shapes in file order (offsets are computed);
-    `tensor_data(info)` returns that tensor's bytes (any array whose buffer is exactly nbytes),
-    called once per tensor in order, so a model never has to be in memory whole.
+    `tensor_data(info)` returns that tensor's bytes (any array whose buffer is exactly nbytes, or
+    an iterable of arrays that together are), called once per tensor in order, so a model never
+    has to be in memory whole.
     """
     alignment = GGUF_DEFAULT_ALIGNMENT
     for kv in kvs:
@@ -324,12 +325,18 @@ def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],
         at = fh.tell()
         fh.write(b"\0" * (pad(at, alignment) - at))
         for t in infos:
-            data = np.ascontiguousarray(tensor_data(t))
-            b = data.view(np.uint8).reshape(-1)
-            if b.size != t.nbytes:
-                raise FormatError(f"tensor {t.name!r}: {b.size} bytes given, {t.type_name} {t.shape} "
+            data = tensor_data(t)
+            # an array, or an iterable of arrays written one after the other (row slabs)
+            chunks = [data] if isinstance(data, np.ndarray) else data
+            size = 0
+            for chunk in chunks:
+                b = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1)
+                size += b.size
+                if size <= t.nbytes:
+                    fh.write(memoryview(b))
+            if size != t.nbytes:
+                raise FormatError(f"tensor {t.name!r}: {size} bytes given, {t.type_name} {t.shape} "
                                   f"takes {t.nbytes}")
-            fh.write(memoryview(b))
             fh.write(b"\0" * (pad(t.nbytes, alignment) - t.nbytes))
             if on_tensor is not None:
                 on_tensor(t)

@@ -1,0 +1,70 @@
+"""llama.cpp's whole-model quantizer, called through the `llama-cpp-python` binding: the oracle
+for refquant.ggml.recipes. `llama_model_quantize` takes an importance matrix as an array of
+{name, data, size} records and metadata overrides as `llama_model_kv_override` records, so what
+llama-quantize does after reading its files can be done from here.
+
+Nothing in the spec imports this module; tests do.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=None)
+def lib():
+    import llama_cpp
+    # silence llama.cpp's log (it reports every tensor)
+    cb = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+    lib._log_cb = cb  # keep the callback alive
+    llama_cpp.llama_log_set(cb, ctypes.c_void_p())
+    llama_cpp.llama_backend_init()
+    return llama_cpp
+
+
+def quantize(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarray] | None = None,
+             kv_overrides: list[tuple[str, object]] = (), allow_requantize: bool = False,
+             output_tensor_type: int | None = None, token_embedding_type: int | None = None,
+             pure: bool = False, quantize_output_tensor: bool = True, nthread: int = 2) -> int:
+    """Run llama_model_quantize; returns its status (0: success).
+    kv_overrides: (key, value) with value a str (STR) or an int (INT, written as u32)."""
+    ll = lib()
+    p = ll.llama_model_quantize_default_params()
+    p.ftype = int(ftype)
+    p.nthread = nthread
+    p.allow_requantize = allow_requantize
+    p.pure = pure
+    p.quantize_output_tensor = quantize_output_tensor
+    if output_tensor_type is not None:
+        p.output_tensor_type = int(output_tensor_type)
+    if token_embedding_type is not None:
+        p.token_embedding_type = int(token_embedding_type)
+    keep = []
+    if imatrix is not None:
+        arr = (ll.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, vals) in enumerate(imatrix.items()):
+            v = np.ascontiguousarray(vals, dtype=np.float32)
+            nm = ctypes.create_string_buffer(name.encode("utf-8"))
+            keep += [v, nm]
+            arr[i].name = ctypes.cast(nm, ctypes.c_char_p)
+            arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            arr[i].size = v.size
+        arr[len(imatrix)].name = None
+        keep.append(arr)
+        p.imatrix = ctypes.cast(arr, ctypes.POINTER(ll.llama_model_imatrix_data))
+    if kv_overrides:
+        ov = (ll.llama_model_kv_override * (len(kv_overrides) + 1))()
+        for i, (key, val) in enumerate(kv_overrides):
+            ov[i].key = key.encode("utf-8")
+            if isinstance(val, str):
+                ov[i].tag = ll.LLAMA_KV_OVERRIDE_TYPE_STR
+                ov[i].value.val_str = val.encode("utf-8")[:127]
+            else:
+                ov[i].tag = ll.LLAMA_KV_OVERRIDE_TYPE_INT
+                ov[i].value.val_i64 = int(val)
+        ov[len(kv_overrides)].key = b""
+        keep.append(ov)
+        p.kv_overrides = ctypes.cast(ov, ctypes.POINTER(ll.llama_model_kv_override))
+    return int(ll.llama_model_quantize(str(in_path).encode(), str(out_path).encode(), ctypes.byref(p)))
