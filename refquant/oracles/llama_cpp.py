@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import re
 
 import numpy as np
+
+
+_LOG: list[str] | None = None   # while not None, llama.cpp's log lines are collected here
+
+
+def _on_log(level, text, user_data):
+    if _LOG is not None and text:
+        _LOG.append(text.decode("utf-8", "replace"))
 
 
 @functools.lru_cache(maxsize=None)
 def lib():
     import llama_cpp
-    # silence llama.cpp's log (it reports every tensor)
-    cb = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+    # llama.cpp's log (it reports every tensor) is dropped unless collected
+    cb = llama_cpp.llama_log_callback(_on_log)
     lib._log_cb = cb  # keep the callback alive
     llama_cpp.llama_log_set(cb, ctypes.c_void_p())
     llama_cpp.llama_backend_init()
@@ -27,7 +36,8 @@ def lib():
 def quantize(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarray] | None = None,
              kv_overrides: list[tuple[str, object]] = (), allow_requantize: bool = False,
              output_tensor_type: int | None = None, token_embedding_type: int | None = None,
-             pure: bool = False, quantize_output_tensor: bool = True, nthread: int = 2) -> int:
+             pure: bool = False, quantize_output_tensor: bool = True, nthread: int = 2,
+             dry_run: bool = False) -> int:
     """Run llama_model_quantize; returns its status (0: success).
     kv_overrides: (key, value) with value a str (STR) or an int (INT, written as u32)."""
     ll = lib()
@@ -37,6 +47,7 @@ def quantize(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarray] | 
     p.allow_requantize = allow_requantize
     p.pure = pure
     p.quantize_output_tensor = quantize_output_tensor
+    p.dry_run = dry_run
     if output_tensor_type is not None:
         p.output_tensor_type = int(output_tensor_type)
     if token_embedding_type is not None:
@@ -68,3 +79,28 @@ def quantize(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarray] | 
         keep.append(ov)
         p.kv_overrides = ctypes.cast(ov, ctypes.POINTER(ll.llama_model_kv_override))
     return int(ll.llama_model_quantize(str(in_path).encode(), str(out_path).encode(), ctypes.byref(p)))
+
+
+_LINE = re.compile(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[[^\]]*\], type =\s*(\S+), "
+                   r"size =\s*[\d.]+ MiB(?: ->\s*[\d.]+ MiB \((\S+)\))?")
+
+
+def tensor_types(in_path, ftype: int, **kw) -> dict[str, str] | str:
+    """The type llama.cpp chooses for each tensor, from a dry run (nothing is written): name ->
+    ggml type name in upper case. On failure, returns llama.cpp's error message."""
+    global _LOG
+    lib()
+    _LOG = []
+    try:
+        rc = quantize(in_path, "/nonexistent/dry-run.gguf", ftype, dry_run=True, **kw)
+        text = "".join(_LOG)
+    finally:
+        _LOG = None
+    if rc != 0:
+        errs = [ln for ln in text.splitlines() if "failed to quantize" in ln]
+        return errs[-1] if errs else text[-500:]
+    out = {}
+    for m in _LINE.finditer(text):
+        name, cur, new = m.groups()
+        out[name] = (new or cur).upper()
+    return out
