@@ -717,7 +717,6 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
             if len(tp.ne) > 3:
                 raise InputError(f"tensor {tp.name!r} has {len(tp.ne)} dimensions; llama.cpp quantizes 2-D and "
                                  f"3-D tensors only")
-            _quantize_fn(tp.dst_type)
         weights = {}
         if im is not None:
             for tp in converted:
@@ -731,6 +730,8 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
                 raise InputError(f"tensor {tp.name!r}: {tp.dst_type} in a {ft.name} file needs an importance "
                                  f"matrix (imatrix=...), " + ("and the imatrix has no entry for it" if im is not None
                                                             else "none was given"))
+        for tp in converted:
+            _quantize_fn(tp.dst_type)
         kvs = output_kvs(f, ft, im, imatrix_file)
         infos = [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps]
         by_name = {tp.name: tp for tp in tps}

@@ -97,6 +97,11 @@ class _CheckedReader(GGUFReader):
     """GGUFReader that checks every tensor info against the file before using it, so that a bad
     file gets an error naming the tensor and the offset."""
 
+    def _build_fields(self, offs, count):
+        end = super()._build_fields(offs, count)
+        self._kv_end = int(end)   # where the last key/value pair ends
+        return end
+
     def _get_field_parts(self, orig_offs, raw_type):
         # Arrays of strings or scalars: the same parts gguf-py builds, but as views of one copy of
         # the bytes instead of one memory-mapped view per element (which takes seconds for a
@@ -192,10 +197,14 @@ class GGUFFile:
         if int(version) != GGUF_VERSION:
             raise FileFormatError(f"{path}: GGUF version {int(version)}; refquant reads version 3")
         self.kvs: list[KV] = []
-        for key, f in r.fields.items():
-            if key.startswith("GGUF."):
-                continue
-            raw = bytes(np.concatenate([np.asarray(p).reshape(-1).view(np.uint8) for p in f.parts]))
+        kv_fields = [(key, f) for key, f in r.fields.items() if not key.startswith("GGUF.")]
+        # key/value pairs lie end to end: each one's bytes run up to the next one's offset
+        ends = [f.offset for _, f in kv_fields[1:]] + [getattr(r, "_kv_end", None)]
+        for (key, f), end in zip(kv_fields, ends):
+            if end is not None and end > f.offset:
+                raw = bytes(r.data[f.offset:end])
+            else:
+                raw = bytes(np.concatenate([np.asarray(p).reshape(-1).view(np.uint8) for p in f.parts]))
             sub = f.types[1] if f.types[0] == GGUFValueType.ARRAY and len(f.types) > 1 else None
             self.kvs.append(KV(key, f.types[0], f.contents(), sub, raw))
         self.tensors: list[TensorInfo] = []
