@@ -328,6 +328,9 @@ class AtomicFile:
         d = self.path.parent if str(self.path.parent) else Path(".")
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=d)
         self._tmp = Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)   # the mode a plain open() would give, not mkstemp's 0600
         self.fh = os.fdopen(fd, "wb")
         return self.fh
 
