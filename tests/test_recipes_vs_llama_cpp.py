@@ -174,33 +174,34 @@ def test_type_choice_with_params_matches_llama_cpp(llama, models, opened, ft, kw
 # ------------------------------------------------------------------------------ synthetic models
 
 def synthetic_model(path, *, n_layer=4, n_expert=0, tied=True, n_head=4, n_head_kv=1, arch="llama",
-                    dtype="F32", seed=0, extra=()):
+                    dtype="F32", seed=0, extra=(), width=96, ff=64):
     """A small llama-architecture model llama.cpp accepts for quantization: attention, FFN (or
     experts), norms, a router, and a tensor whose rows (40) fit no 32-block."""
     rng = np.random.default_rng(seed)
+    W, FF = width, ff
     kvs = [KV("general.architecture", V.STRING, arch), KV("general.name", V.STRING, "synthetic"),
            KV(f"{arch}.block_count", V.UINT32, n_layer), KV(f"{arch}.context_length", V.UINT32, 128),
-           KV(f"{arch}.embedding_length", V.UINT32, 96), KV(f"{arch}.feed_forward_length", V.UINT32, 64),
+           KV(f"{arch}.embedding_length", V.UINT32, W), KV(f"{arch}.feed_forward_length", V.UINT32, FF),
            KV(f"{arch}.attention.head_count", V.UINT32, n_head),
            KV(f"{arch}.attention.head_count_kv", V.UINT32, n_head_kv),
            KV(f"{arch}.attention.layer_norm_rms_epsilon", V.FLOAT32, 1e-5),
            KV("general.file_type", V.UINT32, 0), KV("general.quantization_version", V.UINT32, 2)]
     if n_expert:
         kvs += [KV(f"{arch}.expert_count", V.UINT32, n_expert), KV(f"{arch}.expert_used_count", V.UINT32, 2)]
-    shapes = {"token_embd.weight": (200, 96), "output_norm.weight": (96,)}
+    shapes = {"token_embd.weight": (200, W), "output_norm.weight": (W,)}
     if not tied:
-        shapes["output.weight"] = (200, 96)
+        shapes["output.weight"] = (200, W)
     for i in range(n_layer):
         b = f"blk.{i}."
-        shapes.update({b + "attn_q.weight": (96, 96), b + "attn_k.weight": (96 * n_head_kv // n_head, 96),
-                       b + "attn_v.weight": (96 * n_head_kv // n_head, 96), b + "attn_output.weight": (96, 96),
-                       b + "attn_norm.weight": (96,), b + "ffn_norm.weight": (96,), b + "odd.weight": (8, 40)})
+        shapes.update({b + "attn_q.weight": (W, W), b + "attn_k.weight": (W * n_head_kv // n_head, W),
+                       b + "attn_v.weight": (W * n_head_kv // n_head, W), b + "attn_output.weight": (W, W),
+                       b + "attn_norm.weight": (W,), b + "ffn_norm.weight": (W,), b + "odd.weight": (8, 40)})
         if n_expert:
-            shapes.update({b + "ffn_gate_inp.weight": (n_expert, 96), b + "ffn_gate_exps.weight": (n_expert, 64, 96),
-                           b + "ffn_up_exps.weight": (n_expert, 64, 96), b + "ffn_down_exps.weight": (n_expert, 96, 64)})
+            shapes.update({b + "ffn_gate_inp.weight": (n_expert, W), b + "ffn_gate_exps.weight": (n_expert, FF, W),
+                           b + "ffn_up_exps.weight": (n_expert, FF, W), b + "ffn_down_exps.weight": (n_expert, W, FF)})
         else:
-            shapes.update({b + "ffn_gate.weight": (64, 96), b + "ffn_up.weight": (64, 96),
-                           b + "ffn_down.weight": (96, 64)})
+            shapes.update({b + "ffn_gate.weight": (FF, W), b + "ffn_up.weight": (FF, W),
+                           b + "ffn_down.weight": (W, FF)})
     shapes.update(dict(extra))
     gt = recipes.GGML_TYPES[dtype]
     data = {}
@@ -226,10 +227,13 @@ SYNTHETIC = {
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory):
     d = tmp_path_factory.mktemp("synth")
-    return {k: synthetic_model(d / f"{k}.gguf", **kw) for k, kw in SYNTHETIC.items()}
+    out = {k: synthetic_model(d / f"{k}.gguf", **kw) for k, kw in SYNTHETIC.items()}
+    # rows of 256 and 512: the 256-block types are kept, not fallen back from
+    out["wide"] = synthetic_model(d / "wide.gguf", n_layer=2, width=256, ff=512)
+    return out
 
 
-@pytest.mark.parametrize("which", list(SYNTHETIC))
+@pytest.mark.parametrize("which", list(SYNTHETIC) + ["wide"])
 @pytest.mark.parametrize("ft", ALL_FTYPES)
 def test_type_choice_synthetic(llama, synth, which, ft):
     with GGUFFile(synth[which]) as f:
@@ -243,6 +247,44 @@ def test_synthetic_byte_identical(llama, synth, tmp_path, which, ft):
     recipes.quantize_model(synth[which], ours, ft)
     assert llama.quantize(synth[which], ref, recipes.file_type(ft).id) == 0
     same_bytes(ours, ref)
+
+
+def available(plan_):
+    missing = set()
+    for p in plan_:
+        if p.converted:
+            try:
+                if not get_format(p.dst_type).can_quantize:
+                    missing.add(p.dst_type)
+            except FormatError:
+                missing.add(p.dst_type)
+    return missing
+
+
+@pytest.mark.parametrize("which", list(SYNTHETIC) + ["wide"])
+@pytest.mark.parametrize("ft", [f for f in ALL_FTYPES if f not in LEGACY + ["F16", "BF16", "F32"]])
+def test_every_ftype_synthetic(llama, synth, tmp_path, which, ft):
+    """Every other file type: byte-identical where refquant has each type the recipe picks (rows
+    of 96 make the 256-block types fall back to Q4_0/Q5_0/Q5_1/Q8_0); otherwise a FormatError
+    naming the missing type, before anything is written."""
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    rc = llama.quantize(synth[which], ref, recipes.file_type(ft).id)
+    with GGUFFile(synth[which]) as f:
+        try:
+            missing = available(recipes.plan(f, ft))
+        except FormatError:
+            missing = None
+    if rc != 0:
+        with pytest.raises((FormatError, InputError)):
+            recipes.quantize_model(synth[which], ours, ft)
+        no_leftovers(ours)
+    elif missing:
+        with pytest.raises(FormatError, match="has no (" + "|".join(sorted(missing)) + ") quantizer"):
+            recipes.quantize_model(synth[which], ours, ft)
+        no_leftovers(ours)
+    else:
+        recipes.quantize_model(synth[which], ours, ft)
+        same_bytes(ours, ref)
 
 
 def test_output_and_embedding_overrides_byte_identical(llama, synth, tmp_path):
@@ -462,18 +504,33 @@ def test_non_finite_weights(tmp_path):
 
 def test_peak_memory_smollm2(smol_float, tmp_path):
     """Streaming: the peak resident set stays under 4x the largest tensor (as F32) + 300 MB."""
+    # the peak resident set of the child alone: /proc's VmHWM (ru_maxrss survives exec, so a
+    # child of a large pytest process would inherit the parent's peak); then, in a second run,
+    # the peak of Python allocations (tracemalloc, which costs memory of its own)
     code = (
         "import resource, sys, tracemalloc\n"
         "from refquant.ggml import recipes\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "tracemalloc.start()\n"
+        "def hwm():\n"
+        "    try:\n"
+        "        for line in open('/proc/self/status'):\n"
+        "            if line.startswith('VmHWM:'):\n"
+        "                return int(line.split()[1]) * 1024\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "base = hwm()\n"
+        "if sys.argv[3] == 'trace':\n"
+        "    tracemalloc.start()\n"
         "recipes.quantize_model(sys.argv[1], sys.argv[2], 'Q4_0')\n"
-        "peak = tracemalloc.get_traced_memory()[1]\n"
-        "print(base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, peak)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(smol_float["F32"]), str(tmp_path / "o.gguf")],
-                       capture_output=True, text=True, cwd=Path(__file__).parent.parent)
-    assert r.returncode == 0, r.stderr
-    base, rss, traced = map(int, r.stdout.split())
+        "peak = tracemalloc.get_traced_memory()[1] if sys.argv[3] == 'trace' else 0\n"
+        "print(base, hwm(), peak)\n")
+    out = []
+    for mode in ("rss", "trace"):
+        r = subprocess.run([sys.executable, "-c", code, str(smol_float["F32"]), str(tmp_path / "o.gguf"), mode],
+                           capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+        assert r.returncode == 0, r.stderr
+        out.append(list(map(int, r.stdout.split())))
+    (base, rss, _), (_, _, traced) = out
     with GGUFFile(smol_float["F32"]) as f:
         largest = max(t.n_elements for t in f.tensors) * 4
     assert rss < 4 * largest + 300e6, (rss, largest)
