@@ -7,7 +7,6 @@ Files are compared byte for byte; the per-tensor type choice is compared for eve
 from llama.cpp's dry run.
 """
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path

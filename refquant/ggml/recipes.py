@@ -17,16 +17,14 @@ The spec page is spec/ggml/recipes.md.
 from __future__ import annotations
 
 import re
-import struct
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 from gguf import GGUFValueType
 
 from ..errors import FileFormatError, FormatError, InputError
-from ..io.gguf import KV, GGUFFile, TensorInfo, pad, write_gguf
+from ..io.gguf import KV, GGUFFile, TensorInfo, write_gguf
 
 F32 = np.float32
 
