@@ -186,6 +186,8 @@ def write_imatrix_gguf(path, entries_sums: dict[str, tuple[np.ndarray, np.ndarra
         s = np.asarray(s, dtype=F32)
         s = s.reshape(1, -1) if s.ndim == 1 else s
         c = np.asarray(c, dtype=F32).reshape(-1, 1)
+        if s.shape[0] == 1:  # ne = (n, 1) and (1, 1) are written with their trailing 1 dropped
+            s, c = s.reshape(-1), c.reshape(-1)
         infos.append(TensorInfo(name + ".in_sum2", 0, s.shape))
         infos.append(TensorInfo(name + ".counts", 0, c.shape))
         data[name + ".in_sum2"] = s
