@@ -391,6 +391,30 @@ def test_imatrix_files_vs_llama_quantize_tool(synth, tmp_path, kind):
     same_bytes(ours, ref)
 
 
+def llama_imatrix_tool():
+    exe = os.environ.get("LLAMA_IMATRIX")
+    return exe if exe and Path(exe).is_file() else None
+
+
+@pytest.mark.skipif(llama_quantize_tool() is None or llama_imatrix_tool() is None,
+                    reason="set LLAMA_QUANTIZE and LLAMA_IMATRIX to llama-quantize and llama-imatrix built from "
+                           "the llama-cpp-python 0.3.36 sdist to check a real imatrix on SmolLM2 (about 2 minutes)")
+@pytest.mark.parametrize("fmt", ["gguf", "dat"])
+def test_real_imatrix_smollm2_vs_llama_quantize_tool(smol_float, tmp_path, fmt):
+    calib = Path(__file__).parent.parent / "spec" / "ggml" / "recipes.md"
+    im_path = tmp_path / f"imatrix.{fmt}"
+    r = subprocess.run([llama_imatrix_tool(), "-m", str(smollm2_path()), "-f", str(calib), "-o", str(im_path),
+                        "--output-format", fmt, "-c", "128", "--chunks", "4", "--no-ppl"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    recipes.quantize_model(smol_float["F32"], ours, "Q4_0", imatrix=im_path)
+    r = subprocess.run([llama_quantize_tool(), "--imatrix", str(im_path), str(smol_float["F32"]), str(ref), "Q4_0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    same_bytes(ours, ref)
+
+
 # ------------------------------------------------------------------------------ bad input
 
 def test_quantized_input_is_refused(tmp_path):
