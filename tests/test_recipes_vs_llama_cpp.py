@@ -24,6 +24,9 @@ from refquant.registry import get_format
 
 LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 ALL_FTYPES = list(recipes.FILE_TYPES)
+# `make test-deep` (the thorough profile) runs every combination on the real models; the quick
+# profile a subset that still covers each path
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +103,8 @@ def test_legacy_ftypes_byte_identical_smollm2(smol_float, llama, tmp_path, ft):
     same_bytes(ours, ref)
 
 
-@pytest.mark.parametrize("src,ft", [("F16", "Q5_1"), ("BF16", "Q4_0"), ("F16", "BF16"), ("BF16", "F16")])
+@pytest.mark.parametrize("src,ft", [("F16", "Q5_1"), ("BF16", "Q4_0"), ("BF16", "F16")]
+                         + ([("F16", "BF16"), ("F16", "F32"), ("BF16", "Q8_0"), ("F16", "Q4_1")] if DEEP else []))
 def test_f16_bf16_inputs_byte_identical(smol_float, llama, tmp_path, src, ft):
     ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
     recipes.quantize_model(smol_float[src], ours, ft)
@@ -108,7 +112,7 @@ def test_f16_bf16_inputs_byte_identical(smol_float, llama, tmp_path, src, ft):
     same_bytes(ours, ref)
 
 
-@pytest.mark.parametrize("ft", ["Q4_0", "Q8_0"])
+@pytest.mark.parametrize("ft", LEGACY if DEEP else ["Q4_0"])
 def test_legacy_ftypes_byte_identical_gemma3(gemma_f16, llama, tmp_path, ft):
     # rows of 640: every 256-block choice falls back (Q6_K -> Q8_0, Q4_K -> Q5_0, ...)
     ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
