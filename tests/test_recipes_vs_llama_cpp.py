@@ -121,6 +121,28 @@ def test_legacy_ftypes_byte_identical_gemma3(gemma_f16, llama, tmp_path, ft):
     same_bytes(ours, ref)
 
 
+K_FTYPES = ["Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
+
+
+@pytest.mark.skipif(not DEEP, reason="whole SmolLM2 files for the K file types run with the thorough profile "
+                                     "(make test-deep); their type choice is checked in every run")
+@pytest.mark.parametrize("ft", K_FTYPES)
+def test_k_ftypes_smollm2(smol_float, llama, tmp_path, ft):
+    """Byte-identical where refquant has every type the recipe picks; otherwise a FormatError
+    naming the missing type before anything is written."""
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    with GGUFFile(smol_float["F32"]) as f:
+        missing = available(recipes.plan(f, ft))
+    if missing:
+        with pytest.raises(FormatError, match="has no (" + "|".join(sorted(missing)) + ") quantizer"):
+            recipes.quantize_model(smol_float["F32"], ours, ft)
+        no_leftovers(ours)
+        return
+    recipes.quantize_model(smol_float["F32"], ours, ft)
+    assert llama.quantize(smol_float["F32"], ref, recipes.file_type(ft).id) == 0
+    same_bytes(ours, ref)
+
+
 @pytest.fixture(scope="session")
 def opened(models):
     files = {k: GGUFFile(p) for k, p in models.items()}
