@@ -31,8 +31,7 @@ DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 
 @pytest.fixture(scope="session")
 def llama():
-    from refquant.oracles import llama_cpp
-    llama_cpp.lib()
+    from refquant.oracles import llama_cpp  # runs llama.cpp in a worker process of its own
     return llama_cpp
 
 

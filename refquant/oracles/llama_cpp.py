@@ -3,13 +3,19 @@ for refquant.ggml.recipes. `llama_model_quantize` takes an importance matrix as 
 {name, data, size} records and metadata overrides as `llama_model_kv_override` records, so what
 llama-quantize does after reading its files can be done from here.
 
-Nothing in the spec imports this module; tests do.
+Every call runs in one worker process of its own (started with "spawn", kept for the session):
+llama.cpp ships its own ggml, and in a process that has also loaded ggml-python's, the dynamic
+linker binds one library's ggml symbols to the other's (llama.cpp then sees an older ggml that
+has no Q2_0, for instance). Nothing in the spec imports this module; tests do.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
+import multiprocessing
 import re
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -33,7 +39,30 @@ def lib():
     return llama_cpp
 
 
-def quantize(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarray] | None = None,
+_POOL = None
+
+
+def _worker():
+    global _POOL
+    if _POOL is None:
+        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        atexit.register(_POOL.shutdown)
+    return _POOL
+
+
+def quantize(*args, **kw) -> int:
+    """Run llama_model_quantize in the worker process; returns its status (0: success).
+    Arguments as `quantize_here`."""
+    return _worker().submit(quantize_here, *args, **kw).result()
+
+
+def tensor_types(*args, **kw):
+    """The type llama.cpp chooses for each tensor (a dry run, in the worker process): name ->
+    ggml type name in upper case; on failure, llama.cpp's error message."""
+    return _worker().submit(tensor_types_here, *args, **kw).result()
+
+
+def quantize_here(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarray] | None = None,
              kv_overrides: list[tuple[str, object]] = (), allow_requantize: bool = False,
              output_tensor_type: int | None = None, token_embedding_type: int | None = None,
              pure: bool = False, quantize_output_tensor: bool = True, nthread: int = 2,
@@ -85,14 +114,14 @@ _LINE = re.compile(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[[^\]]*\], type =\s*(\S+), "
                    r"size =\s*[\d.]+ MiB(?: ->\s*[\d.]+ MiB \((\S+)\))?")
 
 
-def tensor_types(in_path, ftype: int, **kw) -> dict[str, str] | str:
+def tensor_types_here(in_path, ftype: int, **kw) -> dict[str, str] | str:
     """The type llama.cpp chooses for each tensor, from a dry run (nothing is written): name ->
     ggml type name in upper case. On failure, returns llama.cpp's error message."""
     global _LOG
     lib()
     _LOG = []
     try:
-        rc = quantize(in_path, "/nonexistent/dry-run.gguf", ftype, dry_run=True, **kw)
+        rc = quantize_here(in_path, "/nonexistent/dry-run.gguf", ftype, dry_run=True, **kw)
         text = "".join(_LOG)
     finally:
         _LOG = None
