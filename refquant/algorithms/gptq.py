@@ -45,7 +45,8 @@ def _inverse_hessian_factor(H: np.ndarray) -> np.ndarray:
 
 def gptq(W: np.ndarray, H: Optional[np.ndarray] = None, X: Optional[np.ndarray] = None, *,
          bits: int = 4, group_size: int = -1, sym: bool = True, damp: float = 0.01,
-         block_size: int = 128, act_order: bool = False, static_groups: bool = False) -> QuantizedLinear:
+         block_size: int = 128, act_order: bool = False, static_groups: bool = False,
+         grids_before_dead: bool = False) -> QuantizedLinear:
     """GPTQ-quantize W (N, K) given the Hessian H (K, K) or the activations X (n, K).
 
     damp         dampening: damp * mean(diag H) is added to H's diagonal (0 = none)
@@ -78,12 +79,16 @@ def gptq(W: np.ndarray, H: Optional[np.ndarray] = None, X: Optional[np.ndarray] 
 
     # 1. per-channel grid: from the whole weight, before anything else touches it
     scale, zero = _params(W, bits, sym) if group_size == -1 else (None, None)
+    groups = None
+    if static_groups and grids_before_dead:
+        groups = [_params(W[:, i:i + g], bits, sym) for i in range(0, K, g)]
     # 2. dead inputs (never active): H_ii = 1, weight column zeroed
     dead = np.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
     # 3. static groups: every group's grid from the (dead-zeroed) original weights
-    groups = [_params(W[:, i:i + g], bits, sym) for i in range(0, K, g)] if static_groups else None
+    if static_groups and groups is None:
+        groups = [_params(W[:, i:i + g], bits, sym) for i in range(0, K, g)]
     # 4. act-order: permute columns (and H) by descending diag(H); argsort is stable
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(K)
     W = W[:, perm]
