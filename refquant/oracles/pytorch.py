@@ -108,3 +108,13 @@ def auto_gptq_gptq():
     pkg.__path__ = [str(root / "quantization")]
     sys.modules[pkg.__name__] = pkg
     return importlib.import_module(pkg.__name__ + ".gptq")
+
+
+@functools.lru_cache(None)
+def auto_gptq_qlinear_cuda():
+    """AutoGPTQ 0.7.1's `qlinear_cuda` module: its CPU forward dequantizes with g_idx."""
+    spec = importlib.util.find_spec("auto_gptq")
+    if spec is None:
+        raise ImportError("auto-gptq is not installed")
+    root = Path(list(spec.submodule_search_locations)[0])
+    return _load_file("refquant_oracle_auto_gptq_qlinear_cuda", root / "nn_modules" / "qlinear" / "qlinear_cuda.py")
