@@ -24,9 +24,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import fp8_scaling, mx
-from .algorithms import awq as awq_mod
-from .algorithms import gptq as gptq_mod
-from .algorithms import rtn as rtn_mod
+from .algorithms.awq import awq as awq_search
+from .algorithms.gptq import gptq as gptq_run
+from .algorithms.rtn import rtn as rtn_run
 from .errors import FormatError, InputError
 from .io.safetensors import Checkpoint, save_checkpoint
 from .layouts import awq as L_awq
@@ -88,7 +88,7 @@ def _awq_fold(weights: dict, adir: Path, bits, g, sym, progress) -> None:
             X = _activations(adir, names[0][:-len(".weight")], K)
             W = np.concatenate([weights[n] for n in names], axis=0)
             gs = K if g == -1 else g
-            s = awq_mod.awq(W, X, bits=bits, group_size=gs, sym=sym).input_scale
+            s = awq_search(W, X, bits=bits, group_size=gs, sym=sym).input_scale
             plans.append((names, prev_name, s))
     for names, prev_name, s in plans:
         for n in names:
@@ -130,9 +130,9 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
             if group_size != -1 and K % group_size:
                 raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of group size {group_size}")
             if method == "gptq":
-                q = gptq_mod.gptq(W, X=_activations(adir, module, K), bits=bits, group_size=group_size, sym=sym)
+                q = gptq_run(W, X=_activations(adir, module, K), bits=bits, group_size=group_size, sym=sym)
             else:
-                q = rtn_mod.rtn(W, bits, group_size, sym)
+                q = rtn_run(W, bits, group_size, sym)
             if fmt in ("gptq", "gptq_v2"):
                 t = L_gptq.pack(q.codes, q.scales, q.zeros, q.g_idx, bits, "v1" if fmt == "gptq" else "v2")
             elif fmt == "awq":
