@@ -113,6 +113,15 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     if not lin:
         raise InputError(f"quantize: {model_dir} has no linear layers under model.layers.")
     adir = Path(activations) if activations is not None else None
+    for k in lin:                      # every check that needs no computation, before any
+        K = ck[k].shape[1]
+        if fmt in ("gptq", "gptq_v2", "awq", "compressed-tensors") and group_size != -1 and K % group_size:
+            raise InputError(f"quantize: layer {k[:-len('.weight')]} has {K} inputs, not a multiple of group "
+                             f"size {group_size}")
+        if fmt == "nvfp4" and K % 16:
+            raise InputError(f"quantize: layer {k[:-len('.weight')]} has {K} inputs, not a multiple of NVFP4's 16")
+        if adir is not None and method != "rtn":
+            _activations(adir, k[:-len(".weight")], K)
     if sym is None:
         sym = fmt not in ("awq",)
     out = {}
