@@ -25,8 +25,15 @@ from .rtn import QuantizedLinear, check_layer, output_error
 F32 = np.float32
 
 
-def grid(n_grid: int = 20, duo_scaling: Union[bool, str] = True) -> list:
-    """The (α, duo) pairs searched, in llm-compressor's order."""
+def grid(n_grid: int = 20, duo_scaling: Union[bool, str] = True, rule: str = "llm-compressor") -> list:
+    """The (α, duo) pairs searched, in llm-compressor's order, or AutoAWQ's (α = i/n_grid,
+    i < n_grid, all with or all without duo scaling: no identity candidate under duo)."""
+    if rule == "autoawq":
+        if duo_scaling not in (True, False):
+            raise InputError(f"awq: AutoAWQ's grid takes duo_scaling True or False, got {duo_scaling!r}")
+        return [(i / n_grid, duo_scaling) for i in range(n_grid)]
+    if rule != "llm-compressor":
+        raise InputError(f"awq: grid rule must be 'llm-compressor' or 'autoawq', got {rule!r}")
     if duo_scaling == "both":
         n = n_grid // 2
         return [(i / (n - 1), d) for i in range(n) for d in (False, True)]
@@ -92,7 +99,7 @@ def _clip(W, X, bits, g, sym, max_shrink=0.5, n_grid=20):
 
 def awq(W: np.ndarray, X: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bool = False,
         n_grid: int = 20, duo_scaling: Union[bool, str] = True, clip: bool = False,
-        max_shrink: float = 0.5) -> QuantizedLinear:
+        max_shrink: float = 0.5, grid_rule: str = "llm-compressor") -> QuantizedLinear:
     """AWQ-quantize W (N, K) on calibration activations X (n, K). Returns the codes of
     clip(W · s) with their grid, and s as input_scale (divide the layer's input by it)."""
     W = check_layer(W, "awq", X=X, bits=bits, group_size=group_size)
@@ -102,7 +109,7 @@ def awq(W: np.ndarray, X: np.ndarray, *, bits: int = 4, group_size: int = 128, s
     x_mean = np.abs(X).mean(axis=0, dtype=np.float64).astype(F32)          # 1. mean |x| per input
     w_mean = _w_mean(W, g)                                                 # 2. normalised |w|
     best, best_err = None, np.inf
-    for ratio, duo in grid(n_grid, duo_scaling):                           # 3. the grid search
+    for ratio, duo in grid(n_grid, duo_scaling, grid_rule):                           # 3. the grid search
         s = _scales(x_mean, w_mean, ratio, duo)
         w_hat = (fake_quantize((W * s).astype(F32), bits, g, sym)[3] / s).astype(F32)
         err = output_error(X, W, w_hat)
