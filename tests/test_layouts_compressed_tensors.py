@@ -106,3 +106,20 @@ def test_config_and_bad_input():
         CT.pack_quantized(np.zeros((2, 32), np.int8), np.ones((2, 1)), None, 9)
     with pytest.raises(InputError, match="signed"):
         CT.pack_quantized(np.full((2, 32), 8, np.int8), np.ones((2, 1)), None, 4)
+
+
+@settings(max_examples=25)
+@given(calibration_layers(ks=(32, 64)))
+def test_mxfp4_pack_quantized(layer):
+    """refquant.mx's MXFP4 codes under compressed-tensors' names, decompressed by its
+    MXFP4PackedCompressor (E8M0 exponent bytes, packed E2M1 low nibble first)."""
+    from compressed_tensors.compressors import MXFP4PackedCompressor
+    from compressed_tensors.quantization.quant_scheme import MXFP4
+    W, _ = layer
+    scales, packed = mx.quantize_mx(W, "MXFP4_E2M1")
+    t = CT.mxfp4_pack_quantized(packed, scales)
+    t["weight_shape"] = np.array(W.shape, np.int64)
+    scheme = QuantizationScheme(targets=["Linear"], **MXFP4)
+    theirs = to_numpy(MXFP4PackedCompressor.decompress(_torch_dict(t), scheme)["weight"])
+    ours = mx.dequantize_mx(scales, packed, "MXFP4_E2M1")
+    np.testing.assert_array_equal(ours.astype(theirs.dtype).view(np.uint8), theirs.view(np.uint8))
