@@ -589,7 +589,9 @@ def quantize_gptq(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, block_size
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, who=who)
     s = check_scale(np.asarray(scale, F32), x.shape, block, who)
-    z = _check_zero(zero, x.shape, block, 0, 2**bits - 1, who)
+    # GPTQ never clamps its zero: with a subnormal scale, round(-xmin / scale) can pass maxq
+    # (a zero no checkpoint can store); the codes are still clamped. Any finite zero is taken.
+    z = _check_zero(zero, x.shape, block, -np.inf, np.inf, who)
     with np.errstate(all="ignore"):
         y = np.rint(f32(x) / expand(s, block, x.shape)) + expand(f32(z), block, x.shape)
         q = np.clip(y.astype(F32), 0, 2**bits - 1)
