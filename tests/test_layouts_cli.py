@@ -124,3 +124,25 @@ def test_errors_leave_no_output(model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "activations" in err and "5" in err and "shape" in err
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".bad")]
+
+
+def test_transformers_loads_compressed_tensors_checkpoint(model, tmp_path):
+    """transformers 5.24 loads the whole checkpoint (config.json's quantization_config included)
+    through compressed-tensors, decompressing to float32: its weights equal refquant's dequantized
+    ones bit for bit, and the model runs."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+    from refquant.layouts import compressed_tensors as CT
+    d, adir, t = model
+    out = tmp_path / "ct-model"
+    assert run(d, out, "--bits", "4", "--group-size", "64", "--format", "compressed-tensors") == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = AutoModelForCausalLM.from_pretrained(out, quantization_config=CompressedTensorsConfig(run_compressed=False),
+                                                 dtype=torch.float32)
+    ck = Checkpoint(out)
+    for name, mod in m.named_modules():
+        if isinstance(mod, torch.nn.Linear) and name.startswith("model.layers."):
+            tens = {n: np.asarray(ck[f"{name}.{n}"]) for n in ("weight_packed", "weight_scale", "weight_shape")}
+            np.testing.assert_array_equal(mod.weight.detach().numpy(), CT.dequantize_pack_quantized(tens, 4))
+    assert m(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, t["model.embed_tokens.weight"].shape[0])
