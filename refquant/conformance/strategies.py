@@ -245,6 +245,7 @@ def float_tensors(draw, dtypes=("float32",), max_blocks: int = 24, block: int = 
     return x.reshape(rows, n // rows) if draw(st.booleans()) else x
 
 
+# ---------------------------------------------------------------------------------------------
 # Inputs that stress the scale searches (make_qx_quants, make_qkx2_quants, make_qp_quants, ...)
 # ---------------------------------------------------------------------------------------------
 
@@ -322,8 +323,6 @@ def search_rows(draw, block_size: int, sub_block: int, max_rows: int = 2, max_bl
     use_search = draw(st.lists(st.booleans(), min_size=nsub, max_size=nsub))
     parts = [draw(search_block(sub_block)) if u else draw(float_block(sub_block)) for u in use_search]
     return np.concatenate(parts).reshape(nrows, nblocks * block_size).astype(F32)
-
-
 # --------------------------------------------------------------------------- affine / FP8 inputs
 
 def as_float_dtype(x: np.ndarray, dtype) -> np.ndarray:
@@ -394,3 +393,25 @@ def block_sizes(draw, shape, partial: bool = False, kinds=("tensor", "channel", 
     if partial:
         return kind, (draw(st.integers(1, R + 2)), draw(st.integers(1, K + 5)))
     return kind, (draw(st.sampled_from(div_r)), draw(st.sampled_from(div_k)))
+
+
+
+# --------------------------------------------------------------------------- calibration layers
+
+@st.composite
+def calibration_layers(draw, max_out: int = 6, ks=(8, 16, 32), max_tokens: int = 48):
+    """(W, X): a float32 weight (N, K) and calibration activations (n, K) for the PTQ algorithms.
+    Drawn from a seed: Gaussian weights of a drawn magnitude, activations mixed through a random
+    matrix (correlated inputs, as GPTQ needs to matter), some input channels scaled up as
+    outliers (as AWQ and SmoothQuant need to matter), an occasional dead (all-zero) channel."""
+    K = draw(st.sampled_from(ks))
+    N = draw(st.integers(1, max_out))
+    n = draw(st.integers(2, max_tokens))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    W = (rng.standard_normal((N, K)) * draw(st.sampled_from([1e-3, 0.05, 1.0, 30.0]))).astype(F32)
+    X = rng.standard_normal((n, K)) @ (np.eye(K) + draw(st.sampled_from([0.0, 0.3, 1.0])) * rng.standard_normal((K, K)))
+    outliers = rng.random(K) < draw(st.sampled_from([0.0, 0.1, 0.3]))
+    X[:, outliers] *= draw(st.sampled_from([10.0, 100.0]))
+    if draw(st.booleans()):
+        X[:, rng.integers(0, K)] = 0
+    return W, X.astype(F32)

@@ -93,3 +93,28 @@ def awq_pseudo_quantize():
         cfg = types.SimpleNamespace(w_bit=w_bit, group_size=group_size, zero_point=zero_point)
         return AwqQuantizer.pseudo_quantize_tensor(cfg, w)
     return run
+
+
+@functools.lru_cache(None)
+def auto_gptq_gptq():
+    """AutoGPTQ 0.7.1's `quantization/gptq.py` (the GPTQ class, fasterquant), imported as a
+    submodule of a bare package over its folder so that neither auto_gptq's nor
+    auto_gptq.quantization's __init__ (model code that fails with transformers 5) runs."""
+    spec = importlib.util.find_spec("auto_gptq")
+    if spec is None:
+        raise ImportError("auto-gptq is not installed")
+    root = Path(list(spec.submodule_search_locations)[0])
+    pkg = types.ModuleType("refquant_oracle_auto_gptq_quantization")
+    pkg.__path__ = [str(root / "quantization")]
+    sys.modules[pkg.__name__] = pkg
+    return importlib.import_module(pkg.__name__ + ".gptq")
+
+
+@functools.lru_cache(None)
+def auto_gptq_qlinear_cuda():
+    """AutoGPTQ 0.7.1's `qlinear_cuda` module: its CPU forward dequantizes with g_idx."""
+    spec = importlib.util.find_spec("auto_gptq")
+    if spec is None:
+        raise ImportError("auto-gptq is not installed")
+    root = Path(list(spec.submodule_search_locations)[0])
+    return _load_file("refquant_oracle_auto_gptq_qlinear_cuda", root / "nn_modules" / "qlinear" / "qlinear_cuda.py")
