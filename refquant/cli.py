@@ -85,6 +85,16 @@ def cmd_dequantize(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    from pathlib import Path
+    if Path(args.input).is_dir():      # a Hugging Face safetensors checkpoint
+        from .hf_quantize import linear_names, quantize_checkpoint
+        from .io.safetensors import Checkpoint
+        n = len(linear_names(Checkpoint(args.input)))
+        quantize_checkpoint(args.input, args.output, args.method, args.bits, args.group_size, args.format,
+                            args.activations, progress=Progress(n, "quantize", args.progress))
+        return 0
+    if args.type is None:
+        raise RefquantError("quantize: a GGUF input needs --type (e.g. Q8_0)")
     from .io.convert import quantize_file
     from .io.gguf import GGUFFile
     with GGUFFile(args.input) as f:
@@ -141,10 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     progress_flags(s)
     s.set_defaults(func=cmd_dequantize)
 
-    s = sub.add_parser("quantize", help="quantize a float GGUF model's weights")
+    s = sub.add_parser("quantize", help="quantize a float GGUF model's weights, or a Hugging Face "
+                       "safetensors checkpoint directory's linear layers")
     s.add_argument("input")
     s.add_argument("output")
-    s.add_argument("--type", required=True, help="ggml type for every quantizable weight (e.g. Q8_0)")
+    s.add_argument("--type", default=None, help="GGUF input: ggml type for every quantizable weight (e.g. Q8_0)")
+    s.add_argument("--method", default="rtn", choices=["rtn", "gptq", "awq"], help="checkpoint input: algorithm")
+    s.add_argument("--bits", type=int, default=4, help="checkpoint input: bits per weight")
+    s.add_argument("--group-size", type=int, default=128, help="checkpoint input: group size (-1: per channel)")
+    s.add_argument("--format", default="gptq", choices=["gptq", "gptq_v2", "awq", "compressed-tensors",
+                                                        "fp8-block", "nvfp4"], help="checkpoint input: output layout")
+    s.add_argument("--activations", default=None,
+                   help="checkpoint input: directory of <module>.npy calibration activations (gptq, awq)")
     progress_flags(s)
     s.set_defaults(func=cmd_quantize)
 

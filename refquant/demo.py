@@ -6,7 +6,11 @@ type refquant can quantize, every 2-D weight is quantized by refquant and by ggm
 (ggml_quantize_chunk from ggml-python) and the bytes are compared; the table reports bits per
 weight, RMSE against the original, whether every tensor was bit-exact, and refquant's speed.
 
-    python -m refquant.demo [--types Q4_0,Q8_0] [--tensors N] [--out DIR]
+    python -m refquant.demo [--types Q4_0,Q8_0] [--layers N | --all]
+
+By default the weights of the first two transformer blocks are used (8.8 million values: every
+kind of weight the model has, each a real tensor), so that the slow lattice searches of the IQ
+types finish in minutes; --all takes every weight of the model (134 million values).
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ def demo_types() -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m refquant.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--types", help="comma-separated types (default: every implemented GGUF type)")
-    ap.add_argument("--tensors", type=int, default=0, help="use only the first N weights (default: all)")
+    ap.add_argument("--layers", type=int, default=2, help="use the weights of the first N blocks (default: 2)")
+    ap.add_argument("--all", action="store_true", help="use every weight of the model")
     args = ap.parse_args(argv)
     types = [t.strip().upper() for t in args.types.split(",")] if args.types else demo_types()
 
@@ -44,8 +49,9 @@ def main(argv=None) -> int:
     print(f"model: {path.name} ({path.stat().st_size / 1e6:.0f} MB)")
     with GGUFFile(path) as f:
         weights = [t for t in f.tensors if len(t.shape) == 2]
-        if args.tensors:
-            weights = weights[:args.tensors]
+        if not args.all:
+            blocks = {f"blk.{i}." for i in range(args.layers)}
+            weights = [t for t in weights if t.name[:t.name.find(".", 4) + 1] in blocks]
         t0 = time.perf_counter()
         original = {t.name: f.dequantize(t.name) for t in weights}
         print(f"decoded {len(weights)} weight tensors ({sum(x.size for x in original.values()):,} values) "

@@ -84,9 +84,8 @@ def register(fmt: Format) -> Format:
 
 
 def _load_all() -> None:
-    # Importing a format module registers its formats. New families join this list.
-    from .ggml import floats, kquants, legacy  # noqa: F401
-    from .ggml import fp4, iquants, lowbit  # noqa: F401
+    # Importing a format module registers its formats, in this order. New families join here.
+    from .ggml import floats, legacy, kquants, iquants, iquants_grid, lowbit, fp4  # noqa: F401
     from . import minifloat, mx  # noqa: F401
     from .bnb import formats as _bnb_formats  # noqa: F401
 

@@ -323,3 +323,95 @@ def search_rows(draw, block_size: int, sub_block: int, max_rows: int = 2, max_bl
     use_search = draw(st.lists(st.booleans(), min_size=nsub, max_size=nsub))
     parts = [draw(search_block(sub_block)) if u else draw(float_block(sub_block)) for u in use_search]
     return np.concatenate(parts).reshape(nrows, nblocks * block_size).astype(F32)
+# --------------------------------------------------------------------------- affine / FP8 inputs
+
+def as_float_dtype(x: np.ndarray, dtype) -> np.ndarray:
+    """float32 -> float16 / bfloat16 / float32 as torch's .to() does (round to nearest even),
+    with values beyond the target's range clipped to its largest finite value first."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    big = float(np.finfo(dtype).max) if dtype == np.float16 else 3.3895313892515355e38
+    return np.clip(x, -big, big).astype(dtype)
+
+
+@st.composite
+def affine_tie_block(draw, n: int, bits: int) -> np.ndarray:
+    """A block whose scale under a common affine rule is a power of two 2^e, every other value
+    an exact tie (k + 1/2) * 2^e: symmetric with absmax (2^b - 1)/2 * 2^e (torchao,
+    compressed-tensors, GPTQ) or (2^(b-1) - 1) * 2^e (AWQ, absmax/qmax rules), or asymmetric
+    with min = -a * 2^e and max = (2^b - 1 - a) * 2^e."""
+    e = draw(st.integers(-12, 12))
+    s = float(np.ldexp(1.0, e))
+    kind = draw(st.sampled_from(["sym_half", "sym_int", "asym"]))
+    if kind == "asym":
+        a = draw(st.integers(0, 2**bits - 1))
+        lo, hi = -a, 2**bits - 1 - a
+        ends = [lo, hi]
+    else:
+        m = (2**bits - 1) / 2 if kind == "sym_half" else 2 ** (bits - 1) - 1
+        lo, hi = -m, m
+        ends = [draw(st.sampled_from([m, -m]))]
+    k = draw(hnp.arrays(np.int32, n, elements=st.integers(int(np.floor(lo)), max(int(np.ceil(hi)) - 1, int(np.floor(lo))))))
+    x = np.clip(k.astype(np.float64) + 0.5, lo, hi)
+    idx = draw(st.permutations(range(n)))
+    for j, v in zip(idx, ends):
+        x[j] = v
+    return (x * s).astype(np.float32)
+
+
+@st.composite
+def affine_matrix(draw, unit: int = 16, max_rows: int = 4, max_blocks: int = 4, bits: int = 4) -> np.ndarray:
+    """A float32 matrix (R, K), K a multiple of `unit`, each `unit`-wide block drawn from
+    float_block's kinds or affine_tie_block for `bits`."""
+    nrows = draw(st.integers(1, max_rows))
+    nblocks = draw(st.integers(1, max_blocks))
+    blocks = []
+    for _ in range(nrows * nblocks):
+        if draw(st.integers(0, 3)) == 0:
+            blocks.append(draw(affine_tie_block(unit, bits)))
+        else:
+            blocks.append(draw(float_block(unit)))
+    return np.concatenate(blocks).reshape(nrows, nblocks * unit)
+
+
+@st.composite
+def block_sizes(draw, shape, partial: bool = False, kinds=("tensor", "channel", "group", "block")):
+    """A granularity for `shape` (R, K) as a block_size: per-tensor (R, K), per-channel (1, K),
+    per-group (1, g) with g dividing K, or a 2-D block (bh, bw) — dividing the shape, or any
+    size (edge blocks partial) when `partial`."""
+    R, K = shape
+    kind = draw(st.sampled_from(kinds))
+    if kind == "tensor":
+        return kind, (R, K)
+    if kind == "channel":
+        return kind, (1, K)
+    div_k = [d for d in range(1, K + 1) if K % d == 0]
+    div_r = [d for d in range(1, R + 1) if R % d == 0]
+    if kind == "group":
+        return kind, (1, draw(st.sampled_from(div_k)))
+    if partial:
+        return kind, (draw(st.integers(1, R + 2)), draw(st.integers(1, K + 5)))
+    return kind, (draw(st.sampled_from(div_r)), draw(st.sampled_from(div_k)))
+
+
+
+# --------------------------------------------------------------------------- calibration layers
+
+@st.composite
+def calibration_layers(draw, max_out: int = 6, ks=(8, 16, 32), max_tokens: int = 48):
+    """(W, X): a float32 weight (N, K) and calibration activations (n, K) for the PTQ algorithms.
+    Drawn from a seed: Gaussian weights of a drawn magnitude, activations mixed through a random
+    matrix (correlated inputs, as GPTQ needs to matter), some input channels scaled up as
+    outliers (as AWQ and SmoothQuant need to matter), an occasional dead (all-zero) channel."""
+    K = draw(st.sampled_from(ks))
+    N = draw(st.integers(1, max_out))
+    n = draw(st.integers(2, max_tokens))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    W = (rng.standard_normal((N, K)) * draw(st.sampled_from([1e-3, 0.05, 1.0, 30.0]))).astype(F32)
+    X = rng.standard_normal((n, K)) @ (np.eye(K) + draw(st.sampled_from([0.0, 0.3, 1.0])) * rng.standard_normal((K, K)))
+    outliers = rng.random(K) < draw(st.sampled_from([0.0, 0.1, 0.3]))
+    X[:, outliers] *= draw(st.sampled_from([10.0, 100.0]))
+    if draw(st.booleans()):
+        X[:, rng.integers(0, K)] = 0
+    return W, X.astype(F32)

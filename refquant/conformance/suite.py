@@ -32,6 +32,7 @@ from hypothesis import seed as hseed
 from hypothesis import strategies as st
 
 from ..backend import SPEC, Backend, get_backend, operation_key, operation_keys
+from ..errors import RefquantError
 from ..registry import IMATRIX_NONE, Format, all_formats, get_format
 from .strategies import (EXACT_MATMUL_KINDS, activations, float_rows, fp8_weights, importance, tie_grids_for,
                          w4a16_weights, w8a8_weights)
@@ -112,7 +113,15 @@ def _check_quantize(backend: Backend, ref: str, fmt: Format, with_imatrix: bool,
         im = data.draw(importance(x.shape[1])) if with_imatrix else None
         if im is None and fmt.needs_imatrix:
             im = np.ones(x.shape[1], np.float32)
-        want = SPEC.quantize(x, fmt, im)
+        try:
+            want = SPEC.quantize(x, fmt, im)
+        except RefquantError:
+            # an input the spec refuses (where ggml aborts): the backend must refuse it too
+            try:
+                backend.quantize(x, fmt, im)
+            except RefquantError:
+                return
+            raise AssertionError(f"{fmt.name}: the backend accepted an input the spec refuses") from None
         got = backend.quantize(x, fmt, im)
         if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(got, want):
             found["case"] = (x, im, got, want)
@@ -152,6 +161,21 @@ def _check_quantize(backend: Backend, ref: str, fmt: Format, with_imatrix: bool,
     return FAIL, Failure(fmt.name, "quantize+imatrix" if with_imatrix else "quantize", msg, snippet)
 
 
+def _refuses_alike(ours, spec, *args):
+    """Bytes the spec refuses (non-finite scales some formats reject) must be refused by the
+    backend too: returns True when both refuse, None when the spec accepts, raises otherwise."""
+    try:
+        spec(*args)
+        return None
+    except RefquantError:
+        pass
+    try:
+        ours(*args)
+    except RefquantError:
+        return True
+    raise AssertionError("the backend accepted bytes the spec refuses")
+
+
 def _check_dequantize(backend: Backend, ref: str, fmt: Format, max_examples: int, seed: int):
     found = {}
 
@@ -161,14 +185,20 @@ def _check_dequantize(backend: Backend, ref: str, fmt: Format, max_examples: int
     @given(data=st.data())
     def prop(data):
         nblocks = data.draw(st.integers(1, 8))
+        raw = None
         if fmt.can_quantize and data.draw(st.booleans()):
             # bytes a quantizer writes (realistic scales) ...
             x = data.draw(float_rows(fmt.block_size, max_rows=1, max_blocks=nblocks))
-            raw = SPEC.quantize(x, fmt, np.ones(x.shape[1], np.float32) if fmt.needs_imatrix else None).reshape(-1)
-        else:
+            try:
+                raw = SPEC.quantize(x, fmt, np.ones(x.shape[1], np.float32) if fmt.needs_imatrix else None).reshape(-1)
+            except RefquantError:
+                raw = None  # an input the quantizer refuses: take arbitrary bytes instead
+        if raw is None:
             # ... or any bytes at all (NaN/inf scales, every code)
             raw = np.frombuffer(data.draw(st.binary(min_size=nblocks * fmt.type_size,
                                                     max_size=nblocks * fmt.type_size)), np.uint8).copy()
+        if _refuses_alike(backend.dequantize, SPEC.dequantize, raw, fmt) is not None:
+            return
         want = SPEC.dequantize(raw, fmt)
         got = backend.dequantize(raw, fmt)
         if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(
@@ -290,7 +320,7 @@ def case(draw, op: str, key: str) -> dict:
         fmt = get_format(key)
         x = draw(float_rows(max(fmt.block_size, 32) if fmt.block_size == 1 else fmt.block_size))
         im = None
-        if fmt.imatrix != IMATRIX_NONE and draw(st.booleans()):
+        if fmt.needs_imatrix or (fmt.imatrix != IMATRIX_NONE and draw(st.booleans())):
             im = draw(importance(x.shape[1]))
         return {"x": x, "imatrix": im}
     if op == "dequantize":
@@ -324,9 +354,18 @@ def check(backend, op: str, key: str, c: dict, accumulation: dict | None = None)
     arguments) tightens the float bound to the backend's stated order; without it, the hard cap."""
     key = operation_key(op, key)
     if op == "quantize":
-        ours = backend.quantize(c["x"], key, c["imatrix"])
-        np.testing.assert_array_equal(ours, SPEC.quantize(c["x"], key, c["imatrix"]))
+        try:
+            want = SPEC.quantize(c["x"], key, c["imatrix"])
+        except RefquantError:  # where ggml aborts, the spec refuses: so must the backend
+            try:
+                backend.quantize(c["x"], key, c["imatrix"])
+            except RefquantError:
+                return
+            raise AssertionError(f"{key}: the backend accepted an input the spec refuses") from None
+        np.testing.assert_array_equal(backend.quantize(c["x"], key, c["imatrix"]), want)
     elif op == "dequantize":
+        if _refuses_alike(backend.dequantize, SPEC.dequantize, c["data"], key) is not None:
+            return
         ours = backend.dequantize(c["data"], key)
         np.testing.assert_array_equal(_bits(ours), _bits(SPEC.dequantize(c["data"], key)))
     elif op == "vec_dot":

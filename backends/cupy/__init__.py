@@ -1,0 +1,65 @@
+"""The CuPy GPU backend of refquant (CUDA sources beside thin Python launchers).
+
+    cu = refquant.get_backend("cupy")    # registered under the `refquant.backends` entry point
+    cu.dequantize(q, "Q4_K"); cu.matmul("W4A16", a, weight); cu.matmul("FP8", a, w8)
+
+Its modules mirror the spec's (backends/cupy/ggml/legacy.py is the twin of
+refquant/ggml/legacy.py, backends/cupy/gemm.py of refquant/gemm.py); each lists what it runs in
+tables named after the operation (DEQUANTIZE, MATMUL), and the claims are their union.
+Importing this package needs neither CuPy nor a GPU; running a claimed operation needs both.
+Nothing here has been run on a GPU yet: see spec/backends/cupy.md.
+"""
+from __future__ import annotations
+
+import importlib
+
+from refquant.backend import Backend
+
+MODULES = ("ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.fp4", "gemm")
+TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
+
+
+def _tables():
+    out = {op: {} for op in TABLES}
+    for m in MODULES:
+        mod = importlib.import_module(f"{__name__}.{m}")
+        for op, attr in TABLES.items():
+            out[op].update(getattr(mod, attr, {}))
+    return out
+
+
+def gpu_available() -> tuple[bool, str]:
+    """(True, device name) when CuPy imports and a CUDA device answers; else (False, why not)."""
+    try:
+        import cupy
+    except ImportError as e:
+        return False, f"cupy is not installed ({e})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001 - no driver / no device: say which
+        return False, f"no CUDA device or driver ({type(e).__name__}: {e})"
+    if n == 0:
+        return False, "no CUDA device"
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    return True, props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+
+    def __init__(self):
+        self._t = _tables()
+        self._claims = frozenset((op, key) for op, table in self._t.items() for key in table)
+
+    def claims(self):
+        return set(self._claims)
+
+    def dequantize_rows(self, fmt, data):
+        return self._t["dequantize"][fmt.name](data)
+
+    def matmul_rows(self, scheme, a, weight, **options):
+        return self._t["matmul"][scheme.name](a, weight, **options)
+
+    def accumulation(self, op, key, K, weight=None):
+        from .gemm import accumulation
+        return accumulation(op, key, K, weight)

@@ -1,0 +1,23 @@
+// Dequantization of Q4_0 and Q8_0 (refquant/ggml/legacy.py). Blocks are read byte-wise (their
+// sizes, 18 and 34 bytes, leave them unaligned); four values per thread (rq_dequantize4).
+#include "../common.cuh"
+
+struct Q4_0 {  // (q - 8) * d; value j: low nibble of qs[j] (j < 16), else high nibble of qs[j - 16]
+    static __device__ __forceinline__ float at(const uint8_t* b, int j) {
+        int q = j < 16 ? (b[2 + j] & 0xF) : (b[2 + j - 16] >> 4);
+        return rq_mul((float)(q - 8), rq_fp16(rq_u16(b)));
+    }
+};
+
+struct Q8_0 {  // qs * d
+    static __device__ __forceinline__ float at(const uint8_t* b, int j) {
+        return rq_mul((float)(int8_t)b[2 + j], rq_fp16(rq_u16(b)));
+    }
+};
+
+extern "C" __global__ void dequantize_q4_0(const uint8_t* __restrict__ d, float* __restrict__ o, long long n) {
+    rq_dequantize4<Q4_0, 32, 18>(d, o, n);
+}
+extern "C" __global__ void dequantize_q8_0(const uint8_t* __restrict__ d, float* __restrict__ o, long long n) {
+    rq_dequantize4<Q8_0, 32, 34>(d, o, n);
+}
