@@ -228,3 +228,17 @@ def test_minifloat_encode_decode_on_the_grid(name, data):
     codes = data.draw(st.binary(min_size=1, max_size=64))
     c = np.frombuffer(codes, np.uint8) & np.uint8((1 << f.nbits) - 1)
     np.testing.assert_array_equal(nbmf.decode(c, name).view(np.uint32), mf.decode(c, name).view(np.uint32))
+
+
+@pytest.mark.parametrize("name,sub", [("Q2_K", 16), ("Q3_K", 16), ("Q4_K", 32), ("Q5_K", 32), ("Q6_K", 16),
+                                      ("IQ4_XS", 32)])
+@settings(max_examples=40)
+@given(data=st.data())
+def test_searches_on_search_stress_rows(nb, name, sub, data):
+    """The K-quant and IQ4_XS searches on the spec's search-stress inputs (exact ties between
+    candidate scales, one-sided blocks, cancelling least-squares sums), with and without an
+    importance matrix."""
+    from refquant.conformance.strategies import importance, search_rows
+    x = data.draw(search_rows(256, sub, max_rows=2, max_blocks=1))
+    im = data.draw(importance(x.shape[1])) if data.draw(st.booleans()) else None
+    np.testing.assert_array_equal(nb.quantize(x, name, im), refquant.quantize(x, name, im))
