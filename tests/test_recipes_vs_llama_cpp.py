@@ -123,27 +123,39 @@ def test_legacy_ftypes_byte_identical_gemma3(gemma_f16, llama, tmp_path, ft):
 K_FTYPES = ["Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
 
 
-@pytest.mark.skipif(not DEEP, reason="whole SmolLM2 files for the K file types run with the thorough profile "
-                                     "(make test-deep); their type choice is checked in every run")
-@pytest.mark.parametrize("ft", K_FTYPES)
-def test_k_ftypes_smollm2(smol_float, llama, tmp_path, ft):
+# Whole real-model files for the K file types: Q4_K_M in every run, all of them with the
+# thorough profile (make test-deep); their type choice is checked for every file type in every run.
+K_FTYPES_RUN = K_FTYPES if DEEP else ["Q4_K_M"]
+
+
+def check_k_ftype(llama, src, tmp_path, ft):
     """Byte-identical where refquant has every type the recipe picks; otherwise a FormatError
     naming the missing type before anything is written."""
     ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
-    with GGUFFile(smol_float["F32"]) as f:
+    with GGUFFile(src) as f:
         missing = available(recipes.plan(f, ft))
-    rc = llama.quantize(smol_float["F32"], ref, recipes.file_type(ft).id)
+    rc = llama.quantize(src, ref, recipes.file_type(ft).id)
     if rc != 0:  # e.g. Q2_K_S: its Q2_K tensors need an imatrix
         with pytest.raises((FormatError, InputError)):
-            recipes.quantize_model(smol_float["F32"], ours, ft)
+            recipes.quantize_model(src, ours, ft)
         no_leftovers(ours)
     elif missing:
         with pytest.raises(FormatError, match="has no (" + "|".join(sorted(missing)) + ") quantizer"):
-            recipes.quantize_model(smol_float["F32"], ours, ft)
+            recipes.quantize_model(src, ours, ft)
         no_leftovers(ours)
     else:
-        recipes.quantize_model(smol_float["F32"], ours, ft)
+        recipes.quantize_model(src, ours, ft)
         same_bytes(ours, ref)
+
+
+@pytest.mark.parametrize("ft", K_FTYPES_RUN)
+def test_k_ftypes_smollm2(smol_float, llama, tmp_path, ft):
+    check_k_ftype(llama, smol_float["F32"], tmp_path, ft)
+
+
+@pytest.mark.parametrize("ft", K_FTYPES_RUN)
+def test_k_ftypes_gemma3(gemma_f16, llama, tmp_path, ft):
+    check_k_ftype(llama, gemma_f16, tmp_path, ft)
 
 
 @pytest.fixture(scope="session")
