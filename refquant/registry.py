@@ -85,7 +85,7 @@ def register(fmt: Format) -> Format:
 
 def _load_all() -> None:
     # Importing a format module registers its formats. New families join this list.
-    from .ggml import floats, legacy  # noqa: F401
+    from .ggml import floats, kquants, legacy  # noqa: F401
     from . import minifloat, mx  # noqa: F401
 
 

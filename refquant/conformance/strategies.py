@@ -125,6 +125,7 @@ def importance(draw, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+<<<<<<< HEAD
 # Element formats (refquant.minifloat): values on, between and just off a binary float grid
 # ---------------------------------------------------------------------------------------------
 
@@ -153,3 +154,82 @@ def grid_floats(draw, mbits: int, emin: int, emax: int, max_size: int = 64) -> n
     v = np.where(kinds == 4, specials[pick], v)
     sign = draw(hnp.arrays(np.bool_, n))
     return np.where(sign & (kinds != 4), -v, v).astype(F32)
+=======
+# Inputs that stress the scale searches (make_qx_quants, make_qkx2_quants, make_qp_quants, ...)
+# ---------------------------------------------------------------------------------------------
+
+SEARCH_KINDS = ("lattice", "near_lattice", "one_outlier", "positive_min", "negative_only",
+                "two_levels", "sparse", "offset")
+
+# Grid sizes of the K-quant searches: Q2_K (3), Q3_K (4), Q4_K (15), Q5_K (31), Q6_K (32),
+# the 6-bit and 4-bit scale grids (63, 15), and one step either side of some.
+SEARCH_GRIDS = (2, 3, 4, 5, 7, 8, 14, 15, 16, 30, 31, 32, 33, 62, 63, 64, 127)
+
+
+@st.composite
+def search_block(draw, n: int) -> np.ndarray:
+    """A block built to make a search's candidates compare (nearly) equal:
+
+    - lattice: integers k * s on a grid of a search's size, so several candidate scales give the
+      same levels and the same error (exact ties, decided by a strict comparison);
+    - near_lattice: the same moved by a few ulps, so candidates differ in the last bits;
+    - one_outlier: normal-like values with one far larger value;
+    - positive_min / negative_only: every value on one side of zero (the minimum is clamped to 0,
+      or the maximum is below 0);
+    - two_levels: two distinct values (degenerate least-squares systems);
+    - sparse: mostly zeros with a few values (zero sub-blocks inside a super-block);
+    - offset: a large constant plus a tiny spread, so least-squares sums cancel catastrophically
+      (fitted scales can come out negative, minimums positive).
+    """
+    kind = draw(st.sampled_from(SEARCH_KINDS))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    s = np.ldexp(F32(1), draw(st.integers(-24, 12)))
+    if kind in ("lattice", "near_lattice"):
+        M = draw(st.sampled_from(SEARCH_GRIDS))
+        lo = draw(st.sampled_from([-M, 0, -M // 2]))
+        x = (rng.integers(lo, M + 1, n).astype(F32) * s).astype(F32)
+        if kind == "near_lattice":
+            steps = rng.integers(-3, 4, n)
+            for _ in range(3):
+                x = np.where(steps > 0, np.nextafter(x, F32(np.inf)), x)
+                x = np.where(steps < 0, np.nextafter(x, F32(-np.inf)), x)
+                steps = steps - np.sign(steps)
+            x = x.astype(F32)
+        return x
+    if kind == "one_outlier":
+        x = (rng.standard_normal(n) * F32(0.02)).astype(F32)
+        x[rng.integers(0, n)] = F32(draw(st.sampled_from([-1, 1])) * draw(f32_range(0.1, 1e4)))
+        return x
+    if kind == "positive_min":
+        lo = draw(f32_range(1e-4, 1e3))
+        return (lo + rng.random(n).astype(F32) * lo * F32(draw(st.sampled_from([0.01, 0.5, 3.0])))).astype(F32)
+    if kind == "negative_only":
+        return (-(rng.random(n) + F32(0.01)) * s).astype(F32)
+    if kind == "two_levels":
+        a, b = draw(finite_f32.filter(lambda v: abs(v) < 1e30)), draw(finite_f32.filter(lambda v: abs(v) < 1e30))
+        return np.where(rng.random(n) < 0.5, F32(a), F32(b)).astype(F32)
+    if kind == "offset":
+        c = F32(draw(st.sampled_from([-1, 1])) * draw(f32_range(1e-3, 1e6)))
+        spread = F32(draw(st.sampled_from([1e-7, 1e-6, 1e-5, 1e-3])))
+        return (c + c * spread * rng.standard_normal(n).astype(F32)).astype(F32)
+    if kind == "sparse":
+        x = np.zeros(n, F32)
+        k = draw(st.integers(1, 3))
+        x[rng.integers(0, n, k)] = (rng.standard_normal(k) * s).astype(F32)
+        return x
+    raise AssertionError(kind)
+
+
+@st.composite
+def search_rows(draw, block_size: int, sub_block: int, max_rows: int = 2, max_blocks: int = 2) -> np.ndarray:
+    """A float32 matrix (nrows, nblocks * block_size) whose sub-blocks of `sub_block` values are
+    each drawn on its own, from search_block or float_block kinds, so one super-block mixes
+    zero, tiny, huge, tied and outlier sub-blocks."""
+    nrows = draw(st.integers(1, max_rows))
+    nblocks = draw(st.integers(1, max_blocks))
+    nsub = nrows * nblocks * (block_size // sub_block)
+    use_search = draw(st.lists(st.booleans(), min_size=nsub, max_size=nsub))
+    parts = [draw(search_block(sub_block)) if u else draw(float_block(sub_block)) for u in use_search]
+    return np.concatenate(parts).reshape(nrows, nblocks * block_size).astype(F32)
+>>>>>>> kquants
