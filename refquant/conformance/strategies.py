@@ -125,7 +125,6 @@ def importance(draw, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-<<<<<<< HEAD
 # Element formats (refquant.minifloat): values on, between and just off a binary float grid
 # ---------------------------------------------------------------------------------------------
 
@@ -154,7 +153,9 @@ def grid_floats(draw, mbits: int, emin: int, emax: int, max_size: int = 64) -> n
     v = np.where(kinds == 4, specials[pick], v)
     sign = draw(hnp.arrays(np.bool_, n))
     return np.where(sign & (kinds != 4), -v, v).astype(F32)
-=======
+
+
+# ---------------------------------------------------------------------------------------------
 # Inputs that stress the scale searches (make_qx_quants, make_qkx2_quants, make_qp_quants, ...)
 # ---------------------------------------------------------------------------------------------
 
@@ -232,4 +233,3 @@ def search_rows(draw, block_size: int, sub_block: int, max_rows: int = 2, max_bl
     use_search = draw(st.lists(st.booleans(), min_size=nsub, max_size=nsub))
     parts = [draw(search_block(sub_block)) if u else draw(float_block(sub_block)) for u in use_search]
     return np.concatenate(parts).reshape(nrows, nblocks * block_size).astype(F32)
->>>>>>> kquants

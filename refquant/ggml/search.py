@@ -212,13 +212,6 @@ def make_qkx2_quants(x: np.ndarray, nmax: int, weights: np.ndarray, rmin: float,
     x = np.asarray(x, dtype=F32)
     vmin = c_min(x)                            # min = x[0]; if (x[i] < min) min = x[i];
     vmax = c_max(x)
-<<<<<<< HEAD
-    # `float sum_w = w[0]; float sum_x = sum_w * x[0];` then += from i = 1: the sums start
-    # from the first term, not from +0 (which would turn a -0 sum into +0)
-    sum_w = seq_sum(w[:, 1:], start=w[:, 0])
-    sum_x = seq_sum((w * x)[:, 1:], start=w[:, 0] * x[:, 0])
-    flat = vmax <= vmin  # all equal (and <= 0): L = 0, scale 0
-=======
     # Position-major from here: row i holds position i of every block, so each step of a C loop
     # over positions is one contiguous vector operation, and per-block values broadcast.
     x = x.T.copy()
@@ -228,7 +221,6 @@ def make_qkx2_quants(x: np.ndarray, nmax: int, weights: np.ndarray, rmin: float,
     sum_x = seq_sum(wx[1:], axis=0, start=wx[0])          # sum_x = sum_w * x[0]; sum_x += w * x[i];
     vmin = np.where(vmin > 0, F32(0), vmin)    # if (min > 0) min = 0;
     flat = vmax == vmin                        # all equal (and <= 0): L = 0, scale 0
->>>>>>> kquants
     vmax = np.where(flat, vmin + F32(1), vmax)
 
     iscale = F32(nmax) / (vmax - vmin)
