@@ -61,6 +61,8 @@ class Linear:
         dt = src.dtype
         if src.act_quant and dt == F32:
             x = quantize_activations(x, VEC_DOT_TYPE.get(self.type_name, "F32"))
+        if src.act_quant and dt == F32 and self.type_name in ("Q4_1", "Q5_1") and VEC_DOT_TYPE[self.type_name] == "Q8_1":
+            return self._q8_1_product(x)
         x = x.astype(dt, copy=False)
         if self.out_features <= src.chunk_rows:
             return x @ self.weight().astype(dt, copy=False).T
@@ -69,6 +71,33 @@ class Linear:
             r1 = min(r0 + src.chunk_rows, self.out_features)
             out[..., r0:r1] = x @ self.weight(slice(r0, r1)).astype(dt, copy=False).T
         return out
+
+
+    def _q8_1_product(self, x: np.ndarray) -> np.ndarray:
+        """ggml_vec_dot_q4_1_q8_1 / _q5_1_q8_1 per block: d_w*d_x*sum(q_w*q_x) + m_w*s_x, where
+        s_x = fp16(d_x * sum(q_x)) is the F16 sum Q8_1 stores: the minimum's term is taken with
+        that rounded sum, not with the decoded activations (a visible difference, ~2^-11
+        relative, on the largest term of the dot product)."""
+        import refquant
+        from ..ggml.blocks import split_fields, u16
+        from ..ggml.legacy import _unpack_nibbles, _unpack_q5
+        from ..numerics import fp16_bits_to_fp32
+        raw = np.asarray(self.source.raw_bytes(self.name)).reshape(-1, 20 if self.type_name == "Q4_1" else 24)
+        if self.type_name == "Q4_1":
+            f = split_fields(raw, 20, ("d", 2), ("m", 2), ("qs", 16))
+            q = _unpack_nibbles(f["qs"]).astype(F32)
+        else:
+            f = split_fields(raw, 24, ("d", 2), ("m", 2), ("qh", 4), ("qs", 16))
+            q = _unpack_q5(f["qh"], f["qs"]).astype(F32)
+        nb = self.in_features // 32
+        dq = (q * fp16_bits_to_fp32(u16(f["d"]))[:, None]).reshape(self.out_features, -1)
+        m = fp16_bits_to_fp32(u16(f["m"])).reshape(self.out_features, nb)
+        x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, self.in_features)
+        qx = refquant.quantize(x2, "Q8_1").reshape(-1, 36)
+        g = split_fields(qx, 36, ("d", 2), ("s", 2), ("qs", 32))
+        xd = (g["qs"].view(np.int8).astype(F32) * fp16_bits_to_fp32(u16(g["d"]))[:, None]).reshape(x2.shape)
+        s = fp16_bits_to_fp32(u16(g["s"])).reshape(-1, nb)
+        return (xd @ dq.T + s @ m.T).reshape(x.shape[:-1] + (self.out_features,))
 
 
 class Weights:
@@ -100,7 +129,7 @@ class Weights:
         tensors = {}
         for t in f.tensors:
             tensors[t.name] = (t.type_name, tuple(t.shape), _gguf_decoder(f, t.name))
-        w = cls(tensors, f.metadata, **kw)
+        w = cls(tensors, f.metadata, raw={t.name: (lambda n=t.name: f.raw(n)) for t in f.tensors}, **kw)
         w.file = f
         return w
 
@@ -125,6 +154,12 @@ class Weights:
         if rows is None and self.cache and v.size <= self.chunk_rows * 4096:
             self._cached[name] = v
         return v
+
+    def raw_bytes(self, name: str) -> np.ndarray:
+        """The stored bytes (rows, row_bytes) of a tensor."""
+        if name not in self.raw:
+            raise FormatError(f"no stored bytes for {name!r}")
+        return self.raw[name]()
 
     def get(self, name: str) -> np.ndarray:
         return self.dequantize(name).astype(self.dtype, copy=False)
