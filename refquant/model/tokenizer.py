@@ -33,7 +33,16 @@ PRE_TOKENIZERS = {
     "gpt2": [_GPT2_RE],
     "smollm": [r"\p{N}", _GPT2_RE],
     "llama-bpe": [r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
+    "qwen2": [r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
+    "falcon": [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2_RE, r"[0-9][0-9][0-9]"],
 }
+# names llama.cpp maps to the same regex list
+for _alias, _same in [("gpt-2", "gpt2"), ("mpt", "gpt2"), ("olmo", "gpt2"), ("starcoder", "smollm"),
+                      ("refact", "smollm"), ("command-r", "smollm"), ("codeshell", "smollm"),
+                      ("llama3", "llama-bpe"), ("stablelm2", "qwen2")]:
+    PRE_TOKENIZERS[_alias] = PRE_TOKENIZERS[_same]
+# pre-tokenizers for which llama.cpp takes a whole word that is a token as it is (ignore_merges)
+IGNORE_MERGES = {"llama-bpe", "llama3"}
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -132,6 +141,8 @@ class Tokenizer:
         if add_special and self.add_bos and self.bos is not None:
             out.append(int(self.bos))
         prev_special = True
+        if not text:                  # llama.cpp makes no fragment of an empty text
+            return out
         for fr in self._partition(text, parse_special):
             if isinstance(fr, int):
                 out.append(fr)
@@ -139,7 +150,11 @@ class Tokenizer:
                 continue
             if self.model == "gpt2":
                 for w in regex_split(fr, PRE_TOKENIZERS[self.pre]):
-                    out.extend(self._bpe("".join(self.byte_map[b] for b in w.encode("utf-8"))))
+                    word = "".join(self.byte_map[b] for b in w.encode("utf-8"))
+                    if self.pre in IGNORE_MERGES and word in self.token_to_id:
+                        out.append(self.token_to_id[word])
+                    else:
+                        out.extend(self._bpe(word))
             else:
                 t = (" " if self.add_space_prefix and prev_special else "") + fr
                 out.extend(self._spm(t.replace(" ", "\u2581")))
