@@ -90,6 +90,46 @@ SENTENCEPIECE_SDIST = "sentencepiece==0.2.3"
 BOTCHAN_MEMBER = "sentencepiece-0.2.3/test/botchan.txt"
 
 
+def _sdist_members(spec: str, prefix: str, pick) -> dict[str, bytes]:
+    """Members of a registry source distribution (pip download --no-binary :all:), chosen by
+    `pick(name)`, read without unpacking the rest."""
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                            "--disable-pip-version-check", "-q", spec, "-d", d],
+                           capture_output=True, text=True)
+        sdists = list(Path(d).glob(prefix + "*.tar.gz"))
+        if r.returncode != 0 or not sdists:
+            raise RefquantError(f"could not download the {spec} sdist: {r.stderr.strip()[-300:]}")
+        with tarfile.open(sdists[0]) as tf:
+            return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile() and pick(m.name)}
+
+
+LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
+
+
+def llama_cpp_vocab_dir(fetch: bool = True) -> Path:
+    """llama.cpp's tokenizer test vocabularies (`vendor/llama.cpp/models/ggml-vocab-*.gguf`
+    with their `.inp`/`.out` pairs) from the llama-cpp-python 0.3.36 source distribution,
+    extracted into cache_dir()/llama-vocab."""
+    target = cache_dir() / "llama-vocab"
+    if (target / ".complete").is_file():
+        return target
+    if not fetch:
+        raise RefquantError("llama.cpp's vocab tests are not in the cache: python -m refquant.models fetch")
+    import re
+    files = _sdist_members(LLAMA_CPP_SDIST, "llama_cpp_python-",
+                           lambda n: re.search(r"/vendor/llama\.cpp/models/ggml-vocab-[^/]+$", n) is not None)
+    target.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (target / Path(name).name).write_bytes(data)
+    (target / ".complete").write_text("")
+    return target
+
+
 def botchan_path(fetch: bool = True) -> Path:
     """botchan.txt, extracted into cache_dir() from the sentencepiece 0.2.3 source distribution
     (downloaded with pip on first use when `fetch`; `make test` does it)."""
@@ -98,19 +138,7 @@ def botchan_path(fetch: bool = True) -> Path:
         return target
     if not fetch:
         raise RefquantError("botchan.txt is not in the cache: python -m refquant.models fetch")
-    import subprocess
-    import sys
-    import tarfile
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            "--disable-pip-version-check", "-q", SENTENCEPIECE_SDIST, "-d", d],
-                           capture_output=True, text=True)
-        sdists = list(Path(d).glob("sentencepiece-*.tar.gz"))
-        if r.returncode != 0 or not sdists:
-            raise RefquantError(f"could not download the {SENTENCEPIECE_SDIST} sdist: {r.stderr.strip()[-300:]}")
-        with tarfile.open(sdists[0]) as tf:
-            data = tf.extractfile(BOTCHAN_MEMBER).read()
+    data = _sdist_members(SENTENCEPIECE_SDIST, "sentencepiece-", lambda n: n == BOTCHAN_MEMBER)[BOTCHAN_MEMBER]
     tmp = target.with_suffix(".partial")
     tmp.write_bytes(data)
     tmp.replace(target)
@@ -122,5 +150,6 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["fetch"]:
         print(botchan_path())
         print(gemma3_path())
+        print(llama_cpp_vocab_dir())
     else:
         print("usage: python -m refquant.models fetch")

@@ -16,7 +16,7 @@ from refquant.io.gguf import GGUFFile
 from refquant.model import Model
 from refquant.model.perplexity import perplexity
 from refquant.model.tokenizer import PRE_TOKENIZERS, Tokenizer
-from refquant.models import botchan_path, gemma3_path, smollm2_path
+from refquant.models import botchan_path, gemma3_path, llama_cpp_vocab_dir, smollm2_path
 
 MODELS = {"smollm2": smollm2_path, "gemma3": gemma3_path}
 
@@ -44,16 +44,10 @@ def test_tokenizer_on_botchan(name, botchan):
     assert tk.encode(whole) == llm.tokenize(whole.encode(), add_bos=True, special=False)
 
 
-VOCAB_DIR = None
-for _d in ["/tmp/llsd/llama_cpp_python-0.3.36/vendor/llama.cpp/models",
-           os.environ.get("LLAMA_CPP_VOCAB_DIR", "")]:
-    if _d and os.path.isdir(_d):
-        VOCAB_DIR = _d
+VOCAB_DIR = str(llama_cpp_vocab_dir())
 
 
 def _vocab_files():
-    if VOCAB_DIR is None:
-        return []
     out = []
     for p in sorted(glob.glob(os.path.join(VOCAB_DIR, "ggml-vocab-*.gguf"))):
         if not os.path.exists(p + ".inp"):
@@ -69,8 +63,6 @@ def _vocab_files():
     return out
 
 
-@pytest.mark.skipif(VOCAB_DIR is None, reason="the llama-cpp-python sdist's vocab tests are not unpacked "
-                    "(LLAMA_CPP_VOCAB_DIR)")
 @pytest.mark.parametrize("path", _vocab_files(), ids=os.path.basename)
 def test_tokenizer_vocab_pairs(path):
     with GGUFFile(path) as f:
