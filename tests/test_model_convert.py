@@ -80,3 +80,27 @@ def test_llama_qk_permutation_matches_rotate_half(tmp_path):
     # within a head, GGUF position 2i + j holds Hugging Face position j * d/2 + i
     idx = np.arange(d).reshape(2, d // 2).T.reshape(-1)
     np.testing.assert_allclose(q_gg, q_hf[..., idx], rtol=1e-12, atol=1e-12)
+
+
+def test_imatrix_gguf_layout(tmp_path):
+    """The importance matrix file has llama-imatrix's layout, read back by gguf-py: one
+    `<weight>.in_sum2` (ne = n_in x 1) and `<weight>.counts` (1 x 1) per blk.* linear layer,
+    sorted by name, and the imatrix.* keys; counts are the rows seen (chunks x n_ctx)."""
+    import gguf
+
+    from refquant.model.imatrix import collect_imatrix, read_imatrix_gguf, write_imatrix_gguf
+    m = Model.from_gguf(tiny_model(tmp_path / "m.gguf", "llama"))
+    col, n = collect_imatrix(m, list(range(1, 90)), 16, 2, 3)
+    assert n == 3
+    write_imatrix_gguf(tmp_path / "i.gguf", col, ["botchan.txt"], n, 16)
+    r = gguf.GGUFReader(tmp_path / "i.gguf")
+    names = [t.name for t in r.tensors]
+    assert names == sorted(names) and len(names) == 2 * 2 * 7
+    assert r.fields["general.type"].contents() == "imatrix"
+    assert r.fields["imatrix.chunk_count"].contents() == 3
+    assert r.fields["imatrix.chunk_size"].contents() == 16
+    t = {t.name: t for t in r.tensors}
+    assert t["blk.0.ffn_down.weight.in_sum2"].shape.tolist() == [128, 1]
+    assert float(t["blk.0.attn_q.weight.counts"].data.reshape(-1)[0]) == 48
+    im = read_imatrix_gguf(tmp_path / "i.gguf")
+    assert set(im) == set(col.sums) and all(v.shape == (col.sums[k].size,) for k, v in im.items())
