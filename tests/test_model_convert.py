@@ -95,7 +95,9 @@ def test_imatrix_gguf_layout(tmp_path):
     write_imatrix_gguf(tmp_path / "i.gguf", col, ["botchan.txt"], n, 16)
     r = gguf.GGUFReader(tmp_path / "i.gguf")
     names = [t.name for t in r.tensors]
-    assert names == sorted(names) and len(names) == 2 * 2 * 7
+    weights = [n[:-len(".in_sum2")] for n in names[::2]]
+    assert weights == sorted(weights) and len(names) == 2 * 2 * 7
+    assert names[1::2] == [w + ".counts" for w in weights]
     assert r.fields["general.type"].contents() == "imatrix"
     assert r.fields["imatrix.chunk_count"].contents() == 3
     assert r.fields["imatrix.chunk_size"].contents() == 16
