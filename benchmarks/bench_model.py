@@ -23,7 +23,7 @@ def one(name: str, ctx: int, numerics: bool, dtype: str) -> dict:
     from refquant.model.tokenizer import Tokenizer
     from refquant.models import botchan_path, gemma3_path, smollm2_path
     path = {"smollm2": smollm2_path, "gemma3": gemma3_path}[name]()
-    toks = Tokenizer.from_gguf(path).encode(botchan_path().read_text())[:ctx]
+    toks = Tokenizer.from_gguf(path).encode(botchan_path().read_bytes().decode("utf-8"))[:ctx]
     m = Model.from_gguf(path, dtype=np.dtype(dtype).type, llamacpp_numerics=numerics)
     t0 = time.perf_counter()
     m.forward(toks)                       # first call: decodes and caches the weights

@@ -23,7 +23,7 @@ MODELS = {"smollm2": smollm2_path, "gemma3": gemma3_path}
 
 @pytest.fixture(scope="module")
 def botchan():
-    return botchan_path().read_text(encoding="utf-8")
+    return botchan_path().read_bytes().decode("utf-8")   # as llama-perplexity reads it
 
 
 def _llama(path, n_ctx=128, vocab_only=False):
