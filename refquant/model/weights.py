@@ -59,10 +59,10 @@ class Linear:
         for hook in src.hooks.values():
             hook(self.name, x)
         dt = src.dtype
-        if src.act_quant and dt == F32:
-            x = quantize_activations(x, VEC_DOT_TYPE.get(self.type_name, "F32"))
         if src.act_quant and dt == F32 and self.type_name in ("Q4_1", "Q5_1") and VEC_DOT_TYPE[self.type_name] == "Q8_1":
             return self._q8_1_product(x)
+        if src.act_quant and dt == F32:
+            x = quantize_activations(x, VEC_DOT_TYPE.get(self.type_name, "F32"))
         x = x.astype(dt, copy=False)
         if self.out_features <= src.chunk_rows:
             return x @ self.weight().astype(dt, copy=False).T
