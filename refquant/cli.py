@@ -6,6 +6,8 @@
     refquant conformance --backend NAME                 the conformance suite against a backend
     refquant vectors --out DIR                          golden test vectors per format
     refquant formats                                    the registered formats
+    refquant perplexity MODEL.gguf --text FILE [--ctx N] [--chunks K] [--base BASE.gguf]
+                                                        perplexity as llama-perplexity computes it
 
 Bad input gives one line on stderr and exit status 2; an interrupted or failed write leaves no
 output file.
@@ -129,6 +131,25 @@ def cmd_vectors(args) -> int:
     return 0
 
 
+def cmd_perplexity(args) -> int:
+    from .errors import InputError
+    from .model.perplexity import model_perplexity
+    try:
+        with open(args.text, "rb") as fh:     # llama-perplexity reads the bytes as they are
+            text = fh.read().decode("utf-8")
+    except OSError as e:
+        raise InputError(f"cannot read {args.text}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{args.text} is not UTF-8 text ({e})") from None
+    r = model_perplexity(args.model, text, args.ctx, args.chunks, base_path=args.base,
+                         llamacpp_numerics=args.llamacpp_numerics,
+                         dtype=np.float64 if args.float64 else np.float32)
+    for i, v in enumerate(r.chunk_ppl):
+        print(f"[{i + 1}]{v:.4f}", end="," if i + 1 < len(r.chunk_ppl) else "\n")
+    print(r)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refquant", description="Bit-exact LLM quantization formats.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -181,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("formats", help="list the registered formats")
     s.set_defaults(func=cmd_formats)
+
+    s = sub.add_parser("perplexity", help="perplexity of a GGUF model on a text, as llama-perplexity computes it")
+    s.add_argument("model", help="GGUF model (llama or gemma3)")
+    s.add_argument("--text", required=True, help="UTF-8 text file")
+    s.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")
+    s.add_argument("--chunks", type=int, default=None, help="score at most this many chunks")
+    s.add_argument("--base", help="base model: also report mean KL divergence and top-1 agreement")
+    s.add_argument("--llamacpp-numerics", action="store_true",
+                   help="round as llama.cpp's CPU backend does (Q8 activations, F16 KV cache)")
+    s.add_argument("--float64", action="store_true", help="run the forward in float64")
+    s.set_defaults(func=cmd_perplexity)
     return p
 
 

@@ -19,7 +19,7 @@ from refquant.errors import FileFormatError, FormatError, InputError
 from refquant.ggml import recipes
 from refquant.ggml.imatrix import read_imatrix, write_imatrix_gguf, write_imatrix_legacy
 from refquant.io.gguf import KV, GGUFFile, TensorInfo, write_gguf
-from refquant.models import gemma3_270m_path, smollm2_path
+from refquant.models import gemma3_path, smollm2_path
 from refquant.registry import get_format
 
 LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
@@ -52,9 +52,8 @@ def no_leftovers(path):
 # ------------------------------------------------------------------------------ real models
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    return {"smollm2": smollm2_path(), "gemma3": gemma3_270m_path(d)}
+def models():
+    return {"smollm2": smollm2_path(), "gemma3": gemma3_path()}
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,70 @@
+"""Speed and memory of the NumPy forward: tokens per second over one 512-token context, and the
+process's peak resident memory, for SmolLM2-135M (Q4_1) and Gemma-3-270M (Q4_K_M); llama.cpp's
+time for the same context is measured in the same run when llama-cpp-python is installed.
+
+    python benchmarks/bench_model.py [--ctx 512] [--models smollm2,gemma3] [--llamacpp-numerics]
+
+Each model runs in its own subprocess so that the peak memory is that model's alone."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+
+def one(name: str, ctx: int, numerics: bool, dtype: str) -> dict:
+    import resource
+
+    import numpy as np
+
+    from refquant.model import Model
+    from refquant.model.tokenizer import Tokenizer
+    from refquant.models import botchan_path, gemma3_path, smollm2_path
+    path = {"smollm2": smollm2_path, "gemma3": gemma3_path}[name]()
+    toks = Tokenizer.from_gguf(path).encode(botchan_path().read_bytes().decode("utf-8"))[:ctx]
+    m = Model.from_gguf(path, dtype=np.dtype(dtype).type, llamacpp_numerics=numerics)
+    t0 = time.perf_counter()
+    m.forward(toks)                       # first call: decodes and caches the weights
+    t1 = time.perf_counter()
+    m.forward(toks)
+    t2 = time.perf_counter()
+    out = {"model": name, "ctx": len(toks), "dtype": dtype, "llamacpp_numerics": numerics,
+           "first_s": t1 - t0, "warm_s": t2 - t1, "tok_per_s": len(toks) / (t2 - t1),
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:
+        import llama_cpp
+        llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, logits_all=True, verbose=False)
+        t = time.perf_counter()
+        llm.eval(toks)
+        out["llamacpp_tok_per_s"] = len(toks) / (time.perf_counter() - t)
+    except ImportError:
+        pass
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--models", default="smollm2,gemma3")
+    ap.add_argument("--llamacpp-numerics", action="store_true")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(one(a.one, a.ctx, a.llamacpp_numerics, a.dtype)))
+        return
+    print(f"{'model':<8} {'ctx':>4} {'dtype':<8} {'first s':>8} {'warm s':>7} {'tok/s':>7} "
+          f"{'llama.cpp tok/s':>16} {'peak RSS MiB':>13}")
+    for name in a.models.split(","):
+        cmd = [sys.executable, __file__, "--one", name, "--ctx", str(a.ctx), "--dtype", a.dtype]
+        if a.llamacpp_numerics:
+            cmd.append("--llamacpp-numerics")
+        r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        print(f"{r['model']:<8} {r['ctx']:>4} {r['dtype']:<8} {r['first_s']:>8.2f} {r['warm_s']:>7.2f} "
+              f"{r['tok_per_s']:>7.1f} {r.get('llamacpp_tok_per_s', float('nan')):>16.1f} {r['peak_rss_mib']:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Weights of a model: read from GGUF (or a Hugging Face safetensors checkpoint converted to the
+GGUF layout), kept in their stored format, dequantized on use.
+
+A `Linear` holds one weight matrix (out_features, in_features) as its GGUF bytes and decodes it
+with the spec (`GGUFFile.dequantize`) when the forward needs it, so a model in any refquant
+format runs without a float copy of every tensor. Every linear layer's input can be observed
+with `Weights.hooks` (name -> callback(name, x)): the calibration algorithms and the importance
+matrix capture (refquant.model.imatrix) use it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import FormatError
+from ..io.gguf import GGUFFile
+
+F32 = np.float32
+
+# The type ggml's CPU backend quantizes a matmul's activations to before the integer dot product
+# (`vec_dot_type` of each weight type in ggml-cpu.c's type traits).
+VEC_DOT_TYPE = {
+    "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0",
+    "Q4_1": "Q8_1", "Q5_1": "Q8_1",
+    "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K",
+    "F16": "F16", "BF16": "BF16", "F32": "F32",
+}
+
+
+def quantize_activations(x: np.ndarray, vec_dot_type: str) -> np.ndarray:
+    """x (rows, n) float32 as ggml's CPU backend hands it to the dot product: rounded to
+    `vec_dot_type` (Q8_0, Q8_1, Q8_K: the spec's quantizer then decoder; F16/BF16: rounded)."""
+    import refquant
+    if vec_dot_type == "F32":
+        return x
+    if vec_dot_type == "F16":
+        return x.astype(np.float16).astype(F32)
+    if vec_dot_type == "BF16":
+        from ..numerics import bf16_bits_to_fp32, fp32_to_bf16_bits
+        return bf16_bits_to_fp32(fp32_to_bf16_bits(x))
+    x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, x.shape[-1])
+    return refquant.dequantize(refquant.quantize(x2, vec_dot_type), vec_dot_type).reshape(x.shape)
+
+
+class Linear:
+    """y = x @ W.T for a weight W stored as GGUF bytes. `chunk_rows` bounds the float copy made
+    at a time (the 262144-row Gemma embedding is decoded 16384 rows at a time)."""
+
+    def __init__(self, name: str, source: "Weights", type_name: str, shape: tuple[int, int]):
+        self.name, self.source, self.type_name = name, source, type_name
+        self.out_features, self.in_features = shape
+
+    def weight(self, rows: slice | None = None) -> np.ndarray:
+        return self.source.dequantize(self.name, rows)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        src = self.source
+        for hook in src.hooks.values():
+            hook(self.name, x)
+        dt = src.dtype
+        if src.act_quant and dt == F32 and self.type_name in ("Q4_1", "Q5_1") and VEC_DOT_TYPE[self.type_name] == "Q8_1":
+            return self._q8_1_product(x)
+        if src.act_quant and dt == F32:
+            x = quantize_activations(x, VEC_DOT_TYPE.get(self.type_name, "F32"))
+        x = x.astype(dt, copy=False)
+        if self.out_features <= src.chunk_rows:
+            return x @ self.weight().astype(dt, copy=False).T
+        out = np.empty(x.shape[:-1] + (self.out_features,), dt)
+        for r0 in range(0, self.out_features, src.chunk_rows):
+            r1 = min(r0 + src.chunk_rows, self.out_features)
+            out[..., r0:r1] = x @ self.weight(slice(r0, r1)).astype(dt, copy=False).T
+        return out
+
+
+    def _q8_1_product(self, x: np.ndarray) -> np.ndarray:
+        """ggml_vec_dot_q4_1_q8_1 / _q5_1_q8_1 per block: d_w*d_x*sum(q_w*q_x) + m_w*s_x, where
+        s_x = fp16(d_x * sum(q_x)) is the F16 sum Q8_1 stores: the minimum's term is taken with
+        that rounded sum, not with the decoded activations (a visible difference, ~2^-11
+        relative, on the largest term of the dot product)."""
+        import refquant
+        from ..ggml.blocks import split_fields, u16
+        from ..ggml.legacy import _unpack_nibbles, _unpack_q5
+        from ..numerics import fp16_bits_to_fp32
+        raw = np.asarray(self.source.raw_bytes(self.name)).reshape(-1, 20 if self.type_name == "Q4_1" else 24)
+        if self.type_name == "Q4_1":
+            f = split_fields(raw, 20, ("d", 2), ("m", 2), ("qs", 16))
+            q = _unpack_nibbles(f["qs"]).astype(F32)
+        else:
+            f = split_fields(raw, 24, ("d", 2), ("m", 2), ("qh", 4), ("qs", 16))
+            q = _unpack_q5(f["qh"], f["qs"]).astype(F32)
+        nb = self.in_features // 32
+        dq = (q * fp16_bits_to_fp32(u16(f["d"]))[:, None]).reshape(self.out_features, -1)
+        m = fp16_bits_to_fp32(u16(f["m"])).reshape(self.out_features, nb)
+        x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, self.in_features)
+        qx = refquant.quantize(x2, "Q8_1").reshape(-1, 36)
+        g = split_fields(qx, 36, ("d", 2), ("s", 2), ("qs", 32))
+        xd = (g["qs"].view(np.int8).astype(F32) * fp16_bits_to_fp32(u16(g["d"]))[:, None]).reshape(x2.shape)
+        s = fp16_bits_to_fp32(u16(g["s"])).reshape(-1, nb)
+        return (xd @ dq.T + s @ m.T).reshape(x.shape[:-1] + (self.out_features,))
+
+
+class Weights:
+    """The tensors of one model, by their llama.cpp names, decoded on use.
+
+    dtype: float32 (default) or float64 for the whole forward.
+    act_quant: round each matmul's input to the weight's vec_dot_type, as ggml's CPU backend
+    does (float32 only).
+    cache: keep decoded matrices (faster, float32 copies of every weight in memory)."""
+
+    def __init__(self, tensors: dict[str, tuple[str, tuple, Callable]], metadata: dict,
+                 dtype=F32, act_quant: bool = False, cache: bool = True,
+                 chunk_rows: int = 16384, raw: dict | None = None):
+        self._tensors = tensors       # name -> (type_name, numpy shape, decode(rows) -> f32)
+        self.metadata = metadata
+        self.dtype = np.dtype(dtype).type
+        if self.dtype not in (np.float32, np.float64):
+            raise FormatError(f"the forward runs in float32 or float64, not {np.dtype(dtype)}")
+        self.act_quant = act_quant
+        self.cache = cache
+        self.chunk_rows = chunk_rows
+        self.hooks: dict[str, Callable[[str, np.ndarray], None]] = {}
+        self._cached: dict[str, np.ndarray] = {}
+        self.raw = raw or {}
+
+    @classmethod
+    def from_gguf(cls, path, **kw) -> "Weights":
+        f = GGUFFile(path)
+        tensors = {}
+        for t in f.tensors:
+            tensors[t.name] = (t.type_name, tuple(t.shape), _gguf_decoder(f, t.name))
+        w = cls(tensors, f.metadata, raw={t.name: (lambda n=t.name: f.raw(n)) for t in f.tensors}, **kw)
+        w.file = f
+        return w
+
+    def names(self):
+        return self._tensors.keys()
+
+    def __contains__(self, name):
+        return name in self._tensors
+
+    def type_name(self, name):
+        return self._tensors[name][0]
+
+    def shape(self, name):
+        return self._tensors[name][1]
+
+    def dequantize(self, name: str, rows: slice | None = None) -> np.ndarray:
+        if name not in self._tensors:
+            raise FormatError(f"the model has no tensor {name!r}")
+        if rows is None and name in self._cached:
+            return self._cached[name]
+        v = self._tensors[name][2](rows)
+        if rows is None and self.cache and v.size <= self.chunk_rows * 4096:
+            self._cached[name] = v
+        return v
+
+    def raw_bytes(self, name: str) -> np.ndarray:
+        """The stored bytes (rows, row_bytes) of a tensor."""
+        if name not in self.raw:
+            raise FormatError(f"no stored bytes for {name!r}")
+        return self.raw[name]()
+
+    def get(self, name: str) -> np.ndarray:
+        return self.dequantize(name).astype(self.dtype, copy=False)
+
+    def linear(self, name: str) -> Linear:
+        shape = self.shape(name)
+        if len(shape) != 2:
+            raise FormatError(f"{name}: a linear layer's weight is 2-D, this one has shape {shape}")
+        return Linear(name, self, self.type_name(name), shape)
+
+    def embedding_rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` of an embedding matrix, decoded one distinct row at a time (get_rows)."""
+        uniq, inv = np.unique(ids, return_inverse=True)
+        f = getattr(self, "file", None)
+        if f is not None and name not in self._cached:
+            from ..backend import SPEC
+            t = f.info(name)
+            raw = np.asarray(f.raw(name))[uniq]
+            from ..io.gguf import _PLAIN_NUMPY
+            if t.ggml_type in _PLAIN_NUMPY:
+                rows = raw.view(_PLAIN_NUMPY[t.ggml_type]).astype(F32).reshape(len(uniq), -1)
+            else:
+                rows = SPEC.dequantize(raw, t.ggml_type).reshape(len(uniq), -1)
+        else:
+            rows = self.dequantize(name)[uniq]
+        return rows[inv].astype(self.dtype, copy=False)
+
+
+def _gguf_decoder(f: GGUFFile, name: str):
+    def decode(rows=None):
+        from ..backend import SPEC
+        from ..io.gguf import _PLAIN_NUMPY
+        t = f.info(name)
+        raw = np.asarray(f.raw(name))
+        if rows is not None:
+            raw = raw[rows]
+        shape = (raw.shape[0],) + tuple(t.shape[1:]) if rows is not None else tuple(t.shape)
+        if t.ggml_type in _PLAIN_NUMPY:
+            return raw.view(_PLAIN_NUMPY[t.ggml_type]).astype(F32).reshape(shape)
+        return SPEC.dequantize(raw, t.ggml_type).reshape(shape)
+    return decode

@@ -1,0 +1,102 @@
+"""The NumPy forward, tokenizer and perplexity against llama.cpp (llama-cpp-python) on real
+models: SmolLM2-135M (llama, Q4_1) and Gemma-3-270M (gemma3, Q4_K_M), on Botchan.
+
+The logit and perplexity bounds are the ones spec/model.md derives: llama.cpp rounds each
+matmul's input to Q8 (and K, V to F16); the forward with that rounding emulated must lie closer to
+llama.cpp than the size of that rounding's own effect (the forward with it minus without it)."""
+import os
+
+import numpy as np
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+from refquant.io.gguf import GGUFFile
+from refquant.model import Model
+from refquant.model.perplexity import perplexity
+from refquant.model.tokenizer import PRE_TOKENIZERS, Tokenizer
+from refquant.models import botchan_path, gemma3_path, llama_cpp_vocab_dir, smollm2_path
+
+MODELS = {"smollm2": smollm2_path, "gemma3": gemma3_path}
+
+
+@pytest.fixture(scope="module")
+def botchan():
+    return botchan_path().read_bytes().decode("utf-8")   # as llama-perplexity reads it
+
+
+def _llama(path, n_ctx=128, vocab_only=False):
+    return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                           vocab_only=vocab_only, n_threads=2)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_tokenizer_on_botchan(name, botchan):
+    path = MODELS[name]()
+    tk = Tokenizer.from_gguf(path)
+    llm = _llama(path, vocab_only=True)
+    lines = botchan.splitlines(keepends=True)
+    for i in range(0, 600, 20):
+        s = "".join(lines[i:i + 20])
+        assert tk.encode(s) == llm.tokenize(s.encode(), add_bos=True, special=False), s[:80]
+    whole = "".join(lines[:600])
+    assert tk.encode(whole) == llm.tokenize(whole.encode(), add_bos=True, special=False)
+
+
+VOCAB_DIR = str(llama_cpp_vocab_dir())
+
+
+# Every vocabulary in llama.cpp's test set whose type (gpt2 BPE, llama SPM) and pre-tokenizer
+# refquant supports (listed by name: reading each file's metadata at collection is slow).
+SUPPORTED_VOCABS = ["command-r", "falcon", "gpt-2", "llama-bpe", "llama-spm", "mpt", "phi-3",
+                    "qwen2", "refact", "starcoder"]
+
+
+def _vocab_files():
+    return [os.path.join(VOCAB_DIR, f"ggml-vocab-{v}.gguf") for v in SUPPORTED_VOCABS]
+
+
+@pytest.mark.parametrize("path", _vocab_files(), ids=os.path.basename)
+def test_tokenizer_vocab_pairs(path):
+    with GGUFFile(path) as f:
+        md = f.metadata
+    assert md["tokenizer.ggml.model"] == "llama" or md["tokenizer.ggml.pre"] in PRE_TOKENIZERS
+    tk = Tokenizer(md)
+    inp = open(path + ".inp", encoding="utf-8").read().split("\n__ggml_vocab_test__\n")
+    out = open(path + ".out", encoding="utf-8").read().split("\n")
+    for s, o in zip(inp, out):
+        assert tk.encode(s, add_special=False) == [int(x) for x in o.split()], repr(s)
+
+
+@pytest.mark.parametrize("name,n", [("smollm2", 48), ("gemma3", 24)])
+def test_logits_within_activation_rounding(name, n, botchan):
+    path = MODELS[name]()
+    tk = Tokenizer.from_gguf(path)
+    toks = tk.encode(botchan[:2000])[:n]
+    llm = _llama(path, n_ctx=64)
+    llm.eval(toks)
+    ref = np.array(llm.scores[:len(toks)], dtype=np.float32)
+    plain = Model.from_gguf(path).forward(toks)
+    emul = Model.from_gguf(path, llamacpp_numerics=True).forward(toks)
+    effect = np.abs(emul - plain).mean()           # size of llama.cpp's own roundings
+    assert np.abs(emul - ref).mean() <= effect
+
+
+def test_perplexity_within_activation_rounding(botchan):
+    path = smollm2_path()
+    tk = Tokenizer.from_gguf(path)
+    toks = tk.encode(botchan[:3000])
+    n_ctx = 64
+    llm = _llama(path, n_ctx=n_ctx)
+
+    def lf(t):
+        llm.reset()
+        llm.eval(t)
+        return np.array(llm.scores[:len(t)])
+    bos = tk.bos if tk.add_bos else None
+    ref = perplexity(lf, toks, n_ctx, bos, 2)
+    plain = perplexity(Model.from_gguf(path).forward, toks, n_ctx, bos, 2)
+    emul = perplexity(Model.from_gguf(path, llamacpp_numerics=True).forward, toks, n_ctx, bos, 2,
+                      base_forward=lf)
+    assert ref.n_tokens == emul.n_tokens == 2 * (n_ctx - 1 - n_ctx // 2)
+    assert abs(emul.ppl - ref.ppl) <= abs(emul.ppl - plain.ppl)
