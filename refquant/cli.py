@@ -96,12 +96,22 @@ def cmd_quantize(args) -> int:
                             args.activations, progress=Progress(n, "quantize", args.progress))
         return 0
     if args.type is None:
-        raise RefquantError("quantize: a GGUF input needs --type (e.g. Q8_0)")
-    from .io.convert import quantize_file
+        raise RefquantError("quantize: a GGUF input needs --type (a llama.cpp file type such as Q4_K_M)")
+    from .ggml import recipes
     from .io.gguf import GGUFFile
     with GGUFFile(args.input) as f:
         n = len(f.tensors)
-    quantize_file(args.input, args.output, args.type, None, args.backend, Progress(n, "quantize", args.progress))
+    bar = Progress(n, "quantize", args.progress)
+    if args.type.upper() in recipes.FILE_TYPES:
+        # llama.cpp's file type: its per-tensor mixture, metadata and layout, as llama-quantize writes them
+        recipes.quantize_model(args.input, args.output, args.type.upper(), imatrix=args.imatrix, pure=args.pure,
+                               progress=lambda tp, i, total: bar(tp))
+        return 0
+    if args.imatrix or args.pure:
+        raise RefquantError(f"quantize: --imatrix and --pure go with llama.cpp's file types; {args.type!r} is not one "
+                            f"(known: {', '.join(recipes.FILE_TYPES)})")
+    from .io.convert import quantize_file
+    quantize_file(args.input, args.output, args.type, None, args.backend, bar)  # one ggml type everywhere
     return 0
 
 
@@ -176,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "safetensors checkpoint directory's linear layers")
     s.add_argument("input")
     s.add_argument("output")
-    s.add_argument("--type", default=None, help="GGUF input: ggml type for every quantizable weight (e.g. Q8_0)")
+    s.add_argument("--type", default=None,
+                   help="GGUF input: a llama.cpp file type (Q4_0 .. Q6_K, Q4_K_M, IQ4_XS, ...), written as "
+                        "llama-quantize writes it; or any other ggml type refquant has, for every quantizable weight")
+    s.add_argument("--imatrix", default=None, help="GGUF input: an importance matrix (llama.cpp's GGUF or legacy .dat)")
+    s.add_argument("--pure", action="store_true", help="GGUF input: no mixture, the file type's one type everywhere")
     s.add_argument("--method", default="rtn", choices=["rtn", "gptq", "awq"], help="checkpoint input: algorithm")
     s.add_argument("--bits", type=int, default=4, help="checkpoint input: bits per weight")
     s.add_argument("--group-size", type=int, default=128, help="checkpoint input: group size (-1: per channel)")

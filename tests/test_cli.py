@@ -36,7 +36,7 @@ def test_dequantize_then_quantize(model, tmp_path, ggml):
         np.testing.assert_array_equal(b.dequantize("a.weight"), a.dequantize("a.weight"))
         assert b.get("general.file_type") == 0
     q = tmp_path / "q5.gguf"
-    assert main(["quantize", str(f32), str(q), "--type", "q5_1", "--no-progress"]) == 0
+    assert main(["quantize", str(f32), str(q), "--type", "q5_1", "--no-progress"]) == 0  # llama.cpp's Q5_1
     with GGUFFile(f32) as a, GGUFFile(q) as b:
         assert [t.type_name for t in b.tensors] == ["Q5_1", "F32"]  # the 1-D norm stays F32
         x = a.dequantize("a.weight")
@@ -71,9 +71,20 @@ def test_bad_files_give_one_line_and_status_2(model, tmp_path, capsys):
                                                               "--type", "Q9_9"])
 
 
+def test_one_ggml_type_everywhere(model, tmp_path, ggml):
+    """A ggml type that is no llama.cpp file type (here MXFP4) goes to every quantizable weight."""
+    f32 = tmp_path / "f32.gguf"
+    assert main(["dequantize", str(model), str(f32), "--no-progress"]) == 0
+    out = tmp_path / "mx.gguf"
+    assert main(["quantize", str(f32), str(out), "--type", "mxfp4", "--no-progress"]) == 0
+    with GGUFFile(f32) as a, GGUFFile(out) as b:
+        assert [t.type_name for t in b.tensors] == ["MXFP4", "F32"]
+        np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), ggml.quantize(a.dequantize("a.weight"), "MXFP4"))
+
+
 def test_quantized_input_is_refused(model, tmp_path, capsys):
     err = one_line_error(capsys, ["quantize", str(model), str(tmp_path / "o.gguf"), "--type", "Q8_0"])
-    assert "tensor 'a.weight' is already quantized (Q8_0)" in err
+    assert "already quantized (tensor 'a.weight' is Q8_0)" in err
     assert not (tmp_path / "o.gguf").exists()
 
 

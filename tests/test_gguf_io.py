@@ -48,6 +48,7 @@ def small_model(path, **kw):
     tensors = {"a.weight": ("Q8_0", w), "b.norm": ("F32", rng.standard_normal(64).astype(np.float32))}
     kvs = [KV("general.architecture", GGUFValueType.STRING, "llama"),
            KV("general.name", GGUFValueType.STRING, "tiny"),
+           KV("llama.block_count", GGUFValueType.UINT32, 1),
            KV("x.list", GGUFValueType.ARRAY, [1, 2, 3], GGUFValueType.INT32),
            KV("x.strs", GGUFValueType.ARRAY, ["a", "bc"], GGUFValueType.STRING),
            KV("x.f", GGUFValueType.FLOAT32, 0.5)]
