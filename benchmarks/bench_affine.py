@@ -7,7 +7,6 @@ slower). torch runs on one thread, as NumPy does for this work.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
@@ -15,14 +14,11 @@ from refquant import affine as A
 from refquant import fp8_scaling as F
 from refquant.oracles import pytorch as pt
 
+import timing  # benchmarks/timing.py
+
 
 def best_of(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return timing.best_of(fn, repeat)[0]
 
 
 def cases(x, bits=4, group=128):

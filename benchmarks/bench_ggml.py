@@ -8,7 +8,6 @@ ggml_quantize_chunk and to_float run on one thread; NumPy is single-threaded for
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
@@ -20,14 +19,11 @@ try:
 except ImportError:  # pragma: no cover
     gguf_quants = None
 
+import timing  # benchmarks/timing.py
+
 
 def best_of(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return timing.best_of(fn, repeat)[0]
 
 
 def gguf_py(op, x, name):

@@ -22,18 +22,16 @@ import refquant
 from refquant.ggml import grids
 from refquant.oracles import ggml
 
-TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
-LATTICE = {"IQ2_XXS": "iq2xxs", "IQ2_XS": "iq2xs", "IQ2_S": "iq2s", "IQ3_XXS": "iq3xxs",
-           "IQ3_S": "iq3s", "IQ1_S": "iq1s", "IQ1_M": "iq1s"}
+import timing  # benchmarks/timing.py
 
 
 def best_of(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
-    return best
+    return timing.best_of(fn, repeat, clock=time.process_time)[0]  # CPU time of this process
+
+
+TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+LATTICE = {"IQ2_XXS": "iq2xxs", "IQ2_XS": "iq2xs", "IQ2_S": "iq2s", "IQ3_XXS": "iq3xxs",
+           "IQ3_S": "iq3s", "IQ1_S": "iq1s", "IQ1_M": "iq1s"}
 
 
 def main(argv=None):

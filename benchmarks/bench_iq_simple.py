@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -22,17 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import refquant  # noqa: E402
 from refquant.oracles import ggml  # noqa: E402
 
+import timing  # benchmarks/timing.py
+
+
+best_of = timing.best_of
+
+
 TYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "Q1_0", "MXFP4", "NVFP4"]
-
-
-def best_of(fn, repeat):
-    best = float("inf")
-    out = None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main(argv=None):

@@ -8,24 +8,19 @@ Each refquant result is checked against ggml's bytes (a benchmark of a wrong ans
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 import refquant
 from refquant.oracles import ggml
 
+import timing  # benchmarks/timing.py
+
+
+best_time = timing.best_of
+
+
 K_TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"]
-
-
-def best_time(fn, repeat):
-    best = float("inf")
-    out = None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main(argv=None):

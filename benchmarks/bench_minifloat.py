@@ -10,7 +10,6 @@ comparison with single-threaded NumPy.
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import ml_dtypes
@@ -19,14 +18,11 @@ import numpy as np
 from refquant import minifloat as mf
 from refquant import mx
 
+import timing  # benchmarks/timing.py
+
 
 def best_of(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return timing.best_of(fn, repeat)[0]
 
 
 def row(label, ours, peer):
