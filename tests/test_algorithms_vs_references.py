@@ -164,7 +164,7 @@ def _llmc_awq_scales(W, X, bits, group, duo, n_grid=20):
     Returns its best scales, the modifier stand-in (for its grid) and the layer's QuantizationArgs."""
     import types
     import warnings
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, disable_quantization
     from compressed_tensors.quantization.lifecycle.initialize import initialize_module_for_quantization
     from llmcompressor.modifiers.transform.awq.base import AWQModifier
     from llmcompressor.utils.helpers import calibration_forward_context
@@ -174,6 +174,9 @@ def _llmc_awq_scales(W, X, bits, group, duo, n_grid=20):
     qa = QuantizationArgs(num_bits=bits, type="int", symmetric=False, strategy="group" if group > 0 else "channel",
                           group_size=group if group > 0 else None)
     initialize_module_for_quantization(lin, QuantizationScheme(targets=["Linear"], weights=qa))
+    # the layer's forward is then wrapped to fake-quantize its weight again; llm-compressor
+    # disables that until calibration, and AWQ's loss compares float forwards: disable it
+    lin.apply(disable_quantization)
     x = torch.from_numpy(X)
     me = types.SimpleNamespace(duo_scaling=duo, n_grid=n_grid, _error_metrics=[],
                                _smooth_activation_stats={"s": [x.abs().float().sum(0), torch.tensor(X.shape[0])]},
@@ -196,14 +199,15 @@ LLMC_AWQ = []
        st.sampled_from([True, False, "both"]))
 def test_awq_scale_search_vs_llmcompressor(layer, bits, group, duo):
     """llm-compressor 0.14's AWQ scale search (AWQModifier._compute_best_scale) against refquant's
-    awq(grid_rule="llm-compressor") on the same layer and activations. Required, as guaranteed:
-    the same (α, duo) grid, and llm-compressor's best scales equal to one of refquant's
-    candidate scales (same x_mean, w_mean and formula; its w_mean is a float64 mean, refquant's
-    rounded to float32, so equal to 1e-5 relative). Not required: the same α. llm-compressor
-    fake-quantizes with compressed-tensors' asymmetric grid (range widened to include 0, signed
-    zero point) and refquant's awq with AutoAWQ's (min..max, zero clamped to 0..2^b−1), so the
-    losses differ and so may the choice; the share of identical codes and the output-error
-    ratio are recorded (spec/algorithms/awq.md). Not in the test extra (llm-compressor pins
+    awq(grid_rule="llm-compressor") on the same layer and activations. Required: the same
+    (α, duo) grid; llm-compressor's best scales equal to one of refquant's candidates (same
+    x_mean, w_mean and formula; its w_mean is a float64 mean, refquant's rounded to float32, so
+    equal to 1e-5 relative); and the same final codes. llm-compressor fake-quantizes with
+    compressed-tensors' asymmetric grid (range widened to include 0, signed zero point),
+    refquant's awq with AutoAWQ's (min..max): the two agree wherever a group's range straddles
+    0, as in these Gaussian layers; a group of one sign, or two α's whose losses tie to within
+    float32 rounding, could still part them. Records the share of identical codes and the
+    output-error ratio (spec/algorithms/awq.md). Not in the test extra (llm-compressor pins
     transformers <= 5.17): `pip install --no-deps llmcompressor==0.14.0.1` to run it."""
     pytest.importorskip("llmcompressor.modifiers.transform.awq.base",
                         reason="llmcompressor conflicts with the pinned transformers")
@@ -229,6 +233,7 @@ def test_awq_scale_search_vs_llmcompressor(layer, bits, group, duo):
     e_l = output_error(X, W, W_l)
     LLMC_AWQ.append((float(np.mean(mine.codes == theirs_codes)), output_error(X, W, mine.dequantize()) / e_l if e_l else 1.0,
                      float(np.max(np.abs(mine.input_scale / s_l - 1)))))
+    np.testing.assert_array_equal(mine.codes, theirs_codes)
 
 
 def test_record_awq_llmcompressor():
