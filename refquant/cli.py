@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="rtn", choices=["rtn", "gptq", "awq"], help="checkpoint input: algorithm")
     s.add_argument("--bits", type=int, default=4, help="checkpoint input: bits per weight")
     s.add_argument("--group-size", type=int, default=128, help="checkpoint input: group size (-1: per channel)")
-    s.add_argument("--format", default="gptq", choices=["gptq", "gptq_v2", "awq", "compressed-tensors",
+    s.add_argument("--format", default="gptq", choices=["gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors",
                                                         "fp8-block", "nvfp4"], help="checkpoint input: output layout")
     s.add_argument("--activations", default=None,
                    help="checkpoint input: directory of <module>.npy calibration activations (gptq, awq)")

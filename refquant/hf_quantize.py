@@ -1,6 +1,6 @@
 """Quantize a Hugging Face safetensors checkpoint's linear layers into a checkpoint a real loader
 reads: `refquant quantize MODEL_DIR OUT_DIR --method rtn|gptq|awq --bits B --group-size G
---format gptq|gptq_v2|awq|compressed-tensors|fp8-block|nvfp4`.
+--format gptq|gptq_v2|awq|awq-gemv|compressed-tensors|fp8-block|nvfp4`.
 
 Linear layers are the 2-D `*.weight` tensors under `model.layers.` (embeddings, norms and
 lm_head stay as they are). GPTQ and AWQ read calibration activations from `--activations DIR`:
@@ -35,7 +35,7 @@ from .layouts import fp8_block as L_fp8
 from .layouts import gptq as L_gptq
 
 METHODS = ("rtn", "gptq", "awq")
-FORMATS = ("gptq", "gptq_v2", "awq", "compressed-tensors", "fp8-block", "nvfp4")
+FORMATS = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors", "fp8-block", "nvfp4")
 AWQ_GROUPS = [("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
               ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
               ("self_attn.v_proj", ("self_attn.o_proj",)),
@@ -51,10 +51,12 @@ def _check_options(method, bits, group_size, fmt, activations):
         raise InputError(f"quantize: method must be one of {METHODS}, got {method!r}")
     if fmt not in FORMATS:
         raise FormatError(f"quantize: format must be one of {FORMATS}, got {fmt!r}")
-    allowed = {"gptq": (2, 3, 4, 8), "gptq_v2": (2, 3, 4, 8), "awq": (4,), "compressed-tensors": tuple(range(2, 9)),
+    allowed = {"gptq": (2, 3, 4, 8), "gptq_v2": (2, 3, 4, 8), "awq": (4,), "awq-gemv": (4,), "compressed-tensors": tuple(range(2, 9)),
                "fp8-block": (8,), "nvfp4": (4,)}[fmt]
     if bits not in allowed:
         raise FormatError(f"quantize: format {fmt} holds {allowed}-bit weights, not {bits}")
+    if fmt == "awq-gemv" and group_size not in (-1, 32, 64) and group_size < 128:
+        raise FormatError(f"quantize: AWQ GEMV takes group size 32, 64 or >= 128, not {group_size}")
     if fmt in ("fp8-block", "nvfp4") and method != "rtn":
         raise FormatError(f"quantize: format {fmt} is a float format; only --method rtn applies")
     if method in ("gptq", "awq") and activations is None:
@@ -115,7 +117,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     adir = Path(activations) if activations is not None else None
     for k in lin:                      # every check that needs no computation, before any
         K = ck[k].shape[1]
-        if fmt in ("gptq", "gptq_v2", "awq", "compressed-tensors") and group_size != -1 and K % group_size:
+        if fmt in ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors") and group_size != -1 and K % group_size:
             raise InputError(f"quantize: layer {k[:-len('.weight')]} has {K} inputs, not a multiple of group "
                              f"size {group_size}")
         if fmt == "nvfp4" and K % 16:
@@ -123,7 +125,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         if adir is not None and method != "rtn":
             _activations(adir, k[:-len(".weight")], K)
     if sym is None:
-        sym = fmt not in ("awq",)
+        sym = fmt not in ("awq", "awq-gemv")
     out = {}
     weights = {k: np.asarray(ck[k]) for k in ck}
     if method == "awq":
@@ -135,7 +137,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         W = weights[k].astype(np.float32)
         N, K = W.shape
         module = k[:-len(".weight")]
-        if fmt in ("gptq", "gptq_v2", "awq", "compressed-tensors"):
+        if fmt in ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors"):
             if group_size != -1 and K % group_size:
                 raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of group size {group_size}")
             if method == "gptq":
@@ -146,6 +148,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                 t = L_gptq.pack(q.codes, q.scales, q.zeros, q.g_idx, bits, "v1" if fmt == "gptq" else "v2")
             elif fmt == "awq":
                 t = L_awq.pack(q.codes, q.scales, q.zeros)
+            elif fmt == "awq-gemv":
+                t = L_awq.pack_gemv(q.codes, q.scales, q.zeros, group_size)
             else:
                 off = 2 ** (bits - 1)
                 codes = (q.codes.astype(np.int16) - off).astype(np.int8)
@@ -176,6 +180,8 @@ def _config(fmt, bits, group_size, sym) -> dict:
         return L_gptq.quantization_config(bits, group_size, sym, False, "v1" if fmt == "gptq" else "v2")
     if fmt == "awq":
         return L_awq.quantization_config(group_size, zero_point=not sym)
+    if fmt == "awq-gemv":
+        return L_awq.quantization_config(group_size, zero_point=not sym, version="gemv")
     if fmt == "compressed-tensors":
         return L_ct.quantization_config("pack-quantized", bits, None if group_size == -1 else group_size, sym)
     if fmt == "fp8-block":

@@ -71,6 +71,25 @@ def test_awq_format_read_by_autoawq(model, tmp_path):
     assert not np.array_equal(ck["model.layers.0.input_layernorm.weight"], t["model.layers.0.input_layernorm.weight"])
 
 
+def test_awq_gemv_format(model, tmp_path):
+    """The GEMV output holds the weights AutoAWQ's dequantize_gemm reads from the GEMM output of
+    the same run (the GEMV packing itself is checked against WQLinear_GEMV.from_linear)."""
+    from awq.utils.packing_utils import dequantize_gemm
+    d, adir, t = model
+    for fmt in ("awq", "awq-gemv"):
+        assert run(d, tmp_path / fmt, "--bits", "4", "--group-size", "64", "--format", fmt) == 0
+    cfg = json.loads((tmp_path / "awq-gemv" / "config.json").read_text())["quantization_config"]
+    assert cfg["version"] == "gemv" and cfg["group_size"] == 64
+    gemm, gemv = Checkpoint(tmp_path / "awq"), Checkpoint(tmp_path / "awq-gemv")
+    theirs = dequantize_gemm(*(torch.from_numpy(np.asarray(gemm[f"{LAYER}.{k}"]).copy())
+                               for k in ("qweight", "qzeros", "scales")), 4, 64).numpy()
+    tens = {k: np.asarray(gemv[f"{LAYER}.{k}"]) for k in ("qweight", "qzeros", "scales")}
+    N, K = t[f"{LAYER}.weight"].shape
+    assert tens["qweight"].shape == (N, K // 8) and tens["qzeros"].shape == (N, L_awq.zeros_width(K, 64))
+    np.testing.assert_array_equal(L_awq.dequantize_gemv(tens, 64).T.view(np.uint16), theirs.view(np.uint16))
+    assert run(d, tmp_path / "bad", "--bits", "4", "--group-size", "48", "--format", "awq-gemv") != 0
+
+
 @pytest.mark.parametrize("bits,sym_group", [(4, 32), (8, -1), (3, 64)])
 def test_compressed_tensors_format_decompressed_by_compressed_tensors(model, tmp_path, bits, sym_group):
     with warnings.catch_warnings():

@@ -114,3 +114,63 @@ def test_bad_input():
         L_awq.pack(c, s, s, bits=3)
     with pytest.raises(InputError, match="zero"):
         L_gptq.pack(c, s, s * 99, np.zeros(32, np.int32), 4)
+
+
+@st.composite
+def gemv_layers(draw):
+    N = draw(st.sampled_from([8, 16, 32]))
+    g = draw(st.sampled_from([32, 64, 128, 256]))
+    G = draw(st.sampled_from([1, 2, 3, 9]))          # 9 groups: more than one qzeros word
+    K = G * g
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    codes = rng.integers(0, 16, (N, K)).astype(np.uint8)
+    zeros = rng.integers(0, 16, (N, G)).astype(np.float32)
+    scales = (rng.random((N, G)) * draw(st.sampled_from([1e-3, 0.05, 1.0, 30.0])) + 1e-3).astype(np.float32)
+    return codes, scales, zeros, g
+
+
+@settings(max_examples=30, deadline=None)
+@given(gemv_layers())
+def test_awq_gemv_written_as_autoawq(q):
+    """AutoAWQ 0.2.9's WQLinear_GEMV.from_linear (CPU) packs the same layer into the same three
+    tensors, bit for bit. It re-derives each code as round((w + zero·scale) / scale16) from a
+    weight: w = (code − zero)·scale16 in float32 is exact, so it recovers the codes given, and its
+    float32 scales are cast to float16 by torch as refquant casts them."""
+    from awq.modules.linear.gemv import WQLinear_GEMV
+    codes, scales, zeros, g = q
+    N, K = codes.shape
+    s16 = scales.astype(np.float16).astype(np.float32)
+    W = (codes.astype(np.float32) - np.repeat(zeros, g, 1)) * np.repeat(s16, g, 1)
+    lin = torch.nn.Linear(K, N, bias=False)
+    lin.weight.data = torch.from_numpy(W)
+    ref = WQLinear_GEMV.from_linear(lin, 4, g, scales=torch.from_numpy(scales), zeros=torch.from_numpy(zeros))
+    ours = L_awq.pack_gemv(codes, scales, zeros, g)
+    for name in ("qweight", "qzeros", "scales"):
+        theirs = getattr(ref, name).numpy()
+        assert ours[name].dtype == theirs.dtype and ours[name].shape == theirs.shape, name
+        np.testing.assert_array_equal(ours[name].view(np.uint8), theirs.view(np.uint8), err_msg=name)
+    # and AutoAWQ's tensors read back to the codes, zeros and scales it was given
+    c, s, z = L_awq.unpack_gemv({n: getattr(ref, n).numpy() for n in ("qweight", "qzeros", "scales")}, g)
+    np.testing.assert_array_equal(c, codes)
+    np.testing.assert_array_equal(z, zeros)
+    np.testing.assert_array_equal(s.view(np.uint16), scales.astype(np.float16).view(np.uint16))
+
+
+def test_awq_gemv_shapes_and_bad_input():
+    from awq.modules.linear.gemv import WQLinear_GEMV
+    for K, g in [(64, 32), (128, 64), (4096, 128), (1152, 128), (256, 256)]:
+        m = WQLinear_GEMV(4, g, K, 16, False, "cpu")
+        assert L_awq.zeros_width(K, g) == m.qzeros.shape[1]
+        assert 8 * L_awq.zeros_width(K, g) == m.scales.shape[1]
+    c = np.zeros((16, 96), np.uint8)
+    s = np.ones((16, 2), np.float32)
+    with pytest.raises(FormatError, match="48"):
+        L_awq.pack_gemv(c, s, s, 48)
+    with pytest.raises(FormatError):
+        L_awq.pack_gemv(c, s, s, 32, bits=3)
+    with pytest.raises(InputError, match="zero"):
+        L_awq.pack_gemv(np.zeros((16, 64), np.uint8), s, s * 16, 32)
+    t = L_awq.pack_gemv(np.zeros((16, 64), np.uint8), s, s, 32)
+    t["scales"] = t["scales"][:, :8]
+    with pytest.raises(FormatError, match="scales"):
+        L_awq.unpack_gemv(t, 32)
