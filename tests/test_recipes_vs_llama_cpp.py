@@ -588,3 +588,61 @@ def test_peak_memory_smollm2(smol_float, tmp_path):
     with GGUFFile(smol_float["F32"]) as f:
         largest = max(t.n_elements for t in f.tensors) * 4
     assert rss < 4 * largest + 300e6, (rss, largest)
+
+
+# ------------------------------------------------------------------------------ real models, other file types
+
+# the non-K file types on the real models, each with an importance matrix (several need one);
+# TQ2_0 on SmolLM2 in every run (about 20 s), all of them on both models with the thorough
+# profile (make test-deep)
+IQ_FTYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M",
+             "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE", "NVFP4", "Q1_0"]
+IQ_RUN = [(m, ft) for m in ("smollm2", "gemma3") for ft in IQ_FTYPES] if DEEP else [("smollm2", "TQ2_0")]
+
+
+@pytest.fixture(scope="session")
+def real_imatrix(tmp_path_factory):
+    """A synthetic imatrix file for a real model's matrices (token_embd left out, as
+    llama-imatrix leaves it out), and the raw sums and counts (for the values llama-quantize
+    would hand to llama.cpp); made once per model."""
+    d = tmp_path_factory.mktemp("real_imatrix")
+    cache = {}
+
+    def make(name, src):
+        if name not in cache:
+            sc = imatrix_for(src, seed=3, skip=("token_embd.weight",))
+            p = d / f"{name}.imatrix.gguf"
+            write_imatrix_gguf(p, sc, ["calibration.txt"], chunk_count=5, chunk_size=512)
+            cache[name] = (p, sc)
+        return cache[name]
+    return make
+
+
+def check_ftype_with_imatrix(llama, src, im, tmp_path, ft):
+    """As check_k_ftype, with the same importance matrix given to both."""
+    im_path, sc = im
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    with GGUFFile(src) as f:
+        try:
+            missing = available(recipes.plan(f, ft, has_imatrix=True))
+        except FormatError:
+            missing = None
+    rc = llama.quantize(src, ref, recipes.file_type(ft).id, imatrix=normalized(sc),
+                        kv_overrides=imatrix_overrides(im_path, len(sc), "calibration.txt", 5))
+    if rc != 0:  # NVFP4 (no such output file type), Q1_0 (no fallback for rows of 576/640)
+        with pytest.raises((FormatError, InputError)):
+            recipes.quantize_model(src, ours, ft, imatrix=im_path)
+        no_leftovers(ours)
+    elif missing:
+        with pytest.raises(FormatError, match="has no (" + "|".join(sorted(missing)) + ") quantizer"):
+            recipes.quantize_model(src, ours, ft, imatrix=im_path)
+        no_leftovers(ours)
+    else:
+        recipes.quantize_model(src, ours, ft, imatrix=im_path)
+        same_bytes(ours, ref)
+
+
+@pytest.mark.parametrize("model,ft", IQ_RUN)
+def test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft):
+    src = request.getfixturevalue("smol_float")["F32"] if model == "smollm2" else request.getfixturevalue("gemma_f16")
+    check_ftype_with_imatrix(llama, src, real_imatrix(model, src), tmp_path, ft)
