@@ -592,12 +592,16 @@ def test_peak_memory_smollm2(smol_float, tmp_path):
 
 # ------------------------------------------------------------------------------ real models, other file types
 
-# the non-K file types on the real models, each with an importance matrix (several need one);
-# TQ2_0 on SmolLM2 in every run (about 20 s), all of them on both models with the thorough
-# profile (make test-deep)
-IQ_FTYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M",
-             "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE", "NVFP4", "Q1_0"]
+# the non-K file types on the real models, each with an importance matrix (several need one):
+# TQ2_0 on SmolLM2 in every run (about 20 s); with the thorough profile (make test-deep) the
+# block-search types on both models. The lattice types (IQ1_*, IQ2_*, IQ3_*) take hours per
+# whole model with the NumPy spec backend (20-200 us a value on a 2-core host), so they run on the
+# real models only when REFQUANT_LATTICE_REAL_MODELS=1 is set as well; every run checks them on
+# the synthetic models and their type choice on the real ones.
+IQ_FTYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE", "NVFP4", "Q1_0"]
+LATTICE_FTYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M"]
 IQ_RUN = [(m, ft) for m in ("smollm2", "gemma3") for ft in IQ_FTYPES] if DEEP else [("smollm2", "TQ2_0")]
+LATTICE_REAL = os.environ.get("REFQUANT_LATTICE_REAL_MODELS") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -646,3 +650,10 @@ def check_ftype_with_imatrix(llama, src, im, tmp_path, ft):
 def test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft):
     src = request.getfixturevalue("smol_float")["F32"] if model == "smollm2" else request.getfixturevalue("gemma_f16")
     check_ftype_with_imatrix(llama, src, real_imatrix(model, src), tmp_path, ft)
+
+
+@pytest.mark.skipif(not (DEEP and LATTICE_REAL), reason="hours per whole model with the NumPy spec backend: set "
+                    "HYPOTHESIS_PROFILE=thorough and REFQUANT_LATTICE_REAL_MODELS=1")
+@pytest.mark.parametrize("model,ft", [(m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
+def test_lattice_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft):
+    test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft)
