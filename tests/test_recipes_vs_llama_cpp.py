@@ -657,3 +657,23 @@ def test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_pa
 @pytest.mark.parametrize("model,ft", [(m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
 def test_lattice_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft):
     test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft)
+
+
+@pytest.fixture(scope="session")
+def smol_one_layer(smol_float, tmp_path_factory):
+    """SmolLM2 F32 cut to its first layer (block_count 1): real weights and row lengths, small
+    enough for the lattice IQ searches of the spec backend (about 3.5M values to search)."""
+    out = tmp_path_factory.mktemp("smol1") / "smol-1layer-F32.gguf"
+    with GGUFFile(smol_float["F32"]) as f:
+        arch = f.get("general.architecture")
+        kvs = [KV(kv.key, V.UINT32, 1) if kv.key == f"{arch}.block_count" else kv for kv in f.kvs]
+        infos = [TensorInfo(t.name, t.ggml_type, t.shape) for t in f.tensors
+                 if not t.name.startswith("blk.") or t.name.startswith("blk.0.")]
+        write_gguf(out, kvs, infos, lambda t: np.array(f.raw(t.name)))
+    return out
+
+
+@pytest.mark.skipif(not DEEP, reason="a few minutes each: with the thorough profile (make test-deep)")
+@pytest.mark.parametrize("ft", ["IQ1_M", "IQ2_XXS"])
+def test_lattice_ftypes_smollm2_one_layer(smol_one_layer, real_imatrix, llama, tmp_path, ft):
+    check_ftype_with_imatrix(llama, smol_one_layer, real_imatrix("smollm2-1layer", smol_one_layer), tmp_path, ft)
