@@ -594,10 +594,11 @@ def test_peak_memory_smollm2(smol_float, tmp_path):
 
 # the non-K file types on the real models, each with an importance matrix (several need one):
 # TQ2_0 on SmolLM2 in every run (about 20 s); with the thorough profile (make test-deep) the
-# block-search types on both models. The lattice types (IQ1_*, IQ2_*, IQ3_*) take hours per
-# whole model with the NumPy spec backend (20-200 us a value on a 2-core host), so they run on the
-# real models only when REFQUANT_LATTICE_REAL_MODELS=1 is set as well; every run checks them on
-# the synthetic models and their type choice on the real ones.
+# block-search types on both models. The lattice types (IQ1_*, IQ2_*, IQ3_*) search every
+# ffn_down of the whole model (10-20 minutes a file type with the NumPy spec backend on a 2-core
+# host), so whole models need REFQUANT_LATTICE_REAL_MODELS=1 as well; the thorough profile runs
+# them on each model's first layer (below), every run on the synthetic models, and their type
+# choice on the real models.
 IQ_FTYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE", "NVFP4", "Q1_0"]
 LATTICE_FTYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M"]
 IQ_RUN = [(m, ft) for m in ("smollm2", "gemma3") for ft in IQ_FTYPES] if DEEP else [("smollm2", "TQ2_0")]
@@ -652,19 +653,17 @@ def test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_pa
     check_ftype_with_imatrix(llama, src, real_imatrix(model, src), tmp_path, ft)
 
 
-@pytest.mark.skipif(not (DEEP and LATTICE_REAL), reason="hours per whole model with the NumPy spec backend: set "
+@pytest.mark.skipif(not (DEEP and LATTICE_REAL), reason="10-20 minutes a file type and model with the NumPy spec backend: set "
                     "HYPOTHESIS_PROFILE=thorough and REFQUANT_LATTICE_REAL_MODELS=1")
 @pytest.mark.parametrize("model,ft", [(m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
 def test_lattice_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft):
     test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft)
 
 
-@pytest.fixture(scope="session")
-def smol_one_layer(smol_float, tmp_path_factory):
-    """SmolLM2 F32 cut to its first layer (block_count 1): real weights and row lengths, small
-    enough for the lattice IQ searches of the spec backend (about 3.5M values to search)."""
-    out = tmp_path_factory.mktemp("smol1") / "smol-1layer-F32.gguf"
-    with GGUFFile(smol_float["F32"]) as f:
+def first_layer(src, out):
+    """A real model cut to its first layer (block_count 1): real weights and row lengths, small
+    enough for the lattice IQ searches of the spec backend."""
+    with GGUFFile(src) as f:
         arch = f.get("general.architecture")
         kvs = [KV(kv.key, V.UINT32, 1) if kv.key == f"{arch}.block_count" else kv for kv in f.kvs]
         infos = [TensorInfo(t.name, t.ggml_type, t.shape) for t in f.tensors
@@ -673,7 +672,24 @@ def smol_one_layer(smol_float, tmp_path_factory):
     return out
 
 
-@pytest.mark.skipif(not DEEP, reason="a few minutes each: with the thorough profile (make test-deep)")
-@pytest.mark.parametrize("ft", ["IQ1_M", "IQ2_XXS"])
-def test_lattice_ftypes_smollm2_one_layer(smol_one_layer, real_imatrix, llama, tmp_path, ft):
-    check_ftype_with_imatrix(llama, smol_one_layer, real_imatrix("smollm2-1layer", smol_one_layer), tmp_path, ft)
+@pytest.fixture(scope="session")
+def one_layer(tmp_path_factory, request):
+    d = tmp_path_factory.mktemp("one_layer")
+    cache = {}
+
+    def make(model):
+        if model not in cache:
+            src = request.getfixturevalue("smol_float")["F32"] if model == "smollm2" else request.getfixturevalue("gemma_f16")
+            cache[model] = first_layer(src, d / f"{model}-1layer.gguf")
+        return cache[model]
+    return make
+
+
+# The lattice file types on the first layer of each real model, with an importance matrix: rows
+# of 576 (SmolLM2) and 640 (Gemma) fall back to IQ4_NL / Q4_0, so the lattice searches run on
+# ffn_down (rows of 1536 and 2048); 20-40 s each with the thorough profile (make test-deep).
+@pytest.mark.skipif(not DEEP, reason="20-40 s each: with the thorough profile (make test-deep)")
+@pytest.mark.parametrize("model,ft", [(m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
+def test_lattice_ftypes_real_first_layer(one_layer, real_imatrix, llama, tmp_path, model, ft):
+    src = one_layer(model)
+    check_ftype_with_imatrix(llama, src, real_imatrix(model + "-1layer", src), tmp_path, ft)
