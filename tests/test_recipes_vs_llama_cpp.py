@@ -660,6 +660,13 @@ def test_lattice_ftypes_real_models_with_imatrix(request, real_imatrix, llama, t
     test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft)
 
 
+# llama.cpp 0.3.36's ggml rewrote the IQ1_M scale search with per-half prefix sums (equal in exact
+# arithmetic, rounded differently in float32); refquant follows the ggml of ggml-python 0.0.45
+# (the row oracle), and the two differ on one block of Gemma's first-layer ffn_down (row 248)
+IQ1_M_DIVERGES = ("IQ1_M: llama.cpp 0.3.36's ggml sums the scale search with prefix sums; refquant matches "
+                  "ggml 0.0.45 on this row, llama.cpp differs in 4 bytes of one block")
+
+
 def first_layer(src, out):
     """A real model cut to its first layer (block_count 1): real weights and row lengths, small
     enough for the lattice IQ searches of the spec backend."""
@@ -689,7 +696,9 @@ def one_layer(tmp_path_factory, request):
 # of 576 (SmolLM2) and 640 (Gemma) fall back to IQ4_NL / Q4_0, so the lattice searches run on
 # ffn_down (rows of 1536 and 2048); 20-40 s each with the thorough profile (make test-deep).
 @pytest.mark.skipif(not DEEP, reason="20-40 s each: with the thorough profile (make test-deep)")
-@pytest.mark.parametrize("model,ft", [(m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
+@pytest.mark.parametrize("model,ft", [
+    pytest.param(m, ft, marks=pytest.mark.xfail(strict=True, reason=IQ1_M_DIVERGES)) if (m, ft) == ("gemma3", "IQ1_M")
+    else (m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
 def test_lattice_ftypes_real_first_layer(one_layer, real_imatrix, llama, tmp_path, model, ft):
     src = one_layer(model)
     check_ftype_with_imatrix(llama, src, real_imatrix(model + "-1layer", src), tmp_path, ft)
