@@ -35,6 +35,7 @@ from ..numerics import F32, fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
 from ..registry import IMATRIX_OPTIONAL, IMATRIX_REQUIRED, Format, register
 from . import grids
 from .blocks import split_fields, u16
+from .search import make_qp_quants
 
 QK_K = 256
 T = gguf.GGMLQuantizationType
@@ -722,75 +723,6 @@ def _best_neighbour(lat, codes, xval, w, scale):
     return _search_neighbours(lat, codes, np.broadcast_to(odd, (codes.shape[0], odd.size)), xval, w, scale)
 
 
-def _make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> np.ndarray:
-    """ggml's make_qp_quants for blocks (B, n) with weights qw; returns the scale only (its one
-    caller here, IQ2_XXS, recomputes the levels before using them).
-
-    The levels live in a uint8_t array: where x is negative (the sign-parity element of IQ2_XXS)
-    a stored level wraps modulo 256, and the later reads of L[i] see the wrapped value while the
-    first sums use the int before it was stored. Both are reproduced.
-    """
-    x = np.asarray(x, F32)
-    B, n = x.shape
-    vmax = _c_running_max(x, start=F32(0))
-    zero = vmax < F32(1e-15)
-    vmax = np.where(zero, F32(1), vmax)
-    iscale = F32(nmax) / vmax
-    L = nearest_int(iscale[:, None] * x) & 0xFF          # L[i] = nearest_int(...) into uint8_t
-    scale = F32(1) / iscale
-    best_mse = np.zeros(B, F32)
-    for i in range(n):
-        diff = x[:, i] - scale * L[:, i].astype(F32)
-        best_mse += qw[:, i] * diff * diff
-    for is_ in range(-4, 5):
-        if is_ == 0:
-            continue
-        iscale_is = (F32(0.1) * F32(is_) + F32(nmax)) / vmax
-        scale_is = F32(1) / iscale_is
-        mse = np.zeros(B, F32)
-        for i in range(n):
-            l = np.minimum(nmax, nearest_int(iscale_is * x[:, i]))
-            diff = x[:, i] - scale_is * l.astype(F32)
-            mse += qw[:, i] * diff * diff
-        take = mse < best_mse
-        best_mse = np.where(take, mse, best_mse)
-        iscale = np.where(take, iscale_is, iscale)
-    l = np.minimum(nmax, nearest_int(iscale[:, None] * x))
-    L = l & 0xFF
-    sumlx = np.zeros(B, F32)
-    suml2 = np.zeros(B, F32)
-    for i in range(n):
-        lf = l[:, i].astype(F32)                           # the int, before the store
-        sumlx += qw[:, i] * x[:, i] * lf
-        suml2 += qw[:, i] * lf * lf
-    active = np.ones(B, bool)
-    for _ in range(5):
-        changed = np.zeros(B, bool)
-        for i in range(n):
-            w = qw[:, i]
-            li = L[:, i].astype(F32)
-            slx = sumlx - w * x[:, i] * li
-            sl2 = suml2 - w * li * li
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                ok = active & (slx > 0) & (sl2 > 0)
-                new_l = np.minimum(nmax, nearest_int(x[:, i] * sl2 / slx))
-            ok &= new_l != L[:, i]
-            nl = new_l.astype(F32)
-            slx2 = slx + w * x[:, i] * nl
-            sl22 = sl2 + w * nl * nl
-            take = ok & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-            L[:, i] = np.where(take, new_l & 0xFF, L[:, i])
-            sumlx = np.where(take, slx2, sumlx)
-            suml2 = np.where(take, sl22, suml2)
-            changed |= take
-        active &= changed                   # `if (!n_changed) break;` per block
-        if not active.any():
-            break
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(suml2 > 0, sumlx / suml2, F32(0)).astype(F32)
-    return np.where(zero, F32(0), out)
-
-
 def _weighted_sums(w: np.ndarray, xval: np.ndarray, L: np.ndarray):
     """sumqx += w*xval*q; sumq2 += w*q*q with q = 2*L+1, in position order."""
     sumqx = np.zeros(w.shape[0], F32)
@@ -883,7 +815,7 @@ def _grid_search(xval, weight, waux, vmax, lat, *, kmaxq, candidates, step, init
     G = sub // lat.dims
     L = np.zeros((B, sub), np.int32)
     if initial == "qp":
-        scale = _make_qp_quants(xval, kmaxq + 1, weight)
+        scale = make_qp_quants(xval, kmaxq + 1, weight)[0]
         eff_max = scale * F32(kmaxq)
         ref = eff_max
         on_grid = np.ones((B, G), bool)
