@@ -14,17 +14,24 @@ TENTH = F32(0.1)
 
 
 @njit(**INLINE)
-def make_qx_quants(x, nmax, w, L):
-    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=w) for one block; writes L (l + nmax),
-    returns the scale. (rmse_type 1 with weights: the only variant the legacy types use.)"""
-    n = x.shape[0]
+def _max_abs(x):
+    """`if (ax > amax) { amax = ax; max = x[i]; }` from 0: (amax, the signed value at it)."""
     amax = ZERO
     vmax = ZERO
-    for i in range(n):
+    for i in range(x.shape[0]):
         ax = abs(x[i])
         if ax > amax:
             amax = ax
             vmax = x[i]
+    return amax, vmax
+
+
+@njit(**INLINE)
+def make_qx_quants(x, nmax, w, L):
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=w) for one block; writes L (l + nmax),
+    returns the scale. (rmse_type 1 with weights: the only variant the legacy types use.)"""
+    n = x.shape[0]
+    amax, vmax = _max_abs(x)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
@@ -88,13 +95,7 @@ def make_q3_quants(x, nmax, do_rmse, L):
     """make_q3_quants for one block: writes L (l + nmax; 0 for an all-zero block), returns the
     scale. The refinement passes (weights x²) stop after a pass that changes nothing."""
     n = x.shape[0]
-    amax = ZERO
-    vmax = ZERO
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            vmax = x[i]
+    amax, vmax = _max_abs(x)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
