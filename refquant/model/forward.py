@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import FormatError
+from . import ggml_cpu
 from .weights import Weights
 
 F32 = np.float32
@@ -100,46 +101,76 @@ class Config:
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """ggml_rms_norm then the weight: x / sqrt(mean(x²) + eps) * w. ggml sums the squares in
-    double and scales by the float32 1/sqrtf(mean + eps)."""
+    """ggml_rms_norm then the weight: x / sqrt(mean(x²) + eps) * w. ggml squares in the
+    forward's precision, sums the squares in double and scales by the float32
+    1/sqrtf(mean + eps)."""
     dt = x.dtype
-    mean = np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)
+    mean = np.mean((x * x).astype(np.float64), axis=-1, keepdims=True)
     scale = (1.0 / np.sqrt((mean.astype(dt) + dt.type(eps)))).astype(dt)
     return (x * scale) * w
 
 
+def _libm_f32(name: str, *args) -> np.ndarray:
+    """The C library's float function `name` (powf, cosf, sinf) applied elementwise: ggml calls
+    these, and NumPy's float32 versions round differently (np.cos differs from cosf in about 6%
+    of RoPE's angles, np.power from powf in theta_scale's last bit)."""
+    import ctypes
+    import ctypes.util
+    lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    fn = getattr(lib, name)
+    fn.restype = ctypes.c_float
+    fn.argtypes = [ctypes.c_float] * len(args)
+    arrs = np.broadcast_arrays(*[np.asarray(a, dtype=F32) for a in args])
+    out = np.empty(arrs[0].shape, F32)
+    flat = [a.ravel().tolist() for a in arrs]
+    out.ravel()[:] = [fn(*v) for v in zip(*flat)]
+    return out
+
+
 def rope_cos_sin(pos: np.ndarray, n_rot: int, base: float, dtype, ggml_order: bool):
-    """cos, sin (T, n_rot/2) of the angles pos * base^(-2i/n_rot). ggml builds them as
-    theta_0 = pos, theta_{i+1} = theta_i * theta_scale in float32 (theta_scale =
-    powf(base, -2/n_rot)); with ggml_order the same recurrence runs here."""
+    """cos, sin (T, n_rot/2) of the angles pos * base^(-2i/n_rot).
+
+    ggml_order: as ggml-cpu's rope cache (ggml_rope_cache_init, rope_yarn without scaling):
+    theta_scale = powf(base, -2.0f/n_rot), theta_0 = pos, theta_{i+1} = theta_i * theta_scale in
+    float32, then cosf(theta) and sinf(theta) from the C library. Otherwise float64 angles."""
     half = n_rot // 2
     if ggml_order:
-        theta_scale = F32(np.power(F32(base), F32(-2.0) / F32(n_rot)))
+        theta_scale = _libm_f32("powf", F32(base), F32(-2.0) / F32(n_rot))
         theta = np.empty((len(pos), half), F32)
         t = pos.astype(F32)
         for i in range(half):
             theta[:, i] = t
             t = (t * theta_scale).astype(F32)
-        return np.cos(theta).astype(dtype), np.sin(theta).astype(dtype)
+        uniq, inv = np.unique(theta, return_inverse=True)       # each angle once through libm
+        cos, sin = _libm_f32("cosf", uniq)[inv], _libm_f32("sinf", uniq)[inv]
+        return cos.reshape(theta.shape).astype(dtype), sin.reshape(theta.shape).astype(dtype)
     inv = np.power(np.float64(base), -np.arange(half, dtype=np.float64) * 2.0 / n_rot)
     theta = pos.astype(np.float64)[:, None] * inv[None, :]
     return np.cos(theta).astype(dtype), np.sin(theta).astype(dtype)
 
 
-def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool, fma: bool = False) -> np.ndarray:
     """x (T, heads, head_dim); rotates the first n_rot dims. Normal mode rotates adjacent pairs
-    (x[2i], x[2i+1]); NeoX mode rotates (x[i], x[i + n_rot/2])."""
+    (x[2i], x[2i+1]); NeoX mode rotates (x[i], x[i + n_rot/2]).
+
+    fma: ggml-cpu's rotate_pairs as GCC contracts it with FMA enabled (float32 only):
+    x0*cos - x1*sin -> fmaf(x0, cos, -(x1*sin)) and x0*sin + x1*cos -> fmaf(x0, sin, x1*cos)."""
     n_rot = cos.shape[-1] * 2
     out = x.copy()
     c, s = cos[:, None, :], sin[:, None, :]
     if neox:
         a, b = x[..., :n_rot // 2], x[..., n_rot // 2:n_rot]
-        out[..., :n_rot // 2] = a * c - b * s
-        out[..., n_rot // 2:n_rot] = a * s + b * c
+        lo, hi = slice(0, n_rot // 2), slice(n_rot // 2, n_rot)
     else:
         a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-        out[..., 0:n_rot:2] = a * c - b * s
-        out[..., 1:n_rot:2] = a * s + b * c
+        lo, hi = slice(0, n_rot, 2), slice(1, n_rot, 2)
+    if fma:
+        from ..numerics import fma_f32
+        out[..., lo] = fma_f32(a, c, -(b * s))
+        out[..., hi] = fma_f32(a, s, b * c)
+    else:
+        out[..., lo] = a * c - b * s
+        out[..., hi] = a * s + b * c
     return out
 
 
@@ -169,7 +200,7 @@ class Model:
 
     forward(tokens) -> logits (T, n_vocab) for one sequence starting at position 0."""
 
-    def __init__(self, weights: Weights, llamacpp_numerics: bool = False):
+    def __init__(self, weights: Weights, llamacpp_numerics: bool = False, isa: str | None = None):
         self.w = weights
         n_vocab = weights.shape("token_embd.weight")[0]
         self.cfg = Config.from_metadata(weights.metadata, n_vocab)
@@ -178,6 +209,7 @@ class Model:
             if weights.dtype != F32:
                 raise FormatError("llama.cpp's numerics are float32 ones")
             weights.act_quant = True
+        self.isa = isa or ggml_cpu.isa()
         self.output_name = "output.weight" if "output.weight" in weights else "token_embd.weight"
 
     @classmethod
@@ -204,8 +236,8 @@ class Model:
         swa = c.swa_layers[il]
         base = c.rope_base_swa if swa else c.rope_base
         cos, sin = rope_cos_sin(pos, c.n_rot, base, dt, self.llamacpp_numerics)
-        q = apply_rope(q, cos, sin, c.rope_neox)
-        k = apply_rope(k, cos, sin, c.rope_neox)
+        q = apply_rope(q, cos, sin, c.rope_neox, self.llamacpp_numerics)
+        k = apply_rope(k, cos, sin, c.rope_neox, self.llamacpp_numerics)
         kq_scale = c.attn_scale
         if c.arch == "gemma3":            # llama.cpp scales q itself, then softmax with scale 1
             q = q * dt(c.attn_scale)
@@ -223,7 +255,10 @@ class Model:
         if swa:
             masked |= (i - j) >= c.sliding_window
         scores = np.where(masked[None], dt(-np.inf), scores)
-        probs = self._f16(softmax(scores))
+        if self.llamacpp_numerics:
+            probs = self._f16(ggml_cpu.softmax(scores, self.isa))
+        else:
+            probs = softmax(scores)
         out = (probs @ vh).transpose(1, 0, 2).reshape(T, c.n_head * c.head_dim)
         return w.linear(p + "attn_output.weight")(out)
 
@@ -235,7 +270,8 @@ class Model:
         if self.cfg.arch == "gemma3":
             h = gelu_tanh(gate, self.llamacpp_numerics) * up
         else:
-            h = gate / (self.dtype(1) + np.exp(-gate)) * up      # silu(gate) * up
+            silu = ggml_cpu.silu(gate, self.isa) if self.llamacpp_numerics else gate / (self.dtype(1) + np.exp(-gate))
+            h = silu * up
         return w.linear(p + "ffn_down.weight")(h)
 
     def forward(self, tokens, last_hidden: bool = False) -> np.ndarray:

@@ -28,9 +28,14 @@ VEC_DOT_TYPE = {
 }
 
 
-def quantize_activations(x: np.ndarray, vec_dot_type: str) -> np.ndarray:
+def quantize_activations(x: np.ndarray, vec_dot_type: str, variant: str = "x86") -> np.ndarray:
     """x (rows, n) float32 as ggml's CPU backend hands it to the dot product: rounded to
-    `vec_dot_type` (Q8_0, Q8_1, Q8_K: the spec's quantizer then decoder; F16/BF16: rounded)."""
+    `vec_dot_type` (Q8_0, Q8_1, Q8_K: quantized then decoded; F16/BF16: rounded).
+
+    variant: which Q8_0/Q8_1 activation quantizer (refquant.ggml.dot.quantize_activation):
+    "x86", the AVX/AVX2 `quantize_row_q8_0`/`_q8_1` that llama.cpp's CPU backend runs on x86
+    (multiplier 127/amax, ties to even), or "ref", the scalar reference (1/d, ties away from
+    zero). Q8_K has one quantizer on every build (x86's calls the reference)."""
     import refquant
     if vec_dot_type == "F32":
         return x
@@ -40,7 +45,12 @@ def quantize_activations(x: np.ndarray, vec_dot_type: str) -> np.ndarray:
         from ..numerics import bf16_bits_to_fp32, fp32_to_bf16_bits
         return bf16_bits_to_fp32(fp32_to_bf16_bits(x))
     x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, x.shape[-1])
-    return refquant.dequantize(refquant.quantize(x2, vec_dot_type), vec_dot_type).reshape(x.shape)
+    if vec_dot_type in ("Q8_0", "Q8_1"):
+        from ..ggml.dot import quantize_activation
+        q = quantize_activation(x2, vec_dot_type, variant)
+    else:
+        q = refquant.quantize(x2, vec_dot_type)
+    return refquant.dequantize(q, vec_dot_type).reshape(x.shape)
 
 
 class Linear:
@@ -62,14 +72,15 @@ class Linear:
         if src.act_quant and dt == F32 and self.type_name in ("Q4_1", "Q5_1") and VEC_DOT_TYPE[self.type_name] == "Q8_1":
             return self._q8_1_product(x)
         if src.act_quant and dt == F32:
-            x = quantize_activations(x, VEC_DOT_TYPE.get(self.type_name, "F32"))
-        x = x.astype(dt, copy=False)
+            x = quantize_activations(x, VEC_DOT_TYPE.get(self.type_name, "F32"), src.act_variant)
+        acc = src.accumulate or dt
+        x = x.astype(acc, copy=False)
         if self.out_features <= src.chunk_rows:
-            return x @ self.weight().astype(dt, copy=False).T
+            return (x @ self.weight().astype(acc, copy=False).T).astype(dt, copy=False)
         out = np.empty(x.shape[:-1] + (self.out_features,), dt)
         for r0 in range(0, self.out_features, src.chunk_rows):
             r1 = min(r0 + src.chunk_rows, self.out_features)
-            out[..., r0:r1] = x @ self.weight(slice(r0, r1)).astype(dt, copy=False).T
+            out[..., r0:r1] = x @ self.weight(slice(r0, r1)).astype(acc, copy=False).T
         return out
 
 
@@ -78,8 +89,8 @@ class Linear:
         s_x = fp16(d_x * sum(q_x)) is the F16 sum Q8_1 stores: the minimum's term is taken with
         that rounded sum, not with the decoded activations (a visible difference, ~2^-11
         relative, on the largest term of the dot product)."""
-        import refquant
         from ..ggml.blocks import split_fields, u16
+        from ..ggml.dot import quantize_activation
         from ..ggml.legacy import _unpack_nibbles, _unpack_q5
         from ..numerics import fp16_bits_to_fp32
         raw = np.asarray(self.source.raw_bytes(self.name)).reshape(-1, 20 if self.type_name == "Q4_1" else 24)
@@ -93,11 +104,13 @@ class Linear:
         dq = (q * fp16_bits_to_fp32(u16(f["d"]))[:, None]).reshape(self.out_features, -1)
         m = fp16_bits_to_fp32(u16(f["m"])).reshape(self.out_features, nb)
         x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, self.in_features)
-        qx = refquant.quantize(x2, "Q8_1").reshape(-1, 36)
+        qx = quantize_activation(x2, "Q8_1", self.source.act_variant).reshape(-1, 36)
         g = split_fields(qx, 36, ("d", 2), ("s", 2), ("qs", 32))
         xd = (g["qs"].view(np.int8).astype(F32) * fp16_bits_to_fp32(u16(g["d"]))[:, None]).reshape(x2.shape)
         s = fp16_bits_to_fp32(u16(g["s"])).reshape(-1, nb)
-        return (xd @ dq.T + s @ m.T).reshape(x.shape[:-1] + (self.out_features,))
+        acc = self.source.accumulate or F32
+        y = xd.astype(acc) @ dq.T.astype(acc) + s.astype(acc) @ m.T.astype(acc)
+        return y.astype(F32).reshape(x.shape[:-1] + (self.out_features,))
 
 
 class Weights:
@@ -105,18 +118,24 @@ class Weights:
 
     dtype: float32 (default) or float64 for the whole forward.
     act_quant: round each matmul's input to the weight's vec_dot_type, as ggml's CPU backend
-    does (float32 only).
-    cache: keep decoded matrices (faster, float32 copies of every weight in memory)."""
+    does (float32 only), with the Q8_0/Q8_1 quantizer `act_variant` ("x86": what llama.cpp runs
+    on x86; "ref": ggml's scalar reference).
+    cache: keep decoded matrices (faster, float32 copies of every weight in memory).
+    accumulate: float64 sums every linear layer's products in float64 and rounds each output
+    once to dtype (the reference against which summation-order effects are measured,
+    spec/model.md); None sums in dtype through BLAS."""
 
     def __init__(self, tensors: dict[str, tuple[str, tuple, Callable]], metadata: dict,
-                 dtype=F32, act_quant: bool = False, cache: bool = True,
-                 chunk_rows: int = 16384, raw: dict | None = None):
+                 dtype=F32, act_quant: bool = False, act_variant: str = "x86", cache: bool = True,
+                 chunk_rows: int = 16384, raw: dict | None = None, accumulate=None):
         self._tensors = tensors       # name -> (type_name, numpy shape, decode(rows) -> f32)
         self.metadata = metadata
         self.dtype = np.dtype(dtype).type
         if self.dtype not in (np.float32, np.float64):
             raise FormatError(f"the forward runs in float32 or float64, not {np.dtype(dtype)}")
         self.act_quant = act_quant
+        self.act_variant = act_variant
+        self.accumulate = None if accumulate is None else np.dtype(accumulate).type
         self.cache = cache
         self.chunk_rows = chunk_rows
         self.hooks: dict[str, Callable[[str, np.ndarray], None]] = {}
