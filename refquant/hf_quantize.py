@@ -243,7 +243,7 @@ def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt,
                          f"{model_dir} has no gguf_metadata.json (write the directory with refquant.model.convert."
                          f"gguf_to_safetensors, or give --activations DIR)")
     if not isinstance(ctx, (int, np.integer)) or ctx < 2:
-        raise InputError(f"quantize: --ctx must be an integer >= 2, got {ctx!r}")
+        raise InputError(f"quantize: --ctx (tokens of context a sequence) must be an integer >= 2, got {ctx!r}")
     model = Model(load_safetensors(model_dir))
     md = model.w.metadata
     arch = md["general.architecture"]
