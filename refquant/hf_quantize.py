@@ -1,9 +1,13 @@
 """Quantize a Hugging Face safetensors checkpoint's linear layers into a checkpoint a real loader
-reads: `refquant quantize MODEL_DIR OUT_DIR --method rtn|gptq|awq --bits B --group-size G
+reads: `refquant quantize MODEL_DIR OUT_DIR --method rtn|gptq|awq|smoothquant --bits B --group-size G
 --format gptq|gptq_v2|awq|awq-gemv|compressed-tensors|fp8-block|nvfp4`.
 
 Linear layers are the 2-D `*.weight` tensors under `model.layers.` (embeddings, norms and
-lm_head stay as they are). GPTQ and AWQ read calibration activations from `--activations DIR`:
+lm_head stay as they are). GPTQ, AWQ and SmoothQuant take their data from a calibration text,
+`--calibration TEXT`: the model runs on it block by block and each linear is quantized on the
+inputs it receives, blocks before it already quantized (spec/algorithms/calibration.md;
+SmoothQuant writes W8A8 compressed-tensors, its scales folded into the RMS norms). GPTQ and AWQ
+also read ready-made calibration activations from `--activations DIR`:
 
     DIR/<module>.npy     the inputs of linear <module> (its weight is <module>.weight), a 2-D
                          float array (n_tokens, in_features) in NumPy's .npy format — any framework

@@ -153,6 +153,31 @@ def test_smoothquant_cli_writes_w8a8(smol, tmp_path):
         assert torch.isfinite(m(torch.tensor([[1, 2, 3, 4]])).logits).all()
 
 
+def test_awq_cli_folds_scales_into_norms(smol, tmp_path):
+    """`--method awq --format awq`: AutoAWQ's dequantize_gemm reads the output; for the norm
+    groups, s = γ / γ' is not 1 and the decoded weight / s equals the original weight to half a
+    4-bit step (the weights were scaled by s, then rounded; the F16 scales and products of the
+    AWQ layout add at most 2^-10 relative)."""
+    from awq.utils.packing_utils import dequantize_gemm
+    d, text = smol
+    out = tmp_path / "awq"
+    assert main(["quantize", str(d), str(out), "--method", "awq", "--format", "awq", "--group-size", "64",
+                 "--calibration", str(text), "--calibration-tokens", "64", "--ctx", "64", "--no-progress"]) == 0
+    src, ck = Checkpoint(d), Checkpoint(out)
+    p = "model.layers.1."
+    for norm, lins in [("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                       ("post_attention_layernorm", ("mlp.gate_proj",))]:     # up_proj: rows / down's s too
+        s = np.asarray(src[p + norm + ".weight"], np.float64) / np.asarray(ck[p + norm + ".weight"], np.float64)
+        assert not np.allclose(s, 1)
+        for lin in lins:
+            t = [torch.from_numpy(np.asarray(ck[f"{p}{lin}.{k}"]).copy()) for k in ("qweight", "qzeros", "scales")]
+            w_hat = dequantize_gemm(*t, 4, 64).numpy().astype(np.float64).T           # (N, K)
+            step = np.repeat(t[2].numpy().astype(np.float64).T, 64, axis=1)          # (N, K)
+            W = np.asarray(src[p + lin + ".weight"], np.float64)
+            err = np.abs(w_hat - W * s)
+            assert (err <= 0.5 * step * (1 + 2.0 ** -8) + 2.0 ** -10 * np.abs(w_hat)).all(), lin
+
+
 def test_calibration_errors_leave_no_output(smol, tmp_path, capsys):
     d, text = smol
     out = tmp_path / "bad"
