@@ -38,6 +38,7 @@ from .layouts import compressed_tensors as L_ct
 from .layouts import fp8_block as L_fp8
 from .layouts import gptq as L_gptq
 
+F32 = np.float32
 METHODS = ("rtn", "gptq", "awq", "smoothquant")
 FORMATS = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors", "fp8-block", "nvfp4")
 AWQ_GROUPS = [("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
@@ -62,9 +63,6 @@ def _fold(pw: np.ndarray, s: np.ndarray, gemma: bool) -> np.ndarray:
     if pw.ndim == 1:
         return ((F32(1) + pw) / s - F32(1) if gemma else pw / s).astype(np.float32)
     return (pw / s[:, None]).astype(np.float32)
-
-
-F32 = np.float32
 
 
 def linear_names(ck) -> list:
