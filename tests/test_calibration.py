@@ -206,9 +206,15 @@ def test_calibration_errors_leave_no_output(smol, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert run("--method", "gptq", "--calibration", empty) == 2
+    plain = tmp_path / "plain"                                  # no gguf_metadata.json: no tokenizer
+    plain.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (plain / f).symlink_to(d / f)
+    assert main(["quantize", str(plain), str(out), "--method", "gptq", "--calibration", str(text),
+                 "--group-size", "64", "--no-progress"]) == 2
     with pytest.raises(SystemExit):                                                     # exclusive
         run("--method", "gptq", "--calibration", text, "--activations", tmp_path)
     err = capsys.readouterr().err
-    for what in ("needs a calibration text", "rtn uses no data", "cannot read", "context", "tokens", "W8A8", "empty"):
+    for what in ("needs a calibration text", "rtn uses no data", "cannot read", "context", "tokens", "W8A8", "empty", "gguf_metadata.json"):
         assert what in err, what
     assert not out.exists()
