@@ -6,6 +6,8 @@
     refquant conformance --backend NAME                 the conformance suite against a backend
     refquant vectors --out DIR                          golden test vectors per format
     refquant formats                                    the registered formats
+    refquant quantize MODEL_DIR OUT_DIR --method gptq|awq|smoothquant --calibration TEXT [--ctx N]
+                                                        a safetensors checkpoint, calibrated on a text
     refquant perplexity MODEL.gguf --text FILE [--ctx N] [--chunks K] [--base BASE.gguf]
                                                         perplexity as llama-perplexity computes it
 
@@ -91,9 +93,20 @@ def cmd_quantize(args) -> int:
     if Path(args.input).is_dir():      # a Hugging Face safetensors checkpoint
         from .hf_quantize import linear_names, quantize_checkpoint
         from .io.safetensors import Checkpoint
+        from .errors import InputError
         n = len(linear_names(Checkpoint(args.input)))
-        quantize_checkpoint(args.input, args.output, args.method, args.bits, args.group_size, args.format,
-                            args.activations, progress=Progress(n, "quantize", args.progress))
+        text = None
+        if args.calibration is not None:
+            text = _read_text(args.calibration)
+        if args.calibration_tokens is not None and args.calibration_tokens < 1:
+            raise InputError(f"quantize: --calibration-tokens must be >= 1, got {args.calibration_tokens}")
+        sq = args.method == "smoothquant"
+        fmt = args.format or ("compressed-tensors" if sq else "gptq")
+        bits = args.bits if args.bits is not None else (8 if sq else 4)
+        quantize_checkpoint(args.input, args.output, args.method, bits, args.group_size, fmt,
+                            args.activations, progress=Progress(n, "quantize", args.progress),
+                            calibration=text, ctx=args.ctx, calibration_tokens=args.calibration_tokens,
+                            alpha=args.alpha)
         return 0
     if args.type is None:
         raise RefquantError("quantize: a GGUF input needs --type (a llama.cpp file type such as Q4_K_M)")
@@ -141,16 +154,20 @@ def cmd_vectors(args) -> int:
     return 0
 
 
-def cmd_perplexity(args) -> int:
+def _read_text(path) -> str:
     from .errors import InputError
-    from .model.perplexity import model_perplexity
     try:
-        with open(args.text, "rb") as fh:     # llama-perplexity reads the bytes as they are
-            text = fh.read().decode("utf-8")
+        with open(path, "rb") as fh:     # read the bytes as they are (as llama-perplexity does)
+            return fh.read().decode("utf-8")
     except OSError as e:
-        raise InputError(f"cannot read {args.text}: {e.strerror}") from None
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError as e:
-        raise InputError(f"{args.text} is not UTF-8 text ({e})") from None
+        raise InputError(f"{path} is not UTF-8 text ({e})") from None
+
+
+def cmd_perplexity(args) -> int:
+    from .model.perplexity import model_perplexity
+    text = _read_text(args.text)
     r = model_perplexity(args.model, text, args.ctx, args.chunks, base_path=args.base,
                          llamacpp_numerics=args.llamacpp_numerics,
                          dtype=np.float64 if args.float64 else np.float32)
@@ -191,13 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "llama-quantize writes it; or any other ggml type refquant has, for every quantizable weight")
     s.add_argument("--imatrix", default=None, help="GGUF input: an importance matrix (llama.cpp's GGUF or legacy .dat)")
     s.add_argument("--pure", action="store_true", help="GGUF input: no mixture, the file type's one type everywhere")
-    s.add_argument("--method", default="rtn", choices=["rtn", "gptq", "awq"], help="checkpoint input: algorithm")
-    s.add_argument("--bits", type=int, default=4, help="checkpoint input: bits per weight")
+    s.add_argument("--method", default="rtn", choices=["rtn", "gptq", "awq", "smoothquant"],
+                   help="checkpoint input: algorithm")
+    s.add_argument("--bits", type=int, default=None, help="checkpoint input: bits per weight (default 4; "
+                   "smoothquant: 8)")
     s.add_argument("--group-size", type=int, default=128, help="checkpoint input: group size (-1: per channel)")
-    s.add_argument("--format", default="gptq", choices=["gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors",
-                                                        "fp8-block", "nvfp4"], help="checkpoint input: output layout")
-    s.add_argument("--activations", default=None,
-                   help="checkpoint input: directory of <module>.npy calibration activations (gptq, awq)")
+    s.add_argument("--format", default=None, choices=["gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors",
+                                                      "fp8-block", "nvfp4"],
+                   help="checkpoint input: output layout (default gptq; smoothquant: compressed-tensors W8A8)")
+    cal = s.add_mutually_exclusive_group()
+    cal.add_argument("--activations", default=None,
+                     help="checkpoint input: directory of <module>.npy calibration activations (gptq, awq)")
+    cal.add_argument("--calibration", default=None, metavar="TEXT",
+                     help="checkpoint input: a UTF-8 text file the model runs on, block by block, to capture "
+                          "each linear layer's inputs (gptq, awq, smoothquant)")
+    s.add_argument("--calibration-tokens", type=int, default=4096,
+                   help="with --calibration: use the text's first N tokens (default 4096)")
+    s.add_argument("--ctx", type=int, default=512, help="with --calibration: tokens per sequence (default 512)")
+    s.add_argument("--alpha", type=float, default=0.5, help="smoothquant: migration strength (default 0.5)")
     progress_flags(s)
     s.set_defaults(func=cmd_quantize)
 

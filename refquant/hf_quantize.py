@@ -1,9 +1,13 @@
 """Quantize a Hugging Face safetensors checkpoint's linear layers into a checkpoint a real loader
-reads: `refquant quantize MODEL_DIR OUT_DIR --method rtn|gptq|awq --bits B --group-size G
+reads: `refquant quantize MODEL_DIR OUT_DIR --method rtn|gptq|awq|smoothquant --bits B --group-size G
 --format gptq|gptq_v2|awq|awq-gemv|compressed-tensors|fp8-block|nvfp4`.
 
 Linear layers are the 2-D `*.weight` tensors under `model.layers.` (embeddings, norms and
-lm_head stay as they are). GPTQ and AWQ read calibration activations from `--activations DIR`:
+lm_head stay as they are). GPTQ, AWQ and SmoothQuant take their data from a calibration text,
+`--calibration TEXT`: the model runs on it block by block and each linear is quantized on the
+inputs it receives, blocks before it already quantized (spec/algorithms/calibration.md;
+SmoothQuant writes W8A8 compressed-tensors, its scales folded into the RMS norms). GPTQ and AWQ
+also read ready-made calibration activations from `--activations DIR`:
 
     DIR/<module>.npy     the inputs of linear <module> (its weight is <module>.weight), a 2-D
                          float array (n_tokens, in_features) in NumPy's .npy format — any framework
@@ -23,7 +27,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import fp8_scaling, mx
+from . import affine, fp8_scaling, mx
 from .algorithms.awq import awq as awq_search
 from .algorithms.gptq import gptq as gptq_run
 from .algorithms.rtn import rtn as rtn_run
@@ -34,19 +38,38 @@ from .layouts import compressed_tensors as L_ct
 from .layouts import fp8_block as L_fp8
 from .layouts import gptq as L_gptq
 
-METHODS = ("rtn", "gptq", "awq")
+F32 = np.float32
+METHODS = ("rtn", "gptq", "awq", "smoothquant")
 FORMATS = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors", "fp8-block", "nvfp4")
 AWQ_GROUPS = [("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
               ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
               ("self_attn.v_proj", ("self_attn.o_proj",)),
               ("mlp.up_proj", ("mlp.down_proj",))]
+# Gemma 3: post_attention_layernorm normalises the attention's output; the FFN's input norm is
+# pre_feedforward_layernorm, and Hugging Face stores its norms as w in x · (1 + w)
+GEMMA3_AWQ_GROUPS = [("input_layernorm", AWQ_GROUPS[0][1]), ("pre_feedforward_layernorm", AWQ_GROUPS[1][1]),
+                     AWQ_GROUPS[2], AWQ_GROUPS[3]]
+
+
+def awq_groups(config: dict) -> list:
+    """(preceding tensor, the linears it feeds) per decoder block, for the model's architecture."""
+    return GEMMA3_AWQ_GROUPS if str(config.get("model_type", "")).startswith("gemma3") else AWQ_GROUPS
+
+
+def _fold(pw: np.ndarray, s: np.ndarray, gemma: bool) -> np.ndarray:
+    """The preceding tensor with 1/s folded in: a norm's weight / s (Gemma: (1 + w) / s − 1), a
+    linear's rows / s."""
+    pw = pw.astype(np.float32)
+    if pw.ndim == 1:
+        return ((F32(1) + pw) / s - F32(1) if gemma else pw / s).astype(np.float32)
+    return (pw / s[:, None]).astype(np.float32)
 
 
 def linear_names(ck) -> list:
     return [k for k in ck if k.startswith("model.layers.") and k.endswith(".weight") and ck[k].ndim == 2]
 
 
-def _check_options(method, bits, group_size, fmt, activations):
+def _check_options(method, bits, group_size, fmt, activations, calibration=None):
     if method not in METHODS:
         raise InputError(f"quantize: method must be one of {METHODS}, got {method!r}")
     if fmt not in FORMATS:
@@ -59,8 +82,19 @@ def _check_options(method, bits, group_size, fmt, activations):
         raise FormatError(f"quantize: AWQ GEMV takes group size 32, 64 or >= 128, not {group_size}")
     if fmt in ("fp8-block", "nvfp4") and method != "rtn":
         raise FormatError(f"quantize: format {fmt} is a float format; only --method rtn applies")
-    if method in ("gptq", "awq") and activations is None:
-        raise InputError(f"quantize: --method {method} needs calibration activations (--activations DIR)")
+    if activations is not None and calibration is not None:
+        raise InputError("quantize: give --activations DIR or --calibration TEXT, not both")
+    if method == "rtn" and calibration is not None:
+        raise InputError("quantize: --calibration goes with --method gptq, awq or smoothquant; rtn uses no data")
+    if method == "smoothquant":
+        if calibration is None:
+            raise InputError("quantize: --method smoothquant needs a calibration text (--calibration TEXT)")
+        if fmt != "compressed-tensors" or bits != 8:
+            raise FormatError(f"quantize: SmoothQuant writes W8A8 compressed-tensors (int-quantized, 8 bits), "
+                              f"not {bits}-bit {fmt}")
+    if method in ("gptq", "awq") and activations is None and calibration is None:
+        raise InputError(f"quantize: --method {method} needs calibration data (--calibration TEXT or "
+                         f"--activations DIR)")
 
 
 def _activations(adir: Path, module: str, K: int) -> np.ndarray:
@@ -73,13 +107,13 @@ def _activations(adir: Path, module: str, K: int) -> np.ndarray:
     return np.asarray(X, np.float32)
 
 
-def _awq_fold(weights: dict, adir: Path, bits, g, sym, progress) -> None:
+def _awq_fold(weights: dict, adir: Path, bits, g, sym, progress, groups=AWQ_GROUPS) -> None:
     """Search each group's AWQ scale on the original weights, then fold it: the balance layers'
     columns · s, the preceding norm / linear rows / s. In place on `weights` (float32)."""
     prefixes = sorted({k.rsplit(".", 3)[0] for k in weights if k.startswith("model.layers.")})
     plans = []
     for p in prefixes:
-        for prev, members in AWQ_GROUPS:
+        for prev, members in groups:
             names = [f"{p}.{m}.weight" for m in members]
             prev_name = f"{p}.{prev}.weight"
             if not all(n in weights for n in names) or prev_name not in weights:
@@ -95,15 +129,30 @@ def _awq_fold(weights: dict, adir: Path, bits, g, sym, progress) -> None:
     for names, prev_name, s in plans:
         for n in names:
             weights[n] = (weights[n] * s[None, :]).astype(np.float32)
-        pw = weights[prev_name]
-        weights[prev_name] = (pw / s if pw.ndim == 1 else pw / s[:, None]).astype(np.float32)
+        weights[prev_name] = _fold(weights[prev_name], s, groups is GEMMA3_AWQ_GROUPS)
 
 
 def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, group_size: int = 128,
                         fmt: str = "gptq", activations=None, sym: Optional[bool] = None,
-                        progress: Optional[Callable] = None, max_shard_bytes: int = 5 * 2**30) -> None:
+                        progress: Optional[Callable] = None, max_shard_bytes: int = 5 * 2**30,
+                        calibration: Optional[str] = None, ctx: int = 512, calibration_tokens: Optional[int] = 4096,
+                        sequential: bool = True, alpha: float = 0.5, max_rows: int = 4096,
+                        record: Optional[dict] = None) -> None:
+    """Quantize the checkpoint in `model_dir` into `out_dir` (see the module's docstring).
+
+    calibration      a text: the model runs on it block by block (refquant.model.calibrate) and
+                     each linear layer is quantized on the inputs it receives there (the
+                     directory needs the GGUF metadata refquant.model.convert writes:
+                     tokenizer and architecture); `ctx` tokens a sequence, the first
+                     `calibration_tokens` tokens of the text (None: all)
+    sequential       block l's inputs come from blocks < l already quantized (False: float)
+    alpha            SmoothQuant's migration strength
+    max_rows         AWQ's loss runs on at most this many input rows (every stride-th)
+    record           when a dict: filled with every linear's calibration inputs (tests)"""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    _check_options(method, bits, group_size, fmt, activations)
+    if method == "smoothquant":
+        group_size = -1                  # W8A8: one scale per output channel
+    _check_options(method, bits, group_size, fmt, activations, calibration)
     if out_dir.exists():
         raise InputError(f"quantize: output directory {out_dir} already exists")
     cfg_path = model_dir / "config.json"
@@ -126,44 +175,41 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
             _activations(adir, k[:-len(".weight")], K)
     if sym is None:
         sym = fmt not in ("awq", "awq-gemv")
+    extra = {"config.json": None}
+    for f in sorted(model_dir.iterdir()):     # tokenizer files, gguf_metadata.json, ...: as they are
+        if f.is_file() and not f.name.endswith(".safetensors") and f.name not in ("config.json", "model.safetensors.index.json") \
+                and not f.name.startswith(".") and f.stat().st_size < 64 * 2**20:
+            extra[f.name] = f.read_bytes()
+    if calibration is not None:
+        out = _calibrated(model_dir, config, ck, lin, method, bits, group_size, fmt, sym, calibration, ctx,
+                          calibration_tokens, sequential, alpha, max_rows, progress, record)
+        qc = _config(fmt, bits, group_size, sym)
+        if method == "smoothquant":
+            qc = L_ct.quantization_config("int-quantized", 8, None, True)
+            qc["config_groups"]["group_0"]["input_activations"] = {
+                "num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "group_size": None,
+                "dynamic": True, "observer": None}
+        config["quantization_config"] = qc
+        extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
+        return
     out = {}
     weights = {k: np.asarray(ck[k]) for k in ck}
     if method == "awq":
         floats = {k: weights[k].astype(np.float32) for k in weights if k.startswith("model.layers.")}
-        _awq_fold(floats, adir, bits, group_size, sym, progress)
+        _awq_fold(floats, adir, bits, group_size, sym, progress, awq_groups(config))
         weights.update({k: v.astype(weights[k].dtype) for k, v in floats.items() if k not in lin})
         weights.update({k: floats[k] for k in lin})
     for k in lin:
         W = weights[k].astype(np.float32)
-        N, K = W.shape
         module = k[:-len(".weight")]
-        if fmt in ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors"):
-            if group_size != -1 and K % group_size:
-                raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of group size {group_size}")
+        q = None
+        if fmt in PACKED:
             if method == "gptq":
-                q = gptq_run(W, X=_activations(adir, module, K), bits=bits, group_size=group_size, sym=sym)
+                q = gptq_run(W, X=_activations(adir, module, W.shape[1]), bits=bits, group_size=group_size, sym=sym)
             else:
                 q = rtn_run(W, bits, group_size, sym)
-            if fmt in ("gptq", "gptq_v2"):
-                t = L_gptq.pack(q.codes, q.scales, q.zeros, q.g_idx, bits, "v1" if fmt == "gptq" else "v2")
-            elif fmt == "awq":
-                t = L_awq.pack(q.codes, q.scales, q.zeros)
-            elif fmt == "awq-gemv":
-                t = L_awq.pack_gemv(q.codes, q.scales, q.zeros, group_size)
-            else:
-                off = 2 ** (bits - 1)
-                codes = (q.codes.astype(np.int16) - off).astype(np.int8)
-                z = None if sym else (q.zeros - off).astype(np.int8)
-                dt = weights[k].dtype if weights[k].dtype in (np.float16,) else np.float32
-                t = L_ct.pack_quantized(codes, q.scales.astype(dt), z, bits)
-        elif fmt == "fp8-block":
-            t = L_fp8.block_fp8(W)
-        else:
-            if K % 16:
-                raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of NVFP4's 16")
-            packed, scales, gs = mx.quantize_nvfp4(W)
-            t = L_ct.nvfp4_pack_quantized(packed, scales, gs)
-            t["weight_shape"] = np.array(W.shape, np.int64)
+        t = _pack(fmt, module, W, q, bits, group_size, sym, weights[k].dtype)
         del weights[k]
         for name, a in t.items():
             out[f"{module}.{name}"] = a
@@ -171,8 +217,143 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
             progress(None)
     out.update(weights)
     config["quantization_config"] = _config(fmt, bits, group_size, sym)
-    save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes,
-                    extra_files={"config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"})
+    extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
+
+
+def _int8_channel(W: np.ndarray):
+    """W8 of W8A8: symmetric INT8 per output channel on compressed-tensors' grid (scale =
+    absmax / 127.5, codes clamped to [-128, 127]); the tensors and the decoded weight."""
+    block = (1, W.shape[1])
+    scale, zp = affine.choose_qparams_compressed_tensors(W, block, 8, symmetric=True)
+    q = affine.quantize_compressed_tensors(W, scale, zp, block, 8)
+    w_hat = affine.dequantize_compressed_tensors(q, scale, zp, block).astype(np.float32)
+    return L_ct.int_quantized(q, scale.astype(np.float32)), w_hat
+
+
+def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt, sym, text, ctx, n_tokens,
+                sequential, alpha, max_rows, progress, record) -> dict:
+    """The --calibration path: block by block, capture the inputs (refquant.model.calibrate),
+    search and fold AWQ / SmoothQuant scales, quantize the block's linears, hand the decoded
+    weights back to the model for the next block's inputs. Returns the output tensors."""
+    from .algorithms.smoothquant import smooth_scales
+    from .model.calibrate import run_blocks, tokenize
+    from .model.convert import _from_hf, gguf_name, hf_name, load_safetensors
+    from .model.forward import Model
+    if not (model_dir / "gguf_metadata.json").is_file():
+        raise InputError(f"quantize: --calibration runs the model, which needs its architecture and tokenizer: "
+                         f"{model_dir} has no gguf_metadata.json (write the directory with refquant.model.convert."
+                         f"gguf_to_safetensors, or give --activations DIR)")
+    if not isinstance(ctx, (int, np.integer)) or ctx < 2:
+        raise InputError(f"quantize: --ctx (tokens of context a sequence) must be an integer >= 2, got {ctx!r}")
+    model = Model(load_safetensors(model_dir))
+    md = model.w.metadata
+    arch = md["general.architecture"]
+    chunks = tokenize(model, text, ctx, n_tokens)
+    weights = {k: np.asarray(ck[k]) for k in ck}
+    kinds = {"gptq": {"hessian"}, "awq": {"mean_abs", "sample"}, "smoothquant": {"absmax"}, "rtn": set()}[method]
+    if record is not None:
+        kinds = kinds | {"all"}
+    groups = GEMMA3_AWQ_GROUPS if arch == "gemma3" else AWQ_GROUPS
+    out: dict = {}
+
+    def on_block(il, stats):
+        p = f"model.layers.{il}."
+        hs = {hf_name(n, arch): st for n, st in stats.items()}
+        layer_lin = [k for k in lin if k.startswith(p)]
+        for k in layer_lin:
+            if k not in hs:
+                raise InputError(f"quantize: the forward never fed layer {k[:-len('.weight')]}")
+            if record is not None:
+                record[k] = hs[k].inputs()
+        f = {k: weights[k].astype(np.float32) for k in weights if k.startswith(p)}
+        changed = set()
+        if method in ("awq", "smoothquant"):
+            plans = []
+            for prev, members in groups:
+                names = [f"{p}{m}.weight" for m in members]
+                prev_name = f"{p}{prev}.weight"
+                if not all(n in f for n in names) or prev_name not in f:
+                    continue
+                K = f[names[0]].shape[1]
+                if f[prev_name].shape[0] != K:          # grouped-query attention: v_proj -> o_proj
+                    continue
+                st = hs[names[0]]
+                if method == "awq":
+                    gs = K if group_size == -1 else group_size
+                    s = awq_search(np.concatenate([f[n] for n in names], axis=0), st.inputs(), bits=bits,
+                                   group_size=gs, sym=sym, x_mean=st.mean_abs()).input_scale
+                elif f[prev_name].ndim == 1:                # SmoothQuant: norm -> linears only
+                    s = smooth_scales(st.absmax(), [f[n] for n in names], alpha).astype(np.float32)
+                else:
+                    continue
+                plans.append((names, prev_name, s))
+            for names, prev_name, s in plans:
+                for n in names:
+                    f[n] = (f[n] * s[None, :]).astype(np.float32)
+                f[prev_name] = _fold(f[prev_name], s, arch == "gemma3")
+                changed.add(prev_name)
+        for k in layer_lin:
+            W = f[k]
+            module = k[:-len(".weight")]
+            if method == "smoothquant":
+                t, w_hat = _int8_channel(W)
+            else:
+                q = None
+                if fmt in PACKED:
+                    q = (gptq_run(W, H=hs[k].hessian(), bits=bits, group_size=group_size, sym=sym) if method == "gptq"
+                         else rtn_run(W, bits, group_size, sym))
+                t = _pack(fmt, module, W, q, bits, group_size, sym, weights[k].dtype)
+                w_hat = q.dequantize() if q is not None else W
+            for name, a in t.items():
+                out[f"{module}.{name}"] = a
+            f[k] = w_hat
+            changed.add(k)
+            del weights[k]
+            if progress:
+                progress(None)
+        for k in changed - set(layer_lin):
+            weights[k] = f[k].astype(weights[k].dtype)
+        return {gguf_name(k, arch): _from_hf(gguf_name(k, arch), f[k], md) for k in changed}
+
+    run_blocks(model, chunks, kinds, on_block, sequential=sequential, max_rows=max_rows)
+    left = [k for k in lin if k in weights]
+    if left:
+        raise InputError(f"quantize: the model's forward never reached layer {left[0][:-len('.weight')]} "
+                         f"(config.json and gguf_metadata.json disagree on the layers?)")
+    out.update(weights)
+    return out
+
+
+PACKED = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors")
+
+
+def _pack(fmt, module, W, q, bits, group_size, sym, dtype) -> dict:
+    """The tensors of linear `module` in `fmt`: from q (QuantizedLinear) for the integer formats,
+    from the float weight W for fp8-block and nvfp4."""
+    N, K = W.shape
+    if fmt in PACKED:
+        if group_size != -1 and K % group_size:
+            raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of group size {group_size}")
+        if fmt in ("gptq", "gptq_v2"):
+            return L_gptq.pack(q.codes, q.scales, q.zeros, q.g_idx, bits, "v1" if fmt == "gptq" else "v2")
+        if fmt == "awq":
+            return L_awq.pack(q.codes, q.scales, q.zeros)
+        if fmt == "awq-gemv":
+            return L_awq.pack_gemv(q.codes, q.scales, q.zeros, group_size)
+        off = 2 ** (bits - 1)
+        codes = (q.codes.astype(np.int16) - off).astype(np.int8)
+        z = None if sym else (q.zeros - off).astype(np.int8)
+        dt = dtype if dtype in (np.float16,) else np.float32
+        return L_ct.pack_quantized(codes, q.scales.astype(dt), z, bits)
+    if fmt == "fp8-block":
+        return L_fp8.block_fp8(W)
+    if K % 16:
+        raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of NVFP4's 16")
+    packed, scales, gs = mx.quantize_nvfp4(W)
+    t = L_ct.nvfp4_pack_quantized(packed, scales, gs)
+    t["weight_shape"] = np.array(W.shape, np.int64)
+    return t
 
 
 def _config(fmt, bits, group_size, sym) -> dict:

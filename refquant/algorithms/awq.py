@@ -99,14 +99,22 @@ def _clip(W, X, bits, g, sym, max_shrink=0.5, n_grid=20):
 
 def awq(W: np.ndarray, X: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bool = False,
         n_grid: int = 20, duo_scaling: Union[bool, str] = True, clip: bool = False,
-        max_shrink: float = 0.5, grid_rule: str = "llm-compressor") -> QuantizedLinear:
+        max_shrink: float = 0.5, grid_rule: str = "llm-compressor",
+        x_mean: Optional[np.ndarray] = None) -> QuantizedLinear:
     """AWQ-quantize W (N, K) on calibration activations X (n, K). Returns the codes of
-    clip(W · s) with their grid, and s as input_scale (divide the layer's input by it)."""
+    clip(W · s) with their grid, and s as input_scale (divide the layer's input by it).
+    x_mean: the mean |x| per input over every calibration row, when X is a sample of them
+    (default: taken from X)."""
     W = check_layer(W, "awq", X=X, bits=bits, group_size=group_size)
     X = np.asarray(X, F32)
     N, K = W.shape
     g = K if group_size == -1 else group_size
-    x_mean = np.abs(X).mean(axis=0, dtype=np.float64).astype(F32)          # 1. mean |x| per input
+    if x_mean is None:                                                     # 1. mean |x| per input
+        x_mean = np.abs(X).mean(axis=0, dtype=np.float64).astype(F32)
+    else:
+        x_mean = np.asarray(x_mean, F32)
+        if x_mean.shape != (K,) or not np.isfinite(x_mean).all():
+            raise InputError(f"awq: x_mean must be a finite vector of {K} values, got shape {x_mean.shape}")
     w_mean = _w_mean(W, g)                                                 # 2. normalised |w|
     best, best_err = None, np.inf
     for ratio, duo in grid(n_grid, duo_scaling, grid_rule):                           # 3. the grid search

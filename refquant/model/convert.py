@@ -134,22 +134,35 @@ def _hf_config(md: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in cfg.items()}
 
 
-def gguf_to_safetensors(gguf_path, out_dir) -> Path:
+def gguf_to_safetensors(gguf_path, out_dir, n_layers: int | None = None) -> Path:
+    """Write the Hugging Face form of a GGUF model; `n_layers`: keep only the first n blocks
+    (block_count and num_hidden_layers say so), a smaller model for quick runs."""
     from safetensors.numpy import save_file
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with GGUFFile(gguf_path) as f:
-        md = f.metadata
+        md = dict(f.metadata)
         arch = md.get("general.architecture")
         if arch not in _LAYER_ARCH:
             raise FormatError(f"{gguf_path}: architecture {arch!r} is not supported (llama, gemma3)")
+        keep = [t for t in f.tensors
+                if n_layers is None or not t.name.startswith("blk.") or int(t.name.split(".")[1]) < n_layers]
         tensors = {hf_name(t.name, arch): np.ascontiguousarray(_to_hf(t.name, f.dequantize(t.name), md))
-                   for t in f.tensors}
+                   for t in keep}
         kvs = [_kv_json(kv) for kv in f.kvs]
+        if n_layers is not None:
+            if not 1 <= n_layers <= int(md[f"{arch}.block_count"]):
+                raise FormatError(f"n_layers must be from 1 to {md[f'{arch}.block_count']}, got {n_layers}")
+            md[f"{arch}.block_count"] = n_layers
+            for kv in kvs:
+                if kv["key"] == f"{arch}.block_count":
+                    kv["value"] = n_layers
     tmp = out / "model.safetensors.partial"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     tmp.replace(out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps(_hf_config(md), indent=2) + "\n")
+    cfg = _hf_config(md)
+    cfg["tie_word_embeddings"] = "lm_head.weight" not in tensors   # no output.weight: tied to the embedding
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "gguf_metadata.json").write_text(json.dumps(kvs) + "\n")
     return out
 

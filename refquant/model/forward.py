@@ -274,6 +274,29 @@ class Model:
             h = silu * up
         return w.linear(p + "ffn_down.weight")(h)
 
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        """The embedding rows of `tokens` (scaled by sqrt(n_embd) for gemma3)."""
+        x = self.w.embedding_rows("token_embd.weight", np.asarray(tokens, dtype=np.int64))
+        if self.cfg.embd_scale != 1.0:
+            x = x * self.dtype(self.cfg.embd_scale)
+        return x
+
+    def block(self, il: int, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Decoder block `il` on the hidden states x (T, n_embd) at positions pos: the residual
+        stream after its attention and feed-forward halves."""
+        c, w = self.cfg, self.w
+        p = f"blk.{il}."
+        h = rms_norm(x, w.get(p + "attn_norm.weight"), c.eps)
+        a = self.attention(il, h, pos)
+        if p + "post_attention_norm.weight" in w:
+            a = rms_norm(a, w.get(p + "post_attention_norm.weight"), c.eps)
+        x = x + a
+        h = rms_norm(x, w.get(p + "ffn_norm.weight"), c.eps)
+        f = self.ffn(il, h)
+        if p + "post_ffw_norm.weight" in w:
+            f = rms_norm(f, w.get(p + "post_ffw_norm.weight"), c.eps)
+        return x + f
+
     def forward(self, tokens, last_hidden: bool = False) -> np.ndarray:
         c, w, dt = self.cfg, self.w, self.dtype
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -282,21 +305,9 @@ class Model:
         if tokens.min() < 0 or tokens.max() >= c.n_vocab:
             raise FormatError(f"token ids must lie in [0, {c.n_vocab}); got {tokens.min()}..{tokens.max()}")
         pos = np.arange(len(tokens))
-        x = w.embedding_rows("token_embd.weight", tokens)
-        if c.embd_scale != 1.0:
-            x = x * dt(c.embd_scale)
+        x = self.embed(tokens)
         for il in range(c.n_layer):
-            p = f"blk.{il}."
-            h = rms_norm(x, w.get(p + "attn_norm.weight"), c.eps)
-            a = self.attention(il, h, pos)
-            if p + "post_attention_norm.weight" in w:
-                a = rms_norm(a, w.get(p + "post_attention_norm.weight"), c.eps)
-            x = x + a
-            h = rms_norm(x, w.get(p + "ffn_norm.weight"), c.eps)
-            f = self.ffn(il, h)
-            if p + "post_ffw_norm.weight" in w:
-                f = rms_norm(f, w.get(p + "post_ffw_norm.weight"), c.eps)
-            x = x + f
+            x = self.block(il, x, pos)
         x = rms_norm(x, w.get("output_norm.weight"), c.eps)
         if last_hidden:
             return x

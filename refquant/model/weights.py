@@ -174,6 +174,18 @@ class Weights:
             self._cached[name] = v
         return v
 
+    def replace(self, name: str, value: np.ndarray) -> None:
+        """Put a float tensor in place of `name` (same shape), e.g. a layer's weight after it has
+        been quantized and decoded again; the forward reads it from then on."""
+        if name not in self._tensors:
+            raise FormatError(f"the model has no tensor {name!r}")
+        v = np.ascontiguousarray(value, dtype=F32)
+        if v.shape != tuple(self._tensors[name][1]):
+            raise FormatError(f"{name}: replacement has shape {v.shape}, the tensor {self._tensors[name][1]}")
+        self._tensors[name] = ("F32", v.shape, lambda rows=None: v if rows is None else v[rows])
+        self._cached.pop(name, None)
+        self.raw.pop(name, None)
+
     def raw_bytes(self, name: str) -> np.ndarray:
         """The stored bytes (rows, row_bytes) of a tensor."""
         if name not in self.raw:
@@ -193,7 +205,7 @@ class Weights:
         """Rows `ids` of an embedding matrix, decoded one distinct row at a time (get_rows)."""
         uniq, inv = np.unique(ids, return_inverse=True)
         f = getattr(self, "file", None)
-        if f is not None and name not in self._cached:
+        if f is not None and name not in self._cached and name in self.raw:
             from ..backend import SPEC
             t = f.info(name)
             raw = np.asarray(f.raw(name))[uniq]
