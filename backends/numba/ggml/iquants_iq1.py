@@ -97,7 +97,7 @@ def _stable_order(x, order):
         order[j + 1] = k
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def _find_neighbour(code, x, w, scale, xx, nbr_row, nbr_start, nbr_flat, levels):
     """iq1_find_best_neighbour2 for one group of 8: over the code's list in order,
     d2 = Σ w*diff*diff with diff = scale*xx[level] - x; the first strict minimum below FLT_MAX.
@@ -117,7 +117,7 @@ def _find_neighbour(code, x, w, scale, xx, nbr_row, nbr_start, nbr_flat, levels)
     return best
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def _grid_fix(L, x, w, scale, xxs, index, kmap, nbr_row, nbr_start, nbr_flat, levels):
     """Each group of 8 (group g shifted by xxs[g]) to its codebook index; an off-grid group
     takes its best neighbour. Returns (all on the grid, a group found no neighbour)."""
@@ -161,7 +161,7 @@ def _put_u16(o, at, v):
 
 # ------------------------------------------------------------------------------------ IQ1_S
 
-@njit(**INLINE)
+@njit(**JIT)
 def _iq1s_sub(x, w, order, xs, ws, sumx, sumw, L, index, xxs, kmap, nbr_row, nbr_start, nbr_flat, levels):
     """One sub-block of 32: returns (scale, shift, abort code); writes index (4,).
     A skipped sub-block comes back as (0, 1) with index 0."""
@@ -275,7 +275,7 @@ def _quantize_iq1_s(x, imatrix, kmap, nbr_row, nbr_start, nbr_flat, levels, out,
 
 # ------------------------------------------------------------------------------------ IQ1_M
 
-@njit(**INLINE)
+@njit(**JIT)
 def _iq1m_sub(x, w, order, tqx, tq2, pre_qx, pre_q2, cur_qx, cur_q2, L, index, xxs,
               kmap, nbr_row, nbr_start, nbr_flat, levels):
     """One sub-block of 16 (two groups of 8, each with its own shift): returns (scale, shift
