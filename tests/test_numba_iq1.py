@@ -141,3 +141,37 @@ def test_more_rows_than_threads_match_the_spec(nb):
     for qtype in TYPES:
         np.testing.assert_array_equal(nb.quantize(x, qtype, im), refquant.quantize(x, qtype, im), err_msg=qtype)
     np.testing.assert_array_equal(nb.quantize(x, "IQ1_M"), refquant.quantize(x, "IQ1_M"))
+
+
+def test_kernels_have_no_fma_and_no_fast_math(nb):
+    """Every IQ1 kernel, recompiled without the on-disk cache (numba cannot show the IR of code it
+    loaded from it) and with prange as range: no llvm.fma / llvm.fmuladd, no fast-math flag on
+    any float instruction, no vfmadd-family instruction in the machine code. The helpers the two
+    row kernels call (the sub-block searches, the neighbour search) are linked into their
+    modules, so the two kernels' IR covers every float operation."""
+    from numba import njit
+    from numba.core.registry import CPUDispatcher
+    from backends.numba.ggml import iquants_iq1 as mod
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1, 256)) * 0.1).astype(np.float32)
+    im = rng.random(256).astype(np.float32)
+    for t in TYPES:
+        nb.quantize(x, t, im)
+    flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
+    fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
+    checked = 0
+    defined = set()
+    for name, f in vars(mod).items():
+        if not (isinstance(f, CPUDispatcher) and f.signatures and f.py_func.__module__ == mod.__name__):
+            continue
+        g = njit(**{k: v for k, v in f.targetoptions.items() if k in ("fastmath", "nogil")})(f.py_func)
+        for sig in f.signatures:
+            g.compile(sig)
+            ir = g.inspect_llvm(sig)
+            defined |= set(re.findall(r"define [^@]*@\S*iquants_iq1\d+(_[a-z0-9_]+?)B", ir))
+            assert "llvm.fma." not in ir and "llvm.fmuladd" not in ir, f"{name}: fma in IR"
+            assert not flags.search(ir), f"{name}: fast-math flag: {flags.search(ir).group(0)}"
+            assert not fused.search(g.inspect_asm(sig)), f"{name}: fused multiply-add in asm"
+            checked += 1
+    assert checked >= 2
+    assert {"_iq1s_sub", "_iq1m_sub", "_grid_fix", "_find_neighbour"} <= defined, defined
