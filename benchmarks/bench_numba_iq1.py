@@ -46,16 +46,16 @@ def best(fn, repeat):
 
 
 def first_call_times():
-    """Seconds to import the module and quantize a small matrix with both types in a fresh
-    process: (empty cache, warm cache)."""
-    code = ("import time, numpy as np; t = time.perf_counter(); "
+    """(wall, CPU) seconds to import the module and quantize a small matrix with both types in a
+    fresh process: (empty cache, warm cache)."""
+    code = ("import time, numpy as np; t = time.perf_counter(); c = time.process_time(); "
             "from backends.numba.ggml import iquants_iq1 as m; "
             "x = np.ones((1, 256), np.float32); m.quantize_iq1_s(x, x[0]); m.quantize_iq1_m(x, x[0]); "
-            "print(time.perf_counter() - t)")
+            "print(time.perf_counter() - t, time.process_time() - c)")
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, NUMBA_CACHE_DIR=d, PYTHONPATH=str(ROOT))
-        run = lambda: float(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,  # noqa: E731
-                                           capture_output=True, text=True, check=True).stdout)
+        run = lambda: tuple(float(v) for v in subprocess.run(  # noqa: E731
+            [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split())
         return run(), run()
 
 
@@ -90,8 +90,8 @@ def main():
               f"{nc / gc:7.2f} {sw * 1e3:17.0f} {sw / nw:10.0f}")
     if not a.skip_compile:
         cold, warm = first_call_times()
-        print(f"first call in a fresh process (import + both types): empty cache {cold:.1f} s, "
-              f"with the cache {warm:.2f} s")
+        print(f"first call in a fresh process (import + both types): empty cache {cold[0]:.1f} s "
+              f"(CPU {cold[1]:.1f} s), with the cache {warm[0]:.2f} s (CPU {warm[1]:.2f} s)")
 
 
 if __name__ == "__main__":
