@@ -195,9 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bits", type=int, default=4, help="checkpoint input: bits per weight")
     s.add_argument("--group-size", type=int, default=128, help="checkpoint input: group size (-1: per channel)")
     s.add_argument("--format", default="gptq", choices=["gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors",
-                                                        "fp8-block", "nvfp4"], help="checkpoint input: output layout")
+                                                        "fp8-block", "nvfp4", "modelopt-fp8", "modelopt-nvfp4"],
+                   help="checkpoint input: output layout")
     s.add_argument("--activations", default=None,
-                   help="checkpoint input: directory of <module>.npy calibration activations (gptq, awq)")
+                   help="checkpoint input: directory of <module>.npy calibration activations (gptq, awq, "
+                        "modelopt-*: the input scales)")
     progress_flags(s)
     s.set_defaults(func=cmd_quantize)
 
