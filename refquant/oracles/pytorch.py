@@ -137,3 +137,11 @@ def llmcompressor(module: str):
     if d.is_dir() and str(d) not in sys.path:
         sys.path.append(str(d))
     return importlib.import_module(module)
+
+
+def gptqmodel_mlx_packing():
+    """GPTQModel 7.7.0's `gptqmodel/utils/mlx_packing.py` (NumPy only: repack_awq_gemv decodes AWQ
+    GEMV checkpoints on the CPU), from its sdist file in refquant's cache (`make install` fetches
+    it with python -m refquant.models fetch; downloaded with pip on first use otherwise)."""
+    from ..models import gptqmodel_mlx_packing_path
+    return _load_file("gptqmodel_mlx_packing", gptqmodel_mlx_packing_path())
