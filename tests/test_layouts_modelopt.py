@@ -108,12 +108,12 @@ def test_bad_input():
 
 # ---- whole checkpoints ---------------------------------------------------------------------
 
-def _tiny_llama(dtype):
+def _tiny_llama(dtype, tied):
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
     c = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                    architectures=["LlamaForCausalLM"])
+                    architectures=["LlamaForCausalLM"], tie_word_embeddings=tied)
     m = LlamaForCausalLM(c)
     with torch.no_grad():                       # outlier input channels, as real layers have
         for n, p in m.named_parameters():
@@ -124,14 +124,15 @@ def _tiny_llama(dtype):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """{algo: (ModelOpt's export dir, refquant's output dir)} for one small Llama in bfloat16."""
+    """{algo: (ModelOpt's export dir, refquant's output dir)} for one small Llama in bfloat16 (its
+    embeddings tied to lm_head for NVFP4, untied for FP8)."""
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
     from refquant.hf_quantize import quantize_checkpoint
     out = {}
     for algo, cfg in (("NVFP4", mtq.NVFP4_DEFAULT_CFG), ("FP8", mtq.FP8_DEFAULT_CFG)):
         base = tmp_path_factory.mktemp(algo)
-        m = _tiny_llama(torch.bfloat16)
+        m = _tiny_llama(torch.bfloat16, tied=algo == "NVFP4")
         m.save_pretrained(base / "orig")
         ids = torch.randint(0, 96, (3, 24), generator=torch.Generator().manual_seed(1))
         acts = {}
