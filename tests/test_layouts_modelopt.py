@@ -22,10 +22,11 @@ from refquant import fp8_scaling, mx
 from refquant.errors import InputError
 from refquant.layouts import fp8_block as F
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (an oracle, as nvidia-modelopt: both in the test extra)
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    NVFP4QTensor = pytest.importorskip("modelopt.torch.quantization.qtensor").NVFP4QTensor
+    from modelopt.torch.quantization.qtensor import NVFP4QTensor
     from modelopt.torch.export.quant_utils import to_quantized_weight
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
