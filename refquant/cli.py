@@ -214,11 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "smoothquant: 8)")
     s.add_argument("--group-size", type=int, default=128, help="checkpoint input: group size (-1: per channel)")
     s.add_argument("--format", default=None, choices=["gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors",
-                                                      "fp8-block", "nvfp4"],
+                                                      "fp8-block", "nvfp4", "modelopt-fp8", "modelopt-nvfp4"],
                    help="checkpoint input: output layout (default gptq; smoothquant: compressed-tensors W8A8)")
     cal = s.add_mutually_exclusive_group()
     cal.add_argument("--activations", default=None,
-                     help="checkpoint input: directory of <module>.npy calibration activations (gptq, awq)")
+                     help="checkpoint input: directory of <module>.npy calibration activations (gptq, awq, "
+                          "modelopt-*: the input scales)")
     cal.add_argument("--calibration", default=None, metavar="TEXT",
                      help="checkpoint input: a UTF-8 text file the model runs on, block by block, to capture "
                           "each linear layer's inputs (gptq, awq, smoothquant)")

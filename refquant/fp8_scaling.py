@@ -187,3 +187,33 @@ def quantize_activation_1x128(x: np.ndarray):
     block = act_groups(x.shape, 128)
     s = choose_scale(x, block, "deepseek-v3")
     return quantize(x, s, block, "deepseek-v3"), s
+
+
+def quantize_tensor_modelopt(w: np.ndarray, amax=None, dtype=F32):
+    """NVIDIA ModelOpt 0.47's per-tensor FP8 weight export (quant_algo "FP8"): w held in `dtype`
+    (the model's: float32, float16 or bfloat16) -> (E4M3 codes, weight_scale float32 ()).
+
+        weight_scale = amax / 448 in float32, amax = max |w| unless given (ModelOpt's calibrated
+                       amax, shared across fused layers); a zero amax is clamped to float32's
+                       smallest normal (export_amax)
+        q = e4m3(w / weight_scale), the division done in `dtype` (a float16 / bfloat16 tensor
+            divided by a 0-d float32 tensor stays float16 / bfloat16 in torch: two roundings)"""
+    dtype = np.dtype(dtype)
+    if dtype not in (F32, F16, BF16):
+        raise InputError(f"FP8 (ModelOpt): dtype must be float32, float16 or bfloat16, got {dtype}")
+    w = np.asarray(w)
+    if not np.issubdtype(w.dtype, np.floating) and w.dtype != BF16:
+        raise InputError(f"FP8 (ModelOpt): w must be a float array, got {w.dtype}")
+    wf = f32(w)
+    if not np.isfinite(wf).all():
+        raise InputError("FP8 (ModelOpt): w has a non-finite value")
+    if not np.array_equal(f32(rnd(wf, dtype)), wf, equal_nan=False):
+        raise InputError(f"FP8 (ModelOpt): w holds values not representable in {dtype}")
+    a = np.float32(np.max(np.abs(wf))) if amax is None else np.float32(np.asarray(amax, F32).ravel()[0])
+    if not np.isfinite(a) or a < np.max(np.abs(wf)):
+        raise InputError(f"FP8 (ModelOpt): amax must be finite and >= max |w|, got {amax!r}")
+    a = max(a, np.float32(np.finfo(F32).tiny))
+    scale = np.float32(a / np.float32(E4M3_MAX))
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = rnd(wf / scale, dtype)
+    return _to_e4m3(f32(y), saturate=False), np.array(scale, F32)

@@ -1,6 +1,6 @@
 """Quantize a Hugging Face safetensors checkpoint's linear layers into a checkpoint a real loader
 reads: `refquant quantize MODEL_DIR OUT_DIR --method rtn|gptq|awq|smoothquant --bits B --group-size G
---format gptq|gptq_v2|awq|awq-gemv|compressed-tensors|fp8-block|nvfp4`.
+--format gptq|gptq_v2|awq|awq-gemv|compressed-tensors|fp8-block|nvfp4|modelopt-fp8|modelopt-nvfp4`.
 
 Linear layers are the 2-D `*.weight` tensors under `model.layers.` (embeddings, norms and
 lm_head stay as they are). GPTQ, AWQ and SmoothQuant take their data from a calibration text,
@@ -17,6 +17,12 @@ AWQ folds its input scales s into the operation before each layer group, as Auto
 Llama-style blocks: input_layernorm → q/k/v_proj, post_attention_layernorm → gate/up_proj,
 v_proj → o_proj (when their shapes match: not under grouped-query attention), up_proj →
 down_proj. Scales are searched on the original weights, folded, then every layer is quantized.
+
+The ModelOpt formats (modelopt-fp8, modelopt-nvfp4: NVIDIA ModelOpt's export_hf_checkpoint
+layout, with hf_quant_config.json) take each linear's input amax from `--activations DIR` (its
+input_scale). NVFP4 gives layers that share an input (q/k/v, gate/up) one weight amax and one
+input amax, the largest of theirs, as ModelOpt 0.47 does for engines that fuse them; its FP8
+export does not (each layer keeps its own weight_scale).
 The output directory appears complete or not at all (refquant.io.safetensors.save_checkpoint).
 """
 from __future__ import annotations
@@ -37,10 +43,13 @@ from .layouts import awq as L_awq
 from .layouts import compressed_tensors as L_ct
 from .layouts import fp8_block as L_fp8
 from .layouts import gptq as L_gptq
+from .layouts.fp8_block import BF16
 
 F32 = np.float32
 METHODS = ("rtn", "gptq", "awq", "smoothquant")
-FORMATS = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors", "fp8-block", "nvfp4")
+FORMATS = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors", "fp8-block", "nvfp4", "modelopt-fp8",
+           "modelopt-nvfp4")
+FLOAT_FORMATS = ("fp8-block", "nvfp4", "modelopt-fp8", "modelopt-nvfp4")
 AWQ_GROUPS = [("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
               ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
               ("self_attn.v_proj", ("self_attn.o_proj",)),
@@ -63,6 +72,8 @@ def _fold(pw: np.ndarray, s: np.ndarray, gemma: bool) -> np.ndarray:
     if pw.ndim == 1:
         return ((F32(1) + pw) / s - F32(1) if gemma else pw / s).astype(np.float32)
     return (pw / s[:, None]).astype(np.float32)
+# layers that read the same input: ModelOpt shares their amaxes (preprocess_linear_fusion)
+SHARED_INPUT = [g for _, g in AWQ_GROUPS[:2]]
 
 
 def linear_names(ck) -> list:
@@ -75,12 +86,12 @@ def _check_options(method, bits, group_size, fmt, activations, calibration=None)
     if fmt not in FORMATS:
         raise FormatError(f"quantize: format must be one of {FORMATS}, got {fmt!r}")
     allowed = {"gptq": (2, 3, 4, 8), "gptq_v2": (2, 3, 4, 8), "awq": (4,), "awq-gemv": (4,), "compressed-tensors": tuple(range(2, 9)),
-               "fp8-block": (8,), "nvfp4": (4,)}[fmt]
+               "fp8-block": (8,), "nvfp4": (4,), "modelopt-fp8": (8,), "modelopt-nvfp4": (4,)}[fmt]
     if bits not in allowed:
         raise FormatError(f"quantize: format {fmt} holds {allowed}-bit weights, not {bits}")
     if fmt == "awq-gemv" and group_size not in (-1, 32, 64) and group_size < 128:
         raise FormatError(f"quantize: AWQ GEMV takes group size 32, 64 or >= 128, not {group_size}")
-    if fmt in ("fp8-block", "nvfp4") and method != "rtn":
+    if fmt in FLOAT_FORMATS and method != "rtn":
         raise FormatError(f"quantize: format {fmt} is a float format; only --method rtn applies")
     if activations is not None and calibration is not None:
         raise InputError("quantize: give --activations DIR or --calibration TEXT, not both")
@@ -95,6 +106,8 @@ def _check_options(method, bits, group_size, fmt, activations, calibration=None)
     if method in ("gptq", "awq") and activations is None and calibration is None:
         raise InputError(f"quantize: --method {method} needs calibration data (--calibration TEXT or "
                          f"--activations DIR)")
+    if fmt.startswith("modelopt-") and activations is None:
+        raise InputError(f"quantize: format {fmt} stores input scales: it needs calibration activations (--activations DIR)")
 
 
 def _activations(adir: Path, module: str, K: int) -> np.ndarray:
@@ -169,9 +182,9 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         if fmt in ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors") and group_size != -1 and K % group_size:
             raise InputError(f"quantize: layer {k[:-len('.weight')]} has {K} inputs, not a multiple of group "
                              f"size {group_size}")
-        if fmt == "nvfp4" and K % 16:
+        if fmt in ("nvfp4", "modelopt-nvfp4") and K % 16:
             raise InputError(f"quantize: layer {k[:-len('.weight')]} has {K} inputs, not a multiple of NVFP4's 16")
-        if adir is not None and method != "rtn":
+        if adir is not None and (method != "rtn" or fmt.startswith("modelopt-")):
             _activations(adir, k[:-len(".weight")], K)
     if sym is None:
         sym = fmt not in ("awq", "awq-gemv")
@@ -195,6 +208,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         return
     out = {}
     weights = {k: np.asarray(ck[k]) for k in ck}
+    if fmt.startswith("modelopt-"):
+        w_amax, x_amax = _modelopt_amaxes(weights, lin, adir, fuse=fmt == "modelopt-nvfp4")
     if method == "awq":
         floats = {k: weights[k].astype(np.float32) for k in weights if k.startswith("model.layers.")}
         _awq_fold(floats, adir, bits, group_size, sym, progress, awq_groups(config))
@@ -209,14 +224,26 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                 q = gptq_run(W, X=_activations(adir, module, W.shape[1]), bits=bits, group_size=group_size, sym=sym)
             else:
                 q = rtn_run(W, bits, group_size, sym)
-        t = _pack(fmt, module, W, q, bits, group_size, sym, weights[k].dtype)
+        if fmt == "modelopt-fp8":
+            dt = weights[k].dtype if weights[k].dtype in (np.float16, BF16) else np.float32
+            t = L_fp8.modelopt_fp8(weights[k].astype(dt), dt, w_amax[k], x_amax[k])
+        elif fmt == "modelopt-nvfp4":
+            t = L_fp8.modelopt_nvfp4(W, w_amax[k], x_amax[k])
+        else:
+            t = _pack(fmt, module, W, q, bits, group_size, sym, weights[k].dtype)
         del weights[k]
         for name, a in t.items():
             out[f"{module}.{name}"] = a
         if progress:
             progress(None)
     out.update(weights)
-    config["quantization_config"] = _config(fmt, bits, group_size, sym)
+    if fmt.startswith("modelopt-"):
+        hq = L_fp8.quantization_config_modelopt("FP8" if fmt == "modelopt-fp8" else "NVFP4",
+                                                _modelopt_excluded(weights, config))
+        config["quantization_config"] = L_fp8.hf_config_modelopt(hq)
+        extra["hf_quant_config.json"] = json.dumps(hq, indent=4) + "\n"
+    else:
+        config["quantization_config"] = _config(fmt, bits, group_size, sym)
     extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
     save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
 
@@ -354,6 +381,32 @@ def _pack(fmt, module, W, q, bits, group_size, sym, dtype) -> dict:
     t = L_ct.nvfp4_pack_quantized(packed, scales, gs)
     t["weight_shape"] = np.array(W.shape, np.int64)
     return t
+
+
+def _modelopt_amaxes(weights: dict, lin: list, adir: Path, fuse: bool):
+    """Each linear's weight amax (max |W|) and input amax (max |X| over its activations); with
+    `fuse`, then the largest of each within a group of layers that share an input (q/k/v, gate/up).
+    ModelOpt 0.47 fuses every format but per-tensor FP8 (_fuse_shared_input_modules)."""
+    w_amax = {k: np.float32(np.max(np.abs(weights[k].astype(np.float32)))) for k in lin}
+    x_amax = {k: np.float32(np.max(np.abs(_activations(adir, k[:-len(".weight")], weights[k].shape[1])))) for k in lin}
+    prefixes = sorted({k.rsplit(".", 3)[0] for k in lin}) if fuse else []
+    for p in prefixes:
+        for members in SHARED_INPUT:
+            names = [f"{p}.{m}.weight" for m in members]
+            if all(n in w_amax for n in names):
+                wa = max(w_amax[n] for n in names)
+                xa = max(x_amax[n] for n in names)
+                for n in names:
+                    w_amax[n], x_amax[n] = wa, xa
+    return w_amax, x_amax
+
+
+def _modelopt_excluded(rest: dict, config: dict) -> list:
+    """The modules left unquantized that ModelOpt lists in exclude_modules: the other 2-D weights'
+    modules (embeddings, lm_head) and lm_head itself when tied to the embeddings."""
+    mods = {k[:-len(".weight")] for k, a in rest.items() if k.endswith(".weight") and a.ndim == 2}
+    mods.add("lm_head")
+    return sorted(mods)
 
 
 def _config(fmt, bits, group_size, sym) -> dict:

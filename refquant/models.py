@@ -154,11 +154,35 @@ def botchan_path(fetch: bool = True) -> Path:
     return target
 
 
+# --------------------------------------------------------------------------- GPTQModel
+# GPTQModel's AWQ GEMV reader: `gptqmodel/utils/mlx_packing.py` (repack_awq_gemv: NumPy only,
+# decodes AWQ GEMV words on the CPU for MLX) from the gptqmodel 7.7.0 sdist. The package itself
+# builds CUDA extensions and pins its own torch, so only this one file is taken, to be loaded by
+# path (refquant.oracles.pytorch.gptqmodel_mlx_packing).
+GPTQMODEL_SDIST = "gptqmodel==7.7.0"
+GPTQMODEL_MLX_PACKING = "gptqmodel-7.7.0/gptqmodel/utils/mlx_packing.py"
+
+
+def gptqmodel_mlx_packing_path(fetch: bool = True) -> Path:
+    target = cache_dir() / "gptqmodel-7.7.0" / "mlx_packing.py"
+    if target.is_file():
+        return target
+    if not fetch:
+        raise RefquantError("GPTQModel's mlx_packing.py is not in the cache: python -m refquant.models fetch")
+    data = _sdist_members(GPTQMODEL_SDIST, "gptqmodel-", lambda n: n == GPTQMODEL_MLX_PACKING)[GPTQMODEL_MLX_PACKING]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".partial")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return target
+
+
 if __name__ == "__main__":
     import sys
     if sys.argv[1:] == ["fetch"]:
         print(botchan_path())
         print(gemma3_path())
         print(llama_cpp_vocab_dir())
+        print(gptqmodel_mlx_packing_path())
     else:
         print("usage: python -m refquant.models fetch")

@@ -321,6 +321,48 @@ def quantize_nvfp4(x: np.ndarray, global_scale=None) -> tuple[np.ndarray, np.nda
     return pack_fp4(codes), s_codes, gs
 
 
+def quantize_nvfp4_modelopt(x: np.ndarray, global_amax=None) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """float32 (rows, n), n a multiple of 16 -> (packed uint8 (rows, n/2), block scales as E4M3
+    codes uint8 (rows, n/16), weight_scale_2 float32), as NVIDIA ModelOpt 0.47's NVFP4QTensor
+    (get_weights_scaling_factor_2, get_weights_scaling_factor, quantize) computes them:
+
+      1. amax = global_amax if given (ModelOpt's calibrated, possibly shared with fused layers),
+         else max |x|; weight_scale_2 = amax / 2688 in float32 (2688 = 6 · 448).
+      2. per block: s = block_amax / (6 · weight_scale_2) in float32 (6 · weight_scale_2 rounded
+         first); s == 0 becomes 1.0; clamped to [2^-9, 448]; E4M3, round to nearest even.
+         (compressed-tensors instead computes gs · (amax / 6) with gs = 2688 / amax, and sends a
+         scale that rounds to 0 to 0.125.)
+      3. per element: y = x / (s · weight_scale_2), the product rounded to float32 first; E2M1,
+         round to nearest even, saturating at ±6; the sign bit is (y < 0): a negative y that
+         rounds to zero is code 0x8, a y of -0.0 code 0 (ModelOpt's _cast_fp4).
+      4. pack two codes a byte, element 2i in the low nibble.
+
+    An all-zero x (amax 0) has weight_scale_2 = 0, and ModelOpt's block scales become 0/0 = NaN;
+    refquant refuses it with an InputError."""
+    x = _check_x(x, "NVFP4 (ModelOpt)", NVFP4_BLOCK)
+    if x.ndim != 2:
+        raise InputError(f"NVFP4 (ModelOpt): x must be a matrix (rows, n), got shape {x.shape}")
+    amax = F32(np.max(np.abs(x))) if global_amax is None else np.asarray(global_amax)
+    if amax.size != 1 or not np.isfinite(amax).all() or F32(amax.ravel()[0]) < F32(np.max(np.abs(x))):
+        raise InputError(f"NVFP4 (ModelOpt): global_amax must be one finite float >= max |x|, got {global_amax!r}")
+    amax = F32(np.asarray(amax).ravel()[0])
+    if amax == 0:
+        raise InputError("NVFP4 (ModelOpt): x is all zeros: weight_scale_2 = amax / 2688 = 0, and ModelOpt's "
+                         "block scales become 0 / 0 = NaN")
+    wsf2 = F32(amax / F32(2688.0))
+    xb = x.reshape(x.shape[0], -1, NVFP4_BLOCK)
+    bamax = np.max(np.abs(xb), axis=-1)
+    s = (bamax / F32(FP4_MAX * wsf2)).astype(F32)
+    s = np.where(s == 0, F32(1.0), s)
+    s_codes = mf.encode(np.clip(s, F32(2.0 ** -9), FP8_E4M3_MAX), "E4M3FN")
+    eff = (mf.decode(s_codes, "E4M3FN") * wsf2).astype(F32)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        y = (xb / eff[..., None]).astype(F32)
+    codes = mf.encode(np.clip(y, -FP4_MAX, FP4_MAX), "E2M1", saturate=True)
+    codes = np.where(y == 0, np.uint8(0), codes).reshape(x.shape)    # -0.0 has no sign bit (y < 0)
+    return pack_fp4(codes), s_codes.astype(np.uint8), wsf2
+
+
 def dequantize_nvfp4(packed: np.ndarray, scales: np.ndarray, global_scale) -> np.ndarray:
     """(packed, E4M3 scale codes, global scale) -> float32: e2m1 * (s / gs), with s / gs rounded
     to float32 first (compressed-tensors' dequantize)."""
@@ -379,4 +421,4 @@ for _name in ("MXFP8_E4M3", "MXFP8_E5M2", "MXFP4_E2M1", "MXINT8"):
 
 __all__ = ["MXFormat", "MX_FORMATS", "SCALE_RULES", "get_mx_format", "shared_exponent", "quantize_mx",
            "dequantize_mx", "pack_fp4", "unpack_fp4", "e8m0_to_float32", "nvfp4_global_scale",
-           "quantize_nvfp4", "dequantize_nvfp4"]
+           "quantize_nvfp4", "quantize_nvfp4_modelopt", "dequantize_nvfp4"]

@@ -130,6 +130,8 @@ def test_errors_leave_no_output(model, tmp_path, capsys):
     d, adir, t = model
     out = tmp_path / "bad"
     assert run(d, out, "--method", "gptq", "--format", "gptq") == 2                 # no activations
+    assert run(d, out, "--bits", "4", "--format", "modelopt-nvfp4") == 2            # no input scales
+    assert run(d, out, "--method", "gptq", "--bits", "8", "--format", "modelopt-fp8", "--activations", adir) == 2
     assert run(d, out, "--bits", "5", "--format", "gptq") == 2                      # unsupported width
     assert run(d, out, "--bits", "4", "--group-size", "100", "--format", "gptq") == 2   # K % g
     empty = tmp_path / "acts"

@@ -156,6 +156,31 @@ def test_awq_gemv_written_as_autoawq(q):
     np.testing.assert_array_equal(s.view(np.uint16), scales.astype(np.float16).view(np.uint16))
 
 
+@settings(max_examples=30, deadline=None)
+@given(gemv_layers())
+def test_awq_gemv_read_by_gptqmodel(q):
+    """GPTQModel 7.7.0's repack_awq_gemv (gptqmodel/utils/mlx_packing.py, NumPy on the CPU: how
+    GPTQModel reads an AWQ GEMV checkpoint to run it under MLX) reads refquant's GEMV tensors back
+    to the codes, the (unpadded) float16 scales and the biases −zero·scale that were packed. Its
+    codes come back repacked in MLX's layout (code i of a row at bits 4(i mod 8) of word i // 8),
+    decoded here by that layout. Requires K a multiple of 32 (GPTQModel's check)."""
+    from refquant.oracles.pytorch import gptqmodel_mlx_packing
+    codes, scales, zeros, g = q
+    N, K = codes.shape
+    t = L_awq.pack_gemv(codes, scales, zeros, g)
+    w, s, b = gptqmodel_mlx_packing().repack_awq_gemv(t["qweight"], t["qzeros"], t["scales"], K, N, g)
+    theirs = ((np.asarray(w, np.uint32)[..., None] >> (4 * np.arange(8, dtype=np.uint32))) & 15).reshape(N, K)
+    np.testing.assert_array_equal(theirs, codes)
+    s16 = scales.astype(np.float16)
+    np.testing.assert_array_equal(s.view(np.uint16), s16.view(np.uint16))
+    np.testing.assert_array_equal(b.view(np.uint32), (-zeros.astype(np.float32) * s16.astype(np.float32)).view(np.uint32))
+    # refquant's own reader gives the same three
+    c, s_r, z_r = L_awq.unpack_gemv(t, g)
+    np.testing.assert_array_equal(c, theirs)
+    np.testing.assert_array_equal(s_r.view(np.uint16), s.view(np.uint16))
+    np.testing.assert_array_equal((-z_r.astype(np.float32) * s_r.astype(np.float32)).view(np.uint32), b.view(np.uint32))
+
+
 def test_awq_gemv_shapes_and_bad_input():
     from awq.modules.linear.gemv import WQLinear_GEMV
     for K, g in [(64, 32), (128, 64), (4096, 128), (1152, 128), (256, 256)]:

@@ -118,3 +118,30 @@ def auto_gptq_qlinear_cuda():
         raise ImportError("auto-gptq is not installed")
     root = Path(list(spec.submodule_search_locations)[0])
     return _load_file("refquant_oracle_auto_gptq_qlinear_cuda", root / "nn_modules" / "qlinear" / "qlinear_cuda.py")
+
+
+LLMC_DIR = "llmcompressor-nodeps"
+
+
+def llmcompressor_dir() -> Path:
+    """Where the Makefile installs llm-compressor 0.14.0.1 without its dependencies: a folder of its
+    own inside the venv (it pins transformers <= 5.17 and compressed-tensors 0.19; the test extra
+    has 5.24 and 0.20.1, and the parts used here run on them)."""
+    return Path(sys.prefix) / LLMC_DIR
+
+
+def llmcompressor(module: str):
+    """Import an llm-compressor module from llmcompressor_dir() (put on sys.path), or from the
+    environment when llm-compressor is installed there. ModuleNotFoundError when neither has it."""
+    d = llmcompressor_dir()
+    if d.is_dir() and str(d) not in sys.path:
+        sys.path.append(str(d))
+    return importlib.import_module(module)
+
+
+def gptqmodel_mlx_packing():
+    """GPTQModel 7.7.0's `gptqmodel/utils/mlx_packing.py` (NumPy only: repack_awq_gemv decodes AWQ
+    GEMV checkpoints on the CPU), from its sdist file in refquant's cache (`make install` fetches
+    it with python -m refquant.models fetch; downloaded with pip on first use otherwise)."""
+    from ..models import gptqmodel_mlx_packing_path
+    return _load_file("gptqmodel_mlx_packing", gptqmodel_mlx_packing_path())
