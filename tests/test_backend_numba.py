@@ -269,9 +269,12 @@ def test_lattice_types_that_need_an_imatrix_refuse_without_one(nb, name):
 @given(data=st.data())
 def test_lattice_quantize_matches_ggml(nb, ggml, name, data):
     """The backend against ggml itself (not only the spec), with and without an importance
-    matrix. Where ggml aborts the spec refuses, and the backend must refuse the same input."""
-    from refquant.conformance.strategies import float_rows, importance
-    x = data.draw(float_rows(256, max_rows=2, max_blocks=2))
+    matrix, on whole-block kinds and on rows whose sub-blocks are drawn one by one (zero, tiny,
+    huge and tied sub-blocks side by side). Where ggml aborts the spec refuses, and the backend
+    must refuse the same input."""
+    from refquant.conformance.strategies import float_rows, importance, search_rows
+    sub = 16 if name in ("IQ2_XS", "IQ2_S") else 32
+    x = data.draw(st.one_of(float_rows(256, max_rows=2, max_blocks=2), search_rows(256, sub)))
     needs = refquant.registry.get_format(name).needs_imatrix
     im = data.draw(importance(x.shape[1])) if needs or data.draw(st.booleans()) else None
     try:
