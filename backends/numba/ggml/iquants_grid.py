@@ -77,23 +77,37 @@ def best_neighbour(code, qv, xg, wg, scale, nbr_row, nbr_start, nbr_levels, nbr_
     grids); terms: (dims, len(qv)) float32 scratch. Returns the codebook index, or -1 when no
     neighbour has a finite distance below FLT_MAX (where ggml aborts).
 
-    A term depends only on the coordinate and its level, so it is computed once per level:
-    the same float32 operations as ggml's loop, in the same order."""
+    A term depends only on the coordinate and its level: for a list longer than the number of
+    levels the terms are computed once per level and gathered, for a shorter one per entry. The
+    same float32 operations in the same order either way."""
     dims = xg.shape[0]
-    for i in range(dims):
-        for lv in range(qv.shape[0]):
-            diff = scale * qv[lv] - xg[i]
-            terms[i, lv] = wg[i] * diff * diff
+    nlev = qv.shape[0]
     r = nbr_row[code]
+    a = nbr_start[r]
+    e = nbr_start[r + 1]
     best = FLT_MAX
     idx = -1
-    for k in range(nbr_start[r], nbr_start[r + 1]):
-        d2 = ZERO
+    if e - a > nlev:
         for i in range(dims):
-            d2 += terms[i, nbr_levels[k, i]]
-        if d2 < best:
-            best = d2
-            idx = nbr_flat[k]
+            for lv in range(nlev):
+                diff = scale * qv[lv] - xg[i]
+                terms[i, lv] = wg[i] * diff * diff
+        for k in range(a, e):
+            d2 = ZERO
+            for i in range(dims):
+                d2 += terms[i, nbr_levels[k, i]]
+            if d2 < best:
+                best = d2
+                idx = nbr_flat[k]
+    else:
+        for k in range(a, e):
+            d2 = ZERO
+            for i in range(dims):
+                diff = scale * qv[nbr_levels[k, i]] - xg[i]
+                d2 += wg[i] * diff * diff
+            if d2 < best:
+                best = d2
+                idx = nbr_flat[k]
     return idx
 
 
@@ -413,8 +427,9 @@ def _quantize_subblocks(x, imatrix, use_imatrix, sub, sigma_mul, rule, even_pari
     G = sub // dims
     nsub = QK_K // sub
     smask = 127 if even_parity else 255
-    qv = np.empty(1 << bits, np.float32)
-    for lv in range(1 << bits):
+    nlev = 3 if bits == 2 else 8                  # the 2-bit codebooks use levels 0..2 only
+    qv = np.empty(nlev, np.float32)
+    for lv in range(nlev):
         qv[lv] = F32(2 * lv + 1)
     for r in prange(nrows):
         w = np.empty(sub, np.float32)
@@ -425,7 +440,7 @@ def _quantize_subblocks(x, imatrix, use_imatrix, sub, sigma_mul, rule, even_pari
         Lqp = np.empty(sub, np.int32)
         og = np.empty(G, np.bool_)
         ogaux = np.empty(G, np.bool_)
-        terms = np.empty((dims, 1 << bits), np.float32)
+        terms = np.empty((dims, nlev), np.float32)
         s8 = np.empty(sub // 8, np.int32)
         for sb in range(n // QK_K):
             xs = x[r, sb * QK_K:(sb + 1) * QK_K]
