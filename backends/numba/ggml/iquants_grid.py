@@ -13,8 +13,10 @@ spec's InputError for the first one.
 
 The lattice tables (codebooks, code -> index maps, neighbour lists) are the spec's
 (refquant/ggml/grids.py), handed to the kernels as plain arrays: `lattice_arrays(name)` and
-`dequant_table(name)` return them, and `best_neighbour` searches a neighbour list, for any
-module that needs them. Byte layouts are drawn in the spec module's docstring.
+`dequant_table(name)` return them, and `best_neighbour` searches a neighbour list with any
+per-level values (2l+1 here; the IQ1 types' shifted levels -1±1/8, 0±1/8, 1±1/8 with the signed
+values and plain weights for their find_best_neighbour2), for any module that needs them. Byte
+layouts are drawn in the spec module's docstring.
 """
 from __future__ import annotations
 
@@ -656,7 +658,7 @@ def _pack_iq3_s(scale, index, signs, dead, fudge, out):
 
 # ============================================================================ drivers
 
-def _im(imatrix, n):
+def _im(imatrix):
     if imatrix is None:
         return np.zeros(1, np.float32), False
     return np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1), True
@@ -685,7 +687,7 @@ def _subblocks(x, imatrix, fmt, *, sub, sigma_mul, rule, even_parity, eps, lat_n
     signs = np.empty((nrows, n // 8), np.int32)
     dead = np.empty((nrows, nsub), np.bool_)
     abort = np.empty((nrows, nsub), np.int8)
-    im, use_im = _im(imatrix, n)
+    im, use_im = _im(imatrix)
     _quantize_subblocks(x, im, use_im, sub, sigma_mul, rule, even_parity, F32(eps or 0), eps is not None,
                         kmaxq, bits, candidates[0], candidates[1], F32(step), initial, final,
                         kmap, nbr_row, nbr_start, nbr_levels, nbr_flat, levels, scale, index, signs, dead, abort)
