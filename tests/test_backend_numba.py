@@ -242,3 +242,107 @@ def test_searches_on_search_stress_rows(nb, name, sub, data):
     x = data.draw(search_rows(256, sub, max_rows=2, max_blocks=1))
     im = data.draw(importance(x.shape[1])) if data.draw(st.booleans()) else None
     np.testing.assert_array_equal(nb.quantize(x, name, im), refquant.quantize(x, name, im))
+
+
+# ------------------------------------------------------------- the lattice IQ types (IQ2, IQ3, IQ1)
+
+LATTICE_QUANT = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"]
+LATTICE_DEQUANT = LATTICE_QUANT + ["IQ1_S", "IQ1_M"]
+
+
+def test_claims_cover_the_lattice_types(nb):
+    for name in LATTICE_QUANT:
+        assert nb.supports("quantize", name)
+    for name in LATTICE_DEQUANT:
+        assert nb.supports("dequantize", name)
+
+
+@pytest.mark.parametrize("name", ["IQ2_XXS", "IQ2_XS"])
+def test_lattice_types_that_need_an_imatrix_refuse_without_one(nb, name):
+    x = np.ones((1, 256), np.float32)
+    with pytest.raises(refquant.InputError, match="requires an importance matrix"):
+        nb.quantize(x, name)
+
+
+@pytest.mark.parametrize("name", LATTICE_QUANT)
+@settings(max_examples=6)
+@given(data=st.data())
+def test_lattice_quantize_matches_ggml(nb, ggml, name, data):
+    """The backend against ggml itself (not only the spec), with and without an importance
+    matrix, on whole-block kinds and on rows whose sub-blocks are drawn one by one (zero, tiny,
+    huge and tied sub-blocks side by side). Where ggml aborts the spec refuses, and the backend
+    must refuse the same input."""
+    from refquant.conformance.strategies import float_rows, importance, search_rows
+    sub = 16 if name in ("IQ2_XS", "IQ2_S") else 32
+    x = data.draw(st.one_of(float_rows(256, max_rows=2, max_blocks=2), search_rows(256, sub)))
+    needs = refquant.registry.get_format(name).needs_imatrix
+    im = data.draw(importance(x.shape[1])) if needs or data.draw(st.booleans()) else None
+    try:
+        ours = nb.quantize(x, name, im)
+    except refquant.InputError as e:
+        assert "ggml aborts" in str(e)
+        with pytest.raises(refquant.InputError, match="ggml aborts"):
+            refquant.quantize(x, name, im)
+        return
+    np.testing.assert_array_equal(ours, ggml.quantize(x, name, im))
+
+
+def test_lattice_types_on_a_larger_matrix(nb, ggml):
+    """More rows than threads (every prange chunk), near-zero and all-zero sub-blocks, a large
+    outlier, with and without an importance matrix: against ggml, and dequantized against the
+    spec."""
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal((12, 512)) * 0.02).astype(np.float32)
+    x[2, 17] = 3.0
+    x[4, :32] = 0
+    x[5, 256:288] = np.float32(1e-9)
+    x[7, :16] = -x[7, :16]
+    im = rng.random(512).astype(np.float32)
+    for name in LATTICE_QUANT:
+        for m in ((im,) if refquant.registry.get_format(name).needs_imatrix else (im, None)):
+            q = nb.quantize(x, name, m)
+            np.testing.assert_array_equal(q, ggml.quantize(x, name, m), err_msg=f"{name} {m is None}")
+        np.testing.assert_array_equal(nb.dequantize(q, name).view(np.uint32),
+                                      refquant.dequantize(q, name).view(np.uint32), err_msg=name)
+
+
+def test_lattice_dequantize_matches_ggml(nb, ggml):
+    """Random bytes (every grid index, sign and scale code) decode as in ggml. The fp16
+    super-scale's top byte is masked to a positive finite value (ggml's NaN signs depend on how
+    its build compiles the sign flip; the conformance suite covers NaN and Inf against the spec)."""
+    rng = np.random.default_rng(22)
+    for name in LATTICE_DEQUANT:
+        ts = refquant.registry.get_format(name).type_size
+        raw = rng.integers(0, 256, (4, 16, ts), dtype=np.uint8)
+        # the byte with the fp16 d's sign and top exponent bits: byte 1, or IQ1_M's last byte
+        # (d's top nibble is the top nibble of its fourth scale word)
+        raw[:, :, ts - 1 if name == "IQ1_M" else 1] &= 0x3F
+        raw = raw.reshape(4, -1)
+        np.testing.assert_array_equal(nb.dequantize(raw, name).view(np.uint32),
+                                      ggml.dequantize(raw, name).view(np.uint32), err_msg=name)
+
+
+def test_lattice_kernels_have_no_fma_and_no_fast_math(nb):
+    """As test_kernels_have_no_fma_and_no_fast_math, for the quantize kernels of
+    backends/numba/ggml/iquants_grid.py (the search, and the super-scale in each packer: the
+    places with a multiply followed by an add). The dequantize kernels have no such pair."""
+    import re
+    from backends.numba.ggml import iquants_grid
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 256)) * 0.1).astype(np.float32)
+    im = rng.random(256).astype(np.float32)
+    for name in LATTICE_QUANT:
+        nb.quantize(x, name, im)
+    flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
+    fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
+    checked = 0
+    for name, f in _kernels(iquants_grid):
+        if not name.startswith(("_quantize", "_pack")):
+            continue
+        for sig in f.signatures:
+            ir = f.inspect_llvm(sig)
+            assert "llvm.fma." not in ir and "llvm.fmuladd" not in ir, f"{name}: fma in IR"
+            assert not flags.search(ir), f"{name}: fast-math flag: {flags.search(ir).group(0)}"
+            assert not fused.search(f.inspect_asm(sig)), f"{name}: fused multiply-add in asm"
+            checked += 1
+    assert checked >= 6

@@ -13,12 +13,11 @@ format joins the backend when its twin module is added to MODULES. Everything el
 the spec (`supports(op, key)` says which).
 
 Claimed: quantize (with and without an importance matrix) and dequantize of F16, BF16, the
-legacy types, the K-quants Q2_K..Q6_K and Q8_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, Q1_0, MXFP4,
-NVFP4 and the minifloat row formats (backends/numba/minifloat.py also has encode/decode with
-the spec's saturate option); quantize of IQ1_S (which requires an importance matrix) and IQ1_M
-(with and without one); vec_dot of the legacy weight types; the W4A16, W8A8 and FP8
-matmuls. Not claimed (the spec runs): the OCP MX and bitsandbytes formats, vec_dot of the K-quant
-types (the spec has none yet).
+legacy types, the K-quants Q2_K..Q6_K and Q8_K, IQ4_NL, IQ4_XS, the lattice types IQ1_S, IQ1_M,
+IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S, TQ1_0, TQ2_0, Q1_0, MXFP4, NVFP4 and the minifloat row
+formats (backends/numba/minifloat.py also has encode/decode with the spec's saturate option);
+vec_dot of the legacy weight types; the W4A16, W8A8 and FP8 matmuls. Not claimed (the spec
+runs): the OCP MX and bitsandbytes formats, vec_dot of the K-quant types (the spec has none yet).
 
 Encode/decode and integer operations are bit-exact with the spec; float-accumulating matmuls
 meet refquant.gemm's bound for the order stated in ACCUMULATION.
@@ -30,8 +29,8 @@ import importlib
 from refquant.backend import Backend
 
 # The twin modules, by their path relative to the spec's package. New families join this list.
-MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.lowbit", "ggml.fp4", "ggml.dot", "minifloat", "gemm",
-           "ggml.iquants_iq1")
+MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.iquants_grid", "ggml.lowbit", "ggml.fp4",
+           "ggml.dot", "minifloat", "gemm", "ggml.iquants_iq1")
 TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
 
 
