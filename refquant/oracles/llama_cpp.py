@@ -272,20 +272,53 @@ def ggml_requires_imatrix(qtype) -> bool:
     return _call(ggml_requires_imatrix_here, qtype)
 
 
-def _quantize_and_exit(x, qtype, imatrix):
-    os.environ["GGML_NO_BACKTRACE"] = "1"   # ggml_abort would otherwise start gdb
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-    ggml_quantize_here(x, qtype, imatrix)
+def ggml_quantize_row_ref_here(x: np.ndarray, qtype) -> np.ndarray:
+    """The exported `quantize_row_<type>_ref` (Q8_1 and Q8_K, which ggml_quantize_chunk lacks),
+    in this process."""
+    from ..registry import get_format
+    fmt = get_format(qtype)
+    fn = getattr(ggml_lib(), f"quantize_row_{fmt.name.lower().replace('_k', '_K')}_ref")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.zeros(x.size // fmt.block_size * fmt.type_size, dtype=np.uint8)
+    fn(ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(out.ctypes.data), x.size)
+    return out.reshape(x.shape[:-1] + (x.shape[-1] // fmt.block_size * fmt.type_size,))
+
+
+def ggml_quantize_row_ref(x: np.ndarray, qtype) -> np.ndarray:
+    """llama.cpp's `quantize_row_<type>_ref` over all rows of x, in the worker."""
+    return _call(ggml_quantize_row_ref_here, x, qtype)
+
+
+def ggml_quantize_dies_here(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, timeout: float = 120) -> bool:
+    """In this process (the worker): ggml_quantize_init, then the quantizer in a forked child
+    (which inherits the initialized tables, so IQ1_M's long init runs once); True when the
+    child is killed or exits with a non-zero status (a GGML_ASSERT / GGML_ABORT)."""
+    import signal
+    import time
+    ggml_lib().ggml_quantize_init(_type_id(qtype))
+    pid = os.fork()
+    if pid == 0:  # the child: no backtrace (ggml_abort would start gdb), no stderr
+        try:
+            os.environ["GGML_NO_BACKTRACE"] = "1"
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            ggml_quantize_here(x, qtype, imatrix)
+        finally:
+            os._exit(0)
+    end = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status != 0
+        if time.monotonic() > end:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise TimeoutError(f"llama.cpp's ggml quantizing {qtype} did not finish in {timeout} s")
+        time.sleep(0.01)
 
 
 def ggml_quantize_dies(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, timeout: float = 120) -> bool:
-    """Run llama.cpp's quantizer on x in a process of its own (spawned); True when it is
-    killed or exits with a non-zero status (a GGML_ASSERT / GGML_ABORT)."""
-    p = multiprocessing.get_context("spawn").Process(target=_quantize_and_exit, args=(x, qtype, imatrix))
-    p.start()
-    p.join(timeout)
-    if p.is_alive():
-        p.kill()
-        p.join()
-        raise TimeoutError(f"llama.cpp's ggml quantizing {qtype} did not finish in {timeout} s")
-    return p.exitcode != 0
+    """Whether llama.cpp's quantizer aborts on x (GGML_ASSERT / GGML_ABORT): run in a child
+    forked from the worker, so the worker survives."""
+    return _call(ggml_quantize_dies_here, x, qtype, imatrix, timeout)
