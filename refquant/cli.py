@@ -118,7 +118,7 @@ def cmd_quantize(args) -> int:
     if args.type.upper() in recipes.FILE_TYPES:
         # llama.cpp's file type: its per-tensor mixture, metadata and layout, as llama-quantize writes them
         recipes.quantize_model(args.input, args.output, args.type.upper(), imatrix=args.imatrix, pure=args.pure,
-                               progress=lambda tp, i, total: bar(tp))
+                               progress=lambda tp, i, total: bar(tp), backend=args.backend)
         return 0
     if args.imatrix or args.pure:
         raise RefquantError(f"quantize: --imatrix and --pure go with llama.cpp's file types; {args.type!r} is not one "

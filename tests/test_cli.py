@@ -44,6 +44,20 @@ def test_dequantize_then_quantize(model, tmp_path, ggml):
         assert b.get("general.file_type") == 9
 
 
+def test_quantize_file_type_on_a_backend(model, tmp_path, ggml, capsys):
+    """--backend reaches llama.cpp's file types too: the Numba backend's Q5_1 rows, ggml's bytes."""
+    pytest.importorskip("numba")
+    f32, q = tmp_path / "f32.gguf", tmp_path / "q5.gguf"
+    assert main(["dequantize", str(model), str(f32), "--no-progress"]) == 0
+    assert main(["quantize", str(f32), str(q), "--type", "q5_1", "--backend", "backends.numba:NumbaBackend",
+                 "--no-progress"]) == 0
+    with GGUFFile(f32) as a, GGUFFile(q) as b:
+        np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), ggml.quantize(a.dequantize("a.weight"), "Q5_1"))
+    err = one_line_error(capsys, ["quantize", str(f32), str(tmp_path / "o.gguf"), "--type", "Q5_1",
+                                  "--backend", "nope", "--no-progress"])
+    assert "unknown backend 'nope'" in err
+
+
 @pytest.mark.parametrize("out_type", ["F16", "BF16"])
 def test_dequantize_to_half_types(model, tmp_path, out_type):
     out = tmp_path / "h.gguf"

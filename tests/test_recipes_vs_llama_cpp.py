@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from gguf import GGUFValueType as V
 
+from refquant.backend import Backend, get_backend
 from refquant.errors import FileFormatError, FormatError, InputError
 from refquant.ggml import recipes
 from refquant.ggml.imatrix import read_imatrix, write_imatrix_gguf, write_imatrix_legacy
@@ -623,8 +624,9 @@ def real_imatrix(tmp_path_factory):
     return make
 
 
-def check_ftype_with_imatrix(llama, src, im, tmp_path, ft):
-    """As check_k_ftype, with the same importance matrix given to both."""
+def check_ftype_with_imatrix(llama, src, im, tmp_path, ft, backend="numpy"):
+    """As check_k_ftype, with the same importance matrix given to both; refquant's rows run on
+    `backend` (the spec by default)."""
     im_path, sc = im
     ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
     with GGUFFile(src) as f:
@@ -643,8 +645,18 @@ def check_ftype_with_imatrix(llama, src, im, tmp_path, ft):
             recipes.quantize_model(src, ours, ft, imatrix=im_path)
         no_leftovers(ours)
     else:
-        recipes.quantize_model(src, ours, ft, imatrix=im_path)
+        recipes.quantize_model(src, ours, ft, imatrix=im_path, backend=backend)
         same_bytes(ours, ref)
+
+
+def numba_or_spec():
+    """The Numba backend where numba is importable, else the spec: a bit-exact backend, the
+    bytes still compared with llama.cpp's."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "backends.numba:NumbaBackend"
 
 
 @pytest.mark.parametrize("model,ft", IQ_RUN)
@@ -657,14 +669,10 @@ def test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_pa
                     "HYPOTHESIS_PROFILE=thorough and REFQUANT_LATTICE_REAL_MODELS=1")
 @pytest.mark.parametrize("model,ft", [(m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
 def test_lattice_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft):
-    test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft)
-
-
-# llama.cpp 0.3.36's ggml rewrote the IQ1_M scale search with per-half prefix sums (equal in exact
-# arithmetic, rounded differently in float32); refquant follows the ggml of ggml-python 0.0.45
-# (the row oracle), and the two differ on one block of Gemma's first-layer ffn_down (row 248)
-IQ1_M_DIVERGES = ("IQ1_M: llama.cpp 0.3.36's ggml sums the scale search with prefix sums; refquant matches "
-                  "ggml 0.0.45 on this row, llama.cpp differs in 4 bytes of one block")
+    """Whole models with the Numba backend where it is importable (its lattice quantizers where
+    it claims them, the spec's elsewhere): the file is still compared with llama.cpp's."""
+    src = request.getfixturevalue("smol_float")["F32"] if model == "smollm2" else request.getfixturevalue("gemma_f16")
+    check_ftype_with_imatrix(llama, src, real_imatrix(model, src), tmp_path, ft, backend=numba_or_spec())
 
 
 def first_layer(src, out):
@@ -696,9 +704,95 @@ def one_layer(tmp_path_factory, request):
 # of 576 (SmolLM2) and 640 (Gemma) fall back to IQ4_NL / Q4_0, so the lattice searches run on
 # ffn_down (rows of 1536 and 2048); 20-40 s each with the thorough profile (make test-deep).
 @pytest.mark.skipif(not DEEP, reason="20-40 s each: with the thorough profile (make test-deep)")
-@pytest.mark.parametrize("model,ft", [
-    pytest.param(m, ft, marks=pytest.mark.xfail(strict=True, reason=IQ1_M_DIVERGES)) if (m, ft) == ("gemma3", "IQ1_M")
-    else (m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
+@pytest.mark.parametrize("model,ft", [(m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
 def test_lattice_ftypes_real_first_layer(one_layer, real_imatrix, llama, tmp_path, model, ft):
+    """IQ1_M here is the prefix-sums search (recipes.LLAMA_CPP_ROWS): with ggml-python's
+    split-sums, one block of Gemma's blk.0.ffn_down (row 248) differs in 4 bytes."""
     src = one_layer(model)
     check_ftype_with_imatrix(llama, src, real_imatrix(model + "-1layer", src), tmp_path, ft)
+
+
+@pytest.mark.skipif(not DEEP, reason="with the thorough profile (make test-deep), as the first-layer tests")
+def test_iq1m_split_sums_differs_on_gemma_first_layer(one_layer, real_imatrix, llama):
+    """Teeth for the choice above: with the registered (ggml-python 0.0.45) IQ1_M in its place,
+    Gemma's first layer is no longer llama.cpp's file (the row that differs is row 248 of
+    blk.0.ffn_down, whose 2048 values make eight IQ1_M blocks)."""
+    from refquant.ggml.iquants_grid import quantize_iq1_m
+    src = one_layer("gemma3")
+    im_path, sc = real_imatrix("gemma3-1layer", src)
+    with GGUFFile(src) as f:
+        t = next(t for t in f.tensors if t.name == "blk.0.ffn_down.weight")
+        rows = recipes._to_f32(np.array(f.raw(t.name)), recipes.ggml_type(t.ggml_type).name, t.shape[0])
+    w = normalized({t.name: sc[t.name]})[t.name]
+    row = rows[248:249]
+    prefix = recipes.LLAMA_CPP_ROWS["IQ1_M"](row, w)
+    np.testing.assert_array_equal(prefix, llama.ggml_quantize(row, "IQ1_M", w))
+    assert not np.array_equal(quantize_iq1_m(row, w), prefix)
+
+
+# ------------------------------------------------------------------------------ backends
+
+class Recording(Backend):
+    """Runs another backend's row functions, recording each (operation, type) it is asked to
+    run itself (Backend.quantize sends the others to the spec)."""
+    name = "recording"
+
+    def __init__(self, inner):
+        self.inner = get_backend(inner)
+        self.calls = set()
+
+    def claims(self):
+        return self.inner.claims()
+
+    def quantize_rows(self, fmt, x, imatrix):
+        self.calls.add(("quantize", fmt.name))
+        return self.inner.quantize_rows(fmt, x, imatrix)
+
+    def dequantize_rows(self, fmt, data):
+        self.calls.add(("dequantize", fmt.name))
+        return self.inner.dequantize_rows(fmt, data)
+
+
+class OnlyQ4KAndIQ1M(Backend):
+    """Claims the quantizers of Q4_K and IQ1_M only (running the spec's code for them)."""
+    name = "q4k-iq1m"
+
+    def claims(self):
+        return {("quantize", "Q4_K"), ("quantize", "IQ1_M")}
+
+
+def test_backend_runs_what_it_claims_and_spec_the_rest(llama, synth, tmp_path):
+    """quantize_model(backend=...): the backend quantizes the types it claims; the spec the
+    others; IQ1_M, whose llama.cpp variant is not the registered quantizer, always by the
+    spec's prefix-sums search. The file is llama.cpp's."""
+    src = synth["wide"]
+    sc = imatrix_for(src, skip=("token_embd.weight",))
+    im_path = tmp_path / "imatrix.gguf"
+    write_imatrix_gguf(im_path, sc, ["calibration.txt"], chunk_count=3, chunk_size=512)
+    be = Recording(OnlyQ4KAndIQ1M())
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    recipes.quantize_model(src, ours, "IQ1_M", imatrix=im_path, backend=be)
+    assert be.calls == {("quantize", "Q4_K")}
+    assert llama.quantize(src, ref, recipes.file_type("IQ1_M").id, imatrix=normalized(sc),
+                          kv_overrides=imatrix_overrides(im_path, len(sc), "calibration.txt", 3)) == 0
+    same_bytes(ours, ref)
+
+
+def test_numba_backend_byte_identical(llama, synth, tmp_path):
+    """The Numba backend (`refquant quantize --backend numba`) writes llama.cpp's file: an
+    IQ2_XXS file type (IQ2_XXS, Q4_K, Q5_K and F16 tensors), each type on Numba where it claims
+    it."""
+    pytest.importorskip("numba")
+    ft = "IQ2_XXS"
+    src = synth["wide"]
+    sc = imatrix_for(src, skip=("token_embd.weight",))
+    im_path = tmp_path / "imatrix.gguf"
+    write_imatrix_gguf(im_path, sc, ["calibration.txt"], chunk_count=3, chunk_size=512)
+    be = Recording("backends.numba:NumbaBackend")
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    recipes.quantize_model(src, ours, ft, imatrix=im_path, backend=be)
+    assert {("quantize", "Q4_K"), ("quantize", "Q5_K")} <= be.calls
+    assert be.calls == {c for c in be.calls if be.inner.supports(*c)}
+    assert llama.quantize(src, ref, recipes.file_type(ft).id, imatrix=normalized(sc),
+                          kv_overrides=imatrix_overrides(im_path, len(sc), "calibration.txt", 3)) == 0
+    same_bytes(ours, ref)

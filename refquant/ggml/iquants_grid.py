@@ -463,10 +463,129 @@ def _iq1m_xx(k: np.ndarray, group: int) -> np.ndarray:
     return np.where(plus[:, None], _X_P, _X_M)
 
 
-def quantize_iq1_m(x, imatrix=None):
+# IQ1_M's split search exists in two versions of ggml: equal in exact arithmetic, rounded
+# differently in float32, so on near ties they pick different splits (spec/ggml/iq1_m.md).
+IQ1M_SPLIT_SUMS = "split-sums"    # every split summed from position 0: ggml as in ggml-python 0.0.45
+IQ1M_PREFIX_SUMS = "prefix-sums"  # prefix sums per half-block: llama.cpp's ggml (llama-cpp-python 0.3.36)
+IQ1M_VARIANTS = (IQ1M_SPLIT_SUMS, IQ1M_PREFIX_SUMS)
+
+
+def _iq1m_search_split_sums(xs, ws, first_half, vmax):
+    """The older search: for every split (i1, i2), sumqx[k] and sumq2[k] summed over the 16
+    sorted positions in order, each term w*xx[r]*x and w*xx[r]*xx[r] for its run r."""
+    B = xs.shape[0]
+    # per sorted position j and run r: the sumqx / sumq2 terms with +delta and -delta levels
+    tqx = {(r, sgn): ws * xx[r] * xs for r in range(3) for sgn, xx in (("p", _X_P), ("m", _X_M))}
+    tq2 = {(r, sgn): ws * xx[r] * xx[r] for r in range(3) for sgn, xx in (("p", _X_P), ("m", _X_M))}
+
+    def terms(j, r):
+        """(B, 4) terms of position j in run r for the 4 shift patterns."""
+        p_qx, m_qx = tqx[r, "p"][:, j], tqx[r, "m"][:, j]
+        p_q2, m_q2 = tq2[r, "p"][:, j], tq2[r, "m"][:, j]
+        h = first_half[:, j]
+        qx = np.stack([p_qx, np.where(h, p_qx, m_qx), np.where(h, m_qx, p_qx), m_qx], axis=1)
+        q2 = np.stack([p_q2, np.where(h, p_q2, m_q2), np.where(h, m_q2, p_q2), m_q2], axis=1)
+        return qx, q2
+
+    # sums over the first i1 positions (run 0), the same for every i2
+    pre_qx = [np.zeros((B, 4), F32)]
+    pre_q2 = [np.zeros((B, 4), F32)]
+    for j in range(16):
+        qx, q2 = terms(j, 0)
+        pre_qx.append(pre_qx[-1] + qx)
+        pre_q2.append(pre_q2[-1] + q2)
+    sel = _Iq1mBest(B, vmax)
+    for i1 in range(17):
+        i2s = np.arange(i1, 17)
+        sqx = np.repeat(pre_qx[i1][:, None, :], len(i2s), axis=1)     # (B, n_i2, 4)
+        sq2 = np.repeat(pre_q2[i1][:, None, :], len(i2s), axis=1)
+        for j in range(i1, 16):
+            qx1, q21 = terms(j, 1)
+            qx2, q22 = terms(j, 2)
+            k = j - i1 + 1                  # splits i2 <= j put position j in run 2, the rest in run 1
+            sqx[:, :k] += qx2[:, None, :]
+            sq2[:, :k] += q22[:, None, :]
+            sqx[:, k:] += qx1[:, None, :]
+            sq2[:, k:] += q21[:, None, :]
+        for n, i2 in enumerate(i2s):
+            sel.offer(i1, i2, sqx[:, n].T, sq2[:, n].T)
+    return sel.result()
+
+
+def _iq1m_search_prefix_sums(xs, ws, first_half, vmax):
+    """The newer search: prefix sums of w*x and of w over the sorted positions, one per half of
+    the sub-block (a position adds to its own half, the other half's sum is carried). With levels
+    v = xx[0..2] (v0 - v1 = v1 - v2 = -1), a split's sums for one half and one shift are
+        sumqx = T*v2 - (P[i1] + P[i2])
+        sumq2 = (W*v2)*v2 + Pw[i1]*(v0² - v1²) + Pw[i2]*(v1² - v2²)
+    (T, W: the half's totals; each product and sum rounded to float32 in this order), and the
+    pattern k adds its two halves: k = 0 (+,+), 1 (+,-), 2 (-,+), 3 (-,-)."""
+    B = xs.shape[0]
+    wx = ws * xs
+    px = np.zeros((2, 17, B), F32)           # [h, j]: sum of w*x over sorted positions < j in half h
+    pw = np.zeros((2, 17, B), F32)
+    for j in range(16):
+        for h, in_h in ((0, first_half[:, j]), (1, ~first_half[:, j])):
+            px[h, j + 1] = np.where(in_h, px[h, j] + wx[:, j], px[h, j])
+            pw[h, j + 1] = np.where(in_h, pw[h, j] + ws[:, j], pw[h, j])
+    txs, tws = px[:, 16:], pw[:, 16:]                                   # (2, 1, B): the halves' totals
+    p2, m2 = _X_P[2], _X_M[2]
+    cp1, cp2 = _X_P[0] * _X_P[0] - _X_P[1] * _X_P[1], _X_P[1] * _X_P[1] - _X_P[2] * _X_P[2]
+    cm1, cm2 = _X_M[0] * _X_M[0] - _X_M[1] * _X_M[1], _X_M[1] * _X_M[1] - _X_M[2] * _X_M[2]
+    sel = _Iq1mBest(B, vmax)
+    for i1 in range(17):                     # every i2 >= i1 at once: (2 halves, n_i2, B)
+        sx = px[:, i1:i1 + 1] + px[:, i1:]
+        qx_p, qx_m = txs * p2 - sx, txs * m2 - sx
+        q2_p = tws * p2 * p2 + pw[:, i1:i1 + 1] * cp1 + pw[:, i1:] * cp2
+        q2_m = tws * m2 * m2 + pw[:, i1:i1 + 1] * cm1 + pw[:, i1:] * cm2
+        sumqx = (qx_p[0] + qx_p[1], qx_p[0] + qx_m[1], qx_m[0] + qx_p[1], qx_m[0] + qx_m[1])
+        sumq2 = (q2_p[0] + q2_p[1], q2_p[0] + q2_m[1], q2_m[0] + q2_p[1], q2_m[0] + q2_m[1])
+        for n in range(17 - i1):
+            sel.offer(i1, i1 + n, [v[n] for v in sumqx], [v[n] for v in sumq2])
+    return sel.result()
+
+
+class _Iq1mBest:
+    """The running choice over splits, in ggml's order (i1, then i2, then k = 0..3): a
+    candidate with sumq2 > 0 and sumqx² > best*sumq2 takes over (scale = sumqx/sumq2,
+    best = scale*sumqx). Starts from best = -FLT_MAX, scale = max."""
+
+    def __init__(self, B, vmax):
+        self.best = np.full(B, -FLT_MAX, F32)
+        self.scale = vmax.copy()
+        self.b1 = np.full(B, -1)
+        self.b2 = np.full(B, -1)
+        self.bk = np.full(B, -1)
+
+    def offer(self, i1, i2, sumqx, sumq2):
+        """sumqx[k], sumq2[k]: (B,), the split's sums for the shift pattern k = 0..3."""
+        for k in range(4):
+            a, c = sumqx[k], sumq2[k]
+            take = (c > 0) & (a * a > self.best * c)
+            self.scale = np.where(take, a / c, self.scale)
+            self.best = np.where(take, self.scale * a, self.best)
+            self.b1 = np.where(take, i1, self.b1)
+            self.b2 = np.where(take, i2, self.b2)
+            self.bk = np.where(take, k, self.bk)
+
+    def result(self):
+        return self.scale, self.b1, self.b2, self.bk
+
+
+_IQ1M_SEARCH = {IQ1M_SPLIT_SUMS: _iq1m_search_split_sums, IQ1M_PREFIX_SUMS: _iq1m_search_prefix_sums}
+
+
+def quantize_iq1_m(x, imatrix=None, variant: str = IQ1M_SPLIT_SUMS):
     """quantize_row_iq1_m_impl: sub-blocks of 16 in two groups of 8, each group with its own
     ±delta shift, the exact best split of the sorted values into three runs for each of the 4
-    shift patterns, and a least-squares super-scale with fudge 1.1125."""
+    shift patterns, and a least-squares super-scale with fudge 1.1125.
+
+    variant: how the split search sums, as one or the other ggml does it (equal in exact
+    arithmetic, not in float32): "split-sums" (the default, the registered IQ1_M quantizer) as
+    ggml-python 0.0.45's ggml; "prefix-sums" as the ggml vendored in llama.cpp (llama-cpp-python
+    0.3.36), which llama_model_quantize runs (refquant.ggml.recipes uses it)."""
+    if variant not in _IQ1M_SEARCH:
+        raise InputError(f"unknown IQ1_M variant {variant!r}; known: {', '.join(IQ1M_VARIANTS)}")
     lat = grids.lattice("iq1s")
     with np.errstate(all="ignore"):
         xb, w = _iq1_weights(x, imatrix, 16)
@@ -477,53 +596,7 @@ def quantize_iq1_m(x, imatrix=None):
         order = _sorted_order(xb)
         xs = np.take_along_axis(xb, order, axis=1)
         ws = np.take_along_axis(w, order, axis=1)
-        first_half = order < 8
-        # per sorted position j and run r: the sumqx / sumq2 terms with +delta and -delta levels
-        tqx = {(r, sgn): ws * xx[r] * xs for r in range(3) for sgn, xx in (("p", _X_P), ("m", _X_M))}
-        tq2 = {(r, sgn): ws * xx[r] * xx[r] for r in range(3) for sgn, xx in (("p", _X_P), ("m", _X_M))}
-
-        def terms(j, r):
-            """(B, 4) terms of position j in run r for the 4 shift patterns."""
-            p_qx, m_qx = tqx[r, "p"][:, j], tqx[r, "m"][:, j]
-            p_q2, m_q2 = tq2[r, "p"][:, j], tq2[r, "m"][:, j]
-            h = first_half[:, j]
-            qx = np.stack([p_qx, np.where(h, p_qx, m_qx), np.where(h, m_qx, p_qx), m_qx], axis=1)
-            q2 = np.stack([p_q2, np.where(h, p_q2, m_q2), np.where(h, m_q2, p_q2), m_q2], axis=1)
-            return qx, q2
-
-        # sums over the first i1 positions (run 0), the same for every i2
-        pre_qx = [np.zeros((B, 4), F32)]
-        pre_q2 = [np.zeros((B, 4), F32)]
-        for j in range(16):
-            qx, q2 = terms(j, 0)
-            pre_qx.append(pre_qx[-1] + qx)
-            pre_q2.append(pre_q2[-1] + q2)
-        best = np.full(B, -FLT_MAX, F32)
-        scale = vmax.copy()
-        b1 = np.full(B, -1)
-        b2 = np.full(B, -1)
-        bk = np.full(B, -1)
-        for i1 in range(17):
-            i2s = np.arange(i1, 17)
-            sqx = np.repeat(pre_qx[i1][:, None, :], len(i2s), axis=1)     # (B, n_i2, 4)
-            sq2 = np.repeat(pre_q2[i1][:, None, :], len(i2s), axis=1)
-            for j in range(i1, 16):
-                qx1, q21 = terms(j, 1)
-                qx2, q22 = terms(j, 2)
-                k = j - i1 + 1                  # splits i2 <= j put position j in run 2, the rest in run 1
-                sqx[:, :k] += qx2[:, None, :]
-                sq2[:, :k] += q22[:, None, :]
-                sqx[:, k:] += qx1[:, None, :]
-                sq2[:, k:] += q21[:, None, :]
-            for n, i2 in enumerate(i2s):
-                for k in range(4):
-                    a, c = sqx[:, n, k], sq2[:, n, k]
-                    take = (c > 0) & (a * a > best * c)
-                    scale = np.where(take, a / c, scale)
-                    best = np.where(take, scale * a, best)
-                    b1 = np.where(take, i1, b1)
-                    b2 = np.where(take, i2, b2)
-                    bk = np.where(take, k, bk)
+        scale, b1, b2, bk = _IQ1M_SEARCH[variant](xs, ws, order < 8, vmax)
         dead |= (b1 < 0) | (b2 < 0) | (bk < 0)
         jpos = np.arange(16)
         Ls = np.where(jpos < b1[:, None], 0, np.where(jpos < b2[:, None], 1, 2))

@@ -12,6 +12,11 @@ the quantized GGUF file the way llama.cpp lays it out (`quantize_model`):
 * tensors sorted by (layer number, name), `blk.N.` giving the layer, -1 for the others;
 * n_dims with trailing ne=1 dimensions dropped; alignment 32; data padded with zeros.
 
+Each tensor's rows are quantized by the registered row quantizers, except where the ggml that
+llama.cpp vendors quantizes a type differently from the one refquant registers (`LLAMA_CPP_ROWS`:
+IQ1_M's split search, spec/ggml/iq1_m.md). `quantize_model(..., backend=...)` runs the rows on an
+accelerated backend for the (operation, type) pairs it claims, the spec for the rest.
+
 The spec page is spec/ggml/recipes.md.
 """
 from __future__ import annotations
@@ -622,7 +627,7 @@ def output_kvs(f: GGUFFile, ft: FileType, imatrix=None, imatrix_file: Optional[s
     return kvs
 
 
-def _to_f32(raw: np.ndarray, src: str, nrows: int) -> np.ndarray:
+def _to_f32(raw: np.ndarray, src: str, nrows: int, backend=None) -> np.ndarray:
     """Rows of the input as float32 (llama_tensor_dequantize_impl): exact for every type."""
     from ..backend import SPEC
     from ..numerics import bf16_bits_to_fp32, fp16_bits_to_fp32
@@ -632,7 +637,34 @@ def _to_f32(raw: np.ndarray, src: str, nrows: int) -> np.ndarray:
         return fp16_bits_to_fp32(raw.view("<u2")).reshape(nrows, -1)
     if src == "BF16":
         return bf16_bits_to_fp32(raw.view("<u2")).reshape(nrows, -1)
-    return SPEC.dequantize(raw.reshape(nrows, -1), src)
+    return (backend or SPEC).dequantize(raw.reshape(nrows, -1), src)
+
+
+def _llama_cpp_rows() -> dict[str, Callable]:
+    """Row quantizers where llama.cpp's ggml (llama-cpp-python 0.3.36) differs from the ggml the
+    registered quantizer follows (ggml-python 0.0.45): type name -> f(x, imatrix)."""
+    from functools import partial
+    from .iquants_grid import IQ1M_PREFIX_SUMS, quantize_iq1_m
+    return {"IQ1_M": partial(quantize_iq1_m, variant=IQ1M_PREFIX_SUMS)}
+
+
+LLAMA_CPP_ROWS = _llama_cpp_rows()
+
+
+def _quantize_rows(backend, x: np.ndarray, dst: str, imatrix) -> np.ndarray:
+    """One slab of rows of type dst, as llama_model_quantize writes it: LLAMA_CPP_ROWS' variant
+    where there is one (the spec's; a backend's quantizer is the registered one), otherwise the
+    backend's quantizer when it claims dst, the spec's when not."""
+    from ..api import check_floats, check_imatrix
+    from ..registry import get_format
+    rows = LLAMA_CPP_ROWS.get(dst)
+    if rows is None:
+        return backend.quantize(x, dst, imatrix)
+    fmt = get_format(dst)
+    x = check_floats(x, fmt)
+    im = check_imatrix(imatrix, fmt, x.shape[-1])
+    with np.errstate(all="ignore"):
+        return rows(x, im)
 
 
 def _check_input(f: GGUFFile, allow_requantize: bool) -> None:
@@ -679,18 +711,23 @@ def _imatrix_for(im, tp: TensorPlan) -> Optional[np.ndarray]:
 def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Callable[[TensorPlan, int, int], None]] = None,
                    *, output_tensor_type=None, token_embedding_type=None, pure: bool = False,
                    quantize_output_tensor: bool = True, imatrix_file: Optional[str] = None,
-                   allow_requantize: bool = False) -> list[TensorPlan]:
+                   allow_requantize: bool = False, backend="numpy") -> list[TensorPlan]:
     """Quantize a GGUF model (F32, F16 or BF16 tensors) to llama.cpp's file type `ftype`, writing
     the same bytes as `llama_model_quantize` (and llama-quantize, for the imatrix keys).
 
     imatrix: a path to a GGUF or legacy .dat imatrix file, or an `Imatrix`. `imatrix_file` is the
     name written to `quantize.imatrix.file` (default: the path as given).
     progress(plan, index, total) is called after each tensor is written.
+    backend: a refquant backend (or its name, as refquant.get_backend takes it) that quantizes
+    (and, with allow_requantize, dequantizes) the rows of each type it claims (`supports`); the
+    spec runs the others. Default: the spec itself. Use a bit-exact backend only: the output is
+    meant to be llama.cpp's bytes.
     Streams one tensor at a time (in row slabs); the output appears only when complete.
     Returns the plan: each tensor's name, shape and types.
     """
-    from ..backend import SPEC
+    from ..backend import get_backend
     from .imatrix import Imatrix, read_imatrix
+    be = get_backend(backend)
     ft = file_type(ftype)
     im = None
     if imatrix is not None:
@@ -760,12 +797,12 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
             while r < nrows:
                 n = min(slab, nrows - r, per_expert - r % per_expert)  # a slab never crosses an expert
                 try:
-                    x = _to_f32(read(tp.offset + r * row_src, n * row_src), tp.src_type, n)
+                    x = _to_f32(read(tp.offset + r * row_src, n * row_src), tp.src_type, n, be)
                 except FormatError as e:
                     raise FormatError(f"tensor {tp.name!r}: cannot dequantize {tp.src_type}: {e}") from None
                 wi = None if w is None else w[r // per_expert]
                 try:
-                    q = SPEC.quantize(x, tp.dst_type, wi)
+                    q = _quantize_rows(be, x, tp.dst_type, wi)
                 except InputError as e:
                     raise InputError(f"tensor {tp.name!r} (rows from {r}): {e}") from None
                 _validate(tp.name, tp.dst_type, q, r)
@@ -786,11 +823,11 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
     return tps
 
 
-def dequantize_model(in_path, out_path, ftype="F32", progress=None) -> list[TensorPlan]:
+def dequantize_model(in_path, out_path, ftype="F32", progress=None, backend="numpy") -> list[TensorPlan]:
     """Convert a GGUF model, quantized or not, to an F32, F16 or BF16 file type: every tensor
     the recipe quantizes becomes that type, the others are copied. The same bytes as
     `llama_model_quantize` with that file type and `allow_requantize`."""
     ft = file_type(ftype)
     if ft.name not in ("F32", "F16", "BF16"):
         raise FormatError(f"dequantize_model writes F32, F16 or BF16 files, not {ft.name}")
-    return quantize_model(in_path, out_path, ft, progress=progress, allow_requantize=True)
+    return quantize_model(in_path, out_path, ft, progress=progress, allow_requantize=True, backend=backend)

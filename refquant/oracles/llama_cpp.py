@@ -7,15 +7,27 @@ Every call runs in one worker process of its own (started with "spawn", kept for
 llama.cpp ships its own ggml, and in a process that has also loaded ggml-python's, the dynamic
 linker binds one library's ggml symbols to the other's (llama.cpp then sees an older ggml that
 has no Q2_0, for instance). Nothing in the spec imports this module; tests do.
+
+The second half of this module is a row-level oracle for that newer ggml: `ggml_quantize`,
+`ggml_dequantize` and `ggml_requires_imatrix` call `ggml_quantize_chunk`, the type's `to_float`
+and `ggml_quantize_requires_imatrix` of the libggml-base that llama-cpp-python ships (the ggml
+llama_model_quantize runs), in the same worker process. `refquant.oracles.ggml` is the same
+oracle for ggml-python's older ggml; where the two ggml versions quantize a type differently
+(IQ1_M's scale search, spec/ggml/iq1_m.md), each is checked against its own.
 """
 from __future__ import annotations
 
 import atexit
 import ctypes
 import functools
+import importlib.util
 import multiprocessing
+import os
 import re
+import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import numpy as np
 
@@ -50,16 +62,28 @@ def _worker():
     return _POOL
 
 
+def _call(fn, *args, **kw):
+    """fn(*args, **kw) in the worker process. A worker that died (a ggml abort) is replaced
+    before the error is raised again, so later calls get a fresh one."""
+    global _POOL
+    try:
+        return _worker().submit(fn, *args, **kw).result()
+    except BrokenProcessPool:
+        _POOL.shutdown(wait=False)
+        _POOL = None
+        raise
+
+
 def quantize(*args, **kw) -> int:
     """Run llama_model_quantize in the worker process; returns its status (0: success).
     Arguments as `quantize_here`."""
-    return _worker().submit(quantize_here, *args, **kw).result()
+    return _call(quantize_here, *args, **kw)
 
 
 def tensor_types(*args, **kw):
     """The type llama.cpp chooses for each tensor (a dry run, in the worker process): name ->
     ggml type name in upper case; on failure, llama.cpp's error message."""
-    return _worker().submit(tensor_types_here, *args, **kw).result()
+    return _call(tensor_types_here, *args, **kw)
 
 
 def quantize_here(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarray] | None = None,
@@ -133,3 +157,168 @@ def tensor_types_here(in_path, ftype: int, **kw) -> dict[str, str] | str:
         name, cur, new = m.groups()
         out[name] = (new or cur).upper()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp's ggml, row by row: ggml_quantize_chunk, to_float, ggml_quantize_requires_imatrix
+# ---------------------------------------------------------------------------------------------
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+_ROW_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+class _TypeTraits(ctypes.Structure):
+    # struct ggml_type_traits (ggml.h; the same layout in both ggml versions)
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
+
+
+def ggml_lib_path() -> Path:
+    """llama-cpp-python's libggml-base (found without importing the binding)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the llama.cpp oracle needs the llama-cpp-python package")
+    libdir = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    for n in ("libggml-base.so", "libggml-base.dylib", "ggml-base.dll"):
+        if (libdir / n).exists():
+            return libdir / n
+    raise RuntimeError(f"no libggml-base in {libdir}")
+
+
+@functools.lru_cache(maxsize=None)
+def ggml_lib() -> ctypes.CDLL:
+    """llama.cpp's libggml-base, loaded in this process: call it in the worker only (the
+    public functions below do). Refuses to load where ggml-python's ggml is already loaded."""
+    if "ggml" in sys.modules:
+        raise RuntimeError("ggml-python is loaded in this process; llama.cpp's ggml must run in the worker "
+                           "(use ggml_quantize / ggml_dequantize, not the *_here functions)")
+    L = ctypes.CDLL(str(ggml_lib_path()))
+    L.ggml_quantize_chunk.restype = ctypes.c_size_t
+    L.ggml_quantize_chunk.argtypes = [ctypes.c_int, _f32p, ctypes.c_void_p, ctypes.c_int64,
+                                      ctypes.c_int64, ctypes.c_int64, _f32p]
+    L.ggml_quantize_init.argtypes = [ctypes.c_int]
+    L.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    L.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+    L.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    L.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+    L.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+    L.ggml_row_size.restype = ctypes.c_size_t
+    return L
+
+
+def _type_id(qtype) -> int:
+    from ..registry import get_format
+    t = get_format(qtype).ggml_type
+    if t is None:
+        raise ValueError(f"{qtype} is not a ggml type")
+    return t
+
+
+def ggml_quantize_here(x: np.ndarray, qtype, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """ggml_quantize_chunk (after ggml_quantize_init) over all rows of x (nrows, n), in this
+    process -> (nrows, row_bytes) uint8."""
+    L = ggml_lib()
+    t = _type_id(qtype)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[-1]
+    nrows = x.size // n if n else 0
+    rs = int(L.ggml_row_size(t, n))
+    out = np.zeros((nrows, rs), dtype=np.uint8)
+    im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    L.ggml_quantize_init(t)
+    L.ggml_quantize_chunk(t, x.ctypes.data_as(_f32p), ctypes.c_void_p(out.ctypes.data), 0, nrows, n,
+                          None if im is None else im.ctypes.data_as(_f32p))
+    return out.reshape(x.shape[:-1] + (rs,))
+
+
+def ggml_dequantize_here(data: np.ndarray, qtype) -> np.ndarray:
+    """The type's to_float (ggml_get_type_traits) over all rows, in this process."""
+    L = ggml_lib()
+    tr = L.ggml_get_type_traits(_type_id(qtype)).contents
+    if not tr.to_float:
+        raise ValueError(f"llama.cpp's ggml has no to_float for {qtype}")
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    k = data.size // tr.type_size * tr.blck_size
+    out = np.empty(k, dtype=np.float32)
+    _ROW_FN(tr.to_float)(ctypes.c_void_p(data.ctypes.data), ctypes.c_void_p(out.ctypes.data), k)
+    return out.reshape(data.shape[:-1] + (data.shape[-1] // tr.type_size * tr.blck_size,))
+
+
+def ggml_requires_imatrix_here(qtype) -> bool:
+    return bool(ggml_lib().ggml_quantize_requires_imatrix(_type_id(qtype)))
+
+
+def ggml_quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """llama.cpp's ggml_quantize_chunk over all rows of x (nrows, n) -> (nrows, row_bytes) uint8,
+    run in the worker process. A ggml abort kills the worker and raises BrokenProcessPool (the
+    next call starts a new worker); `ggml_quantize_dies` asks that question on purpose."""
+    return _call(ggml_quantize_here, x, qtype, imatrix)
+
+
+def ggml_dequantize(data: np.ndarray, qtype) -> np.ndarray:
+    """llama.cpp's to_float for `qtype` over all rows of data (nrows, row_bytes), in the worker."""
+    return _call(ggml_dequantize_here, data, qtype)
+
+
+def ggml_requires_imatrix(qtype) -> bool:
+    """llama.cpp's ggml_quantize_requires_imatrix, in the worker."""
+    return _call(ggml_requires_imatrix_here, qtype)
+
+
+def ggml_quantize_row_ref_here(x: np.ndarray, qtype) -> np.ndarray:
+    """The exported `quantize_row_<type>_ref` (Q8_1 and Q8_K, which ggml_quantize_chunk lacks),
+    in this process."""
+    from ..registry import get_format
+    fmt = get_format(qtype)
+    fn = getattr(ggml_lib(), f"quantize_row_{fmt.name.lower().replace('_k', '_K')}_ref")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.zeros(x.size // fmt.block_size * fmt.type_size, dtype=np.uint8)
+    fn(ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(out.ctypes.data), x.size)
+    return out.reshape(x.shape[:-1] + (x.shape[-1] // fmt.block_size * fmt.type_size,))
+
+
+def ggml_quantize_row_ref(x: np.ndarray, qtype) -> np.ndarray:
+    """llama.cpp's `quantize_row_<type>_ref` over all rows of x, in the worker."""
+    return _call(ggml_quantize_row_ref_here, x, qtype)
+
+
+def ggml_quantize_dies_here(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, timeout: float = 120) -> bool:
+    """In this process (the worker): ggml_quantize_init, then the quantizer in a forked child
+    (which inherits the initialized tables, so IQ1_M's long init runs once); True when the
+    child is killed or exits with a non-zero status (a GGML_ASSERT / GGML_ABORT)."""
+    import signal
+    import time
+    ggml_lib().ggml_quantize_init(_type_id(qtype))
+    pid = os.fork()
+    if pid == 0:  # the child: no backtrace (ggml_abort would start gdb), no stderr
+        try:
+            os.environ["GGML_NO_BACKTRACE"] = "1"
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            ggml_quantize_here(x, qtype, imatrix)
+        finally:
+            os._exit(0)
+    end = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status != 0
+        if time.monotonic() > end:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise TimeoutError(f"llama.cpp's ggml quantizing {qtype} did not finish in {timeout} s")
+        time.sleep(0.01)
+
+
+def ggml_quantize_dies(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, timeout: float = 120) -> bool:
+    """Whether llama.cpp's quantizer aborts on x (GGML_ASSERT / GGML_ABORT): run in a child
+    forked from the worker, so the worker survives."""
+    return _call(ggml_quantize_dies_here, x, qtype, imatrix, timeout)
