@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..numerics import (F32, JIT, ONE, ZERO, bits_f32, f32_bits, fp16_to_fp32, fp32_to_fp16_bits,
+from ..numerics import (F32, JIT, ONE, U64, ZERO, bits_f32, f32_bits, fp16_to_fp32, fp32_to_fp16_bits,
                         nearest_int)
 from .search import (GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qp_quants,
                      make_qx_quants, make_qx_quants_x2)
@@ -370,31 +370,39 @@ def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five):
 
 
 @njit(**PJIT)
-def _dequantize_q4_k_q5_k(data, out, five):
+def _dequantize_q4_k_q5_k(data, out, five, n32):
+    """One loop over the 32 positions of a super-block's eight sub-blocks (position l of each),
+    with n32 = 32 passed at run time, unsigned offsets and constant shifts: LLVM vectorises it in
+    32-bit lanes (see ..numerics). The scales are computed first, in C's order."""
     nrows = data.shape[0]
     ts = 176 if five else 144
     at = 48 if five else 16
     nb = data.shape[1] // ts
     for r in prange(nrows):
+        dl = np.empty(8, np.float32)
+        ml = np.empty(8, np.float32)
         for b in range(nb):
             o = data[r, b * ts:(b + 1) * ts]
-            y = out[r, b * QK_K:(b + 1) * QK_K]
             d = fp16_to_fp32(o[0], o[1])
             dmin = fp16_to_fp32(o[2], o[3])
             for j in range(8):
                 sc, m = _scale_min_k4(o, 4, j)
-                d1 = d * F32(sc)
-                m1 = dmin * F32(m)
-                base = at + 32 * (j // 2)
-                shift = 4 * (j % 2)
-                # the nibble chosen outside the loop over positions
-                if five:
-                    for l in range(32):
-                        q = ((np.int32(o[base + l]) >> shift) & 0xF) | (((np.int32(o[16 + l]) >> j) & 1) << 4)
-                        y[32 * j + l] = d1 * F32(q) - m1
-                else:
-                    for l in range(32):
-                        y[32 * j + l] = d1 * F32((np.int32(o[base + l]) >> shift) & 0xF) - m1
+                dl[j] = d * F32(sc)
+                ml[j] = dmin * F32(m)
+            q0 = U64(b * ts + at)
+            h0 = U64(b * ts + 16)
+            y0 = U64(b * QK_K)
+            for l in range(U64(n32)):
+                qh = data[r, h0 + l] if five else np.uint8(0)
+                for p in range(4):
+                    qs = data[r, q0 + U64(32 * p) + l]
+                    lo = np.int32(qs & np.uint8(0xF))
+                    hi = np.int32(qs >> np.uint8(4))
+                    if five:
+                        lo |= np.int32(16) if qh & np.uint8(1 << (2 * p)) else np.int32(0)
+                        hi |= np.int32(16) if qh & np.uint8(2 << (2 * p)) else np.int32(0)
+                    out[r, y0 + U64(64 * p) + l] = dl[2 * p] * F32(lo) - ml[2 * p]
+                    out[r, y0 + U64(64 * p + 32) + l] = dl[2 * p + 1] * F32(hi) - ml[2 * p + 1]
 
 
 # --------------------------------------------------------------------------- Q6_K
@@ -591,13 +599,13 @@ def dequantize_q3_k(data):
 
 def dequantize_q4_k(data):
     out = _dout(data, 144)
-    _dequantize_q4_k_q5_k(_c(data), out, False)
+    _dequantize_q4_k_q5_k(_c(data), out, False, 32)
     return out
 
 
 def dequantize_q5_k(data):
     out = _dout(data, 176)
-    _dequantize_q4_k_q5_k(_c(data), out, True)
+    _dequantize_q4_k_q5_k(_c(data), out, True, 32)
     return out
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..numerics import (F32, HALF, JIT, ZERO, c_float_to_int8, c_float_to_uint8, fp16_to_fp32,
+from ..numerics import (F32, HALF, JIT, U64, ZERO, c_float_to_int8, c_float_to_uint8, fp16_to_fp32,
                         reciprocal_or_zero, roundf, store_fp16)
 from .search import make_qkx3_quants, make_qx_quants
 
@@ -231,22 +231,20 @@ def _quantize_q8(x, out, with_sum):
 
 
 @njit(**PJIT)
-def _dequantize_q8(data, sdata, out, with_sum):
-    """sdata: the same bytes viewed as int8 (the qs are read signed)."""
+def _dequantize_q8(data, sdata, out, with_sum, qk):
+    """sdata: the same bytes viewed as int8 (the qs are read signed). qk: QK passed at run time and
+    unsigned offsets, so that LLVM vectorises the loop over positions (see ..numerics)."""
     nrows = data.shape[0]
     ts = 36 if with_sum else 34
     at = 4 if with_sum else 2
     nb = data.shape[1] // ts
     for r in prange(nrows):
-        row = data[r]
-        srow = sdata[r]
-        y = out[r]
         for b in range(nb):
-            d = fp16_to_fp32(row[b * ts], row[b * ts + 1])
-            qs = srow[b * ts + at:b * ts + at + QK]
-            yb = y[b * QK:b * QK + QK]
-            for j in range(QK):
-                yb[j] = F32(qs[j]) * d
+            d = fp16_to_fp32(data[r, b * ts], data[r, b * ts + 1])
+            i0 = U64(b * ts + at)
+            y0 = U64(b * qk)
+            for j in range(U64(qk)):
+                out[r, y0 + j] = F32(sdata[r, i0 + j]) * d
 
 
 # --------------------------------------------------------------------------- the spec's signatures
@@ -338,14 +336,14 @@ def dequantize_q5_1(data):
 def dequantize_q8_0(data):
     out = _deq_out(data, 34)
     data = _c(data)
-    _dequantize_q8(data, data.view(np.int8), out, False)
+    _dequantize_q8(data, data.view(np.int8), out, False, QK)
     return out
 
 
 def dequantize_q8_1(data):
     out = _deq_out(data, 36)
     data = _c(data)
-    _dequantize_q8(data, data.view(np.int8), out, True)
+    _dequantize_q8(data, data.view(np.int8), out, True, QK)
     return out
 
 
