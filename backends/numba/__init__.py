@@ -15,7 +15,11 @@ the spec (`supports(op, key)` says which).
 Claimed: quantize (with and without an importance matrix) and dequantize of F16, BF16, the
 legacy types, the K-quants Q2_K..Q6_K and Q8_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, Q1_0, MXFP4,
 NVFP4 and the minifloat row formats (backends/numba/minifloat.py also has encode/decode with
-the spec's saturate option); vec_dot of the legacy weight types; the W4A16, W8A8 and FP8
+the spec's saturate option); affine encode/decode (quantize/dequantize given the scale and zero
+point) of every refquant.affine convention — torchao in both zero-point domains,
+compressed-tensors, GPTQ, AWQ — in backends/numba/affine.py, with the spec's signatures
+(choose_qparams is the spec's; a block_size whose leading axes do not fold to 2-D runs the
+spec); vec_dot of the legacy weight types; the W4A16, W8A8 and FP8
 matmuls. Not claimed (the spec runs): the OCP MX and bitsandbytes formats, vec_dot of the K-quant
 types (the spec has none yet).
 
@@ -29,7 +33,8 @@ import importlib
 from refquant.backend import Backend
 
 # The twin modules, by their path relative to the spec's package. New families join this list.
-MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.lowbit", "ggml.fp4", "ggml.dot", "minifloat", "gemm")
+MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.lowbit", "ggml.fp4", "ggml.dot", "minifloat", "affine",
+           "gemm")
 TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
 
 
