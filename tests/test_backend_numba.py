@@ -155,8 +155,8 @@ def test_kernels_have_no_fma_and_no_fast_math(nb):
     same LLVM module) and read its IR and machine code: no llvm.fma / llvm.fmuladd, no fast-math
     flags on any float instruction, no vfmadd-family instruction."""
     import re
-    from backends.numba import minifloat
-    from backends.numba.ggml import fp4, iquants, kquants, lowbit
+    from backends.numba import affine, minifloat
+    from backends.numba.ggml import fp4, iquants, kquants, legacy, lowbit
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((2, 256)) * 0.1).astype(np.float32)
     im = rng.random(256).astype(np.float32)
@@ -164,10 +164,19 @@ def test_kernels_have_no_fma_and_no_fast_math(nb):
         nb.dequantize(nb.quantize(x, name), name)
         if name not in MINIFLOATS and refquant.registry.get_format(name).imatrix != refquant.registry.IMATRIX_NONE:
             nb.quantize(x, name, im)
+    from backends.numba import affine as nba
+    from refquant import affine as A
+    for xa in (x, x.astype(np.float16)):
+        for conv, opts in (("torchao", {}), ("compressed-tensors", {"symmetric": False}), ("gptq", {"symmetric": False}),
+                           ("awq", {})):
+            s, z = A.choose_qparams(xa, (1, 32), 4, conv, **opts)
+            nba.dequantize(nba.quantize(xa, s, z, (1, 32), 4, conv), s, z, (1, 32), conv)
+        s, z = A.choose_qparams_torchao_float_zero(xa, (1, 32), 4)
+        nba.dequantize_torchao_float_zero(nba.quantize_torchao_float_zero(xa, s, z, (1, 32), 4), s, z, (1, 32), 4)
     flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
     fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
     checked = 0
-    for mod in (kquants, iquants, lowbit, fp4, minifloat):
+    for mod in (legacy, kquants, iquants, lowbit, fp4, minifloat, affine):
         for name, f in _kernels(mod):
             for sig in f.signatures:
                 ir = f.inspect_llvm(sig)
