@@ -2,7 +2,7 @@
 kernels inline. Every function is compiled with fastmath off (numba's default), so LLVM neither
 reassociates nor contracts `a*b + c` into an FMA; where the spec wants an FMA, `fmaf` asks for one.
 
-Vectorising the loops over positions (measured with inspect_asm on numba 0.68 / LLVM 20): Numba
+Vectorising the loops over positions (read in inspect_asm / inspect_llvm output, numba 0.68 with LLVM 22): Numba
 runs LLVM's loop vectoriser but not its SLP vectoriser, so
 * a loop with a constant trip count (`for j in range(32)`) is fully unrolled first and then
   stays scalar: a hot loop over a block's positions takes its length as an argument (`n32`,
