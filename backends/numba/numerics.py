@@ -2,8 +2,8 @@
 kernels inline. Every function is compiled with fastmath off (numba's default), so LLVM neither
 reassociates nor contracts `a*b + c` into an FMA; where the spec wants an FMA, `fmaf` asks for one.
 
-Vectorising the loops over positions (read in inspect_asm / inspect_llvm output, numba 0.68 with LLVM 22): Numba
-runs LLVM's loop vectoriser but not its SLP vectoriser, so
+Vectorising the loops over positions (read in inspect_asm / inspect_llvm output, numba 0.68
+with LLVM 22): Numba runs LLVM's loop vectoriser but not its SLP vectoriser, so
 * a loop with a constant trip count (`for j in range(32)`) is fully unrolled first and then
   stays scalar: a hot loop over a block's positions takes its length as an argument (`n32`,
   32 passed by the Python wrapper at run time), which the vectoriser handles with a runtime
