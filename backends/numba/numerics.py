@@ -10,7 +10,10 @@ with LLVM 22): Numba runs LLVM's loop vectoriser but not its SLP vectoriser, so
   alias check between input and output;
 * an array index of a signed type gets Numba's negative-index wraparound (`i < 0 ? i + n : i`),
   which turns a vectorised load into sixteen scalar loads: such a loop indexes with unsigned
-  integers (U64 offsets, `range(U64(n32))`), for which Numba emits no wraparound.
+  integers (U64 offsets, `range(U64(n32))`), for which Numba emits no wraparound;
+* Numba computes integer arithmetic in int64, and a shift by a variable amount keeps the
+  vector lanes 64 bits wide: shift uint8 values by constants and truncate to int32 before the
+  float conversion, and LLVM narrows the lanes to 32 bits.
 
 float32 discipline: a Python float or int mixed into float32 arithmetic would promote it to
 float64 in Numba, so every constant here is a np.float32 and every int is converted explicitly.
