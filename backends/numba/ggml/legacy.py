@@ -94,7 +94,7 @@ def _pack(q, o, at, five):
 
 
 @njit(**PJIT)
-def _dequantize_q4_0_q5_0(data, out, five):
+def _dequantize_q4_0_q5_0(data, out, five, qk):
     nrows = data.shape[0]
     ts = 22 if five else 18
     nb = data.shape[1] // ts
@@ -110,10 +110,13 @@ def _dequantize_q4_0_q5_0(data, out, five):
                     h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
                     y[j] = F32((np.int32(o[6 + j]) & 0x0F | h0) - 16) * d
                     y[j + 16] = F32((np.int32(o[6 + j]) >> 4 | h1) - 16) * d
-            else:
-                for j in range(QK // 2):
-                    y[j] = F32((np.int32(o[2 + j]) & 0x0F) - 8) * d
-                    y[j + 16] = F32((np.int32(o[2 + j]) >> 4) - 8) * d
+            else:  # a loop of qk / 2 (at run time) with unsigned offsets: vectorised (see ..numerics)
+                i0 = U64(b * ts + 2)
+                y0 = U64(b * QK)
+                for j in range(U64(qk >> 1)):
+                    byte = data[r, i0 + j]
+                    out[r, y0 + j] = F32(np.int32(byte & np.uint8(0x0F)) - np.int32(8)) * d
+                    out[r, y0 + U64(16) + j] = F32(np.int32(byte >> np.uint8(4)) - np.int32(8)) * d
 
 
 # --------------------------------------------------------------------------- Q4_1, Q5_1
@@ -315,13 +318,13 @@ def quantize_q8_1(x, imatrix=None):
 
 def dequantize_q4_0(data):
     out = _deq_out(data, 18)
-    _dequantize_q4_0_q5_0(_c(data), out, False)
+    _dequantize_q4_0_q5_0(_c(data), out, False, QK)
     return out
 
 
 def dequantize_q5_0(data):
     out = _deq_out(data, 22)
-    _dequantize_q4_0_q5_0(_c(data), out, True)
+    _dequantize_q4_0_q5_0(_c(data), out, True, QK)
     return out
 
 
