@@ -1,6 +1,7 @@
 """The Numba backend against ggml C, measured in the same run.
 
-    python benchmarks/bench_numba.py [--rows 1024 --cols 4096 --repeat 5] [--types Q4_K,IQ4_XS] [--skip-extras]
+    python benchmarks/bench_numba.py [--rows 1024 --cols 4096 --repeat 5] [--types Q4_K,IQ4_XS]
+                                     [--ops quantize,dequantize] [--skip-extras]
 
 * quantize / dequantize of a 1024x4096 float32 matrix for every type the backend claims (the
   issue's targets Q4_0, Q8_0, Q4_K, Q6_K, IQ4_XS first), one thread each: ggml's
@@ -97,6 +98,7 @@ def main():
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--types", default=",".join(TYPES), help="comma-separated ggml type names")
+    ap.add_argument("--ops", default="quantize,dequantize", help="quantize, dequantize or both")
     ap.add_argument("--skip-extras", action="store_true", help="only the quantize/dequantize table")
     args = ap.parse_args()
     nb = NumbaBackend()
@@ -116,6 +118,8 @@ def main():
         q = cq(x)
         for op, c_fn, nb_fn in [("quantize", lambda: cq(x), lambda: fmt(x, None)),
                                 ("dequantize", lambda: cdq(q), lambda: dfmt(q))]:
+            if op not in args.ops.split(","):
+                continue
             numba.set_num_threads(1)
             tc, cc = best2(c_fn, args.repeat)
             t1, c1 = best2(nb_fn, args.repeat)

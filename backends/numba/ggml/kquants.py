@@ -371,38 +371,44 @@ def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five):
 
 @njit(**PJIT)
 def _dequantize_q4_k_q5_k(data, out, five, n32):
-    """One loop over the 32 positions of a super-block's eight sub-blocks (position l of each),
-    with n32 = 32 passed at run time, unsigned offsets and constant shifts: LLVM vectorises it in
-    32-bit lanes (see ..numerics). The scales are computed first, in C's order."""
+    """Per pair of sub-blocks (the low and high nibbles of the same 32 bytes), their scales
+    first, then one loop over the 32 positions that writes both, with n32 = 32 passed at run
+    time, unsigned offsets and constant shifts: LLVM vectorises it in 32-bit lanes (see
+    ..numerics)."""
     nrows = data.shape[0]
     ts = 176 if five else 144
     at = 48 if five else 16
     nb = data.shape[1] // ts
     for r in prange(nrows):
-        dl = np.empty(8, np.float32)
-        ml = np.empty(8, np.float32)
         for b in range(nb):
             o = data[r, b * ts:(b + 1) * ts]
             d = fp16_to_fp32(o[0], o[1])
             dmin = fp16_to_fp32(o[2], o[3])
-            for j in range(8):
-                sc, m = _scale_min_k4(o, 4, j)
-                dl[j] = d * F32(sc)
-                ml[j] = dmin * F32(m)
             q0 = U64(b * ts + at)
             h0 = U64(b * ts + 16)
             y0 = U64(b * QK_K)
-            for l in range(U64(n32)):
-                qh = data[r, h0 + l] if five else np.uint8(0)
-                for p in range(4):
-                    qs = data[r, q0 + U64(32 * p) + l]
+            for p in range(4):
+                sc, m = _scale_min_k4(o, 4, 2 * p)
+                da = d * F32(sc)
+                ma = dmin * F32(m)
+                sc, m = _scale_min_k4(o, 4, 2 * p + 1)
+                db = d * F32(sc)
+                mb = dmin * F32(m)
+                qp = q0 + U64(32 * p)
+                ya = y0 + U64(64 * p)
+                yb = ya + U64(32)
+                bit_a = np.uint8(1 << (2 * p))   # Q5_K: the high bit of sub-block 2p in qh
+                bit_b = np.uint8(2 << (2 * p))
+                for l in range(U64(n32)):
+                    qs = data[r, qp + l]
                     lo = np.int32(qs & np.uint8(0xF))
                     hi = np.int32(qs >> np.uint8(4))
                     if five:
-                        lo |= np.int32(16) if qh & np.uint8(1 << (2 * p)) else np.int32(0)
-                        hi |= np.int32(16) if qh & np.uint8(2 << (2 * p)) else np.int32(0)
-                    out[r, y0 + U64(64 * p) + l] = dl[2 * p] * F32(lo) - ml[2 * p]
-                    out[r, y0 + U64(64 * p + 32) + l] = dl[2 * p + 1] * F32(hi) - ml[2 * p + 1]
+                        qh = data[r, h0 + l]
+                        lo |= np.int32(16) if qh & bit_a else np.int32(0)
+                        hi |= np.int32(16) if qh & bit_b else np.int32(0)
+                    out[r, ya + l] = da * F32(lo) - ma
+                    out[r, yb + l] = db * F32(hi) - mb
 
 
 # --------------------------------------------------------------------------- Q6_K
