@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from refquant import affine as A
 
-from .numerics import F32, FP16_TABLE, JIT, bits_f32, fp32_to_bf16_bits, fp32_to_fp16_bits
+from .numerics import F32, FP16_TABLE, JIT, U64, bits_f32, fp32_to_bf16_bits, fp32_to_fp16_bits
 
 PJIT = dict(JIT, parallel=True)
 INL = dict(JIT, inline="always")
@@ -48,19 +48,23 @@ def _clip(v, lo, hi):
 
 
 # --------------------------------------------------------------------------- encode kernels
+# Each kernel walks a row block by block: the block's scale and zero point are read once, and the
+# loop over the block's positions (unsigned offsets, a length known at run time) has no division.
 
 @njit(**PJIT)
 def _q_torchao(x, s, z, has_z, bh, bw, kx, ks, kp, kz, qmin, qmax, out):
     """inv = rd_s(1 / s); y = rint(rd_p(x * inv)); y = rd_z(y + z); clip."""
     R, K = x.shape
     for i in prange(R):
-        for j in range(K):
-            sv = s[i // bh, j // bw]
-            inv = _rd(F32(1) / sv, ks)
-            y = np.rint(_rd(x[i, j] * inv, kp))
-            if has_z:
-                y = _rd(y + z[i // bh, j // bw], kz)
-            out[i, j] = np.int32(_clip(y, qmin, qmax))
+        si = i // bh
+        for jb in range(s.shape[1]):
+            inv = _rd(F32(1) / s[si, jb], ks)
+            zv = z[si, jb] if has_z else F32(0)
+            for j in range(U64(jb * bw), U64(min(jb * bw + bw, K))):
+                y = np.rint(_rd(x[i, j] * inv, kp))
+                if has_z:
+                    y = _rd(y + zv, kz)
+                out[i, j] = np.int32(_clip(y, qmin, qmax))
 
 
 @njit(**PJIT)
@@ -68,12 +72,14 @@ def _q_torchao_float_zero(x, s, z, bh, bw, ks, km, k1, k2, mid, qmax, out):
     """min_val = rd_m(z - rd_s(s * mid)); y = rint(rd_2(rd_1(x - min_val) / s)); clip to [0, qmax]."""
     R, K = x.shape
     for i in prange(R):
-        for j in range(K):
-            sv = s[i // bh, j // bw]
-            min_val = _rd(z[i // bh, j // bw] - _rd(sv * mid, ks), km)
-            y = _rd(x[i, j] - min_val, k1)
-            y = np.rint(_rd(y / sv, k2))
-            out[i, j] = np.int32(_clip(y, F32(0), qmax))
+        si = i // bh
+        for jb in range(s.shape[1]):
+            sv = s[si, jb]
+            min_val = _rd(z[si, jb] - _rd(sv * mid, ks), km)
+            for j in range(U64(jb * bw), U64(min(jb * bw + bw, K))):
+                y = _rd(x[i, j] - min_val, k1)
+                y = np.rint(_rd(y / sv, k2))
+                out[i, j] = np.int32(_clip(y, F32(0), qmax))
 
 
 @njit(**PJIT)
@@ -83,17 +89,23 @@ def _q_div(x, s, z, has_z, zx, bh, bw, kp, kzr, qmin, qmax, clip_first, out):
     zx: the zero point's rounding before the add (compressed-tensors: to x's dtype)."""
     R, K = x.shape
     for i in prange(R):
-        for j in range(K):
-            y = _rd(x[i, j] / s[i // bh, j // bw], kp)
-            if clip_first:
-                if has_z:
-                    y = _rd(y + _rd(z[i // bh, j // bw], zx), kp)
-                out[i, j] = np.int32(np.rint(_clip(y, qmin, qmax)))
-            else:
-                y = np.rint(y)
-                if has_z:
-                    y = _rd(y + z[i // bh, j // bw], kzr)
-                out[i, j] = np.int32(_clip(y, qmin, qmax))
+        si = i // bh
+        for jb in range(s.shape[1]):
+            sv = s[si, jb]
+            zv = F32(0)
+            if has_z:
+                zv = _rd(z[si, jb], zx) if clip_first else z[si, jb]
+            for j in range(U64(jb * bw), U64(min(jb * bw + bw, K))):
+                y = _rd(x[i, j] / sv, kp)
+                if clip_first:
+                    if has_z:
+                        y = _rd(y + zv, kp)
+                    out[i, j] = np.int32(np.rint(_clip(y, qmin, qmax)))
+                else:
+                    y = np.rint(y)
+                    if has_z:
+                        y = _rd(y + zv, kzr)
+                    out[i, j] = np.int32(_clip(y, qmin, qmax))
 
 
 # --------------------------------------------------------------------------- decode kernels
@@ -105,11 +117,15 @@ def _dq_sub_mul(q, s, z, has_z, bh, bw, kd, kz, kp, kout, out):
     dtype)."""
     R, K = q.shape
     for i in prange(R):
-        for j in range(K):
-            d = _rd(F32(q[i, j]), kd)
-            if has_z:
-                d = _rd(d - _rd(z[i // bh, j // bw], kz), kd)
-            out[i, j] = _rd(_rd(d * s[i // bh, j // bw], kp), kout)
+        si = i // bh
+        for jb in range(s.shape[1]):
+            sv = s[si, jb]
+            zv = _rd(z[si, jb], kz) if has_z else F32(0)
+            for j in range(U64(jb * bw), U64(min(jb * bw + bw, K))):
+                d = _rd(F32(q[i, j]), kd)
+                if has_z:
+                    d = _rd(d - zv, kd)
+                out[i, j] = _rd(_rd(d * sv, kp), kout)
 
 
 @njit(**PJIT)
@@ -117,8 +133,12 @@ def _dq_gptq(q, s, z, bh, bw, out):
     """s * (q - z), float32."""
     R, K = q.shape
     for i in prange(R):
-        for j in range(K):
-            out[i, j] = s[i // bh, j // bw] * (F32(q[i, j]) - z[i // bh, j // bw])
+        si = i // bh
+        for jb in range(s.shape[1]):
+            sv = s[si, jb]
+            zv = z[si, jb]
+            for j in range(U64(jb * bw), U64(min(jb * bw + bw, K))):
+                out[i, j] = sv * (F32(q[i, j]) - zv)
 
 
 @njit(**PJIT)
@@ -126,10 +146,14 @@ def _dq_float_zero(q, s, z, bh, bw, mid, kout, out):
     """d = rd_out(q - mid); d = rd_out(d * s); d = rd_out(d + z)."""
     R, K = q.shape
     for i in prange(R):
-        for j in range(K):
-            d = _rd(F32(q[i, j]) - mid, kout)
-            d = _rd(d * s[i // bh, j // bw], kout)
-            out[i, j] = _rd(d + z[i // bh, j // bw], kout)
+        si = i // bh
+        for jb in range(s.shape[1]):
+            sv = s[si, jb]
+            zv = z[si, jb]
+            for j in range(U64(jb * bw), U64(min(jb * bw + bw, K))):
+                d = _rd(F32(q[i, j]) - mid, kout)
+                d = _rd(d * sv, kout)
+                out[i, j] = _rd(d + zv, kout)
 
 
 # --------------------------------------------------------------------------- the 2-D view
@@ -158,7 +182,13 @@ def _grid(a, shape2, block2):
 
 
 def _codes2(q, shape2):
-    return np.ascontiguousarray(q.astype(np.int64)).reshape(shape2)
+    """The codes as they are (the kernels compile per integer dtype); bool-free integer arrays."""
+    return np.ascontiguousarray(q).reshape(shape2)
+
+
+def _x2(x, shape2):
+    """x as float32 on the 2-D view (no copy for a contiguous float32 array)."""
+    return np.ascontiguousarray(x, dtype=np.float32).reshape(shape2)
 
 
 _NOZ = np.zeros((1, 1), np.float32)
@@ -180,11 +210,11 @@ def quantize_torchao(x, scale, zero_point, block_size, bits, signed=True):
     pdt = A.promote(x.dtype, s.dtype)
     zdt = pdt if z is None or z.dtype not in A.FLOAT_DTYPES else A.promote(pdt, z.dtype)
     (shape2, block2) = f
-    out = np.empty(shape2, np.int32)
-    _q_torchao(np.ascontiguousarray(A.f32(x)).reshape(shape2), _grid(s, shape2, block2),
+    out = np.empty(shape2, A.code_dtype(bits, signed))
+    _q_torchao(_x2(x, shape2), _grid(s, shape2, block2),
                _NOZ if z is None else _grid(z, shape2, block2), z is not None, block2[0], block2[1],
                KIND[x.dtype], KIND[s.dtype], KIND[pdt], KIND[zdt], F32(qmin), F32(qmax), out)
-    return out.reshape(x.shape).astype(A.code_dtype(bits, signed))
+    return out.reshape(x.shape)
 
 
 def dequantize_torchao(q, scale, zero_point, block_size, output_dtype=A.F32):
@@ -225,11 +255,11 @@ def quantize_torchao_float_zero(x, scale, zero_point, block_size, bits):
     d1 = A.promote(x.dtype, mdt)
     d2 = A.promote(d1, s.dtype)
     (shape2, block2) = f
-    out = np.empty(shape2, np.int32)
-    _q_torchao_float_zero(np.ascontiguousarray(A.f32(x)).reshape(shape2), _grid(s, shape2, block2),
+    out = np.empty(shape2, np.uint8)
+    _q_torchao_float_zero(_x2(x, shape2), _grid(s, shape2, block2),
                           _grid(z, shape2, block2), block2[0], block2[1], KIND[s.dtype], KIND[mdt],
                           KIND[d1], KIND[d2], F32((qmax + qmin + 1) / 2), F32(qmax), out)
-    return out.reshape(x.shape).astype(np.uint8)
+    return out.reshape(x.shape)
 
 
 def dequantize_torchao_float_zero(q, scale, zero_point, block_size, bits, output_dtype=A.F32):
@@ -266,11 +296,11 @@ def quantize_compressed_tensors(x, scale, zero_point, block_size, bits):
     z = A._check_zero(zero_point, x.shape, block, qmin, qmax, who)
     pdt = A.promote(x.dtype, s.dtype)
     (shape2, block2) = f
-    out = np.empty(shape2, np.int32)
-    _q_div(np.ascontiguousarray(A.f32(x)).reshape(shape2), _grid(s, shape2, block2),
+    out = np.empty(shape2, np.int8)
+    _q_div(_x2(x, shape2), _grid(s, shape2, block2),
            _NOZ if z is None else _grid(z, shape2, block2), z is not None, KIND[x.dtype], block2[0],
            block2[1], KIND[pdt], KIND[pdt], F32(qmin), F32(qmax), True, out)
-    return out.reshape(x.shape).astype(np.int8)
+    return out.reshape(x.shape)
 
 
 def dequantize_compressed_tensors(q, scale, zero_point, block_size, dtype=None):
@@ -305,10 +335,10 @@ def quantize_gptq(x, scale, zero, block_size, bits):
     s = A.check_scale(np.asarray(scale, A.F32), x.shape, block, who)
     z = A._check_zero(zero, x.shape, block, -np.inf, np.inf, who)
     (shape2, block2) = f
-    out = np.empty(shape2, np.int32)
-    _q_div(np.ascontiguousarray(A.f32(x)).reshape(shape2), _grid(s, shape2, block2), _grid(z, shape2, block2),
+    out = np.empty(shape2, np.uint8)
+    _q_div(_x2(x, shape2), _grid(s, shape2, block2), _grid(z, shape2, block2),
            True, 0, block2[0], block2[1], 0, 0, F32(0), F32(2**bits - 1), False, out)
-    return out.reshape(x.shape).astype(np.uint8)
+    return out.reshape(x.shape)
 
 
 def dequantize_gptq(q, scale, zero, block_size):
@@ -342,11 +372,11 @@ def quantize_awq(x, scale, zero, block_size, bits):
     z = A._check_zero(zero, x.shape, block, qmin, qmax, who)
     dt = A.promote(x.dtype, s.dtype)
     (shape2, block2) = f
-    out = np.empty(shape2, np.int32)
-    _q_div(np.ascontiguousarray(A.f32(x)).reshape(shape2), _grid(s, shape2, block2),
+    out = np.empty(shape2, A.code_dtype(bits, signed))
+    _q_div(_x2(x, shape2), _grid(s, shape2, block2),
            _NOZ if z is None else _grid(z, shape2, block2), z is not None, 0, block2[0], block2[1],
            KIND[dt], KIND[dt], F32(qmin), F32(qmax), False, out)
-    return out.reshape(x.shape).astype(A.code_dtype(bits, signed))
+    return out.reshape(x.shape)
 
 
 def dequantize_awq(q, scale, zero, block_size):
