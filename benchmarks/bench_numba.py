@@ -1,12 +1,15 @@
 """The Numba backend against ggml C, measured in the same run.
 
-    python benchmarks/bench_numba.py [--rows 1024 --cols 4096 --repeat 5] [--types Q4_K,IQ4_XS] [--skip-extras]
+    python benchmarks/bench_numba.py [--rows 1024 --cols 4096 --repeat 5] [--types Q4_K,IQ4_XS]
+                                     [--ops quantize,dequantize] [--skip-extras]
 
 * quantize / dequantize of a 1024x4096 float32 matrix for every type the backend claims (the
   issue's targets Q4_0, Q8_0, Q4_K, Q6_K, IQ4_XS first), one thread each: ggml's
   ggml_quantize_chunk / to_float (single-threaded C) against the Numba kernels with
   numba.set_num_threads(1); then the Numba kernels on every core (prange over rows) and the
-  speed-up. Ratio = Numba time / ggml time (below 1: Numba is faster).
+  speed-up (wall time, one thread against all). Ratio = Numba time / ggml time (below 1: Numba
+  is faster), by the wall clock and by the process's CPU time (on a loaded host the wall clock
+  also counts waiting for a core); the load average is printed before and after.
 * batch-1 W4A16 matmul (N = K = 4096, groups of 128, act-order g_idx) in GB/s of operand bytes
   read (codes 1 B/weight as refquant.gemm lays them out, fp32 scales, uint8 zeros), against the
   machine's copy bandwidth measured here (bytes read + written per second by numpy.copyto of a
@@ -49,14 +52,25 @@ def ggml_fns(qt):
     return (lambda x: ggml.quantize(x, qt)), (lambda q: ggml.dequantize(q, qt))
 
 
-def best(fn, repeat):
+def best(fn, repeat, clock=time.perf_counter):
     fn()  # warm (compile or load, first touch of memory)
     ts = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        ts.append(time.perf_counter() - t)
+        ts.append(clock() - t)
     return min(ts)
+
+
+def best2(fn, repeat):
+    """Best wall time and best CPU time of this process (time.process_time: all its threads). On
+    a loaded host the wall clock also counts the time the process waited for a core; with one
+    thread the CPU time does not, so both are reported."""
+    return best(fn, repeat), best(fn, repeat, time.process_time)
+
+
+def load():
+    return "load average " + " / ".join(f"{v:.1f}" for v in os.getloadavg()) + f" (1/5/15 min) on {os.cpu_count()} cores"
 
 
 def copy_bandwidth(repeat):
@@ -84,6 +98,7 @@ def main():
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--types", default=",".join(TYPES), help="comma-separated ggml type names")
+    ap.add_argument("--ops", default="quantize,dequantize", help="quantize, dequantize or both")
     ap.add_argument("--skip-extras", action="store_true", help="only the quantize/dequantize table")
     args = ap.parse_args()
     nb = NumbaBackend()
@@ -92,10 +107,10 @@ def main():
     ncores = numba.config.NUMBA_NUM_THREADS
     nb._t["dequantize"]["Q8_0"](ggml.quantize(x[:1], "Q8_0"))  # starts the threading layer
     print(f"matrix {args.rows}x{args.cols} float32; numba {numba.__version__}, {ncores} threads available, "
-          f"threading layer {numba.threading_layer()}; "
-          f"best of {args.repeat} (1 thread) / {4 * args.repeat} ({ncores} threads); load average "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"{'op':<11}{'type':<6}{'ggml C 1T ms':>14}{'numba 1T ms':>13}{'ratio':>8}{'numba ' + str(ncores) + 'T ms':>14}{'speed-up':>10}")
+          f"threading layer {numba.threading_layer()}; best of {args.repeat} (1 thread) / "
+          f"{4 * args.repeat} ({ncores} threads); {load()}")
+    print(f"{'op':<11}{'type':<7}{'ggml C 1T ms':>13}{'numba 1T ms':>12}{'ratio':>7}"
+          f"{'C cpu ms':>10}{'nb cpu ms':>10}{'ratio':>7}{'numba ' + str(ncores) + 'T ms':>14}{'speed-up':>9}")
     for qt in args.types.split(","):
         fmt = nb._t["quantize"][qt]
         dfmt = nb._t["dequantize"][qt]
@@ -103,12 +118,16 @@ def main():
         q = cq(x)
         for op, c_fn, nb_fn in [("quantize", lambda: cq(x), lambda: fmt(x, None)),
                                 ("dequantize", lambda: cdq(q), lambda: dfmt(q))]:
+            if op not in args.ops.split(","):
+                continue
             numba.set_num_threads(1)
-            tc = best(c_fn, args.repeat)
-            t1 = best(nb_fn, args.repeat)
+            tc, cc = best2(c_fn, args.repeat)
+            t1, c1 = best2(nb_fn, args.repeat)
             numba.set_num_threads(ncores)
             tn = best(nb_fn, 4 * args.repeat)  # more tries: a busy host delays a thread's wake-up
-            print(f"{op:<11}{qt:<6}{tc * 1e3:14.2f}{t1 * 1e3:13.2f}{t1 / tc:8.2f}{tn * 1e3:14.2f}{t1 / tn:10.2f}")
+            print(f"{op:<11}{qt:<7}{tc * 1e3:13.2f}{t1 * 1e3:12.2f}{t1 / tc:7.2f}"
+                  f"{cc * 1e3:10.2f}{c1 * 1e3:10.2f}{c1 / cc:7.2f}{tn * 1e3:14.2f}{t1 / tn:9.2f}", flush=True)
+    print(f"after the table: {load()}")
 
     if args.skip_extras:
         return

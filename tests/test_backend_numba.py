@@ -155,8 +155,8 @@ def test_kernels_have_no_fma_and_no_fast_math(nb):
     same LLVM module) and read its IR and machine code: no llvm.fma / llvm.fmuladd, no fast-math
     flags on any float instruction, no vfmadd-family instruction."""
     import re
-    from backends.numba import minifloat
-    from backends.numba.ggml import fp4, iquants, kquants, lowbit
+    from backends.numba import affine, minifloat
+    from backends.numba.ggml import fp4, iquants, kquants, legacy, lowbit
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((2, 256)) * 0.1).astype(np.float32)
     im = rng.random(256).astype(np.float32)
@@ -164,10 +164,19 @@ def test_kernels_have_no_fma_and_no_fast_math(nb):
         nb.dequantize(nb.quantize(x, name), name)
         if name not in MINIFLOATS and refquant.registry.get_format(name).imatrix != refquant.registry.IMATRIX_NONE:
             nb.quantize(x, name, im)
+    from backends.numba import affine as nba
+    from refquant import affine as A
+    for xa in (x, x.astype(np.float16)):
+        for conv, opts in (("torchao", {}), ("compressed-tensors", {"symmetric": False}), ("gptq", {"symmetric": False}),
+                           ("awq", {})):
+            s, z = A.choose_qparams(xa, (1, 32), 4, conv, **opts)
+            nba.dequantize(nba.quantize(xa, s, z, (1, 32), 4, conv), s, z, (1, 32), conv)
+        s, z = A.choose_qparams_torchao_float_zero(xa, (1, 32), 4)
+        nba.dequantize_torchao_float_zero(nba.quantize_torchao_float_zero(xa, s, z, (1, 32), 4), s, z, (1, 32), 4)
     flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
     fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
     checked = 0
-    for mod in (kquants, iquants, lowbit, fp4, minifloat):
+    for mod in (legacy, kquants, iquants, lowbit, fp4, minifloat, affine):
         for name, f in _kernels(mod):
             for sig in f.signatures:
                 ir = f.inspect_llvm(sig)
@@ -346,3 +355,120 @@ def test_lattice_kernels_have_no_fma_and_no_fast_math(nb):
             assert not fused.search(f.inspect_asm(sig)), f"{name}: fused multiply-add in asm"
             checked += 1
     assert checked >= 6
+
+
+# ----------------------------------------------------------------------------- affine encode/decode
+
+def _same_or_same_error(spec_fn, nb_fn, *args, **kw):
+    """Both raise InputError with the same message, or both return arrays equal bit for bit (dtype
+    included). Returns the spec's result (None when it refused)."""
+    from refquant.errors import InputError
+    try:
+        want = spec_fn(*args, **kw)
+    except InputError as e:
+        with pytest.raises(InputError) as got:
+            nb_fn(*args, **kw)
+        assert str(got.value) == str(e)
+        return None
+    got = nb_fn(*args, **kw)
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, want.dtype, got.shape, want.shape)
+    bits = {1: np.uint8, 2: np.uint16, 4: np.uint32}[want.dtype.itemsize]
+    np.testing.assert_array_equal(np.ascontiguousarray(got).view(bits), np.ascontiguousarray(want).view(bits))
+    return want
+
+
+@st.composite
+def _affine_case(draw, partial=False):
+    """x (float32/float16/bfloat16, from affine_matrix: float_block kinds and exact-tie blocks),
+    bits, a block_size of every granularity; sometimes with a leading axis of 1 or 2 (per-token
+    style shapes the twin folds to 2-D) or a leading block extent of 2 (which it hands back to
+    the spec)."""
+    import ml_dtypes
+    from refquant.conformance.strategies import affine_matrix, as_float_dtype, block_sizes
+    bits = draw(st.integers(2, 8))
+    dt = draw(st.sampled_from([np.float32, np.float16, ml_dtypes.bfloat16]))
+    x = as_float_dtype(draw(affine_matrix(unit=16, bits=bits)), dt)
+    _, block = draw(block_sizes(x.shape, partial=partial))
+    lead = draw(st.sampled_from([0, 0, 1, 2]))
+    if lead:
+        x = np.stack([x] * lead) if draw(st.booleans()) else np.stack([x, -x])[:lead]
+        block = (draw(st.sampled_from([1, lead])),) + tuple(block)
+    return x, bits, tuple(block)
+
+
+@settings(max_examples=60)
+@given(c=_affine_case(), signed=st.booleans(), mapping=st.sampled_from(["SYMMETRIC", "SYMMETRIC_NO_CLIPPING_ERR", "ASYMMETRIC"]),
+       scale_dtype=st.sampled_from([None, "float32", "float16", "bfloat16"]),
+       zdt=st.sampled_from([np.int32, np.int8, np.float32, "bfloat16"]), no_zero=st.booleans(),
+       out=st.sampled_from(["float32", "float16", "bfloat16"]))
+def test_affine_torchao_twin(c, signed, mapping, scale_dtype, zdt, no_zero, out):
+    from backends.numba import affine as nba
+    from refquant import affine as A
+    x, bits, block = c
+    if mapping == "SYMMETRIC_NO_CLIPPING_ERR":
+        signed = True
+    zdt = A.float_dtype(zdt) if isinstance(zdt, str) else zdt
+    s, z = A.choose_qparams_torchao(x, block, bits, mapping, signed, scale_dtype=scale_dtype, zero_point_dtype=zdt)
+    z = None if no_zero else z
+    q = _same_or_same_error(A.quantize_torchao, nba.quantize_torchao, x, s, z, block, bits, signed)
+    if q is not None:
+        _same_or_same_error(A.dequantize_torchao, nba.dequantize_torchao, q, s, z, block, out)
+        _same_or_same_error(A.dequantize, nba.dequantize, q, s, z, block, "torchao", output_dtype=out)
+
+
+@settings(max_examples=60)
+@given(c=_affine_case(), sdt=st.sampled_from([None, "float32", "bfloat16", "float16"]),
+       zdt=st.sampled_from([None, "float32", "bfloat16"]), out=st.sampled_from(["float32", "float16", "bfloat16"]))
+def test_affine_torchao_float_zero_twin(c, sdt, zdt, out):
+    from backends.numba import affine as nba
+    from refquant import affine as A
+    x, bits, block = c
+    s, z = A.choose_qparams_torchao_float_zero(x, block, bits, scale_dtype=sdt, zero_point_dtype=zdt)
+    q = _same_or_same_error(A.quantize_torchao_float_zero, nba.quantize_torchao_float_zero, x, s, z, block, bits)
+    if q is not None:
+        _same_or_same_error(A.dequantize_torchao_float_zero, nba.dequantize_torchao_float_zero, q, s, z, block,
+                            bits, out)
+
+
+@settings(max_examples=60)
+@given(c=_affine_case(partial=True), symmetric=st.booleans(), zero_dim=st.booleans(),
+       out=st.sampled_from([None, "float32", "float16", "bfloat16"]))
+def test_affine_compressed_tensors_twin(c, symmetric, zero_dim, out):
+    from backends.numba import affine as nba
+    from refquant import affine as A
+    x, bits, block = c
+    s, z = A.choose_qparams_compressed_tensors(x, block, bits, symmetric, zero_dim_minmax=zero_dim)
+    z = None if symmetric else z
+    q = _same_or_same_error(A.quantize_compressed_tensors, nba.quantize_compressed_tensors, x, s, z, block, bits)
+    if q is not None:
+        _same_or_same_error(A.dequantize_compressed_tensors, nba.dequantize_compressed_tensors, q, s, z, block, out)
+
+
+@settings(max_examples=60)
+@given(c=_affine_case(), symmetric=st.booleans(), awq_zero=st.booleans())
+def test_affine_gptq_and_awq_twins(c, symmetric, awq_zero):
+    from backends.numba import affine as nba
+    from refquant import affine as A
+    x, bits, block = c
+    s, z = A.choose_qparams_gptq(x, block, bits, symmetric)
+    q = _same_or_same_error(A.quantize_gptq, nba.quantize_gptq, x, s, z, block, bits)
+    if q is not None:
+        _same_or_same_error(A.dequantize_gptq, nba.dequantize_gptq, q, s, z, block)
+        _same_or_same_error(A.dequantize, nba.dequantize, q, s, z, block, "gptq")
+    s, z = A.choose_qparams_awq(x, block, bits, awq_zero)
+    q = _same_or_same_error(A.quantize_awq, nba.quantize_awq, x, s, z, block, bits)
+    if q is not None:
+        _same_or_same_error(A.dequantize_awq, nba.dequantize_awq, q, s, z, block)
+    _same_or_same_error(A.quantize, nba.quantize, x, s, z, block, bits, "awq")
+
+
+def test_affine_twin_refuses_what_the_spec_refuses():
+    from backends.numba import affine as nba
+    from refquant import affine as A
+    x = np.ones((2, 32), np.float32)
+    bad_scale = np.array([[1.0], [0.0]], np.float32)
+    _same_or_same_error(A.quantize_torchao, nba.quantize_torchao, x, bad_scale, None, (1, 32), 4)
+    _same_or_same_error(A.quantize_gptq, nba.quantize_gptq, x, np.ones((2, 1), np.float32), None, (1, 32), 9)
+    _same_or_same_error(A.dequantize_awq, nba.dequantize_awq, np.full((2, 32), 300), np.ones((2, 1), np.float32),
+                        None, (1, 32))
+    _same_or_same_error(A.quantize, nba.quantize, x, np.ones((2, 1), np.float32), None, (1, 32), 4, "nope")

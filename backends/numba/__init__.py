@@ -16,6 +16,10 @@ Claimed: quantize (with and without an importance matrix) and dequantize of F16,
 legacy types, the K-quants Q2_K..Q6_K and Q8_K, IQ4_NL, IQ4_XS, the lattice types IQ1_S, IQ1_M,
 IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S, TQ1_0, TQ2_0, Q1_0, MXFP4, NVFP4 and the minifloat row
 formats (backends/numba/minifloat.py also has encode/decode with the spec's saturate option);
+affine encode/decode (quantize/dequantize given the scale and zero point) of every
+refquant.affine convention — torchao in both zero-point domains, compressed-tensors, GPTQ,
+AWQ — in backends/numba/affine.py, with the spec's signatures (choose_qparams is the spec's;
+a block_size whose leading axes do not fold to 2-D runs the spec);
 vec_dot of the legacy weight types; the W4A16, W8A8 and FP8 matmuls. Not claimed (the spec
 runs): the OCP MX and bitsandbytes formats, vec_dot of the K-quant types (the spec has none yet).
 
@@ -30,7 +34,7 @@ from refquant.backend import Backend
 
 # The twin modules, by their path relative to the spec's package. New families join this list.
 MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.iquants_grid", "ggml.lowbit", "ggml.fp4",
-           "ggml.dot", "minifloat", "gemm", "ggml.iquants_iq1")
+           "ggml.dot", "minifloat", "affine", "gemm", "ggml.iquants_iq1")
 TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
 
 

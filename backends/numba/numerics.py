@@ -2,6 +2,19 @@
 kernels inline. Every function is compiled with fastmath off (numba's default), so LLVM neither
 reassociates nor contracts `a*b + c` into an FMA; where the spec wants an FMA, `fmaf` asks for one.
 
+Vectorising the loops over positions (read in inspect_asm / inspect_llvm output, numba 0.68
+with LLVM 22): Numba runs LLVM's loop vectoriser but not its SLP vectoriser, so
+* a loop with a constant trip count (`for j in range(32)`) is fully unrolled first and then
+  stays scalar: a hot loop over a block's positions takes its length as an argument (`n32`,
+  32 passed by the Python wrapper at run time), which the vectoriser handles with a runtime
+  alias check between input and output;
+* an array index of a signed type gets Numba's negative-index wraparound (`i < 0 ? i + n : i`),
+  which turns a vectorised load into sixteen scalar loads: such a loop indexes with unsigned
+  integers (U64 offsets, `range(U64(n32))`), for which Numba emits no wraparound;
+* Numba computes integer arithmetic in int64, and a shift by a variable amount keeps the
+  vector lanes 64 bits wide: shift uint8 values by constants and truncate to int32 before the
+  float conversion, and LLVM narrows the lanes to 32 bits.
+
 float32 discipline: a Python float or int mixed into float32 arithmetic would promote it to
 float64 in Numba, so every constant here is a np.float32 and every int is converted explicitly.
 """
@@ -16,6 +29,7 @@ from numba.extending import intrinsic
 from refquant.numerics import fp16_bits_to_fp32
 
 F32 = np.float32
+U64 = np.uint64  # unsigned array offsets: no wraparound code (see above)
 JIT = dict(cache=True, fastmath=False, nogil=True)          # every kernel
 INLINE = dict(cache=True, fastmath=False, inline="always")  # scalar helpers
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..numerics import FP16_TABLE, JIT, fp32_to_bf16_bits, fp32_to_fp16_bits
+from ..numerics import FP16_TABLE, JIT, U64, fp32_to_bf16_bits, fp32_to_fp16_bits
 
 PJIT = dict(JIT, parallel=True)
 
@@ -33,8 +33,9 @@ def _from_f16(h, out):
 
 @njit(**PJIT)
 def _from_bf16(h, out):
+    """Unsigned offsets: a loop LLVM vectorises (see ..numerics)."""
     for r in prange(h.shape[0]):
-        for j in range(h.shape[1]):
+        for j in range(U64(h.shape[1])):
             out[r, j] = np.uint32(h[r, j]) << np.uint32(16)
 
 

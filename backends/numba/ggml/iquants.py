@@ -7,7 +7,7 @@ from numba import njit, prange
 
 from refquant.ggml.iquants import KVALUES_IQ4NL
 
-from ..numerics import F32, JIT, ONE, ZERO, fp16_to_fp32, nearest_int, store_fp16
+from ..numerics import F32, JIT, ONE, U64, ZERO, fp16_to_fp32, nearest_int, store_fp16
 
 QK4_NL = 32
 QK_K = 256
@@ -34,19 +34,39 @@ def best_index_int8(x):
 
 
 @njit(**dict(JIT, inline="always"))
-def _sums(x, w, iscale):
+def nearest_value(x):
+    """VALS[best_index_int8(x)] without the index: the bracket's ends by selects (VALS is
+    sorted), so that a loop of these vectorises; a NaN gives VALS[15], as the search does."""
+    lo = VALS[0]
+    hi = VALS[1]
+    for k in range(1, 15):
+        if x >= VALS[k]:
+            lo = VALS[k]
+            hi = VALS[k + 1]
+    v = lo if x - lo < hi - x else hi
+    return VALS[15] if x != x else v
+
+
+@njit(**dict(JIT, inline="always"))
+def _sums(x, w, iscale, n32, px, pq):
+    """sumqx = Σ (w q) x and sumq2 = Σ (w q) q in C's order. The products are formed first, in a
+    loop of n32 (32 at run time) with unsigned offsets that LLVM vectorises (see ..numerics);
+    only the two float32 sums run in sequence."""
+    for j in range(U64(n32)):
+        q = nearest_value(iscale * x[j])
+        wq = w[j] * q
+        px[j] = wq * x[j]
+        pq[j] = wq * q
     sumqx = ZERO
     sumq2 = ZERO
-    for j in range(x.shape[0]):
-        q = VALS[best_index_int8(iscale * x[j])]
-        wq = w[j] * q
-        sumqx += wq * x[j]
-        sumq2 += wq * q
+    for j in range(U64(n32)):
+        sumqx += px[j]
+        sumq2 += pq[j]
     return sumqx, sumq2
 
 
 @njit(**dict(JIT, inline="always"))
-def block_scale(x, w):
+def block_scale(x, w, n32, px, pq):
     """The scale search of quantize_row_iq4_nl_impl (ntry = 7) for one block of 32."""
     amax = ZERO
     vmax = ZERO
@@ -58,12 +78,12 @@ def block_scale(x, w):
     if amax < GROUP_MAX_EPS:
         return ZERO
     d = -vmax / VALS[0]
-    sumqx, sumq2 = _sums(x, w, ONE / d)
+    sumqx, sumq2 = _sums(x, w, ONE / d, n32, px, pq)
     d = sumqx / sumq2 if sumq2 > ZERO else ZERO
     best = d * sumqx
     for itry in range(-NTRY, NTRY + 1):
         iscale = F32(itry + V0) / vmax
-        sumqx, sumq2 = _sums(x, w, iscale)
+        sumqx, sumq2 = _sums(x, w, iscale, n32, px, pq)
         if sumq2 > ZERO and sumqx * sumqx > best * sumq2:
             d = sumqx / sumq2
             best = d * sumqx
@@ -99,26 +119,30 @@ def _pack_codes(x, idv, o, at):
 
 
 @njit(**PJIT)
-def _quantize_iq4_nl(x, imatrix, use_imatrix, out):
+def _quantize_iq4_nl(x, imatrix, use_imatrix, out, n32):
     nrows, n = x.shape
     nb = n // QK4_NL
     for r in prange(nrows):
         w = np.empty(QK4_NL, np.float32)
+        px = np.empty(QK4_NL, np.float32)
+        pq = np.empty(QK4_NL, np.float32)
         for b in range(nb):
             xb = x[r, b * QK4_NL:(b + 1) * QK4_NL]
             o = out[r, b * 18:(b + 1) * 18]
             _weights(xb, imatrix[b * QK4_NL:(b + 1) * QK4_NL] if use_imatrix else imatrix, use_imatrix, w)
-            d = block_scale(xb, w)
+            d = block_scale(xb, w, n32, px, pq)
             store_fp16(o, 0, d)
             _pack_codes(xb, _recip(d), o, 2)
 
 
 @njit(**PJIT)
-def _quantize_iq4_xs(x, imatrix, use_imatrix, out):
+def _quantize_iq4_xs(x, imatrix, use_imatrix, out, n32):
     nrows, n = x.shape
     nb = n // QK_K
     for r in prange(nrows):
         w = np.empty(QK_K, np.float32)
+        px = np.empty(QK4_NL, np.float32)
+        pq = np.empty(QK4_NL, np.float32)
         scales = np.empty(8, np.float32)
         for b in range(nb):
             xb = x[r, b * QK_K:(b + 1) * QK_K]
@@ -127,7 +151,7 @@ def _quantize_iq4_xs(x, imatrix, use_imatrix, out):
             amax = ZERO
             max_scale = ZERO
             for ib in range(8):
-                s = block_scale(xb[32 * ib:32 * ib + 32], w[32 * ib:32 * ib + 32])
+                s = block_scale(xb[32 * ib:32 * ib + 32], w[32 * ib:32 * ib + 32], n32, px, pq)
                 scales[ib] = s
                 a = abs(s)
                 if a > amax:
@@ -191,13 +215,13 @@ def _im(imatrix):
 
 def quantize_iq4_nl(x, imatrix=None):
     out = np.empty((x.shape[0], x.shape[1] // QK4_NL * 18), np.uint8)
-    _quantize_iq4_nl(np.ascontiguousarray(x, dtype=np.float32), *_im(imatrix), out)
+    _quantize_iq4_nl(np.ascontiguousarray(x, dtype=np.float32), *_im(imatrix), out, 32)
     return out
 
 
 def quantize_iq4_xs(x, imatrix=None):
     out = np.empty((x.shape[0], x.shape[1] // QK_K * 136), np.uint8)
-    _quantize_iq4_xs(np.ascontiguousarray(x, dtype=np.float32), *_im(imatrix), out)
+    _quantize_iq4_xs(np.ascontiguousarray(x, dtype=np.float32), *_im(imatrix), out, 32)
     return out
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..numerics import (F32, HALF, JIT, ZERO, c_float_to_int8, c_float_to_uint8, fp16_to_fp32,
+from ..numerics import (F32, HALF, JIT, U64, ZERO, c_float_to_int8, c_float_to_uint8, fp16_to_fp32,
                         reciprocal_or_zero, roundf, store_fp16)
 from .search import make_qkx3_quants, make_qx_quants
 
@@ -32,13 +32,15 @@ def _row_weights(x, imatrix, w):
 # --------------------------------------------------------------------------- Q4_0, Q5_0
 
 @njit(**PJIT)
-def _quantize_q4_0_q5_0(x, out, five):
+def _quantize_q4_0_q5_0(x, out, five, qk):
+    """The codes in a loop of qk (QK at run time) with unsigned offsets, which LLVM vectorises
+    (see ..numerics)."""
     nrows, n = x.shape
     nb = n // QK
     ts = 22 if five else 18
     half = -16 if five else -8
     offs = F32(16.5) if five else F32(8.5)
-    top = 31 if five else 15
+    top = np.int32(31) if five else np.int32(15)
     for r in prange(nrows):
         q = np.empty(QK, np.int32)
         for b in range(nb):
@@ -52,8 +54,10 @@ def _quantize_q4_0_q5_0(x, out, five):
                     vmax = xb[j]
             d = vmax / F32(half)
             idv = reciprocal_or_zero(d)
-            for j in range(QK):
-                q[j] = min(top, np.int32(c_float_to_int8(xb[j] * idv + offs)))
+            x0 = U64(b * QK)
+            for j in range(U64(qk)):
+                c = np.int32(c_float_to_int8(x[r, x0 + j] * idv + offs))
+                q[j] = c if c < top else top
             store_fp16(o, 0, d)
             _pack(q, o, 2, five)
 
@@ -90,7 +94,7 @@ def _pack(q, o, at, five):
 
 
 @njit(**PJIT)
-def _dequantize_q4_0_q5_0(data, out, five):
+def _dequantize_q4_0_q5_0(data, out, five, qk):
     nrows = data.shape[0]
     ts = 22 if five else 18
     nb = data.shape[1] // ts
@@ -106,10 +110,13 @@ def _dequantize_q4_0_q5_0(data, out, five):
                     h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
                     y[j] = F32((np.int32(o[6 + j]) & 0x0F | h0) - 16) * d
                     y[j + 16] = F32((np.int32(o[6 + j]) >> 4 | h1) - 16) * d
-            else:
-                for j in range(QK // 2):
-                    y[j] = F32((np.int32(o[2 + j]) & 0x0F) - 8) * d
-                    y[j + 16] = F32((np.int32(o[2 + j]) >> 4) - 8) * d
+            else:  # a loop of qk / 2 (at run time) with unsigned offsets: vectorised (see ..numerics)
+                i0 = U64(b * ts + 2)
+                y0 = U64(b * QK)
+                for j in range(U64(qk >> 1)):
+                    byte = data[r, i0 + j]
+                    out[r, y0 + j] = F32(np.int32(byte & np.uint8(0x0F)) - np.int32(8)) * d
+                    out[r, y0 + U64(16) + j] = F32(np.int32(byte >> np.uint8(4)) - np.int32(8)) * d
 
 
 # --------------------------------------------------------------------------- Q4_1, Q5_1
@@ -231,22 +238,20 @@ def _quantize_q8(x, out, with_sum):
 
 
 @njit(**PJIT)
-def _dequantize_q8(data, sdata, out, with_sum):
-    """sdata: the same bytes viewed as int8 (the qs are read signed)."""
+def _dequantize_q8(data, sdata, out, with_sum, qk):
+    """sdata: the same bytes viewed as int8 (the qs are read signed). qk: QK passed at run time and
+    unsigned offsets, so that LLVM vectorises the loop over positions (see ..numerics)."""
     nrows = data.shape[0]
     ts = 36 if with_sum else 34
     at = 4 if with_sum else 2
     nb = data.shape[1] // ts
     for r in prange(nrows):
-        row = data[r]
-        srow = sdata[r]
-        y = out[r]
         for b in range(nb):
-            d = fp16_to_fp32(row[b * ts], row[b * ts + 1])
-            qs = srow[b * ts + at:b * ts + at + QK]
-            yb = y[b * QK:b * QK + QK]
-            for j in range(QK):
-                yb[j] = F32(qs[j]) * d
+            d = fp16_to_fp32(data[r, b * ts], data[r, b * ts + 1])
+            i0 = U64(b * ts + at)
+            y0 = U64(b * qk)
+            for j in range(U64(qk)):
+                out[r, y0 + j] = F32(sdata[r, i0 + j]) * d
 
 
 # --------------------------------------------------------------------------- the spec's signatures
@@ -266,7 +271,7 @@ def _c(x):
 def quantize_q4_0(x, imatrix=None):
     out = _out(x, 18)
     if imatrix is None:
-        _quantize_q4_0_q5_0(_c(x), out, False)
+        _quantize_q4_0_q5_0(_c(x), out, False, QK)
     else:
         _quantize_q4_0_q5_0_imatrix(_c(x), _c(imatrix), out, False)
     return out
@@ -275,7 +280,7 @@ def quantize_q4_0(x, imatrix=None):
 def quantize_q5_0(x, imatrix=None):
     out = _out(x, 22)
     if imatrix is None:
-        _quantize_q4_0_q5_0(_c(x), out, True)
+        _quantize_q4_0_q5_0(_c(x), out, True, QK)
     else:
         _quantize_q4_0_q5_0_imatrix(_c(x), _c(imatrix), out, True)
     return out
@@ -313,13 +318,13 @@ def quantize_q8_1(x, imatrix=None):
 
 def dequantize_q4_0(data):
     out = _deq_out(data, 18)
-    _dequantize_q4_0_q5_0(_c(data), out, False)
+    _dequantize_q4_0_q5_0(_c(data), out, False, QK)
     return out
 
 
 def dequantize_q5_0(data):
     out = _deq_out(data, 22)
-    _dequantize_q4_0_q5_0(_c(data), out, True)
+    _dequantize_q4_0_q5_0(_c(data), out, True, QK)
     return out
 
 
@@ -338,14 +343,14 @@ def dequantize_q5_1(data):
 def dequantize_q8_0(data):
     out = _deq_out(data, 34)
     data = _c(data)
-    _dequantize_q8(data, data.view(np.int8), out, False)
+    _dequantize_q8(data, data.view(np.int8), out, False, QK)
     return out
 
 
 def dequantize_q8_1(data):
     out = _deq_out(data, 36)
     data = _c(data)
-    _dequantize_q8(data, data.view(np.int8), out, True)
+    _dequantize_q8(data, data.view(np.int8), out, True, QK)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..numerics import F32, JIT, ONE, ZERO, fp16_to_fp32, roundf, store_fp16
+from ..numerics import F32, JIT, ONE, U64, ZERO, fp16_to_fp32, roundf, store_fp16
 
 QK_K = 256
 QK1_0 = 128
@@ -69,17 +69,17 @@ def _quantize_tq1_0(x, out):
 
 
 @njit(**dict(JIT, inline="always"))
-def _trit(byte, k):
-    """The k-th trit of a byte: q = byte * 3^k (mod 256), (q * 3) >> 8, as float32 (t - 1)."""
-    p = 1
-    for _ in range(k):
-        p *= 3
+def _trit(byte, p):
+    """A trit of a byte, p = 3^k for the k-th: q = byte * p (mod 256), (q * 3) >> 8, as float32
+    (t - 1)."""
     q = (np.int32(byte) * p) & 0xFF
-    return F32(((q * 3) >> 8) - 1)
+    return F32(np.int32(((q * 3) >> 8) - 1))
 
 
 @njit(**PJIT)
-def _dequantize_tq1_0(data, out):
+def _dequantize_tq1_0(data, out, n32):
+    """The loops over positions take n32 = 32 at run time, with unsigned offsets and the five
+    trits of a byte in one body: loops LLVM vectorises (see ..numerics)."""
     nrows = data.shape[0]
     nb = data.shape[1] // 54
     for r in prange(nrows):
@@ -87,14 +87,19 @@ def _dequantize_tq1_0(data, out):
             o = data[r, b * 54:(b + 1) * 54]
             y = out[r, b * QK_K:(b + 1) * QK_K]
             d = fp16_to_fp32(o[52], o[53])
-            for k in range(5):
-                for m in range(32):
-                    y[m + 32 * k] = _trit(o[m], k) * d
-                for m in range(16):
-                    y[160 + m + 16 * k] = _trit(o[32 + m], k) * d
+            i0 = U64(b * 54)
+            y0 = U64(b * QK_K)
+            for m in range(U64(n32)):
+                byte = data[r, i0 + m]
+                for k in range(5):
+                    out[r, y0 + U64(32 * k) + m] = _trit(byte, 3 ** k) * d
+            for m in range(U64(n32 >> 1)):
+                byte = data[r, i0 + U64(32) + m]
+                for k in range(5):
+                    out[r, y0 + U64(160 + 16 * k) + m] = _trit(byte, 3 ** k) * d
             for k in range(4):
                 for j in range(4):
-                    y[240 + j + 4 * k] = _trit(o[48 + j], k) * d
+                    y[240 + j + 4 * k] = _trit(o[48 + j], 3 ** k) * d
 
 
 @njit(**PJIT)
@@ -116,19 +121,23 @@ def _quantize_tq2_0(x, out):
 
 
 @njit(**PJIT)
-def _dequantize_tq2_0(data, out):
+def _dequantize_tq2_0(data, out, n32):
+    """One loop over the 32 bytes of each half, the four 2-bit fields of a byte in its body, n32 =
+    32 at run time and unsigned offsets: a loop LLVM vectorises (see ..numerics)."""
     nrows = data.shape[0]
     nb = data.shape[1] // 66
     for r in prange(nrows):
         for b in range(nb):
             o = data[r, b * 66:(b + 1) * 66]
-            y = out[r, b * QK_K:(b + 1) * QK_K]
             d = fp16_to_fp32(o[64], o[65])
             for h in range(2):
-                for k in range(4):
-                    for m in range(32):
-                        q = (np.int32(o[32 * h + m]) >> (2 * k)) & 3
-                        y[128 * h + 32 * k + m] = F32(q - 1) * d
+                i0 = U64(b * 66 + 32 * h)
+                y0 = U64(b * QK_K + 128 * h)
+                for m in range(U64(n32)):
+                    byte = data[r, i0 + m]
+                    for k in range(4):
+                        q = np.int32((byte >> np.uint8(2 * k)) & np.uint8(3)) - np.int32(1)
+                        out[r, y0 + U64(32 * k) + m] = F32(np.int32(q)) * d
 
 
 @njit(**PJIT)
@@ -170,10 +179,15 @@ def _wrap(kernel, block, ts, quantize):
             out = np.empty((x.shape[0], x.shape[1] // block * ts), np.uint8)
             kernel(np.ascontiguousarray(x, dtype=np.float32), out)
             return out
-    else:
+    elif kernel is _dequantize_q1_0:
         def f(data):
             out = np.empty((data.shape[0], data.shape[1] // ts * block), np.float32)
             kernel(np.ascontiguousarray(data), out)
+            return out
+    else:
+        def f(data):
+            out = np.empty((data.shape[0], data.shape[1] // ts * block), np.float32)
+            kernel(np.ascontiguousarray(data), out, 32)  # n32, passed at run time
             return out
     return f
 
