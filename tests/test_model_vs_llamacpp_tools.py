@@ -64,8 +64,11 @@ def _isa(log: str) -> str:
 
 
 def _common():
+    # -fa off: the tools' default (auto) takes ggml's flash-attention kernel on the CPU, which
+    # accumulates softmax(qk) v in F16 (online softmax); this forward reproduces the separate
+    # KQ, softmax and KQV products llama.cpp builds without it (llama-cpp-python's default)
     return ["-m", str(smollm2_path()), "-f", str(botchan_path()), "-c", str(N_CTX), "--chunks", str(N_CHUNKS),
-            "-t", "1", "-b", str(N_CTX)]
+            "-t", "1", "-b", str(N_CTX), "-fa", "off"]
 
 
 _R = {}
@@ -158,12 +161,10 @@ def test_imatrix_vs_llama_imatrix(tmp_path):
     # sums are llama.cpp's bit for bit
     for name in ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight"):
         assert np.array_equal(ours[name][0], tool[name][0]), name
-    # elsewhere: the summation-order bound, on the sum over all tensors of |Δ in_sum2| relative
-    # to the tensor's total
-    d_tool = d_R = 0.0
+    # elsewhere the summation-order bound, tensor by tensor: sum |Δ in_sum2| against llama.cpp
+    # at most twice that against R
     for name in tool:
         s_ours = ours[name][0].astype(np.float64)
-        scale = np.abs(s_ours).sum()
-        d_tool += np.abs(s_ours - tool[name][0]).sum() / scale
-        d_R += np.abs(s_ours - R.sums[name].astype(np.float64)).sum() / scale
-    assert d_tool <= 2 * d_R, (d_tool, d_R)
+        d_tool = np.abs(s_ours - tool[name][0]).sum()
+        d_R = np.abs(s_ours - R.sums[name]).sum()
+        assert d_tool <= 2 * d_R, (name, d_tool / np.abs(s_ours).sum(), d_R / np.abs(s_ours).sum())
