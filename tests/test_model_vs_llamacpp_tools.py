@@ -123,8 +123,11 @@ def test_perplexity_vs_llama_perplexity(tmp_path, capsys):
     R, _, toks = _reference(isa)
     assert list(tool_tokens) == toks[:N_CTX * N_CHUNKS]
     assert n_scored == R.n_tokens == n_chunk * (N_CTX - 1 - N_CTX // 2)
-    # the printed values carry 4 decimals: R's is rounded the same way
-    assert abs(ours_ppl - tool_ppl) <= 2 * abs(ours_ppl - round(R.ppl, 4)) + 1e-4, (ours_ppl, tool_ppl, R.ppl)
+    # the printed values carry 4 decimals: R's are rounded the same way. Each chunk's running
+    # perplexity is a function of the forward too, so the bound holds for each.
+    assert ours_chunks[-1] == ours_ppl
+    for o, t, r in zip(ours_chunks, tool_chunks, R.chunk_ppl):
+        assert abs(o - t) <= 2 * abs(o - round(r, 4)) + 1e-4, (ours_chunks, tool_chunks, R.chunk_ppl)
 
 
 def _read_imatrix(path):
