@@ -93,7 +93,7 @@ def _reference(isa):
 
 
 def _parse_ppl(log):
-    chunks = [float(v) for v in re.findall(r"\[\d+\]([0-9.]+),", log)]
+    chunks = [float(v) for v in re.findall(r"\[\d+\]([0-9]+\.[0-9]+)", log)]
     final = float(re.search(r"PPL = ([0-9.]+)", log).group(1))
     return chunks, final
 
