@@ -4,8 +4,10 @@ and `llama-imatrix`, on SmolLM2-135M Q4_1 and Botchan (4 chunks of 128 tokens).
 The tools are not part of any Python package: they are built by hand from the llama.cpp sources
 vendored in the llama-cpp-python 0.3.36 sdist (spec/model.md, "Against llama.cpp's tools"):
 
-    cmake -S llama_cpp_python-0.3.36/vendor/llama.cpp -B build -DCMAKE_BUILD_TYPE=Release
+    cmake -S llama_cpp_python-0.3.36/vendor/llama.cpp -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF
     cmake --build build --target llama-perplexity llama-imatrix
+
+(GGML_NATIVE=OFF gives an AVX2 build; a native one serves as well, the test reads which)
 
 and named by the environment variables LLAMA_PERPLEXITY and LLAMA_IMATRIX. Without them (CI)
 these tests skip.
