@@ -10,6 +10,8 @@
                                                         a safetensors checkpoint, calibrated on a text
     refquant perplexity MODEL.gguf --text FILE [--ctx N] [--chunks K] [--base BASE.gguf]
                                                         perplexity as llama-perplexity computes it
+    refquant imatrix MODEL.gguf --text FILE -o OUT.gguf [--ctx N] [--chunks K]
+                                                        importance matrix as llama-imatrix collects it
 
 Bad input gives one line on stderr and exit status 2; an interrupted or failed write leaves no
 output file.
@@ -154,10 +156,23 @@ def cmd_vectors(args) -> int:
     return 0
 
 
+def cmd_perplexity(args) -> int:
+    from .model.perplexity import model_perplexity
+    text = _read_text(args.text)
+    r = model_perplexity(args.model, text, args.ctx, args.chunks, base_path=args.base,
+                         llamacpp_numerics=args.llamacpp_numerics,
+                         dtype=np.float64 if args.float64 else np.float32, isa=args.isa)
+    for i, v in enumerate(r.chunk_ppl):
+        print(f"[{i + 1}]{v:.4f}", end="," if i + 1 < len(r.chunk_ppl) else "\n")
+    print(r)
+    return 0
+
+
 def _read_text(path) -> str:
+    """The file's bytes as UTF-8, as they are (llama-perplexity and llama-imatrix read them so)."""
     from .errors import InputError
     try:
-        with open(path, "rb") as fh:     # read the bytes as they are (as llama-perplexity does)
+        with open(path, "rb") as fh:
             return fh.read().decode("utf-8")
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
@@ -165,15 +180,18 @@ def _read_text(path) -> str:
         raise InputError(f"{path} is not UTF-8 text ({e})") from None
 
 
-def cmd_perplexity(args) -> int:
-    from .model.perplexity import model_perplexity
+def cmd_imatrix(args) -> int:
+    import os
+    from .model import Model, Weights
+    from .model.imatrix import collect_imatrix, write_imatrix_gguf
+    from .model.tokenizer import Tokenizer
     text = _read_text(args.text)
-    r = model_perplexity(args.model, text, args.ctx, args.chunks, base_path=args.base,
-                         llamacpp_numerics=args.llamacpp_numerics,
-                         dtype=np.float64 if args.float64 else np.float32)
-    for i, v in enumerate(r.chunk_ppl):
-        print(f"[{i + 1}]{v:.4f}", end="," if i + 1 < len(r.chunk_ppl) else "\n")
-    print(r)
+    tk = Tokenizer.from_gguf(args.model)
+    m = Model(Weights.from_gguf(args.model), args.llamacpp_numerics, args.isa)
+    bos = int(tk.bos) if tk.add_bos and tk.bos is not None else None
+    col, n = collect_imatrix(m, tk.encode(text), args.ctx, bos, args.chunks, args.process_output)
+    write_imatrix_gguf(args.output, col, [os.path.basename(args.text)], n, args.ctx)
+    print(f"wrote {len(col.sums)} entries ({n} chunks of {args.ctx} tokens) to {args.output}")
     return 0
 
 
@@ -254,8 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base", help="base model: also report mean KL divergence and top-1 agreement")
     s.add_argument("--llamacpp-numerics", action="store_true",
                    help="round as llama.cpp's CPU backend does (Q8 activations, F16 KV cache)")
+    s.add_argument("--isa", choices=["avx512", "avx2"], default=None,
+                   help="with --llamacpp-numerics: whose vector expf (SiLU, softmax) to reproduce; default this "
+                        "machine's, as a native llama.cpp build uses (a GGML_NATIVE=OFF x86 build uses avx2)")
     s.add_argument("--float64", action="store_true", help="run the forward in float64")
     s.set_defaults(func=cmd_perplexity)
+
+    s = sub.add_parser("imatrix", help="importance matrix of a GGUF model on a text, as llama-imatrix collects it")
+    s.add_argument("model", help="GGUF model (llama or gemma3)")
+    s.add_argument("--text", required=True, help="UTF-8 text file")
+    s.add_argument("-o", "--output", required=True, help="imatrix GGUF to write")
+    s.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")
+    s.add_argument("--chunks", type=int, default=None, help="evaluate at most this many chunks")
+    s.add_argument("--process-output", action="store_true", help="also collect output.weight's inputs")
+    s.add_argument("--llamacpp-numerics", action="store_true",
+                   help="round as llama.cpp's CPU backend does (the activations llama-imatrix sees)")
+    s.add_argument("--isa", choices=["avx512", "avx2"], default=None,
+                   help="with --llamacpp-numerics: whose vector expf to reproduce (default this machine's)")
+    s.set_defaults(func=cmd_imatrix)
     return p
 
 

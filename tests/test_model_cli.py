@@ -27,3 +27,20 @@ def test_perplexity_cli_errors(capsys, tmp_path):
     short.write_text("Too short.")
     assert main(["perplexity", str(smollm2_path()), "--text", str(short), "--ctx", "64"]) == 2
     assert "need at least 128 tokens" in capsys.readouterr().err
+
+
+def test_imatrix_cli(capsys, tmp_path):
+    """`refquant imatrix` writes a GGUF imatrix that the llama-quantize reader takes: every
+    linear layer of the blocks, 2 chunks of 16 rows each. (Its values against llama-imatrix:
+    tests/test_model_vs_llamacpp_tools.py.)"""
+    from refquant.ggml.imatrix import read_imatrix
+    text = tmp_path / "t.txt"
+    text.write_bytes(botchan_path().read_bytes()[:1500])
+    out = tmp_path / "im.gguf"
+    rc = main(["imatrix", str(smollm2_path()), "--text", str(text), "-o", str(out), "--ctx", "16", "--chunks", "2"])
+    assert rc == 0 and "wrote 210 entries (2 chunks of 16 tokens)" in capsys.readouterr().out
+    im = read_imatrix(out)
+    assert (im.chunk_count, im.chunk_size, im.datasets) == (2, 16, ["t.txt"])
+    assert len(im.entries) == 210 and "blk.0.ffn_down.weight" in im.entries and "output.weight" not in im.entries
+    assert main(["imatrix", str(smollm2_path()), "--text", str(tmp_path / "none.txt"), "-o", str(out)]) == 2
+    assert "cannot read" in capsys.readouterr().err

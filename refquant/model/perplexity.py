@@ -89,12 +89,17 @@ def perplexity(forward, tokens, n_ctx: int, bos: int | None, n_chunks: int | Non
 
 def model_perplexity(model_path, text: str, n_ctx: int, n_chunks: int | None = None,
                      base_path=None, llamacpp_numerics: bool = False, dtype=np.float32,
-                     progress=None) -> PerplexityResult:
+                     progress=None, isa: str | None = None) -> PerplexityResult:
+    """isa: whose ggml_v_expf llama.cpp's numerics reproduce ('avx512' or 'avx2',
+    refquant.model.ggml_cpu); default this machine's, as a native build of llama.cpp would use."""
     from .forward import Model
     from .tokenizer import Tokenizer
+    from .weights import Weights
+    if isa not in (None, "avx512", "avx2"):
+        raise InputError(f"isa must be 'avx512' or 'avx2', not {isa!r}")
     tk = Tokenizer.from_gguf(model_path)
     tokens = tk.encode(text)
-    m = Model.from_gguf(model_path, dtype=dtype, llamacpp_numerics=llamacpp_numerics)
+    m = Model(Weights.from_gguf(model_path, dtype=dtype), llamacpp_numerics, isa)
     base = None
     if base_path is not None:
         b = Model.from_gguf(base_path, dtype=dtype)
