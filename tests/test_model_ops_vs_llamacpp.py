@@ -99,3 +99,52 @@ def test_quantized_products_within_bound_with_x86_activations(run):
                 else:
                     outside_ref += int((~ok).sum())
     assert outside_ref > 0
+
+
+def test_gemma3_operations():
+    """Gemma 3's own operations, given llama.cpp's inputs: the embedding scale, q/k norms, RoPE
+    with both bases, the sliding-window softmax, the post-norms (bit for bit), and its Q5_0, Q8_0,
+    Q4_K and Q6_K products within the derived bound."""
+    from refquant.models import gemma3_path
+    path = gemma3_path()
+    n = 24
+    toks = Tokenizer.from_gguf(path).encode(botchan_path().read_bytes().decode("utf-8")[:2000])[:n]
+    g = capture(path, toks, n_ctx=64)
+    m = Model.from_gguf(path, llamacpp_numerics=True)
+    c, w, isa = m.cfg, m.w, ggml_cpu.isa()
+    pos = np.arange(n)
+    assert np.array_equal((g["embd|GET_ROWS"] * np.float32(c.embd_scale)).astype(np.float32), g["inp_scaled|SCALE"])
+    f = GGUFFile(path)
+    for il in (0, 5):                        # a sliding-window layer and a global one
+        x = g["inp_scaled|SCALE"] if il == 0 else g[f"l_out-{il - 1}|ADD"]
+        assert np.array_equal(rms_norm(x, w.get(f"blk.{il}.attn_norm.weight"), c.eps), g[f"attn_norm-{il}|MUL"])
+        base = c.rope_base_swa if c.swa_layers[il] else c.rope_base
+        cos, sin = rope_cos_sin(pos, c.n_rot, base, np.float32, ggml_order=True)
+        for name, heads in (("Qcur", c.n_head), ("Kcur", c.n_head_kv)):
+            y = g[f"{name}-{il}|MUL_MAT"].reshape(n, heads, c.head_dim)
+            normed = rms_norm(y, w.get(f"blk.{il}.attn_{name[0].lower()}_norm.weight"), c.eps)
+            assert np.array_equal(normed, g[f"{name}_normed-{il}|MUL"].reshape(normed.shape))
+            assert np.array_equal(apply_rope(normed, cos, sin, c.rope_neox, fma=True),
+                                  g[f"{name}-{il}|ROPE"].reshape(normed.shape))
+        kq = g[f"kq-{il}|MUL_MAT"]
+        i, j = np.arange(n)[:, None], np.arange(kq.shape[-1])[None, :]
+        masked = j > i
+        if c.swa_layers[il]:
+            masked |= (i - j) >= c.sliding_window
+        assert np.array_equal(ggml_cpu.softmax(np.where(masked[None], np.float32(-np.inf), kq), isa),
+                              g[f"kq_soft_max-{il}|SOFT_MAX"])
+        a = g[f"MUL_MAT|blk.{il}.attn_output.weight|y"]
+        assert np.array_equal(rms_norm(a, w.get(f"blk.{il}.post_attention_norm.weight"), c.eps),
+                              g[f"attn_post_norm-{il}|MUL"])
+        assert np.array_equal(rms_norm(g[f"sa_out-{il}|ADD"], w.get(f"blk.{il}.ffn_norm.weight"), c.eps),
+                              g[f"ffn_norm-{il}|MUL"])
+        for wn in ("attn_q", "attn_v", "attn_output", "ffn_down", "ffn_gate"):
+            name = f"blk.{il}.{wn}.weight"
+            qtype = f.info(name).type_name
+            x, y = g[f"MUL_MAT|{name}|x"], g[f"MUL_MAT|{name}|y"]
+            if qtype not in dot.VEC_DOT_TYPE:
+                continue
+            wr = np.asarray(f.raw(name)).reshape(y.shape[-1], -1)
+            qa = dot.quantize_activation(x, dot.vec_dot_type(qtype), "x86")
+            R, S = dot.exact_quantized_dot(wr, qtype, qa)
+            assert (np.abs(y.astype(np.float64) - R) <= dot.simd_error_bound(qtype, x.shape[-1] // 32, S)).all(), name
