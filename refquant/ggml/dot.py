@@ -59,7 +59,13 @@ VEC_DOT_TYPE = {
     "Q5_0": "Q8_0",
     "Q5_1": "Q8_1",
     "Q8_0": "Q8_0",
+    "Q2_K": "Q8_K",
+    "Q3_K": "Q8_K",
+    "Q4_K": "Q8_K",
+    "Q5_K": "Q8_K",
+    "Q6_K": "Q8_K",
 }
+K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 ACTIVATION_VARIANTS = ("ref", "x86")
 
@@ -88,15 +94,17 @@ def _cvtps_epi32(v: np.ndarray) -> np.ndarray:
 
 
 def quantize_activation(a: np.ndarray, qtype: str, variant: str = "ref") -> np.ndarray:
-    """Float32 rows a (M, K) -> bytes (M, K/32 * type_size) of Q8_0 or Q8_1 (step 1)."""
+    """Float32 rows a (M, K) -> bytes (M, K/bs * type_size) of Q8_0, Q8_1 or Q8_K (step 1).
+    Q8_K has one quantizer on every build (x86's quantize_row_q8_K is quantize_row_q8_K_ref):
+    both variants give the same bytes."""
     fmt = get_format(qtype)
-    if fmt.name not in ("Q8_0", "Q8_1"):
-        raise FormatError(f"activations are quantized to Q8_0 or Q8_1 here, not {fmt.name}")
-    if variant == "ref":
+    if fmt.name not in ("Q8_0", "Q8_1", "Q8_K"):
+        raise FormatError(f"activations are quantized to Q8_0, Q8_1 or Q8_K here, not {fmt.name}")
+    if variant not in ACTIVATION_VARIANTS:
+        raise InputError(f"unknown activation variant {variant!r}; known: {', '.join(ACTIVATION_VARIANTS)}")
+    if variant == "ref" or fmt.name == "Q8_K":
         with np.errstate(all="ignore"):  # overflow to inf is part of the C arithmetic
             return fmt.quantize_rows(a, None)
-    if variant != "x86":
-        raise InputError(f"unknown activation variant {variant!r}; known: {', '.join(ACTIVATION_VARIANTS)}")
     xb = as_blocks(a, QK)
     with np.errstate(all="ignore"):
         amax = np.max(np.abs(xb), axis=1)            # _mm256_max_ps over |x|: no NaN here
@@ -197,12 +205,19 @@ def combine(qtype, sumi: np.ndarray, wb: dict, ab: dict) -> np.ndarray:
 def vec_dot_quantized(w: np.ndarray, qtype, qa: np.ndarray) -> np.ndarray:
     """Steps 2-3 on already quantized activations qa (M, bytes of the vec_dot type) -> (M, N)."""
     vt = vec_dot_type(qtype)
+    if vt == "Q8_K":
+        wb, ab = _k_operands(w, qtype, qa)
+        return combine_k(qtype, lane_dots(wb, ab), min_dots(wb, ab), wb, ab)
     wb = decode_weight_blocks(w, qtype)
     ab = decode_activation_blocks(qa, vt)
+    _same_blocks(qtype, wb, ab)
+    return combine(qtype, block_dots(wb["q"], ab["q"]), wb, ab)
+
+
+def _same_blocks(qtype, wb, ab):
     if wb["q"].shape[1] != ab["q"].shape[1]:
         raise InputError(f"{get_format(qtype).name} vec_dot: weight rows have {wb['q'].shape[1]} blocks, "
                          f"activation rows {ab['q'].shape[1]}")
-    return combine(qtype, block_dots(wb["q"], ab["q"]), wb, ab)
 
 
 def vec_dot(w: np.ndarray, qtype, a: np.ndarray, variant: str = "ref") -> np.ndarray:
@@ -211,16 +226,210 @@ def vec_dot(w: np.ndarray, qtype, a: np.ndarray, variant: str = "ref") -> np.nda
     return vec_dot_quantized(w, qtype, quantize_activation(a, vec_dot_type(qtype), variant))
 
 
+# --------------------------------------------------------------------------- K-quants (Q8_K)
+#
+# Weight super-blocks of 256 against Q8_K activation super-blocks (d: float32, qs: int8[256],
+# bsums: int16[16], the sums of each 16 qs). The generic kernels read every weight value as a
+# small integer code q_p with an integer sub-block scale sc_p (and, for Q2_K/Q4_K/Q5_K, an
+# integer sub-block min m_j against bsums[j]), and split the 256 products into 8 integer lanes:
+# lane l collects the positions p = l (mod 8) (the `aux32[l] += scale * aux16[l]` loops).
+#
+#   Q2_K  q = 2-bit code 0..3        sc = scales[p/16] & 0xF   m_j = scales[j] >> 4
+#   Q3_K  q = 3-bit code - 4: -4..3  sc = 6-bit scale - 32     no mins
+#   Q4_K  q = 4-bit code 0..15       sc = 6-bit scale[p/32]    m_j = 6-bit min[j/2]
+#   Q5_K  q = 5-bit code 0..31       sc = 6-bit scale[p/32]    m_j = 6-bit min[j/2]
+#   Q6_K  q = 6-bit code - 32        sc = int8 scales[p/16]    no mins
+#
+# Per super-block b (d_b = fp16(x.d) * y.d and dmin_b = fp16(x.dmin) * y.d, float32 products;
+# f() the int -> float32 conversion, round to nearest even above 2^24):
+#
+#   Q2_K  sumf += fmaf(d_b, f(isum), -(dmin_b * f(summs)))   isum = sum of the 8 lanes,
+#                                                           summs = sum_j m_j * bsums_j
+#   Q3_K  sums[l] = sums[l] + d_b * f(lane_l)                 (multiply, then add: not fused)
+#   Q6_K  sums[l] = sums[l] + d_b * f(lane_l)
+#   Q4_K  sums[l] = fmaf(d_b, f(lane_l), sums[l]);  sumf = fmaf(-dmin_b, f(summs), sumf)
+#   Q5_K  sums[l] = fmaf(d_b, f(lane_l), sums[l]);  sumf = fmaf(-dmin_b, f(summs), sumf)
+#
+# and, for all but Q2_K, after the last super-block: sumf += sums[0]; ...; sumf += sums[7].
+# The fused and unfused steps are those GCC emitted for ggml-python 0.0.45's x86-64 build
+# (contraction on by default): vfmadd231ps / vfnmadd231ss / vfmsub132ss for Q4_K, Q5_K, Q2_K,
+# separate vmulps + vaddps for Q3_K and Q6_K.
+
+QK_K = 256
+
+
+def decode_q8_k(qa: np.ndarray) -> dict[str, np.ndarray]:
+    """Q8_K rows (M, row_bytes) -> {"q": int32 (M, nb, 256), "d": float32 (M, nb),
+    "bsums": int32 (M, nb, 16)}."""
+    M = qa.shape[0]
+    f = split_fields(qa, 292, ("d", 4), ("qs", 256), ("bsums", 32))
+    return {"q": f["qs"].view(np.int8).astype(np.int32).reshape(M, -1, QK_K),
+            "d": np.ascontiguousarray(f["d"]).view("<f4")[:, 0].astype(F32).reshape(M, -1),
+            "bsums": np.ascontiguousarray(f["bsums"]).view("<i2").astype(np.int32).reshape(M, -1, 16)}
+
+
+def decode_k_weight(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
+    """K-quant weight rows (N, row_bytes) -> {"q": int32 (N, nb, 256) codes, "sc": int32
+    (N, nb, 256) the integer scale of each position's sub-block, "d": float32 (N, nb), and for
+    Q2_K/Q4_K/Q5_K "dmin": float32 (N, nb), "m": int32 (N, nb, 16) the min multiplying bsums[j]},
+    as the table above reads them."""
+    from .kquants import _split_nibbles_k, _unpack_2bit, unpack_q3_k_scales, unpack_scale_min_k4
+    name = get_format(qtype).name
+    N = w.shape[0]
+    out = {}
+    if name == "Q2_K":
+        f = split_fields(w, 84, ("scales", 16), ("qs", 64), ("d", 2), ("dmin", 2))
+        q = _unpack_2bit(f["qs"]).astype(np.int32)
+        sc16 = (f["scales"] & 0xF).astype(np.int32)
+        out["m"] = (f["scales"] >> 4).astype(np.int32)
+        out["dmin"] = fp16_bits_to_fp32(u16(f["dmin"]))
+    elif name == "Q3_K":
+        f = split_fields(w, 110, ("hmask", 32), ("qs", 64), ("scales", 12), ("d", 2))
+        hbit = ((f["hmask"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(-1, QK_K)
+        q = _unpack_2bit(f["qs"]).astype(np.int32) - np.where(hbit != 0, 0, 4)   # hm & m ? 0 : 4
+        sc16 = unpack_q3_k_scales(f["scales"]) - 32
+    elif name in ("Q4_K", "Q5_K"):
+        if name == "Q4_K":
+            f = split_fields(w, 144, ("d", 2), ("dmin", 2), ("scales", 12), ("qs", 128))
+            q = _split_nibbles_k(f["qs"]).astype(np.int32)
+        else:
+            f = split_fields(w, 176, ("d", 2), ("dmin", 2), ("scales", 12), ("qh", 32), ("qs", 128))
+            hbit = ((f["qh"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(-1, QK_K)
+            q = _split_nibbles_k(f["qs"]).astype(np.int32) + (hbit.astype(np.int32) << 4)
+        sc8, m8 = unpack_scale_min_k4(f["scales"])
+        sc16 = np.repeat(sc8.astype(np.int32), 2, axis=1)       # scale of 32 = two of 16
+        out["m"] = np.repeat(m8.astype(np.int32), 2, axis=1)     # mins[j/2]
+        out["dmin"] = fp16_bits_to_fp32(u16(f["dmin"]))
+    elif name == "Q6_K":
+        f = split_fields(w, 210, ("ql", 128), ("qh", 64), ("scales", 16), ("d", 2))
+        ql = f["ql"].reshape(-1, 2, 2, 32)            # half h: ql[64h + 32s + l]
+        qh = f["qh"].reshape(-1, 2, 1, 32)
+        low = np.stack([ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
+        high = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
+        q = (low | (high << 4)).astype(np.int32).reshape(-1, QK_K) - 32
+        sc16 = f["scales"].view(np.int8).astype(np.int32)
+    else:
+        raise FormatError(f"{name} is not a K-quant")
+    out["q"] = q.reshape(N, -1, QK_K)
+    out["sc"] = np.repeat(sc16, 16, axis=1).reshape(N, -1, QK_K)
+    out["d"] = fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)
+    if "m" in out:
+        out["m"] = out["m"].reshape(N, -1, 16)
+        out["dmin"] = out["dmin"].reshape(N, -1)
+    return out
+
+
+def _k_operands(w, qtype, qa):
+    wb = decode_k_weight(w, qtype)
+    ab = decode_q8_k(qa)
+    _same_blocks(qtype, wb, ab)
+    return wb, ab
+
+
+def lane_dots(wb: dict, ab: dict) -> np.ndarray:
+    """lane[m, n, b, l] = sum over p = l (mod 8) of sc_p * q_p * a_p: exact integers, int64
+    (M, N, nb, 8). Every lane fits int32 (|lane| <= 32 * 128 * 32 * 128 < 2^31)."""
+    M, nb = ab["q"].shape[:2]
+    N = wb["q"].shape[0]
+    wsq = (wb["sc"] * wb["q"]).astype(np.int64).reshape(N, nb, 32, 8)
+    aq = ab["q"].astype(np.int64).reshape(M, nb, 32, 8)
+    return np.einsum("mbkl,nbkl->mnbl", aq, wsq)
+
+
+def min_dots(wb: dict, ab: dict) -> np.ndarray | None:
+    """summs[m, n, b] = sum_j m_j * bsums_j (Q2_K, Q4_K, Q5_K), exact int64; None without mins."""
+    if "m" not in wb:
+        return None
+    return np.einsum("mbj,nbj->mnb", ab["bsums"].astype(np.int64), wb["m"].astype(np.int64))
+
+
+def _to_f32(i: np.ndarray) -> np.ndarray:
+    """(float) of an int32 value: exact below 2^24, round to nearest even above (cvtsi2ss)."""
+    return i.astype(np.int32).astype(F32)
+
+
+def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: dict) -> np.ndarray:
+    """The generic K-quant kernels' float32 steps, in the order of the table above -> (M, N)."""
+    name = get_format(qtype).name
+    M, N, nb, _ = lanes.shape
+    sumf = np.zeros((M, N), dtype=F32)
+    sums = np.zeros((M, N, 8), dtype=F32)
+    with np.errstate(all="ignore"):
+        for b in range(nb):
+            d = wb["d"][None, :, b] * ab["d"][:, None, b]            # fp16(x.d) * y.d
+            if "dmin" in wb:
+                dmin = wb["dmin"][None, :, b] * ab["d"][:, None, b]
+            if name == "Q2_K":
+                isum = _to_f32(lanes[:, :, b, :].sum(axis=2))
+                t = fma_f32(d, isum, -(dmin * _to_f32(summs[:, :, b])))
+                sumf = (sumf + t).astype(F32)
+            elif name in ("Q3_K", "Q6_K"):
+                sums = (sums + d[..., None] * _to_f32(lanes[:, :, b, :])).astype(F32)
+            elif name in ("Q4_K", "Q5_K"):
+                sums = fma_f32(np.broadcast_to(d[..., None], sums.shape), _to_f32(lanes[:, :, b, :]), sums)
+                sumf = fma_f32(-dmin, _to_f32(summs[:, :, b]), sumf)
+            else:
+                raise FormatError(f"{name} is not a K-quant")
+        if name != "Q2_K":
+            for l in range(8):
+                sumf = (sumf + sums[:, :, l]).astype(F32)
+    return sumf
+
+
+def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, S) for a K-quant: R = sum_b (xd*yd) sum_p sc_p q_p a_p - (xdmin*yd) summs_b in float64
+    (xd*yd is exact there: 11 + 24 bits), and S = sum_b |xd*yd| A_b + |xdmin*yd| sum_j |m_j bsums_j|,
+    A_b = sum_p |sc_p| |q_p| |a_p|; for Q6_K, whose AVX2 kernel multiplies the unsigned codes
+    q_p + 32 and subtracts 32 * sc * bsums afterwards, A_b = sum_p |sc_p| (|q_p + 32| + 32) |a_p|,
+    which bounds every partial sum of either kernel. 2 nb float64 terms: relative error at most
+    2 nb * 2^-53 of S."""
+    wb, ab = _k_operands(w, qtype, qa)
+    name = get_format(qtype).name
+    lanes = lane_dots(wb, ab).sum(axis=3).astype(np.float64)
+    wq = np.abs(wb["q"] + 32) + 32 if name == "Q6_K" else np.abs(wb["q"])
+    mag = np.einsum("mbp,nbp->mnb", np.abs(ab["q"]).astype(np.int64),
+                    (np.abs(wb["sc"]) * wq).astype(np.int64)).astype(np.float64)
+    with np.errstate(all="ignore"):
+        d = wb["d"].astype(np.float64)[None, :, :] * ab["d"].astype(np.float64)[:, None, :]
+        R = (d * lanes).sum(axis=2)
+        S = (np.abs(d) * mag).sum(axis=2)
+        if "m" in wb:
+            dmin = wb["dmin"].astype(np.float64)[None, :, :] * ab["d"].astype(np.float64)[:, None, :]
+            R = R - (dmin * min_dots(wb, ab).astype(np.float64)).sum(axis=2)
+            amins = np.einsum("mbj,nbj->mnb", np.abs(ab["bsums"]).astype(np.int64),
+                              wb["m"].astype(np.int64)).astype(np.float64)
+            S = S + (np.abs(dmin) * amins).sum(axis=2)
+    return R, S
+
+
+def k_rounding_depth(qtype, nblocks: int) -> int:
+    """The most float32 roundings any product passes through, over the generic kernel and the
+    AVX2 kernel ggml-cpu selects (spec/ggml/dot.md draws each path):
+
+      Q2_K  AVX2: d (1), f(lane) (1), 2 nb fmas (mins and scales share the 8 lanes), 3 tree
+            levels -> 2 nb + 5; generic: nb + 3.
+      Q3_K, Q6_K  generic: d (1), f(lane) (1), product (1), nb adds, 8 final adds -> nb + 11;
+            AVX2: nb + 5.
+      Q4_K, Q5_K  generic: d (1), f(lane) (1), nb fmas, 8 final adds -> nb + 10; AVX2: nb + 6
+            (one more add of the separate mins sum)."""
+    name = get_format(qtype).name
+    return {"Q2_K": 2 * nblocks + 5, "Q3_K": nblocks + 11, "Q6_K": nblocks + 11,
+            "Q4_K": nblocks + 10, "Q5_K": nblocks + 10}[name]
+
+
 # --------------------------------------------------------------------------- bounds
 
 def exact_quantized_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(R, S): the exact value of what steps 2-3 approximate, R = sum_b dw*da*sumi_b (+ mw*sa),
     in float64 (every product exact: 11+11+17 bits), and S = sum_b |dw*da| sum_j |qw*qa| (+ |mw*sa|),
     the magnitude the float error is proportional to. Each is a float64 sum of nb terms, with
-    relative error at most nb * 2^-53 of S."""
+    relative error at most nb * 2^-53 of S. K-quants: see exact_k_dot."""
     vt = vec_dot_type(qtype)
+    if vt == "Q8_K":
+        return exact_k_dot(w, qtype, qa)
     wb = decode_weight_blocks(w, qtype)
     ab = decode_activation_blocks(qa, vt)
+    _same_blocks(qtype, wb, ab)
     sumi = block_dots(wb["q"], ab["q"]).astype(np.float64)
     with np.errstate(all="ignore"):
         return _exact(wb, ab, sumi)
@@ -243,6 +452,14 @@ def simd_error_bound(qtype, nblocks: int, S: np.ndarray) -> np.ndarray:
     gamma(k) * S with k = nb + 5 float32 roundings on the longest path of the sum tree
     (1 for dw*da, nb for the lane/chain accumulation, 3 for the 8-lane tree sum, 1 for the
     separate offset sum's product or the final add -- see spec/ggml/dot.md), plus the float64
-    reference's own error nb * 2^-53 * S."""
+    reference's own error nb * 2^-53 * S. K-quants: k from `k_rounding_depth`, the float64
+    term for 2 nb terms, and an absolute term for underflow (Q8_K's float32 d can make
+    dw*da subnormal): every float32 product or fma may lose up to 2^-150 there, at most
+    16 per super-block (2 scale products, 8 + 4 lane fmas), each carried at most (1 + gamma)."""
     from ..gemm import gamma
+    name = get_format(qtype).name
+    if VEC_DOT_TYPE.get(name) == "Q8_K":
+        k = k_rounding_depth(name, nblocks)
+        return ((gamma(k, np.float32) + gamma(2 * nblocks + 1, np.float64)) * S
+                + 16 * nblocks * 2.0 ** -149)
     return gamma(nblocks + 5, np.float32) * S + gamma(nblocks + 1, np.float64) * S
