@@ -17,12 +17,16 @@ from refquant.conformance.strategies import float_rows
 from refquant.ggml import dot
 
 TYPES = list(dot.VEC_DOT_TYPE)
+LEGACY = [t for t in TYPES if t not in dot.K_TYPES]
 
 
 def operands(data, qtype, max_rows=3):
-    w = refquant.quantize(data.draw(float_rows(32, max_rows=4)), qtype)
-    K = w.shape[1] // refquant.get_format(qtype).type_size * 32
-    a = data.draw(float_rows(32, max_rows=max_rows, min_blocks=K // 32, max_blocks=K // 32))
+    fmt = refquant.get_format(qtype)
+    max_blocks = 4 if fmt.block_size == 32 else 3
+    w = refquant.quantize(data.draw(float_rows(fmt.block_size, max_rows=4, max_blocks=max_blocks)), qtype)
+    K = w.shape[1] // fmt.type_size * fmt.block_size
+    bs = data.draw(st.sampled_from([32, fmt.block_size]))   # activation blocks of one kind per 32 or per 256
+    a = data.draw(float_rows(bs, max_rows=max_rows, min_blocks=K // bs, max_blocks=K // bs))
     return w, a
 
 
@@ -35,6 +39,12 @@ def test_vec_dot_types_are_ggmls(ggml):
 @given(x=float_rows(32))
 def test_x86_activation_quantizer_is_ggml_from_float(ggml, vt, x):
     np.testing.assert_array_equal(dot.quantize_activation(x, vt, "x86"), ggml.from_float(x, vt))
+
+
+@given(x=float_rows(256, max_blocks=2), variant=st.sampled_from(["ref", "x86"]))
+def test_q8_k_activation_quantizer_is_ggml_from_float(ggml, x, variant):
+    """x86's from_float for Q8_K is quantize_row_q8_K_ref: both variants give its bytes."""
+    np.testing.assert_array_equal(dot.quantize_activation(x, "Q8_K", variant), ggml.from_float(x, "Q8_K"))
 
 
 @pytest.mark.parametrize("vt", ["Q8_0", "Q8_1"])
@@ -79,7 +89,7 @@ def _unit_scales(b: np.ndarray, type_size: int, fields=(0,)) -> np.ndarray:
     return blocks.reshape(b.shape)
 
 
-@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("qtype", LEGACY)
 @given(data=st.data())
 def test_simd_integer_part_is_exact(ggml, qtype, data):
     """With every scale 1.0 (and the Q4_1/Q5_1 offsets 0) each float step of the SIMD kernel is
@@ -133,3 +143,79 @@ def test_fma_f32_is_libm_fmaf():
     c = np.where(np.arange(3000) % 2 == 0, -(a * b), rng.standard_normal(3000)).astype(np.float32)
     ref = np.array([libm.fmaf(float(x), float(y), float(z)) for x, y, z in zip(a, b, c)], np.float32)
     np.testing.assert_array_equal(fma_f32(a, b, c).view(np.uint32), ref.view(np.uint32))
+
+
+# --------------------------------------------------------------------------- K-quants
+
+# byte offsets of the float fields in each block: (fp16 d, fp16 dmin or None)
+K_SCALE_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108, None), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None)}
+
+
+@st.composite
+def raw_rows(draw, type_size: int, nblocks: int, nrows: int):
+    """Rows of blocks of arbitrary bytes, each block random, all 0x00, all 0xFF or all 0x80
+    (the extreme codes, scales and, for Q8_K, qs = -128)."""
+    blocks = []
+    for _ in range(nrows * nblocks):
+        kind = draw(st.sampled_from(["random", "random", 0x00, 0xFF, 0x80]))
+        if kind == "random":
+            blocks.append(np.frombuffer(draw(st.binary(min_size=type_size, max_size=type_size)), np.uint8))
+        else:
+            blocks.append(np.full(type_size, kind, np.uint8))
+    return np.concatenate(blocks).reshape(nrows, -1)
+
+
+def _finite_fp16(blocks: np.ndarray, at: int, data) -> None:
+    """Replace the fp16 field at `at` of every block by a drawn finite value."""
+    for i in range(len(blocks)):
+        bits = data.draw(st.integers(0, 0xFFFF).filter(lambda b: (b & 0x7C00) != 0x7C00))
+        blocks[i, at:at + 2] = [bits & 0xFF, bits >> 8]
+
+
+@pytest.mark.parametrize("qtype", dot.K_TYPES)
+@given(data=st.data())
+def test_k_vec_dot_is_the_generic_kernel_on_arbitrary_bytes(ggml, qtype, data):
+    """Every code, scale and min the block can hold, Q8_K codes down to -128, bsums as stored
+    (consistent with qs or not: the kernels read them as given), lanes up to 2^24 (Q6_K with
+    extreme bytes): the generic kernel's integer and float steps, bit for bit. Scales are drawn
+    finite (a NaN's payload is not part of the contract)."""
+    fmt = refquant.get_format(qtype)
+    nb, N, M = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
+    w = data.draw(raw_rows(fmt.type_size, nb, N))
+    wblocks = w.reshape(-1, fmt.type_size)
+    for at in K_SCALE_FIELDS[qtype]:
+        if at is not None:
+            _finite_fp16(wblocks, at, data)
+    qa = data.draw(raw_rows(292, nb, M))
+    ablocks = qa.reshape(-1, 292)
+    for i in range(len(ablocks)):
+        ablocks[i, 0:4] = np.frombuffer(np.float32(data.draw(
+            st.floats(-1e3, 1e3, width=32) | st.sampled_from([0.0, 1.0, 2.0 ** -126, 2.0 ** -140]))).tobytes(), np.uint8)
+    ours = dot.vec_dot_quantized(w, qtype, qa)
+    np.testing.assert_array_equal(ours.view(np.uint32), ggml.vec_dot(w, qa, qtype, generic=True).view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", dot.K_TYPES)
+@given(data=st.data())
+def test_k_simd_integer_part_is_exact(ggml, qtype, data):
+    """With d = dmin = 1 (fp16) and Q8_K's d = 1.0f, every float step of the AVX2 kernel is exact
+    while its partial sums stay below 2^24: the kernel then returns sum(lanes) - sum(mins) exactly,
+    which the spec's lane_dots and min_dots must give."""
+    w, a = operands(data, qtype)
+    fmt = refquant.get_format(qtype)
+    qa = dot.quantize_activation(a, "Q8_K")
+    blocks = w.reshape(-1, fmt.type_size).copy()
+    for at in K_SCALE_FIELDS[qtype]:
+        if at is not None:
+            blocks[:, at], blocks[:, at + 1] = 0x00, 0x3C
+    w1 = blocks.reshape(w.shape)
+    ablocks = qa.reshape(-1, 292).copy()
+    ablocks[:, 0:4] = np.frombuffer(np.float32(1.0).tobytes(), np.uint8)
+    qa1 = ablocks.reshape(qa.shape)
+    wb, ab = dot._k_operands(w1, qtype, qa1)
+    exact = dot.lane_dots(wb, ab).sum(axis=(2, 3))
+    if "m" in wb:
+        exact = exact - dot.min_dots(wb, ab).sum(axis=2)
+    _, S = dot.exact_quantized_dot(w1, qtype, qa1)
+    small = S < 2 ** 24                                       # every partial sum exact in float32
+    np.testing.assert_array_equal(ggml.vec_dot(w1, qa1, qtype)[small], exact.astype(np.float32)[small])

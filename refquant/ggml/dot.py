@@ -241,7 +241,8 @@ def vec_dot(w: np.ndarray, qtype, a: np.ndarray, variant: str = "ref") -> np.nda
 #   Q6_K  q = 6-bit code - 32        sc = int8 scales[p/16]    no mins
 #
 # Per super-block b (d_b = fp16(x.d) * y.d and dmin_b = fp16(x.dmin) * y.d, float32 products;
-# f() the int -> float32 conversion, round to nearest even above 2^24):
+# f() the int -> float32 conversion, exact: |lane| <= 32 * 128 * 32 * 128 = 2^24, and
+# |isum|, |summs| < 2^21):
 #
 #   Q2_K  sumf += fmaf(d_b, f(isum), -(dmin_b * f(summs)))   isum = sum of the 8 lanes,
 #                                                           summs = sum_j m_j * bsums_j
@@ -344,8 +345,16 @@ def min_dots(wb: dict, ab: dict) -> np.ndarray | None:
 
 
 def _to_f32(i: np.ndarray) -> np.ndarray:
-    """(float) of an int32 value: exact below 2^24, round to nearest even above (cvtsi2ss)."""
+    """(float) of an int32 value (cvtsi2ss: round to nearest even above 2^24; the generic
+    kernels never get there)."""
     return i.astype(np.int32).astype(F32)
+
+
+def _fused_neg(x: np.ndarray) -> np.ndarray:
+    """-x as an FMA instruction applies it (vfmsub, vfnmadd): a NaN operand propagates with its
+    own sign, where a separate negation would flip it. NaNs here are x86's default 0xFFC00000
+    (inf * 0, inf - inf), which NumPy's float32 arithmetic produces too."""
+    return np.where(np.isnan(x), x, -x)
 
 
 def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: dict) -> np.ndarray:
@@ -361,13 +370,13 @@ def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: 
                 dmin = wb["dmin"][None, :, b] * ab["d"][:, None, b]
             if name == "Q2_K":
                 isum = _to_f32(lanes[:, :, b, :].sum(axis=2))
-                t = fma_f32(d, isum, -(dmin * _to_f32(summs[:, :, b])))
+                t = fma_f32(d, isum, _fused_neg(dmin * _to_f32(summs[:, :, b])))
                 sumf = (sumf + t).astype(F32)
             elif name in ("Q3_K", "Q6_K"):
                 sums = (sums + d[..., None] * _to_f32(lanes[:, :, b, :])).astype(F32)
             elif name in ("Q4_K", "Q5_K"):
                 sums = fma_f32(np.broadcast_to(d[..., None], sums.shape), _to_f32(lanes[:, :, b, :]), sums)
-                sumf = fma_f32(-dmin, _to_f32(summs[:, :, b]), sumf)
+                sumf = fma_f32(_fused_neg(dmin), _to_f32(summs[:, :, b]), sumf)
             else:
                 raise FormatError(f"{name} is not a K-quant")
         if name != "Q2_K":
