@@ -22,8 +22,11 @@ LEGACY = [t for t in TYPES if t not in dot.K_TYPES]
 
 def operands(data, qtype, max_rows=3):
     fmt = refquant.get_format(qtype)
-    max_blocks = 4 if fmt.block_size == 32 else 3
-    w = refquant.quantize(data.draw(float_rows(fmt.block_size, max_rows=4, max_blocks=max_blocks)), qtype)
+    if fmt.block_size == 32:
+        w = refquant.quantize(data.draw(float_rows(32, max_rows=4)), qtype)
+    else:  # super-blocks of 256: fewer of them keep the draw quick
+        w = refquant.quantize(data.draw(float_rows(fmt.block_size, max_rows=3, max_blocks=2)), qtype)
+        max_rows = min(max_rows, 2)
     K = w.shape[1] // fmt.type_size * fmt.block_size
     bs = data.draw(st.sampled_from([32, fmt.block_size]))   # activation blocks of one kind per 32 or per 256
     a = data.draw(float_rows(bs, max_rows=max_rows, min_blocks=K // bs, max_blocks=K // bs))

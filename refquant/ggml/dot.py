@@ -4,7 +4,9 @@ ggml_compute_forward_mul_mat multiplies a weight matrix W (N rows of type T) by 
 (M rows of float32) as follows, and this module defines each step:
 
 1. Every activation row is quantized to T's `vec_dot_type` (Q8_0 for Q4_0 Q5_0 Q8_0, Q8_1 for
-   Q4_1 Q5_1) by the CPU backend's `from_float` -> `quantize_activation`.
+   Q4_1 Q5_1, Q8_K for the K-quants Q2_K..Q6_K) by the CPU backend's `from_float` ->
+   `quantize_activation`. Steps 2-3 below are the legacy types'; the K-quants' integer lanes
+   and float order are drawn in their own section further down (and in spec/ggml/dot.md).
 2. For every (activation row, weight row) pair and every block b of 32, an integer dot
    sumi_b = sum_j qw[j] * qa[j] -- EXACT (int32, |sumi| < 2^17, order irrelevant).
 3. The blocks are combined in float32, one block at a time, in C's order and association:
@@ -391,7 +393,7 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
     A_b = sum_p |sc_p| |q_p| |a_p|; for Q6_K, whose AVX2 kernel multiplies the unsigned codes
     q_p + 32 and subtracts 32 * sc * bsums afterwards, A_b = sum_p |sc_p| (|q_p + 32| + 32) |a_p|,
     which bounds every partial sum of either kernel. 2 nb float64 terms: relative error at most
-    2 nb * 2^-53 of S."""
+    2 nb * 2^-53 of S. S is inf where a float32 scale product x.d*y.d or x.dmin*y.d overflows."""
     wb, ab = _k_operands(w, qtype, qa)
     name = get_format(qtype).name
     lanes = lane_dots(wb, ab).sum(axis=3).astype(np.float64)
@@ -408,6 +410,10 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
             amins = np.einsum("mbj,nbj->mnb", np.abs(ab["bsums"]).astype(np.int64),
                               wb["m"].astype(np.int64)).astype(np.float64)
             S = S + (np.abs(dmin) * amins).sum(axis=2)
+            d = np.maximum(np.abs(d), np.abs(dmin))
+        # a scale product past float32's range is inf there (and inf * 0 = NaN): no relative
+        # bound holds, which S = inf says
+        S = np.where((np.abs(d) > np.finfo(F32).max).any(axis=2), np.inf, S)
     return R, S
 
 
