@@ -66,8 +66,14 @@ VEC_DOT_TYPE = {
     "Q4_K": "Q8_K",
     "Q5_K": "Q8_K",
     "Q6_K": "Q8_K",
+    "IQ4_NL": "Q8_0",
+    "MXFP4": "Q8_0",
+    "IQ4_XS": "Q8_K",
+    "TQ1_0": "Q8_K",
+    "TQ2_0": "Q8_K",
 }
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+Q8_K_TYPES = K_TYPES + ("IQ4_XS", "TQ1_0", "TQ2_0")
 
 ACTIVATION_VARIANTS = ("ref", "x86")
 
@@ -150,6 +156,15 @@ def decode_weight_blocks(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
     elif name == "Q8_0":
         f = split_fields(w, 34, ("d", 2), ("qs", 32))
         q = f["qs"].view(np.int8).astype(np.int32)
+    elif name == "IQ4_NL":                       # kvalues_iq4nl[nibble]
+        from .iquants import KVALUES_IQ4NL
+        f = split_fields(w, 18, ("d", 2), ("qs", 16))
+        q = KVALUES_IQ4NL.astype(np.int32)[np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1)]
+    elif name == "MXFP4":                        # kvalues_mxfp4[nibble] (E2M1 doubled), d = 2^(e-128)
+        from .fp4 import KVALUES_MXFP4, e8m0_to_fp32_half
+        f = split_fields(w, 17, ("e", 1), ("qs", 16))
+        q = KVALUES_MXFP4.astype(np.int32)[np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1)]
+        return {"q": q.reshape(N, -1, QK), "d": e8m0_to_fp32_half(f["e"][:, 0]).reshape(N, -1)}
     else:
         raise FormatError(f"{name} has no vec_dot")
     out = {"q": q.reshape(N, -1, QK), "d": fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)}
@@ -192,8 +207,8 @@ def combine(qtype, sumi: np.ndarray, wb: dict, ab: dict) -> np.ndarray:
             da = ab["d"][:, None, b]
             if name == "Q4_0":
                 t = (s * dw) * da
-            elif name == "Q5_0":
-                t = (dw * da) * s
+            elif name in ("Q5_0", "IQ4_NL", "MXFP4"):
+                t = (dw * da) * s                          # C: d * (sumi1 + sumi2), d = d_y * d_x
             elif name == "Q8_0":
                 t = s * (dw * da)
             elif name in ("Q4_1", "Q5_1"):
@@ -311,8 +326,30 @@ def decode_k_weight(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
         high = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
         q = (low | (high << 4)).astype(np.int32).reshape(-1, QK_K) - 32
         sc16 = f["scales"].view(np.int8).astype(np.int32)
+    elif name == "IQ4_XS":
+        from .iquants import KVALUES_IQ4NL, _unpack_codes
+        f = split_fields(w, 136, ("d", 2), ("scales_h", 2), ("scales_l", 4), ("qs", 128))
+        q = KVALUES_IQ4NL.astype(np.int32)[_unpack_codes(f["qs"])]
+        sh = u16(f["scales_h"]).astype(np.int32)
+        sl = f["scales_l"].astype(np.int32)
+        ib = np.arange(8)
+        ls = ((sl[:, ib // 2] >> (4 * (ib % 2))) & 0xF) | (((sh[:, None] >> (2 * ib)) & 3) << 4)
+        sc16 = np.repeat(ls - 32, 2, axis=1)                      # one 6-bit scale per 32
+    elif name in ("TQ1_0", "TQ2_0"):
+        from .kquants import _unpack_2bit
+        from .lowbit import _TRITS_F32
+        if name == "TQ1_0":                                       # base-3 digits, (xi - 1)
+            f = split_fields(w, 54, ("qs", 48), ("qh", 4), ("d", 2))
+            trits = _TRITS_F32.astype(np.int32)
+            q = np.concatenate([trits[f["qs"][:, :32]].transpose(0, 2, 1).reshape(-1, 160),
+                                trits[f["qs"][:, 32:]].transpose(0, 2, 1).reshape(-1, 80),
+                                trits[f["qh"]][:, :, :4].transpose(0, 2, 1).reshape(-1, 16)], axis=1)
+        else:                                                     # 2-bit fields - 1
+            f = split_fields(w, 66, ("qs", 64), ("d", 2))
+            q = _unpack_2bit(f["qs"]).astype(np.int32) - 1
+        sc16 = np.ones((q.shape[0], 16), np.int32)
     else:
-        raise FormatError(f"{name} is not a K-quant")
+        raise FormatError(f"{name} has no Q8_K vec_dot")
     out["q"] = q.reshape(N, -1, QK_K)
     out["sc"] = np.repeat(sc16, 16, axis=1).reshape(N, -1, QK_K)
     out["d"] = fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)
@@ -363,6 +400,9 @@ def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: 
     """The generic K-quant kernels' float32 steps, in the order of the table above -> (M, N)."""
     name = get_format(qtype).name
     M, N, nb, _ = lanes.shape
+    if name == "IQ4_XS":  # sumi of each sub-block of 32, unscaled: the scale is applied in float
+        units = np.einsum("mbuj,nbuj->mnbu", ab["q"].astype(np.int64).reshape(M, nb, 8, 32),
+                          wb["q"].astype(np.int64).reshape(N, nb, 8, 32))
     sumf = np.zeros((M, N), dtype=F32)
     sums = np.zeros((M, N, 8), dtype=F32)
     with np.errstate(all="ignore"):
@@ -379,9 +419,15 @@ def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: 
             elif name in ("Q4_K", "Q5_K"):
                 sums = fma_f32(np.broadcast_to(d[..., None], sums.shape), _to_f32(lanes[:, :, b, :]), sums)
                 sumf = fma_f32(_fused_neg(dmin), _to_f32(summs[:, :, b]), sumf)
+            elif name in ("TQ1_0", "TQ2_0"):
+                sumf = (sumf + _to_f32(lanes[:, :, b, :].sum(axis=2)) * d).astype(F32)
+            elif name == "IQ4_XS":
+                for u in range(8):                                # sub-blocks of 32 in order
+                    dl = d * wb["sc"][None, :, b, 32 * u].astype(F32)      # d4d8 * (ls - 32)
+                    sumf = (sumf + dl * _to_f32(units[:, :, b, u])).astype(F32)
             else:
-                raise FormatError(f"{name} is not a K-quant")
-        if name != "Q2_K":
+                raise FormatError(f"{name} has no Q8_K vec_dot")
+        if name in K_TYPES and name != "Q2_K":
             for l in range(8):
                 sumf = (sumf + sums[:, :, l]).astype(F32)
     return sumf
@@ -397,7 +443,8 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
     wb, ab = _k_operands(w, qtype, qa)
     name = get_format(qtype).name
     lanes = lane_dots(wb, ab).sum(axis=3).astype(np.float64)
-    wq = np.abs(wb["q"] + 32) + 32 if name == "Q6_K" else np.abs(wb["q"])
+    off = {"Q6_K": 32, "TQ1_0": 1, "TQ2_0": 1}.get(name, 0)   # AVX2's unsigned codes q + off
+    wq = np.abs(wb["q"] + off) + off
     mag = np.einsum("mbp,nbp->mnb", np.abs(ab["q"]).astype(np.int64),
                     (np.abs(wb["sc"]) * wq).astype(np.int64)).astype(np.float64)
     with np.errstate(all="ignore"):
@@ -426,10 +473,15 @@ def k_rounding_depth(qtype, nblocks: int) -> int:
       Q3_K, Q6_K  generic: d (1), f(lane) (1), product (1), nb adds, 8 final adds -> nb + 11;
             AVX2: nb + 5.
       Q4_K, Q5_K  generic: d (1), f(lane) (1), nb fmas, 8 final adds -> nb + 10; AVX2: nb + 6
-            (one more add of the separate mins sum)."""
+            (one more add of the separate mins sum).
+      TQ1_0, TQ2_0  generic: d (1), product (1), nb adds -> nb + 2; AVX2: d, f(lane) (its lanes
+            hold unsigned codes minus bsums and may pass 2^24), product, nb adds, 3 -> nb + 5.
+      IQ4_XS  generic: d4d8 (1), * (ls - 32) (1), product (1), 8 nb adds -> 8 nb + 3; AVX2:
+            nb + 5 (the sub-block scales are multiplied in as integers)."""
     name = get_format(qtype).name
     return {"Q2_K": 2 * nblocks + 5, "Q3_K": nblocks + 11, "Q6_K": nblocks + 11,
-            "Q4_K": nblocks + 10, "Q5_K": nblocks + 10}[name]
+            "Q4_K": nblocks + 10, "Q5_K": nblocks + 10,
+            "TQ1_0": nblocks + 5, "TQ2_0": nblocks + 5, "IQ4_XS": 8 * nblocks + 3}[name]
 
 
 # --------------------------------------------------------------------------- bounds
@@ -455,6 +507,8 @@ def _exact(wb, ab, sumi):
     dd = wb["d"].astype(np.float64)[None, :, :] * ab["d"].astype(np.float64)[:, None, :]
     R = (dd * sumi).sum(axis=2)
     S = (np.abs(dd) * absi).sum(axis=2)
+    # MXFP4's 2^(e-128) times an fp16 can leave float32's range: no relative bound there
+    S = np.where((np.abs(dd) > np.finfo(F32).max).any(axis=2), np.inf, S)
     if "m" in wb:
         ms = wb["m"].astype(np.float64)[None, :, :] * ab["s"].astype(np.float64)[:, None, :]
         R = R + ms.sum(axis=2)
@@ -477,4 +531,5 @@ def simd_error_bound(qtype, nblocks: int, S: np.ndarray) -> np.ndarray:
         k = k_rounding_depth(name, nblocks)
         return ((gamma(k, np.float32) + gamma(2 * nblocks + 1, np.float64)) * S
                 + 16 * nblocks * 2.0 ** -149)
-    return gamma(nblocks + 5, np.float32) * S + gamma(nblocks + 1, np.float64) * S
+    # MXFP4's scale reaches 2^-128: its products can underflow (absolute 2^-150 each, <= 2 per block)
+    return gamma(nblocks + 5, np.float32) * S + gamma(nblocks + 1, np.float64) * S + 2 * nblocks * 2.0 ** -149
