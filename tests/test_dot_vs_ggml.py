@@ -17,7 +17,7 @@ from refquant.conformance.strategies import float_rows
 from refquant.ggml import dot
 
 TYPES = list(dot.VEC_DOT_TYPE)
-LEGACY = [t for t in TYPES if t not in dot.K_TYPES]
+LEGACY = [t for t in TYPES if dot.VEC_DOT_TYPE[t] in ("Q8_0", "Q8_1")]
 
 
 def operands(data, qtype, max_rows=3):
@@ -101,7 +101,12 @@ def test_simd_integer_part_is_exact(ggml, qtype, data):
     vt = dot.VEC_DOT_TYPE[qtype]
     fmt = refquant.get_format(qtype)
     qa = dot.quantize_activation(a, vt, "ref")     # codes in [-127, 127]
-    w1 = _unit_scales(w, fmt.type_size)
+    if qtype == "MXFP4":                           # e = 128: scale 2^(e-128) = 1
+        w1 = w.reshape(-1, fmt.type_size).copy()
+        w1[:, 0] = 128
+        w1 = w1.reshape(w.shape)
+    else:
+        w1 = _unit_scales(w, fmt.type_size)
     if qtype in ("Q4_1", "Q5_1"):
         blocks = w1.reshape(-1, fmt.type_size)
         blocks[:, 2:4] = 0                         # m = 0
@@ -151,7 +156,8 @@ def test_fma_f32_is_libm_fmaf():
 # --------------------------------------------------------------------------- K-quants
 
 # byte offsets of the float fields in each block: (fp16 d, fp16 dmin or None)
-K_SCALE_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108, None), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None)}
+K_SCALE_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108, None), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None),
+                  "IQ4_XS": (0, None), "TQ1_0": (52, None), "TQ2_0": (64, None)}
 
 
 @st.composite
@@ -175,7 +181,7 @@ def _finite_fp16(blocks: np.ndarray, at: int, data) -> None:
         blocks[i, at:at + 2] = [bits & 0xFF, bits >> 8]
 
 
-@pytest.mark.parametrize("qtype", dot.K_TYPES)
+@pytest.mark.parametrize("qtype", dot.Q8_K_TYPES)
 @given(data=st.data())
 def test_k_vec_dot_is_the_generic_kernel_on_arbitrary_bytes(ggml, qtype, data):
     """Every code, scale and min the block can hold, Q8_K codes down to -128, bsums as stored
@@ -198,7 +204,7 @@ def test_k_vec_dot_is_the_generic_kernel_on_arbitrary_bytes(ggml, qtype, data):
     np.testing.assert_array_equal(ours.view(np.uint32), ggml.vec_dot(w, qa, qtype, generic=True).view(np.uint32))
 
 
-@pytest.mark.parametrize("qtype", dot.K_TYPES)
+@pytest.mark.parametrize("qtype", dot.Q8_K_TYPES)
 @given(data=st.data())
 def test_k_simd_integer_part_is_exact(ggml, qtype, data):
     """With d = dmin = 1 (fp16) and Q8_K's d = 1.0f, every float step of the AVX2 kernel is exact
@@ -222,3 +228,19 @@ def test_k_simd_integer_part_is_exact(ggml, qtype, data):
     _, S = dot.exact_quantized_dot(w1, qtype, qa1)
     small = S < 2 ** 24                                       # every partial sum exact in float32
     np.testing.assert_array_equal(ggml.vec_dot(w1, qa1, qtype)[small], exact.astype(np.float32)[small])
+
+
+@pytest.mark.parametrize("qtype", ["IQ4_NL", "MXFP4"])
+@given(data=st.data())
+def test_q8_0_lookup_types_are_the_generic_kernel_on_arbitrary_bytes(ggml, qtype, data):
+    """IQ4_NL and MXFP4 on every code and scale byte (MXFP4's e from 2^-128 to 2^127, where the
+    scale product overflows to inf), against Q8_0 bytes with codes down to -128."""
+    fmt = refquant.get_format(qtype)
+    nb, N, M = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
+    w = data.draw(raw_rows(fmt.type_size, nb, N))
+    if qtype == "IQ4_NL":
+        _finite_fp16(w.reshape(-1, fmt.type_size), 0, data)
+    qa = data.draw(raw_rows(34, nb, M))
+    _finite_fp16(qa.reshape(-1, 34), 0, data)
+    ours = dot.vec_dot_quantized(w, qtype, qa)
+    np.testing.assert_array_equal(ours.view(np.uint32), ggml.vec_dot(w, qa, qtype, generic=True).view(np.uint32))

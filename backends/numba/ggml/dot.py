@@ -1,4 +1,5 @@
-"""Numba twin of refquant/ggml/dot.py: ggml's CPU vec_dot for the legacy types and the K-quants,
+"""Numba twin of refquant/ggml/dot.py: ggml's CPU vec_dot for the legacy types (with IQ4_NL and
+MXFP4, which share their Q8_0 path) and the Q8_K types (K-quants, IQ4_XS, TQ1_0, TQ2_0),
 bit-exact with the spec (the generic kernels' order: legacy, sumf += term_b over blocks, each
 term with C's association and the FMA that ggml's x86-64 build contracts for Q4_1/Q5_1;
 K-quants, 8 integer lanes per super-block and the float steps of the spec's combine_k)."""
@@ -15,8 +16,11 @@ from .legacy import _quantize_q8
 
 QK = 32
 PJIT = dict(JIT, parallel=True)
-# weight type -> (type_size, kind): kind 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1, 4 Q8_0
-KIND = {"Q4_0": (18, 0), "Q4_1": (20, 1), "Q5_0": (22, 2), "Q5_1": (24, 3), "Q8_0": (34, 4)}
+# weight type -> (type_size, kind): kind 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1, 4 Q8_0, 5 IQ4_NL, 6 MXFP4
+KIND = {"Q4_0": (18, 0), "Q4_1": (20, 1), "Q5_0": (22, 2), "Q5_1": (24, 3), "Q8_0": (34, 4),
+        "IQ4_NL": (18, 5), "MXFP4": (17, 6)}
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int32)
+KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int32)
 INT_MIN_F = F32(-2147483648.0)
 INT_LIM_F = F32(2147483648.0)
 F127 = F32(127)
@@ -25,13 +29,25 @@ F127 = F32(127)
 @njit(**PJIT)
 def _unpack(data, kind, q, d, m):
     """Weight rows -> integer codes q (N, K) int8 as vec_dot uses them, d and m (N, nb) float32."""
-    ts = (18, 20, 22, 24, 34)[kind]
+    ts = (18, 20, 22, 24, 34, 18, 17)[kind]
     N = data.shape[0]
     nb = data.shape[1] // ts
     for r in prange(N):
         for b in range(nb):
             o = data[r, b * ts:(b + 1) * ts]
             y = q[r, b * QK:(b + 1) * QK]
+            if kind == 5 or kind == 6:      # 16-entry tables: IQ4_NL (fp16 d), MXFP4 (e8m0 / 2)
+                table = KVALUES_IQ4NL if kind == 5 else KVALUES_MXFP4
+                at = 2 if kind == 5 else 1
+                if kind == 5:
+                    d[r, b] = fp16_to_fp32(o[0], o[1])
+                else:
+                    e = np.int32(o[0])
+                    d[r, b] = bits_f32(np.int32(0x00200000 << e) if e < 2 else np.int32((e - 1) << 23))
+                for j in range(QK // 2):
+                    y[j] = table[np.int32(o[at + j]) & 0x0F]
+                    y[j + 16] = table[np.int32(o[at + j]) >> 4]
+                continue
             d[r, b] = fp16_to_fp32(o[0], o[1])
             if kind == 4:
                 for j in range(QK):
@@ -46,7 +62,7 @@ def _unpack(data, kind, q, d, m):
             if kind >= 2:
                 qh = np.uint32(o[at]) | (np.uint32(o[at + 1]) << 8) | (np.uint32(o[at + 2]) << 16) | (np.uint32(o[at + 3]) << 24)
                 at += 4
-            off = (8, 0, 16, 0, 0)[kind]
+            off = (8, 0, 16, 0, 0, 0, 0)[kind]
             for j in range(QK // 2):
                 h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
                 h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
@@ -87,7 +103,7 @@ def _vec_dot(kind, wq, wd, wm, aq, ad, as_, out):
                 da = ad[mi, b]
                 if kind == 0:
                     t = (s * dw) * da
-                elif kind == 2:
+                elif kind == 2 or kind == 5 or kind == 6:
                     t = (dw * da) * s
                 elif kind == 4:
                     t = s * (dw * da)
@@ -174,15 +190,24 @@ VEC_DOT = {name: _make(name) for name in KIND}
 # refquant.ggml.dot.combine_k, fused where ggml's build fuses (fmaf) and nowhere else.
 
 QK_K = 256
-# weight type -> (type_size, kind): kind 0 Q2_K, 1 Q3_K, 2 Q4_K, 3 Q5_K, 4 Q6_K
-K_KIND = {"Q2_K": (84, 0), "Q3_K": (110, 1), "Q4_K": (144, 2), "Q5_K": (176, 3), "Q6_K": (210, 4)}
+# weight type -> (type_size, kind): kind 0 Q2_K, 1 Q3_K, 2 Q4_K, 3 Q5_K, 4 Q6_K, 5 IQ4_XS,
+# 6 TQ1_0, 7 TQ2_0
+K_KIND = {"Q2_K": (84, 0), "Q3_K": (110, 1), "Q4_K": (144, 2), "Q5_K": (176, 3), "Q6_K": (210, 4),
+          "IQ4_XS": (136, 5), "TQ1_0": (54, 6), "TQ2_0": (66, 7)}
+POW3 = np.array([1, 3, 9, 27, 81, 243], np.int32)
+
+
+@njit(**dict(JIT, inline="always"))
+def _trit(byte, l):
+    """(((uint8_t)(byte * pow3[l])) * 3) >> 8, minus 1: TQ1_0's base-3 digit l."""
+    return (((np.int32(byte) * POW3[l]) & 0xFF) * 3 >> 8) - 1
 
 
 @njit(**PJIT)
 def _unpack_k(data, kind, q, sc, m, d, dmin):
     """Weight rows -> codes q (N, K) int8, per-16 scales sc and mins m (N, K/16) int32,
     d and dmin (N, nb) float32."""
-    ts = (84, 110, 144, 176, 210)[kind]
+    ts = (84, 110, 144, 176, 210, 136, 54, 66)[kind]
     N = data.shape[0]
     nb = data.shape[1] // ts
     for r in prange(N):
@@ -230,6 +255,36 @@ def _unpack_k(data, kind, q, sc, m, d, dmin):
                     if kind == 3:
                         v += ((np.int32(o[16 + l]) >> (e // 32)) & 1) << 4
                     y[e] = v
+            elif kind == 5:
+                d[r, b] = fp16_to_fp32(o[0], o[1])
+                sh = np.int32(o[2]) | (np.int32(o[3]) << 8)
+                for ib in range(8):
+                    ls = ((np.int32(o[4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
+                    s[2 * ib] = ls - 32
+                    s[2 * ib + 1] = ls - 32
+                    for j in range(16):
+                        y[32 * ib + j] = KVALUES_IQ4NL[np.int32(o[8 + 16 * ib + j]) & 0xF]
+                        y[32 * ib + 16 + j] = KVALUES_IQ4NL[np.int32(o[8 + 16 * ib + j]) >> 4]
+            elif kind == 6:
+                d[r, b] = fp16_to_fp32(o[52], o[53])
+                for j in range(16):
+                    s[j] = 1
+                for l in range(5):
+                    for mm_ in range(32):
+                        y[32 * l + mm_] = _trit(o[mm_], l)
+                    for mm_ in range(16):
+                        y[160 + 16 * l + mm_] = _trit(o[32 + mm_], l)
+                for l in range(4):
+                    for j in range(4):
+                        y[240 + 4 * l + j] = _trit(o[48 + j], l)
+            elif kind == 7:
+                d[r, b] = fp16_to_fp32(o[64], o[65])
+                for j in range(16):
+                    s[j] = 1
+                for e in range(QK_K):
+                    h, rest = divmod(e, 128)
+                    k, l = divmod(rest, 32)
+                    y[e] = ((np.int32(o[32 * h + l]) >> (2 * k)) & 3) - 1
             else:
                 d[r, b] = fp16_to_fp32(o[208], o[209])
                 for j in range(16):
@@ -297,12 +352,25 @@ def _vec_dot_k(kind, wq, wsc, wm, wd, wdmin, aq, ad, abs_, out):
                 elif kind == 1 or kind == 4:
                     for l in range(8):
                         sums[l] = sums[l] + d * F32(lanes[l])
-                else:
+                elif kind == 2 or kind == 3:
                     for l in range(8):
                         sums[l] = fmaf(d, F32(lanes[l]), sums[l])
                     dmin = wdmin[n, b] * ad[mi, b]
                     sumf = fmaf(_fused_neg(dmin), F32(summs), sumf)
-            if kind != 0:
+                elif kind == 5:                 # sub-blocks of 32: (d4d8 * (ls - 32)) * sumi
+                    for u in range(8):
+                        sumi = np.int32(0)
+                        for p in range(32 * u, 32 * u + 32):
+                            e = b * QK_K + p
+                            sumi += np.int32(wq[n, e]) * np.int32(aq[mi, e])
+                        dl = d * F32(wsc[n, b * 16 + 2 * u])
+                        sumf += dl * F32(sumi)
+                else:                           # TQ1_0, TQ2_0: (float)sumi * d
+                    isum = np.int32(0)
+                    for l in range(8):
+                        isum += lanes[l]
+                    sumf += F32(isum) * d
+            if kind >= 1 and kind <= 4:
                 for l in range(8):
                     sumf += sums[l]
             out[mi, n] = sumf
