@@ -331,9 +331,11 @@ def case(draw, op: str, key: str) -> dict:
         return {"data": np.frombuffer(raw, np.uint8).copy().reshape(rows, -1)}
     if op == "vec_dot":
         fmt = get_format(key)
-        w = SPEC.quantize(draw(float_rows(fmt.block_size, max_rows=5)), fmt)
+        big = fmt.block_size > 32     # super-blocks of 256: fewer, or the draw overruns
+        w = SPEC.quantize(draw(float_rows(fmt.block_size, max_rows=2 if big else 5, max_blocks=2 if big else 4)), fmt)
         K = w.shape[1] // fmt.type_size * fmt.block_size
-        a = draw(float_rows(32, max_rows=3, min_blocks=K // 32, max_blocks=K // 32))
+        bs = draw(st.sampled_from([32, fmt.block_size]))
+        a = draw(float_rows(bs, max_rows=2 if big else 3, min_blocks=K // bs, max_blocks=K // bs))
         return {"w": w, "a": a, "variant": draw(st.sampled_from(["ref", "x86"]))}
     if op == "matmul":
         if key == "W4A16":
