@@ -3,10 +3,11 @@
 ggml_compute_forward_mul_mat multiplies a weight matrix W (N rows of type T) by activations A
 (M rows of float32) as follows, and this module defines each step:
 
-1. Every activation row is quantized to T's `vec_dot_type` (Q8_0 for Q4_0 Q5_0 Q8_0, Q8_1 for
-   Q4_1 Q5_1, Q8_K for the K-quants Q2_K..Q6_K) by the CPU backend's `from_float` ->
-   `quantize_activation`. Steps 2-3 below are the legacy types'; the K-quants' integer lanes
-   and float order are drawn in their own section further down (and in spec/ggml/dot.md).
+1. Every activation row is quantized to T's `vec_dot_type` (Q8_0 for Q4_0 Q5_0 Q8_0 IQ4_NL
+   MXFP4, Q8_1 for Q4_1 Q5_1, Q8_K for the K-quants Q2_K..Q6_K, IQ4_XS, TQ1_0, TQ2_0) by the CPU
+   backend's `from_float` -> `quantize_activation`. Steps 2-3 below are the Q8_0/Q8_1 types'
+   (IQ4_NL and MXFP4 read their codes from a 16-entry table); the Q8_K types' integer lanes and
+   float order are drawn in their own section further down (and in spec/ggml/dot.md).
 2. For every (activation row, weight row) pair and every block b of 32, an integer dot
    sumi_b = sum_j qw[j] * qa[j] -- EXACT (int32, |sumi| < 2^17, order irrelevant).
 3. The blocks are combined in float32, one block at a time, in C's order and association:
@@ -17,6 +18,8 @@ ggml_compute_forward_mul_mat multiplies a weight matrix W (N rows of type T) by 
        Q4_0   (sumi * dw) * da                      (C: sumi*d_x*d_y)
        Q5_0   (dw * da) * sumi
        Q8_0   sumi * (dw * da)
+       IQ4_NL (dw * da) * sumi                      (C: d * (sumi1 + sumi2))
+       MXFP4  (dw * da) * sumi                      (dw = 2^(e-128), GGML_E8M0_TO_FP32_HALF)
        Q4_1   fmaf(dw * da, sumi, mw * sa)          (C: (d_x*d_y)*sumi + m_x*s_y)
        Q5_1   fmaf(dw * da, sumi, mw * sa)
 
@@ -474,14 +477,14 @@ def k_rounding_depth(qtype, nblocks: int) -> int:
             AVX2: nb + 5.
       Q4_K, Q5_K  generic: d (1), f(lane) (1), nb fmas, 8 final adds -> nb + 10; AVX2: nb + 6
             (one more add of the separate mins sum).
-      TQ1_0, TQ2_0  generic: d (1), product (1), nb adds -> nb + 2; AVX2: d, f(lane) (its lanes
-            hold unsigned codes minus bsums and may pass 2^24), product, nb adds, 3 -> nb + 5.
+      TQ1_0, TQ2_0  generic: d (1), product (1), nb adds -> nb + 2; AVX2: d (1), f(lane) (1; its
+            lanes hold unsigned codes minus bsums), product (1), nb adds, 3 tree levels -> nb + 6.
       IQ4_XS  generic: d4d8 (1), * (ls - 32) (1), product (1), 8 nb adds -> 8 nb + 3; AVX2:
             nb + 5 (the sub-block scales are multiplied in as integers)."""
     name = get_format(qtype).name
     return {"Q2_K": 2 * nblocks + 5, "Q3_K": nblocks + 11, "Q6_K": nblocks + 11,
             "Q4_K": nblocks + 10, "Q5_K": nblocks + 10,
-            "TQ1_0": nblocks + 5, "TQ2_0": nblocks + 5, "IQ4_XS": 8 * nblocks + 3}[name]
+            "TQ1_0": nblocks + 6, "TQ2_0": nblocks + 6, "IQ4_XS": 8 * nblocks + 3}[name]
 
 
 # --------------------------------------------------------------------------- bounds
