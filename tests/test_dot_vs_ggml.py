@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refquant
-from refquant.conformance.strategies import float_rows
+from refquant.conformance.strategies import MATMUL_KINDS, float_rows, importance
 from refquant.ggml import dot
 
 TYPES = list(dot.VEC_DOT_TYPE)
@@ -24,6 +24,10 @@ def operands(data, qtype, max_rows=3):
     fmt = refquant.get_format(qtype)
     if fmt.block_size == 32:
         w = refquant.quantize(data.draw(float_rows(32, max_rows=4)), qtype)
+    elif qtype in dot.LATTICE:  # grid searches: with an importance matrix, on inputs they accept
+        x = data.draw(float_rows(fmt.block_size, max_rows=2, max_blocks=2, kinds=MATMUL_KINDS))
+        w = refquant.quantize(x, qtype, data.draw(importance(x.shape[1])))
+        max_rows = min(max_rows, 2)
     else:  # super-blocks of 256: fewer of them keep the draw quick
         w = refquant.quantize(data.draw(float_rows(fmt.block_size, max_rows=2, max_blocks=2)), qtype)
         max_rows = min(max_rows, 2)
@@ -157,7 +161,8 @@ def test_fma_f32_is_libm_fmaf():
 
 # byte offsets of the float fields in each block: (fp16 d, fp16 dmin or None)
 K_SCALE_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108, None), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None),
-                  "IQ4_XS": (0, None), "TQ1_0": (52, None), "TQ2_0": (64, None)}
+                  "IQ4_XS": (0, None), "TQ1_0": (52, None), "TQ2_0": (64, None),
+                  **{t: (0, None) for t in dot.LATTICE}}
 
 
 @st.composite
@@ -207,7 +212,8 @@ def test_k_vec_dot_is_the_generic_kernel_on_arbitrary_bytes(ggml, qtype, data):
 @pytest.mark.parametrize("qtype", dot.Q8_K_TYPES)
 @given(data=st.data())
 def test_q8_k_vec_dot_against_ggml(ggml, qtype, data):
-    """On rows quantized without an importance matrix, against Q8_K activations (one draw, three
+    """On rows quantized without an importance matrix (the lattice types: with one, as two of
+    them require it), against Q8_K activations (one draw, three
     checks, as the super-blocks are slow to draw):
     1. the generic kernel, bit for bit;
     2. the AVX2 kernel the type traits select, and the spec's own result, within the bound
@@ -242,6 +248,7 @@ def test_q8_k_vec_dot_against_ggml(ggml, qtype, data):
     exact = dot.lane_dots(wb, ab).sum(axis=(2, 3))
     if "m" in wb:
         exact = exact - dot.min_dots(wb, ab).sum(axis=2)
+    exact = exact * dot.LATTICE.get(qtype, 1)                  # IQ2_*, IQ3_XXS: 0.125f, 0.25f at the end
     _, S1 = dot.exact_quantized_dot(w1, qtype, qa1)
     small = S1 < 2 ** 24                                      # every partial sum exact in float32
     np.testing.assert_array_equal(ggml.vec_dot(w1, qa1, qtype)[small], exact.astype(np.float32)[small])

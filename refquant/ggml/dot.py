@@ -74,9 +74,17 @@ VEC_DOT_TYPE = {
     "IQ4_XS": "Q8_K",
     "TQ1_0": "Q8_K",
     "TQ2_0": "Q8_K",
+    "IQ2_XXS": "Q8_K",
+    "IQ2_XS": "Q8_K",
+    "IQ2_S": "Q8_K",
+    "IQ3_XXS": "Q8_K",
+    "IQ3_S": "Q8_K",
 }
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-Q8_K_TYPES = K_TYPES + ("IQ4_XS", "TQ1_0", "TQ2_0")
+# the lattice types: grid value x sign x odd sub-block scale is an integer w_p, and the generic
+# kernel returns FINAL[name] * sum_b d_b * f(sum_p w_p a_p); their fp16 d sits at byte 0
+LATTICE = {"IQ2_XXS": 0.125, "IQ2_XS": 0.125, "IQ2_S": 0.125, "IQ3_XXS": 0.25, "IQ3_S": 1.0}
+Q8_K_TYPES = K_TYPES + ("IQ4_XS", "TQ1_0", "TQ2_0") + tuple(LATTICE)
 
 ACTIVATION_VARIANTS = ("ref", "x86")
 
@@ -351,6 +359,19 @@ def decode_k_weight(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
             f = split_fields(w, 66, ("qs", 64), ("d", 2))
             q = _unpack_2bit(f["qs"]).astype(np.int32) - 1
         sc16 = np.ones((q.shape[0], 16), np.int32)
+    elif name in LATTICE:
+        # The dequantizer with d = 1 gives w_p / (1 / FINAL) exactly: IQ2_*: (0.5 + k) * 0.25 *
+        # grid * sign = (2k + 1) * grid * sign / 8; IQ3_XXS: / 4; IQ3_S: (1 + 2k) * grid * sign.
+        # Those are the integers the generic kernel sums (bsum += sumi * ls).
+        fmt = get_format(name)
+        f = {"d": w.reshape(-1, fmt.type_size)[:, 0:2]}
+        unit = w.reshape(-1, fmt.type_size).copy()
+        unit[:, 0], unit[:, 1] = 0x00, 0x3C
+        y = fmt.dequantize_rows(unit.reshape(N, -1)).astype(np.float64) / LATTICE[name]
+        q = y.astype(np.int32).reshape(-1, QK_K)
+        if not (q == y.reshape(-1, QK_K)).all():
+            raise AssertionError(f"{name}: the unit-scale decode is not integral")
+        sc16 = np.ones((q.shape[0], 16), np.int32)
     else:
         raise FormatError(f"{name} has no Q8_K vec_dot")
     out["q"] = q.reshape(N, -1, QK_K)
@@ -422,7 +443,7 @@ def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: 
             elif name in ("Q4_K", "Q5_K"):
                 sums = fma_f32(np.broadcast_to(d[..., None], sums.shape), _to_f32(lanes[:, :, b, :]), sums)
                 sumf = fma_f32(_fused_neg(dmin), _to_f32(summs[:, :, b]), sumf)
-            elif name in ("TQ1_0", "TQ2_0"):
+            elif name in ("TQ1_0", "TQ2_0") or name in LATTICE:
                 sumf = (sumf + _to_f32(lanes[:, :, b, :].sum(axis=2)) * d).astype(F32)
             elif name == "IQ4_XS":
                 for u in range(8):                                # sub-blocks of 32 in order
@@ -433,6 +454,8 @@ def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: 
         if name in K_TYPES and name != "Q2_K":
             for l in range(8):
                 sumf = (sumf + sums[:, :, l]).astype(F32)
+        if name in LATTICE and LATTICE[name] != 1.0:
+            sumf = (F32(LATTICE[name]) * sumf).astype(F32)          # *s = 0.125f * sumf
     return sumf
 
 
@@ -464,6 +487,8 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
         # a scale product past float32's range is inf there (and inf * 0 = NaN): no relative
         # bound holds, which S = inf says
         S = np.where((np.abs(d) > np.finfo(F32).max).any(axis=2), np.inf, S)
+    if name in LATTICE:   # the final power-of-two factor: exact in both
+        R, S = R * LATTICE[name], S * LATTICE[name]
     return R, S
 
 
@@ -480,11 +505,14 @@ def k_rounding_depth(qtype, nblocks: int) -> int:
       TQ1_0, TQ2_0  generic: d (1), product (1), nb adds -> nb + 2; AVX2: d (1), f(lane) (1; its
             lanes hold unsigned codes minus bsums), product (1), nb adds, 3 tree levels -> nb + 6.
       IQ4_XS  generic: d4d8 (1), * (ls - 32) (1), product (1), 8 nb adds -> 8 nb + 3; AVX2:
-            nb + 5 (the sub-block scales are multiplied in as integers)."""
+            nb + 5 (the sub-block scales are multiplied in as integers).
+      IQ2_XXS .. IQ3_S  generic: d (1), f(bsum) (1: |bsum| can pass 2^24), product (1), nb adds
+            -> nb + 3, then the exact power-of-two factor; AVX2: d, f(lane), nb fmas, 3 -> nb + 5."""
     name = get_format(qtype).name
     return {"Q2_K": 2 * nblocks + 5, "Q3_K": nblocks + 11, "Q6_K": nblocks + 11,
             "Q4_K": nblocks + 10, "Q5_K": nblocks + 10,
-            "TQ1_0": nblocks + 6, "TQ2_0": nblocks + 6, "IQ4_XS": 8 * nblocks + 3}[name]
+            "TQ1_0": nblocks + 6, "TQ2_0": nblocks + 6, "IQ4_XS": 8 * nblocks + 3,
+            **{t: nblocks + 5 for t in LATTICE}}[name]
 
 
 # --------------------------------------------------------------------------- bounds
