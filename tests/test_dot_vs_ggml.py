@@ -24,7 +24,7 @@ def operands(data, qtype, max_rows=3):
     fmt = refquant.get_format(qtype)
     if fmt.block_size == 32:
         w = refquant.quantize(data.draw(float_rows(32, max_rows=4)), qtype)
-    elif qtype in dot.LATTICE:  # grid searches: with an importance matrix, on inputs they accept
+    elif qtype in dot.LATTICE or qtype in dot.IQ1:  # grid searches: with an importance matrix, on inputs they accept
         x = data.draw(float_rows(fmt.block_size, max_rows=2, max_blocks=2, kinds=MATMUL_KINDS))
         w = refquant.quantize(x, qtype, data.draw(importance(x.shape[1])))
         max_rows = min(max_rows, 2)
@@ -162,7 +162,18 @@ def test_fma_f32_is_libm_fmaf():
 # byte offsets of the float fields in each block: (fp16 d, fp16 dmin or None)
 K_SCALE_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108, None), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None),
                   "IQ4_XS": (0, None), "TQ1_0": (52, None), "TQ2_0": (64, None),
-                  **{t: (0, None) for t in dot.LATTICE}}
+                  **{t: (0, None) for t in dot.LATTICE}, "IQ1_S": (0, None), "IQ1_M": ("iq1m", None)}
+
+
+def _set_fp16(blocks: np.ndarray, at, bits: int, i=slice(None)) -> None:
+    """Write fp16 `bits` into the scale field `at` of blocks[i]; IQ1_M keeps its d in the top
+    nibbles of its four uint16 scales (bytes 49, 51, 53, 55)."""
+    if at == "iq1m":
+        for k in range(4):
+            nib = (bits >> (4 * k)) & 0xF
+            blocks[i, 49 + 2 * k] = (blocks[i, 49 + 2 * k] & 0x0F) | (nib << 4)
+    else:
+        blocks[i, at], blocks[i, at + 1] = bits & 0xFF, bits >> 8
 
 
 @st.composite
@@ -179,11 +190,11 @@ def raw_rows(draw, type_size: int, nblocks: int, nrows: int):
     return np.concatenate(blocks).reshape(nrows, -1)
 
 
-def _finite_fp16(blocks: np.ndarray, at: int, data) -> None:
+def _finite_fp16(blocks: np.ndarray, at, data) -> None:
     """Replace the fp16 field at `at` of every block by a drawn finite value."""
     for i in range(len(blocks)):
         bits = data.draw(st.integers(0, 0xFFFF).filter(lambda b: (b & 0x7C00) != 0x7C00))
-        blocks[i, at:at + 2] = [bits & 0xFF, bits >> 8]
+        _set_fp16(blocks, at, bits, i)
 
 
 @pytest.mark.parametrize("qtype", dot.Q8_K_TYPES)
@@ -239,7 +250,7 @@ def test_q8_k_vec_dot_against_ggml(ggml, qtype, data):
     blocks = w.reshape(-1, fmt.type_size).copy()
     for at in K_SCALE_FIELDS[qtype]:
         if at is not None:
-            blocks[:, at], blocks[:, at + 1] = 0x00, 0x3C
+            _set_fp16(blocks, at, 0x3C00)
     w1 = blocks.reshape(w.shape)
     ablocks = qa.reshape(-1, 292).copy()
     ablocks[:, 0:4] = np.frombuffer(np.float32(1.0).tobytes(), np.uint8)
@@ -249,8 +260,12 @@ def test_q8_k_vec_dot_against_ggml(ggml, qtype, data):
     if "m" in wb:
         exact = exact - dot.min_dots(wb, ab).sum(axis=2)
     exact = exact * dot.LATTICE.get(qtype, 1)                  # IQ2_*, IQ3_XXS: 0.125f, 0.25f at the end
+    limit = 2 ** 24
+    if qtype in dot.IQ1:                                      # + 0.125 * the delta part: eighths
+        exact = exact + dot.IQ1_DELTA * dot.iq1_delta_dots(qtype, wb, ab).sum(axis=2)
+        limit = 2 ** 21
     _, S1 = dot.exact_quantized_dot(w1, qtype, qa1)
-    small = S1 < 2 ** 24                                      # every partial sum exact in float32
+    small = S1 < limit                                        # every partial sum exact in float32
     np.testing.assert_array_equal(ggml.vec_dot(w1, qa1, qtype)[small], exact.astype(np.float32)[small])
 
 

@@ -332,8 +332,8 @@ def case(draw, op: str, key: str) -> dict:
     if op == "vec_dot":
         fmt = get_format(key)
         big = fmt.block_size > 32     # super-blocks of 256: fewer, or the draw overruns
-        from ..ggml.dot import LATTICE
-        if fmt.name in LATTICE:       # grid searches: an importance matrix, inputs they accept
+        from ..ggml.dot import IQ1, LATTICE
+        if fmt.name in LATTICE or fmt.name in IQ1:   # grid searches: an importance matrix, inputs they accept
             x = draw(float_rows(256, max_rows=2, max_blocks=2, kinds=MATMUL_KINDS))
             w = SPEC.quantize(x, fmt, draw(importance(x.shape[1])))
         else:

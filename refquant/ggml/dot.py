@@ -79,12 +79,17 @@ VEC_DOT_TYPE = {
     "IQ2_S": "Q8_K",
     "IQ3_XXS": "Q8_K",
     "IQ3_S": "Q8_K",
+    "IQ1_S": "Q8_K",
+    "IQ1_M": "Q8_K",
 }
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 # the lattice types: grid value x sign x odd sub-block scale is an integer w_p, and the generic
 # kernel returns FINAL[name] * sum_b d_b * f(sum_p w_p a_p); their fp16 d sits at byte 0
 LATTICE = {"IQ2_XXS": 0.125, "IQ2_XS": 0.125, "IQ2_S": 0.125, "IQ3_XXS": 0.25, "IQ3_S": 1.0}
-Q8_K_TYPES = K_TYPES + ("IQ4_XS", "TQ1_0", "TQ2_0") + tuple(LATTICE)
+# IQ1_S, IQ1_M: values ls * (g + delta), g in {-1, 0, 1}, delta = +-IQ1S_DELTA (0.125f)
+IQ1 = ("IQ1_S", "IQ1_M")
+IQ1_DELTA = 0.125
+Q8_K_TYPES = K_TYPES + ("IQ4_XS", "TQ1_0", "TQ2_0") + tuple(LATTICE) + IQ1
 
 ACTIVATION_VARIANTS = ("ref", "x86")
 
@@ -372,6 +377,39 @@ def decode_k_weight(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
         if not (q == y.reshape(-1, QK_K)).all():
             raise AssertionError(f"{name}: the unit-scale decode is not integral")
         sc16 = np.ones((q.shape[0], 16), np.int32)
+    elif name in IQ1:
+        # q_p = ls_p * g_p (the grid part) and qd_p = ls_p * sign(delta_p) (the delta part), read
+        # from the bits for ls and delta and from the unit-scale decode y = ls * (g + delta) for g
+        fmt = get_format(name)
+        blocks = w.reshape(-1, fmt.type_size)
+        unit = blocks.copy()
+        if name == "IQ1_S":       # | d:f16 | qs[32] | qh: u16[8] (bits 12-14 ls, bit 15 delta) |
+            f = {"d": blocks[:, 0:2]}
+            unit[:, 0], unit[:, 1] = 0x00, 0x3C
+            qh = np.ascontiguousarray(blocks[:, 34:50]).view("<u2").astype(np.int32)      # (nb, 8)
+            ls = np.repeat(2 * ((qh >> 12) & 7) + 1, 32, axis=1)
+            sgn = np.repeat(np.where(qh & 0x8000, -1, 1), 32, axis=1)
+        else:                     # | qs[32] | qh[16] (bits 3, 7: delta) | scales: u16[4], d in top nibbles |
+            sc = np.ascontiguousarray(blocks[:, 48:56]).view("<u2").astype(np.int32)      # (nb, 4)
+            dbits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0xF0) | ((sc[:, 2] >> 4) & 0xF00) | (sc[:, 3] & 0xF000)
+            f = {"d": dbits.astype("<u2").view(np.uint8).reshape(-1, 2)}
+            for k, nib in enumerate((0x0, 0x0, 0xC, 0x3)):                             # d = 0x3C00 = 1
+                unit[:, 49 + 2 * k] = (unit[:, 49 + 2 * k] & 0x0F) | (nib << 4)
+            ib = np.arange(8)
+            shift = 6 * (ib % 2)
+            ls1 = 2 * ((sc[:, ib // 2] >> shift) & 7) + 1                               # groups 0, 1
+            ls2 = 2 * ((sc[:, ib // 2] >> (shift + 3)) & 7) + 1                         # groups 2, 3
+            ls = np.repeat(np.stack([ls1, ls1, ls2, ls2], axis=2).reshape(-1, 32), 8, axis=1)
+            qhb = blocks[:, 32:48].astype(np.int32).reshape(-1, 8, 2)
+            bits = np.stack([qhb[:, :, 0] & 0x08, qhb[:, :, 0] & 0x80, qhb[:, :, 1] & 0x08, qhb[:, :, 1] & 0x80], axis=2)
+            sgn = np.repeat(np.where(bits.reshape(-1, 32) != 0, -1, 1), 8, axis=1)
+        y = fmt.dequantize_rows(unit.reshape(N, -1)).astype(np.float64).reshape(-1, QK_K)
+        g = y / ls - IQ1_DELTA * sgn
+        q = (ls * g.astype(np.int32)).astype(np.int32)
+        if not ((g == np.rint(g)).all() and (np.abs(g) <= 1).all()):
+            raise AssertionError(f"{name}: the unit-scale decode is not ls * (g + delta)")
+        out["qd"] = (ls * sgn).astype(np.int32).reshape(N, -1, QK_K)
+        sc16 = np.ones((q.shape[0], 16), np.int32)
     else:
         raise FormatError(f"{name} has no Q8_K vec_dot")
     out["q"] = q.reshape(N, -1, QK_K)
@@ -407,6 +445,15 @@ def min_dots(wb: dict, ab: dict) -> np.ndarray | None:
     return np.einsum("mbj,nbj->mnb", ab["bsums"].astype(np.int64), wb["m"].astype(np.int64))
 
 
+def iq1_delta_dots(name, wb: dict, ab: dict) -> np.ndarray:
+    """The integer delta part (M, N, nb): IQ1_S sum_ib ls_ib * sign_ib * (bsums[2ib] + bsums[2ib+1])
+    (the stored bsums, as the kernel reads them); IQ1_M sum_p ls_p * sign_p * qa_p."""
+    if name == "IQ1_S":
+        qd16 = wb["qd"][:, :, ::16].astype(np.int64)                  # per 16: ls * sign
+        return np.einsum("mbj,nbj->mnb", ab["bsums"].astype(np.int64), qd16)
+    return np.einsum("mbp,nbp->mnb", ab["q"].astype(np.int64), wb["qd"].astype(np.int64))
+
+
 def _to_f32(i: np.ndarray) -> np.ndarray:
     """(float) of an int32 value (cvtsi2ss: round to nearest even above 2^24; the generic
     kernels never get there)."""
@@ -424,6 +471,8 @@ def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: 
     """The generic K-quant kernels' float32 steps, in the order of the table above -> (M, N)."""
     name = get_format(qtype).name
     M, N, nb, _ = lanes.shape
+    if name in IQ1:
+        deltas = iq1_delta_dots(name, wb, ab)
     if name == "IQ4_XS":  # sumi of each sub-block of 32, unscaled: the scale is applied in float
         units = np.einsum("mbuj,nbuj->mnbu", ab["q"].astype(np.int64).reshape(M, nb, 8, 32),
                           wb["q"].astype(np.int64).reshape(N, nb, 8, 32))
@@ -443,6 +492,13 @@ def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: 
             elif name in ("Q4_K", "Q5_K"):
                 sums = fma_f32(np.broadcast_to(d[..., None], sums.shape), _to_f32(lanes[:, :, b, :]), sums)
                 sumf = fma_f32(_fused_neg(dmin), _to_f32(summs[:, :, b]), sumf)
+            elif name in IQ1:
+                # IQ1_S: sumf += d * (sumi + IQ1S_DELTA * sumi1), sumi1 from the Q8_K bsums;
+                # IQ1_M: sumf += d * (sumi1 + IQ1M_DELTA * sumi2), sumi2 from the qs themselves.
+                # Both fused by the build: fmaf(d, fmaf(f(delta part), 0.125f, f(grid part)), sumf)
+                inner = fma_f32(_to_f32(deltas[:, :, b]), np.broadcast_to(F32(IQ1_DELTA), d.shape),
+                                _to_f32(lanes[:, :, b, :].sum(axis=2)))
+                sumf = fma_f32(d, inner, sumf)
             elif name in ("TQ1_0", "TQ2_0") or name in LATTICE:
                 sumf = (sumf + _to_f32(lanes[:, :, b, :].sum(axis=2)) * d).astype(F32)
             elif name == "IQ4_XS":
@@ -487,6 +543,16 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
         # a scale product past float32's range is inf there (and inf * 0 = NaN): no relative
         # bound holds, which S = inf says
         S = np.where((np.abs(d) > np.finfo(F32).max).any(axis=2), np.inf, S)
+    if name in IQ1:       # + 0.125 * d * delta part; its magnitude 0.125 * |d| * sum |ls| |qa|
+        with np.errstate(all="ignore"):
+            dd = wb["d"].astype(np.float64)[None, :, :] * ab["d"].astype(np.float64)[:, None, :]
+            R = R + IQ1_DELTA * (dd * iq1_delta_dots(name, wb, ab).astype(np.float64)).sum(axis=2)
+            if name == "IQ1_S":
+                dmag = np.einsum("mbj,nbj->mnb", np.abs(ab["bsums"]).astype(np.int64),
+                                 np.abs(wb["qd"][:, :, ::16]).astype(np.int64))
+            else:
+                dmag = np.einsum("mbp,nbp->mnb", np.abs(ab["q"]).astype(np.int64), np.abs(wb["qd"]).astype(np.int64))
+            S = S + IQ1_DELTA * (np.abs(dd) * dmag.astype(np.float64)).sum(axis=2)
     if name in LATTICE:   # the final power-of-two factor: exact in both
         R, S = R * LATTICE[name], S * LATTICE[name]
     return R, S
@@ -507,12 +573,14 @@ def k_rounding_depth(qtype, nblocks: int) -> int:
       IQ4_XS  generic: d4d8 (1), * (ls - 32) (1), product (1), 8 nb adds -> 8 nb + 3; AVX2:
             nb + 5 (the sub-block scales are multiplied in as integers).
       IQ2_XXS .. IQ3_S  generic: d (1), f(bsum) (1: |bsum| can pass 2^24), product (1), nb adds
-            -> nb + 3, then the exact power-of-two factor; AVX2: d, f(lane), nb fmas, 3 -> nb + 5."""
+            -> nb + 3, then the exact power-of-two factor; AVX2: d, f(lane), nb fmas, 3 -> nb + 5.
+      IQ1_S, IQ1_M  generic: d (1), f (1), inner fma (1), nb fmas -> nb + 3; AVX2: d (1), f (1),
+            nb fmas, 3 tree levels, the final add of the separately summed delta part (1) -> nb + 6."""
     name = get_format(qtype).name
     return {"Q2_K": 2 * nblocks + 5, "Q3_K": nblocks + 11, "Q6_K": nblocks + 11,
             "Q4_K": nblocks + 10, "Q5_K": nblocks + 10,
             "TQ1_0": nblocks + 6, "TQ2_0": nblocks + 6, "IQ4_XS": 8 * nblocks + 3,
-            **{t: nblocks + 5 for t in LATTICE}}[name]
+            **{t: nblocks + 5 for t in LATTICE}, "IQ1_S": nblocks + 6, "IQ1_M": nblocks + 6}[name]
 
 
 # --------------------------------------------------------------------------- bounds
