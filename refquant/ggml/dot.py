@@ -285,6 +285,11 @@ def vec_dot(w: np.ndarray, qtype, a: np.ndarray, variant: str = "ref") -> np.nda
 #   Q5_K  sums[l] = fmaf(d_b, f(lane_l), sums[l]);  sumf = fmaf(-dmin_b, f(summs), sumf)
 #
 # and, for all but Q2_K, after the last super-block: sumf += sums[0]; ...; sumf += sums[7].
+#
+# The other Q8_K types reuse the lanes with sc_p = 1 (TQ1_0, TQ2_0, the lattice types: their
+# integer weight w_p is the code) or per 32 (IQ4_XS); their float steps are in combine_k and
+# spec/ggml/dot.md: TQ sumf += f(sumi) * d_b; IQ4_XS per sub-block (d_b * f(ls - 32)) * f(sumi);
+# IQ2/IQ3 sumf += f(bsum) * d_b then * 0.125f / 0.25f; IQ1 two fused steps with IQ1S_DELTA.
 # The fused and unfused steps are those GCC emitted for ggml-python 0.0.45's x86-64 build
 # (contraction on by default): vfmadd231ps / vfnmadd231ss / vfmsub132ss for Q4_K, Q5_K, Q2_K,
 # separate vmulps + vaddps for Q3_K and Q6_K.
