@@ -109,6 +109,10 @@ def test_simd_integer_part_is_exact(ggml, qtype, data):
         w1 = w.reshape(-1, fmt.type_size).copy()
         w1[:, 0] = 128
         w1 = w1.reshape(w.shape)
+    elif qtype == "NVFP4":                         # UE4M3 0x40 = 2.0, stored as its half: 1
+        w1 = w.reshape(-1, fmt.type_size).copy()
+        w1[:, 0:4] = 0x40
+        w1 = w1.reshape(w.shape)
     else:
         w1 = _unit_scales(w, fmt.type_size)
     if qtype in ("Q4_1", "Q5_1"):
@@ -120,9 +124,13 @@ def test_simd_integer_part_is_exact(ggml, qtype, data):
         blocks = qa1.reshape(-1, 36)
         blocks[:, 2:4] = 0                         # s = 0 (m * s must not be 0 * inf)
         qa1 = blocks.reshape(qa.shape)
-    wb = dot.decode_weight_blocks(w1, qtype)
-    ab = dot.decode_activation_blocks(qa1, vt)
-    exact = dot.block_dots(wb["q"], ab["q"]).sum(axis=2).astype(np.float32)  # |sum| < 2^24: exact
+    if qtype in dot.NESTED:
+        q, _, aq, _ = dot._nested_operands(w1, qtype, qa1)
+        exact = np.einsum("mup,nup->mn", aq.astype(np.int64), q.astype(np.int64)).astype(np.float32)
+    else:
+        wb = dot.decode_weight_blocks(w1, qtype)
+        ab = dot.decode_activation_blocks(qa1, vt)
+        exact = dot.block_dots(wb["q"], ab["q"]).sum(axis=2).astype(np.float32)  # |sum| < 2^24: exact
     np.testing.assert_array_equal(ggml.vec_dot(w1, qa1, qtype), exact)
 
 
@@ -269,17 +277,18 @@ def test_q8_k_vec_dot_against_ggml(ggml, qtype, data):
     np.testing.assert_array_equal(ggml.vec_dot(w1, qa1, qtype)[small], exact.astype(np.float32)[small])
 
 
-@pytest.mark.parametrize("qtype", ["IQ4_NL", "MXFP4"])
+@pytest.mark.parametrize("qtype", ["IQ4_NL", "MXFP4", "Q1_0", "NVFP4"])
 @given(data=st.data())
 def test_q8_0_lookup_types_are_the_generic_kernel_on_arbitrary_bytes(ggml, qtype, data):
-    """IQ4_NL and MXFP4 on every code and scale byte (MXFP4's e from 2^-128 to 2^127, where the
-    scale product overflows to inf), against Q8_0 bytes with codes down to -128."""
+    """IQ4_NL, MXFP4, Q1_0 and NVFP4 on every code and scale byte (MXFP4's e from 2^-128 to
+    2^127, where the scale product overflows to inf; every UE4M3 byte), against Q8_0 bytes with
+    codes down to -128."""
     fmt = refquant.get_format(qtype)
-    nb, N, M = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
+    nb, N, M = data.draw(st.integers(1, 6 if fmt.block_size == 32 else 2)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
     w = data.draw(raw_rows(fmt.type_size, nb, N))
-    if qtype == "IQ4_NL":
+    if qtype in ("IQ4_NL", "Q1_0"):
         _finite_fp16(w.reshape(-1, fmt.type_size), 0, data)
-    qa = data.draw(raw_rows(34, nb, M))
+    qa = data.draw(raw_rows(34, nb * fmt.block_size // 32, M))
     _finite_fp16(qa.reshape(-1, 34), 0, data)
     ours = dot.vec_dot_quantized(w, qtype, qa)
     np.testing.assert_array_equal(ours.view(np.uint32), ggml.vec_dot(w, qa, qtype, generic=True).view(np.uint32))

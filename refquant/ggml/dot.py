@@ -81,7 +81,12 @@ VEC_DOT_TYPE = {
     "IQ3_S": "Q8_K",
     "IQ1_S": "Q8_K",
     "IQ1_M": "Q8_K",
+    "Q1_0": "Q8_0",
+    "NVFP4": "Q8_0",
 }
+# weight blocks that span several Q8_0 blocks (Q1_0: 128 = 4 x 32) or have scales per 16
+# (NVFP4: 64 = 4 x 16): their own section below
+NESTED = ("Q1_0", "NVFP4")
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 # the lattice types: grid value x sign x odd sub-block scale is an integer w_p, and the generic
 # kernel returns FINAL[name] * sum_b d_b * f(sum_p w_p a_p); their fp16 d sits at byte 0
@@ -241,6 +246,8 @@ def vec_dot_quantized(w: np.ndarray, qtype, qa: np.ndarray) -> np.ndarray:
     if vt == "Q8_K":
         wb, ab = _k_operands(w, qtype, qa)
         return combine_k(qtype, lane_dots(wb, ab), min_dots(wb, ab), wb, ab)
+    if get_format(qtype).name in NESTED:
+        return combine_nested(qtype, *_nested_operands(w, qtype, qa))
     wb = decode_weight_blocks(w, qtype)
     ab = decode_activation_blocks(qa, vt)
     _same_blocks(qtype, wb, ab)
@@ -563,6 +570,78 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
     return R, S
 
 
+# --------------------------------------------------------------------------- Q1_0, NVFP4 (Q8_0)
+#
+#   Q1_0   | d: f16 | qs[16]: bit e of the 128 -> code +1 (set) or -1 |      against 4 Q8_0 blocks
+#          sumi_f = 0; for k in 0..3: sumi_f = sumi_f + f(sumi_k) * d_y[k];   sumf = sumf + d * sumi_f
+#   NVFP4  | d[4]: UE4M3 halves, one per 16 | qs[32]: sub-block s, qs[8s + j] low -> 16s + j,
+#          high -> 16s + 8 + j, codes kvalues_mxfp4 |                       against 2 Q8_0 blocks
+#          for each sub-block s of 16: sumf = sumf + f(sumi_s) * (d_y[s/2] * d[s])
+#
+# (separate multiplies and adds in the build). NVFP4 has no SIMD kernel on x86: the type traits
+# hold the generic one.
+
+def _nested_operands(w, qtype, qa):
+    """-> (q (N, nu, U) int32 codes per unit, dw: Q1_0 (N, nb) / NVFP4 (N, nu), aq (M, nu, U),
+    da (M, nu * U / 32)) with U = 32 (Q1_0) or 16 (NVFP4)."""
+    name = get_format(qtype).name
+    N = w.shape[0]
+    ab = decode_activation_blocks(qa, "Q8_0")
+    if name == "Q1_0":
+        f = split_fields(w, 18, ("d", 2), ("qs", 16))
+        bits = np.unpackbits(f["qs"], axis=1, bitorder="little").astype(np.int32)     # element e: bit e
+        q = (2 * bits - 1).reshape(N, -1, 32)
+        dw = fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)
+        U = 32
+    else:
+        from .fp4 import KVALUES_MXFP4, ue4m3_to_fp32_half
+        f = split_fields(w, 36, ("d", 4), ("qs", 32))
+        qs = f["qs"].reshape(-1, 4, 8)
+        q = KVALUES_MXFP4.astype(np.int32)[np.concatenate([qs & 0x0F, qs >> 4], axis=2)].reshape(N, -1, 16)
+        dw = ue4m3_to_fp32_half(f["d"]).reshape(N, -1)
+        U = 16
+    M = qa.shape[0]
+    aq = ab["q"].reshape(M, -1, U)
+    if aq.shape[1] != q.shape[1]:
+        raise InputError(f"{name} vec_dot: weight rows have {q.shape[1] * U} values, activation rows {aq.shape[1] * U}")
+    return q, dw, aq, ab["d"]
+
+
+def combine_nested(qtype, q, dw, aq, da) -> np.ndarray:
+    name = get_format(qtype).name
+    sums = np.einsum("mup,nup->mnu", aq.astype(np.int64), q.astype(np.int64)).astype(np.int32)   # exact
+    M, N, nu = sums.shape
+    sumf = np.zeros((M, N), dtype=F32)
+    with np.errstate(all="ignore"):
+        if name == "Q1_0":
+            for b in range(nu // 4):
+                si = np.zeros((M, N), dtype=F32)
+                for k in range(4):
+                    si = (si + _to_f32(sums[:, :, 4 * b + k]) * da[:, None, 4 * b + k]).astype(F32)
+                sumf = (sumf + dw[None, :, b] * si).astype(F32)
+        else:
+            for u in range(nu):
+                dd = da[:, None, u // 2] * dw[None, :, u]                 # dy * d
+                sumf = (sumf + _to_f32(sums[:, :, u]) * dd).astype(F32)
+    return sumf
+
+
+def exact_nested_dot(qtype, q, dw, aq, da):
+    """(R, S) as for the legacy types: every scale product exact in float64 (11 + 11 bits; NVFP4's
+    UE4M3 has 4)."""
+    name = get_format(qtype).name
+    sums = np.einsum("mup,nup->mnu", aq.astype(np.int64), q.astype(np.int64)).astype(np.float64)
+    mags = np.einsum("mup,nup->mnu", np.abs(aq).astype(np.int64), np.abs(q).astype(np.int64)).astype(np.float64)
+    nu = sums.shape[2]
+    dwu = np.repeat(dw, 4, axis=1) if name == "Q1_0" else dw                 # per unit
+    dau = da if name == "Q1_0" else np.repeat(da, 2, axis=1)
+    with np.errstate(all="ignore"):
+        dd = dwu.astype(np.float64)[None, :, :nu] * dau.astype(np.float64)[:, None, :nu]
+        R = (dd * sums).sum(axis=2)
+        S = (np.abs(dd) * mags).sum(axis=2)
+    return R, S
+
+
 def k_rounding_depth(qtype, nblocks: int) -> int:
     """The most float32 roundings any product passes through, over the generic kernel and the
     AVX2 kernel ggml-cpu selects (spec/ggml/dot.md draws each path):
@@ -598,6 +677,8 @@ def exact_quantized_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarra
     vt = vec_dot_type(qtype)
     if vt == "Q8_K":
         return exact_k_dot(w, qtype, qa)
+    if get_format(qtype).name in NESTED:
+        return exact_nested_dot(qtype, *_nested_operands(w, qtype, qa))
     wb = decode_weight_blocks(w, qtype)
     ab = decode_activation_blocks(qa, vt)
     _same_blocks(qtype, wb, ab)
@@ -631,6 +712,11 @@ def simd_error_bound(qtype, nblocks: int, S: np.ndarray) -> np.ndarray:
     16 per super-block (2 scale products, 8 + 4 lane fmas), each carried at most (1 + gamma)."""
     from ..gemm import gamma
     name = get_format(qtype).name
+    if name in NESTED:
+        # Q1_0 AVX2: d_y * s (1), 3 fmas, the outer fma chain (nb), 3 tree levels -> nb + 7
+        # (generic: 1 + 4 adds + 1 + nb = nb + 6). NVFP4 (generic only): dd (1), product (1), 4 nb adds.
+        k = nblocks + 7 if name == "Q1_0" else 4 * nblocks + 2
+        return (gamma(k, np.float32) + gamma(4 * nblocks + 1, np.float64)) * S + 8 * nblocks * 2.0 ** -149
     if VEC_DOT_TYPE.get(name) == "Q8_K":
         k = k_rounding_depth(name, nblocks)
         return ((gamma(k, np.float32) + gamma(2 * nblocks + 1, np.float64)) * S
