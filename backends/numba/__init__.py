@@ -16,7 +16,7 @@ Claimed: quantize (with and without an importance matrix) and dequantize of F16,
 legacy types, the K-quants Q2_K..Q6_K and Q8_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, Q1_0, MXFP4,
 NVFP4 and the minifloat row formats (backends/numba/minifloat.py also has encode/decode with
 the spec's saturate option); vec_dot of the legacy types, the K-quants, IQ4_NL, IQ4_XS, MXFP4, TQ1_0
-and TQ2_0 (the lattice IQ types' vec_dot runs in the spec);
+and TQ2_0 (the vec_dot of the lattice IQ types, Q1_0 and NVFP4 runs in the spec);
 the W4A16, W8A8 and FP8 matmuls. Not claimed (the spec runs): the OCP MX and bitsandbytes
 formats.
 
