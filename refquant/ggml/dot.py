@@ -4,10 +4,12 @@ ggml_compute_forward_mul_mat multiplies a weight matrix W (N rows of type T) by 
 (M rows of float32) as follows, and this module defines each step:
 
 1. Every activation row is quantized to T's `vec_dot_type` (Q8_0 for Q4_0 Q5_0 Q8_0 IQ4_NL
-   MXFP4, Q8_1 for Q4_1 Q5_1, Q8_K for the K-quants Q2_K..Q6_K, IQ4_XS, TQ1_0, TQ2_0) by the CPU
-   backend's `from_float` -> `quantize_activation`. Steps 2-3 below are the Q8_0/Q8_1 types'
-   (IQ4_NL and MXFP4 read their codes from a 16-entry table); the Q8_K types' integer lanes and
-   float order are drawn in their own section further down (and in spec/ggml/dot.md).
+   MXFP4 Q1_0 NVFP4, Q8_1 for Q4_1 Q5_1, Q8_K for the K-quants Q2_K..Q6_K, IQ4_XS, TQ1_0, TQ2_0
+   and the lattice types IQ2_*, IQ3_*, IQ1_*) by the CPU backend's `from_float` ->
+   `quantize_activation`. Steps 2-3 below are the 32-block Q8_0/Q8_1 types' (IQ4_NL and MXFP4
+   read their codes from a 16-entry table); Q1_0 and NVFP4 (blocks over several Q8_0 blocks)
+   and the Q8_K types have their own sections further down, and every order is drawn in
+   spec/ggml/dot.md.
 2. For every (activation row, weight row) pair and every block b of 32, an integer dot
    sumi_b = sum_j qw[j] * qa[j] -- EXACT (int32, |sumi| < 2^17, order irrelevant).
 3. The blocks are combined in float32, one block at a time, in C's order and association:
