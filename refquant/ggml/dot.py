@@ -535,7 +535,9 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
     A_b = sum_p |sc_p| |q_p| |a_p|; for Q6_K, whose AVX2 kernel multiplies the unsigned codes
     q_p + 32 and subtracts 32 * sc * bsums afterwards, A_b = sum_p |sc_p| (|q_p + 32| + 32) |a_p|,
     which bounds every partial sum of either kernel. 2 nb float64 terms: relative error at most
-    2 nb * 2^-53 of S. S is inf where a float32 scale product x.d*y.d or x.dmin*y.d overflows."""
+    2 nb * 2^-53 of S. S is inf where a float32 scale product x.d*y.d or x.dmin*y.d overflows,
+    and (lattice and IQ1 types) where the sums taken before the final 0.125f / 0.25f factor
+    can pass 1e38."""
     wb, ab = _k_operands(w, qtype, qa)
     name = get_format(qtype).name
     lanes = lane_dots(wb, ab).sum(axis=3).astype(np.float64)
@@ -566,10 +568,18 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
                                  np.abs(wb["qd"][:, :, ::16]).astype(np.int64))
             else:
                 dmag = np.einsum("mbp,nbp->mnb", np.abs(ab["q"]).astype(np.int64), np.abs(wb["qd"]).astype(np.int64))
-            S = S + IQ1_DELTA * (np.abs(dd) * dmag.astype(np.float64)).sum(axis=2)
-    if name in LATTICE:   # the final power-of-two factor: exact in both
+            Sd = (np.abs(dd) * dmag.astype(np.float64)).sum(axis=2)
+            # the kernels sum the delta part before its 0.125f: those sums reach Sd itself
+            S = np.where(S + Sd > _PARTIAL_MAX, np.inf, S + IQ1_DELTA * Sd)
+    if name in LATTICE:   # the final power-of-two factor: exact in both; the sums before it reach S
+        S = np.where(S > _PARTIAL_MAX, np.inf, S)
         R, S = R * LATTICE[name], S * LATTICE[name]
     return R, S
+
+
+# Partial sums past this may overflow float32 on the way (3.4e38 less rounding growth): where the
+# kernels' partial sums can reach it before a final small factor, S is inf (no bound is claimed).
+_PARTIAL_MAX = 1e38
 
 
 # --------------------------------------------------------------------------- Q1_0, NVFP4 (Q8_0)
