@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from ..backend import SPEC, Backend, get_backend, operation_key, operation_keys
 from ..errors import RefquantError
 from ..registry import IMATRIX_NONE, Format, all_formats, get_format
-from .strategies import (EXACT_MATMUL_KINDS, activations, float_rows, fp8_weights, importance, tie_grids_for,
+from .strategies import (EXACT_MATMUL_KINDS, MATMUL_KINDS, activations, float_rows, fp8_weights, importance, tie_grids_for,
                          w4a16_weights, w8a8_weights)
 
 EXACT, BOUND, FAIL, NOT_CLAIMED, ERROR = "exact", "within bound", "FAIL", "not claimed", "ERROR"
@@ -331,9 +331,16 @@ def case(draw, op: str, key: str) -> dict:
         return {"data": np.frombuffer(raw, np.uint8).copy().reshape(rows, -1)}
     if op == "vec_dot":
         fmt = get_format(key)
-        w = SPEC.quantize(draw(float_rows(fmt.block_size, max_rows=5)), fmt)
+        big = fmt.block_size > 32     # super-blocks of 256: fewer, or the draw overruns
+        from ..ggml.dot import IQ1, LATTICE
+        if fmt.name in LATTICE or fmt.name in IQ1:   # grid searches: an importance matrix, inputs they accept
+            x = draw(float_rows(256, max_rows=2, max_blocks=2, kinds=MATMUL_KINDS))
+            w = SPEC.quantize(x, fmt, draw(importance(x.shape[1])))
+        else:
+            w = SPEC.quantize(draw(float_rows(fmt.block_size, max_rows=2 if big else 5, max_blocks=2 if big else 4)), fmt)
         K = w.shape[1] // fmt.type_size * fmt.block_size
-        a = draw(float_rows(32, max_rows=3, min_blocks=K // 32, max_blocks=K // 32))
+        bs = draw(st.sampled_from([32, fmt.block_size]))
+        a = draw(float_rows(bs, max_rows=2 if big else 3, min_blocks=K // bs, max_blocks=K // bs))
         return {"w": w, "a": a, "variant": draw(st.sampled_from(["ref", "x86"]))}
     if op == "matmul":
         if key == "W4A16":

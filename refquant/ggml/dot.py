@@ -3,8 +3,13 @@
 ggml_compute_forward_mul_mat multiplies a weight matrix W (N rows of type T) by activations A
 (M rows of float32) as follows, and this module defines each step:
 
-1. Every activation row is quantized to T's `vec_dot_type` (Q8_0 for Q4_0 Q5_0 Q8_0, Q8_1 for
-   Q4_1 Q5_1) by the CPU backend's `from_float` -> `quantize_activation`.
+1. Every activation row is quantized to T's `vec_dot_type` (Q8_0 for Q4_0 Q5_0 Q8_0 IQ4_NL
+   MXFP4 Q1_0 NVFP4, Q8_1 for Q4_1 Q5_1, Q8_K for the K-quants Q2_K..Q6_K, IQ4_XS, TQ1_0, TQ2_0
+   and the lattice types IQ2_*, IQ3_*, IQ1_*) by the CPU backend's `from_float` ->
+   `quantize_activation`. Steps 2-3 below are the 32-block Q8_0/Q8_1 types' (IQ4_NL and MXFP4
+   read their codes from a 16-entry table); Q1_0 and NVFP4 (blocks over several Q8_0 blocks)
+   and the Q8_K types have their own sections further down, and every order is drawn in
+   spec/ggml/dot.md.
 2. For every (activation row, weight row) pair and every block b of 32, an integer dot
    sumi_b = sum_j qw[j] * qa[j] -- EXACT (int32, |sumi| < 2^17, order irrelevant).
 3. The blocks are combined in float32, one block at a time, in C's order and association:
@@ -15,6 +20,8 @@ ggml_compute_forward_mul_mat multiplies a weight matrix W (N rows of type T) by 
        Q4_0   (sumi * dw) * da                      (C: sumi*d_x*d_y)
        Q5_0   (dw * da) * sumi
        Q8_0   sumi * (dw * da)
+       IQ4_NL (dw * da) * sumi                      (C: d * (sumi1 + sumi2))
+       MXFP4  (dw * da) * sumi                      (dw = 2^(e-128), GGML_E8M0_TO_FP32_HALF)
        Q4_1   fmaf(dw * da, sumi, mw * sa)          (C: (d_x*d_y)*sumi + m_x*s_y)
        Q5_1   fmaf(dw * da, sumi, mw * sa)
 
@@ -59,7 +66,37 @@ VEC_DOT_TYPE = {
     "Q5_0": "Q8_0",
     "Q5_1": "Q8_1",
     "Q8_0": "Q8_0",
+    "Q2_K": "Q8_K",
+    "Q3_K": "Q8_K",
+    "Q4_K": "Q8_K",
+    "Q5_K": "Q8_K",
+    "Q6_K": "Q8_K",
+    "IQ4_NL": "Q8_0",
+    "MXFP4": "Q8_0",
+    "IQ4_XS": "Q8_K",
+    "TQ1_0": "Q8_K",
+    "TQ2_0": "Q8_K",
+    "IQ2_XXS": "Q8_K",
+    "IQ2_XS": "Q8_K",
+    "IQ2_S": "Q8_K",
+    "IQ3_XXS": "Q8_K",
+    "IQ3_S": "Q8_K",
+    "IQ1_S": "Q8_K",
+    "IQ1_M": "Q8_K",
+    "Q1_0": "Q8_0",
+    "NVFP4": "Q8_0",
 }
+# weight blocks that span several Q8_0 blocks (Q1_0: 128 = 4 x 32) or have scales per 16
+# (NVFP4: 64 = 4 x 16): their own section below
+NESTED = ("Q1_0", "NVFP4")
+K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+# the lattice types: grid value x sign x odd sub-block scale is an integer w_p, and the generic
+# kernel returns FINAL[name] * sum_b d_b * f(sum_p w_p a_p); their fp16 d sits at byte 0
+LATTICE = {"IQ2_XXS": 0.125, "IQ2_XS": 0.125, "IQ2_S": 0.125, "IQ3_XXS": 0.25, "IQ3_S": 1.0}
+# IQ1_S, IQ1_M: values ls * (g + delta), g in {-1, 0, 1}, delta = +-IQ1S_DELTA (0.125f)
+IQ1 = ("IQ1_S", "IQ1_M")
+IQ1_DELTA = 0.125
+Q8_K_TYPES = K_TYPES + ("IQ4_XS", "TQ1_0", "TQ2_0") + tuple(LATTICE) + IQ1
 
 ACTIVATION_VARIANTS = ("ref", "x86")
 
@@ -88,15 +125,17 @@ def _cvtps_epi32(v: np.ndarray) -> np.ndarray:
 
 
 def quantize_activation(a: np.ndarray, qtype: str, variant: str = "ref") -> np.ndarray:
-    """Float32 rows a (M, K) -> bytes (M, K/32 * type_size) of Q8_0 or Q8_1 (step 1)."""
+    """Float32 rows a (M, K) -> bytes (M, K/bs * type_size) of Q8_0, Q8_1 or Q8_K (step 1).
+    Q8_K has one quantizer on every build (x86's quantize_row_q8_K is quantize_row_q8_K_ref):
+    both variants give the same bytes."""
     fmt = get_format(qtype)
-    if fmt.name not in ("Q8_0", "Q8_1"):
-        raise FormatError(f"activations are quantized to Q8_0 or Q8_1 here, not {fmt.name}")
-    if variant == "ref":
+    if fmt.name not in ("Q8_0", "Q8_1", "Q8_K"):
+        raise FormatError(f"activations are quantized to Q8_0, Q8_1 or Q8_K here, not {fmt.name}")
+    if variant not in ACTIVATION_VARIANTS:
+        raise InputError(f"unknown activation variant {variant!r}; known: {', '.join(ACTIVATION_VARIANTS)}")
+    if variant == "ref" or fmt.name == "Q8_K":
         with np.errstate(all="ignore"):  # overflow to inf is part of the C arithmetic
             return fmt.quantize_rows(a, None)
-    if variant != "x86":
-        raise InputError(f"unknown activation variant {variant!r}; known: {', '.join(ACTIVATION_VARIANTS)}")
     xb = as_blocks(a, QK)
     with np.errstate(all="ignore"):
         amax = np.max(np.abs(xb), axis=1)            # _mm256_max_ps over |x|: no NaN here
@@ -140,6 +179,15 @@ def decode_weight_blocks(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
     elif name == "Q8_0":
         f = split_fields(w, 34, ("d", 2), ("qs", 32))
         q = f["qs"].view(np.int8).astype(np.int32)
+    elif name == "IQ4_NL":                       # kvalues_iq4nl[nibble]
+        from .iquants import KVALUES_IQ4NL
+        f = split_fields(w, 18, ("d", 2), ("qs", 16))
+        q = KVALUES_IQ4NL.astype(np.int32)[np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1)]
+    elif name == "MXFP4":                        # kvalues_mxfp4[nibble] (E2M1 doubled), d = 2^(e-128)
+        from .fp4 import KVALUES_MXFP4, e8m0_to_fp32_half
+        f = split_fields(w, 17, ("e", 1), ("qs", 16))
+        q = KVALUES_MXFP4.astype(np.int32)[np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1)]
+        return {"q": q.reshape(N, -1, QK), "d": e8m0_to_fp32_half(f["e"][:, 0]).reshape(N, -1)}
     else:
         raise FormatError(f"{name} has no vec_dot")
     out = {"q": q.reshape(N, -1, QK), "d": fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)}
@@ -182,8 +230,8 @@ def combine(qtype, sumi: np.ndarray, wb: dict, ab: dict) -> np.ndarray:
             da = ab["d"][:, None, b]
             if name == "Q4_0":
                 t = (s * dw) * da
-            elif name == "Q5_0":
-                t = (dw * da) * s
+            elif name in ("Q5_0", "IQ4_NL", "MXFP4"):
+                t = (dw * da) * s                          # C: d * (sumi1 + sumi2), d = d_y * d_x
             elif name == "Q8_0":
                 t = s * (dw * da)
             elif name in ("Q4_1", "Q5_1"):
@@ -197,12 +245,21 @@ def combine(qtype, sumi: np.ndarray, wb: dict, ab: dict) -> np.ndarray:
 def vec_dot_quantized(w: np.ndarray, qtype, qa: np.ndarray) -> np.ndarray:
     """Steps 2-3 on already quantized activations qa (M, bytes of the vec_dot type) -> (M, N)."""
     vt = vec_dot_type(qtype)
+    if vt == "Q8_K":
+        wb, ab = _k_operands(w, qtype, qa)
+        return combine_k(qtype, lane_dots(wb, ab), min_dots(wb, ab), wb, ab)
+    if get_format(qtype).name in NESTED:
+        return combine_nested(qtype, *_nested_operands(w, qtype, qa))
     wb = decode_weight_blocks(w, qtype)
     ab = decode_activation_blocks(qa, vt)
+    _same_blocks(qtype, wb, ab)
+    return combine(qtype, block_dots(wb["q"], ab["q"]), wb, ab)
+
+
+def _same_blocks(qtype, wb, ab):
     if wb["q"].shape[1] != ab["q"].shape[1]:
         raise InputError(f"{get_format(qtype).name} vec_dot: weight rows have {wb['q'].shape[1]} blocks, "
                          f"activation rows {ab['q'].shape[1]}")
-    return combine(qtype, block_dots(wb["q"], ab["q"]), wb, ab)
 
 
 def vec_dot(w: np.ndarray, qtype, a: np.ndarray, variant: str = "ref") -> np.ndarray:
@@ -211,16 +268,432 @@ def vec_dot(w: np.ndarray, qtype, a: np.ndarray, variant: str = "ref") -> np.nda
     return vec_dot_quantized(w, qtype, quantize_activation(a, vec_dot_type(qtype), variant))
 
 
+# --------------------------------------------------------------------------- K-quants (Q8_K)
+#
+# Weight super-blocks of 256 against Q8_K activation super-blocks (d: float32, qs: int8[256],
+# bsums: int16[16], the sums of each 16 qs). The generic kernels read every weight value as a
+# small integer code q_p with an integer sub-block scale sc_p (and, for Q2_K/Q4_K/Q5_K, an
+# integer sub-block min m_j against bsums[j]), and split the 256 products into 8 integer lanes:
+# lane l collects the positions p = l (mod 8) (the `aux32[l] += scale * aux16[l]` loops).
+#
+#   Q2_K  q = 2-bit code 0..3        sc = scales[p/16] & 0xF   m_j = scales[j] >> 4
+#   Q3_K  q = 3-bit code - 4: -4..3  sc = 6-bit scale - 32     no mins
+#   Q4_K  q = 4-bit code 0..15       sc = 6-bit scale[p/32]    m_j = 6-bit min[j/2]
+#   Q5_K  q = 5-bit code 0..31       sc = 6-bit scale[p/32]    m_j = 6-bit min[j/2]
+#   Q6_K  q = 6-bit code - 32        sc = int8 scales[p/16]    no mins
+#
+# Per super-block b (d_b = fp16(x.d) * y.d and dmin_b = fp16(x.dmin) * y.d, float32 products;
+# f() the int -> float32 conversion, exact: |lane| <= 32 * 128 * 32 * 128 = 2^24, and
+# |isum|, |summs| < 2^21):
+#
+#   Q2_K  sumf += fmaf(d_b, f(isum), -(dmin_b * f(summs)))   isum = sum of the 8 lanes,
+#                                                           summs = sum_j m_j * bsums_j
+#   Q3_K  sums[l] = sums[l] + d_b * f(lane_l)                 (multiply, then add: not fused)
+#   Q6_K  sums[l] = sums[l] + d_b * f(lane_l)
+#   Q4_K  sums[l] = fmaf(d_b, f(lane_l), sums[l]);  sumf = fmaf(-dmin_b, f(summs), sumf)
+#   Q5_K  sums[l] = fmaf(d_b, f(lane_l), sums[l]);  sumf = fmaf(-dmin_b, f(summs), sumf)
+#
+# and, for all but Q2_K, after the last super-block: sumf += sums[0]; ...; sumf += sums[7].
+#
+# The other Q8_K types reuse the lanes with sc_p = 1 (TQ1_0, TQ2_0, the lattice types: their
+# integer weight w_p is the code) or per 32 (IQ4_XS); their float steps are in combine_k and
+# spec/ggml/dot.md: TQ sumf += f(sumi) * d_b; IQ4_XS per sub-block (d_b * f(ls - 32)) * f(sumi);
+# IQ2/IQ3 sumf += f(bsum) * d_b then * 0.125f / 0.25f; IQ1 two fused steps with IQ1S_DELTA.
+# The fused and unfused steps are those GCC emitted for ggml-python 0.0.45's x86-64 build
+# (contraction on by default): vfmadd231ps / vfnmadd231ss / vfmsub132ss for Q4_K, Q5_K, Q2_K,
+# separate vmulps + vaddps for Q3_K and Q6_K.
+
+QK_K = 256
+
+
+def decode_q8_k(qa: np.ndarray) -> dict[str, np.ndarray]:
+    """Q8_K rows (M, row_bytes) -> {"q": int32 (M, nb, 256), "d": float32 (M, nb),
+    "bsums": int32 (M, nb, 16)}."""
+    M = qa.shape[0]
+    f = split_fields(qa, 292, ("d", 4), ("qs", 256), ("bsums", 32))
+    return {"q": f["qs"].view(np.int8).astype(np.int32).reshape(M, -1, QK_K),
+            "d": np.ascontiguousarray(f["d"]).view("<f4")[:, 0].astype(F32).reshape(M, -1),
+            "bsums": np.ascontiguousarray(f["bsums"]).view("<i2").astype(np.int32).reshape(M, -1, 16)}
+
+
+def decode_k_weight(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
+    """K-quant weight rows (N, row_bytes) -> {"q": int32 (N, nb, 256) codes, "sc": int32
+    (N, nb, 256) the integer scale of each position's sub-block, "d": float32 (N, nb), and for
+    Q2_K/Q4_K/Q5_K "dmin": float32 (N, nb), "m": int32 (N, nb, 16) the min multiplying bsums[j]},
+    as the table above reads them."""
+    from .kquants import _split_nibbles_k, _unpack_2bit, unpack_q3_k_scales, unpack_scale_min_k4
+    name = get_format(qtype).name
+    N = w.shape[0]
+    out = {}
+    if name == "Q2_K":
+        f = split_fields(w, 84, ("scales", 16), ("qs", 64), ("d", 2), ("dmin", 2))
+        q = _unpack_2bit(f["qs"]).astype(np.int32)
+        sc16 = (f["scales"] & 0xF).astype(np.int32)
+        out["m"] = (f["scales"] >> 4).astype(np.int32)
+        out["dmin"] = fp16_bits_to_fp32(u16(f["dmin"]))
+    elif name == "Q3_K":
+        f = split_fields(w, 110, ("hmask", 32), ("qs", 64), ("scales", 12), ("d", 2))
+        hbit = ((f["hmask"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(-1, QK_K)
+        q = _unpack_2bit(f["qs"]).astype(np.int32) - np.where(hbit != 0, 0, 4)   # hm & m ? 0 : 4
+        sc16 = unpack_q3_k_scales(f["scales"]) - 32
+    elif name in ("Q4_K", "Q5_K"):
+        if name == "Q4_K":
+            f = split_fields(w, 144, ("d", 2), ("dmin", 2), ("scales", 12), ("qs", 128))
+            q = _split_nibbles_k(f["qs"]).astype(np.int32)
+        else:
+            f = split_fields(w, 176, ("d", 2), ("dmin", 2), ("scales", 12), ("qh", 32), ("qs", 128))
+            hbit = ((f["qh"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(-1, QK_K)
+            q = _split_nibbles_k(f["qs"]).astype(np.int32) + (hbit.astype(np.int32) << 4)
+        sc8, m8 = unpack_scale_min_k4(f["scales"])
+        sc16 = np.repeat(sc8.astype(np.int32), 2, axis=1)       # scale of 32 = two of 16
+        out["m"] = np.repeat(m8.astype(np.int32), 2, axis=1)     # mins[j/2]
+        out["dmin"] = fp16_bits_to_fp32(u16(f["dmin"]))
+    elif name == "Q6_K":
+        f = split_fields(w, 210, ("ql", 128), ("qh", 64), ("scales", 16), ("d", 2))
+        ql = f["ql"].reshape(-1, 2, 2, 32)            # half h: ql[64h + 32s + l]
+        qh = f["qh"].reshape(-1, 2, 1, 32)
+        low = np.stack([ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
+        high = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
+        q = (low | (high << 4)).astype(np.int32).reshape(-1, QK_K) - 32
+        sc16 = f["scales"].view(np.int8).astype(np.int32)
+    elif name == "IQ4_XS":
+        from .iquants import KVALUES_IQ4NL, _unpack_codes
+        f = split_fields(w, 136, ("d", 2), ("scales_h", 2), ("scales_l", 4), ("qs", 128))
+        q = KVALUES_IQ4NL.astype(np.int32)[_unpack_codes(f["qs"])]
+        sh = u16(f["scales_h"]).astype(np.int32)
+        sl = f["scales_l"].astype(np.int32)
+        ib = np.arange(8)
+        ls = ((sl[:, ib // 2] >> (4 * (ib % 2))) & 0xF) | (((sh[:, None] >> (2 * ib)) & 3) << 4)
+        sc16 = np.repeat(ls - 32, 2, axis=1)                      # one 6-bit scale per 32
+    elif name in ("TQ1_0", "TQ2_0"):
+        from .kquants import _unpack_2bit
+        from .lowbit import _TRITS_F32
+        if name == "TQ1_0":                                       # base-3 digits, (xi - 1)
+            f = split_fields(w, 54, ("qs", 48), ("qh", 4), ("d", 2))
+            trits = _TRITS_F32.astype(np.int32)
+            q = np.concatenate([trits[f["qs"][:, :32]].transpose(0, 2, 1).reshape(-1, 160),
+                                trits[f["qs"][:, 32:]].transpose(0, 2, 1).reshape(-1, 80),
+                                trits[f["qh"]][:, :, :4].transpose(0, 2, 1).reshape(-1, 16)], axis=1)
+        else:                                                     # 2-bit fields - 1
+            f = split_fields(w, 66, ("qs", 64), ("d", 2))
+            q = _unpack_2bit(f["qs"]).astype(np.int32) - 1
+        sc16 = np.ones((q.shape[0], 16), np.int32)
+    elif name in LATTICE:
+        # The dequantizer with d = 1 gives w_p / (1 / FINAL) exactly: IQ2_*: (0.5 + k) * 0.25 *
+        # grid * sign = (2k + 1) * grid * sign / 8; IQ3_XXS: / 4; IQ3_S: (1 + 2k) * grid * sign.
+        # Those are the integers the generic kernel sums (bsum += sumi * ls).
+        fmt = get_format(name)
+        f = {"d": w.reshape(-1, fmt.type_size)[:, 0:2]}
+        unit = w.reshape(-1, fmt.type_size).copy()
+        unit[:, 0], unit[:, 1] = 0x00, 0x3C
+        y = fmt.dequantize_rows(unit.reshape(N, -1)).astype(np.float64) / LATTICE[name]
+        q = y.astype(np.int32).reshape(-1, QK_K)
+        if not (q == y.reshape(-1, QK_K)).all():
+            raise AssertionError(f"{name}: the unit-scale decode is not integral")
+        sc16 = np.ones((q.shape[0], 16), np.int32)
+    elif name in IQ1:
+        # q_p = ls_p * g_p (the grid part) and qd_p = ls_p * sign(delta_p) (the delta part), read
+        # from the bits for ls and delta and from the unit-scale decode y = ls * (g + delta) for g
+        fmt = get_format(name)
+        blocks = w.reshape(-1, fmt.type_size)
+        unit = blocks.copy()
+        if name == "IQ1_S":       # | d:f16 | qs[32] | qh: u16[8] (bits 12-14 ls, bit 15 delta) |
+            f = {"d": blocks[:, 0:2]}
+            unit[:, 0], unit[:, 1] = 0x00, 0x3C
+            qh = np.ascontiguousarray(blocks[:, 34:50]).view("<u2").astype(np.int32)      # (nb, 8)
+            ls = np.repeat(2 * ((qh >> 12) & 7) + 1, 32, axis=1)
+            sgn = np.repeat(np.where(qh & 0x8000, -1, 1), 32, axis=1)
+        else:                     # | qs[32] | qh[16] (bits 3, 7: delta) | scales: u16[4], d in top nibbles |
+            sc = np.ascontiguousarray(blocks[:, 48:56]).view("<u2").astype(np.int32)      # (nb, 4)
+            dbits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0xF0) | ((sc[:, 2] >> 4) & 0xF00) | (sc[:, 3] & 0xF000)
+            f = {"d": dbits.astype("<u2").view(np.uint8).reshape(-1, 2)}
+            for k, nib in enumerate((0x0, 0x0, 0xC, 0x3)):                             # d = 0x3C00 = 1
+                unit[:, 49 + 2 * k] = (unit[:, 49 + 2 * k] & 0x0F) | (nib << 4)
+            ib = np.arange(8)
+            shift = 6 * (ib % 2)
+            ls1 = 2 * ((sc[:, ib // 2] >> shift) & 7) + 1                               # groups 0, 1
+            ls2 = 2 * ((sc[:, ib // 2] >> (shift + 3)) & 7) + 1                         # groups 2, 3
+            ls = np.repeat(np.stack([ls1, ls1, ls2, ls2], axis=2).reshape(-1, 32), 8, axis=1)
+            qhb = blocks[:, 32:48].astype(np.int32).reshape(-1, 8, 2)
+            bits = np.stack([qhb[:, :, 0] & 0x08, qhb[:, :, 0] & 0x80, qhb[:, :, 1] & 0x08, qhb[:, :, 1] & 0x80], axis=2)
+            sgn = np.repeat(np.where(bits.reshape(-1, 32) != 0, -1, 1), 8, axis=1)
+        y = fmt.dequantize_rows(unit.reshape(N, -1)).astype(np.float64).reshape(-1, QK_K)
+        g = y / ls - IQ1_DELTA * sgn
+        q = (ls * g.astype(np.int32)).astype(np.int32)
+        if not ((g == np.rint(g)).all() and (np.abs(g) <= 1).all()):
+            raise AssertionError(f"{name}: the unit-scale decode is not ls * (g + delta)")
+        out["qd"] = (ls * sgn).astype(np.int32).reshape(N, -1, QK_K)
+        sc16 = np.ones((q.shape[0], 16), np.int32)
+    else:
+        raise FormatError(f"{name} has no Q8_K vec_dot")
+    out["q"] = q.reshape(N, -1, QK_K)
+    out["sc"] = np.repeat(sc16, 16, axis=1).reshape(N, -1, QK_K)
+    out["d"] = fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)
+    if "m" in out:
+        out["m"] = out["m"].reshape(N, -1, 16)
+        out["dmin"] = out["dmin"].reshape(N, -1)
+    return out
+
+
+def _k_operands(w, qtype, qa):
+    wb = decode_k_weight(w, qtype)
+    ab = decode_q8_k(qa)
+    _same_blocks(qtype, wb, ab)
+    return wb, ab
+
+
+def lane_dots(wb: dict, ab: dict) -> np.ndarray:
+    """lane[m, n, b, l] = sum over p = l (mod 8) of sc_p * q_p * a_p: exact integers, int64
+    (M, N, nb, 8). Every lane fits int32 (|lane| <= 32 * 128 * 32 * 128 < 2^31)."""
+    M, nb = ab["q"].shape[:2]
+    N = wb["q"].shape[0]
+    wsq = (wb["sc"] * wb["q"]).astype(np.int64).reshape(N, nb, 32, 8)
+    aq = ab["q"].astype(np.int64).reshape(M, nb, 32, 8)
+    return np.einsum("mbkl,nbkl->mnbl", aq, wsq)
+
+
+def min_dots(wb: dict, ab: dict) -> np.ndarray | None:
+    """summs[m, n, b] = sum_j m_j * bsums_j (Q2_K, Q4_K, Q5_K), exact int64; None without mins."""
+    if "m" not in wb:
+        return None
+    return np.einsum("mbj,nbj->mnb", ab["bsums"].astype(np.int64), wb["m"].astype(np.int64))
+
+
+def iq1_delta_dots(name, wb: dict, ab: dict) -> np.ndarray:
+    """The integer delta part (M, N, nb): IQ1_S sum_ib ls_ib * sign_ib * (bsums[2ib] + bsums[2ib+1])
+    (the stored bsums, as the kernel reads them); IQ1_M sum_p ls_p * sign_p * qa_p."""
+    if name == "IQ1_S":
+        qd16 = wb["qd"][:, :, ::16].astype(np.int64)                  # per 16: ls * sign
+        return np.einsum("mbj,nbj->mnb", ab["bsums"].astype(np.int64), qd16)
+    return np.einsum("mbp,nbp->mnb", ab["q"].astype(np.int64), wb["qd"].astype(np.int64))
+
+
+def _to_f32(i: np.ndarray) -> np.ndarray:
+    """(float) of an int32 value (cvtsi2ss: round to nearest even above 2^24; the generic
+    kernels never get there)."""
+    return i.astype(np.int32).astype(F32)
+
+
+def _fused_neg(x: np.ndarray) -> np.ndarray:
+    """-x as an FMA instruction applies it (vfmsub, vfnmadd): a NaN operand propagates with its
+    own sign, where a separate negation would flip it. NaNs here are x86's default 0xFFC00000
+    (inf * 0, inf - inf), which NumPy's float32 arithmetic produces too."""
+    return np.where(np.isnan(x), x, -x)
+
+
+def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: dict) -> np.ndarray:
+    """The generic K-quant kernels' float32 steps, in the order of the table above -> (M, N)."""
+    name = get_format(qtype).name
+    M, N, nb, _ = lanes.shape
+    if name in IQ1:
+        deltas = iq1_delta_dots(name, wb, ab)
+    if name == "IQ4_XS":  # sumi of each sub-block of 32, unscaled: the scale is applied in float
+        units = np.einsum("mbuj,nbuj->mnbu", ab["q"].astype(np.int64).reshape(M, nb, 8, 32),
+                          wb["q"].astype(np.int64).reshape(N, nb, 8, 32))
+    sumf = np.zeros((M, N), dtype=F32)
+    sums = np.zeros((M, N, 8), dtype=F32)
+    with np.errstate(all="ignore"):
+        for b in range(nb):
+            d = wb["d"][None, :, b] * ab["d"][:, None, b]            # fp16(x.d) * y.d
+            if "dmin" in wb:
+                dmin = wb["dmin"][None, :, b] * ab["d"][:, None, b]
+            if name == "Q2_K":
+                isum = _to_f32(lanes[:, :, b, :].sum(axis=2))
+                t = fma_f32(d, isum, _fused_neg(dmin * _to_f32(summs[:, :, b])))
+                sumf = (sumf + t).astype(F32)
+            elif name in ("Q3_K", "Q6_K"):
+                sums = (sums + d[..., None] * _to_f32(lanes[:, :, b, :])).astype(F32)
+            elif name in ("Q4_K", "Q5_K"):
+                sums = fma_f32(np.broadcast_to(d[..., None], sums.shape), _to_f32(lanes[:, :, b, :]), sums)
+                sumf = fma_f32(_fused_neg(dmin), _to_f32(summs[:, :, b]), sumf)
+            elif name in IQ1:
+                # IQ1_S: sumf += d * (sumi + IQ1S_DELTA * sumi1), sumi1 from the Q8_K bsums;
+                # IQ1_M: sumf += d * (sumi1 + IQ1M_DELTA * sumi2), sumi2 from the qs themselves.
+                # Both fused by the build: fmaf(d, fmaf(f(delta part), 0.125f, f(grid part)), sumf)
+                inner = fma_f32(_to_f32(deltas[:, :, b]), np.broadcast_to(F32(IQ1_DELTA), d.shape),
+                                _to_f32(lanes[:, :, b, :].sum(axis=2)))
+                sumf = fma_f32(d, inner, sumf)
+            elif name in ("TQ1_0", "TQ2_0") or name in LATTICE:
+                sumf = (sumf + _to_f32(lanes[:, :, b, :].sum(axis=2)) * d).astype(F32)
+            elif name == "IQ4_XS":
+                for u in range(8):                                # sub-blocks of 32 in order
+                    dl = d * wb["sc"][None, :, b, 32 * u].astype(F32)      # d4d8 * (ls - 32)
+                    sumf = (sumf + dl * _to_f32(units[:, :, b, u])).astype(F32)
+            else:
+                raise FormatError(f"{name} has no Q8_K vec_dot")
+        if name in K_TYPES and name != "Q2_K":
+            for l in range(8):
+                sumf = (sumf + sums[:, :, l]).astype(F32)
+        if name in LATTICE and LATTICE[name] != 1.0:
+            sumf = (F32(LATTICE[name]) * sumf).astype(F32)          # *s = 0.125f * sumf
+    return sumf
+
+
+def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, S) for a K-quant: R = sum_b (xd*yd) sum_p sc_p q_p a_p - (xdmin*yd) summs_b in float64
+    (xd*yd is exact there: 11 + 24 bits), and S = sum_b |xd*yd| A_b + |xdmin*yd| sum_j |m_j bsums_j|,
+    A_b = sum_p |sc_p| |q_p| |a_p|; for Q6_K, whose AVX2 kernel multiplies the unsigned codes
+    q_p + 32 and subtracts 32 * sc * bsums afterwards, A_b = sum_p |sc_p| (|q_p + 32| + 32) |a_p|,
+    which bounds every partial sum of either kernel. 2 nb float64 terms: relative error at most
+    2 nb * 2^-53 of S. S is inf where a float32 scale product x.d*y.d or x.dmin*y.d overflows,
+    and (lattice and IQ1 types) where the sums taken before the final 0.125f / 0.25f factor
+    can pass 1e38."""
+    wb, ab = _k_operands(w, qtype, qa)
+    name = get_format(qtype).name
+    lanes = lane_dots(wb, ab).sum(axis=3).astype(np.float64)
+    off = {"Q6_K": 32, "TQ1_0": 1, "TQ2_0": 1}.get(name, 0)   # AVX2's unsigned codes q + off
+    wq = np.abs(wb["q"] + off) + off
+    mag = np.einsum("mbp,nbp->mnb", np.abs(ab["q"]).astype(np.int64),
+                    (np.abs(wb["sc"]) * wq).astype(np.int64)).astype(np.float64)
+    with np.errstate(all="ignore"):
+        d = wb["d"].astype(np.float64)[None, :, :] * ab["d"].astype(np.float64)[:, None, :]
+        R = (d * lanes).sum(axis=2)
+        S = (np.abs(d) * mag).sum(axis=2)
+        if "m" in wb:
+            dmin = wb["dmin"].astype(np.float64)[None, :, :] * ab["d"].astype(np.float64)[:, None, :]
+            R = R - (dmin * min_dots(wb, ab).astype(np.float64)).sum(axis=2)
+            amins = np.einsum("mbj,nbj->mnb", np.abs(ab["bsums"]).astype(np.int64),
+                              wb["m"].astype(np.int64)).astype(np.float64)
+            S = S + (np.abs(dmin) * amins).sum(axis=2)
+            d = np.maximum(np.abs(d), np.abs(dmin))
+        # a scale product past float32's range is inf there (and inf * 0 = NaN): no relative
+        # bound holds, which S = inf says
+        S = np.where((np.abs(d) > np.finfo(F32).max).any(axis=2), np.inf, S)
+    if name in IQ1:       # + 0.125 * d * delta part; its magnitude 0.125 * |d| * sum |ls| |qa|
+        with np.errstate(all="ignore"):
+            dd = wb["d"].astype(np.float64)[None, :, :] * ab["d"].astype(np.float64)[:, None, :]
+            R = R + IQ1_DELTA * (dd * iq1_delta_dots(name, wb, ab).astype(np.float64)).sum(axis=2)
+            if name == "IQ1_S":
+                dmag = np.einsum("mbj,nbj->mnb", np.abs(ab["bsums"]).astype(np.int64),
+                                 np.abs(wb["qd"][:, :, ::16]).astype(np.int64))
+            else:
+                dmag = np.einsum("mbp,nbp->mnb", np.abs(ab["q"]).astype(np.int64), np.abs(wb["qd"]).astype(np.int64))
+            Sd = (np.abs(dd) * dmag.astype(np.float64)).sum(axis=2)
+            # the kernels sum the delta part before its 0.125f: those sums reach Sd itself
+            S = np.where(S + Sd > _PARTIAL_MAX, np.inf, S + IQ1_DELTA * Sd)
+    if name in LATTICE:   # the final power-of-two factor: exact in both; the sums before it reach S
+        S = np.where(S > _PARTIAL_MAX, np.inf, S)
+        R, S = R * LATTICE[name], S * LATTICE[name]
+    return R, S
+
+
+# Partial sums past this may overflow float32 on the way (3.4e38 less rounding growth): where the
+# kernels' partial sums can reach it before a final small factor, S is inf (no bound is claimed).
+_PARTIAL_MAX = 1e38
+
+
+# --------------------------------------------------------------------------- Q1_0, NVFP4 (Q8_0)
+#
+#   Q1_0   | d: f16 | qs[16]: bit e of the 128 -> code +1 (set) or -1 |      against 4 Q8_0 blocks
+#          sumi_f = 0; for k in 0..3: sumi_f = sumi_f + f(sumi_k) * d_y[k];   sumf = sumf + d * sumi_f
+#   NVFP4  | d[4]: UE4M3 halves, one per 16 | qs[32]: sub-block s, qs[8s + j] low -> 16s + j,
+#          high -> 16s + 8 + j, codes kvalues_mxfp4 |                       against 2 Q8_0 blocks
+#          for each sub-block s of 16: sumf = sumf + f(sumi_s) * (d_y[s/2] * d[s])
+#
+# (separate multiplies and adds in the build). NVFP4 has no SIMD kernel on x86: the type traits
+# hold the generic one.
+
+def _nested_operands(w, qtype, qa):
+    """-> (q (N, nu, U) int32 codes per unit, dw: Q1_0 (N, nb) / NVFP4 (N, nu), aq (M, nu, U),
+    da (M, nu * U / 32)) with U = 32 (Q1_0) or 16 (NVFP4)."""
+    name = get_format(qtype).name
+    N = w.shape[0]
+    ab = decode_activation_blocks(qa, "Q8_0")
+    if name == "Q1_0":
+        f = split_fields(w, 18, ("d", 2), ("qs", 16))
+        bits = np.unpackbits(f["qs"], axis=1, bitorder="little").astype(np.int32)     # element e: bit e
+        q = (2 * bits - 1).reshape(N, -1, 32)
+        dw = fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)
+        U = 32
+    else:
+        from .fp4 import KVALUES_MXFP4, ue4m3_to_fp32_half
+        f = split_fields(w, 36, ("d", 4), ("qs", 32))
+        qs = f["qs"].reshape(-1, 4, 8)
+        q = KVALUES_MXFP4.astype(np.int32)[np.concatenate([qs & 0x0F, qs >> 4], axis=2)].reshape(N, -1, 16)
+        dw = ue4m3_to_fp32_half(f["d"]).reshape(N, -1)
+        U = 16
+    M = qa.shape[0]
+    aq = ab["q"].reshape(M, -1, U)
+    if aq.shape[1] != q.shape[1]:
+        raise InputError(f"{name} vec_dot: weight rows have {q.shape[1] * U} values, activation rows {aq.shape[1] * U}")
+    return q, dw, aq, ab["d"]
+
+
+def combine_nested(qtype, q, dw, aq, da) -> np.ndarray:
+    name = get_format(qtype).name
+    sums = np.einsum("mup,nup->mnu", aq.astype(np.int64), q.astype(np.int64)).astype(np.int32)   # exact
+    M, N, nu = sums.shape
+    sumf = np.zeros((M, N), dtype=F32)
+    with np.errstate(all="ignore"):
+        if name == "Q1_0":
+            for b in range(nu // 4):
+                si = np.zeros((M, N), dtype=F32)
+                for k in range(4):
+                    si = (si + _to_f32(sums[:, :, 4 * b + k]) * da[:, None, 4 * b + k]).astype(F32)
+                sumf = (sumf + dw[None, :, b] * si).astype(F32)
+        else:
+            for u in range(nu):
+                dd = da[:, None, u // 2] * dw[None, :, u]                 # dy * d
+                sumf = (sumf + _to_f32(sums[:, :, u]) * dd).astype(F32)
+    return sumf
+
+
+def exact_nested_dot(qtype, q, dw, aq, da):
+    """(R, S) as for the legacy types: every scale product exact in float64 (11 + 11 bits; NVFP4's
+    UE4M3 has 4)."""
+    name = get_format(qtype).name
+    sums = np.einsum("mup,nup->mnu", aq.astype(np.int64), q.astype(np.int64)).astype(np.float64)
+    mags = np.einsum("mup,nup->mnu", np.abs(aq).astype(np.int64), np.abs(q).astype(np.int64)).astype(np.float64)
+    nu = sums.shape[2]
+    dwu = np.repeat(dw, 4, axis=1) if name == "Q1_0" else dw                 # per unit
+    dau = da if name == "Q1_0" else np.repeat(da, 2, axis=1)
+    with np.errstate(all="ignore"):
+        dd = dwu.astype(np.float64)[None, :, :nu] * dau.astype(np.float64)[:, None, :nu]
+        R = (dd * sums).sum(axis=2)
+        S = (np.abs(dd) * mags).sum(axis=2)
+    return R, S
+
+
+def k_rounding_depth(qtype, nblocks: int) -> int:
+    """The most float32 roundings any product passes through, over the generic kernel and the
+    AVX2 kernel ggml-cpu selects (spec/ggml/dot.md draws each path):
+
+      Q2_K  AVX2: d (1), f(lane) (1), 2 nb fmas (mins and scales share the 8 lanes), 3 tree
+            levels -> 2 nb + 5; generic: nb + 3.
+      Q3_K, Q6_K  generic: d (1), f(lane) (1), product (1), nb adds, 8 final adds -> nb + 11;
+            AVX2: nb + 5.
+      Q4_K, Q5_K  generic: d (1), f(lane) (1), nb fmas, 8 final adds -> nb + 10; AVX2: nb + 6
+            (one more add of the separate mins sum).
+      TQ1_0, TQ2_0  generic: d (1), product (1), nb adds -> nb + 2; AVX2: d (1), f(lane) (1; its
+            lanes hold unsigned codes minus bsums), product (1), nb adds, 3 tree levels -> nb + 6.
+      IQ4_XS  generic: d4d8 (1), * (ls - 32) (1), product (1), 8 nb adds -> 8 nb + 3; AVX2:
+            nb + 5 (the sub-block scales are multiplied in as integers).
+      IQ2_XXS .. IQ3_S  generic: d (1), f(bsum) (1: |bsum| can pass 2^24), product (1), nb adds
+            -> nb + 3, then the exact power-of-two factor; AVX2: d, f(lane), nb fmas, 3 -> nb + 5.
+      IQ1_S, IQ1_M  generic: d (1), f (1), inner fma (1), nb fmas -> nb + 3; AVX2: d (1), f (1),
+            nb fmas, 3 tree levels, the final add of the separately summed delta part (1) -> nb + 6."""
+    name = get_format(qtype).name
+    return {"Q2_K": 2 * nblocks + 5, "Q3_K": nblocks + 11, "Q6_K": nblocks + 11,
+            "Q4_K": nblocks + 10, "Q5_K": nblocks + 10,
+            "TQ1_0": nblocks + 6, "TQ2_0": nblocks + 6, "IQ4_XS": 8 * nblocks + 3,
+            **{t: nblocks + 5 for t in LATTICE}, "IQ1_S": nblocks + 6, "IQ1_M": nblocks + 6}[name]
+
+
 # --------------------------------------------------------------------------- bounds
 
 def exact_quantized_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(R, S): the exact value of what steps 2-3 approximate, R = sum_b dw*da*sumi_b (+ mw*sa),
     in float64 (every product exact: 11+11+17 bits), and S = sum_b |dw*da| sum_j |qw*qa| (+ |mw*sa|),
     the magnitude the float error is proportional to. Each is a float64 sum of nb terms, with
-    relative error at most nb * 2^-53 of S."""
+    relative error at most nb * 2^-53 of S. K-quants: see exact_k_dot."""
     vt = vec_dot_type(qtype)
+    if vt == "Q8_K":
+        return exact_k_dot(w, qtype, qa)
+    if get_format(qtype).name in NESTED:
+        return exact_nested_dot(qtype, *_nested_operands(w, qtype, qa))
     wb = decode_weight_blocks(w, qtype)
     ab = decode_activation_blocks(qa, vt)
+    _same_blocks(qtype, wb, ab)
     sumi = block_dots(wb["q"], ab["q"]).astype(np.float64)
     with np.errstate(all="ignore"):
         return _exact(wb, ab, sumi)
@@ -231,6 +704,8 @@ def _exact(wb, ab, sumi):
     dd = wb["d"].astype(np.float64)[None, :, :] * ab["d"].astype(np.float64)[:, None, :]
     R = (dd * sumi).sum(axis=2)
     S = (np.abs(dd) * absi).sum(axis=2)
+    # MXFP4's 2^(e-128) times an fp16 can leave float32's range: no relative bound there
+    S = np.where((np.abs(dd) > np.finfo(F32).max).any(axis=2), np.inf, S)
     if "m" in wb:
         ms = wb["m"].astype(np.float64)[None, :, :] * ab["s"].astype(np.float64)[:, None, :]
         R = R + ms.sum(axis=2)
@@ -243,6 +718,20 @@ def simd_error_bound(qtype, nblocks: int, S: np.ndarray) -> np.ndarray:
     gamma(k) * S with k = nb + 5 float32 roundings on the longest path of the sum tree
     (1 for dw*da, nb for the lane/chain accumulation, 3 for the 8-lane tree sum, 1 for the
     separate offset sum's product or the final add -- see spec/ggml/dot.md), plus the float64
-    reference's own error nb * 2^-53 * S."""
+    reference's own error nb * 2^-53 * S. K-quants: k from `k_rounding_depth`, the float64
+    term for 2 nb terms, and an absolute term for underflow (Q8_K's float32 d can make
+    dw*da subnormal): every float32 product or fma may lose up to 2^-150 there, at most
+    16 per super-block (2 scale products, 8 + 4 lane fmas), each carried at most (1 + gamma)."""
     from ..gemm import gamma
-    return gamma(nblocks + 5, np.float32) * S + gamma(nblocks + 1, np.float64) * S
+    name = get_format(qtype).name
+    if name in NESTED:
+        # Q1_0 AVX2: d_y * s (1), 3 fmas, the outer fma chain (nb), 3 tree levels -> nb + 7
+        # (generic: 1 + 4 adds + 1 + nb = nb + 6). NVFP4 (generic only): dd (1), product (1), 4 nb adds.
+        k = nblocks + 7 if name == "Q1_0" else 4 * nblocks + 2
+        return (gamma(k, np.float32) + gamma(4 * nblocks + 1, np.float64)) * S + 8 * nblocks * 2.0 ** -149
+    if VEC_DOT_TYPE.get(name) == "Q8_K":
+        k = k_rounding_depth(name, nblocks)
+        return ((gamma(k, np.float32) + gamma(2 * nblocks + 1, np.float64)) * S
+                + 16 * nblocks * 2.0 ** -149)
+    # MXFP4's scale reaches 2^-128: its products can underflow (absolute 2^-150 each, <= 2 per block)
+    return gamma(nblocks + 5, np.float32) * S + gamma(nblocks + 1, np.float64) * S + 2 * nblocks * 2.0 ** -149

@@ -222,7 +222,10 @@ def vec_dot(w: np.ndarray, qa: np.ndarray, qtype, generic: bool = False) -> np.n
     qa = np.ascontiguousarray(qa, dtype=np.uint8)
     n = w.shape[1] // fmt.type_size * fmt.block_size
     if generic:
-        fn = getattr(cpu_lib(), f"ggml_vec_dot_{fmt.name.lower()}_{vt.lower()}_generic")
+        c_name = lambda t: t.lower()[:-2] + "_K" if t.endswith("_K") else t.lower()  # q4_K, q8_K
+        # NVFP4 has no x86 kernel: arch-fallback.h names the generic one ggml_vec_dot_nvfp4_q8_0
+        suffix = "" if fmt.name == "NVFP4" else "_generic"
+        fn = getattr(cpu_lib(), f"ggml_vec_dot_{c_name(fmt.name)}_{c_name(vt)}{suffix}")
         fn.argtypes = [ctypes.c_int, _f32p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
                        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         fn.restype = None

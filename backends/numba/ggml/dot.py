@@ -1,6 +1,8 @@
-"""Numba twin of refquant/ggml/dot.py: ggml's CPU vec_dot for the legacy types, bit-exact with
-the spec (the generic kernels' order: sumf += term_b over blocks, each term with C's
-association and the FMA that ggml's x86-64 build contracts for Q4_1/Q5_1)."""
+"""Numba twin of refquant/ggml/dot.py: ggml's CPU vec_dot for the legacy types (with IQ4_NL and
+MXFP4, which share their Q8_0 path) and the Q8_K types (K-quants, IQ4_XS, TQ1_0, TQ2_0),
+bit-exact with the spec (the generic kernels' order: legacy, sumf += term_b over blocks, each
+term with C's association and the FMA that ggml's x86-64 build contracts for Q4_1/Q5_1;
+K-quants, 8 integer lanes per super-block and the float steps of the spec's combine_k)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,13 +10,17 @@ from numba import njit, prange
 
 from refquant.ggml.dot import VEC_DOT_TYPE
 
-from ..numerics import F32, JIT, ZERO, fmaf, fp16_to_fp32, fp32_to_fp16_bits, store_fp16
+from ..numerics import F32, JIT, ZERO, bits_f32, fmaf, fp16_to_fp32, fp32_to_fp16_bits, store_fp16
+from .kquants import _q3_scale, _quantize_q8_k, _scale_min_k4
 from .legacy import _quantize_q8
 
 QK = 32
 PJIT = dict(JIT, parallel=True)
-# weight type -> (type_size, kind): kind 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1, 4 Q8_0
-KIND = {"Q4_0": (18, 0), "Q4_1": (20, 1), "Q5_0": (22, 2), "Q5_1": (24, 3), "Q8_0": (34, 4)}
+# weight type -> (type_size, kind): kind 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1, 4 Q8_0, 5 IQ4_NL, 6 MXFP4
+KIND = {"Q4_0": (18, 0), "Q4_1": (20, 1), "Q5_0": (22, 2), "Q5_1": (24, 3), "Q8_0": (34, 4),
+        "IQ4_NL": (18, 5), "MXFP4": (17, 6)}
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int32)
+KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int32)
 INT_MIN_F = F32(-2147483648.0)
 INT_LIM_F = F32(2147483648.0)
 F127 = F32(127)
@@ -23,13 +29,25 @@ F127 = F32(127)
 @njit(**PJIT)
 def _unpack(data, kind, q, d, m):
     """Weight rows -> integer codes q (N, K) int8 as vec_dot uses them, d and m (N, nb) float32."""
-    ts = (18, 20, 22, 24, 34)[kind]
+    ts = (18, 20, 22, 24, 34, 18, 17)[kind]
     N = data.shape[0]
     nb = data.shape[1] // ts
     for r in prange(N):
         for b in range(nb):
             o = data[r, b * ts:(b + 1) * ts]
             y = q[r, b * QK:(b + 1) * QK]
+            if kind == 5 or kind == 6:      # 16-entry tables: IQ4_NL (fp16 d), MXFP4 (e8m0 / 2)
+                table = KVALUES_IQ4NL if kind == 5 else KVALUES_MXFP4
+                at = 2 if kind == 5 else 1
+                if kind == 5:
+                    d[r, b] = fp16_to_fp32(o[0], o[1])
+                else:
+                    e = np.int32(o[0])
+                    d[r, b] = bits_f32(np.int32(0x00200000 << e) if e < 2 else np.int32((e - 1) << 23))
+                for j in range(QK // 2):
+                    y[j] = table[np.int32(o[at + j]) & 0x0F]
+                    y[j + 16] = table[np.int32(o[at + j]) >> 4]
+                continue
             d[r, b] = fp16_to_fp32(o[0], o[1])
             if kind == 4:
                 for j in range(QK):
@@ -44,7 +62,7 @@ def _unpack(data, kind, q, d, m):
             if kind >= 2:
                 qh = np.uint32(o[at]) | (np.uint32(o[at + 1]) << 8) | (np.uint32(o[at + 2]) << 16) | (np.uint32(o[at + 3]) << 24)
                 at += 4
-            off = (8, 0, 16, 0, 0)[kind]
+            off = (8, 0, 16, 0, 0, 0, 0)[kind]
             for j in range(QK // 2):
                 h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
                 h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
@@ -85,7 +103,7 @@ def _vec_dot(kind, wq, wd, wm, aq, ad, as_, out):
                 da = ad[mi, b]
                 if kind == 0:
                     t = (s * dw) * da
-                elif kind == 2:
+                elif kind == 2 or kind == 5 or kind == 6:
                     t = (dw * da) * s
                 elif kind == 4:
                     t = s * (dw * da)
@@ -163,3 +181,226 @@ def _make(name):
 
 
 VEC_DOT = {name: _make(name) for name in KIND}
+
+
+# --------------------------------------------------------------------------- K-quants (Q8_K)
+#
+# The twin of the spec's K-quant section: codes q, per-16 integer scales sc and mins m as the
+# generic kernels read them, 8 integer lanes (positions p = l mod 8), then the float32 steps of
+# refquant.ggml.dot.combine_k, fused where ggml's build fuses (fmaf) and nowhere else.
+
+QK_K = 256
+# weight type -> (type_size, kind): kind 0 Q2_K, 1 Q3_K, 2 Q4_K, 3 Q5_K, 4 Q6_K, 5 IQ4_XS,
+# 6 TQ1_0, 7 TQ2_0
+K_KIND = {"Q2_K": (84, 0), "Q3_K": (110, 1), "Q4_K": (144, 2), "Q5_K": (176, 3), "Q6_K": (210, 4),
+          "IQ4_XS": (136, 5), "TQ1_0": (54, 6), "TQ2_0": (66, 7)}
+POW3 = np.array([1, 3, 9, 27, 81, 243], np.int32)
+
+
+@njit(**dict(JIT, inline="always"))
+def _trit(byte, l):
+    """(((uint8_t)(byte * pow3[l])) * 3) >> 8, minus 1: TQ1_0's base-3 digit l."""
+    return (((np.int32(byte) * POW3[l]) & 0xFF) * 3 >> 8) - 1
+
+
+@njit(**PJIT)
+def _unpack_k(data, kind, q, sc, m, d, dmin):
+    """Weight rows -> codes q (N, K) int8, per-16 scales sc and mins m (N, K/16) int32,
+    d and dmin (N, nb) float32."""
+    ts = (84, 110, 144, 176, 210, 136, 54, 66)[kind]
+    N = data.shape[0]
+    nb = data.shape[1] // ts
+    for r in prange(N):
+        for b in range(nb):
+            o = data[r, b * ts:(b + 1) * ts]
+            y = q[r, b * QK_K:(b + 1) * QK_K]
+            s = sc[r, b * 16:(b + 1) * 16]
+            mm = m[r, b * 16:(b + 1) * 16]
+            if kind == 0:
+                d[r, b] = fp16_to_fp32(o[80], o[81])
+                dmin[r, b] = fp16_to_fp32(o[82], o[83])
+                for j in range(16):
+                    s[j] = np.int32(o[j]) & 0xF
+                    mm[j] = np.int32(o[j]) >> 4
+                for e in range(QK_K):
+                    h, rest = divmod(e, 128)
+                    k, l = divmod(rest, 32)
+                    y[e] = (np.int32(o[16 + 32 * h + l]) >> (2 * k)) & 3
+            elif kind == 1:
+                d[r, b] = fp16_to_fp32(o[108], o[109])
+                for j in range(16):
+                    s[j] = _q3_scale(o, 96, j) - 32
+                for e in range(QK_K):
+                    h, rest = divmod(e, 128)
+                    k, l = divmod(rest, 32)
+                    v = (np.int32(o[32 + 32 * h + l]) >> (2 * k)) & 3
+                    if (np.int32(o[e % 32]) >> (e // 32)) & 1 == 0:
+                        v -= 4
+                    y[e] = v
+            elif kind == 2 or kind == 3:
+                d[r, b] = fp16_to_fp32(o[0], o[1])
+                dmin[r, b] = fp16_to_fp32(o[2], o[3])
+                for j in range(8):
+                    a, mn = _scale_min_k4(o, 4, j)
+                    s[2 * j] = a
+                    s[2 * j + 1] = a
+                    mm[2 * j] = mn
+                    mm[2 * j + 1] = mn
+                at = 16 if kind == 2 else 48
+                for e in range(QK_K):
+                    c, rest = divmod(e, 64)
+                    half, l = divmod(rest, 32)
+                    v = np.int32(o[at + 32 * c + l])
+                    v = (v & 0xF) if half == 0 else (v >> 4)
+                    if kind == 3:
+                        v += ((np.int32(o[16 + l]) >> (e // 32)) & 1) << 4
+                    y[e] = v
+            elif kind == 5:
+                d[r, b] = fp16_to_fp32(o[0], o[1])
+                sh = np.int32(o[2]) | (np.int32(o[3]) << 8)
+                for ib in range(8):
+                    ls = ((np.int32(o[4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
+                    s[2 * ib] = ls - 32
+                    s[2 * ib + 1] = ls - 32
+                    for j in range(16):
+                        y[32 * ib + j] = KVALUES_IQ4NL[np.int32(o[8 + 16 * ib + j]) & 0xF]
+                        y[32 * ib + 16 + j] = KVALUES_IQ4NL[np.int32(o[8 + 16 * ib + j]) >> 4]
+            elif kind == 6:
+                d[r, b] = fp16_to_fp32(o[52], o[53])
+                for j in range(16):
+                    s[j] = 1
+                for l in range(5):
+                    for mm_ in range(32):
+                        y[32 * l + mm_] = _trit(o[mm_], l)
+                    for mm_ in range(16):
+                        y[160 + 16 * l + mm_] = _trit(o[32 + mm_], l)
+                for l in range(4):
+                    for j in range(4):
+                        y[240 + 4 * l + j] = _trit(o[48 + j], l)
+            elif kind == 7:
+                d[r, b] = fp16_to_fp32(o[64], o[65])
+                for j in range(16):
+                    s[j] = 1
+                for e in range(QK_K):
+                    h, rest = divmod(e, 128)
+                    k, l = divmod(rest, 32)
+                    y[e] = ((np.int32(o[32 * h + l]) >> (2 * k)) & 3) - 1
+            else:
+                d[r, b] = fp16_to_fp32(o[208], o[209])
+                for j in range(16):
+                    v = np.int32(o[192 + j])
+                    s[j] = v - 256 if v > 127 else v
+                for e in range(QK_K):
+                    h, rest = divmod(e, 128)
+                    k, l = divmod(rest, 32)
+                    low = np.int32(o[64 * h + 32 * (k & 1) + l])
+                    low = (low & 0xF) if k < 2 else (low >> 4)
+                    high = (np.int32(o[128 + 32 * h + l]) >> (2 * k)) & 3
+                    y[e] = (low | (high << 4)) - 32
+
+
+@njit(**PJIT)
+def _unpack_q8_k(data, q, d, bsums):
+    nb = data.shape[1] // 292
+    for r in prange(data.shape[0]):
+        for b in range(nb):
+            o = data[r, b * 292:(b + 1) * 292]
+            d[r, b] = bits_f32(np.int32(np.uint32(o[0]) | (np.uint32(o[1]) << 8) | (np.uint32(o[2]) << 16) | (np.uint32(o[3]) << 24)))
+            for j in range(QK_K):
+                v = np.int32(o[4 + j])
+                q[r, b * QK_K + j] = v - 256 if v > 127 else v
+            for j in range(16):
+                v = np.int32(o[260 + 2 * j]) | (np.int32(o[261 + 2 * j]) << 8)
+                bsums[r, b * 16 + j] = v - 65536 if v > 32767 else v
+
+
+@njit(**dict(JIT, inline="always"))
+def _fused_neg(x):
+    """-x as vfmsub/vfnmadd apply it: a NaN keeps its sign."""
+    return x if x != x else -x
+
+
+@njit(**PJIT)
+def _vec_dot_k(kind, wq, wsc, wm, wd, wdmin, aq, ad, abs_, out):
+    N, K = wq.shape
+    M = aq.shape[0]
+    nb = K // QK_K
+    for n in prange(N):
+        lanes = np.zeros(8, np.int32)
+        sums = np.zeros(8, np.float32)
+        for mi in range(M):
+            sumf = ZERO
+            for l in range(8):
+                sums[l] = ZERO
+            for b in range(nb):
+                for l in range(8):
+                    lanes[l] = 0
+                for p in range(QK_K):
+                    e = b * QK_K + p
+                    lanes[p % 8] += wsc[n, e // 16] * np.int32(wq[n, e]) * np.int32(aq[mi, e])
+                summs = np.int32(0)
+                if kind == 0 or kind == 2 or kind == 3:
+                    for j in range(16):
+                        summs += wm[n, b * 16 + j] * abs_[mi, b * 16 + j]
+                d = wd[n, b] * ad[mi, b]
+                if kind == 0:
+                    isum = np.int32(0)
+                    for l in range(8):
+                        isum += lanes[l]
+                    dmin = wdmin[n, b] * ad[mi, b]
+                    sumf += fmaf(d, F32(isum), _fused_neg(dmin * F32(summs)))
+                elif kind == 1 or kind == 4:
+                    for l in range(8):
+                        sums[l] = sums[l] + d * F32(lanes[l])
+                elif kind == 2 or kind == 3:
+                    for l in range(8):
+                        sums[l] = fmaf(d, F32(lanes[l]), sums[l])
+                    dmin = wdmin[n, b] * ad[mi, b]
+                    sumf = fmaf(_fused_neg(dmin), F32(summs), sumf)
+                elif kind == 5:                 # sub-blocks of 32: (d4d8 * (ls - 32)) * sumi
+                    for u in range(8):
+                        sumi = np.int32(0)
+                        for p in range(32 * u, 32 * u + 32):
+                            e = b * QK_K + p
+                            sumi += np.int32(wq[n, e]) * np.int32(aq[mi, e])
+                        dl = d * F32(wsc[n, b * 16 + 2 * u])
+                        sumf += dl * F32(sumi)
+                else:                           # TQ1_0, TQ2_0: (float)sumi * d
+                    isum = np.int32(0)
+                    for l in range(8):
+                        isum += lanes[l]
+                    sumf += F32(isum) * d
+            if kind >= 1 and kind <= 4:
+                for l in range(8):
+                    sumf += sums[l]
+            out[mi, n] = sumf
+
+
+def _make_k(name):
+    ts, kind = K_KIND[name]
+
+    def vec_dot(w, a, variant="ref"):
+        N = w.shape[0]
+        nb = w.shape[1] // ts
+        K = nb * QK_K
+        wq = np.empty((N, K), np.int8)
+        wsc = np.zeros((N, K // 16), np.int32)
+        wm = np.zeros((N, K // 16), np.int32)
+        wd = np.empty((N, nb), np.float32)
+        wdmin = np.zeros((N, nb), np.float32)
+        _unpack_k(np.ascontiguousarray(w), kind, wq, wsc, wm, wd, wdmin)
+        M = a.shape[0]
+        qa = np.empty((M, nb * 292), np.uint8)
+        _quantize_q8_k(np.ascontiguousarray(a), qa)   # Q8_K: one quantizer for both variants
+        aq = np.empty((M, K), np.int8)
+        ad = np.empty((M, nb), np.float32)
+        abs_ = np.empty((M, nb * 16), np.int32)
+        _unpack_q8_k(qa, aq, ad, abs_)
+        out = np.empty((M, N), np.float32)
+        _vec_dot_k(kind, wq, wsc, wm, wd, wdmin, aq, ad, abs_, out)
+        return out
+    vec_dot.__name__ = f"vec_dot_{name.lower()}"
+    return vec_dot
+
+
+VEC_DOT.update({name: _make_k(name) for name in K_KIND})
