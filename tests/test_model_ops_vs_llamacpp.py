@@ -15,6 +15,7 @@ from refquant.model.forward import apply_rope, rms_norm, rope_cos_sin
 from refquant.model.tokenizer import Tokenizer
 from refquant.models import botchan_path, smollm2_path
 from refquant.oracles.llama_cpp_graph import capture
+from refquant.registry import get_format
 
 T = 40
 LAYERS = (0, 1, 17)
@@ -104,7 +105,8 @@ def test_quantized_products_within_bound_with_x86_activations(run):
 def test_gemma3_operations():
     """Gemma 3's own operations, given llama.cpp's inputs: the embedding scale, q/k norms, RoPE
     with both bases, the sliding-window softmax, the post-norms (bit for bit), and its Q5_0, Q8_0,
-    Q4_K and Q6_K products within the derived bound."""
+    Q4_K and Q6_K products within the derived bound (refquant.ggml.dot; Q4_K/Q6_K with Q8_K
+    activations)."""
     from refquant.models import gemma3_path
     path = gemma3_path()
     n = 24
@@ -147,4 +149,5 @@ def test_gemma3_operations():
             wr = np.asarray(f.raw(name)).reshape(y.shape[-1], -1)
             qa = dot.quantize_activation(x, dot.vec_dot_type(qtype), "x86")
             R, S = dot.exact_quantized_dot(wr, qtype, qa)
-            assert (np.abs(y.astype(np.float64) - R) <= dot.simd_error_bound(qtype, x.shape[-1] // 32, S)).all(), name
+            nb = x.shape[-1] // get_format(qtype).block_size
+            assert (np.abs(y.astype(np.float64) - R) <= dot.simd_error_bound(qtype, nb, S)).all(), name
