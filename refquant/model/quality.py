@@ -67,8 +67,6 @@ def group_size(K: int) -> int:
     raise InputError(f"a linear layer has {K} inputs, not a multiple of 32: no group size fits")
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
-# every matrix decoded once and kept (the 49152-row tied output of SmolLM2 included)
-EVAL_CHUNK_ROWS = 1 << 17
 # AWQ's scale groups in llama.cpp's tensor names: (the tensor the scale is folded into, the
 # linear layers that share its output as their input), as llm-compressor's llama mappings
 AWQ_GROUPS = (("attn_norm", ("attn_q", "attn_k", "attn_v")),
@@ -367,7 +365,7 @@ def evaluate(model_path, text: str, rows=DEFAULT_ROWS, n_ctx: int = 256, n_chunk
         eval_tokens = tokens[:n_eval]
         calib_tokens = tokens[n_eval:n_eval + calib_chunks * n_ctx] if need_calib else []
 
-        base = Model(Weights.from_gguf(base_path, chunk_rows=EVAL_CHUNK_ROWS))
+        base = Model.from_gguf(base_path)
         memo: dict = {}
 
         def base_forward(inp):
@@ -409,7 +407,7 @@ def evaluate(model_path, text: str, rows=DEFAULT_ROWS, n_ctx: int = 256, n_chunk
                 out = wd / f"{r}.gguf"
                 recipes.quantize_model(base_path, out, r)
                 nb, nw = gguf_storage(out)
-                m = Model(Weights.from_gguf(out, chunk_rows=EVAL_CHUNK_ROWS))
+                m = Model.from_gguf(out)
             t1 = time.perf_counter()
             res = perplexity(m.forward, eval_tokens, n_ctx, bos, n_chunks, base_forward)
             t2 = time.perf_counter()
