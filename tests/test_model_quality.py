@@ -93,3 +93,30 @@ def test_outputs_written(run):
 def test_eval_bad_row(tmp_path, capsys):
     assert main([str(smollm2_path()), "--text", str(botchan_path()), "--rows", "Q9_9", "--quiet"]) == 2
     assert "unknown row 'Q9_9'" in capsys.readouterr().err
+
+
+def test_linear_runs_the_backend_matmul_on_the_codes(run):
+    """With matmul_backend, a W4A16 / FP8 linear layer's product is the backend's refquant.gemm
+    matmul on the codes: within gemm's bound of the exact product of the decoded operands."""
+    pytest.importorskip("numba")
+    from backends.numba.gemm import accumulation
+
+    from refquant.conformance.suite import check
+    from refquant.model import Model
+    from refquant.model.quality import InputCapture, capture_inputs, linear_model
+    d, base, text, table = run
+    m = Model.from_gguf(base)
+    cap = capture_inputs(m, list(range(100, 164)), 32, None)
+    nb = __import__("refquant").get_backend("numba")
+    for method, name in (("RTN-W4G128", "blk.3.ffn_down.weight"), ("FP8", "blk.5.attn_q.weight")):
+        w, _ = linear_model(m.w, method, None, matmul_backend="numba")
+        scheme, enc = w.encoded[name]
+        x = cap.inputs(name)
+        y = w.linear(name)(x)
+        np.testing.assert_array_equal(y, nb.matmul(scheme, x, enc))
+        check(nb, "matmul", scheme, {"a": x, "weight": enc, "options": {}},
+              accumulation=accumulation("matmul", scheme, x.shape[1], enc))
+        # without a backend: BLAS on the decoded weight
+        plain, _ = linear_model(m.w, method, None)
+        np.testing.assert_array_equal(plain.linear(name)(x), x @ plain.dequantize(name).T)
+    assert isinstance(cap, InputCapture)
