@@ -123,8 +123,11 @@ class Table:
         return "\n".join(out)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return d
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Table":
+        return cls(**{**d, "rows": [Row(**r) for r in d["rows"]]})
 
     def plot(self, path) -> None:
         """Perplexity against bits per weight (matplotlib, Agg backend)."""
