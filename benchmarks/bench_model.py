@@ -37,7 +37,9 @@ def one(name: str, ctx: int, numerics: bool, dtype: str) -> dict:
         from refquant.model.quality import base_file, linear_model
         tmp = tempfile.TemporaryDirectory()
         base = Model.from_gguf(base_file(path, tmp.name))
-        w, _ = linear_model(base.w, method, None, backend or None)
+        # the in-tree path works with or without the package's entry point installed
+        backend = {"numba": "backends.numba:NumbaBackend"}.get(backend, backend) or None
+        w, _ = linear_model(base.w, method, None, backend)
         m = Model(w)
         del base
     else:

@@ -107,9 +107,10 @@ def test_linear_runs_the_backend_matmul_on_the_codes(run):
     d, base, text, table = run
     m = Model.from_gguf(base)
     cap = capture_inputs(m, list(range(100, 164)), 32, None)
-    nb = __import__("refquant").get_backend("numba")
+    import refquant
+    nb = refquant.get_backend("backends.numba:NumbaBackend")
     for method, name in (("RTN-W4G128", "blk.3.ffn_down.weight"), ("FP8", "blk.5.attn_q.weight")):
-        w, _ = linear_model(m.w, method, None, matmul_backend="numba")
+        w, _ = linear_model(m.w, method, None, matmul_backend=nb)
         scheme, enc = w.encoded[name]
         x = cap.inputs(name)
         y = w.linear(name)(x)
