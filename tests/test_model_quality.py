@@ -41,10 +41,10 @@ def test_q8_0_row_is_llama_cpp_q8_0_file(run, tmp_path):
     rows = {r["name"]: r for r in table["rows"]}
     ref = tmp_path / "llama-Q8_0.gguf"
     assert llama_cpp.quantize(base, ref, recipes.file_type("Q8_0").id) == 0
-    r = model_perplexity(ref, text.read_text(), CTX, CHUNKS, base_path=base)
+    r = model_perplexity(ref, text.read_bytes().decode("utf-8"), CTX, CHUNKS, base_path=base)
     q8 = rows["Q8_0"]
     assert q8["ppl"] == r.ppl and q8["kld"] == r.kld and q8["top1"] == r.top1
-    b = model_perplexity(base, text.read_text(), CTX, CHUNKS)
+    b = model_perplexity(base, text.read_bytes().decode("utf-8"), CTX, CHUNKS)
     assert rows["F32 (base)"]["ppl"] == b.ppl
     assert q8["delta_pct"] == pytest.approx(100 * (r.ppl / b.ppl - 1), rel=1e-12)
 
