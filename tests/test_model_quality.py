@@ -103,21 +103,27 @@ def test_linear_runs_the_backend_matmul_on_the_codes(run):
 
     from refquant.conformance.suite import check
     from refquant.model import Model
-    from refquant.model.quality import InputCapture, capture_inputs, linear_model
+    from refquant.model.quality import capture_inputs, linear_model
     d, base, text, table = run
     m = Model.from_gguf(base)
     cap = capture_inputs(m, list(range(100, 164)), 32, None)
     import refquant
     nb = refquant.get_backend("backends.numba:NumbaBackend")
     for method, name in (("RTN-W4G128", "blk.3.ffn_down.weight"), ("FP8", "blk.5.attn_q.weight")):
-        w, _ = linear_model(m.w, method, None, matmul_backend=nb)
-        scheme, enc = w.encoded[name]
+        plain, _ = linear_model(m.w, method, None)
         x = cap.inputs(name)
+        # without a backend: BLAS on the decoded weight
+        np.testing.assert_array_equal(plain.linear(name)(x), x @ plain.dequantize(name).T)
+        w = plain.with_tensors({}, plain.encoded, nb)
+        scheme, enc = w.encoded[name]
         y = w.linear(name)(x)
         np.testing.assert_array_equal(y, nb.matmul(scheme, x, enc))
         check(nb, "matmul", scheme, {"a": x, "weight": enc, "options": {}},
               accumulation=accumulation("matmul", scheme, x.shape[1], enc))
-        # without a backend: BLAS on the decoded weight
-        plain, _ = linear_model(m.w, method, None)
-        np.testing.assert_array_equal(plain.linear(name)(x), x @ plain.dequantize(name).T)
-    assert isinstance(cap, InputCapture)
+        # the encoded weight is the one the plain forward decodes (GPTQ's loader rounds
+        # scale * (code - zero), computed in float32, to F16; the W4A16 matmul does not)
+        if scheme == "FP8":
+            want = refquant.gemm.dequantize_fp8(enc).astype(np.float32)
+        else:
+            want = refquant.gemm.dequantize_w4a16(enc).astype(np.float32).astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(plain.dequantize(name), want)
