@@ -149,7 +149,7 @@ class Table:
         ax.set_xlabel("bits per weight (every tensor, scales included)")
         ax.set_ylabel("perplexity")
         ax.set_title(f"{self.model}: perplexity against bits per weight\n"
-                     f"{self.text}, {self.n_chunks} x {self.n_ctx} tokens")
+                     f"{self.text}, {self.n_chunks} x {self.n_ctx} tokens", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
