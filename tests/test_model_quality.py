@@ -23,7 +23,7 @@ def run(tmp_path_factory):
     recipes.dequantize_model(smollm2_path(), base, "F32")
     text = d / "botchan.txt"
     text.write_bytes(botchan_path().read_bytes())
-    args = [str(base), "--text", str(text), "--ctx", str(CTX), "--chunks", str(CHUNKS), "--rows", "Q8_0,RTN-W4G128",
+    args = ["eval", str(base), "--text", str(text), "--ctx", str(CTX), "--chunks", str(CHUNKS), "--rows", "Q8_0,RTN-W4G128",
             "--json", str(d / "q.json"), "--markdown", str(d / "q.md"), "--quiet"]
     try:
         import matplotlib  # noqa: F401  (the test extra installs it)
@@ -91,7 +91,7 @@ def test_outputs_written(run):
 
 
 def test_eval_bad_row(tmp_path, capsys):
-    assert main([str(smollm2_path()), "--text", str(botchan_path()), "--rows", "Q9_9", "--quiet"]) == 2
+    assert main(["eval", str(smollm2_path()), "--text", str(botchan_path()), "--rows", "Q9_9", "--quiet"]) == 2
     assert "unknown row 'Q9_9'" in capsys.readouterr().err
 
 
