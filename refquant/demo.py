@@ -12,7 +12,7 @@ row's bits per weight, perplexity on Botchan, Δ% against the unquantized model,
 and top-1 agreement; written as Markdown, JSON and a PNG chart under --out (default build/demo).
 
     python -m refquant.demo [--types Q4_0,Q8_0] [--layers N | --all] [--no-eval]
-                            [--eval-ctx 256] [--eval-chunks 4] [--out build/demo]
+                            [--eval-ctx 256] [--eval-chunks 2] [--eval-rows ...] [--out build/demo]
 
 By default the weights of the first two transformer blocks are used (8.8 million values: every
 kind of weight the model has, each a real tensor), so that the slow lattice searches of the IQ
@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--all", action="store_true", help="use every weight of the model")
     ap.add_argument("--no-eval", action="store_true", help="skip the quality table")
     ap.add_argument("--eval-ctx", type=int, default=256, help="quality table: tokens per chunk (default 256)")
-    ap.add_argument("--eval-chunks", type=int, default=4, help="quality table: evaluation chunks (default 4)")
+    ap.add_argument("--eval-chunks", type=int, default=2, help="quality table: evaluation chunks (default 2)")
+    ap.add_argument("--eval-rows", help="quality table: comma-separated rows (default: all; see refquant eval --help)")
     ap.add_argument("--out", default="build/demo", help="quality table: output directory (default build/demo)")
     args = ap.parse_args(argv)
     types = [t.strip().upper() for t in args.types.split(",")] if args.types else demo_types()
@@ -108,14 +109,15 @@ def quality_table(args) -> None:
     import json
     from pathlib import Path
 
-    from .model.quality import evaluate
+    from .model.quality import DEFAULT_ROWS, evaluate
     from .models import botchan_path
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"\nquality table: SmolLM2 decoded to F32 is the base; Botchan, {args.eval_chunks} chunks of "
           f"{args.eval_ctx} tokens (GPTQ/AWQ calibrated on the 2 chunks after them)\n")
     t0 = time.perf_counter()
-    t = evaluate(smollm2_path(), botchan_path().read_bytes().decode("utf-8"), n_ctx=args.eval_ctx,
+    rows = [r.strip() for r in args.eval_rows.split(",")] if args.eval_rows else list(DEFAULT_ROWS)
+    t = evaluate(smollm2_path(), botchan_path().read_bytes().decode("utf-8"), rows, n_ctx=args.eval_ctx,
                  n_chunks=args.eval_chunks, text_name="Botchan", log=lambda s: print("  " + s, flush=True))
     print()
     print(t.text_table())
