@@ -55,9 +55,6 @@ F32 = np.float32
 GGUF_ROWS = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS")
 LINEAR_ROWS = ("RTN-W4G128", "GPTQ-W4G128", "AWQ-W4G128", "FP8", "MXFP4", "NVFP4")
 DEFAULT_ROWS = GGUF_ROWS + LINEAR_ROWS
-GROUP = 128
-
-
 def group_size(K: int) -> int:
     """128; a layer whose input size is no multiple of 128 (SmolLM2's 576) takes the next
     power-of-two divisor below (64), as the checkpoint layouts need whole groups."""
@@ -380,7 +377,8 @@ def evaluate(model_path, text: str, rows=DEFAULT_ROWS, n_ctx: int = 256, n_chunk
         n_bytes, n_weights = gguf_storage(base_path)
         t0 = time.perf_counter()
         r0 = perplexity(base_forward, eval_tokens, n_ctx, bos, n_chunks, base_forward)
-        base_name = next(t.type_name for t in GGUFFile(base_path).tensors if len(t.shape) == 2)
+        with GGUFFile(base_path) as f:
+            base_name = next(t.type_name for t in f.tensors if len(t.shape) == 2)
         table = Table(Path(model_path).name, text_name, n_ctx, r0.n_chunks, r0.n_tokens,
                       len(calib_tokens), [])
 
