@@ -4,6 +4,11 @@ time for the same context is measured in the same run when llama-cpp-python is i
 
     python benchmarks/bench_model.py [--ctx 512] [--models smollm2,gemma3] [--llamacpp-numerics]
 
+A model may also be named `smollm2:METHOD[:BACKEND]`: SmolLM2 decoded to F32, its linear layers
+through a weight-only format of refquant.model.quality (RTN-W4G128, FP8, ...), the products run
+on the decoded float32 weights through BLAS (no BACKEND) or as BACKEND's refquant.gemm matmul on
+the codes (`numba`: W4A16 and FP8; `numpy`: the spec's float64 reference).
+
 Each model runs in its own subprocess so that the peak memory is that model's alone."""
 from __future__ import annotations
 
@@ -22,9 +27,23 @@ def one(name: str, ctx: int, numerics: bool, dtype: str) -> dict:
     from refquant.model import Model
     from refquant.model.tokenizer import Tokenizer
     from refquant.models import botchan_path, gemma3_path, smollm2_path
-    path = {"smollm2": smollm2_path, "gemma3": gemma3_path}[name]()
+    model, _, rest = name.partition(":")
+    method, _, backend = rest.partition(":")
+    path = {"smollm2": smollm2_path, "gemma3": gemma3_path}[model]()
     toks = Tokenizer.from_gguf(path).encode(botchan_path().read_bytes().decode("utf-8"))[:ctx]
-    m = Model.from_gguf(path, dtype=np.dtype(dtype).type, llamacpp_numerics=numerics)
+    if method:
+        import tempfile
+
+        from refquant.model.quality import base_file, linear_model
+        tmp = tempfile.TemporaryDirectory()
+        base = Model.from_gguf(base_file(path, tmp.name))
+        # the in-tree path works with or without the package's entry point installed
+        backend = {"numba": "backends.numba:NumbaBackend"}.get(backend, backend) or None
+        w, _ = linear_model(base.w, method, None, backend)
+        m = Model(w)
+        del base
+    else:
+        m = Model.from_gguf(path, dtype=np.dtype(dtype).type, llamacpp_numerics=numerics)
     t0 = time.perf_counter()
     m.forward(toks)                       # first call: decodes and caches the weights
     t1 = time.perf_counter()
@@ -33,6 +52,8 @@ def one(name: str, ctx: int, numerics: bool, dtype: str) -> dict:
     out = {"model": name, "ctx": len(toks), "dtype": dtype, "llamacpp_numerics": numerics,
            "first_s": t1 - t0, "warm_s": t2 - t1, "tok_per_s": len(toks) / (t2 - t1),
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if method:
+        return out
     try:
         import llama_cpp
         llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, logits_all=True, verbose=False)
@@ -55,14 +76,14 @@ def main():
     if a.one:
         print(json.dumps(one(a.one, a.ctx, a.llamacpp_numerics, a.dtype)))
         return
-    print(f"{'model':<8} {'ctx':>4} {'dtype':<8} {'first s':>8} {'warm s':>7} {'tok/s':>7} "
+    print(f"{'model':<24} {'ctx':>4} {'dtype':<8} {'first s':>8} {'warm s':>7} {'tok/s':>7} "
           f"{'llama.cpp tok/s':>16} {'peak RSS MiB':>13}")
     for name in a.models.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--ctx", str(a.ctx), "--dtype", a.dtype]
         if a.llamacpp_numerics:
             cmd.append("--llamacpp-numerics")
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-        print(f"{r['model']:<8} {r['ctx']:>4} {r['dtype']:<8} {r['first_s']:>8.2f} {r['warm_s']:>7.2f} "
+        print(f"{r['model']:<24} {r['ctx']:>4} {r['dtype']:<8} {r['first_s']:>8.2f} {r['warm_s']:>7.2f} "
               f"{r['tok_per_s']:>7.1f} {r.get('llamacpp_tok_per_s', float('nan')):>16.1f} {r['peak_rss_mib']:>13.0f}")
 
 

@@ -12,6 +12,9 @@
                                                         perplexity as llama-perplexity computes it
     refquant imatrix MODEL.gguf --text FILE -o OUT.gguf [--ctx N] [--chunks K]
                                                         importance matrix as llama-imatrix collects it
+    refquant eval MODEL.gguf --text FILE [--ctx N] [--chunks K] [--rows F16,Q4_K_M,GPTQ-W4G128,...]
+                 [--markdown OUT.md] [--png OUT.png] the quality table: every format's bits per
+                                                        weight, perplexity, KL divergence, top-1
 
 Bad input gives one line on stderr and exit status 2; an interrupted or failed write leaves no
 output file.
@@ -195,6 +198,25 @@ def cmd_imatrix(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+    from pathlib import Path
+    from .model.quality import DEFAULT_ROWS, evaluate
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(DEFAULT_ROWS)
+    text = _read_text(args.text)
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else None
+    t = evaluate(args.model, text, rows, n_ctx=args.ctx, n_chunks=args.chunks, calib_chunks=args.calib_chunks,
+                 matmul_backend=args.matmul_backend, text_name=Path(args.text).name, log=log)
+    print(t.text_table())
+    if args.markdown:
+        Path(args.markdown).write_text(t.markdown())
+    if args.json:
+        Path(args.json).write_text(json.dumps(t.to_dict(), indent=1) + "\n")
+    if args.png:
+        t.plot(args.png)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refquant", description="Bit-exact LLM quantization formats.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -290,6 +312,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--isa", choices=["avx512", "avx2"], default=None,
                    help="with --llamacpp-numerics: whose vector expf to reproduce (default this machine's)")
     s.set_defaults(func=cmd_imatrix)
+    s = sub.add_parser("eval", help="the quality table: the model quantized to each format, its perplexity, "
+                       "KL divergence and top-1 agreement against the unquantized model")
+    s.add_argument("model", help="GGUF model (llama or gemma3); a quantized one is decoded to F32 first")
+    s.add_argument("--text", required=True, help="UTF-8 text file")
+    s.add_argument("--ctx", type=int, default=256, help="tokens per chunk (default 256)")
+    s.add_argument("--chunks", type=int, default=4, help="evaluation chunks, from the text's start (default 4)")
+    s.add_argument("--calib-chunks", type=int, default=2,
+                   help="GPTQ/AWQ calibration chunks, the ones after the evaluation chunks (default 2)")
+    s.add_argument("--rows", help="comma-separated: llama.cpp file types and RTN-W4G128, GPTQ-W4G128, "
+                                  "AWQ-W4G128, FP8, MXFP4, NVFP4 (default: all of the table)")
+    s.add_argument("--markdown", help="write the table as Markdown here")
+    s.add_argument("--png", help="write the perplexity / bits-per-weight chart here (needs matplotlib)")
+    s.add_argument("--json", help="write every figure as JSON here")
+    s.add_argument("--matmul-backend", default=None,
+                   help="run the W4A16 and FP8 rows' products with this backend's matmul (e.g. numba)")
+    s.add_argument("--quiet", action="store_true", help="no per-row progress on stderr")
+    s.set_defaults(func=cmd_eval)
     return p
 
 

@@ -6,7 +6,13 @@ type refquant can quantize, every 2-D weight is quantized by refquant and by ggm
 (ggml_quantize_chunk from ggml-python) and the bytes are compared; the table reports bits per
 weight, RMSE against the original, whether every tensor was bit-exact, and refquant's speed.
 
-    python -m refquant.demo [--types Q4_0,Q8_0] [--layers N | --all]
+Then the quality table (refquant.model.quality): SmolLM2 quantized to the llama.cpp file types
+F16 .. IQ4_XS and to the weight-only RTN/GPTQ/AWQ INT4, FP8, MXFP4 and NVFP4 formats, each
+row's bits per weight, perplexity on Botchan, Δ% against the unquantized model, KL divergence
+and top-1 agreement; written as Markdown, JSON and a PNG chart under --out (default build/demo).
+
+    python -m refquant.demo [--types Q4_0,Q8_0] [--layers N | --all] [--no-eval]
+                            [--eval-ctx 256] [--eval-chunks 2] [--eval-rows ...] [--out build/demo]
 
 By default the weights of the first two transformer blocks are used (8.8 million values: every
 kind of weight the model has, each a real tensor), so that the slow lattice searches of the IQ
@@ -42,6 +48,11 @@ def main(argv=None) -> int:
     ap.add_argument("--types", help="comma-separated types (default: every implemented GGUF type)")
     ap.add_argument("--layers", type=int, default=2, help="use the weights of the first N blocks (default: 2)")
     ap.add_argument("--all", action="store_true", help="use every weight of the model")
+    ap.add_argument("--no-eval", action="store_true", help="skip the quality table")
+    ap.add_argument("--eval-ctx", type=int, default=256, help="quality table: tokens per chunk (default 256)")
+    ap.add_argument("--eval-chunks", type=int, default=2, help="quality table: evaluation chunks (default 2)")
+    ap.add_argument("--eval-rows", help="quality table: comma-separated rows (default: all; see refquant eval --help)")
+    ap.add_argument("--out", default="build/demo", help="quality table: output directory (default build/demo)")
     args = ap.parse_args(argv)
     types = [t.strip().upper() for t in args.types.split(",")] if args.types else demo_types()
 
@@ -89,7 +100,36 @@ def main(argv=None) -> int:
     print("\n(the original is itself the Q4_1/Q8_0 model decoded, so re-quantizing to Q4_1 is close "
           "to lossless: compare the other rows with that in mind)")
     print("\nevery tensor of every type bit-exact with ggml" if all_exact else "\nMISMATCH against ggml")
+    if not args.no_eval:
+        quality_table(args)
     return 0 if all_exact else 1
+
+
+def quality_table(args) -> None:
+    import json
+    from pathlib import Path
+
+    from .model.quality import DEFAULT_ROWS, evaluate
+    from .models import botchan_path
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"\nquality table: SmolLM2 decoded to F32 is the base; Botchan, {args.eval_chunks} chunks of "
+          f"{args.eval_ctx} tokens (GPTQ/AWQ calibrated on the 2 chunks after them)\n")
+    t0 = time.perf_counter()
+    rows = [r.strip() for r in args.eval_rows.split(",")] if args.eval_rows else list(DEFAULT_ROWS)
+    t = evaluate(smollm2_path(), botchan_path().read_bytes().decode("utf-8"), rows, n_ctx=args.eval_ctx,
+                 n_chunks=args.eval_chunks, text_name="Botchan", log=lambda s: print("  " + s, flush=True))
+    print()
+    print(t.text_table())
+    (out / "quality.md").write_text(t.markdown())
+    (out / "quality.json").write_text(json.dumps(t.to_dict(), indent=1) + "\n")
+    written = [out / "quality.md", out / "quality.json"]
+    try:
+        t.plot(out / "quality.png")
+        written.append(out / "quality.png")
+    except ImportError:
+        print("(matplotlib is not installed: no chart; pip install matplotlib)")
+    print(f"\nquality table in {time.perf_counter() - t0:.0f} s; wrote {', '.join(str(p) for p in written)}")
 
 
 if __name__ == "__main__":

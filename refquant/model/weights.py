@@ -6,6 +6,12 @@ with the spec (`GGUFFile.dequantize`) when the forward needs it, so a model in a
 format runs without a float copy of every tensor. Every linear layer's input can be observed
 with `Weights.hooks` (name -> callback(name, x)): the calibration algorithms and the importance
 matrix capture (refquant.model.imatrix) use it.
+
+`Weights.with_tensors` gives a copy whose named tensors are replaced by float arrays (a model
+whose weights went through a quantizer and back: refquant.model.quality). A replaced linear
+layer may also carry its encoded form for a refquant.gemm scheme (`encoded`: name ->
+(scheme, weight), "W4A16" or "FP8"); with `matmul_backend` set, its product runs as that
+backend's `matmul(scheme, x, weight)` on the codes instead of BLAS on the decoded array.
 """
 from __future__ import annotations
 
@@ -69,6 +75,11 @@ class Linear:
         for hook in src.hooks.values():
             hook(self.name, x)
         dt = src.dtype
+        enc = src.encoded.get(self.name) if src.matmul_backend is not None else None
+        if enc is not None and dt == F32:
+            x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, self.in_features)
+            y = src.matmul_backend.matmul(enc[0], x2, enc[1])
+            return y.reshape(x.shape[:-1] + (self.out_features,))
         if src.act_quant and dt == F32 and self.type_name in ("Q4_1", "Q5_1") and VEC_DOT_TYPE[self.type_name] == "Q8_1":
             return self._q8_1_product(x)
         if src.act_quant and dt == F32:
@@ -141,6 +152,8 @@ class Weights:
         self.hooks: dict[str, Callable[[str, np.ndarray], None]] = {}
         self._cached: dict[str, np.ndarray] = {}
         self.raw = raw or {}
+        self.encoded: dict[str, tuple] = {}
+        self.matmul_backend = None
 
     @classmethod
     def from_gguf(cls, path, **kw) -> "Weights":
@@ -154,6 +167,28 @@ class Weights:
 
     def names(self):
         return self._tensors.keys()
+
+    def with_tensors(self, arrays: dict[str, np.ndarray], encoded: dict[str, tuple] | None = None,
+                     matmul_backend=None) -> "Weights":
+        """A copy whose tensors `arrays` (name -> float array of the same shape) replace the
+        stored ones; the others are shared. `encoded` (name -> (scheme, weight)) and
+        `matmul_backend` (a refquant backend or its name): see the module docstring."""
+        tensors = dict(self._tensors)
+        for name, a in arrays.items():
+            if name not in tensors:
+                raise FormatError(f"the model has no tensor {name!r}")
+            if tuple(a.shape) != tuple(tensors[name][1]):
+                raise FormatError(f"{name}: replacement has shape {a.shape}, the tensor {tensors[name][1]}")
+            a = np.asarray(a, F32)
+            tensors[name] = ("F32", tuple(a.shape), lambda rows=None, a=a: a if rows is None else a[rows])
+        w = Weights(tensors, self.metadata, dtype=self.dtype, act_quant=self.act_quant, cache=False,
+                    chunk_rows=self.chunk_rows)
+        w._cached = {n: v for n, v in self._cached.items() if n not in arrays}
+        w.encoded = dict(encoded or {})
+        if matmul_backend is not None:
+            from ..backend import get_backend
+            w.matmul_backend = get_backend(matmul_backend)
+        return w
 
     def __contains__(self, name):
         return name in self._tensors
