@@ -122,9 +122,9 @@ def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
                     av = arow[k]
                     crow = tile[k]
                     for j in range(w):
-                        b = np.int32(crow[j])
-                        acc0[j] += av * (F32(b & 15) - z0[j])   # code - zero: exact
-                        acc1[j] += av * (F32(b >> 4) - z1[j])
+                        b = crow[j]
+                        acc0[j] += av * (F32(np.int32(b & 15)) - z0[j])   # code - zero: exact
+                        acc1[j] += av * (F32(np.int32(b >> 4)) - z1[j])
                 sr0 = scalesP[g, n0:n0 + tw]
                 sr1 = scalesP[g, n0 + tw:n0 + 2 * tw]
                 for j in range(w):
