@@ -118,13 +118,45 @@ def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
                     acc1[j] = ZERO
                     z0[j] = F32(np.int32(zr0[j]))
                     z1[j] = F32(np.int32(zr1[j]))
-                for k in range(gstart[gi], gstart[gi + 1]):
+                k = gstart[gi]
+                k1 = gstart[gi + 1]
+                while k + 4 <= k1:       # four columns a pass, each output's sum still in k order
+                    a0 = arow[k]
+                    a1 = arow[k + 1]
+                    a2 = arow[k + 2]
+                    a3 = arow[k + 3]
+                    c0 = tile[k]
+                    c1 = tile[k + 1]
+                    c2 = tile[k + 2]
+                    c3 = tile[k + 3]
+                    for j in range(w):
+                        y0 = z0[j]
+                        y1 = z1[j]
+                        s0 = acc0[j]
+                        s1 = acc1[j]
+                        b = c0[j]
+                        s0 += a0 * (F32(np.int32(b & 15)) - y0)   # code - zero: exact
+                        s1 += a0 * (F32(np.int32(b >> 4)) - y1)
+                        b = c1[j]
+                        s0 += a1 * (F32(np.int32(b & 15)) - y0)
+                        s1 += a1 * (F32(np.int32(b >> 4)) - y1)
+                        b = c2[j]
+                        s0 += a2 * (F32(np.int32(b & 15)) - y0)
+                        s1 += a2 * (F32(np.int32(b >> 4)) - y1)
+                        b = c3[j]
+                        s0 += a3 * (F32(np.int32(b & 15)) - y0)
+                        s1 += a3 * (F32(np.int32(b >> 4)) - y1)
+                        acc0[j] = s0
+                        acc1[j] = s1
+                    k += 4
+                while k < k1:
                     av = arow[k]
                     crow = tile[k]
                     for j in range(w):
                         b = crow[j]
-                        acc0[j] += av * (F32(np.int32(b & 15)) - z0[j])   # code - zero: exact
+                        acc0[j] += av * (F32(np.int32(b & 15)) - z0[j])
                         acc1[j] += av * (F32(np.int32(b >> 4)) - z1[j])
+                    k += 1
                 sr0 = scalesP[g, n0:n0 + tw]
                 sr1 = scalesP[g, n0 + tw:n0 + 2 * tw]
                 for j in range(w):
