@@ -3,7 +3,8 @@ stated order, inside refquant.gemm's bound).
 
 Float orders (`accumulation`), for each output: K is cut into blocks (W4A16: the groups, in
 group order after the act-order permutation; FP8: 128 columns). W4A16 sums each group
-sequentially (vectorised across outputs, from codes transposed once per weight): "blocked".
+sequentially (vectorised across outputs, from codes packed two per byte and transposed once per
+weight; the act-order permutation is applied to the activation at each call): "blocked".
 FP8 runs 8 strided float32 accumulators inside a block and sums them as a tree ((0+4, 1+5, 2+6,
 3+7), then pairs, then the last two): "blocked_lanes". Each block's sum is multiplied by its
 scale and added to a sequential float32 total. Each term carries p = 2 roundings (the product
