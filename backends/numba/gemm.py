@@ -102,8 +102,8 @@ def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
         acc1 = np.empty(tw, np.float32)
         tot0 = np.empty(tw, np.float32)
         tot1 = np.empty(tw, np.float32)
-        z0 = np.empty(tw, np.float32)
-        z1 = np.empty(tw, np.float32)
+        z0 = np.empty(tw, np.int32)
+        z1 = np.empty(tw, np.int32)
         tile = pk[t]
         for m in range(M):
             arow = ap[m]
@@ -117,8 +117,8 @@ def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
                 for j in range(w):
                     acc0[j] = ZERO
                     acc1[j] = ZERO
-                    z0[j] = F32(np.int32(zr0[j]))
-                    z1[j] = F32(np.int32(zr1[j]))
+                    z0[j] = np.int32(zr0[j])
+                    z1[j] = np.int32(zr1[j])
                 k = gstart[gi]
                 k1 = gstart[gi + 1]
                 while k + 4 <= k1:       # four columns a pass, each output's sum still in k order
@@ -136,17 +136,17 @@ def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
                         s0 = acc0[j]
                         s1 = acc1[j]
                         b = c0[j]
-                        s0 += a0 * (F32(np.int32(b & 15)) - y0)   # code - zero: exact
-                        s1 += a0 * (F32(np.int32(b >> 4)) - y1)
+                        s0 += a0 * (F32(np.int32(np.int32(b & 15) - y0)))   # code - zero: exact, in int32 lanes
+                        s1 += a0 * (F32(np.int32(np.int32(b >> 4) - y1)))
                         b = c1[j]
-                        s0 += a1 * (F32(np.int32(b & 15)) - y0)
-                        s1 += a1 * (F32(np.int32(b >> 4)) - y1)
+                        s0 += a1 * (F32(np.int32(np.int32(b & 15) - y0)))
+                        s1 += a1 * (F32(np.int32(np.int32(b >> 4) - y1)))
                         b = c2[j]
-                        s0 += a2 * (F32(np.int32(b & 15)) - y0)
-                        s1 += a2 * (F32(np.int32(b >> 4)) - y1)
+                        s0 += a2 * (F32(np.int32(np.int32(b & 15) - y0)))
+                        s1 += a2 * (F32(np.int32(np.int32(b >> 4) - y1)))
                         b = c3[j]
-                        s0 += a3 * (F32(np.int32(b & 15)) - y0)
-                        s1 += a3 * (F32(np.int32(b >> 4)) - y1)
+                        s0 += a3 * (F32(np.int32(np.int32(b & 15) - y0)))
+                        s1 += a3 * (F32(np.int32(np.int32(b >> 4) - y1)))
                         acc0[j] = s0
                         acc1[j] = s1
                     k += 4
@@ -155,8 +155,8 @@ def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
                     crow = tile[k]
                     for j in range(w):
                         b = crow[j]
-                        acc0[j] += av * (F32(np.int32(b & 15)) - z0[j])
-                        acc1[j] += av * (F32(np.int32(b >> 4)) - z1[j])
+                        acc0[j] += av * (F32(np.int32(np.int32(b & 15) - z0[j])))
+                        acc1[j] += av * (F32(np.int32(np.int32(b >> 4) - z1[j])))
                     k += 1
                 sr0 = scalesP[g, n0:n0 + tw]
                 sr1 = scalesP[g, n0 + tw:n0 + 2 * tw]
