@@ -510,3 +510,26 @@ def test_w4a16_kernel_runs_the_stated_order(N, G, ng, M, act_order):
     assert accumulation("matmul", "W4A16", K, w) == dict(order="blocked", block=G)
     y = w4a16_matmul(a, w)
     assert np.array_equal(y.view(np.uint32), _blocked_w4a16(a, w).view(np.uint32))
+
+
+def test_gemm_kernels_have_no_fma_and_no_fast_math():
+    """As test_kernels_have_no_fma_and_no_fast_math, for the matmul kernels (the W4A16 kernel's
+    float32 products and sums are each rounded on their own: the stated order depends on it)."""
+    import re
+    from backends.numba import gemm as nbg
+    from refquant import gemm
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((1, 64)).astype(np.float32)
+    W = rng.standard_normal((4, 64)).astype(np.float32)
+    nbg.w4a16_matmul(a, gemm.quantize_w4a16(W, 32))
+    flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
+    fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
+    names = []
+    for name, f in _kernels(nbg):
+        for sig in f.signatures:
+            ir = f.inspect_llvm(sig)
+            assert "llvm.fma." not in ir and "llvm.fmuladd" not in ir, f"gemm.{name}: fma in IR"
+            assert not flags.search(ir), f"gemm.{name}: fast-math flag"
+            assert not fused.search(f.inspect_asm(sig)), f"gemm.{name}: fused multiply-add in asm"
+            names.append(name)
+    assert "_w4a16" in names
