@@ -472,3 +472,64 @@ def test_affine_twin_refuses_what_the_spec_refuses():
     _same_or_same_error(A.dequantize_awq, nba.dequantize_awq, np.full((2, 32), 300), np.ones((2, 1), np.float32),
                         None, (1, 32))
     _same_or_same_error(A.quantize, nba.quantize, x, np.ones((2, 1), np.float32), None, (1, 32), 4, "nope")
+
+
+def _blocked_w4a16(a, w):
+    """The order backends.numba.gemm states for W4A16 ("blocked"), emulated in NumPy float32:
+    groups in increasing group number, each group's columns in increasing k summed sequentially
+    as float32(a * (code - zero)), the group sum times its scale added to a sequential total."""
+    F = np.float32
+    out = np.empty((a.shape[0], w.codes.shape[0]), F)
+    for m in range(a.shape[0]):
+        tot = np.zeros(w.codes.shape[0], F)
+        for g in range(w.scales.shape[1]):
+            acc = np.zeros(w.codes.shape[0], F)
+            for k in np.flatnonzero(w.g_idx == g):
+                acc = acc + a[m, k] * (w.codes[:, k].astype(F) - w.zeros[:, g].astype(F))
+            tot = tot + acc * w.scales[:, g]
+        out[m] = tot
+    return out
+
+
+@pytest.mark.parametrize("N,G,ng,M", [(1, 5, 3, 1), (3, 7, 2, 2), (513, 32, 3, 1), (1100, 6, 5, 2)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_w4a16_kernel_runs_the_stated_order(N, G, ng, M, act_order):
+    """The packed, tiled W4A16 kernel (several tiles, a partial last tile, odd N, groups whose
+    length is not a multiple of the four-column pass) gives the bits of its stated order."""
+    from backends.numba.gemm import accumulation, w4a16_matmul
+    from refquant.gemm import W4A16Weight
+    rng = np.random.default_rng(N * 1000 + G)
+    K = G * ng
+    g_idx = (np.arange(K) // G).astype(np.int32)
+    if act_order:
+        g_idx = rng.permutation(g_idx).astype(np.int32)
+    w = W4A16Weight(rng.integers(0, 16, (N, K)).astype(np.uint8),
+                    rng.random((N, ng)).astype(np.float32),
+                    rng.integers(0, 16, (N, ng)).astype(np.uint8), g_idx)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    assert accumulation("matmul", "W4A16", K, w) == dict(order="blocked", block=G)
+    y = w4a16_matmul(a, w)
+    assert np.array_equal(y.view(np.uint32), _blocked_w4a16(a, w).view(np.uint32))
+
+
+def test_gemm_kernels_have_no_fma_and_no_fast_math():
+    """As test_kernels_have_no_fma_and_no_fast_math, for the matmul kernels (the W4A16 kernel's
+    float32 products and sums are each rounded on their own: the stated order depends on it)."""
+    import re
+    from backends.numba import gemm as nbg
+    from refquant import gemm
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((1, 64)).astype(np.float32)
+    W = rng.standard_normal((4, 64)).astype(np.float32)
+    nbg.w4a16_matmul(a, gemm.quantize_w4a16(W, 32))
+    flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
+    fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
+    names = []
+    for name, f in _kernels(nbg):
+        for sig in f.signatures:
+            ir = f.inspect_llvm(sig)
+            assert "llvm.fma." not in ir and "llvm.fmuladd" not in ir, f"gemm.{name}: fma in IR"
+            assert not flags.search(ir), f"gemm.{name}: fast-math flag"
+            assert not fused.search(f.inspect_asm(sig)), f"gemm.{name}: fused multiply-add in asm"
+            names.append(name)
+    assert "_w4a16" in names

@@ -3,7 +3,8 @@ stated order, inside refquant.gemm's bound).
 
 Float orders (`accumulation`), for each output: K is cut into blocks (W4A16: the groups, in
 group order after the act-order permutation; FP8: 128 columns). W4A16 sums each group
-sequentially (vectorised across outputs, from codes transposed once per weight): "blocked".
+sequentially (vectorised across outputs, from codes packed two per byte and transposed once per
+weight; the act-order permutation is applied to the activation at each call): "blocked".
 FP8 runs 8 strided float32 accumulators inside a block and sums them as a tree ((0+4, 1+5, 2+6,
 3+7), then pairs, then the last two): "blocked_lanes". Each block's sum is multiplied by its
 scale and added to a sequential float32 total. Each term carries p = 2 roundings (the product
@@ -15,7 +16,7 @@ from numba import njit, prange
 
 from refquant.gemm import E4M3_MAX, FP8_BLOCK, e4m3_decode_table
 
-from .numerics import F32, JIT, ZERO, f32_bits
+from .numerics import F32, JIT, U64, ZERO, f32_bits
 
 PJIT = dict(JIT, parallel=True)
 LANES = 8
@@ -78,50 +79,100 @@ def w8a8_matmul(a, w):
 
 # --------------------------------------------------------------------------- W4A16
 
-TILE = 256  # output columns per task
+TW = 256  # bytes of packed codes per row of a tile: 2 * TW outputs per task
 
 
 @njit(**PJIT)
-def _w4a16(ap, codesT, scalesT, zerosT, gstart, gid, out):
-    """ap (M, K) activations with columns in group order; codesT (K, N) the codes transposed,
-    rows in the same order; scalesT, zerosT (ngroups, N); gstart (ng+1,) the group boundaries
-    in that order, gid their group numbers. Vectorised across outputs (no float reassociation):
-    for each output, each group's sum runs sequentially over its columns, then is scaled and
-    added to a sequential total -- order "blocked", block = the group size."""
-    K, N = codesT.shape
+def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
+    """ap (M, K) activations with columns in group order; pk (ntiles, K, TW) the codes packed
+    two per byte, tile t covering outputs [t*2TW, (t+1)*2TW): byte j of row k holds output
+    t*2TW + j in its low nibble and t*2TW + TW + j in its high nibble, rows in group order;
+    scalesP, zerosP (ngroups, ntiles*2TW) padded with zeros; gstart (ng+1,) the group
+    boundaries in that order, gid their group numbers. Vectorised across outputs (no float
+    reassociation): for each output, each group's sum runs sequentially over its columns, then
+    is scaled and added to a sequential total -- order "blocked", block = the group size."""
+    ntiles, K, tw = pk.shape
     M = ap.shape[0]
+    N = out.shape[1]
     ngr = gstart.shape[0] - 1
-    ntiles = (N + TILE - 1) // TILE
+    w = U64(tw)
     for t in prange(ntiles):
-        n0 = t * TILE
-        w = min(N, n0 + TILE) - n0
-        acc = np.empty(TILE, np.float32)
-        tot = np.empty(TILE, np.float32)
-        zf = np.empty(TILE, np.float32)
+        n0 = t * 2 * tw
+        acc0 = np.empty(tw, np.float32)
+        acc1 = np.empty(tw, np.float32)
+        tot0 = np.empty(tw, np.float32)
+        tot1 = np.empty(tw, np.float32)
+        z0 = np.empty(tw, np.int32)
+        z1 = np.empty(tw, np.int32)
+        tile = pk[t]
         for m in range(M):
+            arow = ap[m]
             for j in range(w):
-                tot[j] = ZERO
+                tot0[j] = ZERO
+                tot1[j] = ZERO
             for gi in range(ngr):
                 g = gid[gi]
-                zrow = zerosT[g]
+                zr0 = zerosP[g, n0:n0 + tw]
+                zr1 = zerosP[g, n0 + tw:n0 + 2 * tw]
                 for j in range(w):
-                    acc[j] = ZERO
-                    zf[j] = F32(zrow[n0 + j])
-                for k in range(gstart[gi], gstart[gi + 1]):
-                    av = ap[m, k]
-                    crow = codesT[k, n0:n0 + w]
+                    acc0[j] = ZERO
+                    acc1[j] = ZERO
+                    z0[j] = np.int32(zr0[j])
+                    z1[j] = np.int32(zr1[j])
+                k = gstart[gi]
+                k1 = gstart[gi + 1]
+                while k + 4 <= k1:       # four columns a pass, each output's sum still in k order
+                    a0 = arow[k]
+                    a1 = arow[k + 1]
+                    a2 = arow[k + 2]
+                    a3 = arow[k + 3]
+                    c0 = tile[k]
+                    c1 = tile[k + 1]
+                    c2 = tile[k + 2]
+                    c3 = tile[k + 3]
                     for j in range(w):
-                        acc[j] += av * (F32(crow[j]) - zf[j])   # code - zero: exact
-                srow = scalesT[g, n0:n0 + w]
+                        y0 = z0[j]
+                        y1 = z1[j]
+                        s0 = acc0[j]
+                        s1 = acc1[j]
+                        b = c0[j]
+                        s0 += a0 * (F32(np.int32(np.int32(b & 15) - y0)))   # code - zero: exact, in int32 lanes
+                        s1 += a0 * (F32(np.int32(np.int32(b >> 4) - y1)))
+                        b = c1[j]
+                        s0 += a1 * (F32(np.int32(np.int32(b & 15) - y0)))
+                        s1 += a1 * (F32(np.int32(np.int32(b >> 4) - y1)))
+                        b = c2[j]
+                        s0 += a2 * (F32(np.int32(np.int32(b & 15) - y0)))
+                        s1 += a2 * (F32(np.int32(np.int32(b >> 4) - y1)))
+                        b = c3[j]
+                        s0 += a3 * (F32(np.int32(np.int32(b & 15) - y0)))
+                        s1 += a3 * (F32(np.int32(np.int32(b >> 4) - y1)))
+                        acc0[j] = s0
+                        acc1[j] = s1
+                    k += 4
+                while k < k1:
+                    av = arow[k]
+                    crow = tile[k]
+                    for j in range(w):
+                        b = crow[j]
+                        acc0[j] += av * (F32(np.int32(np.int32(b & 15) - z0[j])))
+                        acc1[j] += av * (F32(np.int32(np.int32(b >> 4) - z1[j])))
+                    k += 1
+                sr0 = scalesP[g, n0:n0 + tw]
+                sr1 = scalesP[g, n0 + tw:n0 + 2 * tw]
                 for j in range(w):
-                    tot[j] += acc[j] * srow[j]
-            for j in range(w):
-                out[m, n0 + j] = tot[j]
+                    tot0[j] += acc0[j] * sr0[j]
+                    tot1[j] += acc1[j] * sr1[j]
+            for j in range(min(tw, max(N - n0, 0))):
+                out[m, n0 + j] = tot0[j]
+            for j in range(min(tw, max(N - n0 - tw, 0))):
+                out[m, n0 + tw + j] = tot1[j]
 
 
 def _prepack(w):
     """Once per weight, kept on the weight object: the columns sorted by group (stable: the
-    act-order permutation) and the codes transposed to (K, N) for output-wise vectorisation."""
+    act-order permutation, applied here to the codes' columns and at each call to the
+    activation), and the codes packed two per byte in tiles of 2*TW outputs (see _w4a16)."""
     pack = getattr(w, "_numba_w4a16", None)
     if pack is not None:
         return pack
@@ -132,18 +183,35 @@ def _prepack(w):
     gstart = np.r_[starts, gs.size].astype(np.int64)
     gid = gs[starts].astype(np.int64)
     identity = bool(np.all(perm == np.arange(perm.size)))
-    codesT = np.ascontiguousarray((w.codes if identity else w.codes[:, perm]).T)
-    pack = (None if identity else perm, codesT, np.ascontiguousarray(w.scales.T),
-            np.ascontiguousarray(w.zeros.T), gstart, gid, int(np.diff(gstart).max(initial=0)))
+    N, K = w.codes.shape
+    tw = max(1, min(TW, (N + 1) // 2))
+    ntiles = max(1, -(-N // (2 * tw)))
+    Np = ntiles * 2 * tw
+    c = np.zeros((Np, K), np.uint8)
+    c[:N] = w.codes if identity else w.codes[:, perm]
+    c = c.reshape(ntiles, 2, tw, K)
+    pk = np.ascontiguousarray((c[:, 0] | (c[:, 1] << 4)).transpose(0, 2, 1))   # (ntiles, K, tw)
+    scalesP = np.zeros((w.scales.shape[1], Np), np.float32)
+    scalesP[:, :N] = w.scales.T
+    zerosP = np.zeros((w.zeros.shape[1], Np), np.uint8)
+    zerosP[:, :N] = w.zeros.T
+    pack = (None if identity else perm, pk, scalesP, zerosP, gstart, gid,
+            int(np.diff(gstart).max(initial=0)))
     object.__setattr__(w, "_numba_w4a16", pack)
     return pack
 
 
+def w4a16_bytes(w) -> int:
+    """The bytes one batch-1 call reads from the prepared weight (codes, scales, zeros)."""
+    _, pk, scalesP, zerosP, *_ = _prepack(w)
+    return pk.nbytes + scalesP.nbytes + zerosP.nbytes
+
+
 def w4a16_matmul(a, w):
-    perm, codesT, scalesT, zerosT, gstart, gid, _ = _prepack(w)
+    perm, pk, scalesP, zerosP, gstart, gid, _ = _prepack(w)
     ap = np.ascontiguousarray(a if perm is None else a[:, perm])
-    out = np.empty((a.shape[0], codesT.shape[1]), np.float32)
-    _w4a16(ap, codesT, scalesT, zerosT, gstart, gid, out)
+    out = np.empty((a.shape[0], w.codes.shape[0]), np.float32)
+    _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out)
     return out
 
 
