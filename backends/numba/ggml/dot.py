@@ -1,8 +1,11 @@
-"""Numba twin of refquant/ggml/dot.py: ggml's CPU vec_dot for the legacy types (with IQ4_NL and
-MXFP4, which share their Q8_0 path) and the Q8_K types (K-quants, IQ4_XS, TQ1_0, TQ2_0),
-bit-exact with the spec (the generic kernels' order: legacy, sumf += term_b over blocks, each
-term with C's association and the FMA that ggml's x86-64 build contracts for Q4_1/Q5_1;
-K-quants, 8 integer lanes per super-block and the float steps of the spec's combine_k)."""
+"""Numba twin of refquant/ggml/dot.py: ggml's CPU vec_dot for every weight type the spec has --
+the legacy types (with IQ4_NL and MXFP4, which share their Q8_0 path), the Q8_K types (K-quants,
+IQ4_XS, TQ1_0, TQ2_0, the lattice types IQ2_*, IQ3_*, IQ1_S, IQ1_M) and the nested Q8_0 types
+Q1_0 and NVFP4 -- bit-exact with the spec (the generic kernels' order: legacy, sumf += term_b over
+blocks, each term with C's association and the FMA that ggml's x86-64 build contracts for
+Q4_1/Q5_1; K-quants, 8 integer lanes per super-block and the float steps of the spec's
+combine_k; lattice types, integer weights from the unit-scale dequantizer; Q1_0/NVFP4, the
+spec's combine_nested). An FMA appears only where the spec has fma_f32 (fmaf here)."""
 from __future__ import annotations
 
 import numpy as np
