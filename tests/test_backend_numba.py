@@ -357,6 +357,67 @@ def test_lattice_kernels_have_no_fma_and_no_fast_math(nb):
     assert checked >= 6
 
 
+
+DOT_NESTED_AND_LATTICE = LATTICE_DEQUANT + ["Q1_0", "NVFP4"]
+
+
+def test_dot_claims_cover_the_lattice_and_nested_types(nb):
+    for name in DOT_NESTED_AND_LATTICE:
+        assert nb.supports("vec_dot", name)
+
+
+def test_dot_on_raw_weight_bytes_and_more_rows_than_threads(nb):
+    """vec_dot of every bit pattern the quantizers never write (odd scale and sign bits, grid
+    indices, fp16 scales that are inf or NaN), on more weight rows than threads, both activation
+    variants: the same bits as the spec."""
+    rng = np.random.default_rng(23)
+    spec = refquant.get_backend()
+    for name in DOT_NESTED_AND_LATTICE:
+        fmt = refquant.registry.get_format(name)
+        nblk = 2 if fmt.block_size == 256 else 4
+        w = rng.integers(0, 256, (37, nblk * fmt.type_size), dtype=np.uint8)
+        w[3, :2] = (0x00, 0x7C)        # +inf fp16 d where d sits at byte 0 (NaN products follow)
+        a = (rng.standard_normal((3, nblk * fmt.block_size)) * 10.0).astype(np.float32)
+        for variant in ("ref", "x86"):
+            np.testing.assert_array_equal(nb.vec_dot(w, name, a, variant).view(np.uint32),
+                                          spec.vec_dot(w, name, a, variant).view(np.uint32),
+                                          err_msg=f"{name} {variant}")
+
+
+def test_dot_kernels_fuse_only_where_the_spec_does(nb):
+    """The vec_dot kernels (backends/numba/ggml/dot.py): no fast-math flag on any float
+    instruction and no contraction (llvm.fmuladd) anywhere; a kernel that does not call fmaf
+    (the spec's explicit fma_f32 steps: Q4_1/Q5_1, Q2_K/Q4_K/Q5_K, IQ1_S/IQ1_M) has no llvm.fma
+    and no vfmadd-family instruction at all."""
+    import inspect
+    import re
+    from backends.numba.ggml import dot
+    rng = np.random.default_rng(0)
+    for name in dot.VEC_DOT:
+        fmt = refquant.registry.get_format(name)
+        w = refquant.quantize((rng.standard_normal((2, 256)) * 0.1).astype(np.float32), name,
+                              rng.random(256).astype(np.float32) if name in LATTICE_DEQUANT else None)
+        for variant in ("ref", "x86"):
+            nb.vec_dot(w, name, (rng.standard_normal((1, 256))).astype(np.float32), variant)
+    flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
+    fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
+    checked = fusing = 0
+    for name, f in _kernels(dot):
+        calls_fmaf = "fmaf(" in inspect.getsource(f.py_func)
+        for sig in f.signatures:
+            ir = f.inspect_llvm(sig)
+            assert "llvm.fmuladd" not in ir, f"{name}: contraction in IR"
+            assert not flags.search(ir), f"{name}: fast-math flag: {flags.search(ir).group(0)}"
+            if calls_fmaf:
+                assert "llvm.fma.f32" in ir, f"{name}: its fmaf is not an fma"
+                fusing += 1
+            else:
+                assert "llvm.fma." not in ir, f"{name}: fma in IR"
+                assert not fused.search(f.inspect_asm(sig)), f"{name}: fused multiply-add in asm"
+            checked += 1
+    assert checked >= 11 and fusing >= 3
+
+
 # ----------------------------------------------------------------------------- affine encode/decode
 
 def _same_or_same_error(spec_fn, nb_fn, *args, **kw):

@@ -20,9 +20,10 @@ affine encode/decode (quantize/dequantize given the scale and zero point) of eve
 refquant.affine convention — torchao in both zero-point domains, compressed-tensors, GPTQ,
 AWQ — in backends/numba/affine.py, with the spec's signatures (choose_qparams is the spec's;
 a block_size whose leading axes do not fold to 2-D runs the spec);
-vec_dot of the legacy types, the K-quants, IQ4_NL, IQ4_XS, MXFP4, TQ1_0 and TQ2_0; the W4A16,
-W8A8 and FP8 matmuls. Not claimed (the spec runs): the OCP MX and bitsandbytes formats, vec_dot
-of the lattice IQ types, Q1_0 and NVFP4.
+vec_dot of every ggml weight type the spec has: the legacy types, the K-quants, IQ4_NL, IQ4_XS,
+MXFP4, TQ1_0, TQ2_0, the lattice types IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S and IQ1_M,
+Q1_0 and NVFP4; the W4A16, W8A8 and FP8 matmuls. Not claimed (the spec runs): the OCP MX and
+bitsandbytes formats.
 
 Encode/decode and integer operations are bit-exact with the spec; float-accumulating matmuls
 meet refquant.gemm's bound for the order stated in ACCUMULATION.

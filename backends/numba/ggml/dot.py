@@ -1,8 +1,11 @@
-"""Numba twin of refquant/ggml/dot.py: ggml's CPU vec_dot for the legacy types (with IQ4_NL and
-MXFP4, which share their Q8_0 path) and the Q8_K types (K-quants, IQ4_XS, TQ1_0, TQ2_0),
-bit-exact with the spec (the generic kernels' order: legacy, sumf += term_b over blocks, each
-term with C's association and the FMA that ggml's x86-64 build contracts for Q4_1/Q5_1;
-K-quants, 8 integer lanes per super-block and the float steps of the spec's combine_k)."""
+"""Numba twin of refquant/ggml/dot.py: ggml's CPU vec_dot for every weight type the spec has --
+the legacy types (with IQ4_NL and MXFP4, which share their Q8_0 path), the Q8_K types (K-quants,
+IQ4_XS, TQ1_0, TQ2_0, the lattice types IQ2_*, IQ3_*, IQ1_S, IQ1_M) and the nested Q8_0 types
+Q1_0 and NVFP4 -- bit-exact with the spec (the generic kernels' order: legacy, sumf += term_b over
+blocks, each term with C's association and the FMA that ggml's x86-64 build contracts for
+Q4_1/Q5_1; K-quants, 8 integer lanes per super-block and the float steps of the spec's
+combine_k; lattice types, integer weights from the unit-scale dequantizer; Q1_0/NVFP4, the
+spec's combine_nested). An FMA appears only where the spec has fma_f32 (fmaf here)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +13,8 @@ from numba import njit, prange
 
 from refquant.ggml.dot import VEC_DOT_TYPE
 
-from ..numerics import F32, JIT, ZERO, bits_f32, fmaf, fp16_to_fp32, fp32_to_fp16_bits, store_fp16
+from ..numerics import F32, JIT, ONE, ZERO, bits_f32, fmaf, fp16_to_fp32, fp32_to_fp16_bits, store_fp16
+from .fp4 import UE4M3_HALF
 from .kquants import _q3_scale, _quantize_q8_k, _scale_min_k4
 from .legacy import _quantize_q8
 
@@ -404,3 +408,225 @@ def _make_k(name):
 
 
 VEC_DOT.update({name: _make_k(name) for name in K_KIND})
+
+
+# --------------------------------------------------------------------------- lattice IQ types (Q8_K)
+#
+# The twin of the spec's lattice section: the integer weights w_p are the dequantizer's output
+# with d = 1 (backends/numba/ggml/iquants_grid.py, bit-exact with the spec's), divided by the
+# final power-of-two factor (IQ2_*: 0.125, IQ3_XXS: 0.25, IQ3_S: 1); for IQ1_S/IQ1_M the unit
+# decode ls * (g + delta) splits into the grid part q_p = ls_p * g_p and the delta part
+# qd_p = ls_p * sign_p. Float steps as refquant.ggml.dot.combine_k: lattice sumf = sumf + f(bsum) * d_b
+# (unfused), then * FINAL; IQ1 sumf = fmaf(d_b, fmaf(f(delta part), 0.125f, f(grid part)), sumf).
+
+# weight type -> (type_size, kind, final factor): kind 0 lattice (fp16 d at byte 0), 1 IQ1_S, 2 IQ1_M
+IQ_KIND = {"IQ2_XXS": (66, 0, 0.125), "IQ2_XS": (74, 0, 0.125), "IQ2_S": (82, 0, 0.125),
+           "IQ3_XXS": (98, 0, 0.25), "IQ3_S": (110, 0, 1.0), "IQ1_S": (50, 1, 1.0), "IQ1_M": (56, 2, 1.0)}
+IQ1_DELTA = F32(0.125)
+
+
+@njit(**PJIT)
+def _unit_scale_iq(data, kind, ts, unit, wd, ls, sgn):
+    """Copy every block with its d set to 1 (fp16 0x3C00) into unit, its d into wd (N, nb); for
+    IQ1_S/IQ1_M the odd scale ls and the delta sign (-1 where the delta is negative) of each
+    position into ls, sgn (N, K) int32."""
+    N = data.shape[0]
+    nb = data.shape[1] // ts
+    for r in prange(N):
+        for b in range(nb):
+            o = data[r, b * ts:(b + 1) * ts]
+            u = unit[r, b * ts:(b + 1) * ts]
+            for j in range(ts):
+                u[j] = o[j]
+            if kind != 2:
+                wd[r, b] = fp16_to_fp32(o[0], o[1])
+                u[0] = np.uint8(0x00)
+                u[1] = np.uint8(0x3C)
+            else:   # d in the top nibbles of the four u16 scales (bytes 49, 51, 53, 55)
+                lo = (np.int32(o[49]) >> 4) | (np.int32(o[51]) & 0xF0)
+                hi = (np.int32(o[53]) >> 4) | (np.int32(o[55]) & 0xF0)
+                wd[r, b] = fp16_to_fp32(np.uint8(lo), np.uint8(hi))
+                nibs = (0x0, 0x0, 0xC, 0x3)
+                for k in range(4):
+                    u[49 + 2 * k] = np.uint8((np.int32(o[49 + 2 * k]) & 0x0F) | (nibs[k] << 4))
+            if kind == 1:       # qh: u16[8] at 34: bits 12-14 ls, bit 15 delta sign, per 32
+                for ib in range(8):
+                    qh = np.int32(o[34 + 2 * ib]) | (np.int32(o[35 + 2 * ib]) << 8)
+                    l_ = 2 * ((qh >> 12) & 7) + 1
+                    s_ = -1 if qh & 0x8000 else 1
+                    for p in range(32):
+                        ls[r, b * QK_K + 32 * ib + p] = l_
+                        sgn[r, b * QK_K + 32 * ib + p] = s_
+            elif kind == 2:     # 3-bit scales per 16 in the u16 scales, delta bits 3/7 of qh per 8
+                for ib in range(8):
+                    word = np.int32(o[48 + 2 * (ib // 2)]) | (np.int32(o[49 + 2 * (ib // 2)]) << 8)
+                    sh = 6 * (ib % 2)
+                    for k in range(4):
+                        l_ = 2 * ((word >> (sh + 3 * (k // 2))) & 7) + 1
+                        q = np.int32(o[32 + 2 * ib + k // 2])
+                        s_ = -1 if q & (0x08 if k % 2 == 0 else 0x80) else 1
+                        for j in range(8):
+                            ls[r, b * QK_K + 32 * ib + 8 * k + j] = l_
+                            sgn[r, b * QK_K + 32 * ib + 8 * k + j] = s_
+
+
+@njit(**PJIT)
+def _vec_dot_iq(kind, final, wq, wqd, wd, aq, ad, abs_, out):
+    N, K = wq.shape
+    M = aq.shape[0]
+    nb = K // QK_K
+    for n in prange(N):
+        for mi in range(M):
+            sumf = ZERO
+            for b in range(nb):
+                bsum = np.int32(0)
+                for p in range(b * QK_K, (b + 1) * QK_K):
+                    bsum += wq[n, p] * np.int32(aq[mi, p])
+                d = wd[n, b] * ad[mi, b]
+                if kind == 0:
+                    sumf += F32(bsum) * d
+                else:
+                    delta = np.int32(0)
+                    if kind == 1:   # IQ1_S: ls * sign per 32 against the stored bsums (per 16)
+                        for j in range(16):
+                            delta += wqd[n, b * QK_K + 16 * j] * abs_[mi, b * 16 + j]
+                    else:           # IQ1_M: per position against the qs
+                        for p in range(b * QK_K, (b + 1) * QK_K):
+                            delta += wqd[n, p] * np.int32(aq[mi, p])
+                    sumf = fmaf(d, fmaf(F32(delta), IQ1_DELTA, F32(bsum)), sumf)
+            if final != ONE:
+                sumf = final * sumf
+            out[mi, n] = sumf
+
+
+def _iq_weights(name, w):
+    """Weight rows -> (q, qd (N, K) int32, d (N, nb) float32) from the unit-scale decode."""
+    from .iquants_grid import DEQUANTIZE
+    ts, kind, final = IQ_KIND[name]
+    w = np.ascontiguousarray(w)
+    N = w.shape[0]
+    nb = w.shape[1] // ts
+    K = nb * QK_K
+    unit = np.empty_like(w)
+    wd = np.empty((N, nb), np.float32)
+    ls = np.ones((N, K), np.int32)
+    sgn = np.ones((N, K), np.int32)
+    _unit_scale_iq(w, kind, ts, unit, wd, ls, sgn)
+    y = DEQUANTIZE[name](unit).astype(np.float64)
+    if kind == 0:
+        qf = y / final
+        q = qf.astype(np.int32)
+        if not (q == qf).all():
+            raise AssertionError(f"{name}: the unit-scale decode is not integral")
+        return q, q, wd
+    g = y / ls - float(IQ1_DELTA) * sgn
+    if not ((g == np.rint(g)).all() and (np.abs(g) <= 1).all()):
+        raise AssertionError(f"{name}: the unit-scale decode is not ls * (g + delta)")
+    return (ls * g.astype(np.int32)).astype(np.int32), (ls * sgn).astype(np.int32), wd
+
+
+def _make_iq(name):
+    ts, kind, final = IQ_KIND[name]
+
+    def vec_dot(w, a, variant="ref"):
+        wq, wqd, wd = _iq_weights(name, w)
+        nb = wd.shape[1]
+        K = nb * QK_K
+        M = a.shape[0]
+        qa = np.empty((M, nb * 292), np.uint8)
+        _quantize_q8_k(np.ascontiguousarray(a), qa)   # Q8_K: one quantizer for both variants
+        aq = np.empty((M, K), np.int8)
+        ad = np.empty((M, nb), np.float32)
+        abs_ = np.empty((M, nb * 16), np.int32)
+        _unpack_q8_k(qa, aq, ad, abs_)
+        out = np.empty((M, wq.shape[0]), np.float32)
+        _vec_dot_iq(kind, F32(final), wq, wqd, wd, aq, ad, abs_, out)
+        return out
+    vec_dot.__name__ = f"vec_dot_{name.lower()}"
+    return vec_dot
+
+
+VEC_DOT.update({name: _make_iq(name) for name in IQ_KIND})
+
+
+# --------------------------------------------------------------------------- Q1_0, NVFP4 (Q8_0)
+#
+# The twin of the spec's NESTED section (separate multiplies and adds):
+#   Q1_0   per block of 128: sumi_f = 0; for k in 0..3: sumi_f = sumi_f + f(sumi_k) * d_y[k];
+#          sumf = sumf + d * sumi_f
+#   NVFP4  per sub-block s of 16: sumf = sumf + f(sumi_s) * (d_y[s/2] * d[s])
+
+NESTED_KIND = {"Q1_0": (18, 0, 128), "NVFP4": (36, 1, 64)}
+
+
+@njit(**PJIT)
+def _unpack_nested(data, kind, q, d):
+    """Weight rows -> codes q (N, K) int8 and scales d: Q1_0 (N, nb), NVFP4 (N, 4 nb) float32."""
+    ts = 18 if kind == 0 else 36
+    nb = data.shape[1] // ts
+    for r in prange(data.shape[0]):
+        for b in range(nb):
+            o = data[r, b * ts:(b + 1) * ts]
+            if kind == 0:
+                d[r, b] = fp16_to_fp32(o[0], o[1])
+                for e in range(128):
+                    q[r, 128 * b + e] = 1 if (np.int32(o[2 + e // 8]) >> (e % 8)) & 1 else -1
+            else:
+                for s in range(4):
+                    d[r, 4 * b + s] = UE4M3_HALF[o[s]]
+                    for j in range(8):
+                        c = np.int32(o[4 + 8 * s + j])
+                        q[r, 64 * b + 16 * s + j] = KVALUES_MXFP4[c & 0x0F]
+                        q[r, 64 * b + 16 * s + 8 + j] = KVALUES_MXFP4[c >> 4]
+
+
+@njit(**PJIT)
+def _vec_dot_nested(kind, wq, wd, aq, ad, out):
+    N, K = wq.shape
+    M = aq.shape[0]
+    for n in prange(N):
+        for mi in range(M):
+            sumf = ZERO
+            if kind == 0:
+                for b in range(K // 128):
+                    si = ZERO
+                    for k in range(4):
+                        sumi = np.int32(0)
+                        for p in range(128 * b + 32 * k, 128 * b + 32 * k + 32):
+                            sumi += np.int32(wq[n, p]) * np.int32(aq[mi, p])
+                        si = si + F32(sumi) * ad[mi, 4 * b + k]
+                    sumf = sumf + wd[n, b] * si
+            else:
+                for u in range(K // 16):
+                    sumi = np.int32(0)
+                    for p in range(16 * u, 16 * u + 16):
+                        sumi += np.int32(wq[n, p]) * np.int32(aq[mi, p])
+                    dd = ad[mi, u // 2] * wd[n, u]
+                    sumf = sumf + F32(sumi) * dd
+            out[mi, n] = sumf
+
+
+def _make_nested(name):
+    ts, kind, block = NESTED_KIND[name]
+
+    def vec_dot(w, a, variant="ref"):
+        w = np.ascontiguousarray(w)
+        N = w.shape[0]
+        nb = w.shape[1] // ts
+        K = nb * block
+        wq = np.empty((N, K), np.int8)
+        wd = np.empty((N, nb if kind == 0 else 4 * nb), np.float32)
+        _unpack_nested(w, kind, wq, wd)
+        qa = quantize_activation(a, "Q8_0", variant)
+        M = a.shape[0]
+        aq = np.empty((M, K), np.int8)
+        ad = np.empty((M, K // QK), np.float32)
+        _unpack_q8(qa, False, aq, ad, ad)
+        out = np.empty((M, N), np.float32)
+        _vec_dot_nested(kind, wq, wd, aq, ad, out)
+        return out
+    vec_dot.__name__ = f"vec_dot_{name.lower()}"
+    return vec_dot
+
+
+VEC_DOT.update({name: _make_nested(name) for name in NESTED_KIND})
