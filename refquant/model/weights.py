@@ -20,18 +20,14 @@ from typing import Callable
 import numpy as np
 
 from ..errors import FormatError
+from ..ggml.dot import VEC_DOT_TYPE as DOT_VEC_DOT_TYPE
 from ..io.gguf import GGUFFile
 
 F32 = np.float32
 
-# The type ggml's CPU backend quantizes a matmul's activations to before the integer dot product
-# (`vec_dot_type` of each weight type in ggml-cpu.c's type traits).
-VEC_DOT_TYPE = {
-    "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0",
-    "Q4_1": "Q8_1", "Q5_1": "Q8_1",
-    "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K",
-    "F16": "F16", "BF16": "BF16", "F32": "F32",
-}
+# The type ggml's CPU backend rounds a matmul's activations to before the dot product: the
+# quantized weight types' `vec_dot_type` (refquant.ggml.dot), and F16/BF16 for those weights.
+VEC_DOT_TYPE = {**DOT_VEC_DOT_TYPE, "F16": "F16", "BF16": "BF16", "F32": "F32"}
 
 
 def quantize_activations(x: np.ndarray, vec_dot_type: str, variant: str = "x86") -> np.ndarray:
