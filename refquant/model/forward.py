@@ -27,6 +27,9 @@ summation order: spec/model.md derives the bound that leaves.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -110,14 +113,16 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return (x * scale) * w
 
 
+@functools.lru_cache(maxsize=None)
+def _libm():
+    return ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+
+
 def _libm_f32(name: str, *args) -> np.ndarray:
     """The C library's float function `name` (powf, cosf, sinf) applied elementwise: ggml calls
     these, and NumPy's float32 versions round differently (np.cos differs from cosf in about 6%
     of RoPE's angles, np.power from powf in theta_scale's last bit)."""
-    import ctypes
-    import ctypes.util
-    lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-    fn = getattr(lib, name)
+    fn = getattr(_libm(), name)
     fn.restype = ctypes.c_float
     fn.argtypes = [ctypes.c_float] * len(args)
     arrs = np.broadcast_arrays(*[np.asarray(a, dtype=F32) for a in args])
@@ -205,6 +210,7 @@ class Model:
         n_vocab = weights.shape("token_embd.weight")[0]
         self.cfg = Config.from_metadata(weights.metadata, n_vocab)
         self.llamacpp_numerics = llamacpp_numerics
+        self._rope: dict = {}
         if llamacpp_numerics:
             if weights.dtype != F32:
                 raise FormatError("llama.cpp's numerics are float32 ones")
@@ -235,7 +241,11 @@ class Model:
             k = rms_norm(k, w.get(p + "attn_k_norm.weight"), c.eps)
         swa = c.swa_layers[il]
         base = c.rope_base_swa if swa else c.rope_base
-        cos, sin = rope_cos_sin(pos, c.n_rot, base, dt, self.llamacpp_numerics)
+        key = (tuple(pos), base)
+        if key not in self._rope:                      # the same angles in every layer
+            self._rope = {key: rope_cos_sin(pos, c.n_rot, base, dt, self.llamacpp_numerics)} | {
+                k: v for k, v in self._rope.items() if k[0] == key[0]}
+        cos, sin = self._rope[key]
         q = apply_rope(q, cos, sin, c.rope_neox, self.llamacpp_numerics)
         k = apply_rope(k, cos, sin, c.rope_neox, self.llamacpp_numerics)
         kq_scale = c.attn_scale
