@@ -596,8 +596,8 @@ def test_peak_memory_smollm2(smol_float, tmp_path):
 # the non-K file types on the real models, each with an importance matrix (several need one):
 # TQ2_0 on SmolLM2 in every run (about 20 s); with the thorough profile (make test-deep) the
 # block-search types on both models. The lattice types (IQ1_*, IQ2_*, IQ3_*) search every
-# ffn_down of the whole model (4-20 minutes a file type with the NumPy spec backend on a 2-core
-# host), so whole models need REFQUANT_LATTICE_REAL_MODELS=1 as well; the thorough profile runs
+# ffn_down of the whole model (1-7 minutes a file type with the Numba backend, 4-20 with the NumPy
+# spec, on a 2-core host), so whole models need REFQUANT_LATTICE_REAL_MODELS=1 as well; the thorough profile runs
 # them on each model's first layer (below), every run on the synthetic models, and their type
 # choice on the real models.
 IQ_FTYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE", "NVFP4", "Q1_0"]
@@ -665,8 +665,8 @@ def test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_pa
     check_ftype_with_imatrix(llama, src, real_imatrix(model, src), tmp_path, ft)
 
 
-@pytest.mark.skipif(not (DEEP and LATTICE_REAL), reason="4-20 minutes a file type and model with the NumPy spec backend: set "
-                    "HYPOTHESIS_PROFILE=thorough and REFQUANT_LATTICE_REAL_MODELS=1")
+@pytest.mark.skipif(not (DEEP and LATTICE_REAL), reason="1-7 minutes a file type and model with the Numba backend (the 20 "
+                    "cases about 40 minutes on 2 cores): set HYPOTHESIS_PROFILE=thorough and REFQUANT_LATTICE_REAL_MODELS=1")
 @pytest.mark.parametrize("model,ft", [(m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
 def test_lattice_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft):
     """Whole models with the Numba backend where it is importable (its lattice quantizers where
