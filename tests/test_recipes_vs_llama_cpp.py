@@ -666,7 +666,7 @@ def test_iq_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_pa
 
 
 @pytest.mark.skipif(not (DEEP and LATTICE_REAL), reason="1-7 minutes a file type and model with the Numba backend (the 20 "
-                    "cases about 40 minutes on 2 cores): set HYPOTHESIS_PROFILE=thorough and REFQUANT_LATTICE_REAL_MODELS=1")
+                    "cases under an hour on 2 cores): set HYPOTHESIS_PROFILE=thorough and REFQUANT_LATTICE_REAL_MODELS=1")
 @pytest.mark.parametrize("model,ft", [(m, ft) for m in ("smollm2", "gemma3") for ft in LATTICE_FTYPES])
 def test_lattice_ftypes_real_models_with_imatrix(request, real_imatrix, llama, tmp_path, model, ft):
     """Whole models with the Numba backend where it is importable (its lattice quantizers where
