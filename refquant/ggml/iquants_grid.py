@@ -380,6 +380,21 @@ def _iq1_refit(index, lat, xb, w, xx_groups):
     return sumqx, sumq2
 
 
+def _iq1_snap(lat, L, xb, w, scale, xx_g, dead, ngroups, aborts):
+    """The grid points of the live sub-blocks (every group on the grid, `_iq1_grid_fix`) and, where
+    no group had to be moved, the scale refitted to them (`_iq1_refit`); `scale` is updated in
+    place. Returns the grid indices (B, ngroups), 0 for dead sub-blocks."""
+    act = np.flatnonzero(~dead)
+    index = np.zeros((len(dead), ngroups), np.int64)
+    if act.size:
+        ia, _, on = _iq1_grid_fix(lat, L[act], xb[act], w[act], scale[act], xx_g[act], aborts, act)
+        sqx, sq2 = _iq1_refit(ia, lat, xb[act], w[act], xx_g[act])
+        refit = ~on & (sqx > 0) & (sq2 > 0)
+        scale[act] = np.where(refit, sqx / sq2, scale[act])
+        index[act] = ia
+    return index
+
+
 def quantize_iq1_s(x, imatrix=None):
     """quantize_row_iq1_s_impl: sub-blocks of 32, levels -1/0/1 shifted by ±1/8 per sub-block,
     the exact best split of the sorted values into three runs, fudge 1.125."""
@@ -428,14 +443,7 @@ def quantize_iq1_s(x, imatrix=None):
         scale = np.where(neg, -scale, scale)
         shift = np.where(neg, -shift, shift)
         xx_g = np.where((shift == 1)[:, None, None], _X_P, _X_M) * np.ones((1, 4, 1), F32)
-        act = np.flatnonzero(~dead)
-        index = np.zeros((B, 4), np.int64)
-        if act.size:
-            ia, La, on = _iq1_grid_fix(lat, L[act], xb[act], w[act], scale[act], xx_g[act], aborts, act)
-            sqx, sq2 = _iq1_refit(ia, lat, xb[act], w[act], xx_g[act])
-            refit = ~on & (sqx > 0) & (sq2 > 0)
-            scale[act] = np.where(refit, sqx / sq2, scale[act])
-            index[act] = ia
+        index = _iq1_snap(lat, L, xb, w, scale, xx_g, dead, 4, aborts)
         aborts.add(~dead & ~(scale >= 0), "GGML_ASSERT(scale >= 0) on a NaN scale")
         aborts.raise_if_any("IQ1_S", x.shape[0], x.shape[1], 32)
         scale = np.where(dead, F32(0), scale)
@@ -608,14 +616,7 @@ def quantize_iq1_m(x, imatrix=None, variant: str = IQ1M_SPLIT_SUMS):
         bk = np.where(neg, 3 - bk, bk)                     # 0 <-> 3, 1 <-> 2
         kk = np.clip(bk, 0, 3)
         xx_g = np.stack([_iq1m_xx(kk, 0), _iq1m_xx(kk, 1)], axis=1)      # (B, 2, 3)
-        act = np.flatnonzero(~dead)
-        index = np.zeros((B, 2), np.int64)
-        if act.size:
-            ia, La, on = _iq1_grid_fix(lat, L[act], xb[act], w[act], scale[act], xx_g[act], aborts, act)
-            sqx_f, sq2_f = _iq1_refit(ia, lat, xb[act], w[act], xx_g[act])
-            refit = ~on & (sqx_f > 0) & (sq2_f > 0)
-            scale[act] = np.where(refit, sqx_f / sq2_f, scale[act])
-            index[act] = ia
+        index = _iq1_snap(lat, L, xb, w, scale, xx_g, dead, 2, aborts)
         aborts.add(~dead & ~(scale >= 0), "GGML_ASSERT(scale >= 0) on a NaN scale")
         aborts.raise_if_any("IQ1_M", x.shape[0], x.shape[1], 16)
         scale = np.where(dead, F32(0), scale)
