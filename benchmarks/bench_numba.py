@@ -82,6 +82,24 @@ def copy_bandwidth(repeat):
     return 2 * src.nbytes / t / 1e9
 
 
+@numba.njit(parallel=True, cache=True)
+def _parallel_copy(dst, src, nchunks):
+    n = src.shape[0]
+    step = (n + nchunks - 1) // nchunks
+    for c in numba.prange(nchunks):
+        lo = c * step
+        dst[lo:min(n, lo + step)] = src[lo:min(n, lo + step)]
+
+
+def copy_bandwidth_threads(repeat, threads):
+    """The same copy cut into one chunk per thread, on `threads` threads (Numba prange)."""
+    numba.set_num_threads(threads)
+    src = np.ones(256 * 2**20, np.uint8)
+    dst = np.empty_like(src)
+    t = best(lambda: _parallel_copy(dst, src, threads), repeat)
+    return 2 * src.nbytes / t / 1e9
+
+
 def compile_times(qtype="Q4_0"):
     code = (f"import time, numpy as np; t = time.perf_counter(); "
             f"from backends.numba.ggml import legacy; "
@@ -140,19 +158,27 @@ def main():
     W = (rng.standard_normal((N, K)) * 0.02).astype(np.float32)
     g_idx = rng.permutation(np.arange(K) // G).astype(np.int32)
     w = gemm.quantize_w4a16(W, G, g_idx)
-    a = rng.standard_normal((1, K)).astype(np.float32)
+    # W4A16's activations are float16 (or bfloat16): the kernel's fused path. A float32 row with
+    # full 24-bit significands takes its unfused path, timed on one thread as well.
+    a = rng.standard_normal((1, K)).astype(np.float16).astype(np.float32)
+    a32 = rng.standard_normal((1, K)).astype(np.float32)
     mm = nb._t["matmul"]["W4A16"]
     nbytes = w4a16_bytes(w) + a.nbytes + 4 * N          # prepared weight, activation, output
     spec_bytes = w.codes.nbytes + w.scales.nbytes + w.zeros.nbytes + a.nbytes
-    bw = copy_bandwidth(args.repeat)
-    print(f"\ncopy bandwidth (numpy.copyto, read + write): {bw:.1f} GB/s")
-    for threads in (1, ncores):
+    bw1 = copy_bandwidth(args.repeat)
+    bwn = copy_bandwidth_threads(args.repeat, ncores)
+    print(f"\ncopy bandwidth (read + write): {bw1:.1f} GB/s one thread (numpy.copyto), "
+          f"{bwn:.1f} GB/s on {ncores} threads (prange, one chunk each)")
+    for label, x, threads in (("float16 activations", a, 1), ("float16 activations", a, ncores),
+                              ("float32 activations", a32, 1)):
         numba.set_num_threads(threads)
-        t = best(lambda: mm(a, w), args.repeat if threads == 1 else 4 * args.repeat)
+        t = best(lambda: mm(x, w), args.repeat if threads == 1 else 4 * args.repeat)
         gbs = nbytes / t / 1e9
-        print(f"W4A16 batch-1 N=K={K} G={G} act-order, {threads} thread(s): {t * 1e3:.2f} ms, "
+        bw = bw1 if threads == 1 else bwn
+        print(f"W4A16 batch-1 N=K={K} G={G} act-order, {label}, {threads} thread(s): {t * 1e3:.2f} ms, "
               f"{gbs:.1f} GB/s read+written ({nbytes / 1e6:.1f} MB a call) = {gbs / bw:.2f} of copy "
               f"bandwidth; over the 1 B/code layout ({spec_bytes / 1e6:.1f} MB) {spec_bytes / t / 1e9:.1f} GB/s")
+    numba.set_num_threads(ncores)
 
     cold, warm = compile_times()
     print(f"\nfirst call of Q4_0 quantize in a fresh process: {cold:.1f} s with an empty cache "

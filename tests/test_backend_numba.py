@@ -552,45 +552,115 @@ def _blocked_w4a16(a, w):
     return out
 
 
-@pytest.mark.parametrize("N,G,ng,M", [(1, 5, 3, 1), (3, 7, 2, 2), (513, 32, 3, 1), (1100, 6, 5, 2)])
-@pytest.mark.parametrize("act_order", [False, True])
-def test_w4a16_kernel_runs_the_stated_order(N, G, ng, M, act_order):
-    """The packed, tiled W4A16 kernel (several tiles, a partial last tile, odd N, groups whose
-    length is not a multiple of the four-column pass) gives the bits of its stated order."""
-    from backends.numba.gemm import accumulation, w4a16_matmul
+def _w4a16_weight(rng, N, G, ng, act_order):
     from refquant.gemm import W4A16Weight
-    rng = np.random.default_rng(N * 1000 + G)
     K = G * ng
     g_idx = (np.arange(K) // G).astype(np.int32)
     if act_order:
         g_idx = rng.permutation(g_idx).astype(np.int32)
-    w = W4A16Weight(rng.integers(0, 16, (N, K)).astype(np.uint8),
-                    rng.random((N, ng)).astype(np.float32),
-                    rng.integers(0, 16, (N, ng)).astype(np.uint8), g_idx)
-    a = rng.standard_normal((M, K)).astype(np.float32)
-    assert accumulation("matmul", "W4A16", K, w) == dict(order="blocked", block=G)
+    return W4A16Weight(rng.integers(0, 16, (N, K)).astype(np.uint8),
+                       rng.random((N, ng)).astype(np.float32),
+                       rng.integers(0, 16, (N, ng)).astype(np.uint8), g_idx)
+
+
+def _as_bf16(x):
+    import ml_dtypes
+    return x.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+# Activation rows and whether the kernel's fused path may take them: float32 with full 24-bit
+# significands (unfused path); float16 and bfloat16 values (fused); bfloat16 values beyond
+# 2^100 or below 2^-100, where a fused product could overflow or a/16 lose bits (unfused).
+ACTIVATIONS = {
+    "float32": (lambda x: x, False),
+    "float16": (lambda x: x.astype(np.float16).astype(np.float32), True),
+    "bfloat16": (lambda x: _as_bf16(x * np.float32(2.0**60)), True),
+    "bfloat16 beyond 2^100": (lambda x: _as_bf16(x * np.float32(2.0**110)), False),
+    "bfloat16 below 2^-100": (lambda x: _as_bf16(x * np.float32(2.0**-110)), False),
+}
+
+
+@pytest.mark.parametrize("N,G,ng,M", [(1, 5, 3, 1), (3, 7, 2, 2), (513, 32, 3, 1), (1100, 6, 5, 2)])
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("acts", list(ACTIVATIONS))
+def test_w4a16_kernel_runs_the_stated_order(N, G, ng, M, act_order, acts):
+    """The packed, tiled W4A16 kernel (several tiles, a partial last tile, odd N, groups whose
+    length is not a multiple of the four-column pass), on its fused path and its unfused one,
+    gives the bits of its stated order."""
+    from backends.numba.gemm import _fusable, accumulation, w4a16_matmul
+    rng = np.random.default_rng(N * 1000 + G)
+    w = _w4a16_weight(rng, N, G, ng, act_order)
+    cast, fused = ACTIVATIONS[acts]
+    a = cast(rng.standard_normal((M, G * ng)).astype(np.float32))
+    assert _fusable(a) == fused
+    assert accumulation("matmul", "W4A16", G * ng, w) == dict(order="blocked", block=G)
+    y = w4a16_matmul(a, w)
+    assert np.array_equal(y.view(np.uint32), _blocked_w4a16(a, w).view(np.uint32))
+
+
+def _fp16_values():
+    """Every finite float16 value class: zeros, subnormals (down to 2^-24), normals up to 65504."""
+    bits = st.integers(0, 0x7BFF) | st.sampled_from([0, 1, 0x3FF, 0x400, 0x7BFF])
+    return st.tuples(bits, st.booleans()).map(
+        lambda t: float(np.array([t[0] | (0x8000 if t[1] else 0)], np.uint16).view(np.float16)[0]))
+
+
+@settings(max_examples=40)
+@given(vals=st.lists(_fp16_values(), min_size=12, max_size=12), seed=st.integers(0, 2**32 - 1),
+       bf16=st.booleans())
+def test_w4a16_fused_path_matches_the_unfused_order(vals, seed, bf16):
+    """The fused path's bits equal the order's product-then-add on float16 extremes (subnormals,
+    65504, signed zeros) and on bfloat16 values over its whole fusable range."""
+    from backends.numba.gemm import _fusable, w4a16_matmul
+    rng = np.random.default_rng(seed)
+    w = _w4a16_weight(rng, 37, 4, 3, True)
+    a = np.array([vals], np.float32)
+    if bf16:
+        a = _as_bf16(a * np.float32(2.0 ** rng.integers(-80, 80)))
+    assert _fusable(a)
     y = w4a16_matmul(a, w)
     assert np.array_equal(y.view(np.uint32), _blocked_w4a16(a, w).view(np.uint32))
 
 
 def test_gemm_kernels_have_no_fma_and_no_fast_math():
-    """As test_kernels_have_no_fma_and_no_fast_math, for the matmul kernels (the W4A16 kernel's
-    float32 products and sums are each rounded on their own: the stated order depends on it)."""
+    """As test_kernels_have_no_fma_and_no_fast_math, for the matmul kernels: no fast-math flag
+    anywhere, and no fused multiply-add but the W4A16 kernel's explicit llvm.fma calls, on the
+    path _fusable opens (its products exact, so fused and unfused give the same bits: the
+    tests above). Its unfused path holds none: the same kernel compiled with that branch
+    folded away has no fma."""
     import re
+    from numba import njit
     from backends.numba import gemm as nbg
     from refquant import gemm
     rng = np.random.default_rng(1)
     a = rng.standard_normal((1, 64)).astype(np.float32)
     W = rng.standard_normal((4, 64)).astype(np.float32)
     nbg.w4a16_matmul(a, gemm.quantize_w4a16(W, 32))
+    nbg.w8a8_matmul(a, gemm.quantize_w8a8_weight(W))
+    nbg.fp8_matmul(a, gemm.quantize_fp8_weight(W), activation="per_token")
     flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
     fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
     names = []
     for name, f in _kernels(nbg):
         for sig in f.signatures:
             ir = f.inspect_llvm(sig)
-            assert "llvm.fma." not in ir and "llvm.fmuladd" not in ir, f"gemm.{name}: fma in IR"
             assert not flags.search(ir), f"gemm.{name}: fast-math flag"
+            assert "llvm.fmuladd" not in ir, f"gemm.{name}: contracted multiply-add"
+            if name == "_w4a16":
+                assert "llvm.fma.f32" in ir or "llvm.fma.v" in ir
+                continue
+            assert "llvm.fma." not in ir, f"gemm.{name}: fma in IR"
             assert not fused.search(f.inspect_asm(sig)), f"gemm.{name}: fused multiply-add in asm"
             names.append(name)
-    assert "_w4a16" in names
+    assert {"_w8a8", "_fp8", "_quantize_int8_rows", "_quantize_fp8_rows"} <= set(names)
+
+    # the unfused path alone: `fused` a compile-time False
+    k = njit(fastmath=False, inline="always")(nbg._w4a16.py_func)
+    plain = njit(fastmath=False)(lambda ap, ap16, pk, s, z, gs, gid, out: k(ap, ap16, False, pk, s, z, gs, gid, out))
+    w = gemm.quantize_w4a16(W, 32)
+    perm, pk, s, z, gs, gid, _ = nbg._prepack(w)
+    out = np.empty((1, 4), np.float32)
+    plain(a, a / 16, pk, s, z, gs, gid, out)
+    assert np.array_equal(out, nbg.w4a16_matmul(a, w))
+    sig = plain.signatures[0]
+    assert "llvm.fma" not in plain.inspect_llvm(sig) and not fused.search(plain.inspect_asm(sig))

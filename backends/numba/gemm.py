@@ -8,7 +8,10 @@ weight; the act-order permutation is applied to the activation at each call): "b
 FP8 runs 8 strided float32 accumulators inside a block and sums them as a tree ((0+4, 1+5, 2+6,
 3+7), then pairs, then the last two): "blocked_lanes". Each block's sum is multiplied by its
 scale and added to a sequential float32 total. Each term carries p = 2 roundings (the product
-and the block scale; the W4A16 factor code - zero is an exact integer)."""
+and the block scale; the W4A16 factor code - zero is an exact integer). Where the activation
+row makes every W4A16 product exact (float16 or bfloat16 values: `_fusable`), the kernel adds
+each term with a fused multiply-add, which then gives the same bits as the product rounded and
+added."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +19,7 @@ from numba import njit, prange
 
 from refquant.gemm import E4M3_MAX, FP8_BLOCK, e4m3_decode_table
 
-from .numerics import F32, JIT, U64, ZERO, f32_bits
+from .numerics import F32, JIT, U64, ZERO, bits_f32, f32_bits, fmaf
 
 PJIT = dict(JIT, parallel=True)
 LANES = 8
@@ -80,17 +83,27 @@ def w8a8_matmul(a, w):
 # --------------------------------------------------------------------------- W4A16
 
 TW = 256  # bytes of packed codes per row of a tile: 2 * TW outputs per task
+M23 = np.int32(0x4B000000)  # the bits of 2^23: (2^23 | v) as float32 is 2^23 + v for 0 <= v < 2^23
+SIXTEENTH = F32(0.0625)
 
 
 @njit(**PJIT)
-def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
-    """ap (M, K) activations with columns in group order; pk (ntiles, K, TW) the codes packed
-    two per byte, tile t covering outputs [t*2TW, (t+1)*2TW): byte j of row k holds output
-    t*2TW + j in its low nibble and t*2TW + TW + j in its high nibble, rows in group order;
-    scalesP, zerosP (ngroups, ntiles*2TW) padded with zeros; gstart (ng+1,) the group
+def _w4a16(ap, ap16, fused, pk, scalesP, zerosP, gstart, gid, out):
+    """ap (M, K) activations with columns in group order, ap16 = ap / 16; pk (ntiles, K, TW)
+    the codes packed two per byte, tile t covering outputs [t*2TW, (t+1)*2TW): byte j of row k
+    holds output t*2TW + j in its low nibble and t*2TW + TW + j in its high nibble, rows in group
+    order; scalesP, zerosP (ngroups, ntiles*2TW) padded with zeros; gstart (ng+1,) the group
     boundaries in that order, gid their group numbers. Vectorised across outputs (no float
     reassociation): for each output, each group's sum runs sequentially over its columns, then
-    is scaled and added to a sequential total -- order "blocked", block = the group size."""
+    is scaled and added to a sequential total -- order "blocked", block = the group size.
+
+    code - zero, exactly, without an int-to-float conversion: a nibble masked in place and OR-ed
+    into the bits of 2^23 reads as 2^23 + code (low nibble) or 2^23 + 16*code (high nibble);
+    minus 2^23 + zero (or 2^23 + 16*zero) that is code - zero (or 16*(code - zero)), exactly.
+    The high nibble's term is then (a/16) * (16*(code - zero)), or a * (that * 1/16): both equal
+    a * (code - zero) when the products are exact. `fused` (see _fusable) adds each term with an
+    FMA, which is bit-identical to the product rounded and then added because the product is
+    exact there: the term a * (code - zero) has at most 20 + 4 significant bits."""
     ntiles, K, tw = pk.shape
     M = ap.shape[0]
     N = out.shape[1]
@@ -102,11 +115,12 @@ def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
         acc1 = np.empty(tw, np.float32)
         tot0 = np.empty(tw, np.float32)
         tot1 = np.empty(tw, np.float32)
-        z0 = np.empty(tw, np.int32)
-        z1 = np.empty(tw, np.int32)
+        z0 = np.empty(tw, np.float32)
+        z1 = np.empty(tw, np.float32)
         tile = pk[t]
         for m in range(M):
             arow = ap[m]
+            hrow = ap16[m]
             for j in range(w):
                 tot0[j] = ZERO
                 tot1[j] = ZERO
@@ -117,46 +131,78 @@ def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
                 for j in range(w):
                     acc0[j] = ZERO
                     acc1[j] = ZERO
-                    z0[j] = np.int32(zr0[j])
-                    z1[j] = np.int32(zr1[j])
+                    z0[j] = bits_f32(np.int32(np.int32(zr0[j]) | M23))          # 2^23 + zero
+                    z1[j] = bits_f32(np.int32(np.int32(zr1[j]) << 4 | M23))     # 2^23 + 16*zero
                 k = gstart[gi]
                 k1 = gstart[gi + 1]
                 while k + 4 <= k1:       # four columns a pass, each output's sum still in k order
-                    a0 = arow[k]
-                    a1 = arow[k + 1]
-                    a2 = arow[k + 2]
-                    a3 = arow[k + 3]
                     c0 = tile[k]
                     c1 = tile[k + 1]
                     c2 = tile[k + 2]
                     c3 = tile[k + 3]
-                    for j in range(w):
-                        y0 = z0[j]
-                        y1 = z1[j]
-                        s0 = acc0[j]
-                        s1 = acc1[j]
-                        b = c0[j]
-                        s0 += a0 * (F32(np.int32(np.int32(b & 15) - y0)))   # code - zero: exact, in int32 lanes
-                        s1 += a0 * (F32(np.int32(np.int32(b >> 4) - y1)))
-                        b = c1[j]
-                        s0 += a1 * (F32(np.int32(np.int32(b & 15) - y0)))
-                        s1 += a1 * (F32(np.int32(np.int32(b >> 4) - y1)))
-                        b = c2[j]
-                        s0 += a2 * (F32(np.int32(np.int32(b & 15) - y0)))
-                        s1 += a2 * (F32(np.int32(np.int32(b >> 4) - y1)))
-                        b = c3[j]
-                        s0 += a3 * (F32(np.int32(np.int32(b & 15) - y0)))
-                        s1 += a3 * (F32(np.int32(np.int32(b >> 4) - y1)))
-                        acc0[j] = s0
-                        acc1[j] = s1
+                    a0 = arow[k]
+                    a1 = arow[k + 1]
+                    a2 = arow[k + 2]
+                    a3 = arow[k + 3]
+                    if fused:
+                        h0 = hrow[k]
+                        h1 = hrow[k + 1]
+                        h2 = hrow[k + 2]
+                        h3 = hrow[k + 3]
+                        for j in range(w):
+                            y0 = z0[j]
+                            y1 = z1[j]
+                            s0 = acc0[j]
+                            s1 = acc1[j]
+                            b = np.int32(c0[j])
+                            s0 = fmaf(a0, bits_f32(np.int32(b & 15 | M23)) - y0, s0)
+                            s1 = fmaf(h0, bits_f32(np.int32(b & 240 | M23)) - y1, s1)
+                            b = np.int32(c1[j])
+                            s0 = fmaf(a1, bits_f32(np.int32(b & 15 | M23)) - y0, s0)
+                            s1 = fmaf(h1, bits_f32(np.int32(b & 240 | M23)) - y1, s1)
+                            b = np.int32(c2[j])
+                            s0 = fmaf(a2, bits_f32(np.int32(b & 15 | M23)) - y0, s0)
+                            s1 = fmaf(h2, bits_f32(np.int32(b & 240 | M23)) - y1, s1)
+                            b = np.int32(c3[j])
+                            s0 = fmaf(a3, bits_f32(np.int32(b & 15 | M23)) - y0, s0)
+                            s1 = fmaf(h3, bits_f32(np.int32(b & 240 | M23)) - y1, s1)
+                            acc0[j] = s0
+                            acc1[j] = s1
+                    else:
+                        for j in range(w):
+                            y0 = z0[j]
+                            y1 = z1[j]
+                            s0 = acc0[j]
+                            s1 = acc1[j]
+                            b = np.int32(c0[j])
+                            s0 += a0 * (bits_f32(np.int32(b & 15 | M23)) - y0)
+                            s1 += a0 * ((bits_f32(np.int32(b & 240 | M23)) - y1) * SIXTEENTH)
+                            b = np.int32(c1[j])
+                            s0 += a1 * (bits_f32(np.int32(b & 15 | M23)) - y0)
+                            s1 += a1 * ((bits_f32(np.int32(b & 240 | M23)) - y1) * SIXTEENTH)
+                            b = np.int32(c2[j])
+                            s0 += a2 * (bits_f32(np.int32(b & 15 | M23)) - y0)
+                            s1 += a2 * ((bits_f32(np.int32(b & 240 | M23)) - y1) * SIXTEENTH)
+                            b = np.int32(c3[j])
+                            s0 += a3 * (bits_f32(np.int32(b & 15 | M23)) - y0)
+                            s1 += a3 * ((bits_f32(np.int32(b & 240 | M23)) - y1) * SIXTEENTH)
+                            acc0[j] = s0
+                            acc1[j] = s1
                     k += 4
                 while k < k1:
                     av = arow[k]
+                    hv = hrow[k]
                     crow = tile[k]
-                    for j in range(w):
-                        b = crow[j]
-                        acc0[j] += av * (F32(np.int32(np.int32(b & 15) - z0[j])))
-                        acc1[j] += av * (F32(np.int32(np.int32(b >> 4) - z1[j])))
+                    if fused:
+                        for j in range(w):
+                            b = np.int32(crow[j])
+                            acc0[j] = fmaf(av, bits_f32(np.int32(b & 15 | M23)) - z0[j], acc0[j])
+                            acc1[j] = fmaf(hv, bits_f32(np.int32(b & 240 | M23)) - z1[j], acc1[j])
+                    else:
+                        for j in range(w):
+                            b = np.int32(crow[j])
+                            acc0[j] += av * (bits_f32(np.int32(b & 15 | M23)) - z0[j])
+                            acc1[j] += av * ((bits_f32(np.int32(b & 240 | M23)) - z1[j]) * SIXTEENTH)
                     k += 1
                 sr0 = scalesP[g, n0:n0 + tw]
                 sr1 = scalesP[g, n0 + tw:n0 + 2 * tw]
@@ -167,6 +213,22 @@ def _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out):
                 out[m, n0 + j] = tot0[j]
             for j in range(min(tw, max(N - n0 - tw, 0))):
                 out[m, n0 + tw + j] = tot1[j]
+
+
+# An activation the fused path takes: 0, or a normal float32 of at most 20 significant bits
+# (the low 4 of its 23 fraction bits zero) with 2^-100 <= |a| <= 2^100. Then a * (code - zero)
+# (|code - zero| <= 15, 4 bits) is exact and normal, so fmaf(a, code - zero, s) rounds exactly
+# what s + a * (code - zero) rounds; and a/16 is exact. Every float16 value qualifies, and every
+# bfloat16 value in that range: the activations W4A16 is defined for.
+FUSABLE_LOW_BITS = 0xF
+FUSABLE_MIN = F32(2.0**-100)
+FUSABLE_MAX = F32(2.0**100)
+
+
+def _fusable(ap) -> bool:
+    m = np.abs(ap)
+    return bool(not (ap.view(np.uint32) & FUSABLE_LOW_BITS).any()
+                and np.all((m == 0) | ((m >= FUSABLE_MIN) & (m <= FUSABLE_MAX))))
 
 
 def _prepack(w):
@@ -211,7 +273,7 @@ def w4a16_matmul(a, w):
     perm, pk, scalesP, zerosP, gstart, gid, _ = _prepack(w)
     ap = np.ascontiguousarray(a if perm is None else a[:, perm])
     out = np.empty((a.shape[0], w.codes.shape[0]), np.float32)
-    _w4a16(ap, pk, scalesP, zerosP, gstart, gid, out)
+    _w4a16(ap, ap * SIXTEENTH, _fusable(ap), pk, scalesP, zerosP, gstart, gid, out)
     return out
 
 
