@@ -656,11 +656,12 @@ def test_gemm_kernels_have_no_fma_and_no_fast_math():
 
     # the unfused path alone: `fused` a compile-time False
     k = njit(fastmath=False, inline="always")(nbg._w4a16.py_func)
-    plain = njit(fastmath=False)(lambda ap, ap16, pk, s, z, gs, gid, out: k(ap, ap16, False, pk, s, z, gs, gid, out))
+    plain = njit(fastmath=False)(lambda a1, a16, a256, a4096, pk, s, z, gs, gid, out:
+                                 k(a1, a16, a256, a4096, False, pk, s, z, gs, gid, out))
     w = gemm.quantize_w4a16(W, 32)
     perm, pk, s, z, gs, gid, _ = nbg._prepack(w)
     out = np.empty((1, 4), np.float32)
-    plain(a, a / 16, pk, s, z, gs, gid, out)
+    plain(a, a / 16, a / 256, a / 4096, pk, s, z, gs, gid, out)
     assert np.array_equal(out, nbg.w4a16_matmul(a, w))
     sig = plain.signatures[0]
     assert "llvm.fma" not in plain.inspect_llvm(sig) and not fused.search(plain.inspect_asm(sig))

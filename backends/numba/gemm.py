@@ -3,15 +3,15 @@ stated order, inside refquant.gemm's bound).
 
 Float orders (`accumulation`), for each output: K is cut into blocks (W4A16: the groups, in
 group order after the act-order permutation; FP8: 128 columns). W4A16 sums each group
-sequentially (vectorised across outputs, from codes packed two per byte and transposed once per
-weight; the act-order permutation is applied to the activation at each call): "blocked".
-FP8 runs 8 strided float32 accumulators inside a block and sums them as a tree ((0+4, 1+5, 2+6,
-3+7), then pairs, then the last two): "blocked_lanes". Each block's sum is multiplied by its
-scale and added to a sequential float32 total. Each term carries p = 2 roundings (the product
-and the block scale; the W4A16 factor code - zero is an exact integer). Where the activation
-row makes every W4A16 product exact (float16 or bfloat16 values: `_fusable`), the kernel adds
-each term with a fused multiply-add, which then gives the same bits as the product rounded and
-added."""
+sequentially (written with explicit 16-lane vectors, `simd`, from codes packed eight per 32-bit
+word once per weight; the act-order permutation is applied to the activation at each call):
+"blocked". FP8 runs 8 strided float32 accumulators inside a block and sums them as a tree
+((0+4, 1+5, 2+6, 3+7), then pairs, then the last two): "blocked_lanes". Each block's sum is
+multiplied by its scale and added to a sequential float32 total. Each term carries p = 2
+roundings (the product and the block scale; the W4A16 factor code - zero is an exact integer).
+Where the activation row makes every W4A16 product exact (float16 or bfloat16 values:
+`_fusable`), the kernel adds each term with a fused multiply-add, which then gives the same bits
+as the product rounded and added."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +19,8 @@ from numba import njit, prange
 
 from refquant.gemm import E4M3_MAX, FP8_BLOCK, e4m3_decode_table
 
-from .numerics import F32, JIT, U64, ZERO, bits_f32, f32_bits, fmaf
+from . import simd
+from .numerics import F32, JIT, U64, ZERO, f32_bits
 
 PJIT = dict(JIT, parallel=True)
 LANES = 8
@@ -82,143 +83,112 @@ def w8a8_matmul(a, w):
 
 # --------------------------------------------------------------------------- W4A16
 
-TW = 256  # bytes of packed codes per row of a tile: 2 * TW outputs per task
-M23 = np.int32(0x4B000000)  # the bits of 2^23: (2^23 | v) as float32 is 2^23 + v for 0 <= v < 2^23
-SIXTEENTH = F32(0.0625)
+CHUNK = 128                  # outputs per chunk: 16 lanes x 8 nibbles of a 32-bit word
+M23 = np.int32(0x4B000000)   # the bits of 2^23: (2^23 | v) read as float32 is 2^23 + v, v < 2^23
+INLINE = dict(JIT, inline="always")
+
+
+@njit(**INLINE)
+def _codes_minus_zeros(x, z0, z1, z2, z3):
+    """code - zero for the four nibbles at bits 0-3, 4-7, 8-11, 12-15 of each lane's word x,
+    times 1, 16, 256 and 4096, exactly and without an integer-to-float conversion: with the
+    bits of 2^23 OR-ed into the word, each nibble masked in place together with those bits reads
+    as 2^23 + 16^j code (< 2^24, an exact float32); z_j holds 2^23 + 16^j zero, and the
+    difference 16^j (code - zero) is exact."""
+    xm = simd.or_(x, simd.splat_i32(M23))
+    return (simd.sub(simd.as_f32(simd.and_(xm, simd.splat_i32(M23 | 0xF))), z0),
+            simd.sub(simd.as_f32(simd.and_(xm, simd.splat_i32(M23 | 0xF0))), z1),
+            simd.sub(simd.as_f32(simd.and_(xm, simd.splat_i32(M23 | 0xF00))), z2),
+            simd.sub(simd.as_f32(simd.and_(xm, simd.splat_i32(M23 | 0xF000))), z3))
+
+
+@njit(**INLINE)
+def _zero_bits(zeros, at, j):
+    """2^23 + 16^j zero for 16 outputs (uint8 zeros from offset `at`), as float32 lanes."""
+    return simd.as_f32(simd.or_(simd.shl(simd.load_u8(zeros, at), simd.splat_i32(4 * j)), simd.splat_i32(M23)))
 
 
 @njit(**PJIT)
-def _w4a16(ap, ap16, fused, pk, scalesP, zerosP, gstart, gid, out):
-    """ap (M, K) activations with columns in group order, ap16 = ap / 16; pk (ntiles, K, TW)
-    the codes packed two per byte, tile t covering outputs [t*2TW, (t+1)*2TW): byte j of row k
-    holds output t*2TW + j in its low nibble and t*2TW + TW + j in its high nibble, rows in group
-    order; scalesP, zerosP (ngroups, ntiles*2TW) padded with zeros; gstart (ng+1,) the group
-    boundaries in that order, gid their group numbers. Vectorised across outputs (no float
-    reassociation): for each output, each group's sum runs sequentially over its columns, then
-    is scaled and added to a sequential total -- order "blocked", block = the group size.
+def _w4a16(a1, a16, a256, a4096, fused, pk, scales, zeros, gstart, gid, out):
+    """pk (nchunks, K, 16) uint32: chunk c covers outputs [128c, 128c + 128); word l of row k
+    holds, in bits 4i..4i+3, the code of output 128c + 16i + l at column k, rows in group order
+    (the act-order permutation applied once). scales (ngroups, nchunks*128) float32 and zeros
+    (ngroups, nchunks*128) uint8, padded; gstart (ng+1,) the group boundaries in that order, gid
+    their group numbers; a1 (M, K) the activations with columns in group order, a16, a256,
+    a4096 the same divided by 16, 256, 4096.
 
-    code - zero, exactly, without an int-to-float conversion: a nibble masked in place and OR-ed
-    into the bits of 2^23 reads as 2^23 + code (low nibble) or 2^23 + 16*code (high nibble);
-    minus 2^23 + zero (or 2^23 + 16*zero) that is code - zero (or 16*(code - zero)), exactly.
-    The high nibble's term is then (a/16) * (16*(code - zero)), or a * (that * 1/16): both equal
-    a * (code - zero) when the products are exact. `fused` (see _fusable) adds each term with an
-    FMA, which is bit-identical to the product rounded and then added because the product is
-    exact there: the term a * (code - zero) has at most 20 + 4 significant bits."""
-    ntiles, K, tw = pk.shape
-    M = ap.shape[0]
+    For each output, each group's sum runs sequentially over its columns, then is multiplied by
+    its scale and added to a sequential total: order "blocked", block = the group size. A chunk's
+    16 x 8 partial sums of a group are vector registers (simd): nibbles 0-3 of the words in one
+    pass over the group's columns, nibbles 4-7 (the word shifted right by 16) in a second.
+    Nibble i's term is a * (code - zero), formed as (a / 16^j) * (16^j (code - zero)), j = i mod 4.
+    `fused` (see _fusable): the terms are exact, and an FMA adds them; otherwise
+    16^j (code - zero) is scaled back to code - zero (exact) and a * (code - zero) is rounded,
+    then added."""
+    nch = pk.shape[0]
+    M = a1.shape[0]
     N = out.shape[1]
     ngr = gstart.shape[0] - 1
-    w = U64(tw)
-    for t in prange(ntiles):
-        n0 = t * 2 * tw
-        acc0 = np.empty(tw, np.float32)
-        acc1 = np.empty(tw, np.float32)
-        tot0 = np.empty(tw, np.float32)
-        tot1 = np.empty(tw, np.float32)
-        z0 = np.empty(tw, np.float32)
-        z1 = np.empty(tw, np.float32)
-        tile = pk[t]
+    npad = U64(nch * CHUNK)
+    zf = zeros.ravel()
+    sc = scales.ravel()
+    for c in prange(nch):
+        code = pk[c].ravel()
+        tot = np.empty(CHUNK, np.float32)
         for m in range(M):
-            arow = ap[m]
-            hrow = ap16[m]
-            for j in range(w):
-                tot0[j] = ZERO
-                tot1[j] = ZERO
+            r1 = a1[m]
+            r16 = a16[m]
+            r256 = a256[m]
+            r4096 = a4096[m]
+            tot[:] = ZERO
             for gi in range(ngr):
-                g = gid[gi]
-                zr0 = zerosP[g, n0:n0 + tw]
-                zr1 = zerosP[g, n0 + tw:n0 + 2 * tw]
-                for j in range(w):
-                    acc0[j] = ZERO
-                    acc1[j] = ZERO
-                    z0[j] = bits_f32(np.int32(np.int32(zr0[j]) | M23))          # 2^23 + zero
-                    z1[j] = bits_f32(np.int32(np.int32(zr1[j]) << 4 | M23))     # 2^23 + 16*zero
-                k = gstart[gi]
-                k1 = gstart[gi + 1]
-                while k + 4 <= k1:       # four columns a pass, each output's sum still in k order
-                    c0 = tile[k]
-                    c1 = tile[k + 1]
-                    c2 = tile[k + 2]
-                    c3 = tile[k + 3]
-                    a0 = arow[k]
-                    a1 = arow[k + 1]
-                    a2 = arow[k + 2]
-                    a3 = arow[k + 3]
+                g = U64(gid[gi])
+                k0 = U64(gstart[gi])
+                k1 = U64(gstart[gi + 1])
+                for half in range(2):
+                    at = g * npad + U64(c * CHUNK + 64 * half)     # first output of this half
+                    z0 = _zero_bits(zf, at, 0)
+                    z1 = _zero_bits(zf, at + U64(16), 1)
+                    z2 = _zero_bits(zf, at + U64(32), 2)
+                    z3 = _zero_bits(zf, at + U64(48), 3)
+                    sh = simd.splat_i32(16 * half)
+                    s0 = simd.splat_f32(ZERO)
+                    s1 = s0
+                    s2 = s0
+                    s3 = s0
                     if fused:
-                        h0 = hrow[k]
-                        h1 = hrow[k + 1]
-                        h2 = hrow[k + 2]
-                        h3 = hrow[k + 3]
-                        for j in range(w):
-                            y0 = z0[j]
-                            y1 = z1[j]
-                            s0 = acc0[j]
-                            s1 = acc1[j]
-                            b = np.int32(c0[j])
-                            s0 = fmaf(a0, bits_f32(np.int32(b & 15 | M23)) - y0, s0)
-                            s1 = fmaf(h0, bits_f32(np.int32(b & 240 | M23)) - y1, s1)
-                            b = np.int32(c1[j])
-                            s0 = fmaf(a1, bits_f32(np.int32(b & 15 | M23)) - y0, s0)
-                            s1 = fmaf(h1, bits_f32(np.int32(b & 240 | M23)) - y1, s1)
-                            b = np.int32(c2[j])
-                            s0 = fmaf(a2, bits_f32(np.int32(b & 15 | M23)) - y0, s0)
-                            s1 = fmaf(h2, bits_f32(np.int32(b & 240 | M23)) - y1, s1)
-                            b = np.int32(c3[j])
-                            s0 = fmaf(a3, bits_f32(np.int32(b & 15 | M23)) - y0, s0)
-                            s1 = fmaf(h3, bits_f32(np.int32(b & 240 | M23)) - y1, s1)
-                            acc0[j] = s0
-                            acc1[j] = s1
+                        for k in range(k0, k1):
+                            d0, d1, d2, d3 = _codes_minus_zeros(simd.shr(simd.load_u32(code, k * U64(16)), sh),
+                                                                z0, z1, z2, z3)
+                            s0 = simd.fma(simd.splat_f32(r1[k]), d0, s0)
+                            s1 = simd.fma(simd.splat_f32(r16[k]), d1, s1)
+                            s2 = simd.fma(simd.splat_f32(r256[k]), d2, s2)
+                            s3 = simd.fma(simd.splat_f32(r4096[k]), d3, s3)
                     else:
-                        for j in range(w):
-                            y0 = z0[j]
-                            y1 = z1[j]
-                            s0 = acc0[j]
-                            s1 = acc1[j]
-                            b = np.int32(c0[j])
-                            s0 += a0 * (bits_f32(np.int32(b & 15 | M23)) - y0)
-                            s1 += a0 * ((bits_f32(np.int32(b & 240 | M23)) - y1) * SIXTEENTH)
-                            b = np.int32(c1[j])
-                            s0 += a1 * (bits_f32(np.int32(b & 15 | M23)) - y0)
-                            s1 += a1 * ((bits_f32(np.int32(b & 240 | M23)) - y1) * SIXTEENTH)
-                            b = np.int32(c2[j])
-                            s0 += a2 * (bits_f32(np.int32(b & 15 | M23)) - y0)
-                            s1 += a2 * ((bits_f32(np.int32(b & 240 | M23)) - y1) * SIXTEENTH)
-                            b = np.int32(c3[j])
-                            s0 += a3 * (bits_f32(np.int32(b & 15 | M23)) - y0)
-                            s1 += a3 * ((bits_f32(np.int32(b & 240 | M23)) - y1) * SIXTEENTH)
-                            acc0[j] = s0
-                            acc1[j] = s1
-                    k += 4
-                while k < k1:
-                    av = arow[k]
-                    hv = hrow[k]
-                    crow = tile[k]
-                    if fused:
-                        for j in range(w):
-                            b = np.int32(crow[j])
-                            acc0[j] = fmaf(av, bits_f32(np.int32(b & 15 | M23)) - z0[j], acc0[j])
-                            acc1[j] = fmaf(hv, bits_f32(np.int32(b & 240 | M23)) - z1[j], acc1[j])
-                    else:
-                        for j in range(w):
-                            b = np.int32(crow[j])
-                            acc0[j] += av * (bits_f32(np.int32(b & 15 | M23)) - z0[j])
-                            acc1[j] += av * ((bits_f32(np.int32(b & 240 | M23)) - z1[j]) * SIXTEENTH)
-                    k += 1
-                sr0 = scalesP[g, n0:n0 + tw]
-                sr1 = scalesP[g, n0 + tw:n0 + 2 * tw]
-                for j in range(w):
-                    tot0[j] += acc0[j] * sr0[j]
-                    tot1[j] += acc1[j] * sr1[j]
-            for j in range(min(tw, max(N - n0, 0))):
-                out[m, n0 + j] = tot0[j]
-            for j in range(min(tw, max(N - n0 - tw, 0))):
-                out[m, n0 + tw + j] = tot1[j]
+                        for k in range(k0, k1):
+                            d0, d1, d2, d3 = _codes_minus_zeros(simd.shr(simd.load_u32(code, k * U64(16)), sh),
+                                                                z0, z1, z2, z3)
+                            a = simd.splat_f32(r1[k])
+                            s0 = simd.add(s0, simd.mul(a, d0))
+                            s1 = simd.add(s1, simd.mul(a, simd.mul(d1, simd.splat_f32(F32(2.0**-4)))))
+                            s2 = simd.add(s2, simd.mul(a, simd.mul(d2, simd.splat_f32(F32(2.0**-8)))))
+                            s3 = simd.add(s3, simd.mul(a, simd.mul(d3, simd.splat_f32(F32(2.0**-12)))))
+                    o = U64(64 * half)
+                    simd.store_f32(tot, o, simd.add(simd.load_f32(tot, o), simd.mul(s0, simd.load_f32(sc, at))))
+                    simd.store_f32(tot, o + U64(16), simd.add(simd.load_f32(tot, o + U64(16)),
+                                                              simd.mul(s1, simd.load_f32(sc, at + U64(16)))))
+                    simd.store_f32(tot, o + U64(32), simd.add(simd.load_f32(tot, o + U64(32)),
+                                                              simd.mul(s2, simd.load_f32(sc, at + U64(32)))))
+                    simd.store_f32(tot, o + U64(48), simd.add(simd.load_f32(tot, o + U64(48)),
+                                                              simd.mul(s3, simd.load_f32(sc, at + U64(48)))))
+            for i in range(min(CHUNK, N - c * CHUNK)):
+                out[m, c * CHUNK + i] = tot[i]
 
 
 # An activation the fused path takes: 0, or a normal float32 of at most 20 significant bits
 # (the low 4 of its 23 fraction bits zero) with 2^-100 <= |a| <= 2^100. Then a * (code - zero)
-# (|code - zero| <= 15, 4 bits) is exact and normal, so fmaf(a, code - zero, s) rounds exactly
-# what s + a * (code - zero) rounds; and a/16 is exact. Every float16 value qualifies, and every
+# (|code - zero| <= 15, 4 bits) is exact and normal, so an FMA rounds exactly what
+# s + a * (code - zero) rounds; and a / 4096 is exact. Every float16 value qualifies, and every
 # bfloat16 value in that range: the activations W4A16 is defined for.
 FUSABLE_LOW_BITS = 0xF
 FUSABLE_MIN = F32(2.0**-100)
@@ -234,7 +204,8 @@ def _fusable(ap) -> bool:
 def _prepack(w):
     """Once per weight, kept on the weight object: the columns sorted by group (stable: the
     act-order permutation, applied here to the codes' columns and at each call to the
-    activation), and the codes packed two per byte in tiles of 2*TW outputs (see _w4a16)."""
+    activation), and the codes packed eight per 32-bit word in chunks of 128 outputs (see
+    _w4a16)."""
     pack = getattr(w, "_numba_w4a16", None)
     if pack is not None:
         return pack
@@ -246,13 +217,15 @@ def _prepack(w):
     gid = gs[starts].astype(np.int64)
     identity = bool(np.all(perm == np.arange(perm.size)))
     N, K = w.codes.shape
-    tw = max(1, min(TW, (N + 1) // 2))
-    ntiles = max(1, -(-N // (2 * tw)))
-    Np = ntiles * 2 * tw
-    c = np.zeros((Np, K), np.uint8)
+    nch = max(1, -(-N // CHUNK))
+    Np = nch * CHUNK
+    c = np.zeros((Np, K), np.uint32)
     c[:N] = w.codes if identity else w.codes[:, perm]
-    c = c.reshape(ntiles, 2, tw, K)
-    pk = np.ascontiguousarray((c[:, 0] | (c[:, 1] << 4)).transpose(0, 2, 1))   # (ntiles, K, tw)
+    c = c.reshape(nch, 8, 16, K)                         # output 128 chunk + 16 i + l
+    words = np.zeros((nch, 16, K), np.uint32)
+    for i in range(8):
+        words |= c[:, i] << np.uint32(4 * i)
+    pk = np.ascontiguousarray(words.transpose(0, 2, 1))  # (nchunks, K, 16)
     scalesP = np.zeros((w.scales.shape[1], Np), np.float32)
     scalesP[:, :N] = w.scales.T
     zerosP = np.zeros((w.zeros.shape[1], Np), np.uint8)
@@ -273,7 +246,8 @@ def w4a16_matmul(a, w):
     perm, pk, scalesP, zerosP, gstart, gid, _ = _prepack(w)
     ap = np.ascontiguousarray(a if perm is None else a[:, perm])
     out = np.empty((a.shape[0], w.codes.shape[0]), np.float32)
-    _w4a16(ap, ap * SIXTEENTH, _fusable(ap), pk, scalesP, zerosP, gstart, gid, out)
+    _w4a16(ap, ap * F32(2.0**-4), ap * F32(2.0**-8), ap * F32(2.0**-12), _fusable(ap),
+           pk, scalesP, zerosP, gstart, gid, out)
     return out
 
 
