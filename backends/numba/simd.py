@@ -47,12 +47,22 @@ def _splat(builder, x, vt):
     return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(_VI, [0] * LANES))
 
 
-@intrinsic
-def load_f32(typingctx, arr, offset):
-    """arr[offset:offset + 16] of a float32 array."""
-    def codegen(context, builder, sig, args):
-        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _F), align=4)
-    return F32x16(arr, offset), codegen
+def _loader(elem, nbytes: int, vty, doc: str):
+    """An intrinsic reading arr[offset:offset + 16] (elements of nbytes bytes) as one vector;
+    elements narrower than 32 bits are zero-extended."""
+    @intrinsic
+    def load(typingctx, arr, offset):
+        def codegen(context, builder, sig, args):
+            v = builder.load(_at(context, builder, sig.args[0], args[0], args[1], elem), align=nbytes)
+            return builder.zext(v, _VI) if nbytes < 4 else v
+        return vty(arr, offset), codegen
+    load.__doc__ = doc
+    return load
+
+
+load_f32 = _loader(_F, 4, F32x16, "arr[offset:offset + 16] of a float32 array.")
+load_u32 = _loader(_I, 4, I32x16, "arr[offset:offset + 16] of a uint32 array, as int32 lanes (the same bits).")
+load_u8 = _loader(ir.IntType(8), 1, I32x16, "arr[offset:offset + 16] of a uint8 array, zero-extended to int32 lanes.")
 
 
 @intrinsic
@@ -62,23 +72,6 @@ def store_f32(typingctx, arr, offset, v):
         builder.store(args[2], _at(context, builder, sig.args[0], args[0], args[1], _F), align=4)
         return context.get_dummy_value()
     return types.none(arr, offset, v), codegen
-
-
-@intrinsic
-def load_u32(typingctx, arr, offset):
-    """arr[offset:offset + 16] of a uint32 array, as int32 lanes (the same bits)."""
-    def codegen(context, builder, sig, args):
-        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _I), align=4)
-    return I32x16(arr, offset), codegen
-
-
-@intrinsic
-def load_u8(typingctx, arr, offset):
-    """arr[offset:offset + 16] of a uint8 array, zero-extended to int32 lanes."""
-    def codegen(context, builder, sig, args):
-        v = builder.load(_at(context, builder, sig.args[0], args[0], args[1], ir.IntType(8)), align=1)
-        return builder.zext(v, _VI)
-    return I32x16(arr, offset), codegen
 
 
 @intrinsic
