@@ -9,9 +9,10 @@ word once per weight; the act-order permutation is applied to the activation at 
 ((0+4, 1+5, 2+6, 3+7), then pairs, then the last two): "blocked_lanes". Each block's sum is
 multiplied by its scale and added to a sequential float32 total. Each term carries p = 2
 roundings (the product and the block scale; the W4A16 factor code - zero is an exact integer).
-Where the activation row makes every W4A16 product exact (float16 or bfloat16 values:
-`_fusable`), the kernel adds each term with a fused multiply-add, which then gives the same bits
-as the product rounded and added."""
+Where the activations make every W4A16 product exact (`_fusable`, checked on the whole
+activation matrix at each call: float16 values, bfloat16 values within [2^-100, 2^100]), the
+kernel adds each term with a fused multiply-add, which then gives the same bits as the product
+rounded and added; otherwise it runs unfused."""
 from __future__ import annotations
 
 import numpy as np

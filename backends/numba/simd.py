@@ -1,9 +1,10 @@
 """16-lane vector values for Numba kernels whose inner loop the loop vectoriser does not shape
 well: a float32 and an int32 vector type (LLVM's <16 x float> and <16 x i32>, one zmm register
-with AVX-512, two ymm with AVX2) and the few operations the W4A16 kernel needs, each one LLVM
-instruction with no fast-math flag. A kernel written with them keeps its accumulators in
-registers across a whole loop, which Numba's vectorised inner loops cannot (they load and store
-them at every pass). Lane l of every operation touches lane l only.
+with AVX-512, two ymm with AVX2) and the few operations the W4A16 kernel needs, each a plain
+LLVM vector instruction (or, for fma, the llvm.fma intrinsic) with no fast-math flag. A kernel
+written with them keeps its accumulators in registers across a whole loop, which Numba's
+vectorised inner loops cannot (they load and store them at every pass). The arithmetic is lane
+by lane; a splat copies one value into every lane.
 
 Loads and stores take an array and an unsigned element offset (no negative-index wraparound,
 no bounds check: the caller keeps offset + 16 within the array)."""
