@@ -19,7 +19,7 @@ _f32p = ctypes.POINTER(ctypes.c_float)
 
 
 class _TypeTraits(ctypes.Structure):
-    # struct ggml_type_traits (ggml.h)
+    # struct ggml_type_traits (ggml.h; the same layout in ggml-python's ggml and llama.cpp's)
     _fields_ = [
         ("type_name", ctypes.c_char_p),
         ("blck_size", ctypes.c_int64),
@@ -55,6 +55,12 @@ def lib() -> ctypes.CDLL:
             break
     else:
         raise OracleUnavailable(f"no libggml-base in {libdir}")
+    return declare_quantize_api(L)
+
+
+def declare_quantize_api(L: ctypes.CDLL) -> ctypes.CDLL:
+    """The signatures of the libggml-base functions the oracles call (the same in ggml-python's
+    ggml and in llama.cpp's)."""
     L.ggml_quantize_chunk.restype = ctypes.c_size_t
     L.ggml_quantize_chunk.argtypes = [ctypes.c_int, _f32p, ctypes.c_void_p, ctypes.c_int64,
                                       ctypes.c_int64, ctypes.c_int64, _f32p]

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .ggml import _ROW_FN, _f32p, declare_quantize_api
+
 
 _LOG: list[str] | None = None   # while not None, llama.cpp's log lines are collected here
 
@@ -163,23 +165,6 @@ def tensor_types_here(in_path, ftype: int, **kw) -> dict[str, str] | str:
 # llama.cpp's ggml, row by row: ggml_quantize_chunk, to_float, ggml_quantize_requires_imatrix
 # ---------------------------------------------------------------------------------------------
 
-_f32p = ctypes.POINTER(ctypes.c_float)
-_ROW_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
-
-
-class _TypeTraits(ctypes.Structure):
-    # struct ggml_type_traits (ggml.h; the same layout in both ggml versions)
-    _fields_ = [
-        ("type_name", ctypes.c_char_p),
-        ("blck_size", ctypes.c_int64),
-        ("blck_size_interleave", ctypes.c_int64),
-        ("type_size", ctypes.c_size_t),
-        ("is_quantized", ctypes.c_bool),
-        ("to_float", ctypes.c_void_p),
-        ("from_float_ref", ctypes.c_void_p),
-    ]
-
-
 def ggml_lib_path() -> Path:
     """llama-cpp-python's libggml-base (found without importing the binding)."""
     spec = importlib.util.find_spec("llama_cpp")
@@ -199,18 +184,7 @@ def ggml_lib() -> ctypes.CDLL:
     if "ggml" in sys.modules:
         raise RuntimeError("ggml-python is loaded in this process; llama.cpp's ggml must run in the worker "
                            "(use ggml_quantize / ggml_dequantize, not the *_here functions)")
-    L = ctypes.CDLL(str(ggml_lib_path()))
-    L.ggml_quantize_chunk.restype = ctypes.c_size_t
-    L.ggml_quantize_chunk.argtypes = [ctypes.c_int, _f32p, ctypes.c_void_p, ctypes.c_int64,
-                                      ctypes.c_int64, ctypes.c_int64, _f32p]
-    L.ggml_quantize_init.argtypes = [ctypes.c_int]
-    L.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
-    L.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
-    L.ggml_get_type_traits.argtypes = [ctypes.c_int]
-    L.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
-    L.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
-    L.ggml_row_size.restype = ctypes.c_size_t
-    return L
+    return declare_quantize_api(ctypes.CDLL(str(ggml_lib_path())))
 
 
 def _type_id(qtype) -> int:
