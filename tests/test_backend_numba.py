@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import refquant
 from refquant.backend import OPERATIONS, operation_keys
 from refquant.conformance.suite import case, check
+from numba_ir import FAST_MATH_FLAG, FUSED_ASM
 
 numba = pytest.importorskip("numba", reason="the numba extra is not installed")
 
@@ -154,7 +155,6 @@ def test_kernels_have_no_fma_and_no_fast_math(nb):
     reassociation. Compile every quantize/dequantize kernel (the prange bodies are part of the
     same LLVM module) and read its IR and machine code: no llvm.fma / llvm.fmuladd, no fast-math
     flags on any float instruction, no vfmadd-family instruction."""
-    import re
     from backends.numba import affine, minifloat
     from backends.numba.ggml import fp4, iquants, kquants, legacy, lowbit
     rng = np.random.default_rng(0)
@@ -173,8 +173,7 @@ def test_kernels_have_no_fma_and_no_fast_math(nb):
             nba.dequantize(nba.quantize(xa, s, z, (1, 32), 4, conv), s, z, (1, 32), conv)
         s, z = A.choose_qparams_torchao_float_zero(xa, (1, 32), 4)
         nba.dequantize_torchao_float_zero(nba.quantize_torchao_float_zero(xa, s, z, (1, 32), 4), s, z, (1, 32), 4)
-    flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
-    fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
+    flags, fused = FAST_MATH_FLAG, FUSED_ASM
     checked = 0
     for mod in (legacy, kquants, iquants, lowbit, fp4, minifloat, affine):
         for name, f in _kernels(mod):
@@ -335,15 +334,13 @@ def test_lattice_kernels_have_no_fma_and_no_fast_math(nb):
     """As test_kernels_have_no_fma_and_no_fast_math, for the quantize kernels of
     backends/numba/ggml/iquants_grid.py (the search, and the super-scale in each packer: the
     places with a multiply followed by an add). The dequantize kernels have no such pair."""
-    import re
     from backends.numba.ggml import iquants_grid
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((2, 256)) * 0.1).astype(np.float32)
     im = rng.random(256).astype(np.float32)
     for name in LATTICE_QUANT:
         nb.quantize(x, name, im)
-    flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
-    fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
+    flags, fused = FAST_MATH_FLAG, FUSED_ASM
     checked = 0
     for name, f in _kernels(iquants_grid):
         if not name.startswith(("_quantize", "_pack")):
@@ -390,7 +387,6 @@ def test_dot_kernels_fuse_only_where_the_spec_does(nb):
     (the spec's explicit fma_f32 steps: Q4_1/Q5_1, Q2_K/Q4_K/Q5_K, IQ1_S/IQ1_M) has no llvm.fma
     and no vfmadd-family instruction at all."""
     import inspect
-    import re
     from backends.numba.ggml import dot
     rng = np.random.default_rng(0)
     for name in dot.VEC_DOT:
@@ -399,8 +395,7 @@ def test_dot_kernels_fuse_only_where_the_spec_does(nb):
                               rng.random(256).astype(np.float32) if name in LATTICE_DEQUANT else None)
         for variant in ("ref", "x86"):
             nb.vec_dot(w, name, (rng.standard_normal((1, 256))).astype(np.float32), variant)
-    flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
-    fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
+    flags, fused = FAST_MATH_FLAG, FUSED_ASM
     checked = fusing = 0
     for name, f in _kernels(dot):
         calls_fmaf = "fmaf(" in inspect.getsource(f.py_func)
@@ -628,7 +623,6 @@ def test_gemm_kernels_have_no_fma_and_no_fast_math():
     path _fusable opens (its products exact, so fused and unfused give the same bits: the
     tests above). Its unfused path holds none: the same kernel compiled with that branch
     folded away has no fma."""
-    import re
     from numba import njit
     from backends.numba import gemm as nbg
     from refquant import gemm
@@ -638,8 +632,7 @@ def test_gemm_kernels_have_no_fma_and_no_fast_math():
     nbg.w4a16_matmul(a, gemm.quantize_w4a16(W, 32))
     nbg.w8a8_matmul(a, gemm.quantize_w8a8_weight(W))
     nbg.fp8_matmul(a, gemm.quantize_fp8_weight(W), activation="per_token")
-    flags = re.compile(r"= f(add|sub|mul|div|neg|cmp) (fast|contract|reassoc|afn|arcp|nnan|ninf|nsz)\b")
-    fused = re.compile(r"\bv?f(n)?m(add|sub)(132|213|231)?[sp]s\b")
+    flags, fused = FAST_MATH_FLAG, FUSED_ASM
     names = []
     for name, f in _kernels(nbg):
         for sig in f.signatures:

@@ -24,6 +24,7 @@ from refquant.conformance.strategies import float_rows, importance
 from refquant.errors import InputError
 from refquant.ggml.iquants_grid import IQ1M_PREFIX_SUMS, IQ1M_SPLIT_SUMS, IQ1M_VARIANTS, quantize_iq1_m
 from refquant.registry import all_formats
+from edge_rows import zero_sub_blocks
 
 EXAMPLES = int(os.environ.get("IQ_GRID_EXAMPLES", "25"))
 
@@ -86,15 +87,7 @@ def test_prefix_sums_on_weight_like_rows_matches_llama_cpp(llama_ggml, data):
 def test_prefix_sums_edge_blocks_match_llama_cpp(llama_ggml):
     """All-zero sub-blocks among others, -0, a lone value, and few distinct values with distinct
     weights (the order among equal values then decides the split)."""
-    rng = np.random.default_rng(3)
-    x = (rng.standard_normal((4, 512)) * 0.1).astype(np.float32)
-    x[0, 0:64] = 0
-    x[1, 32:48] = 0
-    x[1, 300:400] = -0.0
-    x[2, :] = 0
-    x[2, 40] = 1.0
-    x[3, 256:] = 0
-    im = rng.random(512).astype(np.float32)
+    x, im = zero_sub_blocks()
     check_prefix_sums(llama_ggml, x, im)
     check_prefix_sums(llama_ggml, x, None)
     t = (rng.integers(-2, 3, (16, 512)) * 0.25).astype(np.float32)

@@ -20,6 +20,7 @@ import refquant
 from refquant.conformance.strategies import float_rows, importance
 from refquant.errors import InputError
 from refquant.ggml import grids
+from edge_rows import zero_sub_blocks
 
 ALL = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
 NEEDS_IMATRIX = ["IQ2_XXS", "IQ2_XS", "IQ1_S"]
@@ -212,15 +213,7 @@ def test_dequantize_matches_ggml_on_any_bytes(ggml, qtype, data):
 def test_zero_sub_blocks_between_others(ggml, qtype):
     """All-zero sub-blocks among non-zero ones (IQ3_S then moves later grid bytes and signs
     down, as ggml's pointer arithmetic does), and a lone non-zero value."""
-    rng = np.random.default_rng(3)
-    x = (rng.standard_normal((4, 512)) * 0.1).astype(np.float32)
-    x[0, 0:64] = 0
-    x[1, 32:48] = 0
-    x[1, 300:400] = -0.0
-    x[2, :] = 0
-    x[2, 40] = 1.0
-    x[3, 256:] = 0
-    im = rng.random(512).astype(np.float32)
+    x, im = zero_sub_blocks()
     check_against_ggml(ggml, x, qtype, im)
     if qtype not in NEEDS_IMATRIX:
         check_against_ggml(ggml, x, qtype, None)
