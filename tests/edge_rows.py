@@ -2,10 +2,10 @@
 import numpy as np
 
 
-def zero_sub_blocks() -> tuple[np.ndarray, np.ndarray]:
-    """Four rows of 512 (two super-blocks) and an importance matrix: all-zero sub-blocks among
-    non-zero ones, a run of -0, a row that is zero but for one value, and a zero second half."""
-    rng = np.random.default_rng(3)
+def zero_sub_blocks(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Four rows of 512 (two super-blocks) and an importance matrix, drawn from rng: all-zero
+    sub-blocks among non-zero ones, a run of -0, a row that is zero but for one value, and a
+    zero second half."""
     x = (rng.standard_normal((4, 512)) * 0.1).astype(np.float32)
     x[0, 0:64] = 0
     x[1, 32:48] = 0
