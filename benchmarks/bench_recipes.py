@@ -22,7 +22,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="best of this many runs each")
     a = ap.parse_args()
 
-    from refquant.ggml import recipes
+    from refquant.pipelines import recipes
     from refquant.models import smollm2_path
     from refquant.oracles import llama_cpp
 

@@ -85,7 +85,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_dequantize(args) -> int:
-    from .io.convert import dequantize_file
+    from .pipelines.convert import dequantize_file
     from .io.gguf import GGUFFile
     with GGUFFile(args.input) as f:
         n = len(f.tensors)
@@ -96,7 +96,7 @@ def cmd_dequantize(args) -> int:
 def cmd_quantize(args) -> int:
     from pathlib import Path
     if Path(args.input).is_dir():      # a Hugging Face safetensors checkpoint
-        from .hf_quantize import linear_names, quantize_checkpoint
+        from .pipelines.hf_quantize import linear_names, quantize_checkpoint
         from .io.safetensors import Checkpoint
         from .errors import InputError
         n = len(linear_names(Checkpoint(args.input)))
@@ -115,7 +115,7 @@ def cmd_quantize(args) -> int:
         return 0
     if args.type is None:
         raise RefquantError("quantize: a GGUF input needs --type (a llama.cpp file type such as Q4_K_M)")
-    from .ggml import recipes
+    from .pipelines import recipes
     from .io.gguf import GGUFFile
     with GGUFFile(args.input) as f:
         n = len(f.tensors)
@@ -128,7 +128,7 @@ def cmd_quantize(args) -> int:
     if args.imatrix or args.pure:
         raise RefquantError(f"quantize: --imatrix and --pure go with llama.cpp's file types; {args.type!r} is not one "
                             f"(known: {', '.join(recipes.FILE_TYPES)})")
-    from .io.convert import quantize_file
+    from .pipelines.convert import quantize_file
     quantize_file(args.input, args.output, args.type, None, args.backend, bar)  # one ggml type everywhere
     return 0
 

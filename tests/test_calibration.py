@@ -12,7 +12,7 @@ import pytest
 import torch  # noqa: E402  (an oracle)
 from refquant.algorithms.rtn import output_error, rtn
 from refquant.cli import main
-from refquant.hf_quantize import quantize_checkpoint
+from refquant.pipelines.hf_quantize import quantize_checkpoint
 from refquant.io.safetensors import Checkpoint
 from refquant.model.calibrate import InputStats, calibration_chunks, capture_inputs, tokenize
 from refquant.model.convert import gguf_to_safetensors, hf_name, load_safetensors

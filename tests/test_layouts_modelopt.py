@@ -131,7 +131,7 @@ def exported(tmp_path_factory):
     embeddings tied to lm_head for NVFP4, untied for FP8)."""
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
-    from refquant.hf_quantize import quantize_checkpoint
+    from refquant.pipelines.hf_quantize import quantize_checkpoint
     out = {}
     for algo, cfg in (("NVFP4", mtq.NVFP4_DEFAULT_CFG), ("FP8", mtq.FP8_DEFAULT_CFG)):
         base = tmp_path_factory.mktemp(algo)

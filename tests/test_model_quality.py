@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from refquant.cli import main
-from refquant.ggml import recipes
+from refquant.pipelines import recipes
 from refquant.models import botchan_path, smollm2_path
 
 CTX, CHUNKS = 64, 2

@@ -1,4 +1,4 @@
-"""Whole-model quantization (refquant.ggml.recipes) against llama.cpp's llama_model_quantize.
+"""Whole-model quantization (refquant.pipelines.recipes) against llama.cpp's llama_model_quantize.
 
 Real models: SmolLM2-135M (llama architecture, rows of 576) and Gemma 3 270M (gemma3, rows of
 640), both shipped by registry packages; and small synthetic llama models built here for what the
@@ -17,7 +17,7 @@ from gguf import GGUFValueType as V
 
 from refquant.backend import Backend, get_backend
 from refquant.errors import FileFormatError, FormatError, InputError
-from refquant.ggml import recipes
+from refquant.pipelines import recipes
 from refquant.ggml.imatrix import read_imatrix, write_imatrix_gguf, write_imatrix_legacy
 from refquant.io.gguf import KV, GGUFFile, TensorInfo, write_gguf
 from refquant.models import gemma3_path, smollm2_path
@@ -571,7 +571,7 @@ def test_peak_memory_smollm2(smol_float, tmp_path):
     # child of a large pytest process would report the parent's peak)
     code = (
         "import resource, sys\n"
-        "from refquant.ggml import recipes\n"
+        "from refquant.pipelines import recipes\n"
         "def hwm():\n"
         "    try:\n"
         "        for line in open('/proc/self/status'):\n"

@@ -164,7 +164,7 @@ def gguf_storage(path) -> tuple[int, int]:
 
 def base_file(model_path, workdir) -> Path:
     """The model itself when every tensor is F32/F16/BF16, else its F32 decode in workdir."""
-    from ..ggml import recipes
+    from ..pipelines import recipes
     model_path = Path(model_path)
     with GGUFFile(model_path) as f:
         quantized = [t.name for t in f.tensors if t.type_name not in FLOAT_TYPES]
@@ -340,7 +340,7 @@ def evaluate(model_path, text: str, rows=DEFAULT_ROWS, n_ctx: int = 256, n_chunk
              calib_chunks: int = 2, workdir=None, matmul_backend=None, text_name: str = "text",
              log: Optional[Callable[[str], None]] = None) -> Table:
     """The quality table of `model_path` on `text` (see the module docstring)."""
-    from ..ggml import recipes
+    from ..pipelines import recipes
     from .forward import Model
     from .tokenizer import Tokenizer
     rows = [r.upper() for r in rows]

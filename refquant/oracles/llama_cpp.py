@@ -1,5 +1,5 @@
 """llama.cpp's whole-model quantizer, called through the `llama-cpp-python` binding: the oracle
-for refquant.ggml.recipes. `llama_model_quantize` takes an importance matrix as an array of
+for refquant.pipelines.recipes. `llama_model_quantize` takes an importance matrix as an array of
 {name, data, size} records and metadata overrides as `llama_model_kv_override` records, so what
 llama-quantize does after reading its files can be done from here.
 

@@ -33,17 +33,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import affine, fp8_scaling, mx
-from .algorithms.awq import awq as awq_search
-from .algorithms.gptq import gptq as gptq_run
-from .algorithms.rtn import rtn as rtn_run
-from .errors import FormatError, InputError
-from .io.safetensors import Checkpoint, save_checkpoint
-from .layouts import awq as L_awq
-from .layouts import compressed_tensors as L_ct
-from .layouts import fp8_block as L_fp8
-from .layouts import gptq as L_gptq
-from .layouts.fp8_block import BF16
+from .. import affine, fp8_scaling, mx
+from ..algorithms.awq import awq as awq_search
+from ..algorithms.gptq import gptq as gptq_run
+from ..algorithms.rtn import rtn as rtn_run
+from ..errors import FormatError, InputError
+from ..io.safetensors import Checkpoint, save_checkpoint
+from ..layouts import awq as L_awq
+from ..layouts import compressed_tensors as L_ct
+from ..layouts import fp8_block as L_fp8
+from ..layouts import gptq as L_gptq
+from ..layouts.fp8_block import BF16
 
 F32 = np.float32
 METHODS = ("rtn", "gptq", "awq", "smoothquant")
@@ -263,10 +263,10 @@ def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt,
     """The --calibration path: block by block, capture the inputs (refquant.model.calibrate),
     search and fold AWQ / SmoothQuant scales, quantize the block's linears, hand the decoded
     weights back to the model for the next block's inputs. Returns the output tensors."""
-    from .algorithms.smoothquant import smooth_scales
-    from .model.calibrate import run_blocks, tokenize
-    from .model.convert import _from_hf, gguf_name, hf_name, load_safetensors
-    from .model.forward import Model
+    from ..algorithms.smoothquant import smooth_scales
+    from ..model.calibrate import run_blocks, tokenize
+    from ..model.convert import _from_hf, gguf_name, hf_name, load_safetensors
+    from ..model.forward import Model
     if not (model_dir / "gguf_metadata.json").is_file():
         raise InputError(f"quantize: --calibration runs the model, which needs its architecture and tokenizer: "
                          f"{model_dir} has no gguf_metadata.json (write the directory with refquant.model.convert."

@@ -15,7 +15,7 @@ import numpy as np
 from ..backend import get_backend
 from ..errors import FileFormatError, FormatError
 from ..registry import get_format
-from .gguf import GGUFFile, KV, TensorInfo, write_gguf
+from ..io.gguf import GGUFFile, KV, TensorInfo, write_gguf
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 FILE_TYPE_KEY = "general.file_type"

@@ -644,7 +644,7 @@ def _llama_cpp_rows() -> dict[str, Callable]:
     """Row quantizers where llama.cpp's ggml (llama-cpp-python 0.3.36) differs from the ggml the
     registered quantizer follows (ggml-python 0.0.45): type name -> f(x, imatrix)."""
     from functools import partial
-    from .iquants_grid import IQ1M_PREFIX_SUMS, quantize_iq1_m
+    from ..ggml.iquants_grid import IQ1M_PREFIX_SUMS, quantize_iq1_m
     return {"IQ1_M": partial(quantize_iq1_m, variant=IQ1M_PREFIX_SUMS)}
 
 
@@ -726,7 +726,7 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
     Returns the plan: each tensor's name, shape and types.
     """
     from ..backend import get_backend
-    from .imatrix import Imatrix, read_imatrix
+    from ..ggml.imatrix import Imatrix, read_imatrix
     be = get_backend(backend)
     ft = file_type(ftype)
     im = None
