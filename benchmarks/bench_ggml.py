@@ -8,11 +8,15 @@ ggml_quantize_chunk and to_float run on one thread; NumPy is single-threaded for
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: tools/
 
 import numpy as np
 
 import refquant
-from refquant.oracles import ggml
+from tools.oracles import ggml
 
 try:
     import gguf.quants as gguf_quants

@@ -14,13 +14,17 @@ not skew the ratio; both sides run in this one process.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: tools/
 
 import numpy as np
 
 import refquant
 from refquant.ggml import grids
-from refquant.oracles import ggml
+from tools.oracles import ggml
 
 import timing  # benchmarks/timing.py
 

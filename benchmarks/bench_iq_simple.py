@@ -2,7 +2,7 @@
 TQ1_0, TQ2_0, Q1_0, MXFP4 and NVFP4.
 
 One 1024 x 4096 float32 matrix (normal weights, scale 0.02); ggml runs single-threaded
-(`ggml_quantize_chunk` and the type's `to_float`, as refquant.oracles.ggml calls them). Each
+(`ggml_quantize_chunk` and the type's `to_float`, as tools.oracles.ggml calls them). Each
 figure is the best of `--repeat` runs; the ratio is spec time / ggml time (higher = slower).
 The output is checked bit-exact against ggml before it is timed.
 
@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import refquant  # noqa: E402
-from refquant.oracles import ggml  # noqa: E402
+from tools.oracles import ggml  # noqa: E402
 
 import timing  # benchmarks/timing.py
 

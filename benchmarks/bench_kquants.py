@@ -8,11 +8,15 @@ Each refquant result is checked against ggml's bytes (a benchmark of a wrong ans
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: tools/
 
 import numpy as np
 
 import refquant
-from refquant.oracles import ggml
+from tools.oracles import ggml
 
 import timing  # benchmarks/timing.py
 

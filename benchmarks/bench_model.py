@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: tools/
 
 
 def one(name: str, ctx: int, numerics: bool, dtype: str) -> dict:
@@ -26,7 +29,7 @@ def one(name: str, ctx: int, numerics: bool, dtype: str) -> dict:
 
     from refquant.model import Model
     from refquant.model.tokenizer import Tokenizer
-    from refquant.models import botchan_path, gemma3_path, smollm2_path
+    from tools.models import botchan_path, gemma3_path, smollm2_path
     model, _, rest = name.partition(":")
     method, _, backend = rest.partition(":")
     path = {"smollm2": smollm2_path, "gemma3": gemma3_path}[model]()

@@ -38,7 +38,7 @@ import numba  # noqa: E402
 from backends.numba import NumbaBackend  # noqa: E402
 from backends.numba.gemm import w4a16_bytes  # noqa: E402
 from refquant import gemm  # noqa: E402
-from refquant.oracles import ggml  # noqa: E402
+from tools.oracles import ggml  # noqa: E402
 
 # The targets first (within 1.25x of ggml C single-threaded), then the rest.
 TARGETS = ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_XS"]

@@ -29,7 +29,7 @@ import numba  # noqa: E402
 
 import refquant  # noqa: E402
 from backends.numba.ggml import iquants_iq1  # noqa: E402
-from refquant.oracles import ggml  # noqa: E402
+from tools.oracles import ggml  # noqa: E402
 
 TYPES = ["IQ1_S", "IQ1_M"]
 

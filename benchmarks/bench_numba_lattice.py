@@ -35,7 +35,7 @@ import numba  # noqa: E402
 
 import refquant  # noqa: E402
 from backends.numba.ggml import iquants_grid  # noqa: E402
-from refquant.oracles import ggml  # noqa: E402
+from tools.oracles import ggml  # noqa: E402
 
 TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"]
 

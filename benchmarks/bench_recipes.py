@@ -5,15 +5,18 @@
 
 The input is SmolLM2-135M dequantized to F32 (by refquant; byte-identical with llama.cpp's own
 dequantization). Both outputs are compared byte for byte. llama.cpp runs in its worker process
-(refquant.oracles.llama_cpp), started and warmed before timing; refquant runs here, with the
+(tools.oracles.llama_cpp), started and warmed before timing; refquant runs here, with the
 NumPy spec backend, one thread of Python (NumPy's element-wise kernels are single-threaded)."""
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: tools/
 
 
 def main():
@@ -23,8 +26,8 @@ def main():
     a = ap.parse_args()
 
     from refquant.pipelines import recipes
-    from refquant.models import smollm2_path
-    from refquant.oracles import llama_cpp
+    from tools.models import smollm2_path
+    from tools.oracles import llama_cpp
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)

@@ -14,6 +14,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 @pytest.fixture(scope="session")
 def ggml():
     """The ggml oracle (ggml-python's build of ggml). Installed by `make test`."""
-    from refquant.oracles import ggml as oracle
+    from tools.oracles import ggml as oracle
     oracle.lib()
     return oracle

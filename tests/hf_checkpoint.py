@@ -1,5 +1,5 @@
 """A small Hugging Face Llama checkpoint derived from a real model: SmolLM2-135M-Instruct's GGUF
-(refquant.models.smollm2_path(), Q4_1/Q8_0 weights dequantized by refquant) rewritten in
+(tools.models.smollm2_path(), Q4_1/Q8_0 weights dequantized by refquant) rewritten in
 transformers' safetensors layout, truncated to its first layers. Minimal and private to the tests.
 
 llama.cpp's converter permutes the rows of attn_q / attn_k for its rotary layout:
@@ -12,7 +12,7 @@ import numpy as np
 
 from refquant.io.gguf import GGUFFile
 from refquant.io.safetensors import save_checkpoint
-from refquant.models import smollm2_path
+from tools.models import smollm2_path
 
 NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
          "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",

@@ -14,7 +14,7 @@ from refquant.errors import InputError
 
 import torch  # noqa: E402  (the oracles are in the test extra: a missing one is a failure, not a skip)
 
-from refquant.oracles import pytorch as pt  # noqa: E402
+from tools.oracles import pytorch as pt  # noqa: E402
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
 

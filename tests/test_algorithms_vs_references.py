@@ -21,7 +21,7 @@ SHARES = []
 
 
 def _autogptq(W, H, bits, group, sym, act_order, static):
-    from refquant.oracles.pytorch import auto_gptq_gptq
+    from tools.oracles.pytorch import auto_gptq_gptq
     GPTQ = auto_gptq_gptq().GPTQ
     layer = torch.nn.Linear(W.shape[1], W.shape[0], bias=False)
     layer.weight.data = torch.from_numpy(W.copy())
@@ -65,7 +65,7 @@ def _llmc(module):
     """An llm-compressor 0.14.0.1 module. `make install` puts llm-compressor, without its
     dependencies, in <venv>/llmcompressor-nodeps (its pins exclude the test extra's transformers);
     where that folder exists the import must succeed. A venv made otherwise skips, saying so."""
-    from refquant.oracles.pytorch import llmcompressor, llmcompressor_dir
+    from tools.oracles.pytorch import llmcompressor, llmcompressor_dir
     try:
         return llmcompressor(module)
     except ModuleNotFoundError:

@@ -17,7 +17,7 @@ from refquant.io.safetensors import Checkpoint
 from refquant.model.calibrate import InputStats, calibration_chunks, capture_inputs, tokenize
 from refquant.model.convert import gguf_to_safetensors, hf_name, load_safetensors
 from refquant.model.forward import Model
-from refquant.models import botchan_path, smollm2_path
+from tools.models import botchan_path, smollm2_path
 
 N_LAYERS, CTX, N_TOKENS = 2, 128, 256
 

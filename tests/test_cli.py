@@ -8,7 +8,7 @@ import pytest
 import refquant
 from refquant.cli import main
 from refquant.io.gguf import GGUFFile
-from refquant.models import smollm2_path
+from tools.models import smollm2_path
 from test_gguf_io import small_model
 
 

@@ -14,7 +14,7 @@ from refquant.errors import InputError
 
 import torch  # noqa: E402  (the oracles are in the test extra: a missing one is a failure, not a skip)
 
-from refquant.oracles import pytorch as pt  # noqa: E402
+from tools.oracles import pytorch as pt  # noqa: E402
 
 from test_affine_vs_torch import DTYPES, bits_of, ct_args, ct_qparams, same  # noqa: E402
 

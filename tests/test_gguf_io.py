@@ -10,7 +10,7 @@ from gguf import GGUFReader, GGUFValueType
 import refquant
 from refquant.errors import FileFormatError
 from refquant.io.gguf import KV, GGUFFile, TensorInfo, copy_gguf, write_gguf
-from refquant.models import smollm2_path
+from tools.models import smollm2_path
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ ggml-python 0.0.45's ggml sums every split of the sorted sub-block from position
 0.3.36, what llama_model_quantize runs) keeps prefix sums per half-block ("prefix-sums"). Equal in
 exact arithmetic, rounded differently in float32: on near ties they choose other splits. Each
 variant is checked against its own ggml, and on gaussian rows each is shown to differ from the
-other ggml. The llama.cpp side runs in a spawned worker (refquant.oracles.llama_cpp); the
+other ggml. The llama.cpp side runs in a spawned worker (tools.oracles.llama_cpp); the
 ggml-python side in this process.
 
 Every other type refquant quantizes is the same in both ggml sources (their ggml-quants.c differ
@@ -31,7 +31,7 @@ EXAMPLES = int(os.environ.get("IQ_GRID_EXAMPLES", "25"))
 
 @pytest.fixture(scope="session")
 def llama_ggml():
-    from refquant.oracles import llama_cpp  # llama.cpp's ggml, in a worker process of its own
+    from tools.oracles import llama_cpp  # llama.cpp's ggml, in a worker process of its own
     return llama_cpp
 
 

@@ -47,7 +47,7 @@ def _ggml_dies(x, qtype, im) -> bool:
         faulthandler.disable()
         os.environ["GGML_NO_BACKTRACE"] = "1"   # ggml_abort would otherwise start gdb
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-        from refquant.oracles import ggml
+        from tools.oracles import ggml
         ggml.quantize(x, qtype, im)
         os._exit(0)
     ctx = multiprocessing.get_context("fork")

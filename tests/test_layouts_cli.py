@@ -13,7 +13,7 @@ from refquant.cli import main
 from refquant.io.safetensors import Checkpoint
 from refquant.layouts import awq as L_awq
 from refquant.layouts import gptq as L_gptq
-from refquant.oracles import pytorch as pt
+from tools.oracles import pytorch as pt
 from hf_checkpoint import smollm2_checkpoint
 
 LAYER = "model.layers.0.self_attn.o_proj"

@@ -11,7 +11,7 @@ from refquant import affine, fp8_scaling, mx
 from refquant.conformance.strategies import calibration_layers
 from refquant.errors import FormatError, InputError
 from refquant.layouts import compressed_tensors as CT
-from refquant.oracles.pytorch import to_numpy, to_torch
+from tools.oracles.pytorch import to_numpy, to_torch
 
 import torch  # noqa: E402  (an oracle: missing it is an error)
 with warnings.catch_warnings():

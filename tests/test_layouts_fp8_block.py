@@ -7,7 +7,7 @@ import torch  # noqa: E402  (an oracle)
 from refquant.conformance.strategies import float_block
 from refquant.errors import InputError
 from refquant.layouts import fp8_block as F
-from refquant.oracles.pytorch import to_numpy, to_torch
+from tools.oracles.pytorch import to_numpy, to_torch
 
 
 @settings(max_examples=20)

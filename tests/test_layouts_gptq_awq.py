@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from refquant.errors import FormatError, InputError
 from refquant.layouts import awq as L_awq
 from refquant.layouts import gptq as L_gptq
-from refquant.oracles import pytorch as pt
+from tools.oracles import pytorch as pt
 
 torch = pytest.importorskip("torch")
 
@@ -164,7 +164,7 @@ def test_awq_gemv_read_by_gptqmodel(q):
     to the codes, the (unpadded) float16 scales and the biases −zero·scale that were packed. Its
     codes come back repacked in MLX's layout (code i of a row at bits 4(i mod 8) of word i // 8),
     decoded here by that layout. Requires K a multiple of 32 (GPTQModel's check)."""
-    from refquant.oracles.pytorch import gptqmodel_mlx_packing
+    from tools.oracles.pytorch import gptqmodel_mlx_packing
     codes, scales, zeros, g = q
     N, K = codes.shape
     t = L_awq.pack_gemv(codes, scales, zeros, g)

@@ -13,7 +13,7 @@ import safetensors.numpy as stn
 import safetensors.torch as stt
 from refquant.errors import FileFormatError, InputError
 from refquant.io import safetensors as S
-from refquant.oracles.pytorch import to_numpy
+from tools.oracles.pytorch import to_numpy
 
 NP_DTYPES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"]
 ALL = NP_DTYPES + ["F8_E4M3", "F8_E5M2"]

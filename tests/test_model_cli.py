@@ -3,7 +3,7 @@ import re
 
 from refquant.cli import main
 from refquant.model.perplexity import model_perplexity
-from refquant.models import botchan_path, smollm2_path
+from tools.models import botchan_path, smollm2_path
 
 
 def test_perplexity_cli(capsys, tmp_path):

@@ -1,5 +1,5 @@
 """The forward's operations one at a time against llama.cpp's own intermediate tensors
-(refquant.oracles.llama_cpp_graph), on SmolLM2-135M and Botchan: each operation is given
+(tools.oracles.llama_cpp_graph), on SmolLM2-135M and Botchan: each operation is given
 llama.cpp's input and must give llama.cpp's output bit for bit (norms, RoPE, softmax, SwiGLU,
 residual adds), or within the derived bound of refquant.ggml.dot for the quantized matrix
 products. These checks do not suffer the chaos of whole-model logits (spec/model.md)."""
@@ -13,8 +13,8 @@ from refquant.io.gguf import GGUFFile
 from refquant.model import Model, ggml_cpu
 from refquant.model.forward import apply_rope, rms_norm, rope_cos_sin
 from refquant.model.tokenizer import Tokenizer
-from refquant.models import botchan_path, smollm2_path
-from refquant.oracles.llama_cpp_graph import capture
+from tools.models import botchan_path, smollm2_path
+from tools.oracles.llama_cpp_graph import capture
 from refquant.registry import get_format
 
 T = 40
@@ -107,7 +107,7 @@ def test_gemma3_operations():
     with both bases, the sliding-window softmax, the post-norms (bit for bit), and its Q5_0, Q8_0,
     Q4_K and Q6_K products within the derived bound (refquant.ggml.dot; Q4_K/Q6_K with Q8_K
     activations)."""
-    from refquant.models import gemma3_path
+    from tools.models import gemma3_path
     path = gemma3_path()
     n = 24
     toks = Tokenizer.from_gguf(path).encode(botchan_path().read_bytes().decode("utf-8")[:2000])[:n]

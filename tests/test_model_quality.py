@@ -11,7 +11,7 @@ import pytest
 
 from refquant.cli import main
 from refquant.pipelines import recipes
-from refquant.models import botchan_path, smollm2_path
+from tools.models import botchan_path, smollm2_path
 
 CTX, CHUNKS = 64, 2
 
@@ -36,7 +36,7 @@ def run(tmp_path_factory):
 
 def test_q8_0_row_is_llama_cpp_q8_0_file(run, tmp_path):
     from refquant.model.perplexity import model_perplexity
-    from refquant.oracles import llama_cpp
+    from tools.oracles import llama_cpp
     d, base, text, table = run
     rows = {r["name"]: r for r in table["rows"]}
     ref = tmp_path / "llama-Q8_0.gguf"

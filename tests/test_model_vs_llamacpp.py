@@ -18,7 +18,7 @@ from refquant.model import Model
 from refquant.model.weights import Weights
 from refquant.model.perplexity import perplexity
 from refquant.model.tokenizer import PRE_TOKENIZERS, Tokenizer
-from refquant.models import botchan_path, gemma3_path, llama_cpp_vocab_dir, smollm2_path
+from tools.models import botchan_path, gemma3_path, llama_cpp_vocab_dir, smollm2_path
 
 MODELS = {"smollm2": smollm2_path, "gemma3": gemma3_path}
 

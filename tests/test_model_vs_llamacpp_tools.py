@@ -33,7 +33,7 @@ from refquant.io.gguf import GGUFFile
 from refquant.model import Model, Weights
 from refquant.model.imatrix import collect_imatrix
 from refquant.model.tokenizer import Tokenizer
-from refquant.models import botchan_path, smollm2_path
+from tools.models import botchan_path, smollm2_path
 
 N_CTX, N_CHUNKS = 128, 4
 BUILT_BY_HAND = ("built by hand from the llama-cpp-python 0.3.36 sdist (cmake -S vendor/llama.cpp -B build; "

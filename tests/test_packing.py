@@ -13,7 +13,7 @@ from refquant.packing import pack_bits, packed_length, unpack_bits
 
 import torch  # noqa: E402  (the oracles are in the test extra: a missing one is a failure, not a skip)
 
-from refquant.oracles import pytorch as pt  # noqa: E402
+from tools.oracles import pytorch as pt  # noqa: E402
 
 
 @st.composite

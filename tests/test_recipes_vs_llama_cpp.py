@@ -20,7 +20,7 @@ from refquant.errors import FileFormatError, FormatError, InputError
 from refquant.pipelines import recipes
 from refquant.ggml.imatrix import read_imatrix, write_imatrix_gguf, write_imatrix_legacy
 from refquant.io.gguf import KV, GGUFFile, TensorInfo, write_gguf
-from refquant.models import gemma3_path, smollm2_path
+from tools.models import gemma3_path, smollm2_path
 from refquant.registry import get_format
 
 LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
@@ -32,7 +32,7 @@ DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 
 @pytest.fixture(scope="session")
 def llama():
-    from refquant.oracles import llama_cpp  # runs llama.cpp in a worker process of its own
+    from tools.oracles import llama_cpp  # runs llama.cpp in a worker process of its own
     return llama_cpp
 
 

@@ -142,6 +142,6 @@ def llmcompressor(module: str):
 def gptqmodel_mlx_packing():
     """GPTQModel 7.7.0's `gptqmodel/utils/mlx_packing.py` (NumPy only: repack_awq_gemv decodes AWQ
     GEMV checkpoints on the CPU), from its sdist file in refquant's cache (`make install` fetches
-    it with python -m refquant.models fetch; downloaded with pip on first use otherwise)."""
+    it with python -m tools.models fetch; downloaded with pip on first use otherwise)."""
     from ..models import gptqmodel_mlx_packing_path
     return _load_file("gptqmodel_mlx_packing", gptqmodel_mlx_packing_path())

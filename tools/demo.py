@@ -11,7 +11,7 @@ F16 .. IQ4_XS and to the weight-only RTN/GPTQ/AWQ INT4, FP8, MXFP4 and NVFP4 for
 row's bits per weight, perplexity on Botchan, Δ% against the unquantized model, KL divergence
 and top-1 agreement; written as Markdown, JSON and a PNG chart under --out (default build/demo).
 
-    python -m refquant.demo [--types Q4_0,Q8_0] [--layers N | --all] [--no-eval]
+    python -m tools.demo [--types Q4_0,Q8_0] [--layers N | --all] [--no-eval]
                             [--eval-ctx 256] [--eval-chunks 2] [--eval-rows ...] [--out build/demo]
 
 By default the weights of the first two transformer blocks are used (8.8 million values: every
@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from . import formats, quantize, dequantize
-from .io.gguf import GGUFFile
+from refquant import formats, quantize, dequantize
+from refquant.io.gguf import GGUFFile
 from .models import smollm2_path
 from .oracles import ggml
 
@@ -44,7 +44,7 @@ def demo_types() -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m refquant.demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--types", help="comma-separated types (default: every implemented GGUF type)")
     ap.add_argument("--layers", type=int, default=2, help="use the weights of the first N blocks (default: 2)")
     ap.add_argument("--all", action="store_true", help="use every weight of the model")
@@ -109,7 +109,7 @@ def quality_table(args) -> None:
     import json
     from pathlib import Path
 
-    from .model.quality import DEFAULT_ROWS, evaluate
+    from refquant.model.quality import DEFAULT_ROWS, evaluate
     from .models import botchan_path
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ has no Q2_0, for instance). Nothing in the spec imports this module; tests do.
 The second half of this module is a row-level oracle for that newer ggml: `ggml_quantize`,
 `ggml_dequantize` and `ggml_requires_imatrix` call `ggml_quantize_chunk`, the type's `to_float`
 and `ggml_quantize_requires_imatrix` of the libggml-base that llama-cpp-python ships (the ggml
-llama_model_quantize runs), in the same worker process. `refquant.oracles.ggml` is the same
+llama_model_quantize runs), in the same worker process. `tools.oracles.ggml` is the same
 oracle for ggml-python's older ggml; where the two ggml versions quantize a type differently
 (IQ1_M's scale search, spec/ggml/iq1_m.md), each is checked against its own.
 """
@@ -188,7 +188,7 @@ def ggml_lib() -> ctypes.CDLL:
 
 
 def _type_id(qtype) -> int:
-    from ..registry import get_format
+    from refquant.registry import get_format
     t = get_format(qtype).ggml_type
     if t is None:
         raise ValueError(f"{qtype} is not a ggml type")
@@ -249,7 +249,7 @@ def ggml_requires_imatrix(qtype) -> bool:
 def ggml_quantize_row_ref_here(x: np.ndarray, qtype) -> np.ndarray:
     """The exported `quantize_row_<type>_ref` (Q8_1 and Q8_K, which ggml_quantize_chunk lacks),
     in this process."""
-    from ..registry import get_format
+    from refquant.registry import get_format
     fmt = get_format(qtype)
     fn = getattr(ggml_lib(), f"quantize_row_{fmt.name.lower().replace('_k', '_K')}_ref")
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]

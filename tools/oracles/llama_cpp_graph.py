@@ -11,7 +11,7 @@ default, as in `llama_cpp.Llama`.
                                     "MUL_MAT|<weight name>|x": input, "MUL_MAT|<weight name>|y": output}
 
 Arrays have ggml's dimensions reversed (numpy order) with unit dimensions dropped. Like
-refquant.oracles.llama_cpp, the work runs in a process started with "spawn" that loads only
+tools.oracles.llama_cpp, the work runs in a process started with "spawn" that loads only
 llama.cpp's ggml. Nothing in the spec imports this module; tests do.
 """
 from __future__ import annotations
@@ -91,6 +91,6 @@ def capture_here(model_path, tokens, n_threads: int = 1, n_ctx: int = 512, flash
 
 
 def capture(model_path, tokens, **kw) -> dict:
-    """`capture_here` in the llama.cpp worker process (see refquant.oracles.llama_cpp)."""
+    """`capture_here` in the llama.cpp worker process (see tools.oracles.llama_cpp)."""
     from .llama_cpp import _worker
     return _worker().submit(capture_here, str(model_path), [int(t) for t in tokens], **kw).result()
