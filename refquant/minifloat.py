@@ -1,6 +1,9 @@
 """Small floating-point element formats, defined from their bit layouts.
 
     E4M3FN  E4M3FNUZ  E5M2  E5M2FNUZ     8-bit (OCP FP8, and the "FNUZ" variants of Graphcore/AMD)
+    E4M3  E3M4                           8-bit IEEE-style, with infinities (ml_dtypes float8_e4m3,
+                                         float8_e3m4)
+    E4M3B11FNUZ                          8-bit, bias 11, FNUZ (Graphcore; ml_dtypes float8_e4m3b11fnuz)
     E2M3    E3M2                         6-bit (OCP MX FP6)
     E2M1                                 4-bit (OCP MX FP4)
     E8M0                                 8-bit unsigned power of two (OCP MX shared scale)
@@ -15,9 +18,10 @@ A code is an unsigned integer in a uint8, the format's bits in the low end:
 What the formats do with their top codes (their "special values") is the only thing that
 differs beyond E, M and the bias; see `MiniFloat.specials`:
 
-    "ieee"   all-ones exponent is Inf (m = 0) or NaN (m != 0)                 E5M2
+    "ieee"   all-ones exponent is Inf (m = 0) or NaN (m != 0)                 E5M2, E4M3, E3M4
     "fn"     finite; only S.1111.111 is NaN, no Inf                           E4M3FN
-    "fnuz"   finite, no -0: the code 0x80 (negative zero's bits) is the NaN  E4M3FNUZ, E5M2FNUZ
+    "fnuz"   finite, no -0: the code 0x80 (negative zero's bits) is the NaN  E4M3FNUZ, E5M2FNUZ,
+                                                                              E4M3B11FNUZ
     "none"   finite, no NaN, no Inf                                           E2M3, E3M2, E2M1
     "e8m0"   2^(e - 127) for e = 0..254; 0xFF is NaN; no zero, no sign       E8M0
 
@@ -113,6 +117,9 @@ FORMATS: dict[str, MiniFloat] = {f.name: f for f in [
     MiniFloat("E4M3FNUZ", 4, 3, 8, "fnuz", "float8_e4m3fnuz", "minifloat/e4m3fnuz.md"),
     MiniFloat("E5M2", 5, 2, 15, "ieee", "float8_e5m2", "minifloat/e5m2.md"),
     MiniFloat("E5M2FNUZ", 5, 2, 16, "fnuz", "float8_e5m2fnuz", "minifloat/e5m2fnuz.md"),
+    MiniFloat("E4M3", 4, 3, 7, "ieee", "float8_e4m3", "minifloat/e4m3.md"),
+    MiniFloat("E3M4", 3, 4, 3, "ieee", "float8_e3m4", "minifloat/e3m4.md"),
+    MiniFloat("E4M3B11FNUZ", 4, 3, 11, "fnuz", "float8_e4m3b11fnuz", "minifloat/e4m3b11fnuz.md"),
     MiniFloat("E2M3", 2, 3, 1, "none", "float6_e2m3fn", "minifloat/e2m3.md"),
     MiniFloat("E3M2", 3, 2, 3, "none", "float6_e3m2fn", "minifloat/e3m2.md"),
     MiniFloat("E2M1", 2, 1, 1, "none", "float4_e2m1fn", "minifloat/e2m1.md"),
@@ -120,9 +127,12 @@ FORMATS: dict[str, MiniFloat] = {f.name: f for f in [
 ]}
 
 # Other spellings in use: ml_dtypes' / torch's dtype names, and the OCP MX element names.
+# "E4M3" alone is ml_dtypes' float8_e4m3, the IEEE-style format with infinities; OCP's E4M3
+# (torch's FP8_E4M3) is E4M3FN.
 _ALIASES = {
-    "FLOAT8_E4M3FN": "E4M3FN", "FP8_E4M3": "E4M3FN", "E4M3": "E4M3FN",
+    "FLOAT8_E4M3FN": "E4M3FN", "FP8_E4M3": "E4M3FN",
     "FLOAT8_E4M3FNUZ": "E4M3FNUZ",
+    "FLOAT8_E4M3": "E4M3", "FLOAT8_E3M4": "E3M4", "FLOAT8_E4M3B11FNUZ": "E4M3B11FNUZ",
     "FLOAT8_E5M2": "E5M2", "FP8_E5M2": "E5M2",
     "FLOAT8_E5M2FNUZ": "E5M2FNUZ",
     "FLOAT6_E2M3FN": "E2M3", "FP6_E2M3": "E2M3", "E2M3FN": "E2M3",
@@ -278,7 +288,8 @@ def _round_e8m0(a: np.ndarray) -> np.ndarray:
 def encode(x, fmt, saturate: bool = False) -> np.ndarray:
     """Float array -> uint8 codes of `fmt`, same shape.
 
-    saturate=False (ml_dtypes' cast): round to nearest even; overflow and ±Inf go to Inf (E5M2),
+    saturate=False (ml_dtypes' cast): round to nearest even; overflow and ±Inf go to Inf (E5M2,
+    E4M3, E3M4),
     NaN (E4M3FN with sign; the FNUZ formats' single NaN; E8M0's 0xFF) or the largest value
     (E2M3, E3M2, E2M1, which have neither). saturate=True (ONNX Cast, saturate=1): finite
     overflow and ±Inf become ±(largest finite value); NaN stays NaN. For E8M0, saturate=True

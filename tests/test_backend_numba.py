@@ -124,7 +124,8 @@ def test_large_matrix_bit_exact(nb):
 
 NEW_GGML = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS",
             "TQ1_0", "TQ2_0", "Q1_0", "MXFP4", "NVFP4"]
-MINIFLOATS = ["E4M3FN", "E4M3FNUZ", "E5M2", "E5M2FNUZ", "E2M3", "E3M2", "E2M1", "E8M0"]
+MINIFLOATS = ["E4M3FN", "E4M3FNUZ", "E5M2", "E5M2FNUZ", "E4M3", "E3M4", "E4M3B11FNUZ", "E2M3", "E3M2", "E2M1",
+              "E8M0"]
 
 
 def test_claims_cover_every_gguf_type_and_minifloat(nb):

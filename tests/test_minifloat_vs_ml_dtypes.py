@@ -1,5 +1,7 @@
 """Element formats (refquant.minifloat) against ml_dtypes' casts, and saturate=True against ONNX's
 reference Cast (onnx.numpy_helper.saturate_cast / to_float8e8m0)."""
+import os
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ from refquant.errors import FormatError, InputError
 
 NAMES = list(mf.FORMATS)
 SIGNED = [n for n in NAMES if n != "E8M0"]
-FP8 = ["E4M3FN", "E4M3FNUZ", "E5M2", "E5M2FNUZ"]
+FP8 = ["E4M3FN", "E4M3FNUZ", "E5M2", "E5M2FNUZ"]            # ONNX's float8 types
+NEW_FP8 = ["E4M3", "E3M4", "E4M3B11FNUZ"]                  # ml_dtypes' others (no ONNX type)
 
 
 def oracle_dtype(name):
@@ -169,7 +172,7 @@ def test_float64_double_rounding_cases(name):
     assert f.name == name
 
 
-@pytest.mark.parametrize("name", ["E4M3FN", "E5M2", "E2M1"])
+@pytest.mark.parametrize("name", ["E4M3FN", "E5M2", "E2M1"] + NEW_FP8)
 def test_float16_and_bfloat16_inputs(name):
     h = np.arange(65536, dtype=np.uint16).view(np.float16)
     assert_codes_equal(h, name)
@@ -247,8 +250,8 @@ def test_fp6_fp4_saturate_is_the_plain_cast(name):
 # ----------------------------------------------------------------------------- errors
 
 def test_unknown_format_is_refused():
-    with pytest.raises(FormatError, match="unknown minifloat format 'E3M4'"):
-        mf.encode(np.zeros(4, np.float32), "E3M4")
+    with pytest.raises(FormatError, match="unknown minifloat format 'E3M5'"):
+        mf.encode(np.zeros(4, np.float32), "E3M5")
     with pytest.raises(FormatError):
         mf.decode(np.zeros(4, np.uint8), 7)
 
@@ -272,6 +275,11 @@ def test_aliases():
     assert mf.get_minifloat("float8_e4m3fn").name == "E4M3FN"
     assert mf.get_minifloat("fp4_e2m1").name == "E2M1"
     assert mf.get_minifloat("e8m0fnu").name == "E8M0"
+    # "E4M3" is ml_dtypes' IEEE-style float8_e4m3; OCP's E4M3 (torch's FP8_E4M3) is E4M3FN
+    assert mf.get_minifloat("E4M3").name == "E4M3" and mf.get_minifloat("float8_e4m3").name == "E4M3"
+    assert mf.get_minifloat("fp8_e4m3").name == "E4M3FN"
+    assert mf.get_minifloat("float8_e3m4").name == "E3M4"
+    assert mf.get_minifloat("float8_e4m3b11fnuz").name == "E4M3B11FNUZ"
 
 
 # ----------------------------------------------------------------------------- registered rows
@@ -291,3 +299,22 @@ def test_registered_rows_are_ml_dtypes_codes(name, x):
     expect = ml_encode(x, name).view(oracle_dtype(name)).astype(np.float32)
     np.testing.assert_array_equal(np.isnan(back), np.isnan(expect))
     np.testing.assert_array_equal(back[~np.isnan(back)], expect[~np.isnan(expect)])
+
+
+# ----------------------------------------------------------------------------- every float32 (make test-deep)
+
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+
+
+@pytest.mark.skipif(not DEEP, reason="all 2^32 float32 inputs, both overflow rules: about 9 minutes a format "
+                                     "on 2 cores; run by make test-deep (the thorough profile)")
+@pytest.mark.parametrize("name", NEW_FP8)
+def test_every_float32_encodes_as_ml_dtypes(name):
+    """Every float32 bit pattern, saturate=False against ml_dtypes' cast and saturate=True against
+    ONNX's saturate_cast (clip to the format's largest finite value, then ml_dtypes' cast)."""
+    step = 1 << 24
+    for start in range(0, 1 << 32, step):
+        x = np.arange(start, start + step, dtype=np.uint64).astype(np.uint32).view(np.float32)
+        assert_codes_equal(x, name)
+        np.testing.assert_array_equal(mf.encode(x, name, saturate=True), onnx_saturate(x, name),
+                                      err_msg=f"{name}: saturate=True, float32 bits {start:#010x} + {step}")

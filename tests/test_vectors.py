@@ -1,4 +1,5 @@
-"""The committed golden vectors match what the code writes now, and what ggml writes."""
+"""The committed golden vectors match what the code writes now, and what ggml (GGUF types) or
+ml_dtypes (minifloat element formats) writes."""
 import json
 from pathlib import Path
 
@@ -10,9 +11,11 @@ from refquant.conformance.vectors import build, write_vectors
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 COMMITTED = sorted(p.name for p in VECTORS.iterdir() if p.is_dir())
+GGUF_TYPES = [n for n in COMMITTED if refquant.get_format(n).ggml_type is not None]
+MINIFLOATS = [n for n in COMMITTED if refquant.get_format(n).family == "minifloat"]
 
 
-def test_every_quantizable_gguf_format_has_vectors():
+def test_every_vector_format_has_vectors():
     from refquant.conformance.vectors import vector_formats
     assert sorted(vector_formats()) == COMMITTED
 
@@ -30,7 +33,7 @@ def test_committed_vectors_are_current(name):
     assert doc["encoded"] == [r.tobytes().hex() for r in arrays["encoded"]]
 
 
-@pytest.mark.parametrize("name", COMMITTED)
+@pytest.mark.parametrize("name", GGUF_TYPES)
 def test_committed_vectors_are_ggmls_bytes(name, ggml):
     d = VECTORS / name
     x = np.load(d / "input.npy")
@@ -45,6 +48,22 @@ def test_committed_vectors_are_ggmls_bytes(name, ggml):
         dec = np.load(d / "decoded.npy")
         theirs = ggml.dequantize_row(enc, name) if name == "Q8_K" else ggml.dequantize(enc, name)
         np.testing.assert_array_equal(dec.view(np.uint32), theirs.view(np.uint32))
+
+
+@pytest.mark.parametrize("name", MINIFLOATS)
+def test_committed_minifloat_vectors_are_ml_dtypes_codes(name):
+    import ml_dtypes
+    from refquant.minifloat import get_minifloat
+    f = get_minifloat(name)
+    d = VECTORS / name
+    x = np.load(d / "input.npy")
+    dt = getattr(ml_dtypes, f.ml_dtypes_name)
+    with np.errstate(all="ignore"):
+        codes = x.astype(dt).view(np.uint8)
+    packed = codes[:, 0::2] | (codes[:, 1::2] << 4) if f.nbits == 4 else codes
+    np.testing.assert_array_equal(np.load(d / "encoded.npy"), packed)
+    np.testing.assert_array_equal(np.load(d / "decoded.npy").view(np.uint32),
+                                  codes.view(dt).astype(np.float32).view(np.uint32))
 
 
 def test_vectors_gguf_reads_back(tmp_path):

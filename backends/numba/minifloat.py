@@ -1,5 +1,5 @@
-"""Numba twin of refquant/minifloat.py: encode/decode of the element formats (E4M3FN, E4M3FNUZ,
-E5M2, E5M2FNUZ, E2M3, E3M2, E2M1, E8M0), bit-exact with it, and their registered row formats.
+"""Numba twin of refquant/minifloat.py: encode/decode of the element formats (every row of its
+FORMATS table: E4M3FN ... E8M0), bit-exact with it, and their registered row formats.
 
 One encode kernel serves every format: the format's constants (field widths, bias, largest
 magnitude code, the codes it writes for NaN and for overflow) are arguments. Rounding is the

@@ -10,7 +10,10 @@ DIR/<FORMAT>/encoded_imatrix.npy  uint8: quantize(input, imatrix)
 DIR/<FORMAT>/decoded.npy        float32 (rows, n): dequantize(encoded)
 DIR/<FORMAT>/vectors.json       the same, as hex strings (float32 as bit patterns), with the
                                 format's block size, bytes per block and the row kinds
-DIR/vectors.gguf                every format's `encoded` as a GGUF tensor named after it
+DIR/vectors.gguf                every GGUF type's `encoded` as a GGUF tensor named after it
+
+The formats: every quantizable GGUF type, and every minifloat element format (one code a byte,
+E2M1 two; their NaN and Inf codes show in `decoded` as float32 bit patterns).
 """
 from __future__ import annotations
 
@@ -94,12 +97,16 @@ def build(name: str) -> dict[str, np.ndarray]:
     return out
 
 
+VECTOR_FAMILIES = ("minifloat",)   # formats beyond the GGUF types that get vectors
+
+
 def vector_formats() -> list[str]:
-    return [f.name for f in all_formats() if f.can_quantize and f.ggml_type is not None]
+    return [f.name for f in all_formats()
+            if f.can_quantize and (f.ggml_type is not None or f.family in VECTOR_FAMILIES)]
 
 
 def write_vectors(out_dir, formats=None) -> list[Path]:
-    """Write the vectors of `formats` (default: every quantizable GGUF format) under out_dir."""
+    """Write the vectors of `formats` (default: vector_formats()) under out_dir."""
     from ..io.gguf import KV, TensorInfo, write_gguf
     from gguf import GGUFValueType
 
@@ -120,7 +127,8 @@ def write_vectors(out_dir, formats=None) -> list[Path]:
         doc.update({key: _hex_rows(a) for key, a in arrays.items()})
         (d / "vectors.json").write_text(json.dumps(doc, indent=1) + "\n")
         written.append(d / "vectors.json")
-        tensors[name] = (fmt, arrays["input"].shape, arrays["encoded"])
+        if fmt.ggml_type is not None:          # GGUF holds ggml's types only
+            tensors[name] = (fmt, arrays["input"].shape, arrays["encoded"])
     if tensors:
         infos = [TensorInfo(n, f.ggml_type, shape) for n, (f, shape, _) in tensors.items()]
         kvs = [KV("general.architecture", GGUFValueType.STRING, "refquant-vectors"),
