@@ -99,7 +99,7 @@ def cmd_quantize(args) -> int:
         from .pipelines.hf_quantize import linear_names, quantize_checkpoint
         from .io.safetensors import Checkpoint
         from .errors import InputError
-        n = len(linear_names(Checkpoint(args.input)))
+        n = len(linear_names(Checkpoint(args.input), args.targets, args.ignore))
         text = None
         if args.calibration is not None:
             text = _read_text(args.calibration)
@@ -111,7 +111,7 @@ def cmd_quantize(args) -> int:
         quantize_checkpoint(args.input, args.output, args.method, bits, args.group_size, fmt,
                             args.activations, progress=Progress(n, "quantize", args.progress),
                             calibration=text, ctx=args.ctx, calibration_tokens=args.calibration_tokens,
-                            alpha=args.alpha)
+                            alpha=args.alpha, targets=args.targets, ignore=args.ignore)
         return 0
     if args.type is None:
         raise RefquantError("quantize: a GGUF input needs --type (a llama.cpp file type such as Q4_K_M)")
@@ -267,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --calibration: use the text's first N tokens (default 4096)")
     s.add_argument("--ctx", type=int, default=512, help="with --calibration: tokens per sequence (default 512)")
     s.add_argument("--alpha", type=float, default=0.5, help="smoothquant: migration strength (default 0.5)")
+    s.add_argument("--targets", nargs="+", default=["Linear"], metavar="TARGET",
+                   help="checkpoint input: the layers to quantize, as llm-compressor names them: module names, "
+                        "'re:' patterns, or the class Linear (default: Linear, every linear layer)")
+    s.add_argument("--ignore", nargs="*", default=["lm_head"], metavar="TARGET",
+                   help="checkpoint input: layers the targets select that stay unquantized, spelled as --targets "
+                        "(default: lm_head)")
     progress_flags(s)
     s.set_defaults(func=cmd_quantize)
 

@@ -2,8 +2,9 @@
 reads: `refquant quantize MODEL_DIR OUT_DIR --method rtn|gptq|awq|smoothquant --bits B --group-size G
 --format gptq|gptq_v2|awq|awq-gemv|compressed-tensors|fp8-block|nvfp4|modelopt-fp8|modelopt-nvfp4`.
 
-Linear layers are the 2-D `*.weight` tensors under `model.layers.` (embeddings, norms and
-lm_head stay as they are). GPTQ, AWQ and SmoothQuant take their data from a calibration text,
+The layers quantized are those `targets` selects and `ignore` leaves, as llm-compressor names
+them (refquant.layouts.targets; default every linear layer but the embeddings and lm_head: any
+architecture, BERT's `encoder.layer.N` as Llama's `model.layers.N`); the rest stay as they are. GPTQ, AWQ and SmoothQuant take their data from a calibration text,
 `--calibration TEXT`: the model runs on it block by block and each linear is quantized on the
 inputs it receives, blocks before it already quantized (spec/algorithms/calibration.md;
 SmoothQuant writes W8A8 compressed-tensors, its scales folded into the RMS norms). GPTQ and AWQ
@@ -43,6 +44,7 @@ from ..layouts import awq as L_awq
 from ..layouts import compressed_tensors as L_ct
 from ..layouts import fp8_block as L_fp8
 from ..layouts import gptq as L_gptq
+from ..layouts import targets as L_targets
 from ..layouts.fp8_block import BF16
 
 F32 = np.float32
@@ -76,8 +78,10 @@ def _fold(pw: np.ndarray, s: np.ndarray, gemma: bool) -> np.ndarray:
 SHARED_INPUT = [g for _, g in AWQ_GROUPS[:2]]
 
 
-def linear_names(ck) -> list:
-    return [k for k in ck if k.startswith("model.layers.") and k.endswith(".weight") and ck[k].ndim == 2]
+def linear_names(ck, targets=L_targets.DEFAULT_TARGETS, ignore=L_targets.DEFAULT_IGNORE) -> list:
+    """The `<module>.weight` names of the layers to quantize: llm-compressor's targets / ignore
+    (refquant.layouts.targets; default every linear layer but the embeddings and lm_head)."""
+    return L_targets.select({k: ck[k].shape for k in ck}, targets, ignore)
 
 
 def _check_options(method, bits, group_size, fmt, activations, calibration=None):
@@ -120,9 +124,11 @@ def _activations(adir: Path, module: str, K: int) -> np.ndarray:
     return np.asarray(X, np.float32)
 
 
-def _awq_fold(weights: dict, adir: Path, bits, g, sym, progress, groups=AWQ_GROUPS) -> None:
+def _awq_fold(weights: dict, adir: Path, bits, g, sym, progress, groups=AWQ_GROUPS, selected=None) -> None:
     """Search each group's AWQ scale on the original weights, then fold it: the balance layers'
-    columns · s, the preceding norm / linear rows / s. In place on `weights` (float32)."""
+    columns · s, the preceding norm / linear rows / s. In place on `weights` (float32). Only
+    groups whose layers are all `selected` (all when None) are folded; other architectures'
+    layers (no Llama-style group) are quantized with no scale."""
     prefixes = sorted({k.rsplit(".", 3)[0] for k in weights if k.startswith("model.layers.")})
     plans = []
     for p in prefixes:
@@ -130,6 +136,8 @@ def _awq_fold(weights: dict, adir: Path, bits, g, sym, progress, groups=AWQ_GROU
             names = [f"{p}.{m}.weight" for m in members]
             prev_name = f"{p}.{prev}.weight"
             if not all(n in weights for n in names) or prev_name not in weights:
+                continue
+            if selected is not None and not all(n in selected for n in names):
                 continue
             K = weights[names[0]].shape[1]
             if weights[prev_name].shape[0] != K:       # grouped-query attention: v_proj -> o_proj
@@ -150,7 +158,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                         progress: Optional[Callable] = None, max_shard_bytes: int = 5 * 2**30,
                         calibration: Optional[str] = None, ctx: int = 512, calibration_tokens: Optional[int] = 4096,
                         sequential: bool = True, alpha: float = 0.5, max_rows: int = 4096,
-                        record: Optional[dict] = None) -> None:
+                        record: Optional[dict] = None, targets=L_targets.DEFAULT_TARGETS,
+                        ignore=L_targets.DEFAULT_IGNORE) -> None:
     """Quantize the checkpoint in `model_dir` into `out_dir` (see the module's docstring).
 
     calibration      a text: the model runs on it block by block (refquant.model.calibrate) and
@@ -161,7 +170,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     sequential       block l's inputs come from blocks < l already quantized (False: float)
     alpha            SmoothQuant's migration strength
     max_rows         AWQ's loss runs on at most this many input rows (every stride-th)
-    record           when a dict: filled with every linear's calibration inputs (tests)"""
+    record           when a dict: filled with every linear's calibration inputs (tests)
+    targets, ignore  the layers to quantize, as llm-compressor names them (refquant.layouts.targets)"""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if method == "smoothquant":
         group_size = -1                  # W8A8: one scale per output channel
@@ -173,9 +183,12 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         raise InputError(f"quantize: {model_dir} has no config.json")
     config = json.loads(cfg_path.read_text())
     ck = Checkpoint(model_dir)
-    lin = linear_names(ck)
+    targets, ignore = list(targets), list(ignore)
+    shapes = {k: ck[k].shape for k in ck}
+    lin = L_targets.select(shapes, targets, ignore)
     if not lin:
-        raise InputError(f"quantize: {model_dir} has no linear layers under model.layers.")
+        raise InputError(f"quantize: {model_dir} has no linear layer that --targets {targets} selects and "
+                         f"--ignore {ignore} leaves")
     adir = Path(activations) if activations is not None else None
     for k in lin:                      # every check that needs no computation, before any
         K = ck[k].shape[1]
@@ -196,9 +209,9 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     if calibration is not None:
         out = _calibrated(model_dir, config, ck, lin, method, bits, group_size, fmt, sym, calibration, ctx,
                           calibration_tokens, sequential, alpha, max_rows, progress, record)
-        qc = _config(fmt, bits, group_size, sym)
+        qc = _config(fmt, bits, group_size, sym, targets, ignore, L_targets.ignored_linears(shapes, lin))
         if method == "smoothquant":
-            qc = L_ct.quantization_config("int-quantized", 8, None, True)
+            qc = L_ct.quantization_config("int-quantized", 8, None, True, targets=targets, ignore=ignore)
             qc["config_groups"]["group_0"]["input_activations"] = {
                 "num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "group_size": None,
                 "dynamic": True, "observer": None}
@@ -211,8 +224,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     if fmt.startswith("modelopt-"):
         w_amax, x_amax = _modelopt_amaxes(weights, lin, adir, fuse=fmt == "modelopt-nvfp4")
     if method == "awq":
-        floats = {k: weights[k].astype(np.float32) for k in weights if k.startswith("model.layers.")}
-        _awq_fold(floats, adir, bits, group_size, sym, progress, awq_groups(config))
+        floats = {k: weights[k].astype(np.float32) for k in weights if k.startswith("model.layers.") or k in lin}
+        _awq_fold(floats, adir, bits, group_size, sym, progress, awq_groups(config), set(lin))
         weights.update({k: v.astype(weights[k].dtype) for k, v in floats.items() if k not in lin})
         weights.update({k: floats[k] for k in lin})
     for k in lin:
@@ -243,7 +256,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         config["quantization_config"] = L_fp8.hf_config_modelopt(hq)
         extra["hf_quant_config.json"] = json.dumps(hq, indent=4) + "\n"
     else:
-        config["quantization_config"] = _config(fmt, bits, group_size, sym)
+        config["quantization_config"] = _config(fmt, bits, group_size, sym, targets, ignore,
+                                                L_targets.ignored_linears(shapes, lin))
     extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
     save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
 
@@ -409,15 +423,20 @@ def _modelopt_excluded(rest: dict, config: dict) -> list:
     return sorted(mods)
 
 
-def _config(fmt, bits, group_size, sym) -> dict:
+def _config(fmt, bits, group_size, sym, targets=L_targets.DEFAULT_TARGETS, ignore=L_targets.DEFAULT_IGNORE,
+            unconverted=()) -> dict:
+    """config.json's quantization_config; compressed-tensors records targets and ignore as given,
+    AWQ lists the linear layers it left (`unconverted`) in modules_to_not_convert."""
     if fmt in ("gptq", "gptq_v2"):
         return L_gptq.quantization_config(bits, group_size, sym, False, "v1" if fmt == "gptq" else "v2")
-    if fmt == "awq":
-        return L_awq.quantization_config(group_size, zero_point=not sym)
-    if fmt == "awq-gemv":
-        return L_awq.quantization_config(group_size, zero_point=not sym, version="gemv")
+    if fmt in ("awq", "awq-gemv"):
+        qc = L_awq.quantization_config(group_size, zero_point=not sym, version="gemv" if fmt == "awq-gemv" else "gemm")
+        if unconverted:
+            qc["modules_to_not_convert"] = list(unconverted)
+        return qc
     if fmt == "compressed-tensors":
-        return L_ct.quantization_config("pack-quantized", bits, None if group_size == -1 else group_size, sym)
+        return L_ct.quantization_config("pack-quantized", bits, None if group_size == -1 else group_size, sym,
+                                        targets=targets, ignore=ignore)
     if fmt == "fp8-block":
         return L_fp8.quantization_config_block_fp8()
-    return L_ct.quantization_config("nvfp4-pack-quantized")
+    return L_ct.quantization_config("nvfp4-pack-quantized", targets=targets, ignore=ignore)
