@@ -16,8 +16,11 @@
                  [--markdown OUT.md] [--png OUT.png] the quality table: every format's bits per
                                                         weight, perplexity, KL divergence, top-1
 
-Bad input gives one line on stderr and exit status 2; an interrupted or failed write leaves no
-output file.
+Every expected failure (bad input, I/O errors, permissions, missing paths, memory) gives one line
+on stderr and exit status 2; an internal error gives one line asking for a report and exit status 3
+(the traceback with --debug or REFQUANT_DEBUG=1). An output that is an input (same path, hard link,
+symlink) is refused before any work. An interrupted (Ctrl-C, SIGTERM) or failed write leaves no
+output file and no temporary file; see spec/robustness.md.
 """
 from __future__ import annotations
 
@@ -219,6 +222,8 @@ def cmd_eval(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refquant", description="Bit-exact LLM quantization formats.")
+    p.add_argument("--debug", action="store_true", help="on an error, also print the traceback "
+                   "(or set REFQUANT_DEBUG=1); accepted anywhere on the command line")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("inspect", help="show a GGUF file's metadata and tensors")
@@ -338,18 +343,88 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the arguments that name files read and files written, by name: an output that is an input is refused
+_INPUT_ARGS = ("input", "file", "model", "text", "base", "imatrix", "calibration")
+_OUTPUT_ARGS = ("output", "markdown", "json", "png")
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like an interrupt, so that temporary files are removed."""
+
+
+def _on_signal(signum, frame):
+    raise Terminated(signum)
+
+
+def _os_error_line(e: OSError) -> str:
+    what = e.strerror or str(e)
+    if e.filename is not None:
+        return f"{e.filename}: {what}" + (f" -> {e.filename2}" if e.filename2 else "")
+    return what
+
+
 def main(argv=None) -> int:
+    """The one error path: every expected failure (bad input, I/O, permissions, missing paths,
+    memory) is one line on stderr and exit status 2; anything else is a bug in refquant: one line
+    asking for a report and exit status 3, with the traceback under --debug or REFQUANT_DEBUG=1."""
+    import os
+    import signal
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("REFQUANT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            old[sig] = signal.signal(sig, _on_signal)
+        except (ValueError, OSError):      # not the main thread: leave signals as they are
+            pass
     try:
+        from .io.files import refuse_same_file
+        refuse_same_file({a: getattr(args, a) for a in _INPUT_ARGS if getattr(args, a, None) is not None},
+                         {a: getattr(args, a) for a in _OUTPUT_ARGS if getattr(args, a, None) is not None})
         return args.func(args)
     except RefquantError as e:
+        if debug:
+            import traceback
+            traceback.print_exc()
         print(f"refquant: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nrefquant: interrupted; no output written", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"refquant: terminated by signal {e.args[0]}; no output written", file=sys.stderr)
+        return 128 + int(e.args[0])
     except BrokenPipeError:
         return 0
+    except (OSError, MemoryError, RecursionError) as e:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        line = _os_error_line(e) if isinstance(e, OSError) else (
+            "out of memory" if isinstance(e, MemoryError) else "input nested too deeply")
+        print(f"refquant: error: {line}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001  (the one place that turns a bug into a report request)
+        if debug:
+            import traceback
+            traceback.print_exc()
+        msg = " ".join(str(e).split())[:200]
+        print(f"refquant: internal error ({type(e).__name__}: {msg}); this is a bug in refquant {_version()}: "
+              f"please report it with the command line (--debug shows the traceback)", file=sys.stderr)
+        return 3
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("refquant")
+    except Exception:  # noqa: BLE001
+        return "(version unknown)"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""GGUFFile's array parsing (one copy, views into it) against gguf-py's own GGUFReader, on files
-written by gguf-py's GGUFWriter: the same values, the same raw bytes, the same types."""
+"""GGUFFile's own header parser against gguf-py's GGUFReader, on files written by gguf-py's
+GGUFWriter: the same values, the same raw bytes, the same types; numeric arrays as one NumPy array,
+string arrays as a StringArray."""
 import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
@@ -37,7 +38,10 @@ def test_arrays_match_gguf_reader(gguf_with_arrays):
             kv = ours[key]
             raw = b"".join(bytes(np.asarray(p).reshape(-1).view(np.uint8)) for p in field.parts)
             assert kv.raw == raw, key
-            assert kv.value == field.contents(), key
+            value = kv.value.tolist() if isinstance(kv.value, np.ndarray) else kv.value
+            assert value == field.contents(), key
+            if isinstance(kv.value, np.ndarray):      # a numeric array is one NumPy array
+                assert kv.value.size == len(field.contents()), key
             assert kv.vtype == field.types[0], key
             if field.types[0] == GGUFValueType.ARRAY and len(field.types) > 1:
                 assert kv.sub_type == field.types[1], key

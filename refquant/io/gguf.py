@@ -1,4 +1,4 @@
-"""GGUF v3 files: read (memory-mapped, on gguf-py's GGUFReader) and write (streamed, atomic).
+"""GGUF v3 files: read (header parsed and checked here, tensors memory-mapped) and write (streamed, atomic).
 
 Layout written, all little-endian:
 
@@ -13,18 +13,18 @@ key/value pairs that were read are written back from their original bytes.
 """
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from ..errors import FileFormatError, FormatError
 from ..registry import get_format
+from .files import AtomicFile  # noqa: F401  (re-exported: writers import it from here)
 
 GGUF_VERSION = 3
 ALIGNMENT_KEY = "general.alignment"
@@ -93,127 +93,295 @@ class TensorInfo:
         return tensor_nbytes(self.ggml_type, self.shape[-1:])
 
 
-class _CheckedReader(GGUFReader):
-    """GGUFReader that checks every tensor info against the file before using it, so that a bad
-    file gets an error naming the tensor and the offset."""
+# Limits a file's header values are held to before anything is allocated from them. gguf.cpp's
+# own: GGUF_MAX_STRING_LENGTH, GGUF_MAX_ARRAY_ELEMENTS (both 2^30), GGML_MAX_DIMS = 4, no arrays of
+# arrays, an alignment that is a power of two in a UINT32 general.alignment, element counts that
+# fit int64. refquant's: an alignment of at most MAX_ALIGNMENT, every length bounded by the bytes
+# left in the file (so metadata memory is proportional to the file's size).
+MAX_STRING_LENGTH = 1 << 30
+MAX_ARRAY_ELEMENTS = 1 << 30
+MAX_DIMS = 4
+MAX_ALIGNMENT = 1 << 20
+INT64_MAX = (1 << 63) - 1
 
-    def _build_fields(self, offs, count):
-        end = super()._build_fields(offs, count)
-        self._kv_end = int(end)   # where the last key/value pair ends
-        return end
+_NUMPY = {
+    GGUFValueType.UINT8: np.dtype("<u1"), GGUFValueType.INT8: np.dtype("<i1"),
+    GGUFValueType.UINT16: np.dtype("<u2"), GGUFValueType.INT16: np.dtype("<i2"),
+    GGUFValueType.UINT32: np.dtype("<u4"), GGUFValueType.INT32: np.dtype("<i4"),
+    GGUFValueType.FLOAT32: np.dtype("<f4"), GGUFValueType.UINT64: np.dtype("<u8"),
+    GGUFValueType.INT64: np.dtype("<i8"), GGUFValueType.FLOAT64: np.dtype("<f8"),
+    GGUFValueType.BOOL: np.dtype("<u1"),
+}
+_VALUE_TYPES = {int(t): t for t in GGUFValueType}
 
-    def _get_field_parts(self, orig_offs, raw_type):
-        # Arrays of strings or scalars: the same parts gguf-py builds, but as views of one copy of
-        # the bytes instead of one memory-mapped view per element (which takes seconds for a
-        # vocabulary of 100k tokens).
-        if int(raw_type) != int(GGUFValueType.ARRAY) or self.byte_order != "I":
-            return super()._get_field_parts(orig_offs, raw_type)
-        mv = memoryview(self.data)
-        itype, alen = struct.unpack_from("<IQ", mv, orig_offs)
-        if alen == 0 or itype == int(GGUFValueType.ARRAY):
-            return super()._get_field_parts(orig_offs, raw_type)
-        start = orig_offs + 12
-        if itype == int(GGUFValueType.STRING):
-            bounds, at = [], start
-            for _ in range(alen):
-                (n,) = struct.unpack_from("<Q", mv, at)
-                bounds.append((at, n))
-                at += 8 + n
-            end = at
+
+class StringArray(Sequence):
+    """A GGUF array of strings, kept as the bytes it was read from and one offset per element
+    (8 bytes each, fewer than the element's own length prefix): a string is decoded when asked
+    for. Compares equal to a list of the same strings."""
+
+    def __init__(self, raw: bytes, starts: np.ndarray, lengths: np.ndarray):
+        self._raw, self._starts, self._lengths = raw, starts, lengths
+
+    def __len__(self):
+        return len(self._starts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        a = int(self._starts[i])
+        return self._raw[a:a + int(self._lengths[i])].decode("utf-8")
+
+    def __iter__(self):
+        raw = self._raw
+        for a, n in zip(self._starts.tolist(), self._lengths.tolist()):
+            yield raw[a:a + n].decode("utf-8")
+
+    def __eq__(self, other):
+        if isinstance(other, (StringArray, list, tuple)):
+            return len(self) == len(other) and all(x == y for x, y in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self):
+        head = ", ".join(repr(x) for x in self[:4])
+        return f"StringArray([{head}{', ...' if len(self) > 4 else ''}], {len(self)} strings)"
+
+
+class _Header:
+    """The header of a little-endian GGUF v3 file, parsed and checked against the file: every
+    length is bounded by the bytes left before anything is made from it, and every error names
+    the file, the key or tensor and the byte offset."""
+
+    def __init__(self, path: Path, buf, size: int):
+        self.path, self.buf, self.size = path, buf, size
+        self.at = 0
+
+    def fail(self, msg: str, at: Optional[int] = None):
+        raise FileFormatError(f"{self.path}: {msg} (byte offset {self.at if at is None else at})")
+
+    def need(self, n: int, what: str):
+        if n > self.size - self.at:
+            self.fail(f"{what}: {n} bytes needed, {max(self.size - self.at, 0)} left in the file")
+
+    def unpack(self, fmt: str, what: str):
+        n = struct.calcsize(fmt)
+        self.need(n, what)
+        v = struct.unpack_from(fmt, self.buf, self.at)
+        self.at += n
+        return v if len(v) > 1 else v[0]
+
+    def string(self, what: str) -> str:
+        at = self.at
+        n = self.unpack("<Q", what)
+        if n > MAX_STRING_LENGTH:
+            self.fail(f"{what}: string length {n} exceeds the limit of {MAX_STRING_LENGTH}", at)
+        self.need(n, what)
+        b = bytes(self.buf[self.at:self.at + n])
+        self.at += n
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.fail(f"{what}: not UTF-8 ({e.reason} at byte {e.start} of the string)", at + 8 + e.start)
+
+    def value_type(self, what: str, at: int) -> GGUFValueType:
+        t = self.unpack("<I", what)
+        if t not in _VALUE_TYPES:
+            self.fail(f"{what}: unknown value type {t}", at)
+        return _VALUE_TYPES[t]
+
+    def kv(self, index: int, seen: set) -> KV:
+        start = self.at
+        key = self.string(f"key/value pair {index}: key")
+        if not key:
+            self.fail(f"key/value pair {index}: empty key", start)
+        if key in seen:
+            self.fail(f"key {key!r} appears twice", start)
+        seen.add(key)
+        at = self.at
+        vtype = self.value_type(f"key {key!r}: value type", at)
+        sub = None
+        if vtype == GGUFValueType.ARRAY:
+            sub = self.value_type(f"key {key!r}: array element type", self.at)
+            if sub == GGUFValueType.ARRAY:   # gguf.cpp refuses arrays of arrays
+                self.fail(f"key {key!r}: an array of arrays (GGUF readers take arrays of scalars or strings)", at)
+            n = self.unpack("<Q", f"key {key!r}: array length")
+            if n > MAX_ARRAY_ELEMENTS:
+                self.fail(f"key {key!r}: array length {n} exceeds the limit of {MAX_ARRAY_ELEMENTS}", at)
+            body = self.at
+            if sub == GGUFValueType.STRING:
+                starts, lengths = self._string_array(key, n)
+            else:
+                dt = _NUMPY[sub]
+                self.need(n * dt.itemsize, f"key {key!r}: array of {n} {sub.name}")
+                self.at += n * dt.itemsize
+            raw = bytes(self.buf[start:self.at])
+            if sub == GGUFValueType.STRING:
+                base = body - start
+                value = StringArray(raw, starts - start + 0, lengths)
+                self._check_utf8(key, raw, value, start, base)
+            else:
+                value = np.frombuffer(raw, dt, n, body - start)
+                if sub == GGUFValueType.BOOL:
+                    value = value != 0
+            return KV(key, vtype, value, sub, raw)
+        if vtype == GGUFValueType.STRING:
+            value = self.string(f"key {key!r}: value")
         else:
-            nptype = self.gguf_scalar_to_np.get(GGUFValueType(itype))
-            if nptype is None:
-                return super()._get_field_parts(orig_offs, raw_type)
-            size = np.dtype(nptype).itemsize
-            end = start + size * alen
-        region = np.array(self.data[orig_offs:end])  # one copy; parts are views into it
-        if region.size != end - orig_offs:
-            raise ValueError("array runs past the end of the file")
-        parts = [region[0:4].view(np.uint32), region[4:12].view(np.uint64)]
-        if itype == int(GGUFValueType.STRING):
-            for at, n in bounds:
-                a = at - orig_offs
-                parts.append(region[a:a + 8].view(np.uint64))
-                parts.append(region[a + 8:a + 8 + n])
-            idxs = list(range(3, 2 + 2 * alen + 1, 2))
-        else:
-            body = region[12:]
-            parts += [body[i * size:(i + 1) * size].view(nptype) for i in range(alen)]
-            idxs = list(range(2, 2 + alen))
-        return end - orig_offs, parts, idxs, [GGUFValueType.ARRAY, GGUFValueType(itype)]
+            fmt = _SCALAR[vtype]
+            value = self.unpack(fmt if vtype != GGUFValueType.BOOL else "<B", f"key {key!r}: value")
+            if vtype == GGUFValueType.BOOL:
+                value = value != 0
+        return KV(key, vtype, value, None, bytes(self.buf[start:self.at]))
 
-    def _build_tensors(self, start_offs, fields):
-        size = len(self.data)
-        for f in fields:
-            _nl, name_data, _nd, dims, raw_dtype, offset_tensor = f.parts
-            name = bytes(name_data).decode("utf-8", "replace")
-            t = int(raw_dtype[0])
-            try:
-                GGMLQuantizationType(t)
-            except ValueError:
-                raise FileFormatError(f"tensor {name!r}: unknown ggml type id {t}") from None
-            bs, _ = block_sizes(t)
-            ne0 = int(dims[0]) if len(dims) else 1
-            if ne0 % bs:
-                raise FileFormatError(f"tensor {name!r}: row length {ne0} is not a multiple of "
-                                      f"{type_name(t)}'s block size {bs}")
-            nbytes = tensor_nbytes(t, tuple(int(d) for d in dims))
-            begin = start_offs + int(offset_tensor[0])
-            if begin % self.alignment and int(offset_tensor[0]) % self.alignment:
-                raise FileFormatError(f"tensor {name!r}: offset {int(offset_tensor[0])} is not a multiple "
-                                      f"of the alignment {self.alignment}")
-            if begin + nbytes > size:
-                raise FileFormatError(f"tensor {name!r}: data at byte offset {begin}..{begin + nbytes} "
-                                      f"runs past the end of the file ({size} bytes)")
-        super()._build_tensors(start_offs, fields)
+    def _string_array(self, key: str, n: int):
+        # every element is at least its 8-byte length: bounded by the file before allocating
+        self.need(8 * n, f"key {key!r}: array of {n} strings")
+        starts = np.empty(n, np.int64)
+        lengths = np.empty(n, np.int64)
+        buf, at, size, unpack = self.buf, self.at, self.size, struct.unpack_from
+        for i in range(n):
+            if at + 8 > size:
+                self.at = at
+                self.need(8, f"key {key!r}: string {i} of {n}")
+            (m,) = unpack("<Q", buf, at)
+            if m > size - at - 8:
+                self.fail(f"key {key!r}: string {i} of {n}: length {m} runs past the end of the file", at)
+            starts[i] = at + 8
+            lengths[i] = m
+            at += 8 + m
+        self.at = at
+        return starts, lengths
+
+    def _check_utf8(self, key: str, raw: bytes, value: StringArray, start: int, base: int):
+        """Every element is UTF-8: the elements' bytes joined decode, and no element begins or
+        ends inside a character (a joined boundary on a continuation byte)."""
+        if not len(value):
+            return
+        region = np.frombuffer(raw, np.uint8)
+        keep = np.ones(region.size, bool)
+        keep[:base] = False
+        prefix = value._starts - 8
+        step = 1 << 20                     # the length prefixes' bytes, a bounded slab at a time
+        for i in range(0, len(prefix), step):
+            keep[(prefix[i:i + step, None] + np.arange(8)).reshape(-1)] = False
+        joined = region[keep].tobytes()
+        ends = np.cumsum(value._lengths)
+        firsts = ends - value._lengths
+        bad = None
+        try:
+            joined.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad = int(np.searchsorted(ends, e.start, side="right"))
+        if bad is None:
+            inner = firsts[(firsts < len(joined)) & (value._lengths > 0)]
+            cont = (np.frombuffer(joined, np.uint8)[inner] & 0xC0) == 0x80
+            if cont.any():
+                bad = int(np.searchsorted(ends, inner[np.argmax(cont)], side="right"))
+            else:
+                return
+        bad = min(bad, len(value) - 1)
+        self.fail(f"key {key!r}: string {bad} of {len(value)} is not UTF-8", start + int(value._starts[bad]) - 8)
+
+    def tensor_info(self, index: int, seen: set):
+        start = self.at
+        name = self.string(f"tensor info {index}: name")
+        if name in seen:
+            self.fail(f"tensor {name!r} appears twice", start)
+        seen.add(name)
+        n_dims = self.unpack("<I", f"tensor {name!r}: n_dims")
+        if n_dims > MAX_DIMS:
+            self.fail(f"tensor {name!r}: {n_dims} dimensions, more than ggml's {MAX_DIMS}", self.at - 4)
+        ne = self.unpack(f"<{n_dims}q", f"tensor {name!r}: dimensions") if n_dims else ()
+        ne = (ne,) if isinstance(ne, int) else tuple(ne)
+        n = 1
+        for j, d in enumerate(ne):
+            if d < 0:
+                self.fail(f"tensor {name!r}: dimension {j} is {d} (negative, or above 2^63)", start)
+            n *= d
+            if n > INT64_MAX:
+                self.fail(f"tensor {name!r}: shape {list(ne)} has more than 2^63 - 1 elements", start)
+        t = self.unpack("<I", f"tensor {name!r}: ggml type")
+        try:
+            GGMLQuantizationType(t)
+            bs, ts = block_sizes(t)
+        except (ValueError, FormatError):
+            self.fail(f"tensor {name!r}: unknown ggml type id {t}", self.at - 4)
+        ne0 = ne[0] if ne else 1
+        if ne0 % bs:
+            self.fail(f"tensor {name!r}: row length {ne0} is not a multiple of {type_name(t)}'s block size {bs}",
+                      start)
+        offset = self.unpack("<Q", f"tensor {name!r}: data offset")
+        shape = tuple(reversed(ne))
+        return name, t, shape, offset, n // bs * ts
 
 
 class GGUFFile:
-    """A GGUF file opened for reading. Tensors are memory-mapped, never read whole."""
+    """A GGUF file opened for reading. Tensors are memory-mapped, never read whole; key/value
+    pairs are read once, each array as one NumPy array (strings: a StringArray)."""
 
     def __init__(self, path):
+        from .files import register_input
         self.path = Path(path)
         try:
+            if self.path.is_dir():
+                raise FileFormatError(f"{path}: is a directory, not a GGUF file")
             size = self.path.stat().st_size
+            with open(self.path, "rb") as fh:
+                head = fh.read(8)
         except OSError as e:
             raise FileFormatError(f"{path}: cannot open: {e.strerror}") from None
         if size < 24:
             raise FileFormatError(f"{path}: {size} bytes is too short for a GGUF header (24 bytes)")
-        with open(self.path, "rb") as fh:
-            magic = fh.read(4)
-        if struct.unpack("<I", magic)[0] != GGUF_MAGIC:
-            raise FileFormatError(f"{path}: bad magic {magic!r}, expected b'GGUF': not a GGUF file")
+        magic, version = struct.unpack("<II", head)
+        if magic != GGUF_MAGIC:
+            raise FileFormatError(f"{path}: bad magic {head[:4]!r}, expected b'GGUF': not a GGUF file")
+        if version != 0 and version & 0xFFFF == 0:   # gguf.cpp's test: a byte-swapped version field
+            raise FileFormatError(f"{path}: a big-endian GGUF file (version field {version:#010x}); refquant "
+                                  f"reads little-endian GGUF v3 only (see spec/robustness.md)")
+        if version != GGUF_VERSION:
+            raise FileFormatError(f"{path}: GGUF version {version}; refquant reads version 3")
         try:
-            r = _CheckedReader(self.path, "r")
-        except FileFormatError as e:
-            raise FileFormatError(f"{path}: {e}") from None
-        except (ValueError, IndexError, KeyError, struct.error, UnicodeDecodeError, OverflowError) as e:
-            raise FileFormatError(f"{path}: truncated or corrupt GGUF header: {e}") from None
-        self._reader = r
-        self._mm = r.data
-        self.alignment = int(r.alignment)
-        self.data_offset = int(r.data_offset)
-        version = r.fields["GGUF.version"].parts[0][0]
-        if int(version) != GGUF_VERSION:
-            raise FileFormatError(f"{path}: GGUF version {int(version)}; refquant reads version 3")
-        self.kvs: list[KV] = []
-        kv_fields = [(key, f) for key, f in r.fields.items() if not key.startswith("GGUF.")]
-        # key/value pairs lie end to end: each one's bytes run up to the next one's offset
-        ends = [f.offset for _, f in kv_fields[1:]] + [getattr(r, "_kv_end", None)]
-        for (key, f), end in zip(kv_fields, ends):
-            if end is not None and end > f.offset:
-                raw = bytes(r.data[f.offset:end])
-            else:
-                raw = bytes(np.concatenate([np.asarray(p).reshape(-1).view(np.uint8) for p in f.parts]))
-            sub = f.types[1] if f.types[0] == GGUFValueType.ARRAY and len(f.types) > 1 else None
-            self.kvs.append(KV(key, f.types[0], f.contents(), sub, raw))
+            self._mm = np.memmap(self.path, np.uint8, "r")
+        except (OSError, ValueError) as e:
+            raise FileFormatError(f"{path}: cannot map: {e}") from None
+        h = _Header(self.path, memoryview(self._mm), size)
+        h.at = 8
+        n_tensors, n_kv = h.unpack("<QQ", "tensor and key/value counts")
+        # a key/value pair takes at least 14 bytes (8 + 1 + 4 + 1), a tensor info 24 (8 + 1 + 4 + 4 + 8 less 1)
+        if n_kv > (size - 24) // 14:
+            h.fail(f"{n_kv} key/value pairs cannot fit in {size} bytes", 16)
+        if n_tensors > (size - 24) // 24:
+            h.fail(f"{n_tensors} tensors cannot fit in {size} bytes", 8)
+        seen: set = set()
+        self.kvs: list[KV] = [h.kv(i, seen) for i in range(n_kv)]
+        self.alignment = GGUF_DEFAULT_ALIGNMENT
+        for kv in self.kvs:
+            if kv.key == ALIGNMENT_KEY:   # gguf.cpp: a UINT32, a power of two
+                if kv.vtype != GGUFValueType.UINT32:
+                    raise FileFormatError(f"{path}: {ALIGNMENT_KEY} must be a UINT32, not {kv.vtype.name}")
+                a = int(kv.value)
+                if a == 0 or a & (a - 1) or a > MAX_ALIGNMENT:
+                    raise FileFormatError(f"{path}: {ALIGNMENT_KEY} = {a} is not a power of two from 1 to "
+                                          f"{MAX_ALIGNMENT}")
+                self.alignment = a
+        names: set = set()
+        infos = [h.tensor_info(i, names) for i in range(n_tensors)]
+        self.data_offset = pad(h.at, self.alignment)
+        if infos and self.data_offset > size:
+            raise FileFormatError(f"{path}: the data section would start at byte {self.data_offset}, past the "
+                                  f"end of the file ({size} bytes)")
         self.tensors: list[TensorInfo] = []
-        for t in r.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            self.tensors.append(TensorInfo(t.name, int(t.tensor_type), shape,
-                                           t.data_offset - self.data_offset,
-                                           tensor_nbytes(int(t.tensor_type), shape)))
+        for name, t, shape, offset, nbytes in infos:
+            if offset % self.alignment:
+                raise FileFormatError(f"{path}: tensor {name!r}: offset {offset} is not a multiple of the "
+                                      f"alignment {self.alignment}")
+            begin = self.data_offset + offset
+            if begin + nbytes > size:
+                raise FileFormatError(f"{path}: tensor {name!r}: data at byte offset {begin}..{begin + nbytes} "
+                                      f"runs past the end of the file ({size} bytes)")
+            self.tensors.append(TensorInfo(name, t, shape, offset, nbytes))
         self._by_name = {t.name: t for t in self.tensors}
+        self._input_key = register_input(self.path)
 
     # -- metadata
     @property
@@ -250,8 +418,10 @@ class GGUFFile:
         return SPEC.dequantize(np.asarray(raw), t.ggml_type).reshape(t.shape)
 
     def close(self):
+        from .files import unregister_input
         self._mm = None
-        self._reader = None
+        unregister_input(getattr(self, "_input_key", None))
+        self._input_key = None
 
     def __enter__(self):
         return self
@@ -315,37 +485,6 @@ def layout(tensors: Iterable[TensorInfo], alignment: int) -> list[TensorInfo]:
         out.append(TensorInfo(t.name, int(t.ggml_type), tuple(t.shape), at, nbytes))
         at += pad(nbytes, alignment)
     return out
-
-
-class AtomicFile:
-    """A file written under a temporary name beside its destination and renamed into place only
-    when complete; on any error (or interrupt) the temporary file is removed and nothing appears."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-
-    def __enter__(self):
-        d = self.path.parent if str(self.path.parent) else Path(".")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=d)
-        self._tmp = Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result gets ordinary permissions
-        self.fh = os.fdopen(fd, "wb")
-        return self.fh
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self.fh.flush()
-                os.fsync(self.fh.fileno())
-            self.fh.close()
-            if exc_type is None:
-                os.replace(self._tmp, self.path)
-        finally:
-            if self._tmp.exists():
-                self._tmp.unlink()
-        return False
 
 
 def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],

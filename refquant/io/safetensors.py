@@ -12,7 +12,7 @@ refquant writes tensors in name order, the JSON with sorted keys and no spaces, 
 tensors and metadata always give the same bytes (the safetensors package orders tensors by
 dtype then name and writes __metadata__ in hash order, which varies between runs). Every dtype
 is read and written, FP8 included (the package's NumPy API cannot load F8_*; ml_dtypes provides
-the types). Files are written atomically (refquant.io.gguf.AtomicFile); a sharded checkpoint is
+the types). Files are written atomically (refquant.io.files.AtomicFile); a sharded checkpoint is
 written into a temporary directory renamed into place only when every shard is complete.
 
     model.safetensors                              one file, or
@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterable, Optional
@@ -35,7 +34,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import FileFormatError, InputError
-from .gguf import AtomicFile
+from .files import AtomicFile, temp_dir
 
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -189,7 +188,7 @@ def save_checkpoint(directory, tensors: Mapping, max_shard_bytes: int = 5 * 2**3
         size += n
     shards.append(cur)
     names = shard_names(len(shards))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else "."))
+    tmp = temp_dir(out)
     try:
         for fname, sh in zip(names, shards):
             save_file(tmp / fname, sh, metadata if metadata is not None else {"format": "pt"})

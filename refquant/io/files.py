@@ -1,0 +1,208 @@
+"""Files refquant writes and the paths it reads: nothing lost, nothing read from outside.
+
+    refuse_same_file(inputs, outputs)   an output that is an input (same path, hard link, symlink:
+                                        the same inode) is refused before any work
+    confined(directory, name, what)     a path named inside a checkpoint stays inside it
+    AtomicFile(path)                    a file written under a temporary name and renamed into place
+                                        when complete; removed on any error, interrupt or SIGTERM
+    temp_dir(out)                       the same for a directory (a checkpoint's shards)
+
+Temporary names are `.NAME.refquant-HOST-PID-RANDOM.tmp` beside the destination. A run killed with
+SIGKILL cannot remove its own; the next write into that directory removes those whose process is
+gone (same host, PID no longer running) and says so on stderr.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import InputError
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+_TEMP = re.compile(r"^\..*\.refquant-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
+
+# files refquant has open for reading in this process: (st_dev, st_ino) -> path
+_OPEN_INPUTS: dict[tuple[int, int], str] = {}
+
+
+def register_input(path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (st.st_dev, st.st_ino)
+    _OPEN_INPUTS[key] = str(path)
+    return key
+
+
+def unregister_input(key) -> None:
+    if key is not None:
+        _OPEN_INPUTS.pop(key, None)
+
+
+def _identity(path):
+    try:
+        st = os.stat(path)          # follows symlinks: a link to an input is that input
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def refuse_same_file(inputs: Mapping[str, object], outputs: Mapping[str, object]) -> None:
+    """Raise InputError when an output names the same file as an input: the same path, a hard
+    link to it or a symlink to it (compared by device and inode), or a path that resolves to it."""
+    ins = {label: p for label, p in inputs.items() if p is not None}
+    for olabel, out in outputs.items():
+        if out is None:
+            continue
+        oid = _identity(out)
+        oreal = os.path.realpath(out)
+        for ilabel, inp in ins.items():
+            if (oid is not None and oid == _identity(inp)) or oreal == os.path.realpath(inp):
+                raise InputError(f"{out}: the {olabel} is the {ilabel} {inp} (the same file); "
+                                 f"refusing to overwrite an input: choose another output path")
+
+
+def check_output_path(path) -> Path:
+    """The output's directory exists and the output is not a directory; an existing output that
+    is a file refquant has open as an input is refused."""
+    p = Path(path)
+    d = p.parent if str(p.parent) else Path(".")
+    if not d.is_dir():
+        raise InputError(f"{p}: output directory {d} does not exist" if not d.exists()
+                         else f"{p}: {d} is not a directory")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory; the output must be a file path")
+    oid = _identity(p)
+    if oid is not None and oid in _OPEN_INPUTS:
+        raise InputError(f"{p}: is the input {_OPEN_INPUTS[oid]} (the same file); refusing to overwrite an "
+                         f"input: choose another output path")
+    return p
+
+
+def confined(directory, name, what: str) -> Path:
+    """directory/name, refused unless `name` is a relative path that stays inside `directory`
+    once symlinks are resolved (an absolute path, '..' or a link pointing out)."""
+    base = Path(directory)
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise InputError(f"{base}: {what} {name!r} is not a file name")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise InputError(f"{base}: {what} {name!r} points outside the checkpoint directory")
+    p = base / rel
+    root = os.path.realpath(base)
+    real = os.path.realpath(p)
+    if os.path.commonpath([root, real]) != root:
+        raise InputError(f"{base}: {what} {name!r} resolves to {real}, outside the checkpoint directory")
+    return p
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory) -> list[Path]:
+    """Remove the temporary files and directories that killed refquant runs on this host left
+    in `directory`; say each one on stderr. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TEMP.match(e.name)
+        if m is None or m["host"] != _HOST or _pid_alive(int(m["pid"])):
+            continue
+        p = Path(directory) / e.name
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError:
+            continue
+        removed.append(p)
+        print(f"refquant: removed {p}, a temporary file left by an interrupted run (process {m['pid']})",
+              file=sys.stderr)
+    return removed
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.refquant-{_HOST}-{os.getpid()}-"
+
+
+class AtomicFile:
+    """A file written under a temporary name beside its destination and renamed into place only
+    when complete; on any error (or interrupt, or SIGTERM under the command line) the temporary
+    file is removed and nothing appears."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        check_output_path(self.path)
+        d = self.path.parent if str(self.path.parent) else Path(".")
+        remove_stale_temps(d)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(self.path.name), suffix=".tmp", dir=d)
+        self._tmp = Path(tmp)
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result gets ordinary permissions
+            self.fh = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            self._tmp.unlink()
+            raise
+        return self.fh
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.fh.flush()
+                os.fsync(self.fh.fileno())
+            self.fh.close()
+            if exc_type is None:
+                os.replace(self._tmp, self.path)
+        finally:
+            try:
+                self._tmp.unlink()
+            except FileNotFoundError:
+                pass
+        return False
+
+
+def temp_dir(out) -> Path:
+    """A new temporary directory beside `out`, named as AtomicFile names its files."""
+    out = Path(out)
+    d = out.parent if str(out.parent) else Path(".")
+    if not d.is_dir():
+        raise InputError(f"{out}: output directory {d} does not exist" if not d.exists()
+                         else f"{out}: {d} is not a directory")
+    remove_stale_temps(d)
+    return Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name), suffix=".tmp", dir=d))
+
+
+def copy_confined(src_dir, name: str, dst: Path) -> None:
+    """Copy directory/name to dst: a regular file inside the directory is copied; a symlink is
+    followed only when it resolves inside the directory; anything else is refused."""
+    p = confined(src_dir, name, "file")
+    if not p.is_file():
+        raise InputError(f"{p}: not a regular file")
+    shutil.copyfile(p, dst)
