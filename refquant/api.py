@@ -44,6 +44,11 @@ def check_imatrix(imatrix, fmt: Format, n: int):
     if bad.any():
         i = int(np.argwhere(bad)[0][0])
         raise InputError(f"{fmt.name}: imatrix has a non-finite value {float(im[i])} at column {i}")
+    neg = im < 0
+    if neg.any():   # importance weights are sums of squares: a negative one inverts the error searches
+        i = int(np.argwhere(neg)[0][0])
+        raise InputError(f"{fmt.name}: imatrix has a negative value {float(im[i])} at column {i}; importance "
+                         f"weights are sums of squares, >= 0")
     return np.ascontiguousarray(im)
 
 

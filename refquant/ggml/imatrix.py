@@ -58,6 +58,21 @@ def _lround(x: np.ndarray) -> np.ndarray:
     return (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int64)
 
 
+def check_values(entries: dict, where: str) -> None:
+    """Importance weights are sums of squares: every value finite (llama-quantize refuses an
+    imatrix with a non-finite value, llama-quant.cpp) and not negative (a negative weight turns
+    the quantizers' weighted error searches into maximizations)."""
+    for name, v in entries.items():
+        v = np.asarray(v)
+        bad = ~np.isfinite(v) | (v < 0)
+        if bad.any():
+            i = int(np.argmax(bad.reshape(-1)))
+            x = float(v.reshape(-1)[i])
+            why = "not finite" if not np.isfinite(x) else "negative"
+            raise FileFormatError(f"{where}: entry {name!r} value {i} is {x} ({why}); importance weights are "
+                                  f"sums of squares, finite and >= 0")
+
+
 def read_imatrix(path) -> Imatrix:
     """Read an imatrix file (GGUF or legacy .dat, told apart by the GGUF magic)."""
     p = Path(path)
@@ -68,6 +83,7 @@ def read_imatrix(path) -> Imatrix:
         raise FileFormatError(f"imatrix {path}: cannot open: {e.strerror}") from None
     im = _read_gguf(p) if magic == b"GGUF" else _read_legacy(p)
     im.path = str(path)
+    check_values(im.entries, f"imatrix {path}")
     return im
 
 

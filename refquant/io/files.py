@@ -88,7 +88,9 @@ def check_output_path(path) -> Path:
 
 def confined(directory, name, what: str) -> Path:
     """directory/name, refused unless `name` is a relative path that stays inside `directory`
-    once symlinks are resolved (an absolute path, '..' or a link pointing out)."""
+    once symlinks are resolved (an absolute path, '..' or a link pointing out). A Hugging Face
+    cache snapshot (.../models--ORG--NAME/snapshots/REVISION) holds links into its repository's
+    blobs/ folder: those are inside too."""
     base = Path(directory)
     if not isinstance(name, str) or not name or "\0" in name:
         raise InputError(f"{base}: {what} {name!r} is not a file name")
@@ -97,9 +99,13 @@ def confined(directory, name, what: str) -> Path:
         raise InputError(f"{base}: {what} {name!r} points outside the checkpoint directory")
     p = base / rel
     root = os.path.realpath(base)
+    roots = [root]
+    if os.path.basename(os.path.dirname(root)) == "snapshots":
+        roots.append(os.path.join(os.path.dirname(os.path.dirname(root)), "blobs"))
     real = os.path.realpath(p)
-    if os.path.commonpath([root, real]) != root:
-        raise InputError(f"{base}: {what} {name!r} resolves to {real}, outside the checkpoint directory")
+    if not any(os.path.commonpath([r, real]) == r for r in roots):
+        raise InputError(f"{base}: {what} {name!r} resolves to {real}, outside the checkpoint directory; "
+                         f"copy the file in or remove the link")
     return p
 
 
@@ -197,12 +203,3 @@ def temp_dir(out) -> Path:
                          else f"{out}: {d} is not a directory")
     remove_stale_temps(d)
     return Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name), suffix=".tmp", dir=d))
-
-
-def copy_confined(src_dir, name: str, dst: Path) -> None:
-    """Copy directory/name to dst: a regular file inside the directory is copied; a symlink is
-    followed only when it resolves inside the directory; anything else is refused."""
-    p = confined(src_dir, name, "file")
-    if not p.is_file():
-        raise InputError(f"{p}: not a regular file")
-    shutil.copyfile(p, dst)

@@ -137,6 +137,9 @@ class StringArray(Sequence):
         for a, n in zip(self._starts.tolist(), self._lengths.tolist()):
             yield raw[a:a + n].decode("utf-8")
 
+    def tolist(self) -> list:
+        return list(self)
+
     def __eq__(self, other):
         if isinstance(other, (StringArray, list, tuple)):
             return len(self) == len(other) and all(x == y for x, y in zip(self, other))

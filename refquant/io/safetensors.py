@@ -34,7 +34,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import FileFormatError, InputError
-from .files import AtomicFile, temp_dir
+from .files import AtomicFile, confined, temp_dir
 
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -84,43 +84,113 @@ def save_file(path, tensors: Mapping, metadata: Optional[dict] = None) -> None:
             f.write(np.ascontiguousarray(a).astype(np.asarray(a).dtype.newbyteorder("<"), copy=False).tobytes())
 
 
+def _json(path, data: bytes, what: str):
+    """Parse JSON as the safetensors and transformers readers do (strict UTF-8, no BOM), with one
+    clear error for whatever is wrong."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise FileFormatError(f"{path}: {what} starts with a UTF-8 byte-order mark (JSON readers such as "
+                              f"transformers' refuse it): remove the first 3 bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{path}: {what} is not UTF-8 ({e.reason} at byte offset {e.start})") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise FileFormatError(f"{path}: {what} is not JSON: {e.msg} (line {e.lineno}, column {e.colno}, "
+                              f"byte offset {len(text[:e.pos].encode())})") from None
+    except RecursionError:
+        raise FileFormatError(f"{path}: {what} nests too deeply") from None
+    except ValueError as e:
+        raise FileFormatError(f"{path}: {what} is not JSON: {e}") from None
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _is_uint(x) -> bool:
+    return type(x) is int and x >= 0
+
+
+def read_config(model_dir) -> dict:
+    """A checkpoint's config.json: one JSON object."""
+    p = Path(model_dir) / "config.json"
+    if not p.is_file():
+        raise FileFormatError(f"{model_dir}: no config.json" + (" (it is not a file)" if p.exists() else ""))
+    c = _json(p, p.read_bytes(), "config")
+    if not isinstance(c, dict):
+        raise FileFormatError(f"{p}: not a JSON object but a {type(c).__name__}")
+    return c
+
+
 class SafetensorsFile(Mapping):
-    """A safetensors file, memory-mapped: f[name] is a read-only array view of the file."""
+    """A safetensors file, memory-mapped: f[name] is a read-only array view of the file. The header
+    is checked as the safetensors package checks it: a JSON object of at most MAX_HEADER bytes,
+    each entry a dtype it knows, a shape of non-negative integers and [begin, end] data offsets
+    inside the data section holding exactly the shape's bytes."""
 
     def __init__(self, path):
         self.path = Path(path)
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise FileFormatError(f"{self.path}: too short for a safetensors header ({size} bytes)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > min(MAX_HEADER, size - 8):
-                raise FileFormatError(f"{self.path}: header length {n} runs past the file ({size} bytes)")
-            try:
-                h = json.loads(fh.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise FileFormatError(f"{self.path}: header is not JSON: {e}") from None
-        self.metadata = h.pop("__metadata__", None) or {}
+        if self.path.is_dir():
+            raise FileFormatError(f"{self.path}: is a directory, not a safetensors file")
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as fh:
+                raw = fh.read(8)
+                if len(raw) < 8:
+                    raise FileFormatError(f"{self.path}: too short for a safetensors header ({size} bytes)")
+                (n,) = struct.unpack("<Q", raw)
+                if n > min(MAX_HEADER, size - 8):
+                    raise FileFormatError(f"{self.path}: header length {n} (byte offset 0) runs past the file "
+                                          f"({size} bytes) or the {MAX_HEADER}-byte limit")
+                text = fh.read(n)
+        except OSError as e:
+            raise FileFormatError(f"{self.path}: cannot read: {e.strerror}") from None
+        if not text.lstrip(b" ").startswith(b"{"):
+            raise FileFormatError(f"{self.path}: header (byte offset 8) is not a JSON object")
+        h = _json(self.path, text, "header")
+        if not isinstance(h, dict):
+            raise FileFormatError(f"{self.path}: header (byte offset 8) is not a JSON object")
+        meta = h.pop("__metadata__", None)
+        if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+            raise FileFormatError(f"{self.path}: __metadata__ must map strings to strings")
+        self.metadata = meta or {}
         self.start = 8 + n
         data = size - self.start
         self.entries = {}
         for name, e in h.items():
-            if e.get("dtype") not in DTYPES:
-                raise FileFormatError(f"{self.path}: tensor {name!r} has unknown dtype {e.get('dtype')!r}")
-            b, end = e["data_offsets"]
-            want = int(np.prod(e["shape"], dtype=np.int64)) * DTYPES[e["dtype"]].itemsize
-            if not 0 <= b <= end <= data or end - b != want:
-                raise FileFormatError(f"{self.path}: tensor {name!r} has offsets [{b}, {end}] that do not hold "
-                                      f"{want} bytes inside the {data}-byte data section")
-            self.entries[name] = (DTYPES[e["dtype"]], tuple(e["shape"]), b)
-        self._mm = np.memmap(self.path, np.uint8, "r") if size else None
+            where = f"{self.path}: tensor {name!r}"
+            if not isinstance(e, dict):
+                raise FileFormatError(f"{where}: entry is a {type(e).__name__}, not an object")
+            dt = e.get("dtype")
+            if not isinstance(dt, str) or dt not in DTYPES:
+                raise FileFormatError(f"{where}: unknown dtype {dt!r}")
+            shape, offs = e.get("shape"), e.get("data_offsets")
+            if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+                raise FileFormatError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+            if not (isinstance(offs, list) and len(offs) == 2 and all(_is_uint(o) for o in offs)):
+                raise FileFormatError(f"{where}: data_offsets {offs!r} is not [begin, end]")
+            want = DTYPES[dt].itemsize
+            for d in shape:
+                want *= d                 # Python integers: no overflow, no warning
+            b, end = offs
+            if not b <= end <= data or end - b != want:
+                raise FileFormatError(f"{where}: data_offsets [{b}, {end}] do not hold its {want} bytes inside the "
+                                      f"{data}-byte data section (byte offset {self.start})")
+            self.entries[name] = (DTYPES[dt], tuple(shape), b)
+        try:
+            self._mm = np.memmap(self.path, np.uint8, "r") if size else None
+        except (OSError, ValueError) as e:
+            raise FileFormatError(f"{self.path}: cannot map: {e}") from None
 
     def __getitem__(self, name) -> np.ndarray:
         if name not in self.entries:
             raise KeyError(f"{self.path}: no tensor {name!r}")
         dt, shape, b = self.entries[name]
-        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        n = dt.itemsize
+        for d in shape:
+            n *= d
         return self._mm[self.start + b:self.start + b + n].view(dt).reshape(shape)
 
     def __iter__(self):
@@ -131,39 +201,68 @@ class SafetensorsFile(Mapping):
 
 
 class Checkpoint(Mapping):
-    """A Hugging Face checkpoint directory: model.safetensors, or shards with their index."""
+    """A Hugging Face checkpoint directory: model.safetensors, or shards with their index. Shard
+    names in the index are confined to the directory (refquant.io.files.confined)."""
 
     def __init__(self, directory):
         self.dir = Path(directory)
+        if not self.dir.is_dir():
+            raise FileFormatError(f"{self.dir}: not a directory" if self.dir.exists() else f"{self.dir}: no such directory")
         index = self.dir / INDEX
         self.files = {}
         if index.exists():
-            try:
-                wm = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as e:
-                raise FileFormatError(f"{index}: not a safetensors index ({e})") from None
+            if not index.is_file():
+                raise FileFormatError(f"{index}: not a file")
+            ix = _json(index, index.read_bytes(), "index")
+            wm = ix.get("weight_map") if isinstance(ix, dict) else None
+            if not isinstance(wm, dict):
+                raise FileFormatError(f"{index}: not a safetensors index (no \"weight_map\" object)")
+            for k, v in wm.items():
+                if not isinstance(v, str):
+                    raise FileFormatError(f"{index}: weight_map[{k!r}] is {v!r}, not a file name")
+                confined(self.dir, v, f"shard of {k!r}")
             self.weight_map = dict(wm)
         elif (self.dir / SINGLE).exists():
-            self.weight_map = {k: SINGLE for k in SafetensorsFile(self.dir / SINGLE)}
+            self.weight_map = {k: SINGLE for k in self.file(SINGLE)}
         else:
             raise FileFormatError(f"{self.dir}: neither {SINGLE} nor {INDEX}")
 
     def file(self, name) -> SafetensorsFile:
         if name not in self.files:
-            p = self.dir / name
+            p = confined(self.dir, name, "shard")
             if not p.exists():
                 raise FileFormatError(f"{self.dir}: the index names shard {name!r}, which is missing")
             self.files[name] = SafetensorsFile(p)
         return self.files[name]
 
     def __getitem__(self, k):
-        return self.file(self.weight_map[k])[k]
+        f = self.file(self.weight_map[k])
+        if k not in f.entries:
+            raise FileFormatError(f"{self.dir / INDEX}: names tensor {k!r} in {self.weight_map[k]!r}, "
+                                  f"which does not hold it")
+        return f[k]
 
     def __iter__(self):
         return iter(sorted(self.weight_map))
 
     def __len__(self):
         return len(self.weight_map)
+
+
+def extra_files(model_dir, skip=("config.json", INDEX), max_bytes: int = 64 * 2**20) -> dict:
+    """The checkpoint's other files (tokenizer files, gguf_metadata.json, ...) to copy as they
+    are: regular files under max_bytes, not hidden, not .safetensors. A symlink is followed only
+    when it stays inside the checkpoint (confined); one pointing elsewhere is refused."""
+    d = Path(model_dir)
+    out = {}
+    for f in sorted(d.iterdir()):
+        if f.name.endswith(".safetensors") or f.name in skip or f.name.startswith("."):
+            continue
+        if f.is_symlink():
+            confined(d, f.name, "file")
+        if f.is_file() and f.stat().st_size < max_bytes:
+            out[f.name] = f.read_bytes()
+    return out
 
 
 def shard_names(n: int) -> list:

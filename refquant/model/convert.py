@@ -104,7 +104,7 @@ def _from_hf(name: str, w: np.ndarray, md: dict) -> np.ndarray:
 
 def _kv_json(kv: KV):
     v = kv.value
-    if isinstance(v, np.ndarray):
+    if isinstance(v, np.ndarray) or hasattr(v, "tolist"):   # a NumPy array or a StringArray
         v = v.tolist()
     elif isinstance(v, (list, tuple)):
         v = [x.item() if isinstance(x, np.generic) else x for x in v]

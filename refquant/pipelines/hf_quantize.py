@@ -39,7 +39,7 @@ from ..algorithms.awq import awq as awq_search
 from ..algorithms.gptq import gptq as gptq_run
 from ..algorithms.rtn import rtn as rtn_run
 from ..errors import FormatError, InputError
-from ..io.safetensors import Checkpoint, save_checkpoint
+from ..io.safetensors import Checkpoint, extra_files, read_config, save_checkpoint
 from ..layouts import awq as L_awq
 from ..layouts import compressed_tensors as L_ct
 from ..layouts import fp8_block as L_fp8
@@ -178,10 +178,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     _check_options(method, bits, group_size, fmt, activations, calibration)
     if out_dir.exists():
         raise InputError(f"quantize: output directory {out_dir} already exists")
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.exists():
-        raise InputError(f"quantize: {model_dir} has no config.json")
-    config = json.loads(cfg_path.read_text())
+    config = read_config(model_dir)
     ck = Checkpoint(model_dir)
     targets, ignore = list(targets), list(ignore)
     shapes = {k: ck[k].shape for k in ck}
@@ -202,10 +199,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     if sym is None:
         sym = fmt not in ("awq", "awq-gemv")
     extra = {"config.json": None}
-    for f in sorted(model_dir.iterdir()):     # tokenizer files, gguf_metadata.json, ...: as they are
-        if f.is_file() and not f.name.endswith(".safetensors") and f.name not in ("config.json", "model.safetensors.index.json") \
-                and not f.name.startswith(".") and f.stat().st_size < 64 * 2**20:
-            extra[f.name] = f.read_bytes()
+    extra.update(extra_files(model_dir))      # tokenizer files, gguf_metadata.json, ...: as they are
     if calibration is not None:
         out = _calibrated(model_dir, config, ck, lin, method, bits, group_size, fmt, sym, calibration, ctx,
                           calibration_tokens, sequential, alpha, max_rows, progress, record)

@@ -1,0 +1,216 @@
+"""The error contract (spec/robustness.md): every expected failure is one line and exit status 2,
+an internal error one line and exit status 3; an output that is an input is refused; temporary
+files do not outlive a failed, interrupted, terminated or killed write; bad GGUF headers are
+refused before anything is allocated from them."""
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from gguf import GGUFValueType as V
+
+from refquant.cli import main
+from refquant.errors import FileFormatError, RefquantError
+from refquant.io.gguf import KV, GGUFFile, TensorInfo, write_gguf
+from test_gguf_io import small_model
+
+
+@pytest.fixture
+def model(tmp_path):
+    p = tmp_path / "m.gguf"
+    small_model(p)
+    return p
+
+
+def one_line(capsys, argv, status=2):
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("refquant: "), err
+    return err
+
+
+# ------------------------------------------------------------------ nothing lost
+
+@pytest.mark.parametrize("how", ["same", "spelled", "hardlink", "symlink"])
+def test_output_that_is_the_input_is_refused(model, tmp_path, capsys, how):
+    before = model.read_bytes()
+    out = {"same": model, "spelled": tmp_path / "." / "m.gguf", "hardlink": tmp_path / "h.gguf",
+           "symlink": tmp_path / "s.gguf"}[how]
+    if how == "hardlink":
+        os.link(model, out)
+    elif how == "symlink":
+        out.symlink_to(model)
+    for argv in (["dequantize", str(model), str(out)], ["quantize", str(model), str(out), "--type", "Q8_0"]):
+        err = one_line(capsys, argv)
+        assert "refusing to overwrite an input" in err
+        assert model.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"m.gguf", out.name})
+
+
+def test_api_write_over_an_open_input_is_refused(model, tmp_path):
+    with GGUFFile(model) as f:
+        with pytest.raises(RefquantError, match="refusing to overwrite an input"):
+            write_gguf(model, f.kvs, f.tensors, lambda t: f.raw(t.name))
+    assert GGUFFile(model).tensors
+
+
+def test_missing_output_directory_and_directory_inputs(model, tmp_path, capsys):
+    err = one_line(capsys, ["dequantize", str(model), str(tmp_path / "no" / "o.gguf")])
+    assert "output directory" in err and "does not exist" in err
+    assert "is a directory" in one_line(capsys, ["inspect", str(tmp_path)])
+    assert "is a directory" in one_line(capsys, ["dequantize", str(model), str(tmp_path)])
+
+
+def test_internal_error_is_one_line_and_status_3(model, monkeypatch, capsys):
+    import refquant.cli as cli
+
+    def broken(args):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(cli, "cmd_inspect", broken)
+    err = one_line(capsys, ["inspect", str(model)], status=3)
+    assert "internal error (ZeroDivisionError: boom)" in err and "report" in err
+    assert main(["--debug", "inspect", str(model)]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("traceback)")
+
+
+def _temps(d):
+    return [p.name for p in d.iterdir() if p.name.endswith(".tmp")]
+
+
+def _start_slow_write(src, out):
+    # a float model dequantized to F32 tensor by tensor; every progress step sleeps
+    code = ("import sys, time, refquant.cli as c\n"
+            "class P(c.Progress):\n"
+            "    def __call__(self, item=None):\n"
+            "        time.sleep(0.2)\n"
+            "c.Progress = P\n"
+            "sys.exit(c.main(sys.argv[1:]))\n")
+    return subprocess.Popen([sys.executable, "-c", code, "dequantize", str(src), str(out), "--no-progress"],
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_temp(d, proc):
+    for _ in range(600):
+        if _temps(d) or proc.poll() is not None:
+            return
+        time.sleep(0.01)
+
+
+def test_sigterm_and_sigkill_during_a_write(tmp_path):
+    src = tmp_path / "m.gguf"
+    infos = [TensorInfo(f"t{i}", 0, (4, 64)) for i in range(40)]
+    write_gguf(src, [KV("general.architecture", V.STRING, "llama")], infos,
+               lambda t: np.full((4, 64), float(t.name[1:]), np.float32))
+    out = tmp_path / "o.gguf"
+    proc = _start_slow_write(src, out)
+    _wait_for_temp(tmp_path, proc)
+    assert _temps(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "terminated" in err and err.count("\n") == 1
+    assert _temps(tmp_path) == [] and not out.exists()
+    proc = _start_slow_write(src, out)
+    _wait_for_temp(tmp_path, proc)
+    proc.kill()
+    proc.wait()
+    left = _temps(tmp_path)
+    assert len(left) == 1 and not out.exists()
+    # the next run into that directory names the killed run's file and removes it
+    r = subprocess.run([sys.executable, "-m", "refquant.cli", "dequantize", str(src), str(out), "--no-progress"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert left[0] in r.stderr and "interrupted run" in r.stderr
+    assert _temps(tmp_path) == [] and out.exists()
+
+
+# ------------------------------------------------------------------ GGUF headers
+
+def _header(n_tensors, kvs: bytes, n_kv, version=3, tail=b""):
+    return struct.pack("<4sIQQ", b"GGUF", version, n_tensors, n_kv) + kvs + tail
+
+
+def _s(b: bytes) -> bytes:
+    return struct.pack("<Q", len(b)) + b
+
+
+def _kv(key: bytes, vtype: int, payload: bytes) -> bytes:
+    return _s(key) + struct.pack("<I", vtype) + payload
+
+
+BAD_HEADERS = {
+    "string not UTF-8": (_header(0, _kv(b"k", V.STRING, _s(b"\xff\xfe")), 1), "not UTF-8"),
+    "key not UTF-8": (_header(0, _kv(b"k\xc3", V.UINT8, b"\0"), 1), "not UTF-8"),
+    "string array element not UTF-8": (
+        _header(0, _kv(b"k", V.ARRAY, struct.pack("<IQ", V.STRING, 3) + _s(b"ok") + _s(b"\xe2\x82") + _s(b"")), 1),
+        "string 1 of 3 is not UTF-8"),
+    "character split across elements": (
+        _header(0, _kv(b"k", V.ARRAY, struct.pack("<IQ", V.STRING, 2) + _s(b"a\xc3") + _s(b"\xa9")), 1),
+        "is not UTF-8"),
+    "array of arrays": (_header(0, _kv(b"k", V.ARRAY, struct.pack("<IQ", V.ARRAY, 900) + bytes(64)), 1),
+                        "array of arrays"),
+    "10M strings in 80 bytes": (_header(0, _kv(b"k", V.ARRAY, struct.pack("<IQ", V.STRING, 10**7) + bytes(80)), 1),
+                                "left in the file"),
+    "2^62 u8": (_header(0, _kv(b"k", V.ARRAY, struct.pack("<IQ", V.UINT8, 2**62)), 1), "exceeds the limit"),
+    "huge key length": (_header(0, struct.pack("<Q", 2**63) + bytes(16), 1), "exceeds the limit"),
+    "alignment 2^31": (_header(0, _kv(b"general.alignment", V.UINT32, struct.pack("<I", 2**31)), 1),
+                       "is not a power of two from 1 to"),
+    "alignment 3": (_header(0, _kv(b"general.alignment", V.UINT32, struct.pack("<I", 3)), 1), "power of two"),
+    "alignment as u64": (_header(0, _kv(b"general.alignment", V.UINT64, struct.pack("<Q", 32)), 1), "UINT32"),
+    "unknown value type": (_header(0, _kv(b"k", 99, bytes(8)), 1), "unknown value type 99"),
+    "duplicate key": (_header(0, _kv(b"k", V.UINT8, b"\0") * 2, 2), "appears twice"),
+    "n_kv beyond the file": (_header(0, b"", 2**40, tail=bytes(64)), "cannot fit"),
+    "big-endian": (struct.pack(">4sIQQ", b"GGUF", 3, 0, 0)[:4] + struct.pack(">IQQ", 3, 0, 0) + bytes(32),
+                   "big-endian"),
+    "dimension 2^63": (_header(1, b"", 0, tail=_s(b"t") + struct.pack("<IQ", 1, 2**63) + struct.pack("<IQ", 0, 0)),
+                       "dimension 0"),
+    "5 dimensions": (_header(1, b"", 0, tail=_s(b"t") + struct.pack("<I5Q", 5, 1, 1, 1, 1, 1) + bytes(12)),
+                     "5 dimensions"),
+    "elements overflow int64": (
+        _header(1, b"", 0, tail=_s(b"t") + struct.pack("<I2Q", 2, 2**32, 2**32) + struct.pack("<IQ", 0, 0)),
+        "more than 2^63"),
+    "unknown ggml type": (_header(1, b"", 0, tail=_s(b"t") + struct.pack("<IQ", 1, 32) + struct.pack("<IQ", 999, 0)),
+                          "unknown ggml type id 999"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HEADERS))
+def test_bad_gguf_headers_are_one_line(case, tmp_path, capsys):
+    data, expect = BAD_HEADERS[case]
+    p = tmp_path / "bad.gguf"
+    p.write_bytes(data)
+    with pytest.raises(FileFormatError, match="byte offset|big-endian|alignment") as e:
+        GGUFFile(p)
+    assert expect in str(e.value) and str(p) in str(e.value)
+    err = one_line(capsys, ["inspect", str(p)])
+    assert expect in err
+    err = one_line(capsys, ["dequantize", str(p), str(tmp_path / "o.gguf")])
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_big_endian_gguf_from_gguf_py_is_refused(tmp_path, capsys):
+    from gguf import GGUFEndian, GGUFWriter
+    p = tmp_path / "be.gguf"
+    w = GGUFWriter(str(p), "llama", endianess=GGUFEndian.BIG)
+    w.add_tensor("w", np.array([[-0.902, 1.0]], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert "big-endian GGUF file (version field 0x03000000)" in one_line(capsys, ["inspect", str(p)])
+
+
+def test_a_large_string_array_is_one_array_of_offsets(tmp_path):
+    """10^6 empty strings (an 8 MB array): read with memory in proportion, not a str per element."""
+    n = 10**6
+    p = tmp_path / "many.gguf"
+    p.write_bytes(_header(0, _kv(b"k", V.ARRAY, struct.pack("<IQ", V.STRING, n) + bytes(8 * n)), 1))
+    with GGUFFile(p) as f:
+        v = f.kvs[0].value
+        assert len(v) == n and v[0] == "" and v[-1] == ""
+        assert v._starts.nbytes + v._lengths.nbytes == 16 * n
