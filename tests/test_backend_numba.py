@@ -239,6 +239,20 @@ def test_minifloat_encode_decode_on_the_grid(name, data):
     np.testing.assert_array_equal(nbmf.decode(c, name).view(np.uint32), mf.decode(c, name).view(np.uint32))
 
 
+@pytest.mark.parametrize("round_mode", ["nearest", "nearest_bits", "up", "down"])
+def test_e8m0_round_modes_match_the_spec(round_mode):
+    """E8M0's round modes on every float32 exponent field with mantissas around each rule's cut
+    (bit 22, 0x00600000 for subnormals), both signs, 0, Inf and NaN, both overflow rules."""
+    from backends.numba import minifloat as nbmf
+    from refquant import minifloat as mf
+    m = np.array([0, 1, 0x1FFFFF, 0x200000, 0x3FFFFF, 0x400000, 0x400001, 0x5FFFFF, 0x600000, 0x600001,
+                  0x7FFFFF], np.uint32)
+    u = ((np.arange(256, dtype=np.uint32) << 23)[:, None] | m[None, :]).ravel()
+    x = np.concatenate([u, u | 0x80000000]).view(np.float32)
+    for sat in (False, True):
+        np.testing.assert_array_equal(nbmf.encode(x, "E8M0", sat, round_mode), mf.encode(x, "E8M0", sat, round_mode))
+
+
 @pytest.mark.parametrize("name,sub", [("Q2_K", 16), ("Q3_K", 16), ("Q4_K", 32), ("Q5_K", 32), ("Q6_K", 16),
                                       ("IQ4_XS", 32)])
 @settings(max_examples=40)

@@ -52,14 +52,22 @@ def test_committed_vectors_are_ggmls_bytes(name, ggml):
 
 @pytest.mark.parametrize("name", MINIFLOATS)
 def test_committed_minifloat_vectors_are_ml_dtypes_codes(name):
+    """ml_dtypes 0.6.0's casts; E8M0's vectors round float32 subnormals to nearest, as refquant's
+    default and ml_dtypes 0.7.0 do (0.6.0 differs there), so E8M0 is checked against 0.7.0."""
     import ml_dtypes
     from refquant.minifloat import get_minifloat
     f = get_minifloat(name)
     d = VECTORS / name
     x = np.load(d / "input.npy")
     dt = getattr(ml_dtypes, f.ml_dtypes_name)
-    with np.errstate(all="ignore"):
-        codes = x.astype(dt).view(np.uint8)
+    if name == "E8M0":
+        from ml_dtypes_07 import MlDtypes07
+        o = MlDtypes07()
+        codes = o.encode(x, f.ml_dtypes_name)
+        o.close()
+    else:
+        with np.errstate(all="ignore"):
+            codes = x.astype(dt).view(np.uint8)
     packed = codes[:, 0::2] | (codes[:, 1::2] << 4) if f.nbits == 4 else codes
     np.testing.assert_array_equal(np.load(d / "encoded.npy"), packed)
     np.testing.assert_array_equal(np.load(d / "decoded.npy").view(np.uint32),

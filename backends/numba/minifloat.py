@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from refquant.minifloat import FORMATS, _as_float32, decode_table, get_minifloat
+from refquant.minifloat import E8M0_ROUND_MODES, FORMATS, _as_float32, decode_table, get_minifloat
 
 from .numerics import F32, JIT, bits_f32, f32_bits
 
@@ -18,12 +18,14 @@ PJIT = dict(JIT, parallel=True)
 _KIND = {"ieee": 0, "fn": 1, "fnuz": 2, "none": 3, "e8m0": 4}
 
 
-def _params(f, saturate):
-    """(kind, mbits, bias, emin, max_code, sign_bit, nan+, nan-, over+, over-, saturate) as int64."""
+def _params(f, saturate, round_mode="nearest"):
+    """(kind, mbits, bias, emin, max_code, sign_bit, nan+, nan-, over+, over-, saturate,
+    E8M0 round mode: its index in E8M0_ROUND_MODES) as int64."""
     t, fl = np.array([True]), np.array([False])
     return np.array([_KIND[f.specials], f.mbits, f.bias, f.emin, f.max_code, f.sign_bit,
                      int(f.nan_code(fl)[0]), int(f.nan_code(t)[0]),
-                     int(f.overflow_code(fl)[0]), int(f.overflow_code(t)[0]), int(saturate)], np.int64)
+                     int(f.overflow_code(fl)[0]), int(f.overflow_code(t)[0]), int(saturate),
+                     E8M0_ROUND_MODES.index(round_mode)], np.int64)
 
 
 @njit(**dict(JIT, inline="always"))
@@ -37,10 +39,19 @@ def encode_one(x, p):
     a = F32(0) if (nan or inf) else abs(x)
     ua = f32_bits(a)
     efield = (ua >> 23) & 0xFF
-    if kind == 4:   # E8M0
+    if kind == 4:   # E8M0, by round mode (refquant.minifloat._round_e8m0)
         code = efield
-        if (ua & 0x400000) != 0 and (efield > 0 or (ua & 0x3FFFFF) != 0):
-            code += 1
+        frac = ua & 0x7FFFFF
+        mode = p[11]
+        if mode == 0:                                # nearest: subnormals tie at 0x00600000
+            if (efield > 0 and (frac & 0x400000) != 0) or (efield == 0 and frac >= 0x600000):
+                code += 1
+        elif mode == 1:                              # nearest_bits (ml_dtypes 0.6, ONNX)
+            if (frac & 0x400000) != 0 and (efield > 0 or (frac & 0x3FFFFF) != 0):
+                code += 1
+        elif mode == 2:                              # up
+            if frac != 0:
+                code += 1
         zero = a == F32(0) and not inf
         over = code > max_code or inf
         if saturate:
@@ -98,13 +109,22 @@ def _decode_unpack4(data, table, out):
         out[2 * i + 1] = table[data[i] >> 4]
 
 
-def encode(x, fmt, saturate: bool = False) -> np.ndarray:
-    """refquant.minifloat.encode: float array -> uint8 codes of `fmt`, same shape."""
+def encode(x, fmt, saturate: bool = False, round_mode: str = "nearest", float64: str = "direct") -> np.ndarray:
+    """refquant.minifloat.encode: float array -> uint8 codes of `fmt`, same shape. float64 input
+    rounded once from float64 (float64="direct") is the spec's own (these kernels take float32),
+    and so are the spec's errors."""
+    from refquant.minifloat import FLOAT64_RULES
+    from refquant.minifloat import encode as spec_encode
     f = get_minifloat(fmt)
+    direct64 = float64 == "direct" and (f.specials != "e8m0" or round_mode == "nearest") and \
+        (not isinstance(x, np.ndarray) or x.dtype == np.float64)
+    if direct64 or float64 not in FLOAT64_RULES or \
+            (round_mode != "nearest" and (f.specials != "e8m0" or round_mode not in E8M0_ROUND_MODES)):
+        return spec_encode(x, f, saturate, round_mode, float64)
     x = _as_float32(x, f)
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty(flat.shape, np.uint8)
-    _encode(flat, _params(f, saturate), out)
+    _encode(flat, _params(f, saturate, round_mode), out)
     return out.reshape(x.shape)
 
 
