@@ -348,14 +348,6 @@ _INPUT_ARGS = ("input", "file", "model", "text", "base", "imatrix", "calibration
 _OUTPUT_ARGS = ("output", "markdown", "json", "png")
 
 
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived: unwinds like an interrupt, so that temporary files are removed."""
-
-
-def _on_signal(signum, frame):
-    raise Terminated(signum)
-
-
 def _os_error_line(e: OSError) -> str:
     what = e.strerror or str(e)
     if e.filename is not None:
@@ -369,6 +361,7 @@ def main(argv=None) -> int:
     asking for a report and exit status 3, with the traceback under --debug or REFQUANT_DEBUG=1."""
     import os
     import signal
+    from .io.files import Terminated, on_signal, refuse_same_file
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("REFQUANT_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
@@ -376,11 +369,10 @@ def main(argv=None) -> int:
     old = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         try:
-            old[sig] = signal.signal(sig, _on_signal)
+            old[sig] = signal.signal(sig, on_signal)
         except (ValueError, OSError):      # not the main thread: leave signals as they are
             pass
     try:
-        from .io.files import refuse_same_file
         refuse_same_file({a: getattr(args, a) for a in _INPUT_ARGS if getattr(args, a, None) is not None},
                          {a: getattr(args, a) for a in _OUTPUT_ARGS if getattr(args, a, None) is not None})
         return args.func(args)

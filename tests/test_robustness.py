@@ -113,7 +113,7 @@ def test_sigterm_and_sigkill_during_a_write(tmp_path):
     assert _temps(tmp_path)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and "terminated" in err and err.count("\n") == 1
+    assert proc.returncode == 128 + signal.SIGTERM and "terminated" in err and err.count("\n") == 1, (proc.returncode, err)
     assert _temps(tmp_path) == [] and not out.exists()
     proc = _start_slow_write(src, out)
     _wait_for_temp(tmp_path, proc)

@@ -27,6 +27,28 @@ from ..errors import InputError
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
 _TEMP = re.compile(r"^\..*\.refquant-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
 
+class Terminated(BaseException):
+    """A termination signal (SIGTERM, SIGHUP) arrived under the command line: it unwinds like an
+    interrupt, so that every temporary file is removed on the way out."""
+
+
+# the signal that arrived, once one has: a handler's exception can be lost (CPython drops one
+# raised while compile() runs, during an import), so writers check again at each step
+pending_signal = 0
+
+
+def on_signal(signum, frame):
+    global pending_signal
+    pending_signal = signum
+    raise Terminated(signum)
+
+
+def check_signal() -> None:
+    """Raise Terminated if a termination signal has arrived (see pending_signal)."""
+    if pending_signal:
+        raise Terminated(pending_signal)
+
+
 # files refquant has open for reading in this process: (st_dev, st_ino) -> path
 _OPEN_INPUTS: dict[tuple[int, int], str] = {}
 
@@ -181,6 +203,7 @@ class AtomicFile:
     def __exit__(self, exc_type, exc, tb):
         try:
             if exc_type is None:
+                check_signal()
                 self.fh.flush()
                 os.fsync(self.fh.fileno())
             self.fh.close()

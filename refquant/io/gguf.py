@@ -24,7 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuant
 
 from ..errors import FileFormatError, FormatError
 from ..registry import get_format
-from .files import AtomicFile  # noqa: F401  (re-exported: writers import it from here)
+from .files import AtomicFile, check_signal  # AtomicFile re-exported: writers import it from here
 
 GGUF_VERSION = 3
 ALIGNMENT_KEY = "general.alignment"
@@ -534,6 +534,7 @@ def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],
             fh.write(b"\0" * (pad(t.nbytes, alignment) - t.nbytes))
             if on_tensor is not None:
                 on_tensor(t)
+            check_signal()
 
 
 def copy_gguf(src: GGUFFile, dst) -> None:

@@ -34,7 +34,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import FileFormatError, InputError
-from .files import AtomicFile, confined, temp_dir
+from .files import AtomicFile, check_signal, confined, temp_dir
 
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -299,6 +299,7 @@ def save_checkpoint(directory, tensors: Mapping, max_shard_bytes: int = 5 * 2**3
             with AtomicFile(tmp / fname) as f:
                 f.write(content.encode() if isinstance(content, str) else content)
         os.chmod(tmp, 0o777 & ~_umask())
+        check_signal()
         os.replace(tmp, out)
     finally:
         if tmp.exists():
