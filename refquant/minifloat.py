@@ -420,8 +420,8 @@ __all__ = ["MiniFloat", "FORMATS", "E8M0_ROUND_MODES", "FLOAT64_RULES", "get_min
 #   E2M1: two codes a byte, element 2i in the low nibble (torchao's pack_uint4 order)
 # ---------------------------------------------------------------------------------------------
 
-def _register_all() -> None:
-    from .registry import Format, register
+def _records() -> list:
+    from .format import Format
 
     def rows(f: MiniFloat):
         if f.nbits == 4:
@@ -444,9 +444,8 @@ def _register_all() -> None:
         dequantize_rows.__name__ = f"dequantize_{f.name.lower()}"
         return quantize_rows, dequantize_rows
 
-    for f in FORMATS.values():
-        q, dq = rows(f)
-        register(Format(f.name, "minifloat", 2 if f.nbits == 4 else 1, 1, q, dq, spec_page=f.spec_page))
+    return [Format(f.name, "minifloat", 2 if f.nbits == 4 else 1, 1, *rows(f), spec_page=f.spec_page)
+            for f in FORMATS.values()]
 
 
-_register_all()
+RECORDS = _records()   # the registry's rows (FORMATS above are the element formats themselves)

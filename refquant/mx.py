@@ -41,7 +41,7 @@ import numpy as np
 
 from . import minifloat as mf
 from .errors import FormatError, InputError
-from .registry import Format, register
+from .format import Format
 
 F32 = np.float32
 MX_BLOCK = 32
@@ -413,10 +413,9 @@ def _row_dequantizer(f: MXFormat):
 
 # MXFP6 is left out of the registry: no implementation defines a byte layout for 6-bit codes
 # (torchao keeps one code a byte), so quantize_mx/dequantize_mx are its interface.
-for _name in ("MXFP8_E4M3", "MXFP8_E5M2", "MXFP4_E2M1", "MXINT8"):
-    _f = MX_FORMATS[_name]
-    register(Format(_name, "mx", MX_BLOCK, _f.bytes_per_block, _row_quantizer(_f), _row_dequantizer(_f),
-                    spec_page=_f.spec_page))
+RECORDS = [Format(name, "mx", MX_BLOCK, MX_FORMATS[name].bytes_per_block, _row_quantizer(MX_FORMATS[name]),
+                  _row_dequantizer(MX_FORMATS[name]), spec_page=MX_FORMATS[name].spec_page)
+           for name in ("MXFP8_E4M3", "MXFP8_E5M2", "MXFP4_E2M1", "MXINT8")]
 
 
 __all__ = ["MXFormat", "MX_FORMATS", "SCALE_RULES", "get_mx_format", "shared_exponent", "quantize_mx",

@@ -1,6 +1,7 @@
 """The conformance kit catches real bugs: deliberately broken backends, each one caught, with the
 smallest failing block reported and a snippet that reproduces it."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 from refquant.backend import SPEC, Backend
 from refquant.conformance.suite import BOUND, EXACT, FAIL, NOT_CLAIMED, run
 from refquant.ggml import legacy
-from refquant.ggml.blocks import join_fields, split_fields, u16
+from refquant.ggml.blocks import u16
+from refquant.ggml.legacy import Q4_0, Q8_0
 from refquant.numerics import F32, c_max_abs, fp16_bits_to_fp32, fp32_to_fp16_bits, safe_reciprocal
 
 
@@ -27,7 +29,7 @@ class WrongTieRule(Backend):
         amax, _ = c_max_abs(xb)
         d = amax / F32(127)
         qs = np.rint(xb * safe_reciprocal(d)[:, None]).astype(np.int8)
-        return join_fields(x.shape[0], fp32_to_fp16_bits(d), qs)
+        return Q8_0.join(x.shape[0], d=fp32_to_fp16_bits(d), qs=qs)
 
 
 class SwappedNibbles(Backend):
@@ -38,7 +40,7 @@ class SwappedNibbles(Backend):
         return {("dequantize", "Q4_0")}
 
     def dequantize_rows(self, fmt, data):
-        f = split_fields(data, 18, ("d", 2), ("qs", 16))
+        f = Q4_0.split(data)
         d = fp16_bits_to_fp32(u16(f["d"]))
         q = np.concatenate([f["qs"] >> 4, f["qs"] & 0x0F], axis=1).astype(np.int32) - 8
         return (q.astype(F32) * d[:, None]).reshape(data.shape[0], -1)
@@ -52,7 +54,7 @@ class OffByOneZeroPoint(Backend):
         return {("dequantize", "Q4_0")}
 
     def dequantize_rows(self, fmt, data):
-        f = split_fields(data, 18, ("d", 2), ("qs", 16))
+        f = Q4_0.split(data)
         d = fp16_bits_to_fp32(u16(f["d"]))
         q = np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1).astype(np.int32) - 7
         return (q.astype(F32) * d[:, None]).reshape(data.shape[0], -1)
@@ -117,6 +119,8 @@ def test_quantize_failure_is_narrowed_to_one_block():
     report = run(WrongTieRule(), max_examples=60, seed=0, formats=["Q8_0"])
     (failure,) = report.failures
     assert "of a 1x32 input" in failure.message
+    # named by field and element, from Q8_0's declared layout: a tie rounded the other way
+    assert re.match(r"Q8_0 block 0, row 0: qs\[\d+\] -?\d+, spec -?\d+; ", failure.message), failure.message
 
 
 def test_the_spec_passes_and_unclaimed_is_visible():

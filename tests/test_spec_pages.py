@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import refquant
+import refquant.registry
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
 FORMATS = refquant.formats()
@@ -58,3 +59,13 @@ def test_no_orphan_pages():
     topics = {"ggml/recipes.md", "ggml/dot.md", "ggml/search.md", "ggml/searches.md", "ggml/grids.md"}
     extra = pages - named - topics
     assert not extra, f"pages for no registered format: {sorted(extra)}"
+
+
+@pytest.mark.parametrize("fmt", [f for f in refquant.registry.all_formats() if f.layout is not None],
+                         ids=lambda f: f.name)
+def test_page_field_table_is_the_declared_layout(fmt):
+    """The field table on a block type's page is generated from its declared layout (write it with
+    `python tools/gen_spec_layouts.py`)."""
+    from refquant.ggml.layout import page_section
+    text = (SPEC / fmt.spec_page).read_text()
+    assert page_section(fmt.layout) in text, f"{fmt.spec_page}: field table missing or stale; run tools/gen_spec_layouts.py"

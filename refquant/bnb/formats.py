@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..numerics import F32
-from ..registry import Format, register
+from ..format import Format
 from .blockwise import dequantize_4bit, quantize_4bit, QuantState
 
 BLOCK = 64
@@ -46,7 +46,7 @@ def _dequantize_rows(quant_type):
     return dequantize_rows
 
 
-register(Format("BNB_NF4", "bnb", BLOCK, TYPE_SIZE, _quantize_rows("nf4"), _dequantize_rows("nf4"),
-                spec_page="bnb/nf4.md"))
-register(Format("BNB_FP4", "bnb", BLOCK, TYPE_SIZE, _quantize_rows("fp4"), _dequantize_rows("fp4"),
-                spec_page="bnb/fp4.md"))
+RECORDS = [
+    Format("BNB_NF4", "bnb", BLOCK, TYPE_SIZE, _quantize_rows("nf4"), _dequantize_rows("nf4"), spec_page="bnb/nf4.md"),
+    Format("BNB_FP4", "bnb", BLOCK, TYPE_SIZE, _quantize_rows("fp4"), _dequantize_rows("fp4"), spec_page="bnb/fp4.md"),
+]

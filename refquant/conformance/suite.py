@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from ..backend import SPEC, Backend, get_backend, operation_key, operation_keys
 from ..errors import RefquantError
+from ..ggml.layout import first_difference
 from ..registry import IMATRIX_NONE, Format, all_formats, get_format
 from .strategies import (EXACT_MATMUL_KINDS, MATMUL_KINDS, activations, float_rows, fp8_weights, importance, tie_grids_for,
                          w4a16_weights, w8a8_weights)
@@ -149,6 +150,8 @@ def _check_quantize(backend: Backend, ref: str, fmt: Format, with_imatrix: bool,
     at = col * fmt.type_size
     msg = (f"block {col} of a {xs.shape[0]}x{xs.shape[1]} input: bytes {g0.reshape(-1)[at:at + fmt.type_size].tolist()} "
            f"where the spec gives {w0.reshape(-1)[at:at + fmt.type_size].tolist()}")
+    if fmt.layout is not None:   # the field and element first differing, by the declared layout
+        msg = f"{first_difference(fmt.layout, g0, w0)}; {msg}"
     im_arg = "" if ims is None else f", imatrix=im"
     snippet = "\n".join([
         "import numpy as np, refquant",

@@ -1,8 +1,9 @@
 """Moving between rows of floats and rows of ggml blocks.
 
 A ggml row of n values is n // block_size blocks laid end to end; a block is a packed C struct
-(little-endian, no padding in any ggml block). These helpers give the spec code (nblocks, ...)
-views to work on and pack the fields back in struct order.
+(little-endian, no padding in any ggml block) whose fields each type declares once
+(refquant.ggml.layout: its `split` and `join` move between rows and fields). These helpers give
+the spec code (nblocks, ...) views of values and pack bits within a field.
 """
 from __future__ import annotations
 
@@ -14,27 +15,9 @@ def as_blocks(x: np.ndarray, block_size: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32).reshape(-1, block_size)
 
 
-def split_fields(data: np.ndarray, type_size: int, *fields: tuple[str, int]) -> dict[str, np.ndarray]:
-    """(nrows, nbytes) uint8 -> {field: (nblocks, size) uint8}, fields given in struct order."""
-    blocks = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1, type_size)
-    out, at = {}, 0
-    for name, size in fields:
-        out[name] = blocks[:, at:at + size]
-        at += size
-    if at != type_size:
-        raise AssertionError(f"fields cover {at} bytes of a {type_size}-byte block")
-    return out
-
-
 def u16(field: np.ndarray) -> np.ndarray:
     """A 2-byte little-endian field (nblocks, 2) as uint16 (nblocks,)."""
     return np.ascontiguousarray(field).view("<u2")[:, 0]
-
-
-def join_fields(nrows: int, *fields: np.ndarray) -> np.ndarray:
-    """Fields in struct order, each (nblocks, ...) of any dtype -> (nrows, row_bytes) uint8."""
-    parts = [np.ascontiguousarray(f).reshape(f.shape[0], -1).view(np.uint8) for f in fields]
-    return np.concatenate(parts, axis=1).reshape(nrows, -1)
 
 
 def pack_nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

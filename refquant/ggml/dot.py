@@ -54,7 +54,7 @@ import numpy as np
 from ..errors import FormatError, InputError
 from ..numerics import F32, fma_f32, fp16_bits_to_fp32, fp32_to_fp16_bits
 from ..registry import get_format
-from .blocks import as_blocks, join_fields, split_fields, u16, unpack_high_bits
+from .blocks import as_blocks, u16, unpack_high_bits
 
 QK = 32
 
@@ -145,12 +145,12 @@ def quantize_activation(a: np.ndarray, qtype: str, variant: str = "ref") -> np.n
     i32 = _cvtps_epi32(v)
     qs = np.clip(i32, -128, 127).astype(np.int8)     # packs_epi32 then packs_epi16: saturate
     if fmt.name == "Q8_0":
-        return join_fields(a.shape[0], fp32_to_fp16_bits(d), qs)
+        return fmt.layout.join(a.shape[0], d=fp32_to_fp16_bits(d), qs=qs)
     total = i32.sum(axis=1)                          # _mm256_add_epi32 + hsum: wraps mod 2^32
     total = ((total + 2**31) % 2**32 - 2**31).astype(np.int32)
     with np.errstate(all="ignore"):
         s = d * total.astype(F32)
-    return join_fields(a.shape[0], fp32_to_fp16_bits(d), fp32_to_fp16_bits(s), qs)
+    return fmt.layout.join(a.shape[0], d=fp32_to_fp16_bits(d), s=fp32_to_fp16_bits(s), qs=qs)
 
 
 # --------------------------------------------------------------------------- step 2
@@ -162,30 +162,30 @@ def decode_weight_blocks(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
     N = w.shape[0]
     name = fmt.name
     if name == "Q4_0":
-        f = split_fields(w, 18, ("d", 2), ("qs", 16))
+        f = fmt.layout.split(w)
         q = np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1).astype(np.int32) - 8
     elif name == "Q4_1":
-        f = split_fields(w, 20, ("d", 2), ("m", 2), ("qs", 16))
+        f = fmt.layout.split(w)
         q = np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1).astype(np.int32)
     elif name in ("Q5_0", "Q5_1"):
         if name == "Q5_0":
-            f = split_fields(w, 22, ("d", 2), ("qh", 4), ("qs", 16))
+            f = fmt.layout.split(w)
         else:
-            f = split_fields(w, 24, ("d", 2), ("m", 2), ("qh", 4), ("qs", 16))
+            f = fmt.layout.split(w)
         lo = np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1).astype(np.int32)
         q = lo | (unpack_high_bits(f["qh"]).astype(np.int32) << 4)
         if name == "Q5_0":
             q = q - 16
     elif name == "Q8_0":
-        f = split_fields(w, 34, ("d", 2), ("qs", 32))
+        f = fmt.layout.split(w)
         q = f["qs"].view(np.int8).astype(np.int32)
     elif name == "IQ4_NL":                       # kvalues_iq4nl[nibble]
         from .iquants import KVALUES_IQ4NL
-        f = split_fields(w, 18, ("d", 2), ("qs", 16))
+        f = fmt.layout.split(w)
         q = KVALUES_IQ4NL.astype(np.int32)[np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1)]
     elif name == "MXFP4":                        # kvalues_mxfp4[nibble] (E2M1 doubled), d = 2^(e-128)
         from .fp4 import KVALUES_MXFP4, e8m0_to_fp32_half
-        f = split_fields(w, 17, ("e", 1), ("qs", 16))
+        f = fmt.layout.split(w)
         q = KVALUES_MXFP4.astype(np.int32)[np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1)]
         return {"q": q.reshape(N, -1, QK), "d": e8m0_to_fp32_half(f["e"][:, 0]).reshape(N, -1)}
     else:
@@ -199,10 +199,7 @@ def decode_weight_blocks(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
 def decode_activation_blocks(qa: np.ndarray, qtype) -> dict[str, np.ndarray]:
     """Q8_0/Q8_1 rows (M, row_bytes) -> {"q": int32 (M, nb, 32), "d": (M, nb), ["s": (M, nb)]}."""
     M = qa.shape[0]
-    if get_format(qtype).name == "Q8_0":
-        f = split_fields(qa, 34, ("d", 2), ("qs", 32))
-    else:
-        f = split_fields(qa, 36, ("d", 2), ("s", 2), ("qs", 32))
+    f = get_format(qtype).layout.split(qa)
     out = {"q": f["qs"].view(np.int8).astype(np.int32).reshape(M, -1, QK),
            "d": fp16_bits_to_fp32(u16(f["d"])).reshape(M, -1)}
     if "s" in f:
@@ -310,7 +307,7 @@ def decode_q8_k(qa: np.ndarray) -> dict[str, np.ndarray]:
     """Q8_K rows (M, row_bytes) -> {"q": int32 (M, nb, 256), "d": float32 (M, nb),
     "bsums": int32 (M, nb, 16)}."""
     M = qa.shape[0]
-    f = split_fields(qa, 292, ("d", 4), ("qs", 256), ("bsums", 32))
+    f = get_format("Q8_K").layout.split(qa)
     return {"q": f["qs"].view(np.int8).astype(np.int32).reshape(M, -1, QK_K),
             "d": np.ascontiguousarray(f["d"]).view("<f4")[:, 0].astype(F32).reshape(M, -1),
             "bsums": np.ascontiguousarray(f["bsums"]).view("<i2").astype(np.int32).reshape(M, -1, 16)}
@@ -322,26 +319,27 @@ def decode_k_weight(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
     Q2_K/Q4_K/Q5_K "dmin": float32 (N, nb), "m": int32 (N, nb, 16) the min multiplying bsums[j]},
     as the table above reads them."""
     from .kquants import _split_nibbles_k, _unpack_2bit, unpack_q3_k_scales, unpack_scale_min_k4
-    name = get_format(qtype).name
+    fmt = get_format(qtype)
+    name = fmt.name
     N = w.shape[0]
     out = {}
     if name == "Q2_K":
-        f = split_fields(w, 84, ("scales", 16), ("qs", 64), ("d", 2), ("dmin", 2))
+        f = fmt.layout.split(w)
         q = _unpack_2bit(f["qs"]).astype(np.int32)
         sc16 = (f["scales"] & 0xF).astype(np.int32)
         out["m"] = (f["scales"] >> 4).astype(np.int32)
         out["dmin"] = fp16_bits_to_fp32(u16(f["dmin"]))
     elif name == "Q3_K":
-        f = split_fields(w, 110, ("hmask", 32), ("qs", 64), ("scales", 12), ("d", 2))
+        f = fmt.layout.split(w)
         hbit = ((f["hmask"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(-1, QK_K)
         q = _unpack_2bit(f["qs"]).astype(np.int32) - np.where(hbit != 0, 0, 4)   # hm & m ? 0 : 4
         sc16 = unpack_q3_k_scales(f["scales"]) - 32
     elif name in ("Q4_K", "Q5_K"):
         if name == "Q4_K":
-            f = split_fields(w, 144, ("d", 2), ("dmin", 2), ("scales", 12), ("qs", 128))
+            f = fmt.layout.split(w)
             q = _split_nibbles_k(f["qs"]).astype(np.int32)
         else:
-            f = split_fields(w, 176, ("d", 2), ("dmin", 2), ("scales", 12), ("qh", 32), ("qs", 128))
+            f = fmt.layout.split(w)
             hbit = ((f["qh"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(-1, QK_K)
             q = _split_nibbles_k(f["qs"]).astype(np.int32) + (hbit.astype(np.int32) << 4)
         sc8, m8 = unpack_scale_min_k4(f["scales"])
@@ -349,7 +347,7 @@ def decode_k_weight(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
         out["m"] = np.repeat(m8.astype(np.int32), 2, axis=1)     # mins[j/2]
         out["dmin"] = fp16_bits_to_fp32(u16(f["dmin"]))
     elif name == "Q6_K":
-        f = split_fields(w, 210, ("ql", 128), ("qh", 64), ("scales", 16), ("d", 2))
+        f = fmt.layout.split(w)
         ql = f["ql"].reshape(-1, 2, 2, 32)            # half h: ql[64h + 32s + l]
         qh = f["qh"].reshape(-1, 2, 1, 32)
         low = np.stack([ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
@@ -358,7 +356,7 @@ def decode_k_weight(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
         sc16 = f["scales"].view(np.int8).astype(np.int32)
     elif name == "IQ4_XS":
         from .iquants import KVALUES_IQ4NL, _unpack_codes
-        f = split_fields(w, 136, ("d", 2), ("scales_h", 2), ("scales_l", 4), ("qs", 128))
+        f = fmt.layout.split(w)
         q = KVALUES_IQ4NL.astype(np.int32)[_unpack_codes(f["qs"])]
         sh = u16(f["scales_h"]).astype(np.int32)
         sl = f["scales_l"].astype(np.int32)
@@ -369,13 +367,13 @@ def decode_k_weight(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
         from .kquants import _unpack_2bit
         from .lowbit import _TRITS_F32
         if name == "TQ1_0":                                       # base-3 digits, (xi - 1)
-            f = split_fields(w, 54, ("qs", 48), ("qh", 4), ("d", 2))
+            f = fmt.layout.split(w)
             trits = _TRITS_F32.astype(np.int32)
             q = np.concatenate([trits[f["qs"][:, :32]].transpose(0, 2, 1).reshape(-1, 160),
                                 trits[f["qs"][:, 32:]].transpose(0, 2, 1).reshape(-1, 80),
                                 trits[f["qh"]][:, :, :4].transpose(0, 2, 1).reshape(-1, 16)], axis=1)
         else:                                                     # 2-bit fields - 1
-            f = split_fields(w, 66, ("qs", 64), ("d", 2))
+            f = fmt.layout.split(w)
             q = _unpack_2bit(f["qs"]).astype(np.int32) - 1
         sc16 = np.ones((q.shape[0], 16), np.int32)
     elif name in LATTICE:
@@ -596,18 +594,19 @@ _PARTIAL_MAX = 1e38
 def _nested_operands(w, qtype, qa):
     """-> (q (N, nu, U) int32 codes per unit, dw: Q1_0 (N, nb) / NVFP4 (N, nu), aq (M, nu, U),
     da (M, nu * U / 32)) with U = 32 (Q1_0) or 16 (NVFP4)."""
-    name = get_format(qtype).name
+    fmt = get_format(qtype)
+    name = fmt.name
     N = w.shape[0]
     ab = decode_activation_blocks(qa, "Q8_0")
     if name == "Q1_0":
-        f = split_fields(w, 18, ("d", 2), ("qs", 16))
+        f = fmt.layout.split(w)
         bits = np.unpackbits(f["qs"], axis=1, bitorder="little").astype(np.int32)     # element e: bit e
         q = (2 * bits - 1).reshape(N, -1, 32)
         dw = fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)
         U = 32
     else:
         from .fp4 import KVALUES_MXFP4, ue4m3_to_fp32_half
-        f = split_fields(w, 36, ("d", 4), ("qs", 32))
+        f = fmt.layout.split(w)
         qs = f["qs"].reshape(-1, 4, 8)
         q = KVALUES_MXFP4.astype(np.int32)[np.concatenate([qs & 0x0F, qs >> 4], axis=2)].reshape(N, -1, 16)
         dw = ue4m3_to_fp32_half(f["d"]).reshape(N, -1)

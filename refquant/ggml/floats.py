@@ -10,9 +10,16 @@ import gguf
 import numpy as np
 
 from ..numerics import F32, bf16_bits_to_fp32, fp16_bits_to_fp32, fp32_to_bf16_bits, fp32_to_fp16_bits
-from ..registry import Format, register
+from ..format import block_format
+from .layout import Field, Layout
 
 T = gguf.GGMLQuantizationType
+
+LAYOUTS = {L.name: L for L in [
+    Layout("F32", 1, [Field("x", "f32", 1, "the value, little-endian")]),
+    Layout("F16", 1, [Field("x", "f16", 1, "IEEE binary16, GGML_FP32_TO_FP16")]),
+    Layout("BF16", 1, [Field("x", "bf16", 1, "the top 16 bits of the float32, rounded")]),
+]}
 
 
 def _as_u16(data):
@@ -43,6 +50,10 @@ def dequantize_bf16(data):
     return bf16_bits_to_fp32(_as_u16(data))
 
 
-register(Format("F32", "ggml-float", 1, 4, quantize_f32, dequantize_f32, ggml_type=int(T.F32), spec_page="ggml/f32.md"))
-register(Format("F16", "ggml-float", 1, 2, quantize_f16, dequantize_f16, ggml_type=int(T.F16), spec_page="ggml/f16.md"))
-register(Format("BF16", "ggml-float", 1, 2, quantize_bf16, dequantize_bf16, ggml_type=int(T.BF16), spec_page="ggml/bf16.md"))
+# llama.cpp's LLAMA_FTYPE_ALL_F32 / MOSTLY_F16 / MOSTLY_BF16
+RECORDS = [block_format(LAYOUTS[name], "ggml-float", q, dq, ggml_type=int(T[name]), spec_page=f"ggml/{name.lower()}.md",
+                        file_type=ftype)
+           for name, q, dq, ftype in [
+               ("F32", quantize_f32, dequantize_f32, 0),
+               ("F16", quantize_f16, dequantize_f16, 1),
+               ("BF16", quantize_bf16, dequantize_bf16, 32)]]

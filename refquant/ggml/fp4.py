@@ -29,14 +29,24 @@ import gguf
 import numpy as np
 
 from ..numerics import F32, c_float_to_int32, c_float_to_uint8, c_max_abs
-from ..registry import IMATRIX_NONE, Format, register
-from .blocks import as_blocks, join_fields, pack_nibbles, split_fields
+from ..format import IMATRIX_NONE, block_format
+from .blocks import as_blocks, pack_nibbles
+from .layout import Field, Layout
 
 T = gguf.GGMLQuantizationType
 
 QK_MXFP4 = 32
 QK_NVFP4 = 64
 QK_NVFP4_SUB = 16
+
+LAYOUTS = {L.name: L for L in [
+    Layout("MXFP4", QK_MXFP4, [Field("e", "e8m0", 1, "shared scale 2^(e - 127)"),
+                               Field("qs", "u8", 16, "codes: low nibble element j, high nibble element j + 16")]),
+    Layout("NVFP4", QK_NVFP4, [Field("d", "ue4m3", 4, "scale of sub-block s (elements 16s ..)"),
+                               Field("qs", "u8", 32, "codes: byte 8s + j, low nibble element 16s + j, "
+                                                     "high nibble 16s + 8 + j")]),
+]}
+MXFP4, NVFP4 = LAYOUTS["MXFP4"], LAYOUTS["NVFP4"]
 
 KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
 _KV = KVALUES_MXFP4.astype(F32)
@@ -151,11 +161,11 @@ def quantize_mxfp4(x, imatrix=None):
     amax, _ = c_max_abs(xb)
     e = mxfp4_shared_exponent(amax)
     codes = best_index_mxfp4(xb, e8m0_to_fp32_half(e))
-    return join_fields(nrows, e, _pack_halves(codes, QK_MXFP4 // 2))
+    return MXFP4.join(nrows, e=e, qs=_pack_halves(codes, QK_MXFP4 // 2))
 
 
 def dequantize_mxfp4(data):
-    f = split_fields(data, 17, ("e", 1), ("qs", 16))
+    f = MXFP4.split(data)
     d = e8m0_to_fp32_half(f["e"][:, 0])
     with np.errstate(over="ignore", invalid="ignore"):
         y = _KV[_unpack_halves(f["qs"])] * d[:, None]   # x0 * d
@@ -173,18 +183,18 @@ def quantize_nvfp4(x, imatrix=None):
     ue = fp32_to_ue4m3(amax / F32(6))
     codes = best_index_mxfp4(xs, ue4m3_to_fp32_half(ue))
     qs = _pack_halves(codes, QK_NVFP4_SUB // 2).reshape(-1, 32)
-    return join_fields(nrows, ue.reshape(-1, 4), qs)
+    return NVFP4.join(nrows, d=ue.reshape(-1, 4), qs=qs)
 
 
 def dequantize_nvfp4(data):
-    f = split_fields(data, 36, ("d", 4), ("qs", 32))
+    f = NVFP4.split(data)
     d = ue4m3_to_fp32_half(f["d"]).reshape(-1)
     codes = _unpack_halves(f["qs"].reshape(-1, 8))
     y = _KV[codes] * d[:, None]                         # v0 * d
     return y.reshape(data.shape[0], -1)
 
 
-register(Format("MXFP4", "ggml-fp4", QK_MXFP4, 17, quantize_mxfp4, dequantize_mxfp4, IMATRIX_NONE,
-                int(T.MXFP4), "ggml/mxfp4.md"))
-register(Format("NVFP4", "ggml-fp4", QK_NVFP4, 36, quantize_nvfp4, dequantize_nvfp4, IMATRIX_NONE,
-                int(T.NVFP4), "ggml/nvfp4.md"))
+RECORDS = [
+    block_format(MXFP4, "ggml-fp4", quantize_mxfp4, dequantize_mxfp4, IMATRIX_NONE, int(T.MXFP4), "ggml/mxfp4.md"),
+    block_format(NVFP4, "ggml-fp4", quantize_nvfp4, dequantize_nvfp4, IMATRIX_NONE, int(T.NVFP4), "ggml/nvfp4.md"),
+]

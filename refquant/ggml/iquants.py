@@ -28,8 +28,9 @@ import gguf
 import numpy as np
 
 from ..numerics import F32, c_max_abs, fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int, safe_reciprocal, seq_sum
-from ..registry import IMATRIX_OPTIONAL, Format, register
-from .blocks import as_blocks, join_fields, pack_nibbles, split_fields, u16
+from ..format import IMATRIX_OPTIONAL, block_format
+from .blocks import as_blocks, pack_nibbles, u16
+from .layout import Field, Layout
 
 T = gguf.GGMLQuantizationType
 
@@ -37,6 +38,16 @@ QK4_NL = 32
 QK_K = 256
 NTRY = 7  # the chunk path's search width: candidate inverse scales (itry - 127) / max, |itry| <= 7
 GROUP_MAX_EPS = F32(1e-15)
+
+_CODES = "4-bit codes into kvalues_iq4nl: low nibble element j, high nibble element j + 16"
+LAYOUTS = {L.name: L for L in [
+    Layout("IQ4_NL", QK4_NL, [Field("d", "f16", 1, "scale"), Field("qs", "u8", 16, _CODES)]),
+    Layout("IQ4_XS", QK_K, [Field("d", "f16", 1, "scale of the scales"),
+                            Field("scales_h", "u16", 1, "bits 2ib, 2ib + 1: high 2 bits of scale ib"),
+                            Field("scales_l", "u8", 4, "low 4 bits of scales 2k (low nibble), 2k + 1 (high)"),
+                            Field("qs", "u8", 128, "sub-block ib: bytes 16ib + j, " + _CODES)]),
+]}
+IQ4_NL, IQ4_XS = LAYOUTS["IQ4_NL"], LAYOUTS["IQ4_XS"]
 
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
                          dtype=np.int8)
@@ -155,11 +166,11 @@ def quantize_iq4_nl(x, imatrix=None):
     idv = safe_reciprocal(d)
     with np.errstate(over="ignore", invalid="ignore"):
         L = best_index_int8(idv[:, None] * xb)
-    return join_fields(nrows, fp32_to_fp16_bits(d), _pack_codes(L))
+    return IQ4_NL.join(nrows, d=fp32_to_fp16_bits(d), qs=_pack_codes(L))
 
 
 def dequantize_iq4_nl(data):
-    f = split_fields(data, 18, ("d", 2), ("qs", 16))
+    f = IQ4_NL.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     with np.errstate(over="ignore", invalid="ignore"):
         y = d[:, None] * _VALS[_unpack_codes(f["qs"])]
@@ -200,11 +211,11 @@ def quantize_iq4_xs(x, imatrix=None):
     scales_h = np.zeros(ls.shape[0], dtype=np.uint16)
     for ib in range(8):
         scales_h |= (ls[:, ib] >> 4) << (2 * ib)
-    return join_fields(nrows, fp32_to_fp16_bits(d), scales_h.astype("<u2"), scales_l, _pack_codes(L))
+    return IQ4_XS.join(nrows, d=fp32_to_fp16_bits(d), scales_h=scales_h.astype("<u2"), scales_l=scales_l, qs=_pack_codes(L))
 
 
 def dequantize_iq4_xs(data):
-    f = split_fields(data, 136, ("d", 2), ("scales_h", 2), ("scales_l", 4), ("qs", 128))
+    f = IQ4_XS.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     sh = u16(f["scales_h"]).astype(np.int32)
     sl = f["scales_l"].astype(np.int32)
@@ -216,7 +227,9 @@ def dequantize_iq4_xs(data):
     return y.reshape(data.shape[0], -1)
 
 
-register(Format("IQ4_NL", "ggml-iq", QK4_NL, 18, quantize_iq4_nl, dequantize_iq4_nl, IMATRIX_OPTIONAL,
-                int(T.IQ4_NL), "ggml/iq4_nl.md"))
-register(Format("IQ4_XS", "ggml-iq", QK_K, 136, quantize_iq4_xs, dequantize_iq4_xs, IMATRIX_OPTIONAL,
-                int(T.IQ4_XS), "ggml/iq4_xs.md"))
+RECORDS = [
+    block_format(IQ4_NL, "ggml-iq", quantize_iq4_nl, dequantize_iq4_nl, IMATRIX_OPTIONAL, int(T.IQ4_NL),
+                 "ggml/iq4_nl.md"),
+    block_format(IQ4_XS, "ggml-iq", quantize_iq4_xs, dequantize_iq4_xs, IMATRIX_OPTIONAL, int(T.IQ4_XS),
+                 "ggml/iq4_xs.md"),
+]

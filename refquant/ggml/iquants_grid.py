@@ -32,14 +32,38 @@ import numpy as np
 
 from ..errors import InputError
 from ..numerics import F32, fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
-from ..registry import IMATRIX_OPTIONAL, IMATRIX_REQUIRED, Format, register
+from ..format import IMATRIX_OPTIONAL, IMATRIX_REQUIRED, block_format
 from . import grids
-from .blocks import split_fields, u16
+from .blocks import u16
+from .layout import Field, Layout
 from .search import make_qp_quants
 
 QK_K = 256
 T = gguf.GGMLQuantizationType
 FLT_MAX = F32(np.finfo(np.float32).max)
+
+_SCALES_4_4 = "4-bit scales: low nibble sub-block 2j, high nibble 2j + 1"
+LAYOUTS = {L.name: L for L in [
+    Layout("IQ2_XXS", QK_K, [Field("d", "f16", 1, "scale"),
+                             Field("qs", "u8", 64, "per 32: 4 grid bytes, then a u32 of 4 x 7 sign bits | scale << 28")]),
+    Layout("IQ2_XS", QK_K, [Field("d", "f16", 1, "scale"),
+                            Field("qs", "u16", 32, "grid index (9 bits) | sign index << 9"),
+                            Field("scales", "u8", 8, _SCALES_4_4)]),
+    Layout("IQ2_S", QK_K, [Field("d", "f16", 1, "scale"), Field("qs", "u8", 32, "grid index, low 8 bits"),
+                           Field("signs", "u8", 32, "8 sign bits per group of 8"),
+                           Field("qh", "u8", 8, "grid index bits 8-9, 2 bits per group"),
+                           Field("scales", "u8", 8, _SCALES_4_4)]),
+    Layout("IQ3_XXS", QK_K, [Field("d", "f16", 1, "scale"), Field("qs", "u8", 64, "grid index per 4 values"),
+                             Field("ss", "u8", 32, "per 32: a u32 of 4 x 7 sign bits | scale << 28")]),
+    Layout("IQ3_S", QK_K, [Field("d", "f16", 1, "scale"), Field("qs", "u8", 64, "grid index, low 8 bits"),
+                           Field("qh", "u8", 8, "grid index bit 8"), Field("signs", "u8", 32, "8 sign bits per group of 8"),
+                           Field("scales", "u8", 4, _SCALES_4_4)]),
+    Layout("IQ1_S", QK_K, [Field("d", "f16", 1, "scale"), Field("qs", "u8", 32, "grid index, low 8 bits"),
+                           Field("qh", "u16", 8, "3 x 3 high index bits | scale << 12 | delta sign << 15")]),
+    Layout("IQ1_M", QK_K, [Field("qs", "u8", 32, "grid index, low 8 bits"),
+                           Field("qh", "u8", 16, "2 x (3 high index bits, delta sign)"),
+                           Field("scales", "u8", 8, "4 x u16: 3-bit scales | 4 bits of the fp16 d")]),
+]}
 
 
 # ============================================================================ dequantization
@@ -65,7 +89,7 @@ def _sub_scale_quarter(d: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def dequantize_iq2_xxs(data):
-    f = split_fields(data, 66, ("d", 2), ("qs", 64))
+    f = LAYOUTS["IQ2_XXS"].split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     aux = np.ascontiguousarray(f["qs"]).view("<u4").reshape(-1, 8, 2)   # per 32: (grid bytes, signs+scale)
     db = _sub_scale_quarter(d[:, None], aux[..., 1] >> 28)             # (nb, 8)
@@ -78,7 +102,7 @@ def dequantize_iq2_xxs(data):
 
 
 def dequantize_iq2_xs(data):
-    f = split_fields(data, 74, ("d", 2), ("qs", 64), ("scales", 8))
+    f = LAYOUTS["IQ2_XS"].split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     qs = np.ascontiguousarray(f["qs"]).view("<u2").reshape(-1, 8, 4)
     sc = f["scales"]
@@ -91,7 +115,7 @@ def dequantize_iq2_xs(data):
 
 
 def dequantize_iq2_s(data):
-    f = split_fields(data, 82, ("d", 2), ("qs", 32), ("signs", 32), ("qh", 8), ("scales", 8))
+    f = LAYOUTS["IQ2_S"].split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     qs = f["qs"].reshape(-1, 8, 4).astype(np.int32)
     qh = f["qh"].astype(np.int32)[:, :, None]
@@ -106,7 +130,7 @@ def dequantize_iq2_s(data):
 
 
 def dequantize_iq3_xxs(data):
-    f = split_fields(data, 98, ("d", 2), ("qs", 64), ("ss", 32))
+    f = LAYOUTS["IQ3_XXS"].split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     aux = np.ascontiguousarray(f["ss"]).view("<u4")                    # (nb, 8)
     db = d[:, None] * (F32(0.5) + (aux >> 28).astype(F32)) * F32(0.5)
@@ -118,7 +142,7 @@ def dequantize_iq3_xxs(data):
 
 
 def dequantize_iq3_s(data):
-    f = split_fields(data, 110, ("d", 2), ("qs", 64), ("qh", 8), ("signs", 32), ("scales", 4))
+    f = LAYOUTS["IQ3_S"].split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     qs = f["qs"].reshape(-1, 8, 8).astype(np.int32)                    # per 32: 8 grid indices
     hb = (f["qh"][:, :, None].astype(np.int32) >> np.arange(8)) & 1    # bit 8 of index k
@@ -133,7 +157,7 @@ def dequantize_iq3_s(data):
 
 
 def dequantize_iq1_s(data):
-    f = split_fields(data, 50, ("d", 2), ("qs", 32), ("qh", 16))
+    f = LAYOUTS["IQ1_S"].split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     qh = np.ascontiguousarray(f["qh"]).view("<u2").astype(np.int32)    # (nb, 8)
     dl = d[:, None] * (2 * ((qh >> 12) & 7) + 1).astype(F32)
@@ -151,7 +175,7 @@ def _iq1m_d(sc: np.ndarray) -> np.ndarray:
 
 
 def dequantize_iq1_m(data):
-    f = split_fields(data, 56, ("qs", 32), ("qh", 16), ("scales", 8))
+    f = LAYOUTS["IQ1_M"].split(data)
     sc = np.ascontiguousarray(f["scales"]).view("<u2").astype(np.int32)   # (nb, 4)
     d = _iq1m_d(sc)
     ib = np.arange(8)
@@ -248,7 +272,7 @@ def quantize_iq2_xxs(x, imatrix=None):
     sg = (signs.reshape(nsb, 8, 4).astype(np.int64) << (7 * np.arange(4))).sum(axis=2) | (l.astype(np.int64) << 28)
     q2 = np.stack([grid, sg], axis=2).reshape(nsb, 16)
     q2 = np.where(zero[:, None], 0, q2)
-    return np.concatenate([_pack_u16(dbits[:, None]), _pack_u32(q2)], axis=1).reshape(x.shape[0], -1)
+    return LAYOUTS["IQ2_XXS"].join(x.shape[0], d=_pack_u16(dbits[:, None]), qs=_pack_u32(q2))
 
 
 def quantize_iq2_xs(x, imatrix=None):
@@ -264,7 +288,7 @@ def quantize_iq2_xs(x, imatrix=None):
     qs = (index | (signs.astype(np.int64) << 9)).reshape(nsb, 32)
     qs = np.where(zero[:, None], 0, qs)
     sc = (l[:, 0::2] | (l[:, 1::2] << 4)).astype(np.uint8)
-    return np.concatenate([_pack_u16(dbits[:, None]), _pack_u16(qs), sc], axis=1).reshape(x.shape[0], -1)
+    return LAYOUTS["IQ2_XS"].join(x.shape[0], d=_pack_u16(dbits[:, None]), qs=_pack_u16(qs), scales=sc)
 
 
 def quantize_iq2_s(x, imatrix=None):
@@ -281,7 +305,7 @@ def quantize_iq2_s(x, imatrix=None):
     qh = (hi << (2 * np.arange(4))).sum(axis=2).astype(np.uint8)
     sg = signs.reshape(nsb, 32).astype(np.uint8)
     sc = (l[:, 0::2] | (l[:, 1::2] << 4)).astype(np.uint8)
-    return np.concatenate([_pack_u16(dbits[:, None]), qs, sg, qh, sc], axis=1).reshape(x.shape[0], -1)
+    return LAYOUTS["IQ2_S"].join(x.shape[0], d=_pack_u16(dbits[:, None]), qs=qs, signs=sg, qh=qh, scales=sc)
 
 
 def quantize_iq3_xxs(x, imatrix=None):
@@ -297,7 +321,7 @@ def quantize_iq3_xxs(x, imatrix=None):
     ss = (signs.reshape(nsb, 8, 4).astype(np.int64) << (7 * np.arange(4))).sum(axis=2) | (l.astype(np.int64) << 28)
     qs = np.where(zero[:, None], 0, qs)
     ss = np.where(zero[:, None], 0, ss)
-    return np.concatenate([_pack_u16(dbits[:, None]), qs, _pack_u32(ss)], axis=1).reshape(x.shape[0], -1)
+    return LAYOUTS["IQ3_XXS"].join(x.shape[0], d=_pack_u16(dbits[:, None]), qs=qs, ss=_pack_u32(ss))
 
 
 def quantize_iq3_s(x, imatrix=None):
@@ -319,7 +343,7 @@ def quantize_iq3_s(x, imatrix=None):
     qs = np.take_along_axis(index & 255, live_first[..., None], axis=1).astype(np.uint8).reshape(nsb, 64)
     sg = np.take_along_axis(signs.reshape(nsb, 8, 4), live_first[..., None], axis=1).astype(np.uint8).reshape(nsb, 32)
     sc = (l[:, 0::2] | (l[:, 1::2] << 4)).astype(np.uint8)
-    return np.concatenate([_pack_u16(dbits[:, None]), qs, qh, sg, sc], axis=1).reshape(x.shape[0], -1)
+    return LAYOUTS["IQ3_S"].join(x.shape[0], d=_pack_u16(dbits[:, None]), qs=qs, qh=qh, signs=sg, scales=sc)
 
 
 # ============================================================================ IQ1_S, IQ1_M
@@ -461,7 +485,7 @@ def quantize_iq1_s(x, imatrix=None):
     index = index.reshape(nsb, 8, 4)
     qs = (index & 255).astype(np.uint8).reshape(nsb, 32)
     qh = ((index >> 8) << (3 * np.arange(4))).sum(axis=2) | (l << 12)
-    return np.concatenate([_pack_u16(dbits[:, None]), qs, _pack_u16(qh)], axis=1).reshape(x.shape[0], -1)
+    return LAYOUTS["IQ1_S"].join(x.shape[0], d=_pack_u16(dbits[:, None]), qs=qs, qh=_pack_u16(qh))
 
 
 def _iq1m_xx(k: np.ndarray, group: int) -> np.ndarray:
@@ -653,24 +677,11 @@ def quantize_iq1_m(x, imatrix=None, variant: str = IQ1M_SPLIT_SUMS):
     sc = (l.reshape(nsb, 4, 4) << (3 * np.arange(4))).sum(axis=2)
     sc = sc | (((dbits[:, None] >> (4 * np.arange(4))) & 0xF) << 12)
     sc = np.where(zero[:, None], 0, sc)
-    return np.concatenate([qs, qh.astype(np.uint8), _pack_u16(sc)], axis=1).reshape(x.shape[0], -1)
+    return LAYOUTS["IQ1_M"].join(x.shape[0], qs=qs, qh=qh.astype(np.uint8), scales=_pack_u16(sc))
 
 
 # ============================================================================ registration
 
-_FORMATS = [
-    # name, type_size, quantize, dequantize, imatrix
-    ("IQ2_XXS", 66, None, dequantize_iq2_xxs, IMATRIX_REQUIRED),
-    ("IQ2_XS", 74, None, dequantize_iq2_xs, IMATRIX_REQUIRED),
-    ("IQ2_S", 82, None, dequantize_iq2_s, IMATRIX_OPTIONAL),
-    ("IQ3_XXS", 98, None, dequantize_iq3_xxs, IMATRIX_OPTIONAL),
-    ("IQ3_S", 110, None, dequantize_iq3_s, IMATRIX_OPTIONAL),
-    ("IQ1_S", 50, None, dequantize_iq1_s, IMATRIX_REQUIRED),
-    ("IQ1_M", 56, None, dequantize_iq1_m, IMATRIX_OPTIONAL),
-]
-for _name, _ts, _q, _dq, _im in _FORMATS:
-    register(Format(_name, "ggml-iq", QK_K, _ts, globals().get("quantize_" + _name.lower()), _dq, _im,
-                    int(T[_name]), f"ggml/{_name.lower()}.md"))
 
 
 # ============================================================================ shared pieces
@@ -930,3 +941,14 @@ def _grid_search(xval, weight, waux, vmax, lat, *, kmaxq, candidates, step, init
     scale = np.where(skip, F32(0), scale)
     L = np.where(skip[:, None], 0, L)
     return scale.astype(F32), L, skip
+
+
+RECORDS = [block_format(LAYOUTS[name], "ggml-iq", quantize, dequantize, im, int(T[name]), f"ggml/{name.lower()}.md")
+           for name, quantize, dequantize, im in [
+               ("IQ2_XXS", quantize_iq2_xxs, dequantize_iq2_xxs, IMATRIX_REQUIRED),
+               ("IQ2_XS", quantize_iq2_xs, dequantize_iq2_xs, IMATRIX_REQUIRED),
+               ("IQ2_S", quantize_iq2_s, dequantize_iq2_s, IMATRIX_OPTIONAL),
+               ("IQ3_XXS", quantize_iq3_xxs, dequantize_iq3_xxs, IMATRIX_OPTIONAL),
+               ("IQ3_S", quantize_iq3_s, dequantize_iq3_s, IMATRIX_OPTIONAL),
+               ("IQ1_S", quantize_iq1_s, dequantize_iq1_s, IMATRIX_REQUIRED),
+               ("IQ1_M", quantize_iq1_m, dequantize_iq1_m, IMATRIX_OPTIONAL)]]

@@ -2,14 +2,8 @@
 
 Super-blocks of QK_K = 256 values, split into sub-blocks of 16 (Q2_K, Q3_K, Q6_K) or 32 (Q4_K,
 Q5_K) that each get a small integer scale (and, for Q2_K/Q4_K/Q5_K, a small integer minimum),
-themselves scaled by the super-block's fp16 `d` (and `dmin`):
-
-    Q2_K  | scales[16]: low nibble scale, high nibble min | qs[64]: 2-bit | d:f16 | dmin:f16 |
-    Q3_K  | hmask[32]: bit 2 of each value | qs[64]: low 2 bits | scales[12]: 16 x 6-bit | d:f16 |
-    Q4_K  | d:f16 | dmin:f16 | scales[12]: 8 x (6-bit scale, 6-bit min) | qs[128]: 4-bit |
-    Q5_K  | d:f16 | dmin:f16 | scales[12] | qh[32]: bit 4 of each value | qs[128]: low 4 bits |
-    Q6_K  | ql[128]: low 4 bits | qh[64]: high 2 bits | scales[16]: int8 | d:f16 |
-    Q8_K  | d:f32 | qs: int8[256] | bsums: int16[16], sums of 16 qs |
+themselves scaled by the super-block's fp16 `d` (and `dmin`). The block layouts are the LAYOUTS
+table below (ggml-common.h's block_q2_K ... block_q8_K).
 
 Without an importance matrix each type takes `quantize_row_qX_K_ref`; with one, the weighted
 `quantize_row_qX_K_impl` (different searches, different bytes). Both end the same way: the
@@ -23,13 +17,41 @@ import gguf
 import numpy as np
 
 from ..numerics import F32, c_max_abs, fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int, seq_sum
-from ..registry import IMATRIX_NONE, IMATRIX_OPTIONAL, Format, register
-from .blocks import as_blocks, join_fields, split_fields, u16
+from ..format import IMATRIX_NONE, IMATRIX_OPTIONAL, block_format
+from .blocks import as_blocks, u16
+from .layout import Field, Layout
 from .search import (GROUP_MAX_EPS, c_max_abs_scan, make_q3_quants, make_qkx2_quants,
                      make_qkx3_quants, make_qp_quants, make_qx_quants)
 
 QK_K = 256
 T = gguf.GGMLQuantizationType
+
+_K4_SCALES = Field("scales", "u8", 12, "8 x (6-bit scale, 6-bit min), get_scale_min_k4",
+                   ((0, 4, "6-bit scale"), (4, 8, "6-bit min"), (8, 12, "low 4 bits of scale and min 4-7")))
+LAYOUTS = {L.name: L for L in [
+    Layout("Q2_K", QK_K, [Field("scales", "u8", 16, "sub-block j: low nibble scale, high nibble min"),
+                          Field("qs", "u8", 64, "2-bit codes: byte 32h + l, bits 2k: element 128h + 32k + l"),
+                          Field("d", "f16", 1, "scale of the scales"), Field("dmin", "f16", 1, "scale of the mins")]),
+    Layout("Q3_K", QK_K, [Field("hmask", "u8", 32, "bit 2 of the codes: element i in byte i % 32, bit i / 32"),
+                          Field("qs", "u8", 64, "low 2 bits of the codes, as Q2_K's"),
+                          Field("scales", "u8", 12, "16 x 6-bit scale + 32",
+                                ((0, 8, "low 4 bits of two scales"), (8, 12, "high 2 bits of four scales"))),
+                          Field("d", "f16", 1, "scale of the scales")]),
+    Layout("Q4_K", QK_K, [Field("d", "f16", 1, "scale of the scales"), Field("dmin", "f16", 1, "scale of the mins"),
+                          _K4_SCALES,
+                          Field("qs", "u8", 128, "4-bit codes: byte 32c + l, low nibble element 64c + l, "
+                                                 "high nibble 64c + 32 + l")]),
+    Layout("Q5_K", QK_K, [Field("d", "f16", 1, "scale of the scales"), Field("dmin", "f16", 1, "scale of the mins"),
+                          _K4_SCALES,
+                          Field("qh", "u8", 32, "bit 4 of the codes: element 32s + l in byte l, bit s"),
+                          Field("qs", "u8", 128, "low 4 bits of the codes, as Q4_K's")]),
+    Layout("Q6_K", QK_K, [Field("ql", "u8", 128, "low 4 bits of the codes"),
+                          Field("qh", "u8", 64, "high 2 bits of the codes"),
+                          Field("scales", "i8", 16, "sub-block scales"), Field("d", "f16", 1, "scale of the scales")]),
+    Layout("Q8_K", QK_K, [Field("d", "f32", 1, "scale"), Field("qs", "i8", 256, "codes"),
+                          Field("bsums", "i16", 16, "sums of each 16 codes")]),
+]}
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K = (LAYOUTS[n] for n in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"))
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -163,11 +185,11 @@ def quantize_q2_k(x, imatrix=None):
     dl = d[:, None] * (sc & 0xF).astype(F32)
     ml = dmin[:, None] * (sc >> 4).astype(F32)
     L = _requantize(xb.reshape(nb, 16, 16), dl, ml, 0, 3, L.reshape(nb, 16, 16))
-    return join_fields(nrows, sc.astype(np.uint8), _pack_2bit(L.reshape(nb, QK_K)), d_bits, dmin_bits)
+    return Q2_K.join(nrows, scales=sc.astype(np.uint8), qs=_pack_2bit(L.reshape(nb, QK_K)), d=d_bits, dmin=dmin_bits)
 
 
 def dequantize_q2_k(data):
-    f = split_fields(data, 84, ("scales", 16), ("qs", 64), ("d", 2), ("dmin", 2))
+    f = Q2_K.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     dmin = fp16_bits_to_fp32(u16(f["dmin"]))
     sc = f["scales"]
@@ -214,11 +236,11 @@ def quantize_q3_k(x, imatrix=None):
     hbits = high.reshape(nb, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None]
     hmask = np.bitwise_or.reduce(hbits, axis=1)
     qs = _pack_2bit(np.where(high, L - 4, L))
-    return join_fields(nrows, hmask, qs, packed, d_bits)
+    return Q3_K.join(nrows, hmask=hmask, qs=qs, scales=packed, d=d_bits)
 
 
 def dequantize_q3_k(data):
-    f = split_fields(data, 110, ("hmask", 32), ("qs", 64), ("scales", 12), ("d", 2))
+    f = Q3_K.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     dl = d[:, None] * (unpack_q3_k_scales(f["scales"]) - 32).astype(F32)   # d_all * (scales[is] - 32)
     hbit = (f["hmask"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
@@ -294,11 +316,11 @@ def _join_nibbles_k(L):
 
 def quantize_q4_k(x, imatrix=None):
     packed, d_bits, dmin_bits, L = _quantize_scale_min_k4(x, imatrix, 15, -1.0, 0.1, 20, False)
-    return join_fields(x.shape[0], d_bits, dmin_bits, packed, _join_nibbles_k(L))
+    return Q4_K.join(x.shape[0], d=d_bits, dmin=dmin_bits, scales=packed, qs=_join_nibbles_k(L))
 
 
 def dequantize_q4_k(data):
-    f = split_fields(data, 144, ("d", 2), ("dmin", 2), ("scales", 12), ("qs", 128))
+    f = Q4_K.split(data)
     return _dequantize_scale_min_k4(f, _split_nibbles_k(f["qs"])).reshape(data.shape[0], -1)
 
 
@@ -306,11 +328,11 @@ def quantize_q5_k(x, imatrix=None):
     packed, d_bits, dmin_bits, L = _quantize_scale_min_k4(x, imatrix, 31, -0.5, 0.1, 15, True)
     hbit = (L >> 4).reshape(-1, 8, 32).astype(np.uint8)  # value j of sub-block s: bit s of qh[j]
     qh = np.bitwise_or.reduce(hbit << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
-    return join_fields(x.shape[0], d_bits, dmin_bits, packed, qh, _join_nibbles_k(L & 0xF))
+    return Q5_K.join(x.shape[0], d=d_bits, dmin=dmin_bits, scales=packed, qh=qh, qs=_join_nibbles_k(L & 0xF))
 
 
 def dequantize_q5_k(data):
-    f = split_fields(data, 176, ("d", 2), ("dmin", 2), ("scales", 12), ("qh", 32), ("qs", 128))
+    f = Q5_K.split(data)
     hbit = (f["qh"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
     q = _split_nibbles_k(f["qs"]) + (hbit.reshape(-1, QK_K) << 4)
     return _dequantize_scale_min_k4(f, q).reshape(data.shape[0], -1)
@@ -346,11 +368,11 @@ def quantize_q6_k(x, imatrix=None):
           | ((L[:, :, 3] >> 4) << 6)).reshape(nb, 64)
     out = [ql, qh, sc.view(np.uint8), d_bits]
     out = [np.where(empty.reshape((-1,) + (1,) * (f.ndim - 1)), 0, f).astype(f.dtype) for f in out]
-    return join_fields(nrows, *out)
+    return Q6_K.join(nrows, **dict(zip(("ql", "qh", "scales", "d"), out)))
 
 
 def dequantize_q6_k(data):
-    f = split_fields(data, 210, ("ql", 128), ("qh", 64), ("scales", 16), ("d", 2))
+    f = Q6_K.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     ql = f["ql"].reshape(-1, 2, 2, 32)            # half h: ql[64h + 32s + l]
     qh = f["qh"].reshape(-1, 2, 1, 32)
@@ -377,21 +399,20 @@ def quantize_q8_k(x, imatrix=None):
     qs = np.where(zero[:, None], 0, qs).astype(np.int8)
     bsums = qs.reshape(-1, 16, 16).sum(axis=2, dtype=np.int32).astype("<i2")  # integer: exact
     d = np.where(zero, F32(0), F32(1) / iscale).astype("<f4")
-    return join_fields(nrows, d, qs, bsums)
+    return Q8_K.join(nrows, d=d, qs=qs, bsums=bsums)
 
 
 def dequantize_q8_k(data):
-    f = split_fields(data, 292, ("d", 4), ("qs", 256), ("bsums", 32))
+    f = Q8_K.split(data)
     d = np.ascontiguousarray(f["d"]).view("<f4")[:, 0].astype(F32)
     return (d[:, None] * f["qs"].view(np.int8).astype(F32)).reshape(data.shape[0], -1)
 
 
-for _name, _ts, _q, _dq, _im in [
-    ("Q2_K", 84, quantize_q2_k, dequantize_q2_k, IMATRIX_OPTIONAL),
-    ("Q3_K", 110, quantize_q3_k, dequantize_q3_k, IMATRIX_OPTIONAL),
-    ("Q4_K", 144, quantize_q4_k, dequantize_q4_k, IMATRIX_OPTIONAL),
-    ("Q5_K", 176, quantize_q5_k, dequantize_q5_k, IMATRIX_OPTIONAL),
-    ("Q6_K", 210, quantize_q6_k, dequantize_q6_k, IMATRIX_OPTIONAL),
-    ("Q8_K", 292, quantize_q8_k, dequantize_q8_k, IMATRIX_NONE),
-]:
-    register(Format(_name, "ggml-k", QK_K, _ts, _q, _dq, _im, int(T[_name]), f"ggml/{_name.lower()}.md"))
+RECORDS = [block_format(LAYOUTS[name], "ggml-k", q, dq, im, int(T[name]), f"ggml/{name.lower()}.md")
+           for name, q, dq, im in [
+               ("Q2_K", quantize_q2_k, dequantize_q2_k, IMATRIX_OPTIONAL),
+               ("Q3_K", quantize_q3_k, dequantize_q3_k, IMATRIX_OPTIONAL),
+               ("Q4_K", quantize_q4_k, dequantize_q4_k, IMATRIX_OPTIONAL),
+               ("Q5_K", quantize_q5_k, dequantize_q5_k, IMATRIX_OPTIONAL),
+               ("Q6_K", quantize_q6_k, dequantize_q6_k, IMATRIX_OPTIONAL),
+               ("Q8_K", quantize_q8_k, dequantize_q8_k, IMATRIX_NONE)]]

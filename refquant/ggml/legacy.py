@@ -4,13 +4,7 @@ Blocks of 32 values. `d` is the scale, `m` the minimum, stored as fp16; the unro
 scale is the one used to quantize (unlike the K-quants). Without an importance matrix each type
 takes its `quantize_row_*_ref` path; with one, Q4_0/Q5_0 take `make_qx_quants` and
 Q4_1/Q5_1 take `make_qkx3_quants` (`quantize_row_*_impl`). Q8_0 ignores an importance matrix.
-
-    Q4_0  | d:f16 | qs[16]: low nibble = element j, high nibble = element j+16 |
-    Q4_1  | d:f16 | m:f16 | qs[16] |
-    Q5_0  | d:f16 | qh:u32 (bit j = bit 4 of element j) | qs[16] |
-    Q5_1  | d:f16 | m:f16 | qh:u32 | qs[16] |
-    Q8_0  | d:f16 | qs: int8[32] |
-    Q8_1  | d:f16 | s:f16 = d * sum(qs) | qs: int8[32] |
+The block layouts are the LAYOUTS table below (ggml-common.h's block_q4_0 ... block_q8_1).
 """
 from __future__ import annotations
 
@@ -19,13 +13,30 @@ import numpy as np
 
 from ..numerics import (F32, c_float_to_int8, c_max, c_min, c_float_to_uint8, c_max_abs, fp16_bits_to_fp32,
                         fp32_to_fp16_bits, roundf, safe_reciprocal, seq_sum)
-from ..registry import IMATRIX_NONE, IMATRIX_OPTIONAL, Format, register
-from .blocks import (as_blocks, join_fields, pack_high_bits, pack_nibbles, split_fields, u16,
-                     unpack_high_bits)
+from ..format import IMATRIX_NONE, IMATRIX_OPTIONAL, block_format
+from .blocks import as_blocks, pack_high_bits, pack_nibbles, u16, unpack_high_bits
+from .layout import Field, Layout
 from .search import make_qkx3_quants, make_qx_quants
 
 QK = 32
 T = gguf.GGMLQuantizationType
+
+_NIBBLES = "4-bit codes: low nibble element j, high nibble element j + 16"
+_LOW_NIBBLES = "low 4 bits of the codes, as Q4_0's nibbles"
+_HIGH_BITS = "bit j: bit 4 of element j (little-endian)"
+LAYOUTS = {L.name: L for L in [
+    Layout("Q4_0", QK, [Field("d", "f16", 1, "scale"), Field("qs", "u8", 16, _NIBBLES)]),
+    Layout("Q4_1", QK, [Field("d", "f16", 1, "scale"), Field("m", "f16", 1, "minimum"),
+                        Field("qs", "u8", 16, _NIBBLES)]),
+    Layout("Q5_0", QK, [Field("d", "f16", 1, "scale"), Field("qh", "u8", 4, _HIGH_BITS),
+                        Field("qs", "u8", 16, _LOW_NIBBLES)]),
+    Layout("Q5_1", QK, [Field("d", "f16", 1, "scale"), Field("m", "f16", 1, "minimum"),
+                        Field("qh", "u8", 4, _HIGH_BITS), Field("qs", "u8", 16, _LOW_NIBBLES)]),
+    Layout("Q8_0", QK, [Field("d", "f16", 1, "scale"), Field("qs", "i8", 32, "codes")]),
+    Layout("Q8_1", QK, [Field("d", "f16", 1, "scale"), Field("s", "f16", 1, "d * sum(qs)"),
+                        Field("qs", "i8", 32, "codes")]),
+]}
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = (LAYOUTS[n] for n in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1"))
 
 
 def imatrix_weights(x: np.ndarray, imatrix: np.ndarray, block_size: int) -> np.ndarray:
@@ -55,18 +66,18 @@ def quantize_q4_0(x, imatrix=None):
     if imatrix is not None:
         d, L = make_qx_quants(xb, 8, 1, imatrix_weights(x, imatrix, QK))
         lo, hi = _split_halves(L.astype(np.uint8))
-        return join_fields(nrows, fp32_to_fp16_bits(d), pack_nibbles(lo, hi))
+        return Q4_0.join(nrows, d=fp32_to_fp16_bits(d), qs=pack_nibbles(lo, hi))
     _, vmax = c_max_abs(xb)
     d = vmax / F32(-8)
     idv = safe_reciprocal(d)
     with np.errstate(invalid="ignore", over="ignore"):
         q = np.minimum(15, c_float_to_int8(xb * idv[:, None] + F32(8.5)))  # MIN(15, (int8_t)(x0 + 8.5f))
     lo, hi = _split_halves(q)
-    return join_fields(nrows, fp32_to_fp16_bits(d), pack_nibbles(lo, hi))
+    return Q4_0.join(nrows, d=fp32_to_fp16_bits(d), qs=pack_nibbles(lo, hi))
 
 
 def dequantize_q4_0(data):
-    f = split_fields(data, 18, ("d", 2), ("qs", 16))
+    f = Q4_0.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     q = _unpack_nibbles(f["qs"]).astype(np.int32) - 8
     return (q.astype(F32) * d[:, None]).reshape(data.shape[0], -1)
@@ -95,11 +106,11 @@ def _quantize_min_max(x, imatrix, nmax):
 def quantize_q4_1(x, imatrix=None):
     d, m, q = _quantize_min_max(x, imatrix, 15)
     lo, hi = _split_halves(q)
-    return join_fields(x.shape[0], fp32_to_fp16_bits(d), fp32_to_fp16_bits(m), pack_nibbles(lo, hi))
+    return Q4_1.join(x.shape[0], d=fp32_to_fp16_bits(d), m=fp32_to_fp16_bits(m), qs=pack_nibbles(lo, hi))
 
 
 def dequantize_q4_1(data):
-    f = split_fields(data, 20, ("d", 2), ("m", 2), ("qs", 16))
+    f = Q4_1.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     m = fp16_bits_to_fp32(u16(f["m"]))
     q = _unpack_nibbles(f["qs"]).astype(F32)
@@ -133,11 +144,11 @@ def quantize_q5_0(x, imatrix=None):
         with np.errstate(invalid="ignore", over="ignore"):
             q = np.minimum(31, c_float_to_int8(xb * idv[:, None] + F32(16.5))).astype(np.uint8)
     qh, qs = _pack_q5(q)
-    return join_fields(nrows, fp32_to_fp16_bits(d), qh, qs)
+    return Q5_0.join(nrows, d=fp32_to_fp16_bits(d), qh=qh, qs=qs)
 
 
 def dequantize_q5_0(data):
-    f = split_fields(data, 22, ("d", 2), ("qh", 4), ("qs", 16))
+    f = Q5_0.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     q = _unpack_q5(f["qh"], f["qs"]) - 16
     return (q.astype(F32) * d[:, None]).reshape(data.shape[0], -1)
@@ -148,11 +159,11 @@ def dequantize_q5_0(data):
 def quantize_q5_1(x, imatrix=None):
     d, m, q = _quantize_min_max(x, imatrix, 31)
     qh, qs = _pack_q5(q)
-    return join_fields(x.shape[0], fp32_to_fp16_bits(d), fp32_to_fp16_bits(m), qh, qs)
+    return Q5_1.join(x.shape[0], d=fp32_to_fp16_bits(d), m=fp32_to_fp16_bits(m), qh=qh, qs=qs)
 
 
 def dequantize_q5_1(data):
-    f = split_fields(data, 24, ("d", 2), ("m", 2), ("qh", 4), ("qs", 16))
+    f = Q5_1.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     m = fp16_bits_to_fp32(u16(f["m"]))
     q = _unpack_q5(f["qh"], f["qs"]).astype(F32)
@@ -174,11 +185,11 @@ def _quantize_q8(x):
 
 def quantize_q8_0(x, imatrix=None):
     d, qs = _quantize_q8(x)
-    return join_fields(x.shape[0], fp32_to_fp16_bits(d), qs)
+    return Q8_0.join(x.shape[0], d=fp32_to_fp16_bits(d), qs=qs)
 
 
 def dequantize_q8_0(data):
-    f = split_fields(data, 34, ("d", 2), ("qs", 32))
+    f = Q8_0.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     return (f["qs"].view(np.int8).astype(F32) * d[:, None]).reshape(data.shape[0], -1)
 
@@ -188,22 +199,23 @@ def quantize_q8_1(x, imatrix=None):
     d, qs = _quantize_q8(x)
     total = qs.astype(np.int32).sum(axis=1)  # integer sum: order-free
     s = total.astype(F32) * d
-    return join_fields(x.shape[0], fp32_to_fp16_bits(d), fp32_to_fp16_bits(s), qs)
+    return Q8_1.join(x.shape[0], d=fp32_to_fp16_bits(d), s=fp32_to_fp16_bits(s), qs=qs)
 
 
 def dequantize_q8_1(data):
     """Q8_1 has no to_float in ggml; the spec defines it as d * qs (s is a cached sum)."""
-    f = split_fields(data, 36, ("d", 2), ("s", 2), ("qs", 32))
+    f = Q8_1.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     return (f["qs"].view(np.int8).astype(F32) * d[:, None]).reshape(data.shape[0], -1)
 
 
-for _name, _ts, _q, _dq, _im in [
-    ("Q4_0", 18, quantize_q4_0, dequantize_q4_0, IMATRIX_OPTIONAL),
-    ("Q4_1", 20, quantize_q4_1, dequantize_q4_1, IMATRIX_OPTIONAL),
-    ("Q5_0", 22, quantize_q5_0, dequantize_q5_0, IMATRIX_OPTIONAL),
-    ("Q5_1", 24, quantize_q5_1, dequantize_q5_1, IMATRIX_OPTIONAL),
-    ("Q8_0", 34, quantize_q8_0, dequantize_q8_0, IMATRIX_NONE),
-    ("Q8_1", 36, quantize_q8_1, dequantize_q8_1, IMATRIX_NONE),
-]:
-    register(Format(_name, "ggml-legacy", QK, _ts, _q, _dq, _im, int(T[_name]), f"ggml/{_name.lower()}.md"))
+# llama.cpp's LLAMA_FTYPE_MOSTLY_* of a file of each type
+RECORDS = [block_format(LAYOUTS[name], "ggml-legacy", q, dq, im, int(T[name]), f"ggml/{name.lower()}.md",
+                        file_type=ftype)
+           for name, q, dq, im, ftype in [
+               ("Q4_0", quantize_q4_0, dequantize_q4_0, IMATRIX_OPTIONAL, 2),
+               ("Q4_1", quantize_q4_1, dequantize_q4_1, IMATRIX_OPTIONAL, 3),
+               ("Q5_0", quantize_q5_0, dequantize_q5_0, IMATRIX_OPTIONAL, 8),
+               ("Q5_1", quantize_q5_1, dequantize_q5_1, IMATRIX_OPTIONAL, 9),
+               ("Q8_0", quantize_q8_0, dequantize_q8_0, IMATRIX_NONE, 7),
+               ("Q8_1", quantize_q8_1, dequantize_q8_1, IMATRIX_NONE, None)]]

@@ -24,13 +24,25 @@ import gguf
 import numpy as np
 
 from ..numerics import F32, fp16_bits_to_fp32, fp32_to_fp16_bits, roundf, safe_reciprocal, seq_sum
-from ..registry import IMATRIX_NONE, Format, register
-from .blocks import as_blocks, join_fields, split_fields, u16
+from ..format import IMATRIX_NONE, block_format
+from .blocks import as_blocks, u16
+from .layout import Field, Layout
 
 T = gguf.GGMLQuantizationType
 
 QK_K = 256
 QK1_0 = 128
+
+LAYOUTS = {L.name: L for L in [
+    Layout("TQ1_0", QK_K, [Field("qs", "u8", 48, "5 trits a byte: m < 32 elements m + 32n, then 160 + m + 16n"),
+                           Field("qh", "u8", 4, "4 trits a byte: elements 240 + j + 4n"),
+                           Field("d", "f16", 1, "scale")]),
+    Layout("TQ2_0", QK_K, [Field("qs", "u8", 64, "2-bit trits: byte 32h + m, bits 2n: element 128h + 32n + m"),
+                           Field("d", "f16", 1, "scale")]),
+    Layout("Q1_0", QK1_0, [Field("d", "f16", 1, "scale"),
+                           Field("qs", "u8", 16, "bit j % 8 of byte j / 8: element j is +d (set) or -d")]),
+]}
+TQ1_0, TQ2_0, Q1_0 = LAYOUTS["TQ1_0"], LAYOUTS["TQ2_0"], LAYOUTS["Q1_0"]
 
 
 def _lroundf_int(x: np.ndarray) -> np.ndarray:
@@ -86,11 +98,11 @@ def quantize_tq1_0(x, imatrix=None):
     qs = np.concatenate([_pack_base3([head[:, k] for k in range(5)]),
                          _pack_base3([mid[:, k] for k in range(5)])], axis=1)
     qh = _pack_base3([tail[:, k] for k in range(4)] + [np.zeros_like(tail[:, 0])])  # `q *= 3`
-    return join_fields(nrows, qs, qh, fp32_to_fp16_bits(d))
+    return TQ1_0.join(nrows, qs=qs, qh=qh, d=fp32_to_fp16_bits(d))
 
 
 def dequantize_tq1_0(data):
-    f = split_fields(data, 54, ("qs", 48), ("qh", 4), ("d", 2))
+    f = TQ1_0.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     head = _TRITS_F32[f["qs"][:, :32]].transpose(0, 2, 1).reshape(-1, 160)   # [n, m] -> m + 32n
     mid = _TRITS_F32[f["qs"][:, 32:]].transpose(0, 2, 1).reshape(-1, 80)     # 160 + m + 16n
@@ -110,11 +122,11 @@ def quantize_tq2_0(x, imatrix=None):
     qs = np.zeros((g.shape[0], 2, 32), dtype=np.int32)
     for k in range(4):
         qs += g[:, :, k] << (2 * k)
-    return join_fields(nrows, (qs & 0xFF).astype(np.uint8).reshape(-1, 64), fp32_to_fp16_bits(d))
+    return TQ2_0.join(nrows, qs=(qs & 0xFF).astype(np.uint8).reshape(-1, 64), d=fp32_to_fp16_bits(d))
 
 
 def dequantize_tq2_0(data):
-    f = split_fields(data, 66, ("qs", 64), ("d", 2))
+    f = TQ2_0.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     t = _PAIRS_F32[f["qs"].reshape(-1, 2, 32)].transpose(0, 1, 3, 2)  # [h, n, m]: 128h + 32n + m
     with np.errstate(over="ignore", invalid="ignore"):
@@ -131,21 +143,21 @@ def quantize_q1_0(x, imatrix=None):
     xb = as_blocks(x, QK1_0)
     d = seq_sum(np.abs(xb)) / F32(QK1_0)
     qs = np.packbits(xb >= 0, axis=1, bitorder="little")   # qs[j/8] |= 1 << j%8
-    return join_fields(nrows, fp32_to_fp16_bits(d), qs)
+    return Q1_0.join(nrows, d=fp32_to_fp16_bits(d), qs=qs)
 
 
 def dequantize_q1_0(data):
-    f = split_fields(data, 18, ("d", 2), ("qs", 16))
+    f = Q1_0.split(data)
     d = fp16_bits_to_fp32(u16(f["d"]))
     bits = np.unpackbits(f["qs"], axis=1, bitorder="little")  # bit j%8 of qs[j/8]
     y = np.where(bits == 1, d[:, None], -d[:, None]).astype(F32)
     return y.reshape(data.shape[0], -1)
 
 
-for _name, _bs, _ts, _q, _dq in [
-    ("TQ1_0", QK_K, 54, quantize_tq1_0, dequantize_tq1_0),
-    ("TQ2_0", QK_K, 66, quantize_tq2_0, dequantize_tq2_0),
-    ("Q1_0", QK1_0, 18, quantize_q1_0, dequantize_q1_0),
-]:
-    register(Format(_name, "ggml-lowbit", _bs, _ts, _q, _dq, IMATRIX_NONE, int(T[_name]),
-                    f"ggml/{_name.lower()}.md"))
+# llama.cpp's LLAMA_FTYPE_MOSTLY_* of a file of each type
+RECORDS = [block_format(LAYOUTS[name], "ggml-lowbit", q, dq, IMATRIX_NONE, int(T[name]), f"ggml/{name.lower()}.md",
+                        file_type=ftype)
+           for name, q, dq, ftype in [
+               ("TQ1_0", quantize_tq1_0, dequantize_tq1_0, 36),
+               ("TQ2_0", quantize_tq2_0, dequantize_tq2_0, 37),
+               ("Q1_0", quantize_q1_0, dequantize_q1_0, 40)]]

@@ -96,23 +96,24 @@ class Linear:
         s_x = fp16(d_x * sum(q_x)) is the F16 sum Q8_1 stores: the minimum's term is taken with
         that rounded sum, not with the decoded activations (a visible difference, ~2^-11
         relative, on the largest term of the dot product)."""
-        from ..ggml.blocks import split_fields, u16
+        from ..ggml.blocks import u16
         from ..ggml.dot import quantize_activation
         from ..ggml.legacy import _unpack_nibbles, _unpack_q5
         from ..numerics import fp16_bits_to_fp32
+        from ..registry import get_format
         raw = np.asarray(self.source.raw_bytes(self.name)).reshape(-1, 20 if self.type_name == "Q4_1" else 24)
         if self.type_name == "Q4_1":
-            f = split_fields(raw, 20, ("d", 2), ("m", 2), ("qs", 16))
+            f = get_format("Q4_1").layout.split(raw)
             q = _unpack_nibbles(f["qs"]).astype(F32)
         else:
-            f = split_fields(raw, 24, ("d", 2), ("m", 2), ("qh", 4), ("qs", 16))
+            f = get_format("Q5_1").layout.split(raw)
             q = _unpack_q5(f["qh"], f["qs"]).astype(F32)
         nb = self.in_features // 32
         dq = (q * fp16_bits_to_fp32(u16(f["d"]))[:, None]).reshape(self.out_features, -1)
         m = fp16_bits_to_fp32(u16(f["m"])).reshape(self.out_features, nb)
         x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, self.in_features)
         qx = quantize_activation(x2, "Q8_1", self.source.act_variant).reshape(-1, 36)
-        g = split_fields(qx, 36, ("d", 2), ("s", 2), ("qs", 32))
+        g = get_format("Q8_1").layout.split(qx)
         xd = (g["qs"].view(np.int8).astype(F32) * fp16_bits_to_fp32(u16(g["d"]))[:, None]).reshape(x2.shape)
         s = fp16_bits_to_fp32(u16(g["s"])).reshape(-1, nb)
         acc = self.source.accumulate or F32

@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from refquant.ggml.dot import VEC_DOT_TYPE
+from refquant.registry import get_format
 
 from ..numerics import F32, JIT, ONE, ZERO, bits_f32, fmaf, fp16_to_fp32, fp32_to_fp16_bits, store_fp16
 from .fp4 import UE4M3_HALF
@@ -20,9 +21,21 @@ from .legacy import _quantize_q8
 
 QK = 32
 PJIT = dict(JIT, parallel=True)
-# weight type -> (type_size, kind): kind 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1, 4 Q8_0, 5 IQ4_NL, 6 MXFP4
-KIND = {"Q4_0": (18, 0), "Q4_1": (20, 1), "Q5_0": (22, 2), "Q5_1": (24, 3), "Q8_0": (34, 4),
-        "IQ4_NL": (18, 5), "MXFP4": (17, 6)}
+
+
+def _at(name: str, field: str) -> int:
+    """The byte offset of a field in a block, from the type's declared layout (refquant.ggml.layout)."""
+    return get_format(name).layout.offset(field)
+
+
+def _kinds(*names):
+    """weight type -> (type_size, kind), kind its position in `names`; and the type sizes by kind."""
+    table = {name: (get_format(name).type_size, kind) for kind, name in enumerate(names)}
+    return table, tuple(ts for ts, _ in table.values())
+
+
+# kind 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1, 4 Q8_0, 5 IQ4_NL, 6 MXFP4
+KIND, KIND_TS = _kinds("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4")
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int32)
 KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int32)
 INT_MIN_F = F32(-2147483648.0)
@@ -33,7 +46,7 @@ F127 = F32(127)
 @njit(**PJIT)
 def _unpack(data, kind, q, d, m):
     """Weight rows -> integer codes q (N, K) int8 as vec_dot uses them, d and m (N, nb) float32."""
-    ts = (18, 20, 22, 24, 34, 18, 17)[kind]
+    ts = KIND_TS[kind]
     N = data.shape[0]
     nb = data.shape[1] // ts
     for r in prange(N):
@@ -194,10 +207,19 @@ VEC_DOT = {name: _make(name) for name in KIND}
 # refquant.ggml.dot.combine_k, fused where ggml's build fuses (fmaf) and nowhere else.
 
 QK_K = 256
-# weight type -> (type_size, kind): kind 0 Q2_K, 1 Q3_K, 2 Q4_K, 3 Q5_K, 4 Q6_K, 5 IQ4_XS,
-# 6 TQ1_0, 7 TQ2_0
-K_KIND = {"Q2_K": (84, 0), "Q3_K": (110, 1), "Q4_K": (144, 2), "Q5_K": (176, 3), "Q6_K": (210, 4),
-          "IQ4_XS": (136, 5), "TQ1_0": (54, 6), "TQ2_0": (66, 7)}
+# kind 0 Q2_K, 1 Q3_K, 2 Q4_K, 3 Q5_K, 4 Q6_K, 5 IQ4_XS, 6 TQ1_0, 7 TQ2_0
+K_KIND, K_TS = _kinds("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "TQ1_0", "TQ2_0")
+# the fields' byte offsets the kernels index, from the declared layouts
+Q2K_SCALES, Q2K_QS, Q2K_D, Q2K_DMIN = (_at("Q2_K", f) for f in ("scales", "qs", "d", "dmin"))
+Q3K_HMASK, Q3K_QS, Q3K_SCALES, Q3K_D = (_at("Q3_K", f) for f in ("hmask", "qs", "scales", "d"))
+Q4K_D, Q4K_DMIN, Q4K_SCALES, Q4K_QS = (_at("Q4_K", f) for f in ("d", "dmin", "scales", "qs"))
+Q5K_QH, Q5K_QS = _at("Q5_K", "qh"), _at("Q5_K", "qs")
+Q6K_QL, Q6K_QH, Q6K_SCALES, Q6K_D = (_at("Q6_K", f) for f in ("ql", "qh", "scales", "d"))
+IQ4XS_D, IQ4XS_SH, IQ4XS_SL, IQ4XS_QS = (_at("IQ4_XS", f) for f in ("d", "scales_h", "scales_l", "qs"))
+TQ1_QS, TQ1_QH, TQ1_D = (_at("TQ1_0", f) for f in ("qs", "qh", "d"))
+TQ2_QS, TQ2_D = _at("TQ2_0", "qs"), _at("TQ2_0", "d")
+if (_at("Q5_K", "d"), _at("Q5_K", "dmin"), _at("Q5_K", "scales")) != (Q4K_D, Q4K_DMIN, Q4K_SCALES):
+    raise AssertionError("Q4_K and Q5_K share the kernel's d, dmin and scales offsets")
 POW3 = np.array([1, 3, 9, 27, 81, 243], np.int32)
 
 
@@ -211,7 +233,7 @@ def _trit(byte, l):
 def _unpack_k(data, kind, q, sc, m, d, dmin):
     """Weight rows -> codes q (N, K) int8, per-16 scales sc and mins m (N, K/16) int32,
     d and dmin (N, nb) float32."""
-    ts = (84, 110, 144, 176, 210, 136, 54, 66)[kind]
+    ts = K_TS[kind]
     N = data.shape[0]
     nb = data.shape[1] // ts
     for r in prange(N):
@@ -221,85 +243,85 @@ def _unpack_k(data, kind, q, sc, m, d, dmin):
             s = sc[r, b * 16:(b + 1) * 16]
             mm = m[r, b * 16:(b + 1) * 16]
             if kind == 0:
-                d[r, b] = fp16_to_fp32(o[80], o[81])
-                dmin[r, b] = fp16_to_fp32(o[82], o[83])
+                d[r, b] = fp16_to_fp32(o[Q2K_D], o[Q2K_D + 1])
+                dmin[r, b] = fp16_to_fp32(o[Q2K_DMIN], o[Q2K_DMIN + 1])
                 for j in range(16):
-                    s[j] = np.int32(o[j]) & 0xF
-                    mm[j] = np.int32(o[j]) >> 4
+                    s[j] = np.int32(o[Q2K_SCALES + j]) & 0xF
+                    mm[j] = np.int32(o[Q2K_SCALES + j]) >> 4
                 for e in range(QK_K):
                     h, rest = divmod(e, 128)
                     k, l = divmod(rest, 32)
-                    y[e] = (np.int32(o[16 + 32 * h + l]) >> (2 * k)) & 3
+                    y[e] = (np.int32(o[Q2K_QS + 32 * h + l]) >> (2 * k)) & 3
             elif kind == 1:
-                d[r, b] = fp16_to_fp32(o[108], o[109])
+                d[r, b] = fp16_to_fp32(o[Q3K_D], o[Q3K_D + 1])
                 for j in range(16):
-                    s[j] = _q3_scale(o, 96, j) - 32
+                    s[j] = _q3_scale(o, Q3K_SCALES, j) - 32
                 for e in range(QK_K):
                     h, rest = divmod(e, 128)
                     k, l = divmod(rest, 32)
-                    v = (np.int32(o[32 + 32 * h + l]) >> (2 * k)) & 3
-                    if (np.int32(o[e % 32]) >> (e // 32)) & 1 == 0:
+                    v = (np.int32(o[Q3K_QS + 32 * h + l]) >> (2 * k)) & 3
+                    if (np.int32(o[Q3K_HMASK + e % 32]) >> (e // 32)) & 1 == 0:
                         v -= 4
                     y[e] = v
             elif kind == 2 or kind == 3:
-                d[r, b] = fp16_to_fp32(o[0], o[1])
-                dmin[r, b] = fp16_to_fp32(o[2], o[3])
+                d[r, b] = fp16_to_fp32(o[Q4K_D], o[Q4K_D + 1])
+                dmin[r, b] = fp16_to_fp32(o[Q4K_DMIN], o[Q4K_DMIN + 1])
                 for j in range(8):
-                    a, mn = _scale_min_k4(o, 4, j)
+                    a, mn = _scale_min_k4(o, Q4K_SCALES, j)
                     s[2 * j] = a
                     s[2 * j + 1] = a
                     mm[2 * j] = mn
                     mm[2 * j + 1] = mn
-                at = 16 if kind == 2 else 48
+                at = Q4K_QS if kind == 2 else Q5K_QS
                 for e in range(QK_K):
                     c, rest = divmod(e, 64)
                     half, l = divmod(rest, 32)
                     v = np.int32(o[at + 32 * c + l])
                     v = (v & 0xF) if half == 0 else (v >> 4)
                     if kind == 3:
-                        v += ((np.int32(o[16 + l]) >> (e // 32)) & 1) << 4
+                        v += ((np.int32(o[Q5K_QH + l]) >> (e // 32)) & 1) << 4
                     y[e] = v
             elif kind == 5:
-                d[r, b] = fp16_to_fp32(o[0], o[1])
-                sh = np.int32(o[2]) | (np.int32(o[3]) << 8)
+                d[r, b] = fp16_to_fp32(o[IQ4XS_D], o[IQ4XS_D + 1])
+                sh = np.int32(o[IQ4XS_SH]) | (np.int32(o[IQ4XS_SH + 1]) << 8)
                 for ib in range(8):
-                    ls = ((np.int32(o[4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
+                    ls = ((np.int32(o[IQ4XS_SL + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
                     s[2 * ib] = ls - 32
                     s[2 * ib + 1] = ls - 32
                     for j in range(16):
-                        y[32 * ib + j] = KVALUES_IQ4NL[np.int32(o[8 + 16 * ib + j]) & 0xF]
-                        y[32 * ib + 16 + j] = KVALUES_IQ4NL[np.int32(o[8 + 16 * ib + j]) >> 4]
+                        y[32 * ib + j] = KVALUES_IQ4NL[np.int32(o[IQ4XS_QS + 16 * ib + j]) & 0xF]
+                        y[32 * ib + 16 + j] = KVALUES_IQ4NL[np.int32(o[IQ4XS_QS + 16 * ib + j]) >> 4]
             elif kind == 6:
-                d[r, b] = fp16_to_fp32(o[52], o[53])
+                d[r, b] = fp16_to_fp32(o[TQ1_D], o[TQ1_D + 1])
                 for j in range(16):
                     s[j] = 1
                 for l in range(5):
                     for mm_ in range(32):
-                        y[32 * l + mm_] = _trit(o[mm_], l)
+                        y[32 * l + mm_] = _trit(o[TQ1_QS + mm_], l)
                     for mm_ in range(16):
-                        y[160 + 16 * l + mm_] = _trit(o[32 + mm_], l)
+                        y[160 + 16 * l + mm_] = _trit(o[TQ1_QS + 32 + mm_], l)
                 for l in range(4):
                     for j in range(4):
-                        y[240 + 4 * l + j] = _trit(o[48 + j], l)
+                        y[240 + 4 * l + j] = _trit(o[TQ1_QH + j], l)
             elif kind == 7:
-                d[r, b] = fp16_to_fp32(o[64], o[65])
+                d[r, b] = fp16_to_fp32(o[TQ2_D], o[TQ2_D + 1])
                 for j in range(16):
                     s[j] = 1
                 for e in range(QK_K):
                     h, rest = divmod(e, 128)
                     k, l = divmod(rest, 32)
-                    y[e] = ((np.int32(o[32 * h + l]) >> (2 * k)) & 3) - 1
+                    y[e] = ((np.int32(o[TQ2_QS + 32 * h + l]) >> (2 * k)) & 3) - 1
             else:
-                d[r, b] = fp16_to_fp32(o[208], o[209])
+                d[r, b] = fp16_to_fp32(o[Q6K_D], o[Q6K_D + 1])
                 for j in range(16):
-                    v = np.int32(o[192 + j])
+                    v = np.int32(o[Q6K_SCALES + j])
                     s[j] = v - 256 if v > 127 else v
                 for e in range(QK_K):
                     h, rest = divmod(e, 128)
                     k, l = divmod(rest, 32)
-                    low = np.int32(o[64 * h + 32 * (k & 1) + l])
+                    low = np.int32(o[Q6K_QL + 64 * h + 32 * (k & 1) + l])
                     low = (low & 0xF) if k < 2 else (low >> 4)
-                    high = (np.int32(o[128 + 32 * h + l]) >> (2 * k)) & 3
+                    high = (np.int32(o[Q6K_QH + 32 * h + l]) >> (2 * k)) & 3
                     y[e] = (low | (high << 4)) - 32
 
 
@@ -420,8 +442,9 @@ VEC_DOT.update({name: _make_k(name) for name in K_KIND})
 # (unfused), then * FINAL; IQ1 sumf = fmaf(d_b, fmaf(f(delta part), 0.125f, f(grid part)), sumf).
 
 # weight type -> (type_size, kind, final factor): kind 0 lattice (fp16 d at byte 0), 1 IQ1_S, 2 IQ1_M
-IQ_KIND = {"IQ2_XXS": (66, 0, 0.125), "IQ2_XS": (74, 0, 0.125), "IQ2_S": (82, 0, 0.125),
-           "IQ3_XXS": (98, 0, 0.25), "IQ3_S": (110, 0, 1.0), "IQ1_S": (50, 1, 1.0), "IQ1_M": (56, 2, 1.0)}
+IQ_KIND = {name: (get_format(name).type_size, kind, final) for name, kind, final in [
+    ("IQ2_XXS", 0, 0.125), ("IQ2_XS", 0, 0.125), ("IQ2_S", 0, 0.125), ("IQ3_XXS", 0, 0.25), ("IQ3_S", 0, 1.0),
+    ("IQ1_S", 1, 1.0), ("IQ1_M", 2, 1.0)]}
 IQ1_DELTA = F32(0.125)
 
 
@@ -556,13 +579,15 @@ VEC_DOT.update({name: _make_iq(name) for name in IQ_KIND})
 #          sumf = sumf + d * sumi_f
 #   NVFP4  per sub-block s of 16: sumf = sumf + f(sumi_s) * (d_y[s/2] * d[s])
 
-NESTED_KIND = {"Q1_0": (18, 0, 128), "NVFP4": (36, 1, 64)}
+NESTED_KIND = {name: (get_format(name).type_size, kind, get_format(name).block_size)
+               for kind, name in enumerate(("Q1_0", "NVFP4"))}
+NESTED_TS = tuple(ts for ts, _, _ in NESTED_KIND.values())
 
 
 @njit(**PJIT)
 def _unpack_nested(data, kind, q, d):
     """Weight rows -> codes q (N, K) int8 and scales d: Q1_0 (N, nb), NVFP4 (N, 4 nb) float32."""
-    ts = 18 if kind == 0 else 36
+    ts = NESTED_TS[kind]
     nb = data.shape[1] // ts
     for r in prange(data.shape[0]):
         for b in range(nb):
