@@ -9,7 +9,9 @@ weight types that have one (refquant.ggml.dot.VEC_DOT_TYPE: ggml's CPU mul_mat);
 schemes of refquant.gemm (W4A16, W8A8, FP8). `operation_keys(op)` lists what the spec defines.
 
 Third-party packages register a backend object (or a zero-argument factory) under the entry
-point group `refquant.backends`; `get_backend("module:object")` loads one by path.
+point group `refquant.backends`; `get_backend("module:object")` loads one by path. A backend
+whose modules list what they implement in tables (as Numba's and CuPy's do) subclasses
+`TableBackend` and names its modules.
 """
 from __future__ import annotations
 
@@ -70,7 +72,17 @@ class Backend:
 
     def supports(self, op: str, qtype) -> bool:
         """Whether this backend runs `op` for `qtype` itself (False: the spec runs it)."""
-        return (op, operation_key(op, qtype)) in self.claims()
+        return self._runs(op, operation_key(op, qtype)) is self
+
+    def _runs(self, op: str, key: str) -> "Backend":
+        """Who runs (op, key), key already canonical: this backend where it claims it, else the
+        spec. The claims are read once per backend object."""
+        claimed = self.__dict__.get("_claimed")
+        if claimed is None:
+            if type(self).claims is Backend.claims:   # the spec claims all it defines
+                return self
+            claimed = self.__dict__["_claimed"] = frozenset(self.claims())
+        return self if (op, key) in claimed else SPEC
 
     # Row functions: x (nrows, n) float32 -> (nrows, row_bytes) uint8 and back. Overridden.
     def quantize_rows(self, fmt, x, imatrix):
@@ -86,7 +98,7 @@ class Backend:
         x = check_floats(x, fmt)
         im = check_imatrix(imatrix, fmt, x.shape[-1])
         rows = x.reshape(-1, x.shape[-1])
-        impl = self if self.supports("quantize", fmt) else SPEC
+        impl = self._runs("quantize", fmt.name)
         with np.errstate(all="ignore"):  # overflow to inf is part of the C arithmetic reproduced
             out = impl.quantize_rows(fmt, rows, im)
         return out.reshape(quantized_shape(x.shape, fmt))
@@ -97,7 +109,7 @@ class Backend:
             raise FormatError(f"{fmt.name} has no dequantizer")
         data = check_bytes(data, fmt)
         rows = data.reshape(-1, data.shape[-1])
-        impl = self if self.supports("dequantize", fmt) else SPEC
+        impl = self._runs("dequantize", fmt.name)
         with np.errstate(all="ignore"):
             out = impl.dequantize_rows(fmt, rows)
         return out.reshape(dequantized_shape(data.shape, fmt))
@@ -121,7 +133,7 @@ class Backend:
         if a.ndim != 2 or a.shape[1] != w.shape[1] // fmt.type_size * fmt.block_size:
             raise RefquantError(f"{fmt.name} vec_dot: activations must be (M, {w.shape[1] // fmt.type_size * fmt.block_size}), "
                                 f"got {a.shape}")
-        impl = self if self.supports("vec_dot", fmt) else SPEC
+        impl = self._runs("vec_dot", fmt.name)
         with np.errstate(all="ignore"):
             return impl.vec_dot_rows(fmt, w, a, variant)
 
@@ -139,7 +151,7 @@ class Backend:
                 raise RefquantError(f"{sc.name}: unknown option {k}={v!r}; allowed: {sc.options}")
         weight.check()
         _check_acts(a, weight.shape[1], sc.name)
-        impl = self if self.supports("matmul", sc.name) else SPEC
+        impl = self._runs("matmul", sc.name)
         with np.errstate(all="ignore"):
             return impl.matmul_rows(sc, a, weight, **options)
 
@@ -153,6 +165,41 @@ class Backend:
 
 
 SPEC = Backend()
+
+
+class TableBackend(Backend):
+    """A backend whose modules export what they implement as tables named after the operation
+    (QUANTIZE, DEQUANTIZE, VEC_DOT, MATMUL: key -> function with the spec's row signature, without
+    the format or scheme argument). Subclasses name their package's modules in MODULES (paths
+    relative to the package, mirroring the spec's: "ggml.legacy" twins refquant/ggml/legacy.py);
+    the claims are the union of the tables, so an implementation joins by its module's table."""
+
+    MODULES: tuple = ()
+    TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
+
+    def __init__(self):
+        self._t = {op: {} for op in self.TABLES}
+        package = next(c for c in type(self).__mro__ if "MODULES" in c.__dict__).__module__
+        for m in self.MODULES:
+            mod = importlib.import_module(f"{package}.{m}")
+            for op, attr in self.TABLES.items():
+                self._t[op].update(getattr(mod, attr, {}))
+        self._claimed = frozenset((op, key) for op, table in self._t.items() for key in table)
+
+    def claims(self):
+        return set(self._claimed)
+
+    def quantize_rows(self, fmt, x, imatrix):
+        return self._t["quantize"][fmt.name](x, imatrix)
+
+    def dequantize_rows(self, fmt, data):
+        return self._t["dequantize"][fmt.name](data)
+
+    def vec_dot_rows(self, fmt, w, a, variant):
+        return self._t["vec_dot"][fmt.name](w, a, variant)
+
+    def matmul_rows(self, scheme, a, weight, **options):
+        return self._t["matmul"][scheme.name](a, weight, **options)
 
 
 def _instantiate(obj):

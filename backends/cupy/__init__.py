@@ -11,21 +11,7 @@ Nothing here has been run on a GPU yet: see spec/backends/cupy.md.
 """
 from __future__ import annotations
 
-import importlib
-
-from refquant.backend import Backend
-
-MODULES = ("ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.fp4", "gemm")
-TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
-
-
-def _tables():
-    out = {op: {} for op in TABLES}
-    for m in MODULES:
-        mod = importlib.import_module(f"{__name__}.{m}")
-        for op, attr in TABLES.items():
-            out[op].update(getattr(mod, attr, {}))
-    return out
+from refquant.backend import TableBackend
 
 
 def gpu_available() -> tuple[bool, str]:
@@ -44,21 +30,9 @@ def gpu_available() -> tuple[bool, str]:
     return True, props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
 
 
-class CupyBackend(Backend):
+class CupyBackend(TableBackend):
     name = "cupy"
-
-    def __init__(self):
-        self._t = _tables()
-        self._claims = frozenset((op, key) for op, table in self._t.items() for key in table)
-
-    def claims(self):
-        return set(self._claims)
-
-    def dequantize_rows(self, fmt, data):
-        return self._t["dequantize"][fmt.name](data)
-
-    def matmul_rows(self, scheme, a, weight, **options):
-        return self._t["matmul"][scheme.name](a, weight, **options)
+    MODULES = ("ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.fp4", "gemm")
 
     def accumulation(self, op, key, K, weight=None):
         from .gemm import accumulation

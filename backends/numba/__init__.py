@@ -32,44 +32,14 @@ from __future__ import annotations
 
 import importlib
 
-from refquant.backend import Backend
-
-# The twin modules, by their path relative to the spec's package. New families join this list.
-MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.iquants_grid", "ggml.lowbit", "ggml.fp4",
-           "ggml.dot", "minifloat", "affine", "gemm", "ggml.iquants_iq1")
-TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
+from refquant.backend import TableBackend
 
 
-def _tables():
-    out = {op: {} for op in TABLES}
-    for m in MODULES:
-        mod = importlib.import_module(f"{__name__}.{m}")
-        for op, attr in TABLES.items():
-            out[op].update(getattr(mod, attr, {}))
-    return out
-
-
-class NumbaBackend(Backend):
+class NumbaBackend(TableBackend):
     name = "numba"
-
-    def __init__(self):
-        self._t = _tables()
-        self._claims = frozenset((op, key) for op, table in self._t.items() for key in table)
-
-    def claims(self):
-        return set(self._claims)
-
-    def quantize_rows(self, fmt, x, imatrix):
-        return self._t["quantize"][fmt.name](x, imatrix)
-
-    def dequantize_rows(self, fmt, data):
-        return self._t["dequantize"][fmt.name](data)
-
-    def vec_dot_rows(self, fmt, w, a, variant):
-        return self._t["vec_dot"][fmt.name](w, a, variant)
-
-    def matmul_rows(self, scheme, a, weight, **options):
-        return self._t["matmul"][scheme.name](a, weight, **options)
+    # The twin modules, by their path relative to the spec's package. New families join this list.
+    MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.iquants_grid", "ggml.lowbit",
+               "ggml.fp4", "ggml.dot", "minifloat", "affine", "gemm", "ggml.iquants_iq1")
 
     def accumulation(self, op, key, K, weight=None):
         from .gemm import accumulation
