@@ -109,12 +109,14 @@ def cmd_quantize(args) -> int:
         if args.calibration_tokens is not None and args.calibration_tokens < 1:
             raise InputError(f"quantize: --calibration-tokens must be >= 1, got {args.calibration_tokens}")
         sq = args.method == "smoothquant"
-        fmt = args.format or ("compressed-tensors" if sq else "gptq")
+        if args.scheme is not None and args.bits is not None:
+            raise InputError(f"quantize: --scheme {args.scheme} sets the bits; give --scheme or --bits, not both")
+        fmt = args.format or ("compressed-tensors" if sq or args.scheme is not None else "gptq")
         bits = args.bits if args.bits is not None else (8 if sq else 4)
         quantize_checkpoint(args.input, args.output, args.method, bits, args.group_size, fmt,
                             args.activations, progress=Progress(n, "quantize", args.progress),
                             calibration=text, ctx=args.ctx, calibration_tokens=args.calibration_tokens,
-                            alpha=args.alpha, targets=args.targets, ignore=args.ignore)
+                            alpha=args.alpha, targets=args.targets, ignore=args.ignore, scheme=args.scheme)
         return 0
     if args.type is None:
         raise RefquantError("quantize: a GGUF input needs --type (a llama.cpp file type such as Q4_K_M)")
@@ -272,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --calibration: use the text's first N tokens (default 4096)")
     s.add_argument("--ctx", type=int, default=512, help="with --calibration: tokens per sequence (default 512)")
     s.add_argument("--alpha", type=float, default=0.5, help="smoothquant: migration strength (default 0.5)")
+    s.add_argument("--scheme", default=None, metavar="PRESET",
+                   help="checkpoint input: a compressed-tensors preset, spelled as compressed-tensors spells it "
+                        "(W4A16, W8A8, FP8_DYNAMIC, NVFP4, MXFP4, ...; format compressed-tensors)")
     s.add_argument("--targets", nargs="+", default=["Linear"], metavar="TARGET",
                    help="checkpoint input: the layers to quantize, as llm-compressor names them: module names, "
                         "'re:' patterns, or the class Linear (default: Linear, every linear layer)")

@@ -25,6 +25,13 @@ The shared scale is chosen by a *scale rule*; each is named after the implementa
     "rceil"  torchao RCEIL (NVIDIA's cuBLAS/TransformerEngine rule, eager fallback):
              e = ceil(log2(float32(amax / max_elem))) with log2 rounded to float32, clamped
              to [-127, 127]; elements are x * 2^(127 - code) (x * 1.0 when code is 0), clamped.
+    "compressed-tensors"  compressed-tensors 0.20 (generate_mx_scales, llm-compressor's MX
+             presets): amax rounded to a power of two as "even" does, but with E2M1's one
+             mantissa bit for MXFP4 and MXFP8 alike (E2M3's three for MXFP6); code =
+             clamp(127 + floor(log2) - emax_elem, 0, 255); elements x / 2^(code - 127) exactly
+             (no 2^-126 floor), clamped, rounded to nearest even; an FP4 or FP8 element of -0.0
+             is +0 (FP4: torch.sign(-0.0) is 0; FP8: the zero point added first), an FP6 one
+             keeps its sign, and a negative element that rounds to zero keeps its sign.
 
 NVFP4 (NVIDIA): blocks of 16 E2M1 elements, each block with an E4M3 scale, and one float32
 global scale for the whole tensor, computed as compressed-tensors does (see quantize_nvfp4).
@@ -49,7 +56,7 @@ NVFP4_BLOCK = 16
 E8M0_NAN = 0xFF
 FLT_MIN_NORMAL = F32(2.0 ** -126)
 
-SCALE_RULES = ("ocp", "floor", "ceil", "even", "rceil")
+SCALE_RULES = ("ocp", "floor", "ceil", "even", "rceil", "compressed-tensors")
 DEFAULT_SCALE_RULE = "ocp"
 
 
@@ -160,6 +167,16 @@ def shared_exponent(amax: np.ndarray, fmt, rule: str = DEFAULT_SCALE_RULE) -> np
         _, ex = np.frexp(a.astype(np.float64))
         e = np.where(a == 0, -127, ex.astype(np.int64) - 1 - f.emax_elem)
         return (np.clip(e, -127, 127) + 127).astype(np.uint8)
+    if rule == "compressed-tensors":
+        # round_to_power_2(amax, mantissa): amax's bits + 2^(22 - m), masked to sign and exponent,
+        # m = E2M3's 3 for FP6, E2M1's 1 otherwise (FP8 too); then 127 + floor(log2) - offset,
+        # cast to uint8 after a clamp to [0, 255] (log2(0) = -inf clamps to 0)
+        m = 3 if f.element == "E2M3" else 1
+        u = a.view(np.uint32).astype(np.int64) + (1 << (23 - m - 1))
+        r = (u & 0xFF800000).astype(np.uint32).view(F32)
+        _, ex = np.frexp(r.astype(np.float64))          # floor(log2 r) exactly, subnormals too
+        e = np.where(r == 0, -(1 << 20), ex.astype(np.int64) - 1)
+        return np.clip(e + 127 - f.emax_elem, 0, 255).astype(np.uint8)
     if rule in ("floor", "ceil", "even"):
         if rule == "even":
             # amax's bits + 2^(22 - mbits), masked to sign and exponent: round amax to the
@@ -231,6 +248,11 @@ def quantize_mx(x: np.ndarray, fmt, rule: str = DEFAULT_SCALE_RULE) -> tuple[np.
     else:
         v = np.clip(v, F32(-f.max_elem), F32(f.max_elem))   # torchao's clamp; saturating encode
         elems = mf.encode(v, f.element, saturate=True)
+        if rule == "compressed-tensors" and f.element in ("E2M1", "E4M3FN"):
+            # FP4: cast_to_fp4 rounds |v| and multiplies by torch.sign(v), 0 for -0.0; FP8: the
+            # compressor adds the (zero) zero point before the cast, -0.0 + 0 = +0. Either way
+            # a v of -0.0 comes out +0; E2M3 (copysign, no zero point) keeps -0.
+            elems = np.where(v == 0, np.uint8(0), elems).astype(np.uint8)
     elems = elems.reshape(x.shape)
     if f.packed:
         elems = pack_fp4(elems)

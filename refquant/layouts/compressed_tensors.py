@@ -17,6 +17,18 @@ tensors" quant_method), per linear `<p>`, by format:
     <p>.weight_scale float8_e4m3fn (N, K/16), <p>.weight_global_scale float32 (1,) = 448·6/amax
   mxfp4-pack-quantized:
     <p>.weight_packed uint8 (N, K/2) as nvfp4, <p>.weight_scale uint8 (N, K/32) E8M0 exponents
+  mxfp6-pack-quantized:
+    <p>.weight_packed uint8 (N, 3K/4)  four E2M3 codes (sign in bit 5) in three bytes: the
+                                       little-endian 24-bit word c0 | c1<<6 | c2<<12 | c3<<18
+    <p>.weight_scale uint8 (N, K/32) E8M0 exponents
+  mxfp8-quantized:
+    <p>.weight float8_e4m3fn (N, K), <p>.weight_scale uint8 (N, K/32) E8M0 exponents
+
+A preset (`PRESETS`, compressed-tensors' PRESET_SCHEMES: W4A16, FP8_DYNAMIC, MXFP4, ...) names
+the weights' and the input activations' quantization args and, through the compressor that
+takes it (infer_module_format), the format. Activation-quantizing presets add no weight
+tensors; static ones store the layer's input scale: FP8 `input_scale` float32 (1,) = amax /
+448, NVFP4 `input_global_scale` float32 (1,) = 448·6 / amax.
 
 Codes and scales come from refquant.affine ("compressed-tensors" convention), refquant.fp8_scaling
 and refquant.mx; this module only names, packs and describes them. See
@@ -31,7 +43,63 @@ from .. import affine
 from ..errors import FormatError, InputError
 from ..packing import pack_bits, unpack_bits
 
-FORMATS = ("pack-quantized", "int-quantized", "float-quantized", "nvfp4-pack-quantized", "mxfp4-pack-quantized")
+FORMATS = ("pack-quantized", "int-quantized", "float-quantized", "nvfp4-pack-quantized", "mxfp4-pack-quantized",
+           "mxfp6-pack-quantized", "mxfp8-quantized")
+
+
+def _int_args(bits, strategy="group", group_size=128, symmetric=True, dynamic=False):
+    a = {"num_bits": bits, "type": "int", "symmetric": symmetric, "group_size": group_size, "strategy": strategy,
+         "dynamic": dynamic}
+    return a
+
+
+def _float_args(bits, strategy, group_size=None, dynamic=False, scale_dtype=None, **extra):
+    a = {"num_bits": bits, "type": "float", "symmetric": True, "group_size": group_size, "strategy": strategy,
+         "dynamic": dynamic}
+    if scale_dtype is not None:
+        a["scale_dtype"] = scale_dtype
+    a.update(extra)
+    return a
+
+
+_TOKEN_INT8 = _int_args(8, "token", None, dynamic=True)
+_MX = dict(group_size=32, scale_dtype="torch.uint8")
+# compressed-tensors 0.20.1's PRESET_SCHEMES, as its QuantizationConfig serialises them (fields at
+# their default left out): name -> (format, weights, input_activations)
+PRESETS = {
+    **{f"W{b}A16": ("pack-quantized", _int_args(b), None) for b in range(2, 9)},
+    **{f"W{b}A8": ("int-quantized", _int_args(b), _TOKEN_INT8) for b in range(2, 8)},
+    **{f"W{b}A4": ("int-quantized", _int_args(b), _int_args(4, "token", None, dynamic=True)) for b in range(2, 5)},
+    "W4A16_ASYM": ("pack-quantized", _int_args(4, symmetric=False), None),
+    "W8A8": ("int-quantized", _int_args(8, "channel", None), _TOKEN_INT8),
+    "INT8": ("int-quantized", _int_args(8, "channel", None), _TOKEN_INT8),
+    "W4AFP8": ("int-quantized", _int_args(4), _float_args(8, "token", dynamic=True)),
+    "FP8": ("float-quantized", _float_args(8, "tensor"), _float_args(8, "tensor", observer="static_minmax")),
+    "FP8_DYNAMIC": ("float-quantized", _float_args(8, "channel"), _float_args(8, "token", dynamic=True)),
+    "FP8_BLOCK": ("float-quantized", _float_args(8, "block", block_structure=[128, 128]),
+                  _float_args(8, "group", 128, dynamic=True)),
+    "NVFP4A16": ("nvfp4-pack-quantized", _float_args(4, "tensor_group", 16, scale_dtype="torch.float8_e4m3fn"), None),
+    "NVFP4": ("nvfp4-pack-quantized", _float_args(4, "tensor_group", 16, scale_dtype="torch.float8_e4m3fn"),
+              _float_args(4, "tensor_group", 16, dynamic="local", scale_dtype="torch.float8_e4m3fn",
+                          observer="static_minmax")),
+    "MXFP4A16": ("mxfp4-pack-quantized", _float_args(4, "group", **_MX), None),
+    "MXFP4": ("mxfp4-pack-quantized", _float_args(4, "group", **_MX), _float_args(4, "group", dynamic=True, **_MX)),
+    "MXFP4XFP8": ("mxfp4-pack-quantized", _float_args(4, "group", **_MX), _float_args(8, "group", 128, dynamic=True)),
+    "MXFP6A16": ("mxfp6-pack-quantized", _float_args(6, "group", **_MX), None),
+    "MXFP6A8": ("mxfp6-pack-quantized", _float_args(6, "group", **_MX), _float_args(8, "group", dynamic=True, **_MX)),
+    "MXFP8A16": ("mxfp8-quantized", _float_args(8, "group", **_MX), None),
+    "MXFP8": ("mxfp8-quantized", _float_args(8, "group", **_MX), _float_args(8, "group", dynamic=True, **_MX)),
+}
+
+
+def preset(name: str):
+    """(format, weights args, input activation args or None) of preset `name` (any case, as
+    compressed-tensors' preset_name_to_scheme upper-cases it)."""
+    key = str(name).upper()
+    if key not in PRESETS:
+        raise FormatError(f"compressed-tensors has no preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    fmt, w, a = PRESETS[key]
+    return fmt, dict(w), (dict(a) if a is not None else None)
 
 
 def _bits(bits):
@@ -108,6 +176,43 @@ def mxfp4_pack_quantized(packed: np.ndarray, scale_e8m0: np.ndarray) -> dict:
     return {"weight_packed": np.asarray(packed, np.uint8), "weight_scale": np.asarray(scale_e8m0, np.uint8)}
 
 
+def mxfp6_pack_quantized(codes_e2m3: np.ndarray, scale_e8m0: np.ndarray) -> dict:
+    """E2M3 codes uint8 (N, K), K a multiple of 4, -> weight_packed (N, 3K/4) as compressed-tensors'
+    pack_fp6_to_uint8: word = c0 | c1 << 6 | c2 << 12 | c3 << 18, its bytes low first."""
+    c = np.asarray(codes_e2m3, np.uint8)
+    if c.ndim != 2 or c.shape[1] % 4 or (c > 0x3F).any():
+        raise InputError(f"mxfp6-pack-quantized: codes must be a (N, K) matrix of 6-bit codes, K a multiple of 4, "
+                         f"got shape {c.shape}")
+    q = c.reshape(c.shape[0], -1, 4).astype(np.uint32)
+    word = q[..., 0] | q[..., 1] << 6 | q[..., 2] << 12 | q[..., 3] << 18
+    packed = np.stack([word & 0xFF, (word >> 8) & 0xFF, (word >> 16) & 0xFF], axis=-1).astype(np.uint8)
+    return {"weight_packed": packed.reshape(c.shape[0], -1), "weight_scale": np.asarray(scale_e8m0, np.uint8)}
+
+
+def unpack_mxfp6(packed: np.ndarray) -> np.ndarray:
+    """weight_packed (N, 3K/4) -> E2M3 codes uint8 (N, K)."""
+    b = np.asarray(packed, np.uint8)
+    if b.ndim != 2 or b.shape[1] % 3:
+        raise InputError(f"mxfp6-pack-quantized: weight_packed must be (N, 3K/4), got shape {b.shape}")
+    w = b.reshape(b.shape[0], -1, 3).astype(np.uint32)
+    word = w[..., 0] | w[..., 1] << 8 | w[..., 2] << 16
+    return np.stack([(word >> sh) & 0x3F for sh in (0, 6, 12, 18)], axis=-1).astype(np.uint8).reshape(b.shape[0], -1)
+
+
+def mxfp8_quantized(codes_e4m3: np.ndarray, scale_e8m0: np.ndarray) -> dict:
+    return {"weight": np.asarray(codes_e4m3, np.uint8).view(ml_dtypes.float8_e4m3fn),
+            "weight_scale": np.asarray(scale_e8m0, np.uint8)}
+
+
+def preset_config(name: str, targets=("Linear",), ignore=("lm_head",)) -> dict:
+    """config.json's "quantization_config" for preset `name` covering `targets` but `ignore`."""
+    fmt, w, a = preset(name)
+    return {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+            "config_groups": {"group_0": {"targets": list(targets), "weights": w, "input_activations": a,
+                                          "output_activations": None, "format": fmt}},
+            "ignore": list(ignore), "kv_cache_scheme": None}
+
+
 def quantization_config(fmt: str, bits: int = 4, group_size=None, symmetric: bool = True,
                         targets=("Linear",), ignore=("lm_head",)) -> dict:
     """config.json's "quantization_config" for one scheme covering every Linear but `ignore`."""
@@ -132,3 +237,52 @@ def quantization_config(fmt: str, bits: int = 4, group_size=None, symmetric: boo
                                           "input_activations": None, "output_activations": None,
                                           "format": fmt}},
             "ignore": list(ignore), "kv_cache_scheme": None}
+
+
+def _weight_block(w: dict, shape) -> tuple:
+    st = w.get("strategy")
+    if st == "tensor":
+        return tuple(shape)
+    if st == "channel":
+        return (1, shape[1])
+    if st == "block":
+        return tuple(w["block_structure"])
+    if st in ("group", "tensor_group"):
+        return (1, int(w["group_size"]))
+    raise FormatError(f"compressed-tensors: weight strategy {st!r} is not one refquant reads")
+
+
+def dequantize(t: dict, fmt: str, weights: dict, who: str = "compressed-tensors") -> np.ndarray:
+    """One linear's tensors (local names: weight_packed, weight_scale, ...) in format `fmt` with
+    weight args `weights` (the config group's) -> the weight, as compressed-tensors' compressor
+    decompresses it on CPU: in the scale's dtype (int, FP8), bfloat16 (NVFP4: the float32
+    product cast; MX: its E8M0 scales decompress to bfloat16)."""
+    from .. import fp8_scaling, mx
+    try:
+        if fmt == "pack-quantized":
+            return dequantize_pack_quantized(t, int(weights["num_bits"]))
+        if fmt in ("int-quantized", "naive-quantized", "float-quantized"):
+            q = t["weight"]
+            s = np.asarray(t["weight_scale"])
+            block = _weight_block(weights, q.shape)
+            if q.dtype == np.dtype(ml_dtypes.float8_e4m3fn):
+                return fp8_scaling.dequantize(q, s.reshape(affine.scale_shape(q.shape, block)), block)
+            z = t.get("weight_zero_point")
+            return affine.dequantize_compressed_tensors(q, s.reshape(affine.scale_shape(q.shape, block)), z, block)
+        if fmt == "nvfp4-pack-quantized":
+            # 0.20.1 unpacks to bfloat16 and dequantizes in float32 (scale / global scale
+            # promotes), then casts the product to bfloat16
+            return mx.dequantize_nvfp4(t["weight_packed"], np.asarray(t["weight_scale"]).view(np.uint8),
+                                       np.asarray(t["weight_global_scale"], np.float32).ravel()[0]
+                                       ).astype(ml_dtypes.bfloat16)
+        if fmt in ("mxfp4-pack-quantized", "mxfp6-pack-quantized", "mxfp8-quantized"):
+            if fmt == "mxfp4-pack-quantized":
+                w = mx.dequantize_mx(t["weight_scale"], t["weight_packed"], "MXFP4_E2M1")
+            elif fmt == "mxfp6-pack-quantized":
+                w = mx.dequantize_mx(t["weight_scale"], unpack_mxfp6(t["weight_packed"]), "MXFP6_E2M3")
+            else:
+                w = mx.dequantize_mx(t["weight_scale"], np.asarray(t["weight"]).view(np.uint8), "MXFP8_E4M3")
+            return w.astype(ml_dtypes.bfloat16)    # exact products, one rounding to bfloat16
+    except KeyError as e:
+        raise InputError(f"{who}: format {fmt} needs tensor {e.args[0]!r}, which is missing") from None
+    raise FormatError(f"{who}: compressed-tensors format {fmt!r} is not one refquant reads (known: {', '.join(FORMATS)})")

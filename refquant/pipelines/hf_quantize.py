@@ -159,7 +159,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                         calibration: Optional[str] = None, ctx: int = 512, calibration_tokens: Optional[int] = 4096,
                         sequential: bool = True, alpha: float = 0.5, max_rows: int = 4096,
                         record: Optional[dict] = None, targets=L_targets.DEFAULT_TARGETS,
-                        ignore=L_targets.DEFAULT_IGNORE) -> None:
+                        ignore=L_targets.DEFAULT_IGNORE, scheme: Optional[str] = None) -> None:
     """Quantize the checkpoint in `model_dir` into `out_dir` (see the module's docstring).
 
     calibration      a text: the model runs on it block by block (refquant.model.calibrate) and
@@ -171,8 +171,27 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     alpha            SmoothQuant's migration strength
     max_rows         AWQ's loss runs on at most this many input rows (every stride-th)
     record           when a dict: filled with every linear's calibration inputs (tests)
-    targets, ignore  the layers to quantize, as llm-compressor names them (refquant.layouts.targets)"""
+    targets, ignore  the layers to quantize, as llm-compressor names them (refquant.layouts.targets)
+    scheme           a compressed-tensors preset (W4A16, FP8_DYNAMIC, MXFP4, ...; fmt must be
+                     compressed-tensors): its weight args replace bits / group_size / sym,
+                     its format and activation args go into the config; gptq and awq apply to
+                     the integer presets only"""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    pw = None
+    if scheme is not None:
+        if fmt != "compressed-tensors":
+            raise FormatError(f"quantize: --scheme {scheme} is a compressed-tensors preset; the format must be "
+                              f"compressed-tensors, not {fmt}")
+        pfmt, pw, pa = L_ct.preset(scheme)
+        if method == "smoothquant" or calibration is not None:
+            raise InputError(f"quantize: --scheme takes --method rtn, or gptq / awq with --activations DIR")
+        if pw["type"] == "float" and method != "rtn":
+            raise FormatError(f"quantize: preset {scheme} quantizes weights to floats; only --method rtn applies")
+        bits, sym = pw["num_bits"], pw["symmetric"]
+        group_size = pw["group_size"] if pw["type"] == "int" and pw["strategy"] == "group" else -1
+        if preset_needs_inputs(scheme) and activations is None:
+            raise InputError(f"quantize: preset {scheme} stores a static input scale: it needs calibration "
+                             f"activations (--activations DIR)")
     if method == "smoothquant":
         group_size = -1                  # W8A8: one scale per output channel
     _check_options(method, bits, group_size, fmt, activations, calibration)
@@ -194,7 +213,11 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                              f"size {group_size}")
         if fmt in ("nvfp4", "modelopt-nvfp4") and K % 16:
             raise InputError(f"quantize: layer {k[:-len('.weight')]} has {K} inputs, not a multiple of NVFP4's 16")
-        if adir is not None and (method != "rtn" or fmt.startswith("modelopt-")):
+        if pw is not None and pw["group_size"] and K % pw["group_size"]:
+            raise InputError(f"quantize: layer {k[:-len('.weight')]} has {K} inputs, not a multiple of preset "
+                             f"{scheme}'s group size {pw['group_size']}")
+        if adir is not None and (method != "rtn" or fmt.startswith("modelopt-") or
+                                 (scheme is not None and preset_needs_inputs(scheme))):
             _activations(adir, k[:-len(".weight")], K)
     if sym is None:
         sym = fmt not in ("awq", "awq-gemv")
@@ -226,12 +249,19 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         W = weights[k].astype(np.float32)
         module = k[:-len(".weight")]
         q = None
-        if fmt in PACKED:
+        if fmt in PACKED and (scheme is None or method != "rtn"):
             if method == "gptq":
                 q = gptq_run(W, X=_activations(adir, module, W.shape[1]), bits=bits, group_size=group_size, sym=sym)
             else:
                 q = rtn_run(W, bits, group_size, sym)
-        if fmt == "modelopt-fp8":
+        if scheme is not None:
+            wk = weights[k]
+            Wd = wk if wk.dtype in (np.float32, np.float16, BF16) and method != "awq" else W
+            xa = None
+            if preset_needs_inputs(scheme):
+                xa = np.max(np.abs(_activations(adir, module, W.shape[1])))
+            t = preset_tensors(scheme, Wd, q if method != "rtn" else None, xa)
+        elif fmt == "modelopt-fp8":
             dt = weights[k].dtype if weights[k].dtype in (np.float16, BF16) else np.float32
             t = L_fp8.modelopt_fp8(weights[k].astype(dt), dt, w_amax[k], x_amax[k])
         elif fmt == "modelopt-nvfp4":
@@ -249,6 +279,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                                                 _modelopt_excluded(weights, config))
         config["quantization_config"] = L_fp8.hf_config_modelopt(hq)
         extra["hf_quant_config.json"] = json.dumps(hq, indent=4) + "\n"
+    elif scheme is not None:
+        config["quantization_config"] = L_ct.preset_config(scheme, targets, ignore)
     else:
         config["quantization_config"] = _config(fmt, bits, group_size, sym, targets, ignore,
                                                 L_targets.ignored_linears(shapes, lin))
@@ -434,3 +466,69 @@ def _config(fmt, bits, group_size, sym, targets=L_targets.DEFAULT_TARGETS, ignor
     if fmt == "fp8-block":
         return L_fp8.quantization_config_block_fp8()
     return L_ct.quantization_config("nvfp4-pack-quantized", targets=targets, ignore=ignore)
+
+
+# ---- compressed-tensors presets (--scheme) ------------------------------------------------------
+
+def _preset_block(w: dict, shape) -> tuple:
+    """The block a weight scale covers, from the preset's weight args."""
+    st = w["strategy"]
+    if st == "tensor":
+        return tuple(shape)
+    if st == "channel":
+        return (1, shape[1])
+    if st == "block":
+        return tuple(w["block_structure"])
+    return (1, w["group_size"])
+
+
+def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None) -> dict:
+    """One linear's tensors under compressed-tensors preset `name`, as its compressor writes them:
+    W the weight (float32, float16 or bfloat16: integer and FP8 scales are computed in its dtype,
+    as llm-compressor's min-max observer does on a model of that dtype; MX and NVFP4 in float32);
+    q a QuantizedLinear from GPTQ/AWQ for the integer presets (None: round to nearest on
+    compressed-tensors' own grid); x_amax the layer's input amax for the presets with static
+    input scales (FP8, NVFP4)."""
+    fmt, w, a = L_ct.preset(name)
+    N, K = W.shape
+    out: dict
+    if fmt in ("pack-quantized", "int-quantized"):
+        bits, sym = w["num_bits"], w["symmetric"]
+        block = _preset_block(w, W.shape)
+        if q is not None:
+            off = 2 ** (bits - 1)
+            codes = (q.codes.astype(np.int16) - off).astype(np.int8)
+            dt = W.dtype if W.dtype in (np.float16, BF16) else np.float32
+            s, z = q.scales.astype(dt), (q.zeros - off).astype(np.int8)
+        else:
+            s, z = affine.choose_qparams_compressed_tensors(W, block, bits, symmetric=sym)
+            codes = affine.quantize_compressed_tensors(W, s, z, block, bits)
+        z = None if sym else z
+        out = (L_ct.pack_quantized(codes, s, z, bits) if fmt == "pack-quantized"
+               else L_ct.int_quantized(codes.astype(np.int8), s, z))
+    elif fmt == "float-quantized":
+        block = _preset_block(w, W.shape)
+        s = fp8_scaling.choose_scale(W, block)
+        out = L_ct.float_quantized(fp8_scaling.quantize(W, s, block), s)
+        out["weight_scale"] = s.reshape((1,) if w["strategy"] == "tensor" else s.shape)
+    elif fmt == "nvfp4-pack-quantized":
+        packed, scales, gs = mx.quantize_nvfp4(W.astype(np.float32))
+        out = L_ct.nvfp4_pack_quantized(packed, scales, gs)
+    else:
+        element = {"mxfp4-pack-quantized": "MXFP4_E2M1", "mxfp6-pack-quantized": "MXFP6_E2M3",
+                   "mxfp8-quantized": "MXFP8_E4M3"}[fmt]
+        scales, data = mx.quantize_mx(W.astype(np.float32), element, rule="compressed-tensors")
+        out = (L_ct.mxfp4_pack_quantized(data, scales) if fmt == "mxfp4-pack-quantized"
+               else L_ct.mxfp6_pack_quantized(data, scales) if fmt == "mxfp6-pack-quantized"
+               else L_ct.mxfp8_quantized(data, scales))
+    if a is not None and not a["dynamic"]:          # FP8: a static per-tensor input scale
+        out["input_scale"] = np.array([np.float32(x_amax) / np.float32(448.0)], np.float32)
+    elif a is not None and a["dynamic"] == "local":  # NVFP4: a static global input scale
+        out["input_global_scale"] = np.array([np.float32(448.0 * 6.0) / np.float32(x_amax)], np.float32)
+    return out
+
+
+def preset_needs_inputs(name: str) -> bool:
+    """Whether preset `name` stores a static input scale (it needs calibration activations)."""
+    _, _, a = L_ct.preset(name)
+    return a is not None and a["dynamic"] in (False, "local")
