@@ -32,6 +32,8 @@ Float inputs are NumPy float32, float16 or ml_dtypes.bfloat16 arrays.
 """
 from __future__ import annotations
 
+import operator
+
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -159,7 +161,7 @@ def check_block_size(shape, block_size, pad: bool = False, who: str = "affine") 
     with it, edge blocks may be partial (they are treated as padded)."""
     shape = tuple(int(s) for s in shape)
     try:
-        block = tuple(int(b) for b in block_size)
+        block = tuple(operator.index(b) for b in block_size)   # 1.5 is refused, not truncated to 1
     except TypeError as e:
         raise InputError(f"{who}: block_size must be a tuple of integers, got {block_size!r}") from e
     if len(block) != len(shape):

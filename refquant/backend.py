@@ -98,6 +98,8 @@ class Backend:
         x = check_floats(x, fmt)
         im = check_imatrix(imatrix, fmt, x.shape[-1])
         rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] == 0:           # zero rows: zero rows of bytes
+            return np.zeros(quantized_shape(x.shape, fmt), np.uint8)
         impl = self._runs("quantize", fmt.name)
         with np.errstate(all="ignore"):  # overflow to inf is part of the C arithmetic reproduced
             out = impl.quantize_rows(fmt, rows, im)
@@ -109,6 +111,8 @@ class Backend:
             raise FormatError(f"{fmt.name} has no dequantizer")
         data = check_bytes(data, fmt)
         rows = data.reshape(-1, data.shape[-1])
+        if rows.shape[0] == 0:           # zero rows: zero rows of floats
+            return np.zeros(dequantized_shape(data.shape, fmt), np.float32)
         impl = self._runs("dequantize", fmt.name)
         with np.errstate(all="ignore"):
             out = impl.dequantize_rows(fmt, rows)

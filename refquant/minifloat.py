@@ -374,6 +374,8 @@ def encode(x, fmt, saturate: bool = False, round_mode: str = "nearest", float64:
     if f.specials == "e8m0" and round_mode != "nearest":
         float64 = "via_float32"
     x = _as_float(x, f, float64)
+    shape = x.shape
+    x = x.reshape(-1)            # a scalar too: the special cases below are written by index
     neg = np.signbit(x)
     nan = np.isnan(x)
     inf = np.isinf(x)
@@ -390,7 +392,7 @@ def encode(x, fmt, saturate: bool = False, round_mode: str = "nearest", float64:
             code[nan | neg] = 0xFF                            # NaN, negatives and -0 stay NaN
         else:
             code[over | zero | nan | neg] = 0xFF
-        return code.astype(np.uint8)
+        return code.astype(np.uint8).reshape(shape)
 
     mag = _round_magnitude(a, f)
     over = (mag > f.max_code) | inf
@@ -403,7 +405,7 @@ def encode(x, fmt, saturate: bool = False, round_mode: str = "nearest", float64:
         code[over] = (f.max_code | sign[over]) if saturate else f.overflow_code(neg[over])
     if nan.any():
         code[nan] = f.nan_code(neg[nan])
-    return code.astype(np.uint8)
+    return code.astype(np.uint8).reshape(shape)
 
 
 def encode_decode(x, fmt, saturate: bool = False, round_mode: str = "nearest", float64: str = "direct") -> np.ndarray:

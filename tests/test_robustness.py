@@ -214,3 +214,148 @@ def test_a_large_string_array_is_one_array_of_offsets(tmp_path):
         v = f.kvs[0].value
         assert len(v) == n and v[0] == "" and v[-1] == ""
         assert v._starts.nbytes + v._lengths.nbytes == 16 * n
+
+
+# ------------------------------------------------------------------ safetensors and checkpoints
+
+def _st(header, data=b""):
+    js = header if isinstance(header, bytes) else __import__("json").dumps(header).encode()
+    return struct.pack("<Q", len(js)) + js + data
+
+
+BAD_SAFETENSORS = {
+    "entry null": (_st({"a": None}), "entry is a NoneType"),
+    "entry a string": (_st({"a": "x"}), "entry is a str"),
+    "entry a number": (_st({"a": 3}), "entry is a int"),
+    "dtype a list": (_st({"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, bytes(4)), "unknown dtype"),
+    "no data_offsets": (_st({"a": {"dtype": "F32", "shape": [1]}}, bytes(4)), "data_offsets None"),
+    "no shape": (_st({"a": {"dtype": "F32", "data_offsets": [0, 4]}}, bytes(4)), "shape None"),
+    "shape 2^63": (_st({"a": {"dtype": "F32", "shape": [2**63], "data_offsets": [0, 4]}}, bytes(4)), "do not hold"),
+    "shape a string": (_st({"a": {"dtype": "F32", "shape": ["1"], "data_offsets": [0, 4]}}, bytes(4)), "shape ['1']"),
+    "shape NaN": (_st(b'{"a": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 4]}}', bytes(4)), "NaN"),
+    "shape Infinity": (_st(b'{"a": {"dtype": "F32", "shape": [Infinity], "data_offsets": [0, 4]}}', bytes(4)),
+                       "Infinity"),
+    "offsets reversed": (_st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, bytes(4)), "do not hold"),
+    "not an object": (_st([1, 2]), "not a JSON object"),
+    "not UTF-8": (_st(b'{"\xff": 1}'), "not UTF-8"),
+    "deep nesting": (_st(b'{"a":' + b"[" * 100000 + b"]" * 100000 + b"}"), "nests too deeply"),
+    "header past the end": (struct.pack("<Q", 2**40) + b"{}", "runs past the file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SAFETENSORS))
+def test_bad_safetensors_headers(case, tmp_path):
+    from refquant.io.safetensors import SafetensorsFile
+    data, expect = BAD_SAFETENSORS[case]
+    p = tmp_path / "x.safetensors"
+    p.write_bytes(data)
+    with pytest.raises(FileFormatError) as e:
+        SafetensorsFile(p)
+    assert expect in str(e.value) and str(p) in str(e.value), str(e.value)
+
+
+def _checkpoint(d, weight_map=None, config=b'{"model_type": "llama"}', name="a"):
+    from refquant.io.safetensors import save_file
+    d.mkdir()
+    save_file(d / "model-00001-of-00001.safetensors", {name: np.zeros((4, 128), np.float32)})
+    wm = {name: "model-00001-of-00001.safetensors"} if weight_map is None else weight_map
+    (d / "model.safetensors.index.json").write_text(__import__("json").dumps({"weight_map": wm}))
+    if config is not None:
+        (d / "config.json").write_bytes(config)
+    return d
+
+
+@pytest.mark.parametrize("weight_map,expect", [
+    ({"a": "/etc/passwd"}, "points outside the checkpoint"),
+    ({"a": "../outside.safetensors"}, "points outside the checkpoint"),
+    ({"a": 3}, "not a file name"),
+    ([1], "weight_map"),
+])
+def test_index_is_confined_and_checked(tmp_path, weight_map, expect):
+    from refquant.io.safetensors import Checkpoint
+    d = _checkpoint(tmp_path / "ck")
+    (d / "model.safetensors.index.json").write_text(__import__("json").dumps(
+        {"weight_map": weight_map} if isinstance(weight_map, dict) else weight_map))
+    with pytest.raises(RefquantError, match=expect):
+        Checkpoint(d)
+
+
+def test_index_naming_a_tensor_its_shard_lacks(tmp_path):
+    from refquant.io.safetensors import Checkpoint
+    d = _checkpoint(tmp_path / "ck", {"a": "model-00001-of-00001.safetensors", "b": "model-00001-of-00001.safetensors"})
+    ck = Checkpoint(d)
+    assert ck["a"].shape == (4, 128)
+    with pytest.raises(FileFormatError, match="names tensor 'b'.*does not hold it"):
+        ck["b"]
+
+
+def test_a_link_out_of_the_checkpoint_is_refused(tmp_path):
+    from refquant.io.safetensors import extra_files
+    d = _checkpoint(tmp_path / "ck")
+    (tmp_path / "secret").write_text("x")
+    (d / "tokenizer.json").symlink_to(tmp_path / "secret")
+    with pytest.raises(RefquantError, match="outside the checkpoint directory"):
+        extra_files(d)
+    (d / "tokenizer.json").unlink()
+    (d / "tok.txt").write_text("t")
+    (d / "tokenizer.json").symlink_to("tok.txt")          # a link inside is followed
+    assert extra_files(d)["tokenizer.json"] == b"t"
+
+
+@pytest.mark.parametrize("config,expect", [
+    (b"", "not JSON"), (b'{"a": ', "not JSON"), (b'\xef\xbb\xbf{}', "byte-order mark"),
+    (b'{"\xff": 1}', "not UTF-8"), (b"[1]", "not a JSON object"),
+])
+def test_bad_config_json(tmp_path, capsys, config, expect):
+    d = _checkpoint(tmp_path / "ck", config=config, name="model.layers.0.self_attn.q_proj.weight")
+    err = one_line(capsys, ["quantize", str(d), str(tmp_path / "out"), "--method", "rtn"])
+    assert expect in err and "config.json" in err
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ right or refused
+
+def test_negative_or_non_finite_imatrix_is_refused(tmp_path):
+    import refquant
+    from refquant.ggml.imatrix import read_imatrix, write_imatrix_legacy
+    x = np.ones((1, 256), np.float32)
+    for bad in (-1.0, np.nan, np.inf):
+        im = np.ones(256, np.float32)
+        im[7] = bad
+        with pytest.raises(RefquantError, match="column 7"):
+            refquant.quantize(x, "Q4_K", im)
+        write_imatrix_legacy(tmp_path / "i.dat", {"w": (im, 1)})
+        with pytest.raises(FileFormatError, match="entry 'w' value 7"):
+            read_imatrix(tmp_path / "i.dat")
+
+
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "IQ2_XXS", "IQ4_NL", "TQ1_0", "MXFP4", "F16"])
+def test_zero_rows_in_zero_rows_out(fmt):
+    import refquant
+    x = np.zeros((0, 256), np.float32)
+    q = refquant.quantize(x, fmt, np.ones(256, np.float32))
+    f = refquant.get_format(fmt)
+    assert q.shape == (0, 256 // f.block_size * f.type_size) and q.dtype == np.uint8
+    d = refquant.dequantize(q, fmt)
+    assert d.shape == (0, 256) and d.dtype == np.float32
+
+
+def test_zero_row_tensors_in_a_gguf_file(tmp_path, capsys):
+    src = tmp_path / "z.gguf"
+    infos = [TensorInfo("rows0", 0, (0, 64)), TensorInfo("ne0", 0, (0,)), TensorInfo("w", 0, (2, 64))]
+    write_gguf(src, [KV("general.architecture", V.STRING, "llama"), KV("llama.block_count", V.UINT32, 1)], infos,
+               lambda t: np.ones(t.shape, np.float32))
+    assert main(["dequantize", str(src), str(tmp_path / "d.gguf"), "--no-progress"]) == 0
+    for typ in ("MXFP4", "Q4_0"):                  # one ggml type everywhere; llama.cpp's file type
+        assert main(["quantize", str(src), str(tmp_path / f"{typ}.gguf"), "--type", typ, "--no-progress"]) == 0
+        with GGUFFile(tmp_path / f"{typ}.gguf") as f:
+            assert {t.name: t.shape for t in f.tensors} == {"rows0": (0, 64), "ne0": (0,), "w": (2, 64)}
+            assert f.dequantize("rows0").shape == (0, 64) and f.dequantize("ne0").shape == (0,)
+
+
+def test_scalar_and_block_size_edges():
+    from refquant import affine, minifloat
+    assert int(minifloat.encode(1.5, "E8M0")) == int(minifloat.encode(np.array([1.5]), "E8M0")[0])
+    assert int(minifloat.encode(1e300, "E4M3FN")) == int(minifloat.encode(np.array([1e300]), "E4M3FN")[0])
+    with pytest.raises(RefquantError, match="block_size must be a tuple of integers"):
+        affine.choose_qparams(np.ones((2, 4), np.float32), (1, 1.5), 4)

@@ -416,6 +416,8 @@ class GGUFFile:
         from ..backend import SPEC
         t = self.info(name)
         raw = self.raw(name)
+        if t.n_elements == 0:            # zero rows, or rows of zero elements
+            return np.zeros(t.shape, np.float32)
         if t.ggml_type in _PLAIN_NUMPY:
             return np.asarray(raw).view(_PLAIN_NUMPY[t.ggml_type]).astype(np.float32).reshape(t.shape)
         return SPEC.dequantize(np.asarray(raw), t.ggml_type).reshape(t.shape)

@@ -51,13 +51,15 @@ def dequantize_file(src_path, dst_path, out_type: str = "F32", backend: str = "n
 
         def data(t: TensorInfo):
             x = src.dequantize(t.name)
+            if x.size == 0:              # no elements: no bytes
+                return np.zeros(0, np.uint8)
             return be.quantize(x.reshape(-1, x.shape[-1] if x.ndim else 1), fmt)
 
         write_gguf(dst_path, _with_file_type(src.kvs, out_type), infos, data, progress)
 
 
 def is_quantizable(t: TensorInfo, block_size: int) -> bool:
-    return len(t.shape) >= 2 and t.shape[-1] % block_size == 0
+    return len(t.shape) >= 2 and t.shape[-1] > 0 and t.shape[-1] % block_size == 0
 
 
 def quantize_file(src_path, dst_path, qtype: str, imatrix: Optional[dict[str, np.ndarray]] = None,

@@ -787,7 +787,7 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
             nrows = tp.nbytes // row_src if row_src else 0
             slab = max(1, _SLAB_ELEMENTS // max(ncols, 1))
             if not tp.converted:
-                step = slab * row_src
+                step = max(slab * row_src, 1)   # a tensor of zero-length rows has no bytes
                 for at in range(0, tp.nbytes, step):
                     yield read(tp.offset + at, min(step, tp.nbytes - at))
                 return
