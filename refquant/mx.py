@@ -385,6 +385,85 @@ def quantize_nvfp4_modelopt(x: np.ndarray, global_amax=None) -> tuple[np.ndarray
     return pack_fp4(codes), s_codes.astype(np.uint8), wsf2
 
 
+E4M3_EPS = F32(2.0 ** -6)     # torch.finfo(torch.float8_e4m3fn).tiny: the smallest normal, code 0x08
+
+
+def nvfp4_per_tensor_scale_torchao(amax) -> np.float32:
+    """torchao's per_tensor_amax_to_scale: amax / (448 * 6) in float32 (one division by 2688)."""
+    return F32(F32(amax) / F32(2688.0))
+
+
+def quantize_nvfp4_torchao(x: np.ndarray, per_tensor_scale=None) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (rows, n), n a multiple of 16 -> (packed uint8 (rows, n/2), block scales as E4M3
+    codes uint8 (rows, n/16)), as torchao 0.18's `nvfp4_quantize` computes them on the CPU.
+
+    One level (per_tensor_scale None):
+      1. per block: s = amax / 6 in float32; clamped to [2^-6, 448] (2^-6 = E4M3_EPS, code 0x08:
+         a block of zeros gets it); E4M3, round to nearest even.
+      2. per element: y = x * (1 / s) — the reciprocal rounded to float32 first, then the product.
+    Two levels (per_tensor_scale p, a positive float32; torchao derives it from a calibrated amax
+    as nvfp4_per_tensor_scale_torchao(amax) = amax / 2688):
+      1. per block: s = E4M3(clamp((amax / 6) / p, 2^-6, 448)), each division rounded to float32.
+      2. per element: y = x * ((1 / p) / s), three float32 roundings in that order.
+    Then, in both: y clamped to ±6 and rounded to the nearest E2M1 value, ties to even, the sign
+    bit taken from y (so −0.0 gives code 0x8); two codes a byte, element 2i in the low nibble.
+
+    compressed-tensors (quantize_nvfp4) differs: it divides by its global scale's inverse, sends a
+    block scale that rounds to 0 to 0.125 (0x20) where torchao clamps to 2^-6 (0x08) first, and
+    gives −0.0 code 0; see spec/divergences-nvfp4.md.
+    """
+    x = _check_x(x, "NVFP4 (torchao)", NVFP4_BLOCK)
+    if x.ndim != 2:
+        raise InputError(f"NVFP4 (torchao): x must be a matrix (rows, n), got shape {x.shape}")
+    if per_tensor_scale is not None:
+        p = np.asarray(per_tensor_scale)
+        if p.size != 1 or not np.issubdtype(p.dtype, np.floating) or not np.isfinite(p).all() or p.ravel()[0] <= 0:
+            raise InputError(f"NVFP4 (torchao): per_tensor_scale must be one finite positive float, "
+                             f"got {per_tensor_scale!r}")
+        p = F32(p.ravel()[0])
+    xb = x.reshape(x.shape[0], -1, NVFP4_BLOCK)
+    amax = np.max(np.abs(xb), axis=-1)
+    block_scale = (amax / FP4_MAX).astype(F32)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        if per_tensor_scale is None:
+            s_codes = mf.encode(np.clip(block_scale, E4M3_EPS, FP8_E4M3_MAX), "E4M3FN")
+            s_val = mf.decode(s_codes, "E4M3FN")
+            rcp = (F32(1.0) / s_val).astype(F32)
+        else:
+            scaled = (block_scale / p).astype(F32)
+            s_codes = mf.encode(np.clip(scaled, E4M3_EPS, FP8_E4M3_MAX), "E4M3FN")
+            s_val = mf.decode(s_codes, "E4M3FN")
+            rcp = ((F32(1.0) / p) / s_val).astype(F32)
+        y = (xb * rcp[..., None]).astype(F32)
+    if np.isnan(y).any():
+        idx = tuple(int(i) for i in np.argwhere(np.isnan(y))[0])
+        raise InputError(f"NVFP4 (torchao): per_tensor_scale {per_tensor_scale!r} makes x * (1 / p) / s "
+                         f"0 * Inf at block index {idx[:2]}: the reciprocal overflows float32")
+    codes = mf.encode(np.clip(y, -FP4_MAX, FP4_MAX), "E2M1", saturate=True).reshape(x.shape)
+    return pack_fp4(codes), s_codes.astype(np.uint8)
+
+
+def dequantize_nvfp4_torchao(packed: np.ndarray, scales: np.ndarray, per_tensor_scale=None) -> np.ndarray:
+    """(packed, E4M3 scale codes, per-tensor scale or None) -> float32, as torchao's
+    NVFP4Tensor.dequantize: e2m1 * s, or e2m1 * (p * s) with p * s rounded to float32 first."""
+    packed = _check_u8(packed, "NVFP4 (torchao)", "packed")
+    scales = _check_u8(scales, "NVFP4 (torchao)", "scales")
+    n = packed.shape[-1] * 2
+    if n % NVFP4_BLOCK or scales.shape != packed.shape[:-1] + (n // NVFP4_BLOCK,):
+        raise InputError(f"NVFP4 (torchao): packed data of shape {packed.shape} needs scales of shape "
+                         f"{packed.shape[:-1] + (n // NVFP4_BLOCK,)}; got {scales.shape}")
+    s = mf.decode(scales, "E4M3FN")
+    if per_tensor_scale is not None:
+        p = np.asarray(per_tensor_scale)
+        if p.size != 1 or not np.issubdtype(p.dtype, np.floating) or not np.isfinite(p).all():
+            raise InputError(f"NVFP4 (torchao): per_tensor_scale must be one finite float, got {per_tensor_scale!r}")
+        s = (F32(p.ravel()[0]) * s).astype(F32)
+    vals = mf.decode(unpack_fp4(packed), "E2M1")
+    vb = vals.reshape(*vals.shape[:-1], -1, NVFP4_BLOCK)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (vb * s[..., None]).astype(F32).reshape(vals.shape)
+
+
 def dequantize_nvfp4(packed: np.ndarray, scales: np.ndarray, global_scale) -> np.ndarray:
     """(packed, E4M3 scale codes, global scale) -> float32: e2m1 * (s / gs), with s / gs rounded
     to float32 first (compressed-tensors' dequantize)."""
@@ -442,4 +521,5 @@ RECORDS = [Format(name, "mx", MX_BLOCK, MX_FORMATS[name].bytes_per_block, _row_q
 
 __all__ = ["MXFormat", "MX_FORMATS", "SCALE_RULES", "get_mx_format", "shared_exponent", "quantize_mx",
            "dequantize_mx", "pack_fp4", "unpack_fp4", "e8m0_to_float32", "nvfp4_global_scale",
-           "quantize_nvfp4", "quantize_nvfp4_modelopt", "dequantize_nvfp4"]
+           "quantize_nvfp4", "quantize_nvfp4_modelopt", "dequantize_nvfp4", "quantize_nvfp4_torchao",
+           "dequantize_nvfp4_torchao", "nvfp4_per_tensor_scale_torchao"]
