@@ -267,8 +267,8 @@ def test_q8_k_vec_dot_against_ggml(ggml, qtype, data):
     exact = dot.lane_dots(wb, ab).sum(axis=(2, 3))
     if "m" in wb:
         exact = exact - dot.min_dots(wb, ab).sum(axis=2)
-    exact = exact * dot.LATTICE.get(qtype, 1)                  # IQ2_*, IQ3_XXS: 0.125f, 0.25f at the end
-    limit = 2 ** 24 * dot.LATTICE.get(qtype, 1)                # the sums before the 0.125f stay below 2^24
+    exact = exact * wb.get("final", 1)                         # IQ2_*, IQ3_XXS: 0.125f, 0.25f at the end
+    limit = 2 ** 24 * wb.get("final", 1)                       # the sums before the 0.125f stay below 2^24
     if qtype in dot.IQ1:                                      # + 0.125 * the delta part: eighths
         exact = exact + dot.IQ1_DELTA * dot.iq1_delta_dots(qtype, wb, ab).sum(axis=2)
         limit = 2 ** 21

@@ -3,6 +3,11 @@
 ggml_compute_forward_mul_mat multiplies a weight matrix W (N rows of type T) by activations A
 (M rows of float32) as follows, and this module defines each step:
 
+The facts of each weight type are data in its format record (refquant.format.VecDot, declared
+in the type's own module): the activation type, the decoder of its blocks' integer codes and
+scales, and the name of the rule by which this module combines the blocks' integer dots. This
+module is the engine: it knows the rules (ggml's kernel shapes), not the families.
+
 1. Every activation row is quantized to T's `vec_dot_type` (Q8_0 for Q4_0 Q5_0 Q8_0 IQ4_NL
    MXFP4 Q1_0 NVFP4, Q8_1 for Q4_1 Q5_1, Q8_K for the K-quants Q2_K..Q6_K, IQ4_XS, TQ1_0, TQ2_0
    and the lattice types IQ2_*, IQ3_*, IQ1_*) by the CPU backend's `from_float` ->
@@ -53,50 +58,51 @@ import numpy as np
 
 from ..errors import FormatError, InputError
 from ..numerics import F32, fma_f32, fp16_bits_to_fp32, fp32_to_fp16_bits
-from ..registry import get_format
-from .blocks import as_blocks, u16, unpack_high_bits
+from ..registry import all_formats, get_format
+from .blocks import as_blocks, u16
 
 QK = 32
 
-# Weight type -> the type the activations are quantized to (type_traits_cpu[].vec_dot_type).
-# Q8_1 has none: ggml has no vec_dot with Q8_1 weights. New families add their types here.
-VEC_DOT_TYPE = {
-    "Q4_0": "Q8_0",
-    "Q4_1": "Q8_1",
-    "Q5_0": "Q8_0",
-    "Q5_1": "Q8_1",
-    "Q8_0": "Q8_0",
-    "Q2_K": "Q8_K",
-    "Q3_K": "Q8_K",
-    "Q4_K": "Q8_K",
-    "Q5_K": "Q8_K",
-    "Q6_K": "Q8_K",
-    "IQ4_NL": "Q8_0",
-    "MXFP4": "Q8_0",
-    "IQ4_XS": "Q8_K",
-    "TQ1_0": "Q8_K",
-    "TQ2_0": "Q8_K",
-    "IQ2_XXS": "Q8_K",
-    "IQ2_XS": "Q8_K",
-    "IQ2_S": "Q8_K",
-    "IQ3_XXS": "Q8_K",
-    "IQ3_S": "Q8_K",
-    "IQ1_S": "Q8_K",
-    "IQ1_M": "Q8_K",
-    "Q1_0": "Q8_0",
-    "NVFP4": "Q8_0",
-}
-# weight blocks that span several Q8_0 blocks (Q1_0: 128 = 4 x 32) or have scales per 16
-# (NVFP4: 64 = 4 x 16): their own section below
-NESTED = ("Q1_0", "NVFP4")
-K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+# Every weight type with a vec_dot says so in its format record (refquant.format.VecDot): the
+# type its activations are quantized to (type_traits_cpu[].vec_dot_type), the function that reads
+# its blocks' integer codes and scales (in its own module), and the rule below that combines the
+# blocks' integer dots. Q8_1 has none: ggml has no vec_dot with Q8_1 weights.
+VEC_DOT_TYPE = {f.name: f.vec_dot.activation for f in all_formats() if f.vec_dot is not None}
+
+# The combination rules, by the shape of ggml's kernel (each drawn in spec/ggml/dot.md):
+# blocks of 32 against Q8_0/Q8_1 blocks (steps 2-3 above): the term each block adds to sumf
+LEGACY_RULES = ("(sumi * dw) * da", "(dw * da) * sumi", "sumi * (dw * da)", "fmaf(dw * da, sumi, mw * sa)")
+# weight blocks over several Q8_0 blocks, by the values per integer dot: the Q8_0 section below
+NESTED_RULES = {"per 32 chained: d * (sumi_f + f(sumi) * d_y)": 32, "per 16: sumi * (d_y * d)": 16}
+# super-blocks against Q8_K (the K-quant section below)
+Q2_K_RULE = "q2_k"
+LANES_MUL_ADD = "lanes: multiply, add"                 # Q3_K, Q6_K
+LANES_FMA = "lanes: fmaf, mins fmaf"                   # Q4_K, Q5_K
+PER_32 = "per 32: (d * (ls - 32)) * sumi"              # IQ4_XS
+TERNARY = "ternary: f(sumi) * d"                       # TQ1_0, TQ2_0
+LATTICE_RULE = "lattice: f(bsum) * d, then * final"    # IQ2_*, IQ3_*
+IQ1_RULES = ("iq1: delta from bsums", "iq1: delta from qs")
+K_RULES = (Q2_K_RULE, LANES_MUL_ADD, LANES_FMA, PER_32, TERNARY, LATTICE_RULE) + IQ1_RULES
+
+
+def _rule(qtype) -> str:
+    return vec_dot_of(qtype).combine
+
+
+def _names(*rules):
+    return tuple(f.name for f in all_formats() if f.vec_dot is not None and f.vec_dot.combine in rules)
+
+
+# the weight types of each kind, as their records say
+NESTED = _names(*NESTED_RULES)
+K_TYPES = _names(Q2_K_RULE, LANES_MUL_ADD, LANES_FMA)
 # the lattice types: grid value x sign x odd sub-block scale is an integer w_p, and the generic
-# kernel returns FINAL[name] * sum_b d_b * f(sum_p w_p a_p); their fp16 d sits at byte 0
-LATTICE = {"IQ2_XXS": 0.125, "IQ2_XS": 0.125, "IQ2_S": 0.125, "IQ3_XXS": 0.25, "IQ3_S": 1.0}
+# kernel returns final * sum_b d_b * f(sum_p w_p a_p)
+LATTICE = _names(LATTICE_RULE)
 # IQ1_S, IQ1_M: values ls * (g + delta), g in {-1, 0, 1}, delta = +-IQ1S_DELTA (0.125f)
-IQ1 = ("IQ1_S", "IQ1_M")
+IQ1 = _names(*IQ1_RULES)
 IQ1_DELTA = 0.125
-Q8_K_TYPES = K_TYPES + ("IQ4_XS", "TQ1_0", "TQ2_0") + tuple(LATTICE) + IQ1
+Q8_K_TYPES = tuple(name for name, t in VEC_DOT_TYPE.items() if t == "Q8_K")
 
 ACTIVATION_VARIANTS = ("ref", "x86")
 
@@ -106,12 +112,17 @@ def vec_dot_formats() -> list[str]:
     return list(VEC_DOT_TYPE)
 
 
-def vec_dot_type(qtype) -> str:
+def vec_dot_of(qtype):
+    """The format's VecDot record; FormatError for types ggml's CPU mul_mat does not take."""
     fmt = get_format(qtype)
-    if fmt.name not in VEC_DOT_TYPE:
+    if fmt.vec_dot is None:
         raise FormatError(f"{fmt.name} has no vec_dot in ggml's CPU backend; "
                           f"those that do: {', '.join(VEC_DOT_TYPE)}")
-    return VEC_DOT_TYPE[fmt.name]
+    return fmt.vec_dot
+
+
+def vec_dot_type(qtype) -> str:
+    return vec_dot_of(qtype).activation
 
 
 # --------------------------------------------------------------------------- step 1
@@ -157,42 +168,16 @@ def quantize_activation(a: np.ndarray, qtype: str, variant: str = "ref") -> np.n
 
 def decode_weight_blocks(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
     """Weight rows (N, row_bytes) -> {"q": int32 (N, nb, 32) integer codes as vec_dot uses them,
-    "d": float32 (N, nb), and for Q4_1/Q5_1 "m": float32 (N, nb)}."""
-    fmt = get_format(qtype)
+    "d": float32 (N, nb), and for Q4_1/Q5_1 "m": float32 (N, nb)}: the format's own decoder
+    (its record's VecDot.decode), per row."""
+    vd = vec_dot_of(qtype)
+    if vd.combine not in LEGACY_RULES:
+        raise FormatError(f"{get_format(qtype).name} has no vec_dot over blocks of 32")
     N = w.shape[0]
-    name = fmt.name
-    if name == "Q4_0":
-        f = fmt.layout.split(w)
-        q = np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1).astype(np.int32) - 8
-    elif name == "Q4_1":
-        f = fmt.layout.split(w)
-        q = np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1).astype(np.int32)
-    elif name in ("Q5_0", "Q5_1"):
-        if name == "Q5_0":
-            f = fmt.layout.split(w)
-        else:
-            f = fmt.layout.split(w)
-        lo = np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1).astype(np.int32)
-        q = lo | (unpack_high_bits(f["qh"]).astype(np.int32) << 4)
-        if name == "Q5_0":
-            q = q - 16
-    elif name == "Q8_0":
-        f = fmt.layout.split(w)
-        q = f["qs"].view(np.int8).astype(np.int32)
-    elif name == "IQ4_NL":                       # kvalues_iq4nl[nibble]
-        from .iquants import KVALUES_IQ4NL
-        f = fmt.layout.split(w)
-        q = KVALUES_IQ4NL.astype(np.int32)[np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1)]
-    elif name == "MXFP4":                        # kvalues_mxfp4[nibble] (E2M1 doubled), d = 2^(e-128)
-        from .fp4 import KVALUES_MXFP4, e8m0_to_fp32_half
-        f = fmt.layout.split(w)
-        q = KVALUES_MXFP4.astype(np.int32)[np.concatenate([f["qs"] & 0x0F, f["qs"] >> 4], axis=1)]
-        return {"q": q.reshape(N, -1, QK), "d": e8m0_to_fp32_half(f["e"][:, 0]).reshape(N, -1)}
-    else:
-        raise FormatError(f"{name} has no vec_dot")
-    out = {"q": q.reshape(N, -1, QK), "d": fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)}
-    if "m" in f:
-        out["m"] = fp16_bits_to_fp32(u16(f["m"])).reshape(N, -1)
+    ops = vd.decode(w)
+    out = {"q": ops["q"].reshape(N, -1, QK), "d": ops["d"].reshape(N, -1)}
+    if "m" in ops:
+        out["m"] = ops["m"].reshape(N, -1)
     return out
 
 
@@ -217,7 +202,7 @@ def block_dots(wq: np.ndarray, aq: np.ndarray) -> np.ndarray:
 def combine(qtype, sumi: np.ndarray, wb: dict, ab: dict) -> np.ndarray:
     """sumf = 0; for b: sumf += term_b -- float32, in the generic kernel's order (step 3).
     sumi (M, N, nb) int32; wb, ab from decode_*_blocks. Returns (M, N) float32."""
-    name = get_format(qtype).name
+    rule = _rule(qtype)
     M, N, nb = sumi.shape
     sumf = np.zeros((M, N), dtype=F32)
     with np.errstate(all="ignore"):
@@ -225,16 +210,16 @@ def combine(qtype, sumi: np.ndarray, wb: dict, ab: dict) -> np.ndarray:
             s = sumi[:, :, b].astype(F32)                  # exact
             dw = wb["d"][None, :, b]
             da = ab["d"][:, None, b]
-            if name == "Q4_0":
+            if rule == "(sumi * dw) * da":                 # Q4_0, C: sumi*d_x*d_y
                 t = (s * dw) * da
-            elif name in ("Q5_0", "IQ4_NL", "MXFP4"):
+            elif rule == "(dw * da) * sumi":               # Q5_0, IQ4_NL, MXFP4
                 t = (dw * da) * s                          # C: d * (sumi1 + sumi2), d = d_y * d_x
-            elif name == "Q8_0":
+            elif rule == "sumi * (dw * da)":               # Q8_0
                 t = s * (dw * da)
-            elif name in ("Q4_1", "Q5_1"):
+            elif rule == "fmaf(dw * da, sumi, mw * sa)":   # Q4_1, Q5_1: (d_x*d_y)*sumi + m_x*s_y, contracted
                 t = fma_f32(dw * da, s, wb["m"][None, :, b] * ab["s"][:, None, b])
             else:
-                raise FormatError(f"{name} has no vec_dot")
+                raise FormatError(f"{get_format(qtype).name} has no vec_dot over blocks of 32")
             sumf = (sumf + t).astype(F32)
     return sumf
 
@@ -245,7 +230,7 @@ def vec_dot_quantized(w: np.ndarray, qtype, qa: np.ndarray) -> np.ndarray:
     if vt == "Q8_K":
         wb, ab = _k_operands(w, qtype, qa)
         return combine_k(qtype, lane_dots(wb, ab), min_dots(wb, ab), wb, ab)
-    if get_format(qtype).name in NESTED:
+    if _rule(qtype) in NESTED_RULES:
         return combine_nested(qtype, *_nested_operands(w, qtype, qa))
     wb = decode_weight_blocks(w, qtype)
     ab = decode_activation_blocks(qa, vt)
@@ -314,122 +299,27 @@ def decode_q8_k(qa: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def decode_k_weight(w: np.ndarray, qtype) -> dict[str, np.ndarray]:
-    """K-quant weight rows (N, row_bytes) -> {"q": int32 (N, nb, 256) codes, "sc": int32
+    """Q8_K-type weight rows (N, row_bytes) -> {"q": int32 (N, nb, 256) codes, "sc": int32
     (N, nb, 256) the integer scale of each position's sub-block, "d": float32 (N, nb), and for
     Q2_K/Q4_K/Q5_K "dmin": float32 (N, nb), "m": int32 (N, nb, 16) the min multiplying bsums[j]},
-    as the table above reads them."""
-    from .kquants import _split_nibbles_k, _unpack_2bit, unpack_q3_k_scales, unpack_scale_min_k4
-    fmt = get_format(qtype)
-    name = fmt.name
+    as the table above reads them, from the format's own decoder (its record's VecDot.decode);
+    IQ1_S/IQ1_M add "qd" (N, nb, 256), the lattice types "final", and the types whose AVX2
+    kernel multiplies unsigned codes q + off "simd_offset"."""
+    vd = vec_dot_of(qtype)
+    if vd.combine not in K_RULES:
+        raise FormatError(f"{get_format(qtype).name} has no Q8_K vec_dot")
     N = w.shape[0]
-    out = {}
-    if name == "Q2_K":
-        f = fmt.layout.split(w)
-        q = _unpack_2bit(f["qs"]).astype(np.int32)
-        sc16 = (f["scales"] & 0xF).astype(np.int32)
-        out["m"] = (f["scales"] >> 4).astype(np.int32)
-        out["dmin"] = fp16_bits_to_fp32(u16(f["dmin"]))
-    elif name == "Q3_K":
-        f = fmt.layout.split(w)
-        hbit = ((f["hmask"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(-1, QK_K)
-        q = _unpack_2bit(f["qs"]).astype(np.int32) - np.where(hbit != 0, 0, 4)   # hm & m ? 0 : 4
-        sc16 = unpack_q3_k_scales(f["scales"]) - 32
-    elif name in ("Q4_K", "Q5_K"):
-        if name == "Q4_K":
-            f = fmt.layout.split(w)
-            q = _split_nibbles_k(f["qs"]).astype(np.int32)
-        else:
-            f = fmt.layout.split(w)
-            hbit = ((f["qh"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1).reshape(-1, QK_K)
-            q = _split_nibbles_k(f["qs"]).astype(np.int32) + (hbit.astype(np.int32) << 4)
-        sc8, m8 = unpack_scale_min_k4(f["scales"])
-        sc16 = np.repeat(sc8.astype(np.int32), 2, axis=1)       # scale of 32 = two of 16
-        out["m"] = np.repeat(m8.astype(np.int32), 2, axis=1)     # mins[j/2]
-        out["dmin"] = fp16_bits_to_fp32(u16(f["dmin"]))
-    elif name == "Q6_K":
-        f = fmt.layout.split(w)
-        ql = f["ql"].reshape(-1, 2, 2, 32)            # half h: ql[64h + 32s + l]
-        qh = f["qh"].reshape(-1, 2, 1, 32)
-        low = np.stack([ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
-        high = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
-        q = (low | (high << 4)).astype(np.int32).reshape(-1, QK_K) - 32
-        sc16 = f["scales"].view(np.int8).astype(np.int32)
-    elif name == "IQ4_XS":
-        from .iquants import KVALUES_IQ4NL, _unpack_codes
-        f = fmt.layout.split(w)
-        q = KVALUES_IQ4NL.astype(np.int32)[_unpack_codes(f["qs"])]
-        sh = u16(f["scales_h"]).astype(np.int32)
-        sl = f["scales_l"].astype(np.int32)
-        ib = np.arange(8)
-        ls = ((sl[:, ib // 2] >> (4 * (ib % 2))) & 0xF) | (((sh[:, None] >> (2 * ib)) & 3) << 4)
-        sc16 = np.repeat(ls - 32, 2, axis=1)                      # one 6-bit scale per 32
-    elif name in ("TQ1_0", "TQ2_0"):
-        from .kquants import _unpack_2bit
-        from .lowbit import _TRITS_F32
-        if name == "TQ1_0":                                       # base-3 digits, (xi - 1)
-            f = fmt.layout.split(w)
-            trits = _TRITS_F32.astype(np.int32)
-            q = np.concatenate([trits[f["qs"][:, :32]].transpose(0, 2, 1).reshape(-1, 160),
-                                trits[f["qs"][:, 32:]].transpose(0, 2, 1).reshape(-1, 80),
-                                trits[f["qh"]][:, :, :4].transpose(0, 2, 1).reshape(-1, 16)], axis=1)
-        else:                                                     # 2-bit fields - 1
-            f = fmt.layout.split(w)
-            q = _unpack_2bit(f["qs"]).astype(np.int32) - 1
-        sc16 = np.ones((q.shape[0], 16), np.int32)
-    elif name in LATTICE:
-        # The dequantizer with d = 1 gives w_p / (1 / FINAL) exactly: IQ2_*: (0.5 + k) * 0.25 *
-        # grid * sign = (2k + 1) * grid * sign / 8; IQ3_XXS: / 4; IQ3_S: (1 + 2k) * grid * sign.
-        # Those are the integers the generic kernel sums (bsum += sumi * ls).
-        fmt = get_format(name)
-        f = {"d": w.reshape(-1, fmt.type_size)[:, 0:2]}
-        unit = w.reshape(-1, fmt.type_size).copy()
-        unit[:, 0], unit[:, 1] = 0x00, 0x3C
-        y = fmt.dequantize_rows(unit.reshape(N, -1)).astype(np.float64) / LATTICE[name]
-        q = y.astype(np.int32).reshape(-1, QK_K)
-        if not (q == y.reshape(-1, QK_K)).all():
-            raise AssertionError(f"{name}: the unit-scale decode is not integral")
-        sc16 = np.ones((q.shape[0], 16), np.int32)
-    elif name in IQ1:
-        # q_p = ls_p * g_p (the grid part) and qd_p = ls_p * sign(delta_p) (the delta part), read
-        # from the bits for ls and delta and from the unit-scale decode y = ls * (g + delta) for g
-        fmt = get_format(name)
-        blocks = w.reshape(-1, fmt.type_size)
-        unit = blocks.copy()
-        if name == "IQ1_S":       # | d:f16 | qs[32] | qh: u16[8] (bits 12-14 ls, bit 15 delta) |
-            f = {"d": blocks[:, 0:2]}
-            unit[:, 0], unit[:, 1] = 0x00, 0x3C
-            qh = np.ascontiguousarray(blocks[:, 34:50]).view("<u2").astype(np.int32)      # (nb, 8)
-            ls = np.repeat(2 * ((qh >> 12) & 7) + 1, 32, axis=1)
-            sgn = np.repeat(np.where(qh & 0x8000, -1, 1), 32, axis=1)
-        else:                     # | qs[32] | qh[16] (bits 3, 7: delta) | scales: u16[4], d in top nibbles |
-            sc = np.ascontiguousarray(blocks[:, 48:56]).view("<u2").astype(np.int32)      # (nb, 4)
-            dbits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0xF0) | ((sc[:, 2] >> 4) & 0xF00) | (sc[:, 3] & 0xF000)
-            f = {"d": dbits.astype("<u2").view(np.uint8).reshape(-1, 2)}
-            for k, nib in enumerate((0x0, 0x0, 0xC, 0x3)):                             # d = 0x3C00 = 1
-                unit[:, 49 + 2 * k] = (unit[:, 49 + 2 * k] & 0x0F) | (nib << 4)
-            ib = np.arange(8)
-            shift = 6 * (ib % 2)
-            ls1 = 2 * ((sc[:, ib // 2] >> shift) & 7) + 1                               # groups 0, 1
-            ls2 = 2 * ((sc[:, ib // 2] >> (shift + 3)) & 7) + 1                         # groups 2, 3
-            ls = np.repeat(np.stack([ls1, ls1, ls2, ls2], axis=2).reshape(-1, 32), 8, axis=1)
-            qhb = blocks[:, 32:48].astype(np.int32).reshape(-1, 8, 2)
-            bits = np.stack([qhb[:, :, 0] & 0x08, qhb[:, :, 0] & 0x80, qhb[:, :, 1] & 0x08, qhb[:, :, 1] & 0x80], axis=2)
-            sgn = np.repeat(np.where(bits.reshape(-1, 32) != 0, -1, 1), 8, axis=1)
-        y = fmt.dequantize_rows(unit.reshape(N, -1)).astype(np.float64).reshape(-1, QK_K)
-        g = y / ls - IQ1_DELTA * sgn
-        q = (ls * g.astype(np.int32)).astype(np.int32)
-        if not ((g == np.rint(g)).all() and (np.abs(g) <= 1).all()):
-            raise AssertionError(f"{name}: the unit-scale decode is not ls * (g + delta)")
-        out["qd"] = (ls * sgn).astype(np.int32).reshape(N, -1, QK_K)
-        sc16 = np.ones((q.shape[0], 16), np.int32)
-    else:
-        raise FormatError(f"{name} has no Q8_K vec_dot")
-    out["q"] = q.reshape(N, -1, QK_K)
-    out["sc"] = np.repeat(sc16, 16, axis=1).reshape(N, -1, QK_K)
-    out["d"] = fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)
-    if "m" in out:
-        out["m"] = out["m"].reshape(N, -1, 16)
-        out["dmin"] = out["dmin"].reshape(N, -1)
+    ops = vd.decode(w)
+    out = {"q": ops["q"].reshape(N, -1, QK_K), "sc": np.repeat(ops["sc16"], 16, axis=1).reshape(N, -1, QK_K),
+           "d": ops["d"].reshape(N, -1)}
+    if "m" in ops:
+        out["m"] = ops["m"].reshape(N, -1, 16)
+        out["dmin"] = ops["dmin"].reshape(N, -1)
+    if "qd" in ops:
+        out["qd"] = ops["qd"].reshape(N, -1, QK_K)
+    for k in ("final", "simd_offset"):
+        if k in ops:
+            out[k] = ops[k]
     return out
 
 
@@ -457,10 +347,10 @@ def min_dots(wb: dict, ab: dict) -> np.ndarray | None:
     return np.einsum("mbj,nbj->mnb", ab["bsums"].astype(np.int64), wb["m"].astype(np.int64))
 
 
-def iq1_delta_dots(name, wb: dict, ab: dict) -> np.ndarray:
+def iq1_delta_dots(qtype, wb: dict, ab: dict) -> np.ndarray:
     """The integer delta part (M, N, nb): IQ1_S sum_ib ls_ib * sign_ib * (bsums[2ib] + bsums[2ib+1])
     (the stored bsums, as the kernel reads them); IQ1_M sum_p ls_p * sign_p * qa_p."""
-    if name == "IQ1_S":
+    if _rule(qtype) == "iq1: delta from bsums":
         qd16 = wb["qd"][:, :, ::16].astype(np.int64)                  # per 16: ls * sign
         return np.einsum("mbj,nbj->mnb", ab["bsums"].astype(np.int64), qd16)
     return np.einsum("mbp,nbp->mnb", ab["q"].astype(np.int64), wb["qd"].astype(np.int64))
@@ -481,11 +371,11 @@ def _fused_neg(x: np.ndarray) -> np.ndarray:
 
 def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: dict) -> np.ndarray:
     """The generic K-quant kernels' float32 steps, in the order of the table above -> (M, N)."""
-    name = get_format(qtype).name
+    rule = _rule(qtype)
     M, N, nb, _ = lanes.shape
-    if name in IQ1:
-        deltas = iq1_delta_dots(name, wb, ab)
-    if name == "IQ4_XS":  # sumi of each sub-block of 32, unscaled: the scale is applied in float
+    if rule in IQ1_RULES:
+        deltas = iq1_delta_dots(qtype, wb, ab)
+    if rule == PER_32:    # sumi of each sub-block of 32, unscaled: the scale is applied in float
         units = np.einsum("mbuj,nbuj->mnbu", ab["q"].astype(np.int64).reshape(M, nb, 8, 32),
                           wb["q"].astype(np.int64).reshape(N, nb, 8, 32))
     sumf = np.zeros((M, N), dtype=F32)
@@ -495,35 +385,35 @@ def combine_k(qtype, lanes: np.ndarray, summs: np.ndarray | None, wb: dict, ab: 
             d = wb["d"][None, :, b] * ab["d"][:, None, b]            # fp16(x.d) * y.d
             if "dmin" in wb:
                 dmin = wb["dmin"][None, :, b] * ab["d"][:, None, b]
-            if name == "Q2_K":
+            if rule == Q2_K_RULE:
                 isum = _to_f32(lanes[:, :, b, :].sum(axis=2))
                 t = fma_f32(d, isum, _fused_neg(dmin * _to_f32(summs[:, :, b])))
                 sumf = (sumf + t).astype(F32)
-            elif name in ("Q3_K", "Q6_K"):
+            elif rule == LANES_MUL_ADD:                      # Q3_K, Q6_K
                 sums = (sums + d[..., None] * _to_f32(lanes[:, :, b, :])).astype(F32)
-            elif name in ("Q4_K", "Q5_K"):
+            elif rule == LANES_FMA:                          # Q4_K, Q5_K
                 sums = fma_f32(np.broadcast_to(d[..., None], sums.shape), _to_f32(lanes[:, :, b, :]), sums)
                 sumf = fma_f32(_fused_neg(dmin), _to_f32(summs[:, :, b]), sumf)
-            elif name in IQ1:
+            elif rule in IQ1_RULES:
                 # IQ1_S: sumf += d * (sumi + IQ1S_DELTA * sumi1), sumi1 from the Q8_K bsums;
                 # IQ1_M: sumf += d * (sumi1 + IQ1M_DELTA * sumi2), sumi2 from the qs themselves.
                 # Both fused by the build: fmaf(d, fmaf(f(delta part), 0.125f, f(grid part)), sumf)
                 inner = fma_f32(_to_f32(deltas[:, :, b]), np.broadcast_to(F32(IQ1_DELTA), d.shape),
                                 _to_f32(lanes[:, :, b, :].sum(axis=2)))
                 sumf = fma_f32(d, inner, sumf)
-            elif name in ("TQ1_0", "TQ2_0") or name in LATTICE:
+            elif rule in (TERNARY, LATTICE_RULE):
                 sumf = (sumf + _to_f32(lanes[:, :, b, :].sum(axis=2)) * d).astype(F32)
-            elif name == "IQ4_XS":
+            elif rule == PER_32:                             # IQ4_XS
                 for u in range(8):                                # sub-blocks of 32 in order
                     dl = d * wb["sc"][None, :, b, 32 * u].astype(F32)      # d4d8 * (ls - 32)
                     sumf = (sumf + dl * _to_f32(units[:, :, b, u])).astype(F32)
             else:
-                raise FormatError(f"{name} has no Q8_K vec_dot")
-        if name in K_TYPES and name != "Q2_K":
+                raise FormatError(f"{get_format(qtype).name} has no Q8_K vec_dot")
+        if rule in (LANES_MUL_ADD, LANES_FMA):
             for l in range(8):
                 sumf = (sumf + sums[:, :, l]).astype(F32)
-        if name in LATTICE and LATTICE[name] != 1.0:
-            sumf = (F32(LATTICE[name]) * sumf).astype(F32)          # *s = 0.125f * sumf
+        if rule == LATTICE_RULE and wb["final"] != 1.0:
+            sumf = (F32(wb["final"]) * sumf).astype(F32)            # *s = 0.125f * sumf
     return sumf
 
 
@@ -537,9 +427,9 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
     and (lattice and IQ1 types) where the sums taken before the final 0.125f / 0.25f factor
     can pass 1e38."""
     wb, ab = _k_operands(w, qtype, qa)
-    name = get_format(qtype).name
+    rule = _rule(qtype)
     lanes = lane_dots(wb, ab).sum(axis=3).astype(np.float64)
-    off = {"Q6_K": 32, "TQ1_0": 1, "TQ2_0": 1}.get(name, 0)   # AVX2's unsigned codes q + off
+    off = wb.get("simd_offset", 0)                             # AVX2's unsigned codes q + off
     wq = np.abs(wb["q"] + off) + off
     mag = np.einsum("mbp,nbp->mnb", np.abs(ab["q"]).astype(np.int64),
                     (np.abs(wb["sc"]) * wq).astype(np.int64)).astype(np.float64)
@@ -557,11 +447,11 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
         # a scale product past float32's range is inf there (and inf * 0 = NaN): no relative
         # bound holds, which S = inf says
         S = np.where((np.abs(d) > np.finfo(F32).max).any(axis=2), np.inf, S)
-    if name in IQ1:       # + 0.125 * d * delta part; its magnitude 0.125 * |d| * sum |ls| |qa|
+    if rule in IQ1_RULES:  # + 0.125 * d * delta part; its magnitude 0.125 * |d| * sum |ls| |qa|
         with np.errstate(all="ignore"):
             dd = wb["d"].astype(np.float64)[None, :, :] * ab["d"].astype(np.float64)[:, None, :]
-            R = R + IQ1_DELTA * (dd * iq1_delta_dots(name, wb, ab).astype(np.float64)).sum(axis=2)
-            if name == "IQ1_S":
+            R = R + IQ1_DELTA * (dd * iq1_delta_dots(qtype, wb, ab).astype(np.float64)).sum(axis=2)
+            if rule == "iq1: delta from bsums":
                 dmag = np.einsum("mbj,nbj->mnb", np.abs(ab["bsums"]).astype(np.int64),
                                  np.abs(wb["qd"][:, :, ::16]).astype(np.int64))
             else:
@@ -569,9 +459,9 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
             Sd = (np.abs(dd) * dmag.astype(np.float64)).sum(axis=2)
             # the kernels sum the delta part before its 0.125f: those sums reach Sd itself
             S = np.where(S + Sd > _PARTIAL_MAX, np.inf, S + IQ1_DELTA * Sd)
-    if name in LATTICE:   # the final power-of-two factor: exact in both; the sums before it reach S
+    if rule == LATTICE_RULE:  # the final power-of-two factor: exact in both; the sums before it reach S
         S = np.where(S > _PARTIAL_MAX, np.inf, S)
-        R, S = R * LATTICE[name], S * LATTICE[name]
+        R, S = R * wb["final"], S * wb["final"]
     return R, S
 
 
@@ -592,47 +482,37 @@ _PARTIAL_MAX = 1e38
 # hold the generic one.
 
 def _nested_operands(w, qtype, qa):
-    """-> (q (N, nu, U) int32 codes per unit, dw: Q1_0 (N, nb) / NVFP4 (N, nu), aq (M, nu, U),
-    da (M, nu * U / 32)) with U = 32 (Q1_0) or 16 (NVFP4)."""
-    fmt = get_format(qtype)
-    name = fmt.name
-    N = w.shape[0]
+    """-> (q (N, nu, U) int32 codes per unit of U values, dw (N, scales per row), aq (M, nu, U),
+    da (M, nu * U / 32)), U the rule's (Q1_0: 32, NVFP4: 16), q and dw from the format's decoder."""
+    U = NESTED_RULES[_rule(qtype)]
+    N, M = w.shape[0], qa.shape[0]
+    ops = vec_dot_of(qtype).decode(w)
+    q, dw = ops["q"].reshape(N, -1, U), ops["d"].reshape(N, -1)
     ab = decode_activation_blocks(qa, "Q8_0")
-    if name == "Q1_0":
-        f = fmt.layout.split(w)
-        bits = np.unpackbits(f["qs"], axis=1, bitorder="little").astype(np.int32)     # element e: bit e
-        q = (2 * bits - 1).reshape(N, -1, 32)
-        dw = fp16_bits_to_fp32(u16(f["d"])).reshape(N, -1)
-        U = 32
-    else:
-        from .fp4 import KVALUES_MXFP4, ue4m3_to_fp32_half
-        f = fmt.layout.split(w)
-        qs = f["qs"].reshape(-1, 4, 8)
-        q = KVALUES_MXFP4.astype(np.int32)[np.concatenate([qs & 0x0F, qs >> 4], axis=2)].reshape(N, -1, 16)
-        dw = ue4m3_to_fp32_half(f["d"]).reshape(N, -1)
-        U = 16
-    M = qa.shape[0]
     aq = ab["q"].reshape(M, -1, U)
     if aq.shape[1] != q.shape[1]:
-        raise InputError(f"{name} vec_dot: weight rows have {q.shape[1] * U} values, activation rows {aq.shape[1] * U}")
+        raise InputError(f"{get_format(qtype).name} vec_dot: weight rows have {q.shape[1] * U} values, "
+                         f"activation rows {aq.shape[1] * U}")
     return q, dw, aq, ab["d"]
 
 
 def combine_nested(qtype, q, dw, aq, da) -> np.ndarray:
-    name = get_format(qtype).name
+    """The rule's float32 steps over the units' exact integer dots -> (M, N)."""
     sums = np.einsum("mup,nup->mnu", aq.astype(np.int64), q.astype(np.int64)).astype(np.int32)   # exact
     M, N, nu = sums.shape
+    U = q.shape[2]
     sumf = np.zeros((M, N), dtype=F32)
     with np.errstate(all="ignore"):
-        if name == "Q1_0":
-            for b in range(nu // 4):
+        if U == 32:   # per 32 chained: a weight block over k Q8_0 blocks (Q1_0: 4)
+            k_per = nu // dw.shape[1]
+            for b in range(dw.shape[1]):
                 si = np.zeros((M, N), dtype=F32)
-                for k in range(4):
-                    si = (si + _to_f32(sums[:, :, 4 * b + k]) * da[:, None, 4 * b + k]).astype(F32)
-                sumf = (sumf + dw[None, :, b] * si).astype(F32)
-        else:
+                for k in range(k_per):                                     # sumi += d1 * sumi_block
+                    si = (si + _to_f32(sums[:, :, k_per * b + k]) * da[:, None, k_per * b + k]).astype(F32)
+                sumf = (sumf + dw[None, :, b] * si).astype(F32)            # sumf += d0 * sumi
+        else:         # per 16: every sub-block its own scale, against half a Q8_0 block
             for u in range(nu):
-                dd = da[:, None, u // 2] * dw[None, :, u]                 # dy * d
+                dd = da[:, None, u * U // QK] * dw[None, :, u]             # dy * d
                 sumf = (sumf + _to_f32(sums[:, :, u]) * dd).astype(F32)
     return sumf
 
@@ -640,12 +520,11 @@ def combine_nested(qtype, q, dw, aq, da) -> np.ndarray:
 def exact_nested_dot(qtype, q, dw, aq, da):
     """(R, S) as for the legacy types: every scale product exact in float64 (11 + 11 bits; NVFP4's
     UE4M3 has 4)."""
-    name = get_format(qtype).name
     sums = np.einsum("mup,nup->mnu", aq.astype(np.int64), q.astype(np.int64)).astype(np.float64)
     mags = np.einsum("mup,nup->mnu", np.abs(aq).astype(np.int64), np.abs(q).astype(np.int64)).astype(np.float64)
     nu = sums.shape[2]
-    dwu = np.repeat(dw, 4, axis=1) if name == "Q1_0" else dw                 # per unit
-    dau = da if name == "Q1_0" else np.repeat(da, 2, axis=1)
+    dwu = np.repeat(dw, nu // dw.shape[1], axis=1)                           # per unit
+    dau = np.repeat(da, max(1, nu // da.shape[1]), axis=1)
     with np.errstate(all="ignore"):
         dd = dwu.astype(np.float64)[None, :, :nu] * dau.astype(np.float64)[:, None, :nu]
         R = (dd * sums).sum(axis=2)
@@ -671,11 +550,9 @@ def k_rounding_depth(qtype, nblocks: int) -> int:
             -> nb + 3, then the exact power-of-two factor; AVX2: d, f(lane), nb fmas, 3 -> nb + 5.
       IQ1_S, IQ1_M  generic: d (1), f (1), inner fma (1), nb fmas -> nb + 3; AVX2: d (1), f (1),
             nb fmas, 3 tree levels, the final add of the separately summed delta part (1) -> nb + 6."""
-    name = get_format(qtype).name
-    return {"Q2_K": 2 * nblocks + 5, "Q3_K": nblocks + 11, "Q6_K": nblocks + 11,
-            "Q4_K": nblocks + 10, "Q5_K": nblocks + 10,
-            "TQ1_0": nblocks + 6, "TQ2_0": nblocks + 6, "IQ4_XS": 8 * nblocks + 3,
-            **{t: nblocks + 5 for t in LATTICE}, "IQ1_S": nblocks + 6, "IQ1_M": nblocks + 6}[name]
+    return {Q2_K_RULE: 2 * nblocks + 5, LANES_MUL_ADD: nblocks + 11, LANES_FMA: nblocks + 10,
+            TERNARY: nblocks + 6, PER_32: 8 * nblocks + 3, LATTICE_RULE: nblocks + 5,
+            **{r: nblocks + 6 for r in IQ1_RULES}}[_rule(qtype)]
 
 
 # --------------------------------------------------------------------------- bounds
@@ -688,7 +565,7 @@ def exact_quantized_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarra
     vt = vec_dot_type(qtype)
     if vt == "Q8_K":
         return exact_k_dot(w, qtype, qa)
-    if get_format(qtype).name in NESTED:
+    if _rule(qtype) in NESTED_RULES:
         return exact_nested_dot(qtype, *_nested_operands(w, qtype, qa))
     wb = decode_weight_blocks(w, qtype)
     ab = decode_activation_blocks(qa, vt)
@@ -722,14 +599,15 @@ def simd_error_bound(qtype, nblocks: int, S: np.ndarray) -> np.ndarray:
     dw*da subnormal): every float32 product or fma may lose up to 2^-150 there, at most
     16 per super-block (2 scale products, 8 + 4 lane fmas), each carried at most (1 + gamma)."""
     from ..gemm import gamma
-    name = get_format(qtype).name
-    if name in NESTED:
-        # Q1_0 AVX2: d_y * s (1), 3 fmas, the outer fma chain (nb), 3 tree levels -> nb + 7
-        # (generic: 1 + 4 adds + 1 + nb = nb + 6). NVFP4 (generic only): dd (1), product (1), 4 nb adds.
-        k = nblocks + 7 if name == "Q1_0" else 4 * nblocks + 2
+    rule = _rule(qtype)
+    if rule in NESTED_RULES:
+        # per 32 chained, Q1_0's AVX2: d_y * s (1), 3 fmas, the outer fma chain (nb), 3 tree levels
+        # -> nb + 7 (generic: 1 + 4 adds + 1 + nb = nb + 6). Per 16 (NVFP4, generic only): dd (1),
+        # product (1), 4 nb adds.
+        k = nblocks + 7 if NESTED_RULES[rule] == 32 else 4 * nblocks + 2
         return (gamma(k, np.float32) + gamma(4 * nblocks + 1, np.float64)) * S + 8 * nblocks * 2.0 ** -149
-    if VEC_DOT_TYPE.get(name) == "Q8_K":
-        k = k_rounding_depth(name, nblocks)
+    if vec_dot_type(qtype) == "Q8_K":
+        k = k_rounding_depth(qtype, nblocks)
         return ((gamma(k, np.float32) + gamma(2 * nblocks + 1, np.float64)) * S
                 + 16 * nblocks * 2.0 ** -149)
     # MXFP4's scale reaches 2^-128: its products can underflow (absolute 2^-150 each, <= 2 per block)

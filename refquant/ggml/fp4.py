@@ -29,7 +29,7 @@ import gguf
 import numpy as np
 
 from ..numerics import F32, c_float_to_int32, c_float_to_uint8, c_max_abs
-from ..format import IMATRIX_NONE, block_format
+from ..format import IMATRIX_NONE, VecDot, block_format
 from .blocks import as_blocks, pack_nibbles
 from .layout import Field, Layout
 
@@ -194,7 +194,26 @@ def dequantize_nvfp4(data):
     return y.reshape(data.shape[0], -1)
 
 
+# --------------------------------------------------------------------------- vec_dot operands
+#
+# What ggml's CPU vec_dot reads (refquant.ggml.dot): kvalues_mxfp4[code] as the integer codes and
+# the scales as stored halves (2^(e-128) for MXFP4; UE4M3 / 2 per sub-block of 16 for NVFP4).
+
+def vec_dot_mxfp4(w):
+    f = MXFP4.split(w)
+    return {"q": KVALUES_MXFP4.astype(np.int32)[_unpack_halves(f["qs"])], "d": e8m0_to_fp32_half(f["e"][:, 0])}
+
+
+def vec_dot_nvfp4(w):
+    f = NVFP4.split(w)
+    qs = f["qs"].reshape(-1, 4, 8)                   # sub-block s: qs[8s + j]
+    q = KVALUES_MXFP4.astype(np.int32)[np.concatenate([qs & 0x0F, qs >> 4], axis=2)]
+    return {"q": q.reshape(-1, QK_NVFP4), "d": ue4m3_to_fp32_half(f["d"])}
+
+
 RECORDS = [
-    block_format(MXFP4, "ggml-fp4", quantize_mxfp4, dequantize_mxfp4, IMATRIX_NONE, int(T.MXFP4), "ggml/mxfp4.md"),
-    block_format(NVFP4, "ggml-fp4", quantize_nvfp4, dequantize_nvfp4, IMATRIX_NONE, int(T.NVFP4), "ggml/nvfp4.md"),
+    block_format(MXFP4, "ggml-fp4", quantize_mxfp4, dequantize_mxfp4, IMATRIX_NONE, int(T.MXFP4), "ggml/mxfp4.md",
+                 VecDot("Q8_0", vec_dot_mxfp4, "(dw * da) * sumi")),
+    block_format(NVFP4, "ggml-fp4", quantize_nvfp4, dequantize_nvfp4, IMATRIX_NONE, int(T.NVFP4), "ggml/nvfp4.md",
+                 VecDot("Q8_0", vec_dot_nvfp4, "per 16: sumi * (d_y * d)")),
 ]

@@ -28,7 +28,7 @@ import gguf
 import numpy as np
 
 from ..numerics import F32, c_max_abs, fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int, safe_reciprocal, seq_sum
-from ..format import IMATRIX_OPTIONAL, block_format
+from ..format import IMATRIX_OPTIONAL, VecDot, block_format
 from .blocks import as_blocks, pack_nibbles, u16
 from .layout import Field, Layout
 
@@ -227,9 +227,29 @@ def dequantize_iq4_xs(data):
     return y.reshape(data.shape[0], -1)
 
 
+# --------------------------------------------------------------------------- vec_dot operands
+#
+# What ggml's CPU vec_dot reads (refquant.ggml.dot): the table values kvalues_iq4nl[code] as the
+# integer codes, the fp16 d, and for IQ4_XS the 6-bit sub-block scales ls - 32 (per 16, each twice).
+
+def vec_dot_iq4_nl(w):
+    f = IQ4_NL.split(w)
+    return {"q": KVALUES_IQ4NL.astype(np.int32)[_unpack_codes(f["qs"])], "d": fp16_bits_to_fp32(u16(f["d"]))}
+
+
+def vec_dot_iq4_xs(w):
+    f = IQ4_XS.split(w)
+    sh = u16(f["scales_h"]).astype(np.int32)
+    sl = f["scales_l"].astype(np.int32)
+    ib = np.arange(8)
+    ls = ((sl[:, ib // 2] >> (4 * (ib % 2))) & 0xF) | (((sh[:, None] >> (2 * ib)) & 3) << 4)
+    return {"q": KVALUES_IQ4NL.astype(np.int32)[_unpack_codes(f["qs"])], "sc16": np.repeat(ls - 32, 2, axis=1),
+            "d": fp16_bits_to_fp32(u16(f["d"]))}
+
+
 RECORDS = [
     block_format(IQ4_NL, "ggml-iq", quantize_iq4_nl, dequantize_iq4_nl, IMATRIX_OPTIONAL, int(T.IQ4_NL),
-                 "ggml/iq4_nl.md"),
+                 "ggml/iq4_nl.md", VecDot("Q8_0", vec_dot_iq4_nl, "(dw * da) * sumi")),   # C: d * (sumi1 + sumi2)
     block_format(IQ4_XS, "ggml-iq", quantize_iq4_xs, dequantize_iq4_xs, IMATRIX_OPTIONAL, int(T.IQ4_XS),
-                 "ggml/iq4_xs.md"),
+                 "ggml/iq4_xs.md", VecDot("Q8_K", vec_dot_iq4_xs, "per 32: (d * (ls - 32)) * sumi")),
 ]

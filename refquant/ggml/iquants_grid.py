@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..numerics import F32, fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
-from ..format import IMATRIX_OPTIONAL, IMATRIX_REQUIRED, block_format
+from ..format import IMATRIX_OPTIONAL, IMATRIX_REQUIRED, VecDot, block_format
 from . import grids
 from .blocks import u16
 from .layout import Field, Layout
@@ -942,8 +942,85 @@ def _grid_search(xval, weight, waux, vmax, lat, *, kmaxq, candidates, step, init
     L = np.where(skip[:, None], 0, L)
     return scale.astype(F32), L, skip
 
+# ============================================================================ vec_dot operands
+#
+# What ggml's generic Q8_K kernels read (refquant.ggml.dot): the integer weights w_p of the
+# lattice types are the dequantizer's output with d = 1, divided by the kernel's final factor
+# (IQ2_*: (0.5 + k) * 0.25 * grid * sign = (2k + 1) * grid * sign / 8, so 0.125; IQ3_XXS: 0.25;
+# IQ3_S: (1 + 2k) * grid * sign, 1): the integers the kernel sums (bsum += sumi * ls). IQ1_S and
+# IQ1_M split the unit-scale decode ls * (g + delta) into the grid part q_p = ls_p * g_p and the
+# delta part qd_p = ls_p * sign(delta_p), ls and the delta's sign read from the bits.
 
-RECORDS = [block_format(LAYOUTS[name], "ggml-iq", quantize, dequantize, im, int(T[name]), f"ggml/{name.lower()}.md")
+FINAL = {"IQ2_XXS": 0.125, "IQ2_XS": 0.125, "IQ2_S": 0.125, "IQ3_XXS": 0.25, "IQ3_S": 1.0}
+_DEQUANTIZE = {"IQ2_XXS": dequantize_iq2_xxs, "IQ2_XS": dequantize_iq2_xs, "IQ2_S": dequantize_iq2_s,
+               "IQ3_XXS": dequantize_iq3_xxs, "IQ3_S": dequantize_iq3_s, "IQ1_S": dequantize_iq1_s,
+               "IQ1_M": dequantize_iq1_m}
+
+
+def _vec_dot_lattice(name):
+    layout = LAYOUTS[name]
+
+    def operands(w):
+        blocks = np.ascontiguousarray(w, dtype=np.uint8).reshape(-1, layout.type_size)
+        d = fp16_bits_to_fp32(u16(layout.split(blocks)["d"]))
+        unit = blocks.copy()
+        unit[:, 0], unit[:, 1] = 0x00, 0x3C                                    # d = 1
+        y = _DEQUANTIZE[name](unit).astype(np.float64).reshape(-1, QK_K) / FINAL[name]
+        q = y.astype(np.int32)
+        if not (q == y).all():
+            raise AssertionError(f"{name}: the unit-scale decode is not integral")
+        return {"q": q, "sc16": np.ones((q.shape[0], 16), np.int32), "d": d, "final": FINAL[name]}
+    operands.__name__ = f"vec_dot_{name.lower()}"
+    return operands
+
+
+def vec_dot_iq1(name):
+    layout = LAYOUTS[name]
+
+    def operands(w):
+        blocks = np.ascontiguousarray(w, dtype=np.uint8).reshape(-1, layout.type_size)
+        f = layout.split(blocks)
+        unit = blocks.copy()
+        if name == "IQ1_S":       # qh: u16[8], bits 12-14 ls, bit 15 delta sign, per 32
+            d = fp16_bits_to_fp32(u16(f["d"]))
+            unit[:, 0], unit[:, 1] = 0x00, 0x3C
+            qh = np.ascontiguousarray(f["qh"]).view("<u2").astype(np.int32)             # (nb, 8)
+            ls = np.repeat(2 * ((qh >> 12) & 7) + 1, 32, axis=1)
+            sgn = np.repeat(np.where(qh & 0x8000, -1, 1), 32, axis=1)
+        else:                     # scales: u16[4], 3-bit scales per 16, d in the top nibbles; qh bits 3, 7: delta
+            sc = np.ascontiguousarray(f["scales"]).view("<u2").astype(np.int32)          # (nb, 4)
+            d = _iq1m_d(sc)
+            at = layout.offset("scales") + 1
+            for k, nib in enumerate((0x0, 0x0, 0xC, 0x3)):                             # d = 0x3C00 = 1
+                unit[:, at + 2 * k] = (unit[:, at + 2 * k] & 0x0F) | (nib << 4)
+            ib = np.arange(8)
+            shift = 6 * (ib % 2)
+            ls1 = 2 * ((sc[:, ib // 2] >> shift) & 7) + 1                               # groups 0, 1
+            ls2 = 2 * ((sc[:, ib // 2] >> (shift + 3)) & 7) + 1                         # groups 2, 3
+            ls = np.repeat(np.stack([ls1, ls1, ls2, ls2], axis=2).reshape(-1, 32), 8, axis=1)
+            qhb = f["qh"].astype(np.int32).reshape(-1, 8, 2)
+            bits = np.stack([qhb[:, :, 0] & 0x08, qhb[:, :, 0] & 0x80, qhb[:, :, 1] & 0x08, qhb[:, :, 1] & 0x80], axis=2)
+            sgn = np.repeat(np.where(bits.reshape(-1, 32) != 0, -1, 1), 8, axis=1)
+        y = _DEQUANTIZE[name](unit).astype(np.float64).reshape(-1, QK_K)
+        g = y / ls - float(grids.IQ1S_DELTA) * sgn
+        if not ((g == np.rint(g)).all() and (np.abs(g) <= 1).all()):
+            raise AssertionError(f"{name}: the unit-scale decode is not ls * (g + delta)")
+        q = (ls * g.astype(np.int32)).astype(np.int32)
+        return {"q": q, "qd": (ls * sgn).astype(np.int32), "sc16": np.ones((q.shape[0], 16), np.int32), "d": d}
+    operands.__name__ = f"vec_dot_{name.lower()}"
+    return operands
+
+
+VEC_DOT = {
+    **{name: VecDot("Q8_K", _vec_dot_lattice(name), "lattice: f(bsum) * d, then * final") for name in FINAL},
+    # IQ1_S: the delta part from the Q8_K bsums; IQ1_M: from the activations' codes themselves
+    "IQ1_S": VecDot("Q8_K", vec_dot_iq1("IQ1_S"), "iq1: delta from bsums"),
+    "IQ1_M": VecDot("Q8_K", vec_dot_iq1("IQ1_M"), "iq1: delta from qs"),
+}
+
+
+RECORDS = [block_format(LAYOUTS[name], "ggml-iq", quantize, dequantize, im, int(T[name]), f"ggml/{name.lower()}.md",
+                        VEC_DOT[name])
            for name, quantize, dequantize, im in [
                ("IQ2_XXS", quantize_iq2_xxs, dequantize_iq2_xxs, IMATRIX_REQUIRED),
                ("IQ2_XS", quantize_iq2_xs, dequantize_iq2_xs, IMATRIX_REQUIRED),

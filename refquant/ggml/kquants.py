@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 
 from ..numerics import F32, c_max_abs, fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int, seq_sum
-from ..format import IMATRIX_NONE, IMATRIX_OPTIONAL, block_format
+from ..format import IMATRIX_NONE, IMATRIX_OPTIONAL, VecDot, block_format
 from .blocks import as_blocks, u16
 from .layout import Field, Layout
 from .search import (GROUP_MAX_EPS, c_max_abs_scan, make_q3_quants, make_qkx2_quants,
@@ -408,7 +408,71 @@ def dequantize_q8_k(data):
     return (d[:, None] * f["qs"].view(np.int8).astype(F32)).reshape(data.shape[0], -1)
 
 
-RECORDS = [block_format(LAYOUTS[name], "ggml-k", q, dq, im, int(T[name]), f"ggml/{name.lower()}.md")
+# --------------------------------------------------------------------------- vec_dot operands
+#
+# What ggml's generic Q8_K kernels read from a super-block (refquant.ggml.dot, the Q8_K section):
+# every value's small integer code q, the integer scale sc of each sub-block of 16, and for
+# Q2_K/Q4_K/Q5_K the integer min m of each sub-block of 16 against the activations' bsums.
+
+def _bits_of(mask, nbits=8):
+    """(nblocks, 32) bytes -> (nblocks, 256): bit k of byte l is element 32k + l."""
+    return ((mask[:, None, :] >> np.arange(nbits, dtype=np.uint8)[None, :, None]) & 1).reshape(-1, QK_K)
+
+
+def vec_dot_q2_k(w):
+    f = Q2_K.split(w)
+    return {"q": _unpack_2bit(f["qs"]).astype(np.int32), "sc16": (f["scales"] & 0xF).astype(np.int32),
+            "d": fp16_bits_to_fp32(u16(f["d"])),
+            "m": (f["scales"] >> 4).astype(np.int32), "dmin": fp16_bits_to_fp32(u16(f["dmin"]))}
+
+
+def vec_dot_q3_k(w):
+    f = Q3_K.split(w)
+    q = _unpack_2bit(f["qs"]).astype(np.int32) - np.where(_bits_of(f["hmask"]) != 0, 0, 4)   # hm & m ? 0 : 4
+    return {"q": q, "sc16": unpack_q3_k_scales(f["scales"]) - 32, "d": fp16_bits_to_fp32(u16(f["d"]))}
+
+
+def _vec_dot_k4(f, q):
+    sc8, m8 = unpack_scale_min_k4(f["scales"])
+    return {"q": q, "sc16": np.repeat(sc8.astype(np.int32), 2, axis=1),       # a scale of 32 is two of 16
+            "d": fp16_bits_to_fp32(u16(f["d"])),
+            "m": np.repeat(m8.astype(np.int32), 2, axis=1), "dmin": fp16_bits_to_fp32(u16(f["dmin"]))}  # mins[j/2]
+
+
+def vec_dot_q4_k(w):
+    f = Q4_K.split(w)
+    return _vec_dot_k4(f, _split_nibbles_k(f["qs"]).astype(np.int32))
+
+
+def vec_dot_q5_k(w):
+    f = Q5_K.split(w)
+    return _vec_dot_k4(f, _split_nibbles_k(f["qs"]).astype(np.int32) + (_bits_of(f["qh"]).astype(np.int32) << 4))
+
+
+def vec_dot_q6_k(w):
+    f = Q6_K.split(w)
+    ql = f["ql"].reshape(-1, 2, 2, 32)            # half h: ql[64h + 32s + l]
+    qh = f["qh"].reshape(-1, 2, 1, 32)
+    low = np.stack([ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
+    high = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
+    q = (low | (high << 4)).astype(np.int32).reshape(-1, QK_K) - 32
+    # the AVX2 kernel multiplies the unsigned codes q + 32 (refquant.ggml.dot.exact_k_dot)
+    return {"q": q, "sc16": f["scales"].view(np.int8).astype(np.int32), "d": fp16_bits_to_fp32(u16(f["d"])),
+            "simd_offset": 32}
+
+
+# the activation type, and refquant.ggml.dot's rule for the super-blocks' float steps
+VEC_DOT = {
+    "Q2_K": VecDot("Q8_K", vec_dot_q2_k, "q2_k"),
+    "Q3_K": VecDot("Q8_K", vec_dot_q3_k, "lanes: multiply, add"),
+    "Q4_K": VecDot("Q8_K", vec_dot_q4_k, "lanes: fmaf, mins fmaf"),
+    "Q5_K": VecDot("Q8_K", vec_dot_q5_k, "lanes: fmaf, mins fmaf"),
+    "Q6_K": VecDot("Q8_K", vec_dot_q6_k, "lanes: multiply, add"),
+}
+
+
+RECORDS = [block_format(LAYOUTS[name], "ggml-k", q, dq, im, int(T[name]), f"ggml/{name.lower()}.md",
+                        vec_dot=VEC_DOT.get(name))
            for name, q, dq, im in [
                ("Q2_K", quantize_q2_k, dequantize_q2_k, IMATRIX_OPTIONAL),
                ("Q3_K", quantize_q3_k, dequantize_q3_k, IMATRIX_OPTIONAL),

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..numerics import (F32, c_float_to_int8, c_max, c_min, c_float_to_uint8, c_max_abs, fp16_bits_to_fp32,
                         fp32_to_fp16_bits, roundf, safe_reciprocal, seq_sum)
-from ..format import IMATRIX_NONE, IMATRIX_OPTIONAL, block_format
+from ..format import IMATRIX_NONE, IMATRIX_OPTIONAL, VecDot, block_format
 from .blocks import as_blocks, pack_high_bits, pack_nibbles, u16, unpack_high_bits
 from .layout import Field, Layout
 from .search import make_qkx3_quants, make_qx_quants
@@ -209,9 +209,54 @@ def dequantize_q8_1(data):
     return (f["qs"].view(np.int8).astype(F32) * d[:, None]).reshape(data.shape[0], -1)
 
 
+# --------------------------------------------------------------------------- vec_dot operands
+#
+# What ggml's CPU vec_dot reads from a weight block (refquant.ggml.dot, step 2): the integer codes
+# of its 32 values as the kernel multiplies them, and its scale (and minimum) decoded exactly.
+
+def _fp16(field):
+    return fp16_bits_to_fp32(u16(field))
+
+
+def vec_dot_q4_0(w):
+    f = Q4_0.split(w)
+    return {"q": _unpack_nibbles(f["qs"]).astype(np.int32) - 8, "d": _fp16(f["d"])}       # (x & 0xF) - 8
+
+
+def vec_dot_q4_1(w):
+    f = Q4_1.split(w)
+    return {"q": _unpack_nibbles(f["qs"]).astype(np.int32), "d": _fp16(f["d"]), "m": _fp16(f["m"])}
+
+
+def vec_dot_q5_0(w):
+    f = Q5_0.split(w)
+    return {"q": _unpack_q5(f["qh"], f["qs"]) - 16, "d": _fp16(f["d"])}                  # (xl | xh) - 16
+
+
+def vec_dot_q5_1(w):
+    f = Q5_1.split(w)
+    return {"q": _unpack_q5(f["qh"], f["qs"]), "d": _fp16(f["d"]), "m": _fp16(f["m"])}
+
+
+def vec_dot_q8_0(w):
+    f = Q8_0.split(w)
+    return {"q": f["qs"].view(np.int8).astype(np.int32), "d": _fp16(f["d"])}
+
+
+# the type activations are quantized to (type_traits_cpu[].vec_dot_type) and the rule by which
+# refquant.ggml.dot combines the blocks' integer dots (the term each block adds to sumf)
+VEC_DOT = {
+    "Q4_0": VecDot("Q8_0", vec_dot_q4_0, "(sumi * dw) * da"),
+    "Q4_1": VecDot("Q8_1", vec_dot_q4_1, "fmaf(dw * da, sumi, mw * sa)"),
+    "Q5_0": VecDot("Q8_0", vec_dot_q5_0, "(dw * da) * sumi"),
+    "Q5_1": VecDot("Q8_1", vec_dot_q5_1, "fmaf(dw * da, sumi, mw * sa)"),
+    "Q8_0": VecDot("Q8_0", vec_dot_q8_0, "sumi * (dw * da)"),
+}
+
+
 # llama.cpp's LLAMA_FTYPE_MOSTLY_* of a file of each type
 RECORDS = [block_format(LAYOUTS[name], "ggml-legacy", q, dq, im, int(T[name]), f"ggml/{name.lower()}.md",
-                        file_type=ftype)
+                        vec_dot=VEC_DOT.get(name), file_type=ftype)
            for name, q, dq, im, ftype in [
                ("Q4_0", quantize_q4_0, dequantize_q4_0, IMATRIX_OPTIONAL, 2),
                ("Q4_1", quantize_q4_1, dequantize_q4_1, IMATRIX_OPTIONAL, 3),

@@ -24,7 +24,7 @@ import gguf
 import numpy as np
 
 from ..numerics import F32, fp16_bits_to_fp32, fp32_to_fp16_bits, roundf, safe_reciprocal, seq_sum
-from ..format import IMATRIX_NONE, block_format
+from ..format import IMATRIX_NONE, VecDot, block_format
 from .blocks import as_blocks, u16
 from .layout import Field, Layout
 
@@ -154,9 +154,45 @@ def dequantize_q1_0(data):
     return y.reshape(data.shape[0], -1)
 
 
+# --------------------------------------------------------------------------- vec_dot operands
+#
+# What ggml's CPU vec_dot reads (refquant.ggml.dot): the trits t - 1 (TQ1_0, TQ2_0: against Q8_K,
+# every sub-block scale 1; AVX2 multiplies the unsigned t, hence simd_offset) and Q1_0's signs
+# +1 / -1 (against the four Q8_0 blocks of its 128 values).
+
+def vec_dot_tq1_0(w):
+    f = TQ1_0.split(w)
+    trits = _TRITS_F32.astype(np.int32)                                     # base-3 digits, (xi - 1)
+    q = np.concatenate([trits[f["qs"][:, :32]].transpose(0, 2, 1).reshape(-1, 160),
+                        trits[f["qs"][:, 32:]].transpose(0, 2, 1).reshape(-1, 80),
+                        trits[f["qh"]][:, :, :4].transpose(0, 2, 1).reshape(-1, 16)], axis=1)
+    return {"q": q, "sc16": np.ones((q.shape[0], 16), np.int32), "d": fp16_bits_to_fp32(u16(f["d"])),
+            "simd_offset": 1}
+
+
+def vec_dot_tq2_0(w):
+    f = TQ2_0.split(w)
+    q = _PAIRS_F32[f["qs"].reshape(-1, 2, 32)].transpose(0, 1, 3, 2).reshape(-1, QK_K).astype(np.int32)  # q - 1
+    return {"q": q, "sc16": np.ones((q.shape[0], 16), np.int32), "d": fp16_bits_to_fp32(u16(f["d"])),
+            "simd_offset": 1}
+
+
+def vec_dot_q1_0(w):
+    f = Q1_0.split(w)
+    bits = np.unpackbits(f["qs"], axis=1, bitorder="little").astype(np.int32)     # element e: bit e
+    return {"q": 2 * bits - 1, "d": fp16_bits_to_fp32(u16(f["d"]))[:, None]}
+
+
+VEC_DOT = {
+    "TQ1_0": VecDot("Q8_K", vec_dot_tq1_0, "ternary: f(sumi) * d"),
+    "TQ2_0": VecDot("Q8_K", vec_dot_tq2_0, "ternary: f(sumi) * d"),
+    "Q1_0": VecDot("Q8_0", vec_dot_q1_0, "per 32 chained: d * (sumi_f + f(sumi) * d_y)"),
+}
+
+
 # llama.cpp's LLAMA_FTYPE_MOSTLY_* of a file of each type
 RECORDS = [block_format(LAYOUTS[name], "ggml-lowbit", q, dq, IMATRIX_NONE, int(T[name]), f"ggml/{name.lower()}.md",
-                        file_type=ftype)
+                        vec_dot=VEC_DOT[name], file_type=ftype)
            for name, q, dq, ftype in [
                ("TQ1_0", quantize_tq1_0, dequantize_tq1_0, 36),
                ("TQ2_0", quantize_tq2_0, dequantize_tq2_0, 37),
