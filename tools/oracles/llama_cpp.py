@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ggml import _ROW_FN, _f32p, declare_quantize_api
+from .ggml import _ROW_FN, _VEC_DOT_FN, _TypeTraitsCpu, _f32p, declare_quantize_api
 
 
 _LOG: list[str] | None = None   # while not None, llama.cpp's log lines are collected here
@@ -296,3 +296,46 @@ def ggml_quantize_dies(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, 
     """Whether llama.cpp's quantizer aborts on x (GGML_ASSERT / GGML_ABORT): run in a child
     forked from the worker, so the worker survives."""
     return _call(ggml_quantize_dies_here, x, qtype, imatrix, timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp's CPU backend (libggml-cpu): the vec_dot kernel its type traits select
+# ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def ggml_cpu_lib() -> ctypes.CDLL:
+    """llama-cpp-python's libggml-cpu, loaded in this process (the worker)."""
+    ggml_lib()
+    L = ctypes.CDLL(str(ggml_lib_path().parent / ggml_lib_path().name.replace("ggml-base", "ggml-cpu")))
+    L.ggml_get_type_traits_cpu.argtypes = [ctypes.c_int]
+    L.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_TypeTraitsCpu)
+    L.ggml_cpu_init.argtypes = []
+    L.ggml_cpu_init()
+    return L
+
+
+def ggml_vec_dot_here(w: np.ndarray, qa: np.ndarray, qtype) -> np.ndarray:
+    """The CPU type traits' vec_dot of every weight row w (N, row_bytes) with every activation
+    row qa (M, row_bytes of the vec_dot type, already quantized) -> (M, N) float32, in this process."""
+    from refquant.registry import get_format
+    fmt = get_format(qtype)
+    tr = ggml_cpu_lib().ggml_get_type_traits_cpu(_type_id(qtype)).contents
+    if not tr.vec_dot:
+        raise ValueError(f"llama.cpp's ggml-cpu has no vec_dot for {fmt.name}")
+    fn = _VEC_DOT_FN(tr.vec_dot)
+    w = np.ascontiguousarray(w, dtype=np.uint8)
+    qa = np.ascontiguousarray(qa, dtype=np.uint8)
+    n = w.shape[1] // fmt.type_size * fmt.block_size
+    out = np.zeros((qa.shape[0], w.shape[0]), dtype=np.float32)
+    s = np.zeros(1, dtype=np.float32)
+    for i in range(qa.shape[0]):
+        for j in range(w.shape[0]):
+            fn(n, s.ctypes.data_as(_f32p), 0, ctypes.c_void_p(w[j].ctypes.data), 0,
+               ctypes.c_void_p(qa[i].ctypes.data), 0, 1)
+            out[i, j] = s[0]
+    return out
+
+
+def ggml_vec_dot(w: np.ndarray, qa: np.ndarray, qtype) -> np.ndarray:
+    """llama.cpp's CPU vec_dot for `qtype` (the kernel its type traits select), in the worker."""
+    return _call(ggml_vec_dot_here, w, qa, qtype)
