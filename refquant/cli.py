@@ -2,6 +2,8 @@
 
     refquant inspect FILE.gguf                          metadata and tensor table
     refquant dequantize IN.gguf OUT.gguf [--type F32|F16|BF16]
+    refquant dequantize CHECKPOINT_DIR OUT_DIR [--dtype float32|bfloat16|float16]
+                                                        a quantized checkpoint back to float weights
     refquant quantize IN.gguf OUT.gguf --type Q8_0      one type for every quantizable weight
     refquant conformance --backend NAME                 the conformance suite against a backend
     refquant vectors --out DIR                          golden test vectors per format
@@ -88,6 +90,11 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_dequantize(args) -> int:
+    from pathlib import Path
+    if Path(args.input).is_dir():      # a quantized Hugging Face checkpoint -> float safetensors
+        from .pipelines.hf_dequantize import dequantize_checkpoint
+        dequantize_checkpoint(args.input, args.output, args.dtype)
+        return 0
     from .pipelines.convert import dequantize_file
     from .io.gguf import GGUFFile
     with GGUFFile(args.input) as f:
@@ -239,10 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="always draw the progress bar")
         g.add_argument("--no-progress", dest="progress", action="store_false")
 
-    s = sub.add_parser("dequantize", help="decode every tensor of a GGUF file to F32/F16/BF16")
+    s = sub.add_parser("dequantize", help="decode every tensor of a GGUF file to F32/F16/BF16, or a quantized "
+                       "Hugging Face checkpoint directory (GPTQ, AWQ, compressed-tensors, FP8, ModelOpt, "
+                       "bitsandbytes) into a plain safetensors one")
     s.add_argument("input")
     s.add_argument("output")
     s.add_argument("--type", default="F32", type=str.upper, choices=["F32", "F16", "BF16"])
+    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="checkpoint input: the dtype of every float tensor written (default: each weight as the "
+                        "loader's dequantization gives it, the rest unchanged)")
     progress_flags(s)
     s.set_defaults(func=cmd_dequantize)
 

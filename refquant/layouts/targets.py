@@ -40,7 +40,7 @@ def _module_class(module: str) -> str:
     return "Embedding" if module.rsplit(".", 1)[-1] in EMBEDDINGS else "Linear"
 
 
-def _compile(entries: Sequence[str], option: str) -> list:
+def compile_entries(entries: Sequence[str], option: str) -> list:
     out = []
     for e in entries:
         if not isinstance(e, str) or not e:
@@ -57,7 +57,7 @@ def _compile(entries: Sequence[str], option: str) -> list:
     return out
 
 
-def _match(module: str, cls: str, entry) -> bool:
+def matches(module: str, cls: str, entry) -> bool:
     kind, pat, _ = entry
     if kind == "re":
         return pat.match(module) is not None          # compressed-tensors' match_name: re.match
@@ -73,7 +73,7 @@ def select(shapes: Mapping[str, Sequence[int]], targets: Iterable[str] = DEFAULT
     targets, ignore = list(targets), list(ignore)
     if not targets:
         raise InputError("quantize: --targets is empty: it names the layers to quantize")
-    t, ig = _compile(targets, "--targets"), _compile(ignore, "--ignore")
+    t, ig = compile_entries(targets, "--targets"), compile_entries(ignore, "--ignore")
     hit = set()
     out = []
     for name, shape in shapes.items():
@@ -83,11 +83,11 @@ def select(shapes: Mapping[str, Sequence[int]], targets: Iterable[str] = DEFAULT
         if module.endswith("norm"):                   # match_quantizable_tensors skips norms
             continue
         cls = _module_class(module)
-        matched = [e for e in t if _match(module, cls, e)]
+        matched = [e for e in t if matches(module, cls, e)]
         if not matched:
             continue
         hit.update(e[2] for e in matched)
-        if any(_match(module, cls, e) for e in ig):
+        if any(matches(module, cls, e) for e in ig):
             continue
         out.append(name)
     missing = [e for e in targets if e not in hit]

@@ -1,0 +1,202 @@
+"""Read a quantized Hugging Face checkpoint back into float weights:
+`refquant dequantize CHECKPOINT_DIR OUT_DIR [--dtype float32|bfloat16|float16]`.
+
+The layout is told by config.json's quantization_config (`quant_method`):
+
+    gptq                 qweight / qzeros / scales / g_idx; checkpoint_format "gptq" (v1, zero − 1
+                         stored) or "gptq_v2"; W = scale · (code − zero), float16, as AutoGPTQ's
+                         QuantLinear dequantizes (refquant.layouts.gptq)
+    awq                  version "gemm" (AutoAWQ's dequantize_gemm) or "gemv"; float16
+    compressed-tensors   every format of refquant.layouts.compressed_tensors (pack-, int-,
+                         float-, nvfp4-pack-, mxfp4-pack-, mxfp6-pack-, mxfp8-quantized), each
+                         module by its config group; equal to compressed-tensors' own
+                         decompression, in its dtype
+    fp8                  DeepSeek-V3 block FP8 (weight + weight_scale_inv), float32 as
+                         transformers' finegrained-FP8 dequantization
+    modelopt             ModelOpt FP8 (weight · weight_scale) and NVFP4 (hf_quant_config.json's
+                         quant_algo), float32
+    bitsandbytes         4-bit (NF4/FP4, nested or not) and 8-bit (CB · SCB / 127), float32, as
+                         refquant.layouts.bnb reads them
+
+Every other tensor (embeddings, norms, biases, an unquantized lm_head) is written as it is. Without
+--dtype each weight keeps the dtype the loader's dequantization gives; with it, every floating
+tensor is cast to that dtype (round to nearest even). config.json loses its quantization_config
+(and takes the dtype); hf_quant_config.json is left out; other small files are copied. The output
+directory appears complete or not at all (refquant.io.safetensors.save_checkpoint).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import FormatError, InputError
+from ..io.safetensors import Checkpoint, save_checkpoint
+from ..layouts import awq as L_awq
+from ..layouts import bnb as L_bnb
+from ..layouts import compressed_tensors as L_ct
+from ..layouts import fp8_block as L_fp8
+from ..layouts import gptq as L_gptq
+from ..layouts import targets as L_targets
+
+DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+# the tensors that carry a quantized linear `<p>` in each layout (the marker, then the rest)
+GPTQ = ("qweight", "qzeros", "scales", "g_idx")
+AWQ = ("qweight", "qzeros", "scales")
+
+
+def _modules(names, marker: str) -> list:
+    """The modules `<p>` that have a tensor `<p>.<marker>`."""
+    suffix = "." + marker
+    return sorted(n[:-len(suffix)] for n in names if n.endswith(suffix))
+
+
+def _take(tensors: dict, module: str, names, who: str) -> dict:
+    t = {}
+    for n in names:
+        k = f"{module}.{n}"
+        if k in tensors:
+            t[n] = np.asarray(tensors.pop(k))
+    return t
+
+
+def _ct_groups(qc: dict):
+    """[(targets, format, weights args)] of a compressed-tensors config."""
+    groups = qc.get("config_groups") or {}
+    if not isinstance(groups, dict) or not groups:
+        raise FormatError("dequantize: compressed-tensors quantization_config has no config_groups")
+    out = []
+    for name, g in groups.items():
+        w = g.get("weights")
+        if not w:
+            continue
+        fmt = g.get("format") or qc.get("format")
+        if fmt in (None, "mixed-precision"):
+            raise FormatError(f"dequantize: compressed-tensors config group {name} names no format")
+        out.append((list(g.get("targets") or ["Linear"]), fmt, w))
+    return out
+
+
+def _ct_group(module: str, groups: list):
+    """The config group a module falls under: an exact name, then a re: pattern, then a class
+    target (compressed-tensors' match_targets order)."""
+    for kind in ("name", "re", "class"):
+        for targets, fmt, w in groups:
+            for e in L_targets.compile_entries(targets, "config_groups targets"):
+                if e[0] == kind and L_targets.matches(module, "Linear", e):
+                    return fmt, w
+    raise FormatError(f"dequantize: quantized module {module} matches no compressed-tensors config group")
+
+
+CT_NAMES = ("weight", "weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_global_scale",
+            "weight_g_idx", "input_scale", "input_zero_point", "input_global_scale", "output_scale",
+            "output_zero_point")
+
+
+def dequantize_checkpoint(in_dir, out_dir, dtype: Optional[str] = None, progress: Optional[Callable] = None,
+                          max_shard_bytes: int = 5 * 2**30) -> None:
+    """Dequantize the checkpoint in `in_dir` into `out_dir` (see the module's docstring)."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if dtype is not None and dtype not in DTYPES:
+        raise InputError(f"dequantize: --dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if out_dir.exists():
+        raise InputError(f"dequantize: output directory {out_dir} already exists")
+    cfg_path = in_dir / "config.json"
+    if not cfg_path.is_file():
+        raise InputError(f"dequantize: {in_dir} has no config.json")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise InputError(f"dequantize: {cfg_path} is not JSON ({e})") from None
+    qc = config.get("quantization_config")
+    if not isinstance(qc, dict) or "quant_method" not in qc:
+        raise InputError(f"dequantize: {cfg_path} has no quantization_config: {in_dir} is not a quantized checkpoint")
+    method = qc["quant_method"]
+    ck = Checkpoint(in_dir)
+    tensors = {k: ck[k] for k in ck}
+    out: dict = {}
+
+    def put(module, w):
+        out[f"{module}.weight"] = w
+        if progress:
+            progress(None)
+
+    if method == "gptq":
+        bits = int(qc.get("bits", 4))
+        version = "v2" if qc.get("checkpoint_format") == "gptq_v2" else "v1"
+        for m in _modules(tensors, "qweight"):
+            t = _take(tensors, m, GPTQ, "gptq")
+            put(m, L_gptq.dequantize(t, bits, version))
+    elif method == "awq":
+        version = str(qc.get("version", "gemm")).lower()
+        g = int(qc.get("group_size", 128))
+        for m in _modules(tensors, "qweight"):
+            t = _take(tensors, m, AWQ, "awq")
+            if version == "gemv":
+                put(m, L_awq.dequantize_gemv(t, g))
+            elif version == "gemm":
+                put(m, np.ascontiguousarray(L_awq.dequantize(t).T))
+            else:
+                raise FormatError(f"dequantize: AWQ version {version!r} is not one refquant reads (gemm, gemv)")
+    elif method == "compressed-tensors":
+        groups = _ct_groups(qc)
+        mods = sorted(set(_modules(tensors, "weight_scale")))
+        for m in mods:
+            fmt, w = _ct_group(m, groups)
+            t = _take(tensors, m, CT_NAMES, "compressed-tensors")
+            put(m, L_ct.dequantize(t, fmt, w, who=f"dequantize: {m}"))
+    elif method == "fp8":
+        for m in _modules(tensors, "weight_scale_inv"):
+            t = _take(tensors, m, ("weight", "weight_scale_inv", "input_scale"), "fp8")
+            put(m, L_fp8.dequantize_block_fp8(t))
+    elif method == "modelopt":
+        algo = qc.get("quant_algo")
+        hq = in_dir / "hf_quant_config.json"
+        if algo is None and hq.is_file():
+            algo = json.loads(hq.read_text()).get("quantization", {}).get("quant_algo")
+        for m in _modules(tensors, "weight_scale"):
+            t = _take(tensors, m, ("weight", "weight_scale", "weight_scale_2", "input_scale"), "modelopt")
+            if algo == "NVFP4":
+                put(m, L_fp8.dequantize_modelopt_nvfp4(t))
+            elif algo == "FP8":
+                if t["weight"].dtype != E4M3:
+                    raise FormatError(f"dequantize: ModelOpt FP8 weight {m}.weight is {t['weight'].dtype}, not float8_e4m3fn")
+                # ModelOpt's export: weight.to(float32) · weight_scale
+                put(m, (t["weight"].astype(np.float32) * np.float32(np.asarray(t["weight_scale"]).ravel()[0]))
+                    .astype(np.float32))
+            else:
+                raise FormatError(f"dequantize: ModelOpt quant_algo {algo!r} is not one refquant reads (FP8, NVFP4)")
+    elif method == "bitsandbytes":
+        mods = sorted(set(_modules(tensors, "SCB")) |
+                      {k.split(".weight." + L_bnb.QS_KEY)[0] for k in tensors if ".weight." + L_bnb.QS_KEY in k})
+        for m in mods:
+            entries = {k: np.asarray(tensors.pop(k)) for k in [k for k in tensors if k == f"{m}.weight" or
+                                                               k.startswith(f"{m}.weight.") or k in (f"{m}.SCB", f"{m}.weight_format")]}
+            if f"{m}.weight_format" in entries:     # a 0-d tensor; the reader may hand it back as (1,)
+                entries[f"{m}.weight_format"] = entries[f"{m}.weight_format"].reshape(())
+            put(m, L_bnb.dequantize_entries(entries, m))
+    else:
+        raise FormatError(f"dequantize: quant_method {method!r} is not one refquant reads "
+                          f"(gptq, awq, compressed-tensors, fp8, modelopt, bitsandbytes)")
+    if not out:
+        raise InputError(f"dequantize: {in_dir} holds no {method} quantized layer")
+    out.update({k: np.asarray(v) for k, v in tensors.items()})
+    if dtype is not None:
+        dt = DTYPES[dtype]
+        out = {k: (v.astype(np.float32).astype(dt) if v.dtype != dt and (np.issubdtype(v.dtype, np.floating) or
+                                                                         v.dtype in (E4M3, DTYPES["bfloat16"]))
+                   else v) for k, v in out.items()}
+    del config["quantization_config"]
+    if dtype is not None:
+        config["torch_dtype"] = dtype
+    extra = {"config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"}
+    for f in sorted(in_dir.iterdir()):
+        if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (
+                "config.json", "model.safetensors.index.json", "hf_quant_config.json") \
+                and not f.name.startswith(".") and f.stat().st_size < 64 * 2**20:
+            extra[f.name] = f.read_bytes()
+    save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
