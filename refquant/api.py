@@ -8,6 +8,14 @@ from .errors import InputError
 from .registry import IMATRIX_REQUIRED, Format
 
 
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every value of a float array is finite, in two vectorised reductions and no
+    temporary array: NaN propagates through min and max, and an infinity is the max or the min."""
+    if x.size == 0:
+        return True
+    return bool(np.isfinite(x.min()) and np.isfinite(x.max()))
+
+
 def check_floats(x, fmt: Format, what: str = "x") -> np.ndarray:
     """x: float32 array (..., n) with n a multiple of the block size, all finite."""
     if not isinstance(x, np.ndarray):
@@ -21,9 +29,8 @@ def check_floats(x, fmt: Format, what: str = "x") -> np.ndarray:
     if n == 0 or n % fmt.block_size:
         raise InputError(f"{fmt.name}: the last dimension of {what} is {n}; it must be a positive "
                          f"multiple of the block size {fmt.block_size}")
-    bad = ~np.isfinite(x)
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    if not all_finite(x):
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
         row, col = idx[:-1], idx[-1]
         raise InputError(f"{fmt.name}: {what} has a non-finite value {float(x[idx])} at row {row if len(row) != 1 else row[0]}, "
                          f"column {col}; ggml's output for NaN and Inf is undefined, so refquant refuses it")
@@ -40,9 +47,8 @@ def check_imatrix(imatrix, fmt: Format, n: int):
         raise InputError(f"{fmt.name}: imatrix must have dtype float32, got {im.dtype}")
     if im.shape != (n,):
         raise InputError(f"{fmt.name}: imatrix must have shape ({n},) (one weight per column), got {im.shape}")
-    bad = ~np.isfinite(im)
-    if bad.any():
-        i = int(np.argwhere(bad)[0][0])
+    if not all_finite(im):
+        i = int(np.argwhere(~np.isfinite(im))[0][0])
         raise InputError(f"{fmt.name}: imatrix has a non-finite value {float(im[i])} at column {i}")
     neg = im < 0
     if neg.any():   # importance weights are sums of squares: a negative one inverts the error searches

@@ -171,27 +171,79 @@ class Backend:
 SPEC = Backend()
 
 
+class _LazyTable(dict):
+    """key -> function of one operation, importing the key's module at the key's first use."""
+
+    def __init__(self, attr: str, where: dict):
+        super().__init__()
+        self.attr, self.where = attr, where
+
+    def __missing__(self, key):
+        fn = getattr(importlib.import_module(self.where[key]), self.attr)[key]
+        self[key] = fn
+        return fn
+
+    def __contains__(self, key):
+        return key in self.where
+
+    def __iter__(self):
+        return iter(self.where)
+
+    def __len__(self):
+        return len(self.where)
+
+
 class TableBackend(Backend):
     """A backend whose modules export what they implement as tables named after the operation
     (QUANTIZE, DEQUANTIZE, VEC_DOT, MATMUL: key -> function with the spec's row signature, without
     the format or scheme argument). Subclasses name their package's modules in MODULES (paths
     relative to the package, mirroring the spec's: "ggml.legacy" twins refquant/ggml/legacy.py);
-    the claims are the union of the tables, so an implementation joins by its module's table."""
+    the claims are the union of the tables, so an implementation joins by its module's table.
+
+    A subclass may also declare what each module's tables hold in DECLARED (module -> {op: keys,
+    as a space-separated string or a function returning them}): then a module is imported at the
+    first call of one of its keys, not when the backend is made, so a call pays only for the
+    module it needs (its import, and its kernels' compilation or cache loads). `declared()` and
+    `loaded()` give the two views, for a test that they agree."""
 
     MODULES: tuple = ()
+    DECLARED: dict | None = None
     TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
 
+    @classmethod
+    def _package(cls) -> str:
+        return next(c for c in cls.__mro__ if "MODULES" in c.__dict__).__module__
+
+    @classmethod
+    def declared(cls) -> dict:
+        """op -> {key: module path} from DECLARED."""
+        out = {op: {} for op in cls.TABLES}
+        for m, ops in (cls.DECLARED or {}).items():
+            for op, keys in ops.items():
+                for k in (keys() if callable(keys) else keys.split()):
+                    out[op][k] = f"{cls._package()}.{m}"
+        return out
+
+    @classmethod
+    def loaded(cls) -> dict:
+        """op -> {key: module path} from the modules' own tables (imports every module)."""
+        out = {op: {} for op in cls.TABLES}
+        for m in cls.MODULES:
+            mod = importlib.import_module(f"{cls._package()}.{m}")
+            for op, attr in cls.TABLES.items():
+                out[op].update({k: mod.__name__ for k in getattr(mod, attr, {})})
+        return out
+
     def __init__(self):
-        self._t = {op: {} for op in self.TABLES}
-        package = next(c for c in type(self).__mro__ if "MODULES" in c.__dict__).__module__
-        for m in self.MODULES:
-            mod = importlib.import_module(f"{package}.{m}")
-            for op, attr in self.TABLES.items():
-                self._t[op].update(getattr(mod, attr, {}))
-        self._claimed = frozenset((op, key) for op, table in self._t.items() for key in table)
+        where = self.declared() if self.DECLARED is not None else self.loaded()
+        self._t = {op: _LazyTable(attr, where[op]) for op, attr in self.TABLES.items()}
+        self._claimed = frozenset((op, key) for op, table in where.items() for key in table)
 
     def claims(self):
         return set(self._claimed)
+
+    def supports(self, op: str, qtype) -> bool:
+        return (op, operation_key(op, qtype)) in self._claimed
 
     def quantize_rows(self, fmt, x, imatrix):
         return self._t["quantize"][fmt.name](x, imatrix)

@@ -173,10 +173,12 @@ def cmd_vectors(args) -> int:
 
 def cmd_perplexity(args) -> int:
     from .model.perplexity import model_perplexity
+    from .model.threads import blas_threads
     text = _read_text(args.text)
-    r = model_perplexity(args.model, text, args.ctx, args.chunks, base_path=args.base,
-                         llamacpp_numerics=args.llamacpp_numerics,
-                         dtype=np.float64 if args.float64 else np.float32, isa=args.isa)
+    with blas_threads(args.threads):
+        r = model_perplexity(args.model, text, args.ctx, args.chunks, base_path=args.base,
+                             llamacpp_numerics=args.llamacpp_numerics,
+                             dtype=np.float64 if args.float64 else np.float32, isa=args.isa)
     for i, v in enumerate(r.chunk_ppl):
         print(f"[{i + 1}]{v:.4f}", end="," if i + 1 < len(r.chunk_ppl) else "\n")
     print(r)
@@ -204,7 +206,9 @@ def cmd_imatrix(args) -> int:
     tk = Tokenizer.from_gguf(args.model)
     m = Model(Weights.from_gguf(args.model), args.llamacpp_numerics, args.isa)
     bos = int(tk.bos) if tk.add_bos and tk.bos is not None else None
-    col, n = collect_imatrix(m, tk.encode(text), args.ctx, bos, args.chunks, args.process_output)
+    from .model.threads import blas_threads
+    with blas_threads(args.threads):
+        col, n = collect_imatrix(m, tk.encode(text), args.ctx, bos, args.chunks, args.process_output)
     write_imatrix_gguf(args.output, col, [os.path.basename(args.text)], n, args.ctx)
     print(f"wrote {len(col.sums)} entries ({n} chunks of {args.ctx} tokens) to {args.output}")
     return 0
@@ -217,8 +221,10 @@ def cmd_eval(args) -> int:
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(DEFAULT_ROWS)
     text = _read_text(args.text)
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else None
-    t = evaluate(args.model, text, rows, n_ctx=args.ctx, n_chunks=args.chunks, calib_chunks=args.calib_chunks,
-                 matmul_backend=args.matmul_backend, text_name=Path(args.text).name, log=log)
+    from .model.threads import blas_threads
+    with blas_threads(args.threads):
+        t = evaluate(args.model, text, rows, n_ctx=args.ctx, n_chunks=args.chunks, calib_chunks=args.calib_chunks,
+                     matmul_backend=args.matmul_backend, text_name=Path(args.text).name, log=log)
     print(t.text_table())
     if args.markdown:
         Path(args.markdown).write_text(t.markdown())
@@ -227,6 +233,12 @@ def cmd_eval(args) -> int:
     if args.png:
         t.plot(args.png)
     return 0
+
+
+def threads_flag(s) -> None:
+    s.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for the forward's matrix products (default: the cores not already busy, "
+                        "by the load average; see refquant/model/threads.py)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --llamacpp-numerics: whose vector expf (SiLU, softmax) to reproduce; default this "
                         "machine's, as a native llama.cpp build uses (a GGML_NATIVE=OFF x86 build uses avx2)")
     s.add_argument("--float64", action="store_true", help="run the forward in float64")
+    threads_flag(s)
     s.set_defaults(func=cmd_perplexity)
 
     s = sub.add_parser("imatrix", help="importance matrix of a GGUF model on a text, as llama-imatrix collects it")
@@ -339,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="round as llama.cpp's CPU backend does (the activations llama-imatrix sees)")
     s.add_argument("--isa", choices=["avx512", "avx2"], default=None,
                    help="with --llamacpp-numerics: whose vector expf to reproduce (default this machine's)")
+    threads_flag(s)
     s.set_defaults(func=cmd_imatrix)
     s = sub.add_parser("eval", help="the quality table: the model quantized to each format, its perplexity, "
                        "KL divergence and top-1 agreement against the unquantized model")
@@ -356,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--matmul-backend", default=None,
                    help="run the W4A16 and FP8 rows' products with this backend's matmul (e.g. numba)")
     s.add_argument("--quiet", action="store_true", help="no per-row progress on stderr")
+    threads_flag(s)
     s.set_defaults(func=cmd_eval)
     return p
 

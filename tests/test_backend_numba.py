@@ -69,6 +69,28 @@ def test_claims_cover_the_legacy_and_float_types(nb):
     assert not nb.supports("quantize", "F32")  # a byte view: the spec's own is a copy
 
 
+def test_declared_claims_are_the_twin_modules_tables():
+    """The backend claims from its declaration (so that a call imports one twin module): every
+    key declared is in the declared module's table, and every table's key is declared."""
+    from backends.numba import NumbaBackend
+    assert set(NumbaBackend.DECLARED) == set(NumbaBackend.MODULES)
+    assert NumbaBackend.declared() == NumbaBackend.loaded()
+
+
+def test_a_quantize_imports_only_its_twin_module(tmp_path):
+    """In a fresh process, quantizing to Q4_0 imports backends.numba.ggml.legacy and no other
+    twin module with kernels."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, refquant; nb = refquant.get_backend('backends.numba:NumbaBackend'); "
+            "nb.quantize(np.ones((1, 32), np.float32), 'Q4_0'); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('backends.numba.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "backends.numba.ggml.legacy" in out
+    assert not {"backends.numba.ggml.kquants", "backends.numba.ggml.iquants_grid", "backends.numba.ggml.dot",
+                "backends.numba.gemm", "backends.numba.minifloat", "backends.numba.affine"} & set(out), out
+
+
 def test_unknown_operation_and_key_are_refused(nb):
     with pytest.raises(refquant.RefquantError):
         nb.supports("transpose", "Q4_0")
@@ -109,6 +131,28 @@ def test_no_contraction_on_near_ties(nb):
     w = refquant.quantize(x[:16], "Q4_1")
     np.testing.assert_array_equal(nb.vec_dot(w, "Q4_1", x[16:19]).view(np.uint32),
                                   refquant.get_backend().vec_dot(w, "Q4_1", x[16:19]).view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q5_1"])
+def test_min_max_scan_keeps_the_first_zeros_sign(nb, ggml, qtype):
+    """Q4_1/Q5_1 find a block's min and max as integer min/max of order keys (vectorised), which
+    rank -0 below +0; C keeps the first zero it meets. Blocks whose min or max is a zero of either
+    sign, or both signs in either order, against ggml's bytes (the min is stored)."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for first, second in ((0.0, -0.0), (-0.0, 0.0), (0.0, 0.0), (-0.0, -0.0)):
+        for sign in (1, -1):
+            x = (rng.random(32) * np.float32(sign)).astype(np.float32)  # all of one sign: a zero is the min or max
+            i, j = sorted(rng.choice(32, 2, replace=False))
+            x[i], x[j] = first, second
+            rows.append(x)
+            y = x.copy()
+            y[:] = first
+            y[j] = second
+            rows.append(y)
+    x = np.stack(rows).astype(np.float32)
+    np.testing.assert_array_equal(nb.quantize(x, qtype), ggml.quantize(x, qtype))
+    np.testing.assert_array_equal(nb.quantize(x, qtype), refquant.quantize(x, qtype))
 
 
 def test_large_matrix_bit_exact(nb):

@@ -9,8 +9,9 @@ Its modules mirror the spec's: backends/numba/ggml/legacy.py is the twin of
 refquant/ggml/legacy.py, backends/numba/gemm.py of refquant/gemm.py. Each twin module lists what
 it implements in tables named after the operation (QUANTIZE, DEQUANTIZE, VEC_DOT, MATMUL: key ->
 function with the spec's signature); the backend's claims are the union of those tables, so a
-format joins the backend when its twin module is added to MODULES. Everything else falls back to
-the spec (`supports(op, key)` says which).
+format joins the backend when its twin module is added to MODULES and its keys to DECLARED (which
+lets a call import only the twin module it needs). Everything else falls back to the spec
+(`supports(op, key)` says which).
 
 Claimed: quantize (with and without an importance matrix) and dequantize of F16, BF16, the
 legacy types, the K-quants Q2_K..Q6_K and Q8_K, IQ4_NL, IQ4_XS, the lattice types IQ1_S, IQ1_M,
@@ -35,11 +36,35 @@ import importlib
 from refquant.backend import TableBackend
 
 
+def _minifloats():
+    from refquant.minifloat import FORMATS  # the names the minifloat twin builds its tables from
+    return tuple(FORMATS)
+
+
 class NumbaBackend(TableBackend):
     name = "numba"
     # The twin modules, by their path relative to the spec's package. New families join this list.
     MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.iquants_grid", "ggml.lowbit",
                "ggml.fp4", "ggml.dot", "minifloat", "affine", "gemm", "ggml.iquants_iq1")
+    # What each module's tables hold, so that a call imports only the module it needs (a quantize
+    # to Q4_0 loads ggml.legacy alone; see TableBackend). tests/test_backend_numba.py checks this
+    # against every module's tables.
+    DECLARED = {
+        "ggml.floats": {"quantize": "F16 BF16", "dequantize": "F16 BF16"},
+        "ggml.legacy": {"quantize": "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1", "dequantize": "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1"},
+        "ggml.kquants": {"quantize": "Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K", "dequantize": "Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K"},
+        "ggml.iquants": {"quantize": "IQ4_NL IQ4_XS", "dequantize": "IQ4_NL IQ4_XS"},
+        "ggml.iquants_grid": {"quantize": "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S",
+                              "dequantize": "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M"},
+        "ggml.iquants_iq1": {"quantize": "IQ1_S IQ1_M"},
+        "ggml.lowbit": {"quantize": "TQ1_0 TQ2_0 Q1_0", "dequantize": "TQ1_0 TQ2_0 Q1_0"},
+        "ggml.fp4": {"quantize": "MXFP4 NVFP4", "dequantize": "MXFP4 NVFP4"},
+        "ggml.dot": {"vec_dot": "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL MXFP4 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS TQ1_0 TQ2_0 "
+                                "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M Q1_0 NVFP4"},
+        "minifloat": {"quantize": _minifloats, "dequantize": _minifloats},
+        "affine": {},
+        "gemm": {"matmul": "W8A8 W4A16 FP8"},
+    }
 
     def accumulation(self, op, key, K, weight=None):
         from .gemm import accumulation

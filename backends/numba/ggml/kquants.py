@@ -11,7 +11,7 @@ from numba import njit, prange
 from ..numerics import (F32, JIT, ONE, U64, ZERO, bits_f32, f32_bits, fp16_to_fp32, fp32_to_fp16_bits,
                         nearest_int)
 from .search import (GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qp_quants,
-                     make_qx_quants, make_qx_quants_x2)
+                     make_qx_quants, make_qx_quants_lanes, make_qx_quants_x2_lanes, NCAND)
 
 QK_K = 256
 PJIT = dict(JIT, parallel=True)
@@ -217,10 +217,15 @@ def _quantize_q3_k(x, imatrix, use_imatrix, out):
                 for l in range(16):
                     q = nearest_int(xb[16 * j + l] / dl)
                     L[16 * j + l] = max(-4, min(3, q)) + 4
-            for j in range(QK_K):
-                if L[j] > 3:
-                    o[j % 32] |= np.uint8(1 << (j // 32))
-                    L[j] -= 4
+            # `if (L[j] > 3) { hmask[j%32] |= 1 << j/32; L[j] -= 4; }`: L[j] is 0..7, so its bit 2;
+            # without branches, over the 32 bytes in a loop of a length known at run time (vectorised)
+            for m in range(U64(L.shape[0] >> 3)):
+                h = np.int32(0)
+                for k in range(8):
+                    v = L[U64(32 * k) + m]
+                    h |= (v >> 2) << k
+                    L[U64(32 * k) + m] = v & 3
+                o[m] = np.uint8(h)
             _pack_2bit(L, o, 32)
             _store_u16(o, 108, dh)
 
@@ -422,6 +427,9 @@ def _quantize_q6_k(x, imatrix, use_imatrix, out):
         L = np.empty(QK_K, np.int32)
         w = np.empty(16, np.float32)
         scales = np.empty(16, np.float32)
+        isc = np.empty(NCAND, np.float32)
+        slx = np.empty(NCAND, np.float32)
+        sl2 = np.empty(NCAND, np.float32)
         for b in range(nb):
             xb = x[r, b * QK_K:(b + 1) * QK_K]
             o = out[r, b * ts:(b + 1) * ts]
@@ -429,10 +437,12 @@ def _quantize_q6_k(x, imatrix, use_imatrix, out):
             max_scale = ZERO
             for j in range(16):
                 if use_imatrix:
-                    s = make_qx_quants(xb[16 * j:16 * j + 16], 32, imatrix[b * QK_K + 16 * j:b * QK_K + 16 * j + 16],
-                                       L[16 * j:16 * j + 16])
+                    s = make_qx_quants_lanes(xb[16 * j:16 * j + 16], 32,
+                                             imatrix[b * QK_K + 16 * j:b * QK_K + 16 * j + 16],
+                                             L[16 * j:16 * j + 16], isc, slx, sl2)
                 else:
-                    s = make_qx_quants_x2(xb[16 * j:16 * j + 16], 32, w, L[16 * j:16 * j + 16])
+                    s = make_qx_quants_x2_lanes(xb[16 * j:16 * j + 16], 32, w, L[16 * j:16 * j + 16],
+                                                isc, slx, sl2)
                 scales[j] = s
                 a = abs(s)
                 if a > amax:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..numerics import (F32, HALF, JIT, U64, ZERO, c_float_to_int8, c_float_to_uint8, fp16_to_fp32,
-                        reciprocal_or_zero, roundf, store_fp16)
+from ..numerics import (F32, HALF, INLINE, JIT, U64, ZERO, bits_f32, c_float_to_int8, c_float_to_uint8, f32_bits,
+                        fp16_to_fp32, reciprocal_or_zero, roundf, store_fp16)
 from .search import make_qkx3_quants, make_qx_quants
 
 QK = 32
@@ -121,8 +121,21 @@ def _dequantize_q4_0_q5_0(data, out, five, qk):
 
 # --------------------------------------------------------------------------- Q4_1, Q5_1
 
+@njit(**INLINE)
+def _order_key(v):
+    """float32 -> int32 ordered as the floats are (-0 just below +0): the bits, with the
+    magnitude bits flipped for negative values. Its own inverse on the bits."""
+    b = f32_bits(v)
+    return np.int32(b ^ ((b >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+
 @njit(**PJIT)
-def _quantize_q4_1_q5_1(x, out, five):
+def _quantize_q4_1_q5_1(x, out, five, qk):
+    """C's min/max scan (`if (v < min) min = v;`) as integer min/max of order keys in a loop of
+    qk (QK at run time) with unsigned offsets, which LLVM vectorises: for finite values (the API
+    refuses others) the minimum is one value, the same bits whichever position it is found at,
+    except for a zero, where C keeps the first zero's sign: then the scan runs as C's. The codes
+    in loops of the same kind, one per type (see ..numerics)."""
     nrows, n = x.shape
     nb = n // QK
     ts = 24 if five else 20
@@ -132,24 +145,45 @@ def _quantize_q4_1_q5_1(x, out, five):
         for b in range(nb):
             xb = x[r, b * QK:(b + 1) * QK]
             o = out[r, b * ts:(b + 1) * ts]
-            vmin = xb[0]
-            vmax = xb[0]
-            for j in range(1, QK):
-                if xb[j] < vmin:
-                    vmin = xb[j]
-                if xb[j] > vmax:
-                    vmax = xb[j]
+            x0 = U64(b * QK)
+            kmin = np.int32(0x7FFFFFFF)
+            kmax = np.int32(-0x80000000)
+            for j in range(U64(qk)):
+                k = _order_key(x[r, x0 + j])
+                kmin = min(kmin, k)
+                kmax = max(kmax, k)
+            if kmin == np.int32(-1) or kmin == np.int32(0) or kmax == np.int32(-1) or kmax == np.int32(0):
+                vmin = xb[0]
+                vmax = xb[0]
+                for j in range(1, QK):
+                    if xb[j] < vmin:
+                        vmin = xb[j]
+                    if xb[j] > vmax:
+                        vmax = xb[j]
+            else:
+                vmin = bits_f32(_order_key_inverse(kmin))
+                vmax = bits_f32(_order_key_inverse(kmax))
             d = (vmax - vmin) / nmax
             idv = reciprocal_or_zero(d)
-            for j in range(QK):
-                v = (xb[j] - vmin) * idv + HALF
-                if five:
-                    q[j] = np.int32(c_float_to_uint8(v))
-                else:
-                    q[j] = min(15, np.int32(c_float_to_int8(v)))
-            store_fp16(o, 0, d)
-            store_fp16(o, 2, vmin)
-            _pack(q, o, 4, five)
+            if five:
+                for j in range(U64(qk)):
+                    q[j] = np.int32(c_float_to_uint8((x[r, x0 + j] - vmin) * idv + HALF))
+                store_fp16(o, 0, d)
+                store_fp16(o, 2, vmin)
+                _pack(q, o, 4, five)
+            else:  # Q4_1's two codes of a byte (positions j and j + 16) in one loop
+                o0 = U64(b * ts + 4)
+                for j in range(U64(qk >> 1)):
+                    c0 = min(np.int32(15), np.int32(c_float_to_int8((x[r, x0 + j] - vmin) * idv + HALF)))
+                    c1 = min(np.int32(15), np.int32(c_float_to_int8((x[r, x0 + U64(16) + j] - vmin) * idv + HALF)))
+                    out[r, o0 + j] = np.uint8((c0 & np.int32(0x0F)) | ((c1 & np.int32(0x0F)) << np.int32(4)))
+                store_fp16(o, 0, d)
+                store_fp16(o, 2, vmin)
+
+
+@njit(**INLINE)
+def _order_key_inverse(k):
+    return np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF)))
 
 
 @njit(**PJIT)
@@ -289,7 +323,7 @@ def quantize_q5_0(x, imatrix=None):
 def quantize_q4_1(x, imatrix=None):
     out = _out(x, 20)
     if imatrix is None:
-        _quantize_q4_1_q5_1(_c(x), out, False)
+        _quantize_q4_1_q5_1(_c(x), out, False, QK)
     else:
         _quantize_q4_1_q5_1_imatrix(_c(x), _c(imatrix), out, False)
     return out
@@ -298,7 +332,7 @@ def quantize_q4_1(x, imatrix=None):
 def quantize_q5_1(x, imatrix=None):
     out = _out(x, 24)
     if imatrix is None:
-        _quantize_q4_1_q5_1(_c(x), out, True)
+        _quantize_q4_1_q5_1(_c(x), out, True, QK)
     else:
         _quantize_q4_1_q5_1_imatrix(_c(x), _c(imatrix), out, True)
     return out

@@ -9,6 +9,7 @@ from numba import njit
 from ..numerics import INLINE, ONE, ZERO, nearest_int
 
 F32 = np.float32
+U64 = np.uint64
 GROUP_MAX_EPS = F32(1e-15)
 TENTH = F32(0.1)
 
@@ -65,6 +66,67 @@ def make_qx_quants(x, nmax, w, L):
             scale = sumlx / suml2
             best = scale * sumlx
     return scale
+
+
+NCAND = 32  # scratch lanes for make_qx_quants_lanes: its 19 candidates, padded to two vectors of 16
+
+
+@njit(**INLINE)
+def make_qx_quants_lanes(x, nmax, w, L, isc, slx, sl2):
+    """make_qx_quants (the same result, bit for bit) with the 19 candidate scales evaluated side
+    by side: candidate 0 is the first pass (iscale = -nmax/max), candidates 1..18 are is = -9..-1,
+    1..9 in C's order. Each candidate's two sums still run over i in C's order; the loop over
+    candidates (length isc.shape[0] = NCAND at run time, unsigned offsets) is the one LLVM
+    vectorises. The best candidate is then chosen in C's order, with C's comparisons, and L is
+    computed for it. isc, slx, sl2: float32 scratch of NCAND."""
+    n = x.shape[0]
+    amax, vmax = _max_abs(x)
+    if amax < GROUP_MAX_EPS:
+        for i in range(n):
+            L[i] = 0
+        return ZERO
+    nmaxf = F32(nmax)
+    nm = np.int32(nmax)
+    nc = U64(isc.shape[0])
+    isc[0] = -nmaxf / vmax
+    c = 1
+    for is_ in range(-9, 10):
+        if is_ != 0:
+            isc[c] = -(nmaxf + TENTH * F32(is_)) / vmax
+            c += 1
+    for k in range(c, isc.shape[0]):
+        isc[k] = ZERO
+    for k in range(nc):
+        slx[k] = ZERO
+        sl2[k] = ZERO
+    for i in range(n):
+        xi = x[i]
+        wi = w[i]
+        wx = wi * xi
+        for k in range(nc):
+            lf = F32(min(max(nearest_int(isc[k] * xi), -nm), nm - np.int32(1)))
+            slx[k] += wx * lf
+            sl2[k] += wi * lf * lf
+    best_c = 0
+    scale = slx[0] / sl2[0] if sl2[0] != ZERO else ZERO
+    best = scale * slx[0]
+    for k in range(1, 19):
+        if sl2[k] > ZERO and slx[k] * slx[k] > best * sl2[k]:
+            scale = slx[k] / sl2[k]
+            best = scale * slx[k]
+            best_c = k
+    iscale = isc[best_c]
+    for i in range(n):
+        L[i] = min(max(nearest_int(iscale * x[i]), -nm), nm - np.int32(1)) + nm
+    return scale
+
+
+@njit(**INLINE)
+def make_qx_quants_x2_lanes(x, nmax, w, L, isc, slx, sl2):
+    """make_qx_quants_x2 through make_qx_quants_lanes."""
+    for i in range(x.shape[0]):
+        w[i] = x[i] * x[i]
+    return make_qx_quants_lanes(x, nmax, w, L, isc, slx, sl2)
 
 
 @njit(**INLINE)
