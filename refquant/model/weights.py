@@ -154,7 +154,8 @@ class Weights:
 
     @classmethod
     def from_gguf(cls, path, **kw) -> "Weights":
-        f = GGUFFile(path)
+        from ..io.split import open_gguf
+        f = open_gguf(path)  # a split model is read as one
         tensors = {}
         for t in f.tensors:
             tensors[t.name] = (t.type_name, tuple(t.shape), _gguf_decoder(f, t.name))

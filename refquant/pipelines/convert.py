@@ -15,7 +15,8 @@ import numpy as np
 from ..backend import get_backend
 from ..errors import FileFormatError, FormatError
 from ..registry import get_format
-from ..io.gguf import GGUFFile, KV, TensorInfo, write_gguf
+from ..io.gguf import KV, TensorInfo, write_gguf
+from ..io.split import SPLIT_KEYS, open_gguf
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 FILE_TYPE_KEY = "general.file_type"
@@ -46,7 +47,7 @@ def dequantize_file(src_path, dst_path, out_type: str = "F32", backend: str = "n
         raise FormatError(f"dequantize writes F32, F16 or BF16, not {out_type!r}")
     be = get_backend(backend)
     fmt = get_format(out_type)
-    with GGUFFile(src_path) as src:
+    with open_gguf(src_path) as src:  # a split model is read as one and written as one file
         infos = [TensorInfo(t.name, fmt.ggml_type, t.shape) for t in src.tensors]
 
         def data(t: TensorInfo):
@@ -55,7 +56,8 @@ def dequantize_file(src_path, dst_path, out_type: str = "F32", backend: str = "n
                 return np.zeros(0, np.uint8)
             return be.quantize(x.reshape(-1, x.shape[-1] if x.ndim else 1), fmt)
 
-        write_gguf(dst_path, _with_file_type(src.kvs, out_type), infos, data, progress)
+        kvs = [kv for kv in src.kvs if kv.key not in SPLIT_KEYS]
+        write_gguf(dst_path, _with_file_type(kvs, out_type), infos, data, progress)
 
 
 def is_quantizable(t: TensorInfo, block_size: int) -> bool:
@@ -69,7 +71,7 @@ def quantize_file(src_path, dst_path, qtype: str, imatrix: Optional[dict[str, np
     if not fmt.can_quantize or fmt.ggml_type is None:
         raise FormatError(f"{fmt.name} is not a GGUF type refquant can quantize to")
     be = get_backend(backend)
-    with GGUFFile(src_path) as src:
+    with open_gguf(src_path) as src:  # a split model is read as one and written as one file
         for t in src.tensors:
             if t.type_name not in FLOAT_TYPES:
                 raise FileFormatError(f"{src_path}: tensor {t.name!r} is already quantized ({t.type_name}); "
@@ -85,4 +87,5 @@ def quantize_file(src_path, dst_path, qtype: str, imatrix: Optional[dict[str, np
             im = None if imatrix is None else imatrix.get(t.name)
             return be.quantize(rows, fmt, im)
 
-        write_gguf(dst_path, _with_file_type(src.kvs, fmt.name), infos, data, progress)
+        kvs = [kv for kv in src.kvs if kv.key not in SPLIT_KEYS]
+        write_gguf(dst_path, _with_file_type(kvs, fmt.name), infos, data, progress)
