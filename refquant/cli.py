@@ -32,28 +32,64 @@ import time
 
 import numpy as np
 
-from .errors import RefquantError
+from .errors import FormatError, RefquantError
 
 
 class Progress:
-    """A one-line progress bar on stderr (drawn only on a terminal unless forced)."""
+    """Progress on stderr. On a terminal, a bar redrawn in place; elsewhere (a pipe, a log file,
+    CI), one line per item, or per `every` seconds when items come faster (REFQUANT_PROGRESS_SECONDS,
+    default 0: every item). `enabled` True forces the bar, False silences both. `summary` ends
+    every run with one line: what was written, its size, bits per weight, time."""
 
-    def __init__(self, total: int, label: str, enabled: bool | None = None):
+    def __init__(self, total: int, label: str, enabled: bool | None = None, every: float | None = None):
+        import os
         self.total, self.label, self.done = total, label, 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self.quiet = enabled is False
+        if every is None:
+            try:
+                every = float(os.environ.get("REFQUANT_PROGRESS_SECONDS", "0"))
+            except ValueError:
+                every = 0.0
+        self.every = every
+        self.t0 = self.last = time.perf_counter()
 
     def __call__(self, item=None):
         self.done += 1
-        if not self.enabled:
+        if self.quiet:
             return
-        width = 30
-        fill = int(width * self.done / max(self.total, 1))
+        now = time.perf_counter()
         name = getattr(item, "name", "")
-        sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
-                         f"{time.perf_counter() - self.t0:6.1f}s {name[:40]:<40}")
-        if self.done == self.total:
-            sys.stderr.write("\n")
+        if self.tty:
+            width = 30
+            fill = int(width * self.done / max(self.total, 1))
+            sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
+                             f"{now - self.t0:6.1f}s {name[:40]:<40}")
+            if self.done == self.total:
+                sys.stderr.write("\n")
+        elif now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            kind = getattr(item, "dst_type", None) or getattr(item, "type_name", "")
+            w = len(str(self.total))
+            sys.stderr.write(f"{self.label} [{self.done:{w}d}/{self.total}] {name} {kind} {now - self.t0:.1f}s\n")
+        sys.stderr.flush()
+
+    def summary(self, paths, n_elements: int | None = None) -> None:
+        """One closing line on stderr: the files written, their size, the bits per weight of their
+        tensor data (over the input's element count when given, as llama-quantize counts), time."""
+        import os
+        from .io.gguf import GGUFFile
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        size = data = elements = 0
+        for p in paths:
+            size += os.path.getsize(p)
+            with GGUFFile(p) as f:
+                data += sum(t.nbytes for t in f.tensors)
+                elements += sum(t.n_elements for t in f.tensors)
+        n = n_elements or elements
+        names = str(paths[0]) if len(paths) == 1 else f"{paths[0]} .. ({len(paths)} files)"
+        sys.stderr.write(f"{self.label}: wrote {names}: {size / 1048576:.2f} MiB, "
+                         f"{8 * data / max(n, 1):.3f} bits per weight, {time.perf_counter() - self.t0:.1f} s\n")
         sys.stderr.flush()
 
 
@@ -67,15 +103,25 @@ def _fmt_value(v, limit=60):
 
 
 def cmd_inspect(args) -> int:
-    from .io.gguf import GGUFFile, block_sizes
-    with GGUFFile(args.file) as f:
+    from .io.gguf import block_sizes
+    from .io.split import open_gguf
+    from .pipelines import recipes
+    with open_gguf(args.file) as f:
+        paths = getattr(f, "paths", [f.path])
+        split = f" ({len(paths)} split files)" if len(paths) > 1 else ""
         print(f"{args.file}: GGUF v3, {len(f.kvs)} metadata keys, {len(f.tensors)} tensors, "
-              f"alignment {f.alignment}")
+              f"alignment {f.alignment}{split}")
         print("\nmetadata:")
         w = max((len(kv.key) for kv in f.kvs), default=0)
         for kv in f.kvs:
-            print(f"  {kv.key:<{w}}  {kv.vtype.name.lower():<7}  {_fmt_value(kv.value)}")
-        print("\ntensors:")
+            value = _fmt_value(kv.value)
+            if kv.key == "general.file_type":
+                try:
+                    value += f" ({recipes.file_type(int(kv.value)).name})"  # llama.cpp's LLAMA_FTYPE_MOSTLY_*
+                except (FormatError, TypeError, ValueError):
+                    value += " (not a llama.cpp file type)"
+            print(f"  {kv.key:<{w}}  {kv.vtype.name.lower():<7}  {value}")
+        print("\ntensors (shape in NumPy order, outermost first: the reverse of gguf-py's and llama.cpp's ne):")
         nw = max((len(t.name) for t in f.tensors), default=4)
         print(f"  {'name':<{nw}}  {'type':<8} {'shape':<18} {'bytes':>12} {'bpw':>6}")
         total_bytes = total_elems = 0
@@ -96,16 +142,20 @@ def cmd_dequantize(args) -> int:
         dequantize_checkpoint(args.input, args.output, args.dtype)
         return 0
     from .pipelines.convert import dequantize_file
-    from .io.gguf import GGUFFile
-    with GGUFFile(args.input) as f:
+    from .io.split import open_gguf
+    with open_gguf(args.input) as f:
         n = len(f.tensors)
-    dequantize_file(args.input, args.output, args.type, args.backend, Progress(n, "dequantize", args.progress))
+    bar = Progress(n, "dequantize", args.progress)
+    dequantize_file(args.input, args.output, args.type, args.backend, bar)
+    bar.summary(args.output)
     return 0
 
 
 def cmd_quantize(args) -> int:
     from pathlib import Path
     if Path(args.input).is_dir():      # a Hugging Face safetensors checkpoint
+        if args.output is None or args.rest:
+            raise RefquantError("quantize: a checkpoint directory takes IN_DIR OUT_DIR")
         from .pipelines.hf_quantize import linear_names, quantize_checkpoint
         from .io.safetensors import Checkpoint
         from .errors import InputError
@@ -125,33 +175,178 @@ def cmd_quantize(args) -> int:
                             calibration=text, ctx=args.ctx, calibration_tokens=args.calibration_tokens,
                             alpha=args.alpha, targets=args.targets, ignore=args.ignore, scheme=args.scheme)
         return 0
-    if args.type is None:
-        raise RefquantError("quantize: a GGUF input needs --type (a llama.cpp file type such as Q4_K_M)")
     from .pipelines import recipes
-    from .io.gguf import GGUFFile
-    with GGUFFile(args.input) as f:
+    out, ftype, threads = _gguf_quantize_positionals(args)
+    if ftype is None:
+        raise RefquantError("quantize: a GGUF input needs a type (--type Q4_K_M, or after the paths as "
+                            "llama-quantize takes it)")
+    if threads is not None:
+        _set_threads(threads)
+    try:
+        ft = recipes.file_type(ftype)
+    except FormatError:
+        ft = None
+    llama_opts = _llama_quantize_options(args, recipes)
+    if ft is not None:
+        # llama.cpp's file type: its per-tensor mixture, metadata and layout, as llama-quantize writes them
+        return _quantize_ftype(args, recipes, ft, out, llama_opts)
+    given = [k for k, v in llama_opts.items() if v not in (None, False, (), [])]
+    if args.imatrix or given:
+        raise RefquantError(f"quantize: --imatrix, --pure and llama-quantize's other options go with llama.cpp's "
+                            f"file types; {ftype!r} is not one ({recipes.suggest(ftype, accepted_types())})")
+    if out is None:
+        raise RefquantError("quantize: give the output path")
+    from .pipelines.convert import quantize_file
+    from .registry import get_format
+    try:
+        fmt = get_format(ftype)
+    except FormatError:
+        raise FormatError(f"unknown type {ftype!r}; {recipes.suggest(ftype, accepted_types())}") from None
+    from .io.split import open_gguf
+    with open_gguf(args.input) as f:
         n = len(f.tensors)
     bar = Progress(n, "quantize", args.progress)
-    if args.type.upper() in recipes.FILE_TYPES:
-        # llama.cpp's file type: its per-tensor mixture, metadata and layout, as llama-quantize writes them
-        recipes.quantize_model(args.input, args.output, args.type.upper(), imatrix=args.imatrix, pure=args.pure,
-                               progress=lambda tp, i, total: bar(tp), backend=args.backend)
+    quantize_file(args.input, out, fmt.name, None, args.backend, bar)  # one ggml type everywhere
+    bar.summary(out)
+    return 0
+
+
+def accepted_types() -> list[str]:
+    """Every name `refquant quantize` takes for a GGUF input: llama.cpp's file types (and
+    llama-quantize's aliases), then the other ggml types refquant quantizes to."""
+    from .pipelines import recipes
+    from .registry import all_formats
+    names = list(recipes.FILE_TYPES) + list(recipes.FTYPE_ALIASES)
+    for f in all_formats():
+        if f.ggml_type is not None and f.can_quantize and f.name not in names:
+            names.append(f.name)
+    return names
+
+
+def _gguf_quantize_positionals(args):
+    """llama-quantize's positional arguments after the input: [OUTPUT] TYPE [NTHREADS] (a TYPE
+    right after the input means no output path), or refquant's OUTPUT --type TYPE."""
+    from .pipelines import recipes
+    rest = list(args.rest)
+    out = ftype = threads = None
+    if args.output is not None:
+        rest.insert(0, args.output)
+    if rest and args.type is None and _is_ftype(recipes, rest[0]):
+        ftype = rest.pop(0)
+    elif rest:
+        out = rest.pop(0)
+    if ftype is None and args.type is None and rest:
+        ftype = rest.pop(0)
+    if args.type is not None:
+        ftype = args.type
+    if rest:
+        try:
+            threads = int(rest.pop(0))
+        except ValueError:
+            raise RefquantError(f"quantize: invalid thread count {args.rest[-1]!r}") from None
+    if rest:
+        raise RefquantError(f"quantize: unexpected argument {rest[0]!r}")
+    if args.threads is not None:
+        threads = args.threads
+    return out, ftype, threads
+
+
+def _is_ftype(recipes, name) -> bool:
+    try:
+        recipes.file_type(name)
+        return True
+    except FormatError:
+        return False
+
+
+def _set_threads(n: int) -> None:
+    """--threads / llama-quantize's NTHREADS: the Numba backend's thread count (the bytes written
+    do not depend on it, as llama.cpp's do not on its nthread)."""
+    import os
+    if n <= 0:
+        n = os.cpu_count() or 1
+    os.environ["NUMBA_NUM_THREADS"] = str(n)
+    if "numba" in sys.modules:
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def _llama_quantize_options(args, recipes) -> dict:
+    tensor_types = [recipes.parse_tensor_type(t) for t in args.tensor_type]
+    for path in args.tensor_type_file:
+        tensor_types += recipes.read_tensor_type_file(path)
+    prune = []
+    if args.prune_layers is not None:
+        prune = recipes.parse_prune_layers(args.prune_layers)
+
+    def gtype(name, option):
+        if name is None:
+            return None
+        try:
+            return recipes.ggml_type(name).name
+        except FormatError:
+            raise FormatError(f"{option}: {name!r} is not a ggml type; "
+                              f"{recipes.suggest(name, list(recipes.GGML_TYPES))}") from None
+    return dict(output_tensor_type=gtype(args.output_tensor_type, "--output-tensor-type"),
+                token_embedding_type=gtype(args.token_embedding_type, "--token-embedding-type"),
+                pure=args.pure, quantize_output_tensor=not args.leave_output_tensor,
+                allow_requantize=args.allow_requantize, tensor_types=tensor_types,
+                kv_overrides=[recipes.parse_kv_override(o) for o in args.override_kv],
+                prune_layers=prune, keep_split=args.keep_split, dry_run=args.dry_run,
+                include_weights=list(args.include_weights), exclude_weights=list(args.exclude_weights))
+
+
+def _quantize_ftype(args, recipes, ft, out, opts) -> int:
+    from pathlib import Path
+    from .io.split import open_gguf
+    if out is None and not opts["dry_run"]:
+        # llama-quantize's default: ggml-model-TYPE.gguf beside the input (no suffix with --keep-split)
+        out = str(Path(args.input).parent / f"ggml-model-{ft.name}") + ("" if opts["keep_split"] else ".gguf")
+    elif out is not None and opts["keep_split"] and out.endswith(".gguf"):
+        out = out[:-len(".gguf")]  # the split files' prefix, as llama-quantize takes it
+    with open_gguf(args.input) as f:
+        n_tensors = len(f.tensors)
+        n_elements = sum(t.n_elements for t in f.tensors)
+    if opts["dry_run"]:
+        tps = recipes.quantize_model(args.input, None, ft, imatrix=args.imatrix, backend=args.backend, **opts)
+        for i, tp in enumerate(tps):
+            print(recipes.tensor_line(i + 1, n_tensors, tp))
+        for line in recipes.size_summary(tps, n_elements):
+            print(line)
+        if any(tp.requires_imatrix and tp.converted for tp in tps) and not args.imatrix:
+            print("warning: this quantization will require an importance matrix (--imatrix)")
         return 0
-    if args.imatrix or args.pure:
-        raise RefquantError(f"quantize: --imatrix and --pure go with llama.cpp's file types; {args.type!r} is not one "
-                            f"(known: {', '.join(recipes.FILE_TYPES)})")
-    from .pipelines.convert import quantize_file
-    quantize_file(args.input, args.output, args.type, None, args.backend, bar)  # one ggml type everywhere
+    bar = Progress(n_tensors, "quantize", args.progress)
+    tps = recipes.quantize_model(args.input, out, ft, imatrix=args.imatrix, backend=args.backend,
+                                 progress=lambda tp, i, total: bar(tp), **opts)
+    paths = recipes.split_output_paths(out, tps) if opts["keep_split"] else [out]
+    bar.summary(paths, n_elements)
     return 0
 
 
 def cmd_formats(args) -> int:
     from . import formats
+    from .pipelines import recipes
+    from .registry import get_format
+    print("block types (refquant.quantize / refquant quantize --type NAME: one type for every weight)\n")
     print(f"{'name':<10} {'family':<12} {'block':>5} {'bytes':>5} {'bpw':>6}  quantize dequantize imatrix")
     for r in formats():
         print(f"{r['name']:<10} {r['family']:<12} {r['block_size']:>5} {r['type_size']:>5} "
               f"{r['bits_per_weight']:>6.3f}  {'yes' if r['quantize'] else 'no':<8} "
               f"{'yes' if r['dequantize'] else 'no':<10} {r['imatrix']}")
+    print("\nllama.cpp file types (refquant quantize IN OUT NAME: llama-quantize's mixture and bytes;\n"
+          f"{', '.join(f'{a} is {b}' for a, b in recipes.FTYPE_ALIASES.items())}; the number works too)\n")
+    print(f"{'name':<10} {'id':>3}  {'default':<8} quantize")
+    for ft in recipes.FILE_TYPES.values():
+        if ft.default is None:
+            note = "no: llama.cpp refuses it as an output file type"
+        else:
+            try:
+                fmt = get_format(ft.default)
+                note = "yes" if fmt.can_quantize else f"no: no {ft.default} quantizer yet"
+            except FormatError:
+                note = f"no: no {ft.default} quantizer yet"
+        print(f"{ft.name:<10} {ft.id:>3}  {ft.default or '-':<8} {note}")
     return 0
 
 
@@ -273,12 +468,39 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("quantize", help="quantize a float GGUF model's weights, or a Hugging Face "
                        "safetensors checkpoint directory's linear layers")
     s.add_argument("input")
-    s.add_argument("output")
+    s.add_argument("output", nargs="?", default=None,
+                   help="output path (GGUF input: as llama-quantize, `IN [OUT] TYPE [NTHREADS]` works too)")
+    s.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     s.add_argument("--type", default=None,
-                   help="GGUF input: a llama.cpp file type (Q4_0 .. Q6_K, Q4_K_M, IQ4_XS, ...), written as "
-                        "llama-quantize writes it; or any other ggml type refquant has, for every quantizable weight")
+                   help="GGUF input: a llama.cpp file type (Q4_0 .. Q6_K, Q4_K_M, IQ4_XS, ...; `refquant formats` "
+                        "lists them), written as llama-quantize writes it; or any other ggml type refquant has, for "
+                        "every quantizable weight")
     s.add_argument("--imatrix", default=None, help="GGUF input: an importance matrix (llama.cpp's GGUF or legacy .dat)")
+    # llama-quantize's options, by its names and meaning (llama_model_quantize_params)
     s.add_argument("--pure", action="store_true", help="GGUF input: no mixture, the file type's one type everywhere")
+    s.add_argument("--output-tensor-type", metavar="TYPE", help="ggml type of output.weight")
+    s.add_argument("--token-embedding-type", metavar="TYPE", help="ggml type of the token embeddings")
+    s.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight un(re)quantized")
+    s.add_argument("--allow-requantize", action="store_true",
+                   help="allow requantizing tensors that are already quantized (they are decoded first)")
+    s.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
+                   help="quantize the tensors whose name matches the regular expression PATTERN (lowered; the first "
+                        "match wins) to TYPE; repeatable, e.g. attn_v=q8_0")
+    s.add_argument("--tensor-type-file", action="append", default=[], metavar="FILE",
+                   help="PATTERN=TYPE entries separated by blanks or newlines")
+    s.add_argument("--include-weights", action="append", default=[], metavar="NAME",
+                   help="with --imatrix: use its entries whose name contains NAME only (repeatable)")
+    s.add_argument("--exclude-weights", action="append", default=[], metavar="NAME",
+                   help="with --imatrix: do not use its entries whose name contains NAME (repeatable)")
+    s.add_argument("--override-kv", action="append", default=[], metavar="KEY=TYPE:VALUE",
+                   help="set a metadata key in the output (TYPE: int, float, bool, str); repeatable")
+    s.add_argument("--prune-layers", metavar="L0,L1,...", help="drop these layers (the others are renumbered)")
+    s.add_argument("--keep-split", action="store_true",
+                   help="write a split input as as many files, OUT-00001-of-0000N.gguf, ...")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print each tensor's type and size, and the totals; write nothing")
+    s.add_argument("--threads", type=int, default=None,
+                   help="threads for the backend (numba); the bytes written do not depend on it")
     s.add_argument("--method", default="rtn", choices=["rtn", "gptq", "awq", "smoothquant"],
                    help="checkpoint input: algorithm")
     s.add_argument("--bits", type=int, default=None, help="checkpoint input: bits per weight (default 4; "

@@ -77,7 +77,7 @@ def ggml_type(t) -> GGMLType:
         name = t
     if isinstance(name, str) and name.upper() in GGML_TYPES:
         return GGML_TYPES[name.upper()]
-    raise FormatError(f"unknown ggml type {t!r}; known: {', '.join(GGML_TYPES)}")
+    raise FormatError(f"unknown ggml type {t!r}; {suggest(str(name), list(GGML_TYPES))}")
 
 
 # ------------------------------------------------------------------------------------ file types
@@ -101,7 +101,9 @@ _FTYPE_ROWS = [
     ("NVFP4", 39, None), ("Q1_0", 40, "Q1_0"), ("Q2_0", 41, "Q2_0"),
 ]
 FILE_TYPES: dict[str, FileType] = {r[0]: FileType(*r) for r in _FTYPE_ROWS}
-_FTYPE_ALIASES = {"ALL_F32": "F32"}
+# llama-quantize's aliases (QUANT_OPTIONS: "Q4_K" is Q4_K_M, ...); ALL_F32 is LLAMA_FTYPE_ALL_F32
+FTYPE_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+_FTYPE_ALIASES = {"ALL_F32": "F32", **FTYPE_ALIASES}
 
 
 def file_type(ftype) -> FileType:
@@ -120,9 +122,122 @@ def file_type(ftype) -> FileType:
         if key.startswith(prefix):
             key = key[len(prefix):]
     key = _FTYPE_ALIASES.get(key, key)
+    if key.isdigit():  # llama-quantize takes a file type's number too
+        return file_type(int(key))
     if key not in FILE_TYPES:
-        raise FormatError(f"unknown llama.cpp file type {ftype!r}; known: {', '.join(FILE_TYPES)}")
+        raise FormatError(f"unknown llama.cpp file type {ftype!r}; "
+                          f"{suggest(ftype, list(FILE_TYPES) + list(FTYPE_ALIASES))}")
     return FILE_TYPES[key]
+
+
+# ------------------------------------------------------------------------------------ options
+# llama-quantize's option strings (tools/quantize/quantize.cpp, common/common.cpp), parsed as it
+# parses them; the parsed values are the fields of llama_model_quantize_params.
+
+
+@dataclass(frozen=True)
+class KVOverride:
+    """llama_model_kv_override: a metadata key set in the output (and seen by the loader)."""
+    key: str
+    tag: str                   # "int", "float", "bool" or "str" (LLAMA_KV_OVERRIDE_TYPE_*)
+    value: object
+
+
+def _atol(s: str) -> int:
+    """C's atol: leading blanks, an optional sign, the digits that follow; 0 when there are none."""
+    m = re.match(r"[ \t\n\v\f\r]*([+-]?\d+)", s)
+    return int(m.group(1)) if m else 0
+
+
+def _atof(s: str) -> float:
+    """C's atof (strtod) on the longest prefix that reads as a number; 0.0 when none does."""
+    m = re.match(r"[ \t\n\v\f\r]*([+-]?(?:inf(?:inity)?|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))",
+                 s, re.IGNORECASE)
+    return float(m.group(1)) if m else 0.0
+
+
+def parse_kv_override(text) -> KVOverride:
+    """`KEY=TYPE:VALUE` as string_parse_kv_override reads it: TYPE is int, float, bool or str;
+    int and float values as atol/atof read them, bool only `true`/`false`, str at most 127 bytes."""
+    if isinstance(text, KVOverride):
+        return text
+    key, sep, rest = str(text).partition("=")
+    if not sep or len(key.encode("utf-8")) >= 128:
+        raise InputError(f"--override-kv {text!r}: expected KEY=TYPE:VALUE (a key under 128 bytes)")
+    for tag in ("int", "float", "bool", "str"):
+        if rest.startswith(tag + ":"):
+            v = rest[len(tag) + 1:]
+            break
+    else:
+        raise InputError(f"--override-kv {text!r}: TYPE must be int, float, bool or str")
+    if tag == "int":
+        return KVOverride(key, tag, _atol(v))
+    if tag == "float":
+        return KVOverride(key, tag, _atof(v))
+    if tag == "bool":
+        if v not in ("true", "false"):
+            raise InputError(f"--override-kv {text!r}: a bool is true or false")
+        return KVOverride(key, tag, v == "true")
+    if len(v.encode("utf-8")) > 127:
+        raise InputError(f"--override-kv {text!r}: a str value cannot exceed 127 bytes")
+    return KVOverride(key, tag, v)
+
+
+def parse_tensor_type(text) -> tuple[str, str]:
+    """`PATTERN=TYPE` as llama-quantize's --tensor-type reads it: the pattern is lowered (it is
+    matched against tensor names with std::regex_search), TYPE is a ggml type name in any case."""
+    pattern, sep, tname = str(text).partition("=")
+    if not sep:
+        raise InputError(f"--tensor-type {text!r}: expected PATTERN=TYPE (e.g. attn_v=q8_0)")
+    if not pattern:
+        raise InputError(f"--tensor-type {text!r}: missing tensor name")
+    if not tname:
+        raise InputError(f"--tensor-type {text!r}: missing quantization type")
+    try:
+        t = ggml_type(tname)
+    except FormatError:
+        raise InputError(f"--tensor-type {text!r}: {tname!r} is not a ggml type; "
+                         + suggest(tname, list(GGML_TYPES))) from None
+    return pattern.lower(), t.name
+
+
+def read_tensor_type_file(path) -> list[tuple[str, str]]:
+    """--tensor-type-file: PATTERN=TYPE entries separated by blanks or newlines."""
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            words = fh.read().split()
+    except OSError as e:
+        raise InputError(f"--tensor-type-file {path}: cannot read: {e.strerror}") from None
+    return [parse_tensor_type(w) for w in words]
+
+
+def parse_prune_layers(text) -> list[int]:
+    """--prune-layers L0,L1,...: layer numbers, sorted, without duplicates (parse_layer_prune)."""
+    ids = []
+    for part in str(text).split(","):
+        try:
+            i = int(part.strip()) if part.strip() else -1
+        except ValueError:
+            i = -1
+        if i < 0:
+            raise InputError(f"--prune-layers {text!r}: invalid layer id {part!r}")
+        ids.append(i)
+    return sorted(set(ids))
+
+
+def suggest(name: str, accepted, n: int = 3) -> str:
+    """"did you mean ...?" from the accepted names only, compared without case, '_' or '-'."""
+    import difflib
+
+    def norm(s):
+        return s.upper().replace("_", "").replace("-", "")
+    by_norm = {}
+    for a in accepted:
+        by_norm.setdefault(norm(a), a)
+    close = difflib.get_close_matches(norm(name), list(by_norm), n=n, cutoff=0.6)
+    if close:
+        return "did you mean " + " or ".join(by_norm[c] for c in close) + "?"
+    return "accepted: " + ", ".join(accepted)
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -153,8 +268,15 @@ def _first(v):
     return int(v)
 
 
-def model_info(f: GGUFFile) -> ModelInfo:
+def model_info(f: GGUFFile, kv_overrides=()) -> ModelInfo:
+    """The hyperparameters as llama_model_loader reads them: an override of the key's own kind
+    (an integer for a count) takes the file's value's place (llama_model_loader::get_key)."""
     meta = f.metadata
+    for o in kv_overrides:
+        if o.tag == "int":
+            meta[o.key] = o.value
+        elif o.tag == "str" and o.key == "general.architecture":
+            meta[o.key] = o.value
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise FileFormatError(f"{f.path}: no general.architecture key: not a llama.cpp model file")
@@ -474,14 +596,16 @@ def _type_impl(st: _State, new: str, name: str, ne: tuple[int, ...], ft: FileTyp
 @dataclass(frozen=True)
 class TensorPlan:
     """One tensor of the output: where it comes from and what it becomes."""
-    name: str
+    name: str                  # as written (a pruned model's layers renumbered)
     ne: tuple[int, ...]        # ggml order (innermost first), trailing 1s dropped as written
     src_type: str
     dst_type: str
     allows_quantization: bool
     requires_imatrix: bool
-    offset: int                # data offset in the input file's data section
+    offset: int                # data offset in its input file's data section
     nbytes: int                # bytes in the input
+    source_name: str = ""      # the input's name (the imatrix is looked up by it); "" = name
+    split: int = 0             # which file of a split input holds it (and, with keep_split, of the output)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -491,6 +615,18 @@ class TensorPlan:
     def converted(self) -> bool:
         return self.src_type != self.dst_type
 
+    @property
+    def input_name(self) -> str:
+        return self.source_name or self.name
+
+    @property
+    def out_nbytes(self) -> int:
+        t = GGML_TYPES[self.dst_type]
+        n = 1
+        for d in self.ne[1:]:
+            n *= d
+        return n * (self.ne[0] // t.blck_size * t.type_size)
+
 
 def tensor_order_key(name: str):
     """weight_name_comparer: by layer (sscanf "blk.%d.", -1 when absent), then by name's bytes."""
@@ -498,10 +634,48 @@ def tensor_order_key(name: str):
     return (-1 if layer is None else layer, name.encode("utf-8", "surrogateescape"))
 
 
+_BLK_RE = re.compile(r"blk\.(\d+)\.")
+
+
+def prune_names(names, prune: list[int]) -> tuple[dict[str, str], int]:
+    """remap_layer over the tensors in loader order: pruned layers' tensors dropped (absent from
+    the result), the layers after them renumbered down. Returns (old name -> new name, the new
+    block count)."""
+    mapped: dict[int, str] = {}
+    next_id = 0
+    out = {}
+    for name in names:
+        m = _BLK_RE.search(name)
+        if not prune or m is None:
+            out[name] = name
+            continue
+        blk = int(m.group(1))
+        if blk in mapped:
+            pass
+        elif blk in prune:
+            mapped[blk] = ""
+        elif blk < prune[0]:
+            mapped[blk] = str(blk)
+            next_id = blk + 1
+        else:
+            mapped[blk] = str(next_id)
+            next_id += 1
+        if mapped[blk]:
+            out[name] = name[:m.start(1)] + mapped[blk] + name[m.end(1):]
+    return out, next_id
+
+
 def plan(f: GGUFFile, ftype, *, has_imatrix: bool = False, output_tensor_type=None, token_embedding_type=None,
-         pure: bool = False, quantize_output_tensor: bool = True) -> list[TensorPlan]:
+         pure: bool = False, quantize_output_tensor: bool = True, tensor_types=(), prune_layers=(),
+         kv_overrides=(), keep_split: bool = False) -> list[TensorPlan]:
     """The output's tensors in file order with the type llama.cpp chooses for each (the
-    preliminary loop of llama_model_quantize_impl)."""
+    preliminary loop of llama_model_quantize_impl).
+
+    tensor_types: (pattern, type) pairs (llama_model_tensor_override), tried in order, the first
+    whose regular expression is found in a tensor's name choosing its type; prune_layers: layer
+    numbers dropped (the others renumbered); kv_overrides: `KVOverride`s (or their KEY=TYPE:VALUE
+    strings), which the loader's hyperparameters see too; keep_split: tensors in split-file order.
+    """
     ft = file_type(ftype)
     if ft.default is None:
         raise FormatError(f"llama.cpp has no default tensor type for file type {ft.name} (id {ft.id}): "
@@ -509,39 +683,75 @@ def plan(f: GGUFFile, ftype, *, has_imatrix: bool = False, output_tensor_type=No
     default = ft.default
     ott = None if output_tensor_type is None else ggml_type(output_tensor_type).name
     tet = None if token_embedding_type is None else ggml_type(token_embedding_type).name
-    st = _State(model_info(f), has_imatrix=has_imatrix)
+    patterns = []
+    for pat, t in tensor_types:
+        try:
+            patterns.append((re.compile(pat), ggml_type(t).name))
+        except re.error as e:
+            raise InputError(f"--tensor-type pattern {pat!r} is not a regular expression: {e}") from None
+    overrides = [parse_kv_override(o) for o in kv_overrides]
+    prune = sorted(set(int(i) for i in prune_layers))
+    st = _State(model_info(f, overrides), has_imatrix=has_imatrix)
     tensors = sorted(f.tensors, key=lambda t: tensor_order_key(t.name))
-    cats = [category(t.name) for t in tensors]
+    renamed, _ = prune_names([t.name for t in tensors], prune)
+    tensors = [t for t in tensors if t.name in renamed]
+    split_of = getattr(f, "split_of", {})
+    if keep_split:  # sorted by (split index, offset in it)
+        tensors.sort(key=lambda t: (split_of.get(t.name, 0), t.offset))
+    names = [renamed[t.name] for t in tensors]
+    cats = [category(n) for n in names]
     st.n_attention_wv = sum(_is_attn_v(c) for c in cats)
     st.has_tied_embeddings = OUTPUT not in cats
     out = []
-    for t, cat in zip(tensors, cats):
+    for t, name, cat in zip(tensors, names, cats):
         ne_full = tuple(reversed(t.shape)) if t.shape else (1,)
         ne = ne_full[:n_dims(ne_full)]
         src = ggml_type(t.ggml_type).name
-        allowed = allows_quantization(t.name, ne, st.model.arch, quantize_output_tensor=quantize_output_tensor)
+        allowed = allows_quantization(name, ne, st.model.arch, quantize_output_tensor=quantize_output_tensor)
         dst = src
         if allowed:
-            dst = _tensor_type(st, t.name, ne, default, ft, cat, ott, tet, pure)
-        out.append(TensorPlan(t.name, ne, src, dst, allowed, requires_imatrix(t.name, dst, ft), t.offset, t.nbytes))
+            dst = _tensor_type(st, name, ne, default, ft, cat, ott, tet, pure, patterns)
+        out.append(TensorPlan(name, ne, src, dst, allowed, requires_imatrix(name, dst, ft), t.offset, t.nbytes,
+                              t.name if name != t.name else "", split_of.get(t.name, 0)))
     return out
 
 
-def _tensor_type(st: _State, name, ne, default, ft, cat, ott, tet, pure) -> str:
+def _tensor_type(st: _State, name, ne, default, ft, cat, ott, tet, pure, patterns=()) -> str:
     """llama_tensor_get_type (for a tensor that allows quantization)."""
     if tet is not None and cat == TOKEN_EMBD:
-        return tet
+        # per_layer_token_embd follows the token-embedding type unless a --tensor-type names it
+        if not (name == "per_layer_token_embd.weight" and any(p.search(name) for p, _ in patterns)):
+            return _no_fallback(name, ne, tet, "--token-embedding-type")
     if ott is not None and cat == OUTPUT:
-        return ott
+        return _no_fallback(name, ne, ott, "--output-tensor-type")
     new = default
     if GGML_TYPES[default].quantized:
-        if not pure:
+        manual = False
+        for p, t in patterns:  # the first pattern found in the name (std::regex_search) wins
+            if p.search(name):
+                new, manual = t, True
+                break
+        if not manual and not pure:
             new = _type_impl(st, new, name, ne, ft, cat, ott, tet)
-        fb = fallback(ne[0], new)
+        try:
+            fb = fallback(ne[0], new)
+        except FormatError as e:
+            raise FormatError(f"tensor {name!r}: {e}") from None
         if fb != new:
             st.n_fallback += 1
         new = fb
     return new
+
+
+def _no_fallback(name: str, ne, t: str, option: str) -> str:
+    """The token-embedding and output types are taken as given, without tensor_type_fallback:
+    with a type whose block does not divide the row, llama.cpp quantizes past the row's end and
+    fails ("quantized data validation failed"); refquant refuses it before writing anything."""
+    blck = GGML_TYPES[t].blck_size
+    if ne[0] % blck:
+        raise InputError(f"tensor {name!r}: {option} {t} needs rows that are a multiple of {blck} values; "
+                         f"this tensor's rows have {ne[0]} (llama.cpp fails on it too)")
+    return t
 
 
 def tensor_types(path, ftype, **kw) -> dict[str, str]:
@@ -610,21 +820,69 @@ def _str_override(s: str) -> str:
     return b.decode("utf-8", "surrogateescape")
 
 
-def output_kvs(f: GGUFFile, ft: FileType, imatrix=None, imatrix_file: Optional[str] = None) -> list[KV]:
-    kvs = [_c_str_kv(kv) for kv in f.kvs
-           if kv.key not in _SPLIT_KEYS + ("general.quantization_version", "general.file_type")]
-    kvs.append(KV("general.quantization_version", GGUFValueType.UINT32, QUANTIZATION_VERSION))
-    kvs.append(KV("general.file_type", GGUFValueType.UINT32, ft.id))
+def _set(kvs: list[KV], kv: KV) -> list[KV]:
+    """gguf_set_val_*: remove the key where it is, append it."""
+    return [k for k in kvs if k.key != kv.key] + [kv]
+
+
+def override_kv(o: KVOverride) -> KV:
+    """The pair llama_model_quantize writes for a kv override: an int as u32 of its absolute
+    value (`(uint32_t)std::abs(val_i64)`), a float as f32, a bool, a string."""
+    if o.tag == "int":
+        return KV(o.key, GGUFValueType.UINT32, abs(int(o.value)) & 0xFFFFFFFF)
+    if o.tag == "float":
+        return KV(o.key, GGUFValueType.FLOAT32, float(np.float32(o.value)))
+    if o.tag == "bool":
+        return KV(o.key, GGUFValueType.BOOL, bool(o.value))
+    return KV(o.key, GGUFValueType.STRING, str(o.value))
+
+
+def imatrix_overrides(imatrix, imatrix_file: Optional[str] = None) -> list[KVOverride]:
+    """The kv overrides llama-quantize adds for an importance matrix (after the user's): the
+    file's name and first dataset (at most 127 bytes each), the entry count (after
+    --include-weights / --exclude-weights), the chunk count when known."""
+    out = [KVOverride(KEY_IMATRIX_FILE, "str", _str_override(imatrix_file or imatrix.path))]
+    if imatrix.datasets:
+        out.append(KVOverride(KEY_IMATRIX_DATASET, "str", _str_override(imatrix.datasets[0])))
+    out.append(KVOverride(KEY_IMATRIX_N_ENTRIES, "int", len(imatrix.entries)))
+    if imatrix.chunk_count > 0:
+        out.append(KVOverride(KEY_IMATRIX_N_CHUNKS, "int", int(imatrix.chunk_count)))
+    return out
+
+
+def output_kvs(f: GGUFFile, ft: FileType, imatrix=None, imatrix_file: Optional[str] = None, *,
+               kv_overrides=(), block_count: Optional[int] = None) -> list[KV]:
+    """The output's metadata (the first file's, when split): the input's pairs without
+    `split.*`, then quantization_version and file_type, the overrides in order (the user's, then
+    the imatrix's), then the block count of a pruned model; each set moves its key to the end."""
+    kvs = [_c_str_kv(kv) for kv in f.kvs if kv.key not in _SPLIT_KEYS]
+    kvs = _set(kvs, KV("general.quantization_version", GGUFValueType.UINT32, QUANTIZATION_VERSION))
+    kvs = _set(kvs, KV("general.file_type", GGUFValueType.UINT32, ft.id))
+    overrides = [parse_kv_override(o) for o in kv_overrides]
     if imatrix is not None:
-        extra = [KV(KEY_IMATRIX_FILE, GGUFValueType.STRING, _str_override(imatrix_file or imatrix.path))]
-        if imatrix.datasets:
-            extra.append(KV(KEY_IMATRIX_DATASET, GGUFValueType.STRING, _str_override(imatrix.datasets[0])))
-        extra.append(KV(KEY_IMATRIX_N_ENTRIES, GGUFValueType.UINT32, len(imatrix.entries)))
-        if imatrix.chunk_count > 0:
-            extra.append(KV(KEY_IMATRIX_N_CHUNKS, GGUFValueType.UINT32, int(imatrix.chunk_count)))
-        for e in extra:  # gguf_set_val_*: remove the key where it is, append it
-            kvs = [kv for kv in kvs if kv.key != e.key] + [e]
+        overrides += imatrix_overrides(imatrix, imatrix_file)
+    for o in overrides:
+        kvs = _set(kvs, override_kv(o))
+    if block_count is not None:
+        arch = f.get("general.architecture")
+        kvs = _set(kvs, KV(f"{arch}.block_count", GGUFValueType.UINT32, int(block_count)))
     return kvs
+
+
+def filter_imatrix(im, include=(), exclude=()):
+    """llama-quantize's --include-weights / --exclude-weights (prepare_imatrix): drop the entries
+    whose name contains an excluded string; or keep only those that contain an included one.
+    The two cannot be used together."""
+    from dataclasses import replace
+    include, exclude = list(include), list(exclude)
+    if include and exclude:
+        raise InputError("--include-weights and --exclude-weights cannot be used together")
+    entries = dict(im.entries)
+    if exclude:
+        entries = {k: v for k, v in entries.items() if not any(s in k for s in exclude)}
+    if include:
+        entries = {k: v for k, v in entries.items() if any(s in k for s in include)}
+    return replace(im, entries=entries)
 
 
 def _to_f32(raw: np.ndarray, src: str, nrows: int, backend=None) -> np.ndarray:
@@ -692,10 +950,11 @@ def _quantize_fn(dst: str):
 
 
 def _imatrix_for(im, tp: TensorPlan) -> Optional[np.ndarray]:
-    """The importance weights llama.cpp uses for one tensor: looked up by name, checked by size."""
+    """The importance weights llama.cpp uses for one tensor: looked up by its input name (a
+    pruned model's renumbered tensors by their old one, remap_imatrix), checked by size."""
     if im is None:
         return None
-    vals = im.entries.get(tp.name)
+    vals = im.entries.get(tp.input_name)
     if vals is None:
         return None
     ne2 = tp.ne[2] if len(tp.ne) > 2 else 1
@@ -703,7 +962,7 @@ def _imatrix_for(im, tp: TensorPlan) -> Optional[np.ndarray]:
     if vals.size != want:
         if is_token_embd(tp.name):
             return None
-        raise InputError(f"imatrix entry {tp.name!r} has {vals.size} values; the tensor {tp.name} "
+        raise InputError(f"imatrix entry {tp.input_name!r} has {vals.size} values; the tensor {tp.name} "
                          f"{list(tp.ne)} needs {want} (row length x experts): the imatrix is not for this model")
     return vals.reshape(ne2, tp.ne[0])
 
@@ -711,9 +970,23 @@ def _imatrix_for(im, tp: TensorPlan) -> Optional[np.ndarray]:
 def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Callable[[TensorPlan, int, int], None]] = None,
                    *, output_tensor_type=None, token_embedding_type=None, pure: bool = False,
                    quantize_output_tensor: bool = True, imatrix_file: Optional[str] = None,
-                   allow_requantize: bool = False, backend="numpy") -> list[TensorPlan]:
-    """Quantize a GGUF model (F32, F16 or BF16 tensors) to llama.cpp's file type `ftype`, writing
-    the same bytes as `llama_model_quantize` (and llama-quantize, for the imatrix keys).
+                   allow_requantize: bool = False, backend="numpy", tensor_types=(), kv_overrides=(),
+                   prune_layers=(), keep_split: bool = False, dry_run: bool = False, include_weights=(),
+                   exclude_weights=()) -> list[TensorPlan]:
+    """Quantize a GGUF model (F32, F16 or BF16 tensors; split or not) to llama.cpp's file type
+    `ftype`, writing the same bytes as `llama_model_quantize` with the same parameters (and as
+    llama-quantize, for the imatrix keys and the options that only it has).
+
+    The parameters are llama_model_quantize_params' fields, and llama-quantize's options:
+    output_tensor_type / token_embedding_type (--output-tensor-type, --token-embedding-type; a
+    ggml type, taken as given), pure (--pure), quantize_output_tensor (False:
+    --leave-output-tensor), allow_requantize (--allow-requantize), tensor_types ((pattern, type)
+    pairs: --tensor-type, see `plan`), kv_overrides (`KVOverride`s or KEY=TYPE:VALUE strings:
+    --override-kv), prune_layers (layer numbers: --prune-layers), keep_split (--keep-split: a
+    split input is written as as many files, named from the prefix `out_path` as
+    `split_output_paths` says), dry_run (--dry-run: nothing is read past the metadata or written; the
+    plan is returned), include_weights / exclude_weights (--include-weights /
+    --exclude-weights: which imatrix entries are used, by substring).
 
     imatrix: a path to a GGUF or legacy .dat imatrix file, or an `Imatrix`. `imatrix_file` is the
     name written to `quantize.imatrix.file` (default: the path as given).
@@ -727,6 +1000,7 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
     """
     from ..backend import get_backend
     from ..ggml.imatrix import Imatrix, read_imatrix
+    from ..io.split import open_gguf, split_path
     be = get_backend(backend)
     ft = file_type(ftype)
     im = None
@@ -734,15 +1008,28 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
         im = imatrix if isinstance(imatrix, Imatrix) else read_imatrix(imatrix)
         if imatrix_file is None and not isinstance(imatrix, Imatrix):
             imatrix_file = str(imatrix)
+        if include_weights or exclude_weights:
+            im = filter_imatrix(im, include_weights, exclude_weights)
+        if not im.entries:  # llama-quantize then passes no imatrix at all
+            im = None
+    elif include_weights or exclude_weights:
+        raise InputError("--include-weights and --exclude-weights choose imatrix entries: give --imatrix too")
+    if im is not None:
         for name, v in im.entries.items():
             bad = ~np.isfinite(v)
             if bad.any():
                 raise InputError(f"imatrix entry {name!r} has a non-finite value {v[bad][0]!r}; llama.cpp refuses it too")
-    with GGUFFile(in_path) as f:
+    overrides = [parse_kv_override(o) for o in kv_overrides]
+    prune = sorted(set(int(i) for i in prune_layers))
+    with open_gguf(in_path) as f:
+        parts = getattr(f, "parts", [f])
         _check_input(f, allow_requantize)
         tps = plan(f, ft, has_imatrix=im is not None, output_tensor_type=output_tensor_type,
                    token_embedding_type=token_embedding_type, pure=pure,
-                   quantize_output_tensor=quantize_output_tensor)
+                   quantize_output_tensor=quantize_output_tensor, tensor_types=tensor_types,
+                   prune_layers=prune, kv_overrides=overrides, keep_split=keep_split)
+        if dry_run:
+            return tps
         converted = [tp for tp in tps if tp.converted]
         for tp in converted:
             if tp.src_type not in ("F32", "F16", "BF16") and not (
@@ -756,7 +1043,7 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
         if im is not None:
             for tp in converted:
                 weights[tp.name] = _imatrix_for(im, tp)
-            if converted and all(w is None for w in weights.values()):
+            if converted and all(w is None for w in weights.values()) and not (include_weights or exclude_weights):
                 raise InputError(f"imatrix {im.path or ''}: none of its {len(im.entries)} entries names a tensor "
                                  f"that is quantized (e.g. {next(iter(im.entries), '?')!r} vs "
                                  f"{converted[0].name!r}): the imatrix is not for this model")
@@ -767,16 +1054,20 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
                                                             else "none was given"))
         for tp in converted:
             _quantize_fn(tp.dst_type)
-        kvs = output_kvs(f, ft, im, imatrix_file)
-        infos = [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps]
+        block_count = None
+        if prune:
+            _, block_count = prune_names(sorted((t.name for t in f.tensors), key=tensor_order_key), prune)
+        kvs = output_kvs(f, ft, im, imatrix_file, kv_overrides=overrides, block_count=block_count)
+        n_split = max(tp.split for tp in tps) + 1 if keep_split and tps else 1
         by_name = {tp.name: tp for tp in tps}
-        fd = open(f.path, "rb")
+        fds = [open(p.path, "rb") for p in parts]
 
-        def read(offset: int, n: int) -> np.ndarray:
-            fd.seek(f.data_offset + offset)
+        def read(tp: TensorPlan, offset: int, n: int) -> np.ndarray:
+            part, fd = parts[tp.split], fds[tp.split]
+            fd.seek(part.data_offset + offset)
             b = fd.read(n)
             if len(b) != n:
-                raise FileFormatError(f"{f.path}: truncated at byte {f.data_offset + offset + len(b)}")
+                raise FileFormatError(f"{part.path}: truncated at byte {part.data_offset + offset + len(b)}")
             return np.frombuffer(b, dtype=np.uint8)
 
         def tensor_data(info: TensorInfo):
@@ -789,7 +1080,7 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
             if not tp.converted:
                 step = max(slab * row_src, 1)   # a tensor of zero-length rows has no bytes
                 for at in range(0, tp.nbytes, step):
-                    yield read(tp.offset + at, min(step, tp.nbytes - at))
+                    yield read(tp, tp.offset + at, min(step, tp.nbytes - at))
                 return
             w = weights.get(tp.name)
             per_expert = tp.ne[1]
@@ -797,7 +1088,7 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
             while r < nrows:
                 n = min(slab, nrows - r, per_expert - r % per_expert)  # a slab never crosses an expert
                 try:
-                    x = _to_f32(read(tp.offset + r * row_src, n * row_src), tp.src_type, n, be)
+                    x = _to_f32(read(tp, tp.offset + r * row_src, n * row_src), tp.src_type, n, be)
                 except FormatError as e:
                     raise FormatError(f"tensor {tp.name!r}: cannot dequantize {tp.src_type}: {e}") from None
                 wi = None if w is None else w[r // per_expert]
@@ -817,10 +1108,86 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
                 progress(by_name[info.name], done[0], len(tps))
 
         try:
-            write_gguf(out_path, kvs, infos, tensor_data, on_tensor)
+            if not keep_split:
+                infos = [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps]
+                write_gguf(out_path, kvs, infos, tensor_data, on_tensor)
+            else:
+                # keep_split names the files llama_split_path(out_path, i, n_split), even when
+                # there is one; split.* keys only when there are several
+                files = []
+                for i in range(n_split):
+                    meta = kvs if i == 0 else []
+                    if n_split > 1:
+                        meta = meta + [KV("split.no", GGUFValueType.UINT16, i),
+                                       KV("split.count", GGUFValueType.UINT16, n_split),
+                                       KV("split.tensors.count", GGUFValueType.INT32, len(tps))]
+                    infos = [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps if tp.split == i]
+                    files.append((split_path(out_path, i, n_split), meta, infos))
+                _write_all(files, tensor_data, on_tensor)
         finally:
-            fd.close()
+            for fd in fds:
+                fd.close()
     return tps
+
+
+def split_output_paths(out_path, plan_: list[TensorPlan]) -> list[str]:
+    """The files `quantize_model(..., keep_split=True)` writes: llama_split_path(out_path, i, n)
+    for each of the input's n files (one file is "OUT-00001-of-00001.gguf")."""
+    from ..io.split import split_path
+    n = max((tp.split for tp in plan_), default=0) + 1
+    return [split_path(out_path, i, n) for i in range(n)]
+
+
+def _write_all(files, tensor_data, on_tensor) -> None:
+    """Several GGUF files that appear together: each is written under a temporary name (as
+    write_gguf writes one), and all are renamed into place only when every one is complete."""
+    import os
+    from pathlib import Path
+    done = []
+    try:
+        for path, meta, infos in files:
+            p = Path(path)
+            tmp = p.with_name(f".{p.name}.part")
+            write_gguf(tmp, meta, infos, tensor_data, on_tensor)
+            done.append((tmp, p))
+        for tmp, p in done:
+            os.replace(tmp, p)
+        done = []
+    finally:
+        for tmp, _ in done:
+            if tmp.exists():
+                tmp.unlink()
+
+
+# ------------------------------------------------------------------------------------ the table
+
+def ggml_type_name(name: str) -> str:
+    """ggml_type_name's spelling: lower case, the K of a K-quant upper ("q4_K", "iq2_xxs")."""
+    low = name.lower()
+    return low[:-2] + "_K" if low.endswith("_k") else low
+
+
+def tensor_line(index: int, total: int, tp: TensorPlan) -> str:
+    """One line of llama_model_quantize's table (what --dry-run prints for each tensor):
+    "[%4d/%4d] %-36s - [%s], type = %6s, size = ..." with the shape as llama_format_tensor_shape
+    writes it (four ne, innermost first)."""
+    ne = tuple(tp.ne) + (1,) * (4 - len(tp.ne))
+    shape = f"{ne[0]:6d}" + "".join(f", {d:6d}" for d in ne[1:4])
+    head = f"[{index:4d}/{total:4d}] {tp.name:<36s} - [{shape}], type = {ggml_type_name(tp.src_type):>6s}, "
+    if tp.converted:
+        return head + (f"size = {tp.nbytes / 1048576:8.2f} MiB -> {tp.out_nbytes / 1048576:8.2f} MiB "
+                       f"({ggml_type_name(tp.dst_type)})")
+    return head + f"size = {tp.nbytes / 1048576:8.3f} MiB"
+
+
+def size_summary(tps: list[TensorPlan], n_elements: int) -> tuple[str, str]:
+    """llama_model_quantize's closing lines: the input's and the output's size in MiB and bits
+    per weight (over every element of the input, pruned layers included)."""
+    org = sum(tp.nbytes for tp in tps)
+    new = sum(tp.out_nbytes if tp.converted else tp.nbytes for tp in tps)
+    n = max(n_elements, 1)
+    return (f"model size  = {org / 1048576:8.2f} MiB ({org * 8.0 / n:.2f} BPW)",
+            f"quant size  = {new / 1048576:8.2f} MiB ({new * 8.0 / n:.2f} BPW)")
 
 
 def dequantize_model(in_path, out_path, ftype="F32", progress=None, backend="numpy") -> list[TensorPlan]:

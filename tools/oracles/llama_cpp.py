@@ -92,9 +92,13 @@ def quantize_here(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarra
              kv_overrides: list[tuple[str, object]] = (), allow_requantize: bool = False,
              output_tensor_type: int | None = None, token_embedding_type: int | None = None,
              pure: bool = False, quantize_output_tensor: bool = True, nthread: int = 2,
-             dry_run: bool = False) -> int:
-    """Run llama_model_quantize; returns its status (0: success).
-    kv_overrides: (key, value) with value a str (STR) or an int (INT, written as u32)."""
+             dry_run: bool = False, tensor_types: list[tuple[str, int]] = (), prune_layers: list[int] = (),
+             keep_split: bool = False) -> int:
+    """Run llama_model_quantize; returns its status (0: success). Each argument is the
+    llama_model_quantize_params field of its name (tensor_types: tt_overrides).
+    kv_overrides: (key, value) with value a str (STR), a bool (BOOL), a float (FLOAT) or an int
+    (INT, written as u32); or (key, tag, value) with tag "int", "float", "bool" or "str".
+    tensor_types: (pattern, ggml type id) pairs, in order; prune_layers: layer numbers."""
     ll = lib()
     p = ll.llama_model_quantize_default_params()
     p.ftype = int(ftype)
@@ -103,6 +107,7 @@ def quantize_here(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarra
     p.pure = pure
     p.quantize_output_tensor = quantize_output_tensor
     p.dry_run = dry_run
+    p.keep_split = keep_split
     if output_tensor_type is not None:
         p.output_tensor_type = int(output_tensor_type)
     if token_embedding_type is not None:
@@ -122,18 +127,63 @@ def quantize_here(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarra
         p.imatrix = ctypes.cast(arr, ctypes.POINTER(ll.llama_model_imatrix_data))
     if kv_overrides:
         ov = (ll.llama_model_kv_override * (len(kv_overrides) + 1))()
-        for i, (key, val) in enumerate(kv_overrides):
+        for i, o in enumerate(kv_overrides):
+            if len(o) == 3:
+                key, tag, val = o
+            else:
+                key, val = o
+                tag = ("str" if isinstance(val, str) else "bool" if isinstance(val, bool)
+                       else "float" if isinstance(val, float) else "int")
             ov[i].key = key.encode("utf-8")
-            if isinstance(val, str):
+            if tag == "str":
                 ov[i].tag = ll.LLAMA_KV_OVERRIDE_TYPE_STR
                 ov[i].value.val_str = val.encode("utf-8")[:127]
+            elif tag == "bool":
+                ov[i].tag = ll.LLAMA_KV_OVERRIDE_TYPE_BOOL
+                ov[i].value.val_bool = bool(val)
+            elif tag == "float":
+                ov[i].tag = ll.LLAMA_KV_OVERRIDE_TYPE_FLOAT
+                ov[i].value.val_f64 = float(val)
             else:
                 ov[i].tag = ll.LLAMA_KV_OVERRIDE_TYPE_INT
                 ov[i].value.val_i64 = int(val)
         ov[len(kv_overrides)].key = b""
         keep.append(ov)
         p.kv_overrides = ctypes.cast(ov, ctypes.POINTER(ll.llama_model_kv_override))
+    if tensor_types:
+        tt = (ll.llama_model_tensor_override * (len(tensor_types) + 1))()
+        for i, (pattern, t) in enumerate(tensor_types):
+            pb = ctypes.create_string_buffer(pattern.encode("utf-8"))
+            keep.append(pb)
+            tt[i].pattern = ctypes.cast(pb, ctypes.c_char_p)
+            tt[i].type = int(t)
+        tt[len(tensor_types)].pattern = None
+        tt[len(tensor_types)].type = 43  # GGML_TYPE_COUNT, as llama-quantize ends the list
+        keep.append(tt)
+        p.tt_overrides = ctypes.cast(tt, ctypes.POINTER(ll.llama_model_tensor_override))
+    if prune_layers:
+        pl = (ctypes.c_int32 * (len(prune_layers) + 1))(*[int(i) for i in prune_layers], -1)
+        keep.append(pl)
+        p.prune_layers = ctypes.cast(pl, ctypes.POINTER(ctypes.c_int32))
     return int(ll.llama_model_quantize(str(in_path).encode(), str(out_path).encode(), ctypes.byref(p)))
+
+
+def quantize_log_here(*args, **kw) -> tuple[int, str]:
+    """quantize_here, and the log llama.cpp wrote meanwhile (its per-tensor lines: a dry run's
+    table)."""
+    global _LOG
+    lib()
+    _LOG = []
+    try:
+        rc = quantize_here(*args, **kw)
+        return rc, "".join(_LOG)
+    finally:
+        _LOG = None
+
+
+def quantize_log(*args, **kw) -> tuple[int, str]:
+    """quantize_log_here in the worker process."""
+    return _call(quantize_log_here, *args, **kw)
 
 
 _LINE = re.compile(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[[^\]]*\], type =\s*(\S+), "
