@@ -186,22 +186,32 @@ def cmd_quantize(args) -> int:
         ft = recipes.file_type(ftype)
     except FormatError:
         ft = None
-    llama_opts = _llama_quantize_options(args, recipes)
     if ft is not None:
         # llama.cpp's file type: its per-tensor mixture, metadata and layout, as llama-quantize writes them
-        return _quantize_ftype(args, recipes, ft, out, llama_opts)
-    given = [k for k, v in llama_opts.items() if v not in (None, False, (), [])]
-    if args.imatrix or given:
-        raise RefquantError(f"quantize: --imatrix, --pure and llama-quantize's other options go with llama.cpp's "
-                            f"file types; {ftype!r} is not one ({recipes.suggest(ftype, accepted_types())})")
-    if out is None:
-        raise RefquantError("quantize: give the output path")
+        return _quantize_ftype(args, recipes, ft, out, _llama_quantize_options(args, recipes))
     from .pipelines.convert import quantize_file
     from .registry import get_format
     try:
         fmt = get_format(ftype)
+        if fmt.ggml_type is None or not fmt.can_quantize:
+            raise FormatError(ftype)
     except FormatError:
-        raise FormatError(f"unknown type {ftype!r}; {recipes.suggest(ftype, accepted_types())}") from None
+        raise FormatError(f"unknown format {ftype!r}: neither a llama.cpp file type nor a ggml type refquant "
+                          f"quantizes to; {recipes.suggest(ftype, accepted_types())}") from None
+    given = [o for o, v in (("--imatrix", args.imatrix), ("--pure", args.pure),
+                            ("--output-tensor-type", args.output_tensor_type),
+                            ("--token-embedding-type", args.token_embedding_type),
+                            ("--leave-output-tensor", args.leave_output_tensor),
+                            ("--allow-requantize", args.allow_requantize), ("--tensor-type", args.tensor_type),
+                            ("--tensor-type-file", args.tensor_type_file),
+                            ("--include-weights", args.include_weights), ("--exclude-weights", args.exclude_weights),
+                            ("--override-kv", args.override_kv), ("--prune-layers", args.prune_layers),
+                            ("--keep-split", args.keep_split), ("--dry-run", args.dry_run)) if v]
+    if given:
+        raise RefquantError(f"quantize: {given[0]} goes with llama.cpp's file types (`refquant formats` lists them); "
+                            f"{fmt.name} is a ggml type, written to every quantizable weight")
+    if out is None:
+        raise RefquantError("quantize: give the output path")
     from .io.split import open_gguf
     with open_gguf(args.input) as f:
         n = len(f.tensors)

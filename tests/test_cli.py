@@ -53,6 +53,7 @@ def test_quantize_file_type_on_a_backend(model, tmp_path, ggml, capsys):
                  "--no-progress"]) == 0
     with GGUFFile(f32) as a, GGUFFile(q) as b:
         np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), ggml.quantize(a.dequantize("a.weight"), "Q5_1"))
+    capsys.readouterr()  # the runs' closing summaries
     err = one_line_error(capsys, ["quantize", str(f32), str(tmp_path / "o.gguf"), "--type", "Q5_1",
                                   "--backend", "nope", "--no-progress"])
     assert "unknown backend 'nope'" in err

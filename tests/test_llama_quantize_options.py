@@ -297,3 +297,55 @@ def test_keep_split_command_line(llama, cut, split, tmp_path, capsys):
     assert main(["inspect", str(lonely / first.name)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "split 2 of 3" in err and "not found" in err
+
+
+# ------------------------------------------------------------------------------ names, progress
+
+def test_names_people_type(cut, tmp_path, capsys):
+    """`formats` lists llama.cpp's file types beside the block types; an unknown type gets the
+    closest names the command accepts; `inspect` names the file type and says the shape order."""
+    assert main(["formats"]) == 0
+    out = capsys.readouterr().out
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.strip()}
+    assert rows["Q4_K_M"][1:3] == ["15", "Q4_K"] and rows["IQ3_M"][1:3] == ["27", "IQ3_S"]
+    assert "Q4_K is Q4_K_M" in out
+    assert main(["quantize", str(cut["smollm2"]), str(tmp_path / "o.gguf"), "--type", "q4km"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean Q4_K_M" in err and err.count("\n") == 1
+    from refquant.cli import accepted_types
+    named = err.split("did you mean ")[1].rstrip("?\n").split(" or ")
+    assert named and set(named) <= set(accepted_types())
+    q = tmp_path / "q.gguf"
+    assert main(["quantize", "--no-progress", str(cut["smollm2"]), str(q), "Q4_K"]) == 0  # llama-quantize's alias
+    capsys.readouterr()
+    assert main(["inspect", str(q)]) == 0
+    out = capsys.readouterr().out
+    assert next(ln for ln in out.splitlines() if "general.file_type" in ln).split()[-2:] == ["15", "(Q4_K_M)"]
+    assert "NumPy order, outermost first: the reverse of gguf-py's" in out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("blk.0.ffn_down.weight"))
+    assert line.split()[2:4] == ["[576,", "1536]"]  # ffn_down's ne is [1536, 576]
+
+
+def test_progress_on_a_pipe_and_summary(cut, tmp_path):
+    """Piped, each tensor gets a line on stderr, and the run ends with what was written, its
+    size, bits per weight and time; stdout stays empty."""
+    import os
+    import subprocess
+    import sys
+    src, out = cut["smollm2"], tmp_path / "q.gguf"
+    env = dict(os.environ, REFQUANT_PROGRESS_SECONDS="0")
+    r = subprocess.run([sys.executable, "-m", "refquant.cli", "quantize", str(src), str(out), "Q8_0"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    with GGUFFile(src) as f:
+        n = len(f.tensors)
+        elements = sum(t.n_elements for t in f.tensors)
+    assert len(lines) == n + 1 and all(ln.startswith("quantize [") for ln in lines[:-1])
+    assert lines[n - 1].startswith(f"quantize [{n}/{n}] ")
+    assert "blk.0.attn_q.weight Q8_0" in r.stderr
+    with GGUFFile(out) as f:
+        bpw = 8 * sum(t.nbytes for t in f.tensors) / elements
+    summary = lines[-1]
+    assert summary.startswith(f"quantize: wrote {out}: {out.stat().st_size / 1048576:.2f} MiB, {bpw:.3f} bits per weight")
+    assert r.stdout == ""

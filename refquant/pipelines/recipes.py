@@ -721,9 +721,9 @@ def _tensor_type(st: _State, name, ne, default, ft, cat, ott, tet, pure, pattern
     if tet is not None and cat == TOKEN_EMBD:
         # per_layer_token_embd follows the token-embedding type unless a --tensor-type names it
         if not (name == "per_layer_token_embd.weight" and any(p.search(name) for p, _ in patterns)):
-            return _no_fallback(name, ne, tet, "--token-embedding-type")
+            return tet  # taken as given: no fallback (see _check_rows)
     if ott is not None and cat == OUTPUT:
-        return _no_fallback(name, ne, ott, "--output-tensor-type")
+        return ott
     new = default
     if GGML_TYPES[default].quantized:
         manual = False
@@ -743,15 +743,17 @@ def _tensor_type(st: _State, name, ne, default, ft, cat, ott, tet, pure, pattern
     return new
 
 
-def _no_fallback(name: str, ne, t: str, option: str) -> str:
-    """The token-embedding and output types are taken as given, without tensor_type_fallback:
-    with a type whose block does not divide the row, llama.cpp quantizes past the row's end and
-    fails ("quantized data validation failed"); refquant refuses it before writing anything."""
-    blck = GGML_TYPES[t].blck_size
-    if ne[0] % blck:
-        raise InputError(f"tensor {name!r}: {option} {t} needs rows that are a multiple of {blck} values; "
-                         f"this tensor's rows have {ne[0]} (llama.cpp fails on it too)")
-    return t
+def _check_rows(tp: "TensorPlan") -> None:
+    """The token-embedding and output types are taken as given, without tensor_type_fallback
+    (the dry run reports them so): with a type whose block does not divide the row, llama.cpp
+    quantizes past the row's end and fails ("quantized data validation failed", naming no
+    tensor); refquant refuses it, naming the tensor, before writing anything."""
+    blck = GGML_TYPES[tp.dst_type].blck_size
+    if tp.ne[0] % blck:
+        option = ("--token-embedding-type" if is_token_embd(tp.name) else
+                  "--output-tensor-type" if category(tp.name) == OUTPUT else "the type")
+        raise InputError(f"tensor {tp.name!r}: {option} {tp.dst_type} needs rows that are a multiple of {blck} "
+                         f"values; this tensor's rows have {tp.ne[0]} (llama.cpp fails on it too)")
 
 
 def tensor_types(path, ftype, **kw) -> dict[str, str]:
@@ -1039,6 +1041,7 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
             if len(tp.ne) > 3:
                 raise InputError(f"tensor {tp.name!r} has {len(tp.ne)} dimensions; llama.cpp quantizes 2-D and "
                                  f"3-D tensors only")
+            _check_rows(tp)
         weights = {}
         if im is not None:
             for tp in converted:
