@@ -14,7 +14,7 @@ from refquant.cli import main
 from refquant.errors import FormatError, InputError
 from refquant.ggml.imatrix import write_imatrix_gguf
 from refquant.io.gguf import KV, GGUFFile, TensorInfo, write_gguf
-from refquant.models import gemma3_path, smollm2_path
+from tools.models import gemma3_path, smollm2_path
 from refquant.pipelines import recipes
 from refquant.registry import get_format
 
@@ -25,7 +25,7 @@ N_LAYERS, N_VOCAB = 3, 512
 
 @pytest.fixture(scope="session")
 def llama():
-    from refquant.oracles import llama_cpp  # runs llama.cpp in a worker process of its own
+    from tools.oracles import llama_cpp  # runs llama.cpp in a worker process of its own
     return llama_cpp
 
 
@@ -218,7 +218,8 @@ def gguf_py_split(src, path, max_tensors):
         w = GGUFWriter(path, f.get("general.architecture"), split_max_tensors=max_tensors)
         for kv in f.kvs:
             if kv.key != "general.architecture":
-                w.add_key_value(kv.key, kv.value, kv.vtype, kv.sub_type)
+                value = list(kv.value) if kv.vtype == V.ARRAY else kv.value
+                w.add_key_value(kv.key, value, kv.vtype, kv.sub_type)
         for t in f.tensors:  # F32 and F16 tensors, as gguf-py takes them: NumPy arrays of those dtypes
             dt = {"F32": np.float32, "F16": np.float16}[t.type_name]
             w.add_tensor(t.name, np.array(f.raw(t.name)).view(dt).reshape(t.shape))
