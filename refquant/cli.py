@@ -173,7 +173,8 @@ def cmd_quantize(args) -> int:
         quantize_checkpoint(args.input, args.output, args.method, bits, args.group_size, fmt,
                             args.activations, progress=Progress(n, "quantize", args.progress),
                             calibration=text, ctx=args.ctx, calibration_tokens=args.calibration_tokens,
-                            alpha=args.alpha, targets=args.targets, ignore=args.ignore, scheme=args.scheme)
+                            alpha=args.alpha, targets=args.targets, ignore=args.ignore, scheme=args.scheme,
+                            transform=args.transform, transform_seed=args.transform_seed)
         return 0
     from .pipelines import recipes
     out, ftype, threads = _gguf_quantize_positionals(args)
@@ -533,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheme", default=None, metavar="PRESET",
                    help="checkpoint input: a compressed-tensors preset, spelled as compressed-tensors spells it "
                         "(W4A16, W8A8, FP8_DYNAMIC, NVFP4, MXFP4, ...; format compressed-tensors)")
+    s.add_argument("--transform", default=None, choices=["hadamard", "random-hadamard"],
+                   help="checkpoint input: SpinQuant's R2 Hadamard rotation (v_proj / o_proj, per head) fused "
+                        "offline as compressed-tensors fuses it, recorded in the transform config")
+    s.add_argument("--transform-seed", type=int, default=0, help="with --transform random-hadamard: the seed of "
+                   "torch's generator its signs come from (default 0)")
     s.add_argument("--targets", nargs="+", default=["Linear"], metavar="TARGET",
                    help="checkpoint input: the layers to quantize, as llm-compressor names them: module names, "
                         "'re:' patterns, or the class Linear (default: Linear, every linear layer)")

@@ -286,3 +286,19 @@ def dequantize(t: dict, fmt: str, weights: dict, who: str = "compressed-tensors"
     except KeyError as e:
         raise InputError(f"{who}: format {fmt} needs tensor {e.args[0]!r}, which is missing") from None
     raise FormatError(f"{who}: compressed-tensors format {fmt!r} is not one refquant reads (known: {', '.join(FORMATS)})")
+
+
+def transform_config(groups: dict) -> dict:
+    """quantization_config's "transform_config" (compressed-tensors' TransformConfig, as
+    ModelCompressor.from_compression_config reads it): groups {name: (type, [(targets, location,
+    inverse)], head_dim)}; randomize off, no gradients, online precision float32."""
+    out = {}
+    for name, (typ, apply, head_dim) in groups.items():
+        if typ not in ("hadamard", "random-hadamard"):
+            raise FormatError(f"compressed-tensors transform type must be hadamard or random-hadamard, not {typ!r}")
+        out[name] = {"type": typ,
+                     "apply": [{"targets": list(t), "location": loc, "inverse": bool(inv), "ignore": []}
+                               for t, loc, inv in apply],
+                     "randomize": False, "requires_grad": False, "head_dim": head_dim,
+                     "precision": "torch.float32"}
+    return {"config_groups": out}

@@ -159,7 +159,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                         calibration: Optional[str] = None, ctx: int = 512, calibration_tokens: Optional[int] = 4096,
                         sequential: bool = True, alpha: float = 0.5, max_rows: int = 4096,
                         record: Optional[dict] = None, targets=L_targets.DEFAULT_TARGETS,
-                        ignore=L_targets.DEFAULT_IGNORE, scheme: Optional[str] = None) -> None:
+                        ignore=L_targets.DEFAULT_IGNORE, scheme: Optional[str] = None,
+                        transform: Optional[str] = None, transform_seed: int = 0) -> None:
     """Quantize the checkpoint in `model_dir` into `out_dir` (see the module's docstring).
 
     calibration      a text: the model runs on it block by block (refquant.model.calibrate) and
@@ -175,7 +176,12 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     scheme           a compressed-tensors preset (W4A16, FP8_DYNAMIC, MXFP4, ...; fmt must be
                      compressed-tensors): its weight args replace bits / group_size / sym,
                      its format and activation args go into the config; gptq and awq apply to
-                     the integer presets only"""
+                     the integer presets only
+    transform        "hadamard" or "random-hadamard" (seed `transform_seed`): SpinQuant's R2
+                     rotation fused offline into every v_proj (output side, per head) and
+                     o_proj (input side, inverse) before quantizing, as compressed-tensors
+                     fuses it (refquant.hadamard); config.json records it in
+                     quantization_config.transform_config"""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     pw = None
     if scheme is not None:
@@ -221,6 +227,12 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
             _activations(adir, k[:-len(".weight")], K)
     if sym is None:
         sym = fmt not in ("awq", "awq-gemv")
+    if transform is not None:
+        if transform not in ("hadamard", "random-hadamard"):
+            raise InputError(f"quantize: --transform must be hadamard or random-hadamard, not {transform!r}")
+        if fmt != "compressed-tensors" or calibration is not None:
+            raise InputError("quantize: --transform writes a compressed-tensors transform config: it needs "
+                             "--format compressed-tensors (or --scheme) and no --calibration")
     extra = {"config.json": None}
     extra.update(extra_files(model_dir))      # tokenizer files, gguf_metadata.json, ...: as they are
     if calibration is not None:
@@ -238,6 +250,9 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         return
     out = {}
     weights = {k: np.asarray(ck[k]) for k in ck}
+    tcfg = None
+    if transform is not None:
+        tcfg = rotate_r2(weights, config, transform, transform_seed)
     if fmt.startswith("modelopt-"):
         w_amax, x_amax = _modelopt_amaxes(weights, lin, adir, fuse=fmt == "modelopt-nvfp4")
     if method == "awq":
@@ -284,6 +299,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     else:
         config["quantization_config"] = _config(fmt, bits, group_size, sym, targets, ignore,
                                                 L_targets.ignored_linears(shapes, lin))
+    if tcfg is not None:
+        config["quantization_config"]["transform_config"] = tcfg
     extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
     save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
 
@@ -532,3 +549,31 @@ def preset_needs_inputs(name: str) -> bool:
     """Whether preset `name` stores a static input scale (it needs calibration activations)."""
     _, _, a = L_ct.preset(name)
     return a is not None and a["dynamic"] in (False, "local")
+
+
+# ---- rotations (--transform) ---------------------------------------------------------------------
+
+def rotate_r2(weights: dict, config: dict, transform: str, seed: int = 0) -> dict:
+    """SpinQuant's R2 as llm-compressor applies it through compressed-tensors: a head_dim-sized
+    Hadamard fused offline into every `<p>.self_attn.v_proj` (weight_output, its bias too) and
+    `<p>.self_attn.o_proj` (weight_input, inverse), in place on `weights` (float64, cast back to
+    each tensor's dtype). Returns the transform_config. The product o_proj · attention · v_proj
+    is unchanged: attention mixes tokens, not the head_dim coordinates."""
+    from .. import hadamard as H
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    head_dim = int(head_dim)
+    R = (H.deterministic_hadamard(head_dim) if transform == "hadamard"
+         else H.random_hadamards([head_dim], seed)[head_dim])
+    pairs = [k[:-len(".v_proj.weight")] for k in weights if k.endswith(".self_attn.v_proj.weight")
+             and k.replace(".v_proj.", ".o_proj.") in weights]
+    if not pairs:
+        raise InputError("quantize: --transform rotates v_proj / o_proj pairs, and the checkpoint has none")
+    for p in pairs:
+        v, o = f"{p}.v_proj.weight", f"{p}.o_proj.weight"
+        weights[v] = H.fuse(weights[v], R, "weight_output")
+        if f"{p}.v_proj.bias" in weights:
+            b = weights[f"{p}.v_proj.bias"]
+            weights[f"{p}.v_proj.bias"] = H.fuse(b.reshape(-1, 1), R, "weight_output").reshape(b.shape)
+        weights[o] = H.fuse(weights[o], R, "weight_input", inverse=True)
+    return L_ct.transform_config({"R2": (transform, [(["re:.*v_proj$"], "weight_output", False),
+                                                     (["re:.*o_proj$"], "weight_input", True)], head_dim)})
