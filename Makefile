@@ -18,7 +18,7 @@ LLMC_DIR := $(VENV)/llmcompressor-nodeps
 MLD07_PKG := ml_dtypes==0.7.0
 MLD07_DIR := $(VENV)/ml_dtypes-0.7
 
-.PHONY: demo test test-deep bench bench-numba bench-gpu install clean
+.PHONY: demo test test-deep fuzz bench bench-numba bench-gpu install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ test: $(VENV)/.installed
 test-deep: $(VENV)/.installed
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-deep: pytest collected no tests"; exit 1; fi; exit $$rc
+
+# The fuzzer (tests/test_fuzz.py) with a long budget: FUZZ_EXAMPLES inputs per target (GGUF files,
+# safetensors files, checkpoint directories), with Hypothesis' statistics. `make test` runs 25.
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(VENV)/.installed
+	REFQUANT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
+		--hypothesis-show-statistics
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_ggml.py
