@@ -94,9 +94,9 @@ class Progress:
 
 
 def _fmt_value(v, limit=60):
-    if isinstance(v, (list, tuple, np.ndarray)):
+    if isinstance(v, (list, tuple, np.ndarray)) or hasattr(v, "tolist"):   # a StringArray too
         n = len(v)
-        head = ", ".join(repr(x) for x in list(v[:4]))
+        head = ", ".join(repr(x) for x in (v[:4].tolist() if isinstance(v, np.ndarray) else list(v[:4])))
         return f"[{head}{', ...' if n > 4 else ''}] ({n} items)"
     s = repr(v)
     return s if len(s) <= limit else s[:limit - 3] + "..."

@@ -350,10 +350,10 @@ def test_fuzz_checkpoint_dirs(case):
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         (d / "secret.txt").write_text("SECRET-OUTSIDE")
-        save_file(d / "outside.safetensors", {LAYER: np.full((4, 128), 7, np.float32)})
+        save_file(d / "outside.safetensors", {LAYER: np.full((32, 128), 7, np.float32)})
         ck = d / "ck"
         ck.mkdir()
-        save_file(ck / "model-00001-of-00001.safetensors", {LAYER: np.ones((4, 128), np.float32)})
+        save_file(ck / "model-00001-of-00001.safetensors", {LAYER: np.ones((32, 128), np.float32)})
         if isinstance(wm, dict) and wm.get(LAYER) == "@OUTSIDE@":
             wm[LAYER] = str(d / "outside.safetensors")
         (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))

@@ -359,3 +359,22 @@ def test_scalar_and_block_size_edges():
     assert int(minifloat.encode(1e300, "E4M3FN")) == int(minifloat.encode(np.array([1e300]), "E4M3FN")[0])
     with pytest.raises(RefquantError, match="block_size must be a tuple of integers"):
         affine.choose_qparams(np.ones((2, 4), np.float32), (1, 1.5), 4)
+
+
+def test_a_killed_checkpoint_write_is_removed_by_the_next(tmp_path, capsys):
+    from refquant.io.files import _HOST
+    from refquant.io.safetensors import save_checkpoint
+    dead = tmp_path / f".out.refquant-{_HOST}-999999999-abc.tmp"     # no such process
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"partial")
+    other = tmp_path / ".out.refquant-otherhost-999999999-abc.tmp"    # another machine's: kept
+    other.mkdir()
+    save_checkpoint(tmp_path / "out", {"a": np.zeros(2, np.float32)})
+    assert not dead.exists() and other.exists() and (tmp_path / "out" / "model.safetensors").exists()
+    assert str(dead) in capsys.readouterr().err
+
+
+def test_inspect_shows_arrays_as_values(model, capsys):
+    assert main(["inspect", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "[1, 2, 3] (3 items)" in out and "['a', 'bc'] (2 items)" in out
