@@ -45,6 +45,12 @@ def block_sizes(ggml_type: int) -> tuple[int, int]:
 
 
 def type_name(ggml_type: int) -> str:
+    """The registry's name for a ggml type id, then gguf-py's (for types refquant does not
+    define: I8, I32, F64, ...)."""
+    try:
+        return get_format(int(ggml_type)).name
+    except FormatError:
+        pass
     try:
         return GGMLQuantizationType(int(ggml_type)).name
     except ValueError:
@@ -305,9 +311,8 @@ class _Header:
                 self.fail(f"tensor {name!r}: shape {list(ne)} has more than 2^63 - 1 elements", start)
         t = self.unpack("<I", f"tensor {name!r}: ggml type")
         try:
-            GGMLQuantizationType(t)
-            bs, ts = block_sizes(t)
-        except (ValueError, FormatError):
+            bs, ts = block_sizes(t)      # the registry's types, then gguf-py's table
+        except FormatError:
             self.fail(f"tensor {name!r}: unknown ggml type id {t}", self.at - 4)
         ne0 = ne[0] if ne else 1
         if ne0 % bs:
