@@ -34,15 +34,19 @@ def test_formats_records():
     assert (q40["block_size"], q40["type_size"], q40["bits_per_weight"]) == (32, 18, 4.5)
     assert q40["family"] == "ggml-legacy" and q40["quantize"] and q40["dequantize"]
     assert q40["imatrix"] == "optional" and not q40["needs_imatrix"]
-    for r in recs.values():
-        assert r["ggml_type"] is None or gguf.GGMLQuantizationType(r["ggml_type"]).name == r["name"]
+    for r in recs.values():   # types newer than gguf-py's table: test_newer_types_agree_with_llama_cpps_ggml
+        if r["ggml_type"] in GGUF_IDS:
+            assert gguf.GGMLQuantizationType(r["ggml_type"]).name == r["name"]
+
+
+GGUF_IDS = {int(t) for t in gguf.GGMLQuantizationType}
 
 
 def test_block_sizes_agree_with_gguf_py():
     """gguf-py's table and ggml's headers agree on every type, except Q8_1, whose ggml block is
     two fp16 and 32 int8 (36 bytes) while gguf-py still lists 40."""
     for r in refquant.formats():
-        if r["ggml_type"] is None:
+        if r["ggml_type"] not in GGUF_IDS:
             continue
         bs, ts = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(r["ggml_type"])]
         if r["name"] == "Q8_1":
@@ -52,9 +56,22 @@ def test_block_sizes_agree_with_gguf_py():
 
 
 def test_ggml_agrees_on_block_sizes(ggml):
+    import ggml as ggml_python   # its ggml knows the ids below GGML_TYPE_COUNT
     for r in refquant.formats():
-        if r["ggml_type"] is not None:
+        if r["ggml_type"] is not None and r["ggml_type"] < ggml_python.GGML_TYPE_COUNT:
             assert ggml.row_size(r["name"], r["block_size"]) == r["type_size"], r["name"]
+
+
+def test_newer_types_agree_with_llama_cpps_ggml():
+    """Types newer than ggml-python's ggml or gguf-py's table: their block in llama.cpp's ggml
+    (ggml_row_size of one block, as ggml_quantize_chunk lays out a row)."""
+    import ggml as ggml_python
+    from tools.oracles import llama_cpp
+    newer = [r for r in refquant.formats() if r["ggml_type"] is not None
+             and (r["ggml_type"] >= ggml_python.GGML_TYPE_COUNT or r["ggml_type"] not in GGUF_IDS)]
+    for r in newer:
+        row = llama_cpp.ggml_quantize(np.zeros((1, r["block_size"]), np.float32), r["name"])
+        assert row.shape == (1, r["type_size"]), r["name"]
 
 
 def test_get_backend_numpy_is_the_spec():

@@ -600,7 +600,7 @@ def test_peak_memory_smollm2(smol_float, tmp_path):
 # spec, on a 2-core host), so whole models need REFQUANT_LATTICE_REAL_MODELS=1 as well; the thorough profile runs
 # them on each model's first layer (below), every run on the synthetic models, and their type
 # choice on the real models.
-IQ_FTYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE", "NVFP4", "Q1_0"]
+IQ_FTYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE", "NVFP4", "Q1_0", "Q2_0"]
 LATTICE_FTYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M"]
 IQ_RUN = [(m, ft) for m in ("smollm2", "gemma3") for ft in IQ_FTYPES] if DEEP else [("smollm2", "TQ2_0")]
 LATTICE_REAL = os.environ.get("REFQUANT_LATTICE_REAL_MODELS") == "1"

@@ -1,4 +1,5 @@
-"""ggml's ternary and 1-bit types: TQ1_0, TQ2_0 (BitNet b1.58 / TriLM) and Q1_0 (ggml-quants.c).
+"""ggml's ternary, 1-bit and 2-bit types: TQ1_0, TQ2_0 (BitNet b1.58 / TriLM), Q1_0 and Q2_0
+(ggml-quants.c).
 
 None of them uses an importance matrix: `ggml_quantize_chunk` runs the reference quantizer
 (`quantize_row_*_ref`) whether one is given or not (Q1_0 with one calls it row by row: the same
@@ -17,13 +18,16 @@ bytes). None needs `ggml_quantize_init`.
 
     Q1_0   (128 values, 18 bytes)   | d: f16 | qs[16] |
       bit j (qs[j/8] >> j%8) set: element j is +d, clear: -d.
+
+    Q2_0   (64 values, 18 bytes)    | d: f16 | qs[16] |
+      bits 2(j%4)..2(j%4)+1 of qs[j/4] = code q of element j; value = (q - 1) * d, q - 1 in {-1, 0, 1, 2}.
 """
 from __future__ import annotations
 
 import gguf
 import numpy as np
 
-from ..numerics import F32, fp16_bits_to_fp32, fp32_to_fp16_bits, roundf, safe_reciprocal, seq_sum
+from ..numerics import F32, c_float_to_int32, fp16_bits_to_fp32, fp32_to_fp16_bits, roundf, safe_reciprocal, seq_sum
 from ..format import IMATRIX_NONE, VecDot, block_format
 from .blocks import as_blocks, u16
 from .layout import Field, Layout
@@ -32,6 +36,7 @@ T = gguf.GGMLQuantizationType
 
 QK_K = 256
 QK1_0 = 128
+QK2_0 = 64
 
 LAYOUTS = {L.name: L for L in [
     Layout("TQ1_0", QK_K, [Field("qs", "u8", 48, "5 trits a byte: m < 32 elements m + 32n, then 160 + m + 16n"),
@@ -41,8 +46,10 @@ LAYOUTS = {L.name: L for L in [
                            Field("d", "f16", 1, "scale")]),
     Layout("Q1_0", QK1_0, [Field("d", "f16", 1, "scale"),
                            Field("qs", "u8", 16, "bit j % 8 of byte j / 8: element j is +d (set) or -d")]),
+    Layout("Q2_0", QK2_0, [Field("d", "f16", 1, "scale: the block's largest magnitude"),
+                           Field("qs", "u8", 16, "2-bit codes: bits 2(j % 4) of byte j / 4, element j is (q - 1) * d")]),
 ]}
-TQ1_0, TQ2_0, Q1_0 = LAYOUTS["TQ1_0"], LAYOUTS["TQ2_0"], LAYOUTS["Q1_0"]
+TQ1_0, TQ2_0, Q1_0, Q2_0 = LAYOUTS["TQ1_0"], LAYOUTS["TQ2_0"], LAYOUTS["Q1_0"], LAYOUTS["Q2_0"]
 
 
 def _lroundf_int(x: np.ndarray) -> np.ndarray:
@@ -154,6 +161,37 @@ def dequantize_q1_0(data):
     return y.reshape(data.shape[0], -1)
 
 
+# --------------------------------------------------------------------------- Q2_0
+
+def quantize_q2_0(x, imatrix=None):
+    """quantize_row_q2_0_ref (quantize_q2_0 with an importance matrix runs it row by row: the
+    same bytes): d = the block's largest |x| (`if (a > amax) amax = a` from 0, so NaN never wins),
+    q = clamp((int)roundf(x * id) + 1, 0, 3) with id = d > 0 ? 1/d : 0."""
+    nrows = x.shape[0]
+    xb = as_blocks(x, QK2_0)
+    a = np.abs(xb)
+    d = np.max(np.where(a > 0, a, F32(0)), axis=1)                  # if (a > amax) amax = a;
+    idv = np.where(d > 0, F32(1) / np.where(d > 0, d, F32(1)), F32(0)).astype(F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = c_float_to_int32(roundf(xb * idv[:, None])).astype(np.int64) + 1   # (int)roundf(w * id) + 1
+    q = np.clip(q, 0, 3).astype(np.uint8)                            # if (q < 0) q = 0; if (q > 3) q = 3;
+    qs = np.bitwise_or.reduce(q.reshape(-1, 16, 4) << (2 * np.arange(4, dtype=np.uint8)), axis=2)
+    return Q2_0.join(nrows, d=fp32_to_fp16_bits(d), qs=qs.astype(np.uint8))   # qs[j/4] |= q << 2*(j%4)
+
+
+def _q2_0_codes(qs):
+    """qs (nblocks, 16) -> (nblocks, 64) codes 0..3: element j from bits 2(j%4) of byte j/4."""
+    return ((qs[:, :, None] >> (2 * np.arange(4, dtype=np.uint8))) & 3).reshape(qs.shape[0], -1)
+
+
+def dequantize_q2_0(data):
+    f = Q2_0.split(data)
+    d = fp16_bits_to_fp32(u16(f["d"]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = (_q2_0_codes(f["qs"]).astype(np.int32) - 1).astype(F32) * d[:, None]   # ((int)q - 1) * d
+    return y.reshape(data.shape[0], -1)
+
+
 # --------------------------------------------------------------------------- vec_dot operands
 #
 # What ggml's CPU vec_dot reads (refquant.ggml.dot): the trits t - 1 (TQ1_0, TQ2_0: against Q8_K,
@@ -177,6 +215,12 @@ def vec_dot_tq2_0(w):
             "simd_offset": 1}
 
 
+def vec_dot_q2_0(w):
+    """Q2_0 against the two Q8_0 blocks of its 64 values: codes q - 1 (`((byte >> 2n) & 3) - 1`)."""
+    f = Q2_0.split(w)
+    return {"q": _q2_0_codes(f["qs"]).astype(np.int32) - 1, "d": fp16_bits_to_fp32(u16(f["d"]))[:, None]}
+
+
 def vec_dot_q1_0(w):
     f = Q1_0.split(w)
     bits = np.unpackbits(f["qs"], axis=1, bitorder="little").astype(np.int32)     # element e: bit e
@@ -187,13 +231,17 @@ VEC_DOT = {
     "TQ1_0": VecDot("Q8_K", vec_dot_tq1_0, "ternary: f(sumi) * d"),
     "TQ2_0": VecDot("Q8_K", vec_dot_tq2_0, "ternary: f(sumi) * d"),
     "Q1_0": VecDot("Q8_0", vec_dot_q1_0, "per 32 chained: d * (sumi_f + f(sumi) * d_y)"),
+    # ggml_vec_dot_q2_0_q8_0: x86 has no SIMD kernel, the generic one runs (separate mul and add)
+    "Q2_0": VecDot("Q8_0", vec_dot_q2_0, "per 32 chained: d * (sumi_f + f(sumi) * d_y)"),
 }
 
 
-# llama.cpp's LLAMA_FTYPE_MOSTLY_* of a file of each type
-RECORDS = [block_format(LAYOUTS[name], "ggml-lowbit", q, dq, IMATRIX_NONE, int(T[name]), f"ggml/{name.lower()}.md",
+# ggml type ids (Q2_0's 42 is newer than gguf-py 0.19's table) and llama.cpp's
+# LLAMA_FTYPE_MOSTLY_* of a file of each type
+RECORDS = [block_format(LAYOUTS[name], "ggml-lowbit", q, dq, IMATRIX_NONE, ggml_type, f"ggml/{name.lower()}.md",
                         vec_dot=VEC_DOT[name], file_type=ftype)
-           for name, q, dq, ftype in [
-               ("TQ1_0", quantize_tq1_0, dequantize_tq1_0, 36),
-               ("TQ2_0", quantize_tq2_0, dequantize_tq2_0, 37),
-               ("Q1_0", quantize_q1_0, dequantize_q1_0, 40)]]
+           for name, q, dq, ggml_type, ftype in [
+               ("TQ1_0", quantize_tq1_0, dequantize_tq1_0, int(T.TQ1_0), 36),
+               ("TQ2_0", quantize_tq2_0, dequantize_tq2_0, int(T.TQ2_0), 37),
+               ("Q1_0", quantize_q1_0, dequantize_q1_0, int(T.Q1_0), 40),
+               ("Q2_0", quantize_q2_0, dequantize_q2_0, 42, 41)]]

@@ -1,14 +1,22 @@
-"""Numba twin of refquant/ggml/lowbit.py: TQ1_0, TQ2_0 and Q1_0, bit-exact with it (no importance
-matrix: the spec ignores one, and so does this twin)."""
+"""Numba twin of refquant/ggml/lowbit.py: TQ1_0, TQ2_0, Q1_0 and Q2_0, bit-exact with it (no
+importance matrix: the spec ignores one, and so does this twin), and Q2_0's vec_dot (the spec's
+"per 32 chained" rule: separate multiplies and adds, as ggml's generic kernel)."""
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from ..numerics import F32, JIT, ONE, U64, ZERO, fp16_to_fp32, roundf, store_fp16
+from refquant.registry import get_format
+
+from ..numerics import F32, JIT, ONE, U64, ZERO, c_float_to_int32, fp16_to_fp32, roundf, store_fp16
+from .dot import _unpack_q8, quantize_activation
 
 QK_K = 256
 QK1_0 = 128
+QK2_0 = 64
+# Q2_0's type size and field offsets, from its declared layout
+Q2_0_TS = get_format("Q2_0").type_size
+Q2_0_D, Q2_0_QS = (get_format("Q2_0").layout.offset(f) for f in ("d", "qs"))
 PJIT = dict(JIT, parallel=True)
 LONG_LIM = F32(2.0 ** 63)
 
@@ -173,13 +181,88 @@ def _dequantize_q1_0(data, out):
                 y[j] = d if (np.int32(o[2 + j // 8]) >> (j % 8)) & 1 else -d
 
 
+@njit(**PJIT)
+def _quantize_q2_0(x, out):
+    """quantize_row_q2_0_ref: amax by `if (a > amax)` from 0, id = d > 0 ? 1/d : 0,
+    q = clamp((int)roundf(x * id) + 1, 0, 3), four codes a byte from bit 0."""
+    nrows, n = x.shape
+    nb = n // QK2_0
+    for r in prange(nrows):
+        for b in range(nb):
+            xb = x[r, b * QK2_0:(b + 1) * QK2_0]
+            o = out[r, b * Q2_0_TS:(b + 1) * Q2_0_TS]
+            amax = ZERO
+            for j in range(QK2_0):
+                a = abs(xb[j])
+                if a > amax:
+                    amax = a
+            idv = ONE / amax if amax > ZERO else ZERO
+            store_fp16(o, Q2_0_D, amax)
+            for k in range(QK2_0 // 4):
+                byte = 0
+                for i in range(4):
+                    q = np.int64(c_float_to_int32(roundf(xb[4 * k + i] * idv))) + 1
+                    q = 0 if q < 0 else (3 if q > 3 else q)
+                    byte |= np.int32(q) << (2 * i)
+                o[Q2_0_QS + k] = np.uint8(byte)
+
+
+@njit(**PJIT)
+def _dequantize_q2_0(data, out):
+    nrows = data.shape[0]
+    nb = data.shape[1] // Q2_0_TS
+    for r in prange(nrows):
+        for b in range(nb):
+            o = data[r, b * Q2_0_TS:(b + 1) * Q2_0_TS]
+            y = out[r, b * QK2_0:(b + 1) * QK2_0]
+            d = fp16_to_fp32(o[Q2_0_D], o[Q2_0_D + 1])
+            for j in range(QK2_0):
+                q = (np.int32(o[Q2_0_QS + j // 4]) >> (2 * (j % 4))) & 3
+                y[j] = F32(q - 1) * d                                 # ((int)q - 1) * d
+
+
+@njit(**PJIT)
+def _vec_dot_q2_0(w, aq, ad, out):
+    """ggml_vec_dot_q2_0_q8_0: per block, sumi = sumi + f(sumi_k) * d_y[k] over its two Q8_0
+    blocks, then sumf = sumf + d * sumi (separate multiplies and adds)."""
+    N = w.shape[0]
+    nb = w.shape[1] // Q2_0_TS
+    M = aq.shape[0]
+    for n in prange(N):
+        for mi in range(M):
+            sumf = ZERO
+            for b in range(nb):
+                o = w[n, b * Q2_0_TS:(b + 1) * Q2_0_TS]
+                si = ZERO
+                for k in range(2):
+                    sumi = np.int32(0)
+                    for j in range(32):
+                        q = ((np.int32(o[Q2_0_QS + 8 * k + j // 4]) >> (2 * (j % 4))) & 3) - 1
+                        sumi += q * np.int32(aq[mi, b * QK2_0 + 32 * k + j])
+                    si = si + F32(sumi) * ad[mi, 2 * b + k]
+                sumf = sumf + fp16_to_fp32(o[Q2_0_D], o[Q2_0_D + 1]) * si
+            out[mi, n] = sumf
+
+
+def vec_dot_q2_0(w, a, variant="ref"):
+    w = np.ascontiguousarray(w)
+    M, K = a.shape
+    qa = quantize_activation(a, "Q8_0", variant)
+    aq = np.empty((M, K), np.int8)
+    ad = np.empty((M, K // 32), np.float32)
+    _unpack_q8(qa, False, aq, ad, ad)
+    out = np.empty((M, w.shape[0]), np.float32)
+    _vec_dot_q2_0(w, aq, ad, out)
+    return out
+
+
 def _wrap(kernel, block, ts, quantize):
     if quantize:
         def f(x, imatrix=None):
             out = np.empty((x.shape[0], x.shape[1] // block * ts), np.uint8)
             kernel(np.ascontiguousarray(x, dtype=np.float32), out)
             return out
-    elif kernel is _dequantize_q1_0:
+    elif kernel is _dequantize_q1_0 or kernel is _dequantize_q2_0:
         def f(data):
             out = np.empty((data.shape[0], data.shape[1] // ts * block), np.float32)
             kernel(np.ascontiguousarray(data), out)
@@ -198,6 +281,10 @@ quantize_q1_0 = _wrap(_quantize_q1_0, QK1_0, 18, True)
 dequantize_tq1_0 = _wrap(_dequantize_tq1_0, QK_K, 54, False)
 dequantize_tq2_0 = _wrap(_dequantize_tq2_0, QK_K, 66, False)
 dequantize_q1_0 = _wrap(_dequantize_q1_0, QK1_0, 18, False)
+quantize_q2_0 = _wrap(_quantize_q2_0, QK2_0, Q2_0_TS, True)
+dequantize_q2_0 = _wrap(_dequantize_q2_0, QK2_0, Q2_0_TS, False)
 
-QUANTIZE = {"TQ1_0": quantize_tq1_0, "TQ2_0": quantize_tq2_0, "Q1_0": quantize_q1_0}
-DEQUANTIZE = {"TQ1_0": dequantize_tq1_0, "TQ2_0": dequantize_tq2_0, "Q1_0": dequantize_q1_0}
+QUANTIZE = {"TQ1_0": quantize_tq1_0, "TQ2_0": quantize_tq2_0, "Q1_0": quantize_q1_0, "Q2_0": quantize_q2_0}
+DEQUANTIZE = {"TQ1_0": dequantize_tq1_0, "TQ2_0": dequantize_tq2_0, "Q1_0": dequantize_q1_0,
+              "Q2_0": dequantize_q2_0}
+VEC_DOT = {"Q2_0": vec_dot_q2_0}
