@@ -39,6 +39,9 @@ which holds when the row's nonzero values span at most 53 − 24 − ⌈log2 n�
 summation order, torch's BLAS included, gives the same sum, and refquant's result is bit for
 bit compressed-tensors'. A row outside that bound is summed exactly (math.fsum, then one
 rounding); there BLAS's float64 order may round differently (spec/rotations.md).
+
+llama.cpp's attention rotation of the KV cache (float32 Walsh-Hadamard applied through ggml's
+CPU mul_mat) is at the end of this module: llama_hadamard, llama_rotate.
 """
 from __future__ import annotations
 
@@ -183,3 +186,90 @@ def fuse(W: np.ndarray, H: np.ndarray, location: str, inverse: bool = False) -> 
     if W.dtype.itemsize == 2:      # torch casts float64 to half / bfloat16 through float32
         r = r.astype(np.float32)
     return r.astype(W.dtype)
+
+
+# ---- llama.cpp's attention rotation (llama-kv-cache.cpp, llama.cpp PR 21038) --------------------
+#
+# With a quantized K or V cache (and head sizes that are multiples of 64; off with
+# LLAMA_ATTN_ROT_DISABLE=1) llama.cpp rotates Q and K before K is stored, V before it is stored,
+# and rotates the attention output back: dot products and the output are unchanged, outliers are
+# spread before quantization.
+#
+#     matrix       ggml_gen_hadamard: float32 (n, n), Sylvester's order,
+#                  h[0][0] = (float)(1.0 / sqrtf(n)), each doubling copies it with signs ±
+#     sizes        K: the largest power of two >= 64 dividing the head size; V: 64
+#     application  ggml_mul_mat_aux(cur, rot): cur viewed as rows of n, each row x -> y with
+#                  y_i = ggml_vec_dot_f32(n, rot row i, x) (rot is symmetric; H·H = I)
+#
+# ggml_vec_dot_f32 on x86 (ggml-cpu/vec.cpp, GGML_SIMD): ARR = 4 accumulators of EPR lanes
+# (EPR = 16 with AVX-512, 8 with AVX2), over chunks of STEP = 4·EPR: acc[j] = fma(x, y, acc[j]);
+# then GGML_F32_VEC_REDUCE: acc[0] += acc[2], acc[1] += acc[3]; acc[0] += acc[1]; then the lanes:
+# AVX-512 _mm512_reduce_add_ps (halves: 16 -> 8 -> 4 -> 2 -> 1), AVX2 lo128 + hi128 then two
+# _mm_hadd_ps ((t0 + t1) + (t2 + t3)); elements past the last full STEP are added after, one by
+# one (never for n a multiple of 64).
+
+def llama_hadamard(n: int) -> np.ndarray:
+    """ggml_gen_hadamard's float32 matrix of order n (a power of two)."""
+    H = deterministic_hadamard(n)
+    c = np.float32(1.0 / np.float64(np.sqrt(np.float32(n), dtype=np.float32)))   # 1.0 / sqrtf(n)
+    return (H * c).astype(np.float32)
+
+
+def llama_k_nrot(head_dim: int) -> int:
+    """build_input_k_rot's size: the largest power of two >= 64 that divides head_dim."""
+    nrot = 64
+    while head_dim % (nrot * 2) == 0:
+        nrot *= 2
+    return nrot
+
+
+LLAMA_V_NROT = 64
+
+
+def _reduce_lanes(v: np.ndarray, isa: str) -> np.ndarray:
+    F = np.float32
+    if isa == "avx512":                   # _mm512_reduce_add_ps: 512 -> 256 -> 128 -> 64 -> 32
+        v = (v[..., :8] + v[..., 8:]).astype(F)
+        v = (v[..., :4] + v[..., 4:]).astype(F)
+        v = (v[..., :2] + v[..., 2:]).astype(F)
+        return (v[..., 0] + v[..., 1]).astype(F)
+    t0 = (v[..., :4] + v[..., 4:]).astype(F)           # castps256_ps128 + extractf128(.., 1)
+    t1 = (t0[..., 0] + t0[..., 1]).astype(F), (t0[..., 2] + t0[..., 3]).astype(F)   # hadd
+    return (t1[0] + t1[1]).astype(F)                    # hadd, lane 0
+
+
+def ggml_vec_dot_f32(a: np.ndarray, b: np.ndarray, isa: str) -> np.ndarray:
+    """ggml_vec_dot_f32 of the rows of a (..., n) and b (..., n), broadcast, in its SIMD order."""
+    from .numerics import fma_f32
+    if isa not in ("avx512", "avx2"):
+        raise InputError(f"ggml_vec_dot_f32: isa must be avx512 or avx2, got {isa!r}")
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    n = a.shape[-1]
+    epr = 16 if isa == "avx512" else 8
+    step = 4 * epr
+    shape = np.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    acc = [np.zeros(shape + (epr,), np.float32) for _ in range(4)]
+    np_ = n - n % step
+    for i in range(0, np_, step):
+        for j in range(4):
+            sl = slice(i + j * epr, i + (j + 1) * epr)
+            acc[j] = fma_f32(a[..., sl], b[..., sl], acc[j])
+    acc[0] = (acc[0] + acc[2]).astype(np.float32)
+    acc[1] = (acc[1] + acc[3]).astype(np.float32)
+    s = _reduce_lanes((acc[0] + acc[1]).astype(np.float32), isa)
+    for i in range(np_, n):                                 # sumf += x[i]*y[i]
+        s = (s + (a[..., i] * b[..., i]).astype(np.float32)).astype(np.float32)
+    return s
+
+
+def llama_rotate(x: np.ndarray, nrot: int, isa: str) -> np.ndarray:
+    """x (..., d) float32, d a multiple of nrot, rotated as llama.cpp's ggml_mul_mat_aux does
+    with ggml_gen_hadamard(nrot) on ggml's CPU backend."""
+    x = np.asarray(x, np.float32)
+    if x.shape[-1] % nrot:
+        raise InputError(f"llama rotation: the last dimension {x.shape[-1]} is not a multiple of {nrot}")
+    H = llama_hadamard(nrot)
+    rows = x.reshape(-1, nrot)
+    out = ggml_vec_dot_f32(H[None, :, :], rows[:, None, :], isa)    # out[r, i] = dot(H row i, x_r)
+    return out.reshape(x.shape)

@@ -152,3 +152,22 @@ def test_cli_r2_rotation(tiny, tmp_path, typ):
         q = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
                                                  quantization_config=CompressedTensorsConfig(run_compressed=False))
     assert q(ids).logits.shape == (1, 4, 96)
+
+
+@pytest.mark.parametrize("nrot", [64, 128, 256])
+def test_llama_attention_rotation_equals_ggml(nrot):
+    """llama.cpp's K/V rotation (ggml_mul_mat of ggml_gen_hadamard's matrix with rows of the
+    head) equals ggml's own CPU mul_mat bit for bit (ggml-python, this machine's ISA)."""
+    from refquant.model.ggml_cpu import isa
+    from tools.oracles import ggml as G
+    rng = np.random.default_rng(nrot)
+    X = (rng.standard_normal((6, 2 * nrot)) * np.exp(3 * rng.standard_normal((6, 1)))).astype(np.float32)
+    X[0, :5] = 0
+    X[1, 3] = np.float32(1e-30)
+    X[2, 7] = -0.0
+    theirs = G.mul_mat_f32(RH.llama_hadamard(nrot), X.reshape(-1, nrot)).reshape(X.shape)
+    ours = RH.llama_rotate(X, nrot, isa())
+    np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+    # H·H = I up to float32 rounding: the rotation is its own inverse
+    np.testing.assert_allclose(RH.llama_rotate(ours, nrot, isa()), X, rtol=0, atol=1e-5 * np.abs(X).max())
+    assert [RH.llama_k_nrot(d) for d in (64, 96, 128, 192, 256)] == [64, 64, 128, 64, 256]

@@ -244,3 +244,29 @@ def vec_dot(w: np.ndarray, qa: np.ndarray, qtype, generic: bool = False) -> np.n
             fn(n, _ptr(s, _f32p), 0, _ptr(w[j]), 0, _ptr(qa[i]), 0, 1)
             out[i, j] = s[0]
     return out
+
+
+def mul_mat_f32(a: np.ndarray, b: np.ndarray, threads: int = 1) -> np.ndarray:
+    """ggml_mul_mat(a, b) of two float32 matrices computed by ggml-python's CPU backend in a
+    one-node graph: a (N, K) as src0, b (M, K) as src1 -> (M, N), out[m, n] = a[n] · b[m] in
+    whatever order ggml's CPU mul_mat takes for these shapes."""
+    import ggml as G
+    a = np.ascontiguousarray(a, np.float32)
+    b = np.ascontiguousarray(b, np.float32)
+    (N, K), (M, K2) = a.shape, b.shape
+    assert K == K2
+    ctx = G.ggml_init(G.ggml_init_params(mem_size=(a.size + b.size + M * N) * 4 + 16 * 2**20, mem_buffer=None,
+                                         no_alloc=False))
+    try:
+        ta = G.ggml_new_tensor_2d(ctx, G.GGML_TYPE_F32, K, N)
+        tb = G.ggml_new_tensor_2d(ctx, G.GGML_TYPE_F32, K, M)
+        ctypes.memmove(G.ggml_get_data(ta), a.ctypes.data, a.nbytes)
+        ctypes.memmove(G.ggml_get_data(tb), b.ctypes.data, b.nbytes)
+        y = G.ggml_mul_mat(ctx, ta, tb)
+        gf = G.ggml_new_graph(ctx)
+        G.ggml_build_forward_expand(gf, y)
+        G.ggml_graph_compute_with_ctx(ctx, gf, threads)
+        return np.ctypeslib.as_array(ctypes.cast(G.ggml_get_data(y), ctypes.POINTER(ctypes.c_float)),
+                                     shape=(M, N)).copy()
+    finally:
+        G.ggml_free(ctx)
