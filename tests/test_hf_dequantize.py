@@ -212,3 +212,21 @@ def test_errors(tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "quantization_config" in err and "exists" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_bad_configs_one_line(tiny, tmp_path, capsys):
+    """A malformed quantization_config gives exit 2 and one line, never a traceback."""
+    d, adir = tiny
+    _quantize(d, tmp_path / "q", "--bits", 4, "--group-size", 32, "--format", "gptq", "--method", "rtn")
+    cfg = json.loads((tmp_path / "q" / "config.json").read_text())
+    for i, bad in enumerate([{"bits": "four"}, {"bits": 5}, {"quant_method": 3}, {"quant_method": "exl2"}]):
+        q = tmp_path / f"b{i}"
+        q.mkdir()
+        for f in (tmp_path / "q").iterdir():
+            (q / f.name).write_bytes(f.read_bytes())
+        c = dict(cfg, quantization_config={**cfg["quantization_config"], **bad})
+        (q / "config.json").write_text(json.dumps(c))
+        assert main(["dequantize", str(q), str(tmp_path / f"o{i}")]) == 2, bad
+        assert not (tmp_path / f"o{i}").exists()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err

@@ -34,7 +34,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import FormatError, InputError
-from ..io.safetensors import Checkpoint, save_checkpoint
+from ..io.safetensors import INDEX, Checkpoint, extra_files, read_config, save_checkpoint
 from ..layouts import awq as L_awq
 from ..layouts import bnb as L_bnb
 from ..layouts import compressed_tensors as L_ct
@@ -47,6 +47,13 @@ E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 # the tensors that carry a quantized linear `<p>` in each layout (the marker, then the rest)
 GPTQ = ("qweight", "qzeros", "scales", "g_idx")
 AWQ = ("qweight", "qzeros", "scales")
+
+
+def _int_field(qc: dict, key: str, default: int, where) -> int:
+    v = qc.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise FormatError(f"dequantize: {where}: quantization_config.{key} must be an integer, got {v!r}")
+    return v
 
 
 def _modules(names, marker: str) -> list:
@@ -71,6 +78,10 @@ def _ct_groups(qc: dict):
         raise FormatError("dequantize: compressed-tensors quantization_config has no config_groups")
     out = []
     for name, g in groups.items():
+        if not isinstance(g, dict) or not isinstance(g.get("weights", {}) or {}, dict) \
+                or not isinstance(g.get("targets", []) or [], list):
+            raise FormatError(f"dequantize: compressed-tensors config group {name!r} is not an object with "
+                              f"weights and targets")
         w = g.get("weights")
         if not w:
             continue
@@ -106,16 +117,13 @@ def dequantize_checkpoint(in_dir, out_dir, dtype: Optional[str] = None, progress
     if out_dir.exists():
         raise InputError(f"dequantize: output directory {out_dir} already exists")
     cfg_path = in_dir / "config.json"
-    if not cfg_path.is_file():
-        raise InputError(f"dequantize: {in_dir} has no config.json")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise InputError(f"dequantize: {cfg_path} is not JSON ({e})") from None
+    config = read_config(in_dir)
     qc = config.get("quantization_config")
     if not isinstance(qc, dict) or "quant_method" not in qc:
         raise InputError(f"dequantize: {cfg_path} has no quantization_config: {in_dir} is not a quantized checkpoint")
     method = qc["quant_method"]
+    if not isinstance(method, str):
+        raise FormatError(f"dequantize: {cfg_path}: quant_method must be a string, got {method!r}")
     ck = Checkpoint(in_dir)
     tensors = {k: ck[k] for k in ck}
     out: dict = {}
@@ -126,14 +134,16 @@ def dequantize_checkpoint(in_dir, out_dir, dtype: Optional[str] = None, progress
             progress(None)
 
     if method == "gptq":
-        bits = int(qc.get("bits", 4))
+        bits = _int_field(qc, "bits", 4, cfg_path)
+        if bits not in L_gptq.BITS:
+            raise FormatError(f"dequantize: {cfg_path}: GPTQ bits must be one of {L_gptq.BITS}, got {bits}")
         version = "v2" if qc.get("checkpoint_format") == "gptq_v2" else "v1"
         for m in _modules(tensors, "qweight"):
             t = _take(tensors, m, GPTQ, "gptq")
             put(m, L_gptq.dequantize(t, bits, version))
     elif method == "awq":
         version = str(qc.get("version", "gemm")).lower()
-        g = int(qc.get("group_size", 128))
+        g = _int_field(qc, "group_size", 128, cfg_path)
         for m in _modules(tensors, "qweight"):
             t = _take(tensors, m, AWQ, "awq")
             if version == "gemv":
@@ -157,7 +167,10 @@ def dequantize_checkpoint(in_dir, out_dir, dtype: Optional[str] = None, progress
         algo = qc.get("quant_algo")
         hq = in_dir / "hf_quant_config.json"
         if algo is None and hq.is_file():
-            algo = json.loads(hq.read_text()).get("quantization", {}).get("quant_algo")
+            try:
+                algo = json.loads(hq.read_text()).get("quantization", {}).get("quant_algo")
+            except (ValueError, AttributeError):
+                raise FormatError(f"dequantize: {hq} is not ModelOpt's JSON object") from None
         for m in _modules(tensors, "weight_scale"):
             t = _take(tensors, m, ("weight", "weight_scale", "weight_scale_2", "input_scale"), "modelopt")
             if algo == "NVFP4":
@@ -194,9 +207,6 @@ def dequantize_checkpoint(in_dir, out_dir, dtype: Optional[str] = None, progress
     if dtype is not None:
         config["torch_dtype"] = dtype
     extra = {"config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"}
-    for f in sorted(in_dir.iterdir()):
-        if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (
-                "config.json", "model.safetensors.index.json", "hf_quant_config.json") \
-                and not f.name.startswith(".") and f.stat().st_size < 64 * 2**20:
-            extra[f.name] = f.read_bytes()
+    # tokenizer files and the like, links confined to the checkpoint (refquant.io.safetensors)
+    extra.update(extra_files(in_dir, skip=("config.json", INDEX, "hf_quant_config.json")))
     save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
