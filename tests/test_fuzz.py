@@ -317,16 +317,15 @@ def checkpoints(draw):
     config = {"model_type": "llama", "hidden_size": 128}
     wm = {LAYER: "model-00001-of-00001.safetensors"}
     links = {}
-    refuse = False
     for _ in range(draw(st.integers(0, 2))):
         kind = draw(st.sampled_from(["shard_out", "shard_abs", "shard_value", "index", "config", "link_out",
                                      "link_in", "missing_tensor"]))
         if kind in ("shard_out", "shard_abs", "shard_value", "missing_tensor") and not isinstance(wm, dict):
             continue
         if kind == "shard_out":
-            wm[LAYER], refuse = "../outside.safetensors", True
+            wm[LAYER] = "../outside.safetensors"
         elif kind == "shard_abs":
-            wm[LAYER], refuse = "@OUTSIDE@", True
+            wm[LAYER] = "@OUTSIDE@"
         elif kind == "shard_value":
             wm[LAYER] = draw(json_values)
         elif kind == "index":
@@ -334,11 +333,13 @@ def checkpoints(draw):
         elif kind == "config":
             config = draw(st.one_of(json_values, st.binary(max_size=12)))
         elif kind == "link_out":
-            links["tokenizer.json"], refuse = "../secret.txt", True
+            links["tokenizer.json"] = "../secret.txt"
         elif kind == "link_in":
             links["tokenizer.json"] = "special_tokens_map.json"
         else:
             wm["model.layers.0.mlp.up_proj.weight"] = "model-00001-of-00001.safetensors"
+    refuse = links.get("tokenizer.json") == "../secret.txt" or (
+        isinstance(wm, dict) and wm.get(LAYER) in ("../outside.safetensors", "@OUTSIDE@"))
     return wm, config, links, refuse
 
 

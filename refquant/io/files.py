@@ -108,11 +108,11 @@ def check_output_path(path) -> Path:
     return p
 
 
-def confined(directory, name, what: str) -> Path:
-    """directory/name, refused unless `name` is a relative path that stays inside `directory`
-    once symlinks are resolved (an absolute path, '..' or a link pointing out). A Hugging Face
-    cache snapshot (.../models--ORG--NAME/snapshots/REVISION) holds links into its repository's
-    blobs/ folder: those are inside too."""
+def confined(directory, name, what: str, resolve: bool = True) -> Path:
+    """directory/name, refused unless `name` is a relative path without '..' (not absolute) and,
+    with `resolve`, stays inside `directory` once symlinks are resolved (a link pointing out is
+    refused). A Hugging Face cache snapshot (.../models--ORG--NAME/snapshots/REVISION) holds links
+    into its repository's blobs/ folder: those are inside too."""
     base = Path(directory)
     if not isinstance(name, str) or not name or "\0" in name:
         raise InputError(f"{base}: {what} {name!r} is not a file name")
@@ -120,6 +120,8 @@ def confined(directory, name, what: str) -> Path:
     if rel.is_absolute() or ".." in rel.parts:
         raise InputError(f"{base}: {what} {name!r} points outside the checkpoint directory")
     p = base / rel
+    if not resolve:
+        return p
     root = os.path.realpath(base)
     roots = [root]
     if os.path.basename(os.path.dirname(root)) == "snapshots":

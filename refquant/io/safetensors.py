@@ -105,6 +105,15 @@ def _json(path, data: bytes, what: str):
         raise FileFormatError(f"{path}: {what} is not JSON: {e}") from None
 
 
+def read_json(path, what: str):
+    """A JSON file read as _json reads it (strict UTF-8, no BOM, no NaN), errors naming the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise FileFormatError(f"{path}: cannot read: {e.strerror}") from None
+    return _json(path, data, what)
+
+
 def _no_constant(name):
     raise ValueError(f"{name} is not a JSON value")
 
@@ -118,7 +127,7 @@ def read_config(model_dir) -> dict:
     p = Path(model_dir) / "config.json"
     if not p.is_file():
         raise FileFormatError(f"{model_dir}: no config.json" + (" (it is not a file)" if p.exists() else ""))
-    c = _json(p, p.read_bytes(), "config")
+    c = read_json(p, "config")
     if not isinstance(c, dict):
         raise FileFormatError(f"{p}: not a JSON object but a {type(c).__name__}")
     return c
@@ -202,7 +211,8 @@ class SafetensorsFile(Mapping):
 
 class Checkpoint(Mapping):
     """A Hugging Face checkpoint directory: model.safetensors, or shards with their index. Shard
-    names in the index are confined to the directory (refquant.io.files.confined)."""
+    names in the index are relative paths without '..' (refquant.io.files.confined); a shard the
+    directory itself links elsewhere is read (a Hugging Face cache snapshot is made of links)."""
 
     def __init__(self, directory):
         self.dir = Path(directory)
@@ -213,14 +223,14 @@ class Checkpoint(Mapping):
         if index.exists():
             if not index.is_file():
                 raise FileFormatError(f"{index}: not a file")
-            ix = _json(index, index.read_bytes(), "index")
+            ix = read_json(index, "index")
             wm = ix.get("weight_map") if isinstance(ix, dict) else None
             if not isinstance(wm, dict):
                 raise FileFormatError(f"{index}: not a safetensors index (no \"weight_map\" object)")
             for k, v in wm.items():
                 if not isinstance(v, str):
                     raise FileFormatError(f"{index}: weight_map[{k!r}] is {v!r}, not a file name")
-                confined(self.dir, v, f"shard of {k!r}")
+                confined(self.dir, v, f"shard of {k!r}", resolve=False)
             self.weight_map = dict(wm)
         elif (self.dir / SINGLE).exists():
             self.weight_map = {k: SINGLE for k in self.file(SINGLE)}
@@ -229,7 +239,7 @@ class Checkpoint(Mapping):
 
     def file(self, name) -> SafetensorsFile:
         if name not in self.files:
-            p = confined(self.dir, name, "shard")
+            p = confined(self.dir, name, "shard", resolve=False)
             if not p.exists():
                 raise FileFormatError(f"{self.dir}: the index names shard {name!r}, which is missing")
             self.files[name] = SafetensorsFile(p)

@@ -169,20 +169,31 @@ def gguf_to_safetensors(gguf_path, out_dir, n_layers: int | None = None) -> Path
 
 def _read_dir(st_dir):
     from gguf import GGUFValueType
-    from safetensors.numpy import load_file
+
+    from ..errors import FileFormatError
+    from ..io.safetensors import SafetensorsFile, read_json
     d = Path(st_dir)
     for need in ("model.safetensors", "gguf_metadata.json"):
         if not (d / need).is_file():
             raise FormatError(f"{d}: {need} is missing (write the directory with gguf_to_safetensors)")
-    raw = json.loads((d / "gguf_metadata.json").read_text())
-    kvs = [KV(r["key"], GGUFValueType(r["vtype"]), r["value"],
-              None if r["sub_type"] is None else GGUFValueType(r["sub_type"])) for r in raw]
+    meta = d / "gguf_metadata.json"
+    raw = read_json(meta, "GGUF metadata")
+    if not isinstance(raw, list):
+        raise FileFormatError(f"{meta}: not a JSON list of key/value records")
+    kvs = []
+    for i, r in enumerate(raw):
+        try:
+            kvs.append(KV(str(r["key"]), GGUFValueType(r["vtype"]), r["value"],
+                          None if r["sub_type"] is None else GGUFValueType(r["sub_type"])))
+        except (KeyError, TypeError, ValueError) as e:
+            raise FileFormatError(f"{meta}: record {i} is not a key/value record "
+                                  f"(key, vtype, value, sub_type): {type(e).__name__} {e}") from None
     md = {kv.key: kv.value for kv in kvs}
     arch = md.get("general.architecture")
     if arch not in _LAYER_ARCH:
         raise FormatError(f"{d}: architecture {arch!r} is not supported (llama, gemma3)")
     tensors = {gguf_name(k, arch): _from_hf(gguf_name(k, arch), v.astype(F32), md)
-               for k, v in load_file(str(d / "model.safetensors")).items()}
+               for k, v in SafetensorsFile(d / "model.safetensors").items()}
     return kvs, md, tensors
 
 
