@@ -146,6 +146,17 @@ class StringArray(Sequence):
     def tolist(self) -> list:
         return list(self)
 
+    def any_contains_nul(self) -> bool:
+        """Whether any string holds a NUL byte, without decoding them: the NULs of the raw bytes
+        (which also hold the length prefixes), each looked up in the strings' byte ranges."""
+        nul = np.flatnonzero(np.frombuffer(self._raw, np.uint8) == 0)
+        if nul.size == 0 or len(self) == 0:
+            return False
+        i = np.searchsorted(self._starts, nul, side="right") - 1
+        ok = i >= 0
+        i = i[ok]
+        return bool(np.any(nul[ok] < self._starts[i] + self._lengths[i]))
+
     def __eq__(self, other):
         if isinstance(other, (StringArray, list, tuple)):
             return len(self) == len(other) and all(x == y for x, y in zip(self, other))

@@ -29,7 +29,7 @@ import numpy as np
 from gguf import GGUFValueType
 
 from ..errors import FileFormatError, FormatError, InputError
-from ..io.gguf import KV, GGUFFile, TensorInfo, write_gguf
+from ..io.gguf import KV, GGUFFile, StringArray, TensorInfo, write_gguf
 
 F32 = np.float32
 
@@ -811,7 +811,8 @@ def _c_str_kv(kv: KV) -> KV:
     if kv.vtype == GGUFValueType.STRING and isinstance(kv.value, str) and "\0" in kv.value:
         return KV(kv.key, kv.vtype, kv.value.split("\0", 1)[0])
     if (kv.vtype == GGUFValueType.ARRAY and kv.sub_type == GGUFValueType.STRING
-            and any("\0" in str(v) for v in kv.value)):
+            and (kv.value.any_contains_nul() if isinstance(kv.value, StringArray)
+                 else any("\0" in str(v) for v in kv.value))):
         return KV(kv.key, kv.vtype, [str(v).split("\0", 1)[0] for v in kv.value], kv.sub_type)
     return kv
 
@@ -892,7 +893,7 @@ def _to_f32(raw: np.ndarray, src: str, nrows: int, backend=None) -> np.ndarray:
     from ..backend import SPEC
     from ..numerics import bf16_bits_to_fp32, fp16_bits_to_fp32
     if src == "F32":
-        return raw.view("<f4").astype(F32).reshape(nrows, -1)
+        return raw.view("<f4").astype(F32, copy=False).reshape(nrows, -1)  # a copy only on a big-endian host
     if src == "F16":
         return fp16_bits_to_fp32(raw.view("<u2")).reshape(nrows, -1)
     if src == "BF16":
@@ -1064,14 +1065,20 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
         n_split = max(tp.split for tp in tps) + 1 if keep_split and tps else 1
         by_name = {tp.name: tp for tp in tps}
         fds = [open(p.path, "rb") for p in parts]
+        slab_buffer = [np.empty(0, np.uint8)]
 
         def read(tp: TensorPlan, offset: int, n: int) -> np.ndarray:
+            """n bytes of the input into one buffer reused from slab to slab (each slab is quantized
+            or written before the next is read): no fresh pages to fault in for every slab."""
             part, fd = parts[tp.split], fds[tp.split]
+            if slab_buffer[0].size < n:
+                slab_buffer[0] = np.empty(n, np.uint8)
+            b = slab_buffer[0][:n]
             fd.seek(part.data_offset + offset)
-            b = fd.read(n)
-            if len(b) != n:
-                raise FileFormatError(f"{part.path}: truncated at byte {part.data_offset + offset + len(b)}")
-            return np.frombuffer(b, dtype=np.uint8)
+            got = fd.readinto(memoryview(b)) if n else 0
+            if got != n:
+                raise FileFormatError(f"{part.path}: truncated at byte {part.data_offset + offset + (got or 0)}")
+            return b
 
         def tensor_data(info: TensorInfo):
             tp = by_name[info.name]
