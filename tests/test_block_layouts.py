@@ -24,7 +24,7 @@ C_OFFSETS = {
     "IQ3_XXS": {"d": 0, "qs": 2},                                  # qs[96]: grid bytes, then scales_and_signs
     "IQ3_S": {"d": 0, "qs": 2, "qh": 66, "signs": 74, "scales": 106}, "IQ1_S": {"d": 0, "qs": 2, "qh": 34},
     "IQ1_M": {"qs": 0, "qh": 32, "scales": 48}, "TQ1_0": {"qs": 0, "qh": 48, "d": 52}, "TQ2_0": {"qs": 0, "d": 64},
-    "Q1_0": {"d": 0, "qs": 2}, "MXFP4": {"e": 0, "qs": 1}, "NVFP4": {"d": 0, "qs": 4},
+    "Q1_0": {"d": 0, "qs": 2}, "Q2_0": {"d": 0, "qs": 2}, "MXFP4": {"e": 0, "qs": 1}, "NVFP4": {"d": 0, "qs": 4},
 }
 
 
@@ -55,3 +55,15 @@ def test_a_difference_is_named_by_field_and_element():
     msg = first_difference(get_format("Q4_K").layout, got, want)
     assert msg.startswith("Q4_K block 1, row 0: d 1.0 (0x3c00), spec ")
     assert first_difference(get_format("Q4_K").layout, want, want) is None
+
+
+def test_recipe_tables_agree_with_the_records():
+    """The whole-file pipeline's ggml type and file type tables say what the records say: type id,
+    block and type size, and llama.cpp's file type of a file all of one type."""
+    from refquant.pipelines import recipes
+    for fmt in all_formats():
+        if fmt.ggml_type is not None:
+            t = recipes.ggml_type(fmt.name)
+            assert (t.id, t.blck_size, t.type_size) == (fmt.ggml_type, fmt.block_size, fmt.type_size), fmt.name
+        if fmt.file_type is not None:
+            assert recipes.file_type(fmt.file_type).default == fmt.name, fmt.name
