@@ -8,6 +8,13 @@ Operations: "quantize" and "dequantize" are keyed by registered format; "vec_dot
 weight types that have one (refquant.ggml.dot.VEC_DOT_TYPE: ggml's CPU mul_mat); "matmul" by the
 schemes of refquant.gemm (W4A16, W8A8, FP8). `operation_keys(op)` lists what the spec defines.
 
+Each (operation, key) has paths, claimed one by one (`operation_paths`): "quantize" (no importance
+matrix) and "quantize+imatrix", each again per extra search of the format ("quantize[prefix-sums]"
+for IQ1_M's second split search); "dequantize"; "vec_dot[ref]" and "vec_dot[x86]" (the activation
+variants); "matmul" per option value ("matmul[activation=per_token]"). A claim (path, key) claims
+one path; a claim (operation, key) claims every path of it whose call the row function receives
+in full (all but the extra searches). `runs(path, key)` says whose code a call takes.
+
 Third-party packages register a backend object (or a zero-argument factory) under the entry
 point group `refquant.backends`; `get_backend("module:object")` loads one by path. A backend
 whose modules list what they implement in tables (as Numba's and CuPy's do) subclasses
@@ -16,13 +23,18 @@ whose modules list what they implement in tables (as Numba's and CuPy's do) subc
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import itertools
+import os
+import sys
 from importlib.metadata import entry_points
+from typing import NamedTuple
 
 import numpy as np
 
 from .api import check_bytes, check_floats, check_imatrix, dequantized_shape, quantized_shape
 from .errors import FormatError, RefquantError
-from .registry import all_formats, get_format
+from .registry import IMATRIX_NONE, all_formats, get_format
 
 ENTRY_POINT_GROUP = "refquant.backends"
 FORMAT_OPERATIONS = ("quantize", "dequantize")
@@ -59,6 +71,63 @@ def operation_key(op: str, key) -> str:
     raise RefquantError(f"unknown operation {op!r}; known: {', '.join(OPERATIONS)}")
 
 
+class Path(NamedTuple):
+    """One separately claimable path of an operation."""
+    op: str          # the Backend method: quantize, dequantize, vec_dot, matmul
+    label: str       # how claims and the conformance matrix name it
+    call: dict       # what selects it: imatrix (bool) and search; variant; options
+
+
+def quantize_searches(fmt) -> dict:
+    """A format's quantizers other than its registered one: search name -> row function
+    (x, imatrix) -> bytes. IQ1_M: ggml's second split search ("prefix-sums")."""
+    fmt = get_format(fmt)
+    if fmt.name == "IQ1_M":
+        from .ggml import iquants_grid
+        return {iquants_grid.IQ1M_PREFIX_SUMS:
+                lambda x, imatrix: iquants_grid.quantize_iq1_m(x, imatrix, variant=iquants_grid.IQ1M_PREFIX_SUMS)}
+    return {}
+
+
+def operation_paths(op: str, key) -> list[Path]:
+    """The paths of (op, key), each claimed on its own."""
+    key = operation_key(op, key)
+    if op == "quantize":
+        fmt = get_format(key)
+        out = []
+        for search in [None, *quantize_searches(fmt)]:
+            tail = "" if search is None else f"[{search}]"
+            if not fmt.needs_imatrix:
+                out.append(Path(op, "quantize" + tail, {"imatrix": False, "search": search}))
+            if fmt.imatrix != IMATRIX_NONE:
+                out.append(Path(op, "quantize+imatrix" + tail, {"imatrix": True, "search": search}))
+        return out
+    if op == "dequantize":
+        return [Path(op, op, {})]
+    if op == "vec_dot":
+        from .ggml.dot import ACTIVATION_VARIANTS
+        return [Path(op, f"vec_dot[{v}]", {"variant": v}) for v in ACTIVATION_VARIANTS]
+    from .gemm import get_scheme
+    opts = get_scheme(key).options
+    if not opts:
+        return [Path(op, op, {"options": {}})]
+    names = sorted(opts)
+    return [Path(op, "matmul[" + ",".join(f"{n}={v}" for n, v in zip(names, vals)) + "]",
+                 {"options": dict(zip(names, vals))})
+            for vals in itertools.product(*(opts[n] for n in names))]
+
+
+def path_label(op: str, imatrix=None, search=None, variant=None, options=None) -> str:
+    """The label of the path a call takes."""
+    if op == "quantize":
+        return ("quantize+imatrix" if imatrix is not None else "quantize") + (f"[{search}]" if search else "")
+    if op == "vec_dot":
+        return f"vec_dot[{variant}]"
+    if op == "matmul" and options:
+        return "matmul[" + ",".join(f"{n}={options[n]}" for n in sorted(options)) + "]"
+    return op
+
+
 class Backend:
     """The interface every backend offers. The base class is the spec: subclasses override
     `quantize_rows` / `dequantize_rows` for what they claim in `claims()`."""
@@ -71,38 +140,67 @@ class Backend:
         return {(op, k) for op in OPERATIONS for k in operation_keys(op)}
 
     def supports(self, op: str, qtype) -> bool:
-        """Whether this backend runs `op` for `qtype` itself (False: the spec runs it)."""
-        return self._runs(op, operation_key(op, qtype)) is self
+        """Whether this backend runs `op` for `qtype` itself on at least one of its paths (False:
+        the spec runs every call)."""
+        key = operation_key(op, qtype)
+        return any(self._runs(p.label, key) is self for p in operation_paths(op, key))
 
-    def _runs(self, op: str, key: str) -> "Backend":
-        """Who runs (op, key), key already canonical: this backend where it claims it, else the
-        spec. The claims are read once per backend object."""
+    def runs(self, path: str, qtype) -> bool:
+        """Whether this backend's own code runs `path` (a label of operation_paths) for `qtype`."""
+        return self._runs(path, operation_key(path.split("+")[0].split("[")[0], qtype)) is self
+
+    def _runs(self, path: str, key: str) -> "Backend":
+        """Who runs `path` of `key` (key already canonical): this backend where it claims the path,
+        or its operation bare (every path but a format's extra searches), else the spec. The
+        claims are read once per backend object."""
         claimed = self.__dict__.get("_claimed")
         if claimed is None:
             if type(self).claims is Backend.claims:   # the spec claims all it defines
                 return self
             claimed = self.__dict__["_claimed"] = frozenset(self.claims())
-        return self if (op, key) in claimed else SPEC
+        if (path, key) in claimed:
+            return self
+        op = path.split("+")[0].split("[")[0]
+        return self if (op, key) in claimed and not (op == "quantize" and "[" in path) else SPEC
+
+    # Threads: a backend whose row functions run on several threads says so, and lets the
+    # conformance suite pick how many (it checks with one and with max_threads()).
+    threaded = False
+
+    def max_threads(self) -> int:
+        return 1
+
+    def set_num_threads(self, n: int) -> None:
+        pass
 
     # Row functions: x (nrows, n) float32 -> (nrows, row_bytes) uint8 and back. Overridden.
-    def quantize_rows(self, fmt, x, imatrix):
+    def quantize_rows(self, fmt, x, imatrix, search=None):
+        if search is not None:
+            return quantize_searches(fmt)[search](x, imatrix)
         return fmt.quantize_rows(x, imatrix)
 
     def dequantize_rows(self, fmt, data):
         return fmt.dequantize_rows(data)
 
-    def quantize(self, x, qtype, imatrix=None) -> np.ndarray:
+    def quantize(self, x, qtype, imatrix=None, search=None) -> np.ndarray:
+        """search: one of quantize_searches(qtype) instead of the registered quantizer."""
         fmt = get_format(qtype)
         if not fmt.can_quantize:
             raise FormatError(f"{fmt.name} has no quantizer (it is only ever dequantized)")
+        if search is not None and search not in quantize_searches(fmt):
+            raise RefquantError(f"{fmt.name} has no quantizer search {search!r}; "
+                                f"known: {', '.join(quantize_searches(fmt)) or 'none'}")
         x = check_floats(x, fmt)
         im = check_imatrix(imatrix, fmt, x.shape[-1])
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] == 0:           # zero rows: zero rows of bytes
             return np.zeros(quantized_shape(x.shape, fmt), np.uint8)
-        impl = self._runs("quantize", fmt.name)
+        impl = self._runs(path_label("quantize", im if fmt.imatrix != IMATRIX_NONE else None, search), fmt.name)
         with np.errstate(all="ignore"):  # overflow to inf is part of the C arithmetic reproduced
-            out = impl.quantize_rows(fmt, rows, im)
+            if search is None:
+                out = impl.quantize_rows(fmt, rows, im)
+            else:
+                out = impl.quantize_rows(fmt, rows, im, search=search)
         return out.reshape(quantized_shape(x.shape, fmt))
 
     def dequantize(self, data, qtype) -> np.ndarray:
@@ -137,7 +235,7 @@ class Backend:
         if a.ndim != 2 or a.shape[1] != w.shape[1] // fmt.type_size * fmt.block_size:
             raise RefquantError(f"{fmt.name} vec_dot: activations must be (M, {w.shape[1] // fmt.type_size * fmt.block_size}), "
                                 f"got {a.shape}")
-        impl = self._runs("vec_dot", fmt.name)
+        impl = self._runs(path_label("vec_dot", variant=variant), fmt.name)
         with np.errstate(all="ignore"):
             return impl.vec_dot_rows(fmt, w, a, variant)
 
@@ -155,7 +253,8 @@ class Backend:
                 raise RefquantError(f"{sc.name}: unknown option {k}={v!r}; allowed: {sc.options}")
         weight.check()
         _check_acts(a, weight.shape[1], sc.name)
-        impl = self._runs("matmul", sc.name)
+        full = {k: options.get(k, vals[0]) for k, vals in sc.options.items()}  # the first value is the default
+        impl = self._runs(path_label("matmul", options=full), sc.name)
         with np.errstate(all="ignore"):
             return impl.matmul_rows(sc, a, weight, **options)
 
@@ -242,9 +341,6 @@ class TableBackend(Backend):
     def claims(self):
         return set(self._claimed)
 
-    def supports(self, op: str, qtype) -> bool:
-        return (op, operation_key(op, qtype)) in self._claimed
-
     def quantize_rows(self, fmt, x, imatrix):
         return self._t["quantize"][fmt.name](x, imatrix)
 
@@ -270,16 +366,65 @@ def available_backends() -> dict[str, object]:
     return found
 
 
+def _load_module(module: str):
+    """A module by import name, or by file path ("./mybackend.py", "/abs/dir/mod.py"); an import
+    name not found on sys.path is looked for in the current directory too."""
+    if module.endswith(".py") or os.sep in module or "/" in module:
+        path = os.path.abspath(module)
+        if not os.path.isfile(path):
+            raise OSError(f"no such file: {path}")
+        mod_name = "_refquant_backend_" + os.path.splitext(os.path.basename(path))[0]
+        if mod_name in sys.modules and getattr(sys.modules[mod_name], "__file__", None) == path:
+            return sys.modules[mod_name]
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        top = module.split(".")[0]
+        if e.name != top or os.getcwd() in sys.path or not (
+                os.path.isfile(f"{top}.py") or os.path.isdir(top)):
+            raise
+    sys.path.insert(0, os.getcwd())   # a module in the current directory, without PYTHONPATH
+    return importlib.import_module(module)
+
+
+def backend_reference(backend) -> str | None:
+    """A string get_backend() loads `backend` from in a fresh process ("numba",
+    "pkg.mod:Class", "/abs/path/mod.py:obj"), or None where there is none."""
+    if isinstance(backend, str):
+        module, sep, attr = backend.rpartition(":")
+        if sep and (module.endswith(".py") or "/" in module):
+            return f"{os.path.abspath(module)}:{attr}"
+        return backend
+    if backend is SPEC:
+        return "numpy"
+    ref = getattr(backend, "reference", None)
+    if isinstance(ref, str):
+        return ref
+    cls = type(backend)
+    mod = sys.modules.get(cls.__module__)
+    if mod is None or cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        return None
+    f = getattr(mod, "__file__", None)
+    if f and ("." not in cls.__module__ or cls.__module__.startswith("_refquant_backend_")):
+        return f"{f}:{cls.__qualname__}"   # a single-file module: by its path, loadable from anywhere
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def get_backend(name: str = "numpy") -> Backend:
     if isinstance(name, Backend):
         return name
     if name == "numpy":
         return SPEC
     if ":" in name:
-        module, _, attr = name.partition(":")
+        module, _, attr = name.rpartition(":")
         try:
-            obj = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
+            obj = getattr(_load_module(module), attr)
+        except (ImportError, AttributeError, OSError) as e:
             raise RefquantError(f"cannot load backend {name!r}: {e}") from None
     else:
         eps = available_backends()

@@ -362,9 +362,11 @@ def cmd_formats(args) -> int:
 
 
 def cmd_conformance(args) -> int:
-    from .conformance.suite import run
+    from .conformance.suite import parse_shard, run
     formats = [f.strip() for f in args.formats.split(",")] if args.formats else None
-    report = run(args.backend, max_examples=args.max_examples, seed=args.seed, formats=formats)
+    checks = [c.strip() for c in args.checks.split(",")] if args.checks else None
+    report = run(args.backend, max_examples=args.max_examples, seed=args.seed, formats=formats, checks=checks,
+                 level=args.level, shard=parse_shard(args.shard) if args.shard else None)
     print(report.matrix())
     return 0 if report.ok else 1
 
@@ -551,9 +553,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("conformance", help="run the conformance suite against a backend")
     s.add_argument("--backend", default="numpy",
                    help="a registered backend name or a 'module:object' path (default: numpy)")
-    s.add_argument("--max-examples", type=int, default=100, help="Hypothesis examples per check")
+    s.add_argument("--max-examples", type=int, default=20,
+                   help="Hypothesis examples per path, after the fixed cases (default 20)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--formats", help="comma-separated formats (default: all)")
+    s.add_argument("--formats", help="comma-separated formats or matmul schemes (default: all)")
+    s.add_argument("--checks", help="comma-separated paths or operations, e.g. quantize+imatrix,vec_dot "
+                                    "(default: all)")
+    s.add_argument("--level", type=int, choices=(1, 2), default=1,
+                   help="edge catalog and shape budget: 1 (default) or 2 (deep: every float16 input, "
+                        "dense sweeps around every boundary, 8x the shapes)")
+    s.add_argument("--shard", help="I/N: run only part I (0-based) of N of the cases; the N parts' "
+                                   "matrices together are the whole one")
     s.set_defaults(func=cmd_conformance)
 
     s = sub.add_parser("vectors", help="write golden test vectors (.npy, .json, .gguf) per format")

@@ -80,6 +80,12 @@ class NumbaBackend(TableBackend):
         from .gemm import accumulation
         return accumulation(op, key, K, weight)
 
+    threaded = True   # rows run in parallel (prange): the conformance suite checks 1 and all threads
+
+    def max_threads(self) -> int:
+        import numba
+        return numba.config.NUMBA_NUM_THREADS
+
     @staticmethod
     def set_num_threads(n: int) -> None:
         import numba

@@ -2,16 +2,31 @@
 refquant.ggml.dot and refquant.gemm. A format or scheme that joins the spec is covered on every
 backend that claims it, with no new test code.
 
-For every (operation, key) the spec defines, a backend either claims it — and is then run on
-Hypothesis-generated inputs and compared with the spec — or does not, and the spec is what
-callers get. Encode/decode, vec_dot and integer matmuls must be bit-exact; float-accumulating
+Every (operation, key) the spec defines has paths (refquant.backend.operation_paths): quantize
+without and with an importance matrix (and per extra search: IQ1_M's "prefix-sums"), dequantize,
+vec_dot per activation variant, matmul per option value. A path the backend claims runs, in
+this order (refquant.conformance.cases):
+
+1. the edge catalog of its format (level 1 by default, 2 for deep runs);
+2. the shape ladder (rows 1..65 x blocks 1..33 within the format's cost budget, a realistic
+   matrix; M x N x K past every tile for vec_dot and matmul; act-order permutations);
+3. non-contiguous inputs (a row stride, a Fortran-ordered view, an odd byte offset, a read-only
+   array), compared with the spec on a contiguous copy;
+4. with one thread, for backends that declare `threaded` (the rest runs with all of them);
+5. Hypothesis examples, which shrink a failure to its smallest input.
+
+Encode/decode, vec_dot and integer matmuls must be bit-exact in every element; float-accumulating
 matmuls must meet refquant.gemm's bound for the order the backend states
-(`Backend.accumulation`), or the hard cap of any order. A quantize/dequantize failure is
-reported with the smallest failing block and a snippet that reproduces it.
+(`Backend.accumulation`), or the hard cap of any order. A claimed path whose result the spec's
+own row function computed is reported "spec ran", not exact; a backend that writes into its
+input fails. Unclaimed paths are "not claimed": callers get the spec there.
 
     from refquant.conformance.suite import run
-    report = run("numba", max_examples=100, seed=0)
+    report = run("numba", level=1)
     print(report.matrix())
+
+Every failure comes with a reproducer that runs as printed. `run(..., shard=(i, n))` runs the
+i-th of n disjoint parts of the case list (`Report.merge` joins them into the whole matrix).
 
 Single properties, for a backend's own tests:
 
@@ -22,7 +37,9 @@ Single properties, for a backend's own tests:
 """
 from __future__ import annotations
 
+import sys
 import textwrap
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -31,137 +48,518 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hseed
 from hypothesis import strategies as st
 
-from ..backend import SPEC, Backend, get_backend, operation_key, operation_keys
+from ..backend import (SPEC, Backend, Path, backend_reference, get_backend, operation_key, operation_keys,
+                       operation_paths)
 from ..errors import RefquantError
 from ..ggml.layout import first_difference
 from ..registry import IMATRIX_NONE, Format, all_formats, get_format
+from . import cases as fixed
 from .strategies import (EXACT_MATMUL_KINDS, MATMUL_KINDS, activations, float_rows, fp8_weights, importance, tie_grids_for,
                          w4a16_weights, w8a8_weights)
 
-EXACT, BOUND, FAIL, NOT_CLAIMED, ERROR = "exact", "within bound", "FAIL", "not claimed", "ERROR"
+EXACT, BOUND, FAIL, NOT_CLAIMED, ERROR, SPEC_RAN = "exact", "within bound", "FAIL", "not claimed", "ERROR", "spec ran"
+# a cell takes its worst case
+SEVERITY = {EXACT: 0, BOUND: 1, SPEC_RAN: 2, ERROR: 3, FAIL: 4}
+OPERATIONS_ORDER = ("quantize", "dequantize", "vec_dot", "matmul")
+DEFAULT_MAX_EXAMPLES = 20
 
-# (operation label, backend operation, uses an importance matrix)
+# kept for callers of the earlier column names
 CHECKS = (("quantize", "quantize", False), ("quantize+imatrix", "quantize", True), ("dequantize", "dequantize", False))
-COLUMNS = tuple(c for c, _, _ in CHECKS) + ("vec_dot", "matmul")
 
 
 @dataclass
 class Failure:
-    fmt: str
-    check: str
+    fmt: str          # the key: format or scheme
+    check: str        # the path label
     message: str
     snippet: str
+    case: str = ""
 
 
 @dataclass
 class Report:
     backend: str
-    results: dict = field(default_factory=dict)   # (format, check) -> status
+    results: dict = field(default_factory=dict)   # (key, path) -> status
     failures: list = field(default_factory=list)
+    cases: dict = field(default_factory=dict)     # (key, path) -> cases run
+    level: int = 1
+    shard: Optional[tuple] = None
 
     @property
     def ok(self) -> bool:
-        return not any(s in (FAIL, ERROR) for s in self.results.values())
+        return not any(s in (FAIL, ERROR, SPEC_RAN) for s in self.results.values())
+
+    def _set(self, cell, status):
+        old = self.results.get(cell)
+        if old is None or old == NOT_CLAIMED or SEVERITY.get(status, -1) > SEVERITY.get(old, -1):
+            self.results[cell] = status
+
+    def merge(self, other: "Report") -> "Report":
+        """The union of two shards' reports: each cell its worst status, cases added up."""
+        out = Report(self.backend, dict(self.results), list(self.failures), dict(self.cases), self.level, None)
+        for cell, st_ in other.results.items():
+            if st_ == NOT_CLAIMED and cell in out.results:
+                continue
+            out._set(cell, st_)
+        out.failures += other.failures
+        for cell, n in other.cases.items():
+            out.cases[cell] = out.cases.get(cell, 0) + n
+        return out
 
     def matrix(self) -> str:
-        fmts = sorted({f for f, _ in self.results}, key=_format_order)
-        cols = [c for c in COLUMNS if any(k == c for _, k in self.results)]
-        w = max([len(f) for f in fmts] + [6])
-        lines = [f"conformance of backend {self.backend!r} against the spec",
-                 f"{'format':<{w}}  " + "  ".join(f"{c:<16}" for c in cols)]
-        for f in fmts:
-            lines.append(f"{f:<{w}}  " + "  ".join(f"{self.results.get((f, c), '-'):<16}" for c in cols))
-        n = {s: sum(1 for v in self.results.values() if v == s) for s in (EXACT, BOUND, FAIL, ERROR, NOT_CLAIMED)}
+        keys = sorted({k for k, _ in self.results}, key=_key_order)
+        cols = sorted({p for _, p in self.results}, key=_path_order)
+        w = max([len(k) for k in keys] + [6])
+        cw = max([len(c) for c in cols] + [12])
+        title = f"conformance of backend {self.backend!r} against the spec (level {self.level}"
+        title += f", shard {self.shard[0]}/{self.shard[1]})" if self.shard else ")"
+        lines = [title, f"{'key':<{w}}  " + "  ".join(f"{c:<{cw}}" for c in cols)]
+        for k in keys:
+            lines.append((f"{k:<{w}}  " + "  ".join(f"{self.results.get((k, c), '-'):<{cw}}" for c in cols)).rstrip())
+        n = {s: sum(1 for v in self.results.values() if v == s) for s in (EXACT, BOUND, FAIL, ERROR, SPEC_RAN, NOT_CLAIMED)}
         lines.append(f"\n{n[EXACT]} exact, {n[BOUND]} within bound, {n[FAIL]} failed, {n[ERROR]} errors, "
-                     f"{n[NOT_CLAIMED]} not claimed")
+                     f"{n[SPEC_RAN]} claimed but the spec ran, {n[NOT_CLAIMED]} not claimed; "
+                     f"{sum(self.cases.values())} cases run")
         for fl in self.failures:
-            lines.append(f"\nFAIL {fl.fmt} {fl.check}: {fl.message}\nreproduce with:\n{textwrap.indent(fl.snippet, '    ')}")
+            where = f" [{fl.case}]" if fl.case else ""
+            lines.append(f"\nFAIL {fl.fmt} {fl.check}{where}: {fl.message}")
+            if fl.snippet:
+                lines.append(f"reproduce with:\n{textwrap.indent(fl.snippet, '    ')}")
         return "\n".join(lines)
 
 
-def _format_order(name):
+def _key_order(name):
     order = {f.name: i for i, f in enumerate(all_formats())}
     return order.get(name, 1 << 30), name
 
 
-def _array_literal(a: np.ndarray) -> str:
-    if a.dtype == np.float32:
-        # exact: float32 values written by their bit patterns
-        return f"np.array({a.view(np.uint32).tolist()}, dtype=np.uint32).view(np.float32).reshape({a.shape})"
-    return f"np.array({a.tolist()}, dtype=np.{a.dtype}).reshape({a.shape})"
+def _path_order(label):
+    op = label.split("+")[0].split("[")[0]
+    return OPERATIONS_ORDER.index(op), label
 
 
-def _first_bad_block(ours: np.ndarray, theirs: np.ndarray, unit: int) -> int:
-    a = ours.reshape(-1, unit)
-    b = theirs.reshape(-1, unit)
+def plan(backend: Backend = None, formats=None, checks=None, paths=None) -> list[tuple[str, Path]]:
+    """Every (key, path) the spec defines, filtered by `formats` (keys), `checks` (path labels or
+    operation names) and `paths` (path labels only), in the order the suite runs them."""
+    wanted = None if formats is None else {f.upper() for f in formats}
+    out = []
+    for op in OPERATIONS_ORDER:
+        for key in operation_keys(op):
+            if wanted is not None and key.upper() not in wanted:
+                continue
+            for p in operation_paths(op, key):
+                if checks is not None and p.label not in checks and p.op not in checks:
+                    continue
+                if paths is not None and p.label not in paths:
+                    continue
+                out.append((key, p))
+    out.sort(key=lambda kp: (_key_order(kp[0]), _path_order(kp[1].label)))
+    return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"I/N" -> (I, N), 0 <= I < N."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise RefquantError(f"--shard must be I/N with integers, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise RefquantError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def run(backend, max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0, formats: Optional[list[str]] = None,
+        checks: Optional[list[str]] = None, level: int = 1, shard: Optional[tuple] = None,
+        fixed_cases: bool = True, paths: Optional[list[str]] = None) -> Report:
+    """Run every check the registry generates against `backend` (a name, a 'module:object' path,
+    a './file.py:object' path or a Backend). shard=(i, n): only the cases of part i of n."""
+    be = get_backend(backend) if not isinstance(backend, Backend) else backend
+    ref = backend_reference(backend)
+    report = Report(ref or be.name, level=level, shard=tuple(shard) if shard else None)
+    if be.threaded:
+        be.set_num_threads(be.max_threads())
+    for key, path in plan(be, formats, checks, paths):
+        cell = (key, path.label)
+        if not be.runs(path.label, key):
+            report.results[cell] = NOT_CLAIMED
+            continue
+        ids = (fixed.case_ids(path.label, key, level, be.threaded) if fixed_cases else []) + ["hypothesis"]
+        for cid in ids:
+            if shard and fixed.shard_of(key, path.label, cid, shard[1]) != shard[0]:
+                continue
+            status, failure = run_case(be, ref, path, key, cid, max_examples, seed)
+            report._set(cell, status)
+            report.cases[cell] = report.cases.get(cell, 0) + 1
+            if failure is not None:
+                report.failures.append(failure)
+            if status in (FAIL, ERROR, SPEC_RAN):
+                break   # one reproducer per path; the rest of its cases would repeat it
+    return report
+
+
+def run_case(be: Backend, ref: Optional[str], path: Path, key: str, case_id: str, max_examples: int = 20,
+             seed: int = 0):
+    """One case of one path -> (status, Failure or None)."""
+    if case_id == "hypothesis":
+        return _run_hypothesis(be, ref, path, key, max_examples, seed)
+    try:
+        c = fixed.build(path.label, key, case_id)
+    except Exception as e:  # noqa: BLE001
+        return ERROR, Failure(key, path.label, f"building the case failed: {type(e).__name__}: {e}", "", case_id)
+    threads = c.pop("threads")
+    try:
+        if threads is not None and be.threaded:
+            be.set_num_threads(threads)
+        status, detail = compare(be, path, key, c)
+    finally:
+        if threads is not None and be.threaded:
+            be.set_num_threads(be.max_threads())
+    if detail is None:
+        return status, None
+    return status, Failure(key, path.label, detail, _fixed_snippet(ref, path, key, case_id, threads), case_id)
+
+
+# ------------------------------------------------------------------ comparing one input
+
+class _Watch:
+    """Records whether the spec's own row function for (op, key) computed a result while the
+    backend ran: patched on the format record (or scheme) and in its module."""
+
+    def __init__(self, op: str, key: str):
+        self.op, self.key, self.calls, self._undo = op, key, 0, []
+
+    def _wrap(self, fn):
+        def watched(*a, **k):
+            out = fn(*a, **k)
+            self.calls += 1
+            return out
+        return watched
+
+    def _patch(self, obj, attr, fn):
+        old = getattr(obj, attr)
+        w = self._wrap(fn)
+        if isinstance(obj, type(sys)):
+            setattr(obj, attr, w)
+            self._undo.append(lambda: setattr(obj, attr, old))
+        else:
+            object.__setattr__(obj, attr, w)
+            self._undo.append(lambda: object.__setattr__(obj, attr, old))
+
+    def __enter__(self):
+        if self.key is None:
+            return self
+        if self.op in ("quantize", "dequantize"):
+            fmt = get_format(self.key)
+            fn = getattr(fmt, f"{self.op}_rows")
+            mod = sys.modules.get(getattr(fn, "__module__", ""), None)
+            name = getattr(fn, "__name__", None)
+            self._patch(fmt, f"{self.op}_rows", fn)
+            if mod is not None and name and getattr(mod, name, None) is fn:
+                self._patch(mod, name, fn)
+        elif self.op == "vec_dot":
+            from ..ggml import dot
+            self._patch(dot, "vec_dot", dot.vec_dot)
+        elif self.op == "matmul":
+            from ..gemm import SCHEMES
+            sc = SCHEMES[self.key]
+            self._patch(sc, "matmul", sc.matmul)
+        return self
+
+    def __exit__(self, *exc):
+        for undo in reversed(self._undo):
+            undo()
+        return False
+
+
+def _watched(be: Backend) -> bool:
+    """The spec (the base class itself) runs its own row functions: only others are watched."""
+    return type(be) is not Backend
+
+
+def _call(be: Backend, path: Path, key: str, c: dict, contiguous: bool = False):
+    cc = (lambda a: np.ascontiguousarray(a)) if contiguous else (lambda a: a)
+    if path.op == "quantize":
+        return be.quantize(cc(c["x"]), key, c["imatrix"], search=c.get("search"))
+    if path.op == "dequantize":
+        return be.dequantize(cc(c["data"]), key)
+    if path.op == "vec_dot":
+        return be.vec_dot(cc(c["w"]), key, cc(c["a"]), c["variant"])
+    return be.matmul(key, cc(c["a"]), c["weight"], **c["options"])
+
+
+_SPLIT = {"quantize": "x", "dequantize": "data", "vec_dot": "a", "matmul": "a"}
+
+
+def _snapshot(c: dict) -> dict:
+    return {k: v.tobytes() for k, v in c.items() if isinstance(v, np.ndarray)}
+
+
+def compare(be: Backend, path: Path, key: str, c: dict):
+    """Run one input through the backend and the spec -> (status, None) or (FAIL/ERROR/SPEC_RAN,
+    message). Where the spec refuses a multi-row input, the rows are compared in halves, so one
+    refused row does not hide the others."""
+    try:
+        with np.errstate(all="ignore"):
+            want = _call(SPEC, path, key, c, contiguous=True)
+    except RefquantError:
+        name = _SPLIT[path.op]
+        rows = c[name].shape[0]
+        if rows > 1:
+            h = rows // 2
+            worst = (EXACT, None)
+            for part in (slice(0, h), slice(h, rows)):
+                sub = dict(c, **{name: c[name][part]})
+                r = compare(be, path, key, sub)
+                if SEVERITY[r[0]] > SEVERITY[worst[0]]:
+                    worst = r
+            return worst
+        try:
+            _call(be, path, key, c)
+        except RefquantError:
+            return EXACT, None
+        except Exception as e:  # noqa: BLE001
+            return ERROR, f"the spec refuses this input; the backend raised {type(e).__name__}: {e}"
+        return FAIL, "the backend accepted an input the spec refuses"
+    before = _snapshot(c)
+    try:
+        with _Watch(path.op, key if _watched(be) else None) as watch, np.errstate(all="ignore"):
+            got = _call(be, path, key, c)
+    except RefquantError as e:
+        return FAIL, f"the backend refused an input the spec accepts: {e}"
+    except Exception as e:  # noqa: BLE001
+        return ERROR, f"{type(e).__name__}: {e}"
+    if _snapshot(c) != before:
+        return FAIL, "the backend wrote into its input"
+    got = np.asarray(got)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return FAIL, f"returned {got.dtype}{got.shape}, expected {want.dtype}{want.shape}"
+    if path.op == "matmul":
+        from ..gemm import depth, get_scheme, within_bound
+        sc = get_scheme(key)
+        if not sc.exact:
+            R, S = sc.reference(np.ascontiguousarray(c["a"]), c["weight"], **c["options"])
+            K = c["a"].shape[1]
+            acc = be.accumulation("matmul", key, K, c["weight"])
+            h = depth(K=K, **acc) if acc else K
+            ok = within_bound(got, R, S, K, h=h, products=sc.products)
+            if not ok.all():
+                i = tuple(int(v) for v in np.argwhere(~ok)[0])
+                return FAIL, (f"Y{list(i)} = {got[i]!r}, R = {R[i]!r}, S = {S[i]!r}: |Y - R| = "
+                              f"{abs(float(got[i]) - R[i]):.3e} exceeds the bound (h={h})")
+            return (SPEC_RAN, "the spec's matmul computed the result") if watch.calls else (BOUND, None)
+    gb, wb = _bits(got), _bits(want)
+    if not np.array_equal(gb, wb):
+        return FAIL, _difference(path, key, got, want)
+    if watch.calls:
+        return SPEC_RAN, f"claimed, but the spec's {path.op} row function computed the result"
+    return EXACT, None
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.float32:
-        bad = np.any(a.view(np.uint32) != b.view(np.uint32), axis=1)
+        return a.view(np.uint32)
+    if a.dtype == np.float64:
+        return a.view(np.uint64)
+    return a
+
+
+def _difference(path: Path, key: str, got: np.ndarray, want: np.ndarray) -> str:
+    """Where the first difference is, in the format's terms."""
+    bad = np.argwhere(_bits(got) != _bits(want))
+    nbad = len(bad)
+    idx = tuple(int(v) for v in bad[0])
+    if path.op == "quantize":
+        fmt = get_format(key)
+        r, off = idx[0], idx[-1]
+        blk, at = divmod(off, fmt.type_size)
+        g = got.reshape(got.shape[0], -1, fmt.type_size)[r, blk]
+        w = want.reshape(want.shape[0], -1, fmt.type_size)[r, blk]
+        msg = (f"row {r}, block {blk}, byte {at} of a {got.shape[0]}x{got.shape[1] // fmt.type_size}-block "
+               f"result: block bytes {g.tolist()} where the spec gives {w.tolist()} ({nbad} bytes differ)")
+        if fmt.layout is not None:   # the field and element first differing, by the declared layout
+            msg = f"{msg}; {first_difference(fmt.layout, got, want)}"
+        return msg
+    if path.op == "dequantize":
+        fmt = get_format(key)
+        r, col = idx[0], idx[-1]
+        return (f"row {r}, element {col} (block {col // fmt.block_size}, position {col % fmt.block_size}) "
+                f"decodes to {float(got[idx])!r}, the spec gives {float(want[idx])!r} ({nbad} elements differ)")
+    return f"Y{list(idx)} = {got[idx]!r}, the spec gives {want[idx]!r} ({nbad} of {got.size} outputs differ)"
+
+
+# ------------------------------------------------------------------------------ reproducers
+
+def _backend_line(ref: Optional[str]) -> str:
+    if ref is None:
+        return "be = BACKEND  # the backend object under test (it has no importable name)"
+    return f"be = refquant.get_backend({ref!r})"
+
+
+def _fixed_snippet(ref, path: Path, key: str, case_id: str, threads) -> str:
+    lines = ["import numpy as np, refquant",
+             "from refquant.conformance import cases, suite",
+             f"c = cases.build({path.label!r}, {key!r}, {case_id!r})   # the inputs, as the suite built them",
+             _backend_line(ref)]
+    if threads is not None:
+        lines.append(f"be.set_num_threads({threads})")
+    if path.op == "quantize":
+        search = "" if path.call.get("search") is None else f", search={path.call['search']!r}"
+        lines += [f"ours = be.quantize(c['x'], {key!r}, c['imatrix']{search})",
+                  f"spec = refquant.get_backend('numpy').quantize(np.ascontiguousarray(c['x']), {key!r}, c['imatrix']{search})",
+                  "print(np.argwhere(ours != spec)[:10])   # [row, byte] of the first differences"]
+    elif path.op == "dequantize":
+        lines += [f"ours = be.dequantize(c['data'], {key!r})",
+                  f"spec = refquant.dequantize(np.ascontiguousarray(c['data']), {key!r})",
+                  "print(np.argwhere(ours.view(np.uint32) != spec.view(np.uint32))[:10])"]
+    elif path.op == "vec_dot":
+        lines += [f"ours = be.vec_dot(c['w'], {key!r}, c['a'], c['variant'])",
+                  f"spec = refquant.get_backend('numpy').vec_dot(np.ascontiguousarray(c['w']), {key!r}, "
+                  f"np.ascontiguousarray(c['a']), c['variant'])",
+                  "print(np.argwhere(ours.view(np.uint32) != spec.view(np.uint32))[:10])"]
     else:
-        bad = np.any(a != b, axis=1)
-    return int(np.argmax(bad))
+        lines += [f"print(suite.compare(be, suite.path_of({path.label!r}, {key!r}), {key!r}, c))   # (status, message)"]
+    return "\n".join(lines)
 
 
-def _check_quantize(backend: Backend, ref: str, fmt: Format, with_imatrix: bool, max_examples: int, seed: int):
+def path_of(label: str, key: str) -> Path:
+    op = label.split("+")[0].split("[")[0]
+    (p,) = [p for p in operation_paths(op, key) if p.label == label]
+    return p
+
+
+# ------------------------------------------------------------------------ Hypothesis examples
+
+def _run_hypothesis(be: Backend, ref, path: Path, key: str, max_examples: int, seed: int):
+    if path.op == "quantize":
+        return _hyp_quantize(be, ref, path, get_format(key), max_examples, seed)
+    if path.op == "dequantize":
+        return _hyp_dequantize(be, ref, get_format(key), max_examples, seed)
+    return _hyp_operation(be, path, key, max_examples, seed)
+
+
+def _settings(max_examples, seed):
+    def deco(f):
+        return hseed(seed)(settings(max_examples=max_examples, deadline=None, database=None,
+                                    suppress_health_check=list(HealthCheck))(f))
+    return deco
+
+
+def _hyp_quantize(be: Backend, ref, path: Path, fmt: Format, max_examples: int, seed: int):
     found = {}
+    with_imatrix, search = path.call["imatrix"], path.call["search"]
 
-    @hseed(seed)
-    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=False,
-              suppress_health_check=list(HealthCheck))
+    @_settings(max_examples, seed)
     @given(data=st.data())
     def prop(data):
         x = data.draw(float_rows(fmt.block_size, max_rows=2, max_blocks=4 if fmt.block_size <= 32 else 2,
                                  tie_grids=tie_grids_for(fmt.name)))
         im = data.draw(importance(x.shape[1])) if with_imatrix else None
-        if im is None and fmt.needs_imatrix:
-            im = np.ones(x.shape[1], np.float32)
-        try:
-            want = SPEC.quantize(x, fmt, im)
-        except RefquantError:
-            # an input the spec refuses (where ggml aborts): the backend must refuse it too
-            try:
-                backend.quantize(x, fmt, im)
-            except RefquantError:
-                return
-            raise AssertionError(f"{fmt.name}: the backend accepted an input the spec refuses") from None
-        got = backend.quantize(x, fmt, im)
-        if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(got, want):
-            found["case"] = (x, im, got, want)
-            raise AssertionError("mismatch")
+        status, msg = compare(be, path, fmt.name, {"x": x, "imatrix": im, "search": search})
+        if status != EXACT:
+            found["case"] = (x, im, status, msg)
+            raise AssertionError(msg)
 
     try:
         prop()
         return EXACT, None
     except Exception as e:  # noqa: BLE001 - every failure becomes a report line
         if "case" not in found:
-            return ERROR, Failure(fmt.name, "quantize", f"{type(e).__name__}: {e}", "")
-    x, im, got, want = found["case"]
-    if got.shape != want.shape or got.dtype != want.dtype:
-        return FAIL, Failure(fmt.name, "quantize", f"returned {got.dtype}{got.shape}, expected {want.dtype}{want.shape}", "")
-    # narrow the failure to one block, run alone (whole rows when the imatrix path needs the row)
-    blk = _first_bad_block(got, want, fmt.type_size)
-    nb = x.shape[1] // fmt.block_size
-    row, col = divmod(blk, nb)
-    xs, ims = x[row:row + 1], im
+            return ERROR, Failure(fmt.name, path.label, f"{type(e).__name__}: {e}", "", "hypothesis")
+    x, im, status, msg = found["case"]
+    if status != FAIL or not msg.startswith("row "):
+        return status, Failure(fmt.name, path.label, msg, "", "hypothesis")
+    # narrow the failure to one block run alone, or its row (the imatrix path needs the row)
+    row, blk = int(msg.split()[1].rstrip(",")), int(msg.split()[3].rstrip(","))
+    xs = x[row:row + 1]
     if im is None:
-        single = x.reshape(-1, fmt.block_size)[blk:blk + 1]
-        if not np.array_equal(backend.quantize(single, fmt), SPEC.quantize(single, fmt)):
-            xs, col = single, 0
-    w0, g0 = SPEC.quantize(xs, fmt, ims), backend.quantize(xs, fmt, ims)
-    at = col * fmt.type_size
-    msg = (f"block {col} of a {xs.shape[0]}x{xs.shape[1]} input: bytes {g0.reshape(-1)[at:at + fmt.type_size].tolist()} "
-           f"where the spec gives {w0.reshape(-1)[at:at + fmt.type_size].tolist()}")
-    if fmt.layout is not None:   # the field and element first differing, by the declared layout
-        msg = f"{first_difference(fmt.layout, g0, w0)}; {msg}"
-    im_arg = "" if ims is None else f", imatrix=im"
+        single = xs[:, blk * fmt.block_size:(blk + 1) * fmt.block_size]
+        if compare(be, path, fmt.name, {"x": single, "imatrix": None, "search": search})[0] == FAIL:
+            xs = single
+    _, msg = compare(be, path, fmt.name, {"x": xs, "imatrix": im, "search": search})
+    sarg = "" if search is None else f", search={search!r}"
     snippet = "\n".join([
         "import numpy as np, refquant",
         f"x = {_array_literal(xs)}",
-        *([f"im = {_array_literal(ims)}"] if ims is not None else []),
-        f"ours = refquant.get_backend({ref!r}).quantize(x, {fmt.name!r}{im_arg})",
-        f"spec = refquant.quantize(x, {fmt.name!r}{im_arg})",
+        *([f"im = {_array_literal(im)}"] if im is not None else ["im = None"]),
+        _backend_line(ref),
+        f"ours = be.quantize(x, {fmt.name!r}, im{sarg})",
+        f"spec = refquant.get_backend('numpy').quantize(x, {fmt.name!r}, im{sarg})",
         "print(np.flatnonzero(ours != spec))",
     ])
-    return FAIL, Failure(fmt.name, "quantize+imatrix" if with_imatrix else "quantize", msg, snippet)
+    return FAIL, Failure(fmt.name, path.label, f"{msg} — input {xs.shape[0]}x{xs.shape[1]}", snippet, "hypothesis")
+
+
+def _hyp_dequantize(be: Backend, ref, fmt: Format, max_examples: int, seed: int):
+    found = {}
+    path = path_of("dequantize", fmt.name)
+
+    @_settings(max_examples, seed)
+    @given(data=st.data())
+    def prop(data):
+        nblocks = data.draw(st.integers(1, 8))
+        raw = None
+        if fmt.can_quantize and data.draw(st.booleans()):
+            # bytes a quantizer writes (realistic scales) ...
+            x = data.draw(float_rows(fmt.block_size, max_rows=1, max_blocks=nblocks))
+            try:
+                with np.errstate(all="ignore"):
+                    raw = SPEC.quantize(x, fmt, np.ones(x.shape[1], np.float32) if fmt.needs_imatrix else None).reshape(-1)
+            except RefquantError:
+                raw = None  # an input the quantizer refuses: take arbitrary bytes instead
+        if raw is None:
+            # ... or any bytes at all (NaN/inf scales, every code)
+            raw = np.frombuffer(data.draw(st.binary(min_size=nblocks * fmt.type_size,
+                                                    max_size=nblocks * fmt.type_size)), np.uint8).copy()
+        status, msg = compare(be, path, fmt.name, {"data": raw.reshape(1, -1)})
+        if status != EXACT:
+            found["case"] = (raw, status, msg)
+            raise AssertionError(msg)
+
+    try:
+        prop()
+        return EXACT, None
+    except Exception as e:  # noqa: BLE001
+        if "case" not in found:
+            return ERROR, Failure(fmt.name, "dequantize", f"{type(e).__name__}: {e}", "", "hypothesis")
+    raw, status, msg = found["case"]
+    if status != FAIL or not msg.startswith("row "):
+        return status, Failure(fmt.name, "dequantize", msg, "", "hypothesis")
+    blk = int(msg.split("(block ")[1].split(",")[0])
+    block = raw.reshape(-1, fmt.type_size)[blk:blk + 1].reshape(1, -1).copy()
+    if compare(be, path, fmt.name, {"data": block})[0] != FAIL:
+        block = raw.reshape(1, -1)  # fails only in context: report the whole input
+    _, msg = compare(be, path, fmt.name, {"data": block})
+    snippet = "\n".join([
+        "import numpy as np, refquant",
+        f"data = {_array_literal(block)}",
+        _backend_line(ref),
+        f"ours = be.dequantize(data, {fmt.name!r})",
+        f"spec = refquant.dequantize(data, {fmt.name!r})",
+        "print(np.flatnonzero(ours.view(np.uint32) != spec.view(np.uint32)))",
+    ])
+    return FAIL, Failure(fmt.name, "dequantize", f"{msg} — a {block.size}-byte input", snippet, "hypothesis")
+
+
+def _hyp_operation(be: Backend, path: Path, key: str, max_examples: int, seed: int):
+    """vec_dot and matmul: `case` inputs, on the path's variant or options."""
+    found = {}
+
+    @_settings(max_examples, seed)
+    @given(data=st.data())
+    def prop(data):
+        c = data.draw(case(path.op, key))
+        c.update(path.call)
+        status, msg = compare(be, path, key, c)
+        if status not in (EXACT, BOUND):
+            found["r"] = (status, msg)
+            raise AssertionError(msg)
+
+    try:
+        prop()
+    except Exception as e:  # noqa: BLE001
+        status, msg = found.get("r", (ERROR, f"{type(e).__name__}: {e}"))
+        return status, Failure(key, path.label, str(msg).strip().splitlines()[0][:500], "", "hypothesis")
+    return (EXACT if path.op == "vec_dot" or _scheme_exact(key) else BOUND), None
 
 
 def _refuses_alike(ours, spec, *args):
@@ -179,134 +577,16 @@ def _refuses_alike(ours, spec, *args):
     raise AssertionError("the backend accepted bytes the spec refuses")
 
 
-def _check_dequantize(backend: Backend, ref: str, fmt: Format, max_examples: int, seed: int):
-    found = {}
-
-    @hseed(seed)
-    @settings(max_examples=max_examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(data=st.data())
-    def prop(data):
-        nblocks = data.draw(st.integers(1, 8))
-        raw = None
-        if fmt.can_quantize and data.draw(st.booleans()):
-            # bytes a quantizer writes (realistic scales) ...
-            x = data.draw(float_rows(fmt.block_size, max_rows=1, max_blocks=nblocks))
-            try:
-                raw = SPEC.quantize(x, fmt, np.ones(x.shape[1], np.float32) if fmt.needs_imatrix else None).reshape(-1)
-            except RefquantError:
-                raw = None  # an input the quantizer refuses: take arbitrary bytes instead
-        if raw is None:
-            # ... or any bytes at all (NaN/inf scales, every code)
-            raw = np.frombuffer(data.draw(st.binary(min_size=nblocks * fmt.type_size,
-                                                    max_size=nblocks * fmt.type_size)), np.uint8).copy()
-        if _refuses_alike(backend.dequantize, SPEC.dequantize, raw, fmt) is not None:
-            return
-        want = SPEC.dequantize(raw, fmt)
-        got = backend.dequantize(raw, fmt)
-        if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(
-                got.view(np.uint32), want.view(np.uint32)):
-            found["case"] = (raw, got, want)
-            raise AssertionError("mismatch")
-
-    try:
-        prop()
-        return EXACT, None
-    except Exception as e:  # noqa: BLE001
-        if "case" not in found:
-            return ERROR, Failure(fmt.name, "dequantize", f"{type(e).__name__}: {e}", "")
-    raw, got, want = found["case"]
-    if got.shape != want.shape or got.dtype != want.dtype:
-        return FAIL, Failure(fmt.name, "dequantize", f"returned {got.dtype}{got.shape}, expected {want.dtype}{want.shape}", "")
-    blk = _first_bad_block(got.reshape(-1), want.reshape(-1), fmt.block_size)
-    block = raw.reshape(-1, fmt.type_size)[blk:blk + 1].reshape(-1).copy()
-    g1, w1 = backend.dequantize(block, fmt), SPEC.dequantize(block, fmt)
-    if np.array_equal(g1.view(np.uint32), w1.view(np.uint32)):
-        block = raw  # fails only in context: report the whole input
-        g1, w1 = got, want
-    diff = np.flatnonzero(g1.view(np.uint32) != w1.view(np.uint32))
-    i = int(diff[0])
-    msg = f"element {i} of a {block.size}-byte input decodes to {float(g1[i])!r}, the spec gives {float(w1[i])!r}"
-    snippet = "\n".join([
-        "import numpy as np, refquant",
-        f"data = {_array_literal(block)}",
-        f"ours = refquant.get_backend({ref!r}).dequantize(data, {fmt.name!r})",
-        f"spec = refquant.dequantize(data, {fmt.name!r})",
-        "print(np.flatnonzero(ours.view(np.uint32) != spec.view(np.uint32)))",
-    ])
-    return FAIL, Failure(fmt.name, "dequantize", msg, snippet)
-
-
-def run(backend, max_examples: int = 100, seed: int = 0, formats: Optional[list[str]] = None,
-        checks: Optional[list[str]] = None) -> Report:
-    """Run every check the registry generates against `backend` (a name, a 'module:object' path
-    or a Backend)."""
-    be = get_backend(backend) if not isinstance(backend, Backend) else backend
-    ref = backend if isinstance(backend, str) else be.name  # how the snippets name it
-    report = Report(ref)
-    wanted = None if formats is None else {f.upper() for f in formats}
-    for fmt in all_formats():
-        if wanted is not None and fmt.name not in wanted:
-            continue
-        for label, op, with_im in CHECKS:
-            if checks is not None and label not in checks:
-                continue
-            possible = fmt.can_quantize if op == "quantize" else fmt.can_dequantize
-            if with_im and fmt.imatrix == IMATRIX_NONE:
-                possible = False
-            if not possible:
-                continue
-            if not be.supports(op, fmt):
-                report.results[(fmt.name, label)] = NOT_CLAIMED
-                continue
-            if op == "quantize":
-                status, failure = _check_quantize(be, ref, fmt, with_im, max_examples, seed)
-            else:
-                status, failure = _check_dequantize(be, ref, fmt, max_examples, seed)
-            report.results[(fmt.name, label)] = status
-            if failure is not None:
-                failure.check = label
-                report.failures.append(failure)
-    for op in ("vec_dot", "matmul"):
-        if checks is not None and op not in checks:
-            continue
-        for key in operation_keys(op):
-            if wanted is not None and key not in wanted:
-                continue
-            if not be.supports(op, key):
-                report.results[(key, op)] = NOT_CLAIMED
-                continue
-            status, failure = _check_operation(be, op, key, max_examples, seed)
-            report.results[(key, op)] = status
-            if failure is not None:
-                report.failures.append(failure)
-    return report
-
-
-def _check_operation(backend: Backend, op: str, key: str, max_examples: int, seed: int):
-    """vec_dot and matmul: `check` on `case` inputs, at the accumulation order the backend states."""
-    @hseed(seed)
-    @settings(max_examples=max_examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(data=st.data())
-    def prop(data):
-        c = data.draw(case(op, key))
-        acc = None
-        if op == "matmul" and not _scheme_exact(key):
-            acc = backend.accumulation(op, key, c["a"].shape[1], c["weight"])
-        check(backend, op, key, c, accumulation=acc)
-
-    try:
-        prop()
-    except AssertionError as e:
-        return FAIL, Failure(key, op, str(e).strip().splitlines()[0][:500], "")
-    except Exception as e:  # noqa: BLE001
-        return ERROR, Failure(key, op, f"{type(e).__name__}: {e}", "")
-    return (EXACT if op == "vec_dot" or _scheme_exact(key) else BOUND), None
-
-
 def _scheme_exact(key: str) -> bool:
     from ..gemm import get_scheme
     return get_scheme(key).exact
+
+
+def _array_literal(a: np.ndarray) -> str:
+    if a.dtype == np.float32:
+        # exact: float32 values written by their bit patterns
+        return f"np.array({a.view(np.uint32).tolist()}, dtype=np.uint32).view(np.float32).reshape({a.shape})"
+    return f"np.array({a.tolist()}, dtype=np.{a.dtype}).reshape({a.shape})"
 
 
 # ----------------------------------------------------------- single properties

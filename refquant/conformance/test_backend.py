@@ -4,25 +4,28 @@ The backend comes from the environment, as array-api-tests takes its module:
 
     REFQUANT_BACKEND=numba pytest --pyargs refquant.conformance
     REFQUANT_BACKEND=mypkg.backend:MyBackend pytest --pyargs refquant.conformance
+    REFQUANT_BACKEND=./mybackend.py:MyBackend pytest --pyargs refquant.conformance -n auto
 
-REFQUANT_MAX_EXAMPLES and REFQUANT_SEED set the Hypothesis budget and seed. One test per
-(format, check); unclaimed ones are reported as skipped with that reason.
+REFQUANT_LEVEL (1 or 2) picks the edge catalog and shape budget, REFQUANT_MAX_EXAMPLES and
+REFQUANT_SEED the Hypothesis budget and seed, REFQUANT_FORMATS a comma-separated subset. One
+test per (key, path); unclaimed paths are reported as skipped with that reason. The tests are
+independent, so pytest-xdist's `-n auto` runs them in parallel. A failure prints the case and a
+reproducer that runs as printed.
 """
 import os
 
 import pytest
 
 from refquant.backend import get_backend
-from refquant.conformance.suite import CHECKS, EXACT, NOT_CLAIMED, run
-from refquant.registry import IMATRIX_NONE, all_formats
+from refquant.conformance.suite import BOUND, DEFAULT_MAX_EXAMPLES, EXACT, NOT_CLAIMED, plan, run
 
 BACKEND = os.environ.get("REFQUANT_BACKEND", "numpy")
-MAX_EXAMPLES = int(os.environ.get("REFQUANT_MAX_EXAMPLES", "50"))
+LEVEL = int(os.environ.get("REFQUANT_LEVEL", "1"))
+MAX_EXAMPLES = int(os.environ.get("REFQUANT_MAX_EXAMPLES", str(DEFAULT_MAX_EXAMPLES)))
 SEED = int(os.environ.get("REFQUANT_SEED", "0"))
+FORMATS = [f for f in os.environ.get("REFQUANT_FORMATS", "").split(",") if f] or None
 
-CASES = [(f.name, label) for f in all_formats() for label, op, with_im in CHECKS
-         if (f.can_quantize if op == "quantize" else f.can_dequantize)
-         and not (with_im and f.imatrix == IMATRIX_NONE)]
+CASES = [(key, p.label) for key, p in plan(formats=FORMATS)]
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +33,12 @@ def backend():
     return get_backend(BACKEND)
 
 
-@pytest.mark.parametrize("fmt, check", CASES, ids=[f"{f}-{c}" for f, c in CASES])
-def test_conformance(backend, fmt, check):
-    report = run(backend if BACKEND != "numpy" else "numpy", max_examples=MAX_EXAMPLES, seed=SEED, formats=[fmt],
-                 checks=[check])
-    status = report.results.get((fmt, check))
-    if status == NOT_CLAIMED:
-        pytest.skip(f"backend {BACKEND!r} does not claim {check} of {fmt}: callers get the spec")
-    failures = [f for f in report.failures if f.check == check]
-    assert status == EXACT, "\n".join(f"{f.message}\n{f.snippet}" for f in failures) or status
+@pytest.mark.parametrize("key, path", CASES, ids=[f"{k}-{p}" for k, p in CASES])
+def test_conformance(backend, key, path):
+    if not backend.runs(path, key):
+        pytest.skip(f"backend {BACKEND!r} does not claim {path} of {key}: callers get the spec")
+    report = run(BACKEND, max_examples=MAX_EXAMPLES, seed=SEED, formats=[key], paths=[path], level=LEVEL)
+    status = report.results.get((key, path))
+    assert status != NOT_CLAIMED
+    assert status in (EXACT, BOUND), "\n".join(
+        f"[{f.case}] {f.message}\nreproduce with:\n{f.snippet}" for f in report.failures) or status
