@@ -206,3 +206,32 @@ def test_scheme_errors(tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "W4A17" in err and "activations" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method,name", [("gptq", "W4A16"), ("gptq", "W4A16_ASYM"), ("awq", "W4A16_ASYM"),
+                                         ("gptq", "W8A8")])
+def test_calibrated_presets_are_what_the_compressor_writes(tiny, tmp_path, method, name):
+    """GPTQ / AWQ codes under a preset: compressing the weight they decode to with their scales
+    and zero points (what llm-compressor hands its compressor after GPTQ) gives refquant's
+    tensors back, bit for bit."""
+    d, adir = tiny
+    out = tmp_path / "q"
+    assert main(["quantize", str(d), str(out), "--scheme", name, "--method", method, "--activations", str(adir),
+                 "--no-progress"]) == 0
+    ck = Checkpoint(out)
+    fmt, w, a = CT.preset(name)
+    scheme = preset_name_to_scheme(name, ["Linear"])
+    comp = BaseCompressor.get_value_from_registry(fmt)
+    for m in ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"):
+        ours = {k[len(m) + 1:]: np.asarray(ck[k]) for k in ck if k.startswith(m + ".")}
+        W = CT.dequantize(ours, fmt, w)
+        sd = {"weight": to_torch(W), "weight_scale": to_torch(ours["weight_scale"])}
+        z = ours.get("weight_zero_point")
+        if z is not None and fmt == "pack-quantized":
+            z = CT.unpack_quantized(ours, w["num_bits"])[2]
+        sd["weight_zero_point"] = to_torch(z) if z is not None else torch.zeros(sd["weight_scale"].shape, dtype=torch.int8)
+        theirs = {k: to_numpy(v) for k, v in comp.compress(sd, scheme).items()}
+        assert sorted(theirs) == sorted(ours), m
+        for k in ours:
+            np.testing.assert_array_equal(np.ascontiguousarray(ours[k]).view(np.uint8),
+                                          np.ascontiguousarray(theirs[k]).view(np.uint8), err_msg=f"{m} {k}")
