@@ -15,7 +15,7 @@ lets a call import only the twin module it needs). Everything else falls back to
 
 Claimed: quantize (with and without an importance matrix) and dequantize of F16, BF16, the
 legacy types, the K-quants Q2_K..Q6_K and Q8_K, IQ4_NL, IQ4_XS, the lattice types IQ1_S, IQ1_M,
-IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S, TQ1_0, TQ2_0, Q1_0, MXFP4, NVFP4 and the minifloat row
+IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S, TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4, NVFP4 and the minifloat row
 formats (backends/numba/minifloat.py also has encode/decode with the spec's saturate option);
 affine encode/decode (quantize/dequantize given the scale and zero point) of every
 refquant.affine convention — torchao in both zero-point domains, compressed-tensors, GPTQ,
@@ -23,7 +23,7 @@ AWQ — in backends/numba/affine.py, with the spec's signatures (choose_qparams 
 a block_size whose leading axes do not fold to 2-D runs the spec);
 vec_dot of every ggml weight type the spec has: the legacy types, the K-quants, IQ4_NL, IQ4_XS,
 MXFP4, TQ1_0, TQ2_0, the lattice types IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S and IQ1_M,
-Q1_0 and NVFP4; the W4A16, W8A8 and FP8 matmuls. Not claimed (the spec runs): the OCP MX and
+Q1_0, Q2_0 and NVFP4; the W4A16, W8A8 and FP8 matmuls. Not claimed (the spec runs): the OCP MX and
 bitsandbytes formats.
 
 Encode/decode and integer operations are bit-exact with the spec; float-accumulating matmuls
@@ -67,7 +67,7 @@ class NumbaBackend(TableBackend):
         "ggml.iquants_grid": {"quantize": "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S",
                               "dequantize": "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M"},
         "ggml.iquants_iq1": {"quantize": "IQ1_S IQ1_M"},
-        "ggml.lowbit": {"quantize": "TQ1_0 TQ2_0 Q1_0", "dequantize": "TQ1_0 TQ2_0 Q1_0"},
+        "ggml.lowbit": {"quantize": "TQ1_0 TQ2_0 Q1_0 Q2_0", "dequantize": "TQ1_0 TQ2_0 Q1_0 Q2_0", "vec_dot": "Q2_0"},
         "ggml.fp4": {"quantize": "MXFP4 NVFP4", "dequantize": "MXFP4 NVFP4"},
         "ggml.dot": {"vec_dot": "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL MXFP4 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS TQ1_0 TQ2_0 "
                                 "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M Q1_0 NVFP4"},
