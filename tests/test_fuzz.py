@@ -372,3 +372,53 @@ def test_fuzz_checkpoint_dirs(case):
         if rc == 0:
             for p in out.iterdir():
                 assert b"SECRET-OUTSIDE" not in p.read_bytes()
+
+
+# ------------------------------------------------------------------ imatrix files
+
+@st.composite
+def imatrix_files(draw):
+    from refquant.ggml.imatrix import write_imatrix_gguf, write_imatrix_legacy
+    n = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    legacy = draw(st.booleans())
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "i"
+        if legacy:
+            write_imatrix_legacy(p, {f"blk.{i}.w": (rng.random(32).astype(np.float32), 4) for i in range(n)},
+                                 draw(st.integers(0, 9)), "text.txt")
+        else:
+            write_imatrix_gguf(p, {f"blk.{i}.w": (rng.random((1, 32)).astype(np.float32), np.float32([4]))
+                                   for i in range(n)}, ["text.txt"], 3, 512)
+        data = bytearray(p.read_bytes())
+    for kind, a, b in draw(st.lists(st.tuples(st.sampled_from(["int", "flip", "cut", "f32"]),
+                                              st.integers(0, 2**32), st.integers(0, 2**32)), max_size=3)):
+        if not data:
+            break
+        at = a % len(data)
+        if kind == "int":                     # a 4-byte window set to a limit value
+            data[at:at + 4] = (INTERESTING[b % len(INTERESTING)] % 2**32).to_bytes(4, "little")
+        elif kind == "f32":                   # a value made negative, NaN or Inf
+            data[at:at + 4] = struct.pack("<f", [-1.0, float("nan"), float("inf"), -0.0][b % 4])
+        elif kind == "flip":
+            data[at] ^= 1 << (b % 8)
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+@fuzz_settings
+@given(imatrix_files())
+def test_fuzz_imatrix(data):
+    from refquant.ggml.imatrix import read_imatrix
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "imatrix.dat"
+        p.write_bytes(data)
+        try:
+            im = read_imatrix(p)
+            event("imatrix read")
+        except RefquantError:
+            event("imatrix refused")
+            return
+        for v in im.entries.values():           # what is accepted is what ggml's contract allows
+            assert v.dtype == np.float32 and np.isfinite(v).all() and (v >= 0).all()
