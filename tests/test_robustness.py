@@ -378,3 +378,25 @@ def test_inspect_shows_arrays_as_values(model, capsys):
     assert main(["inspect", str(model)]) == 0
     out = capsys.readouterr().out
     assert "[1, 2, 3] (3 items)" in out and "['a', 'bc'] (2 items)" in out
+
+
+def test_a_full_disk_names_the_output(model, tmp_path, monkeypatch, capsys):
+    import errno
+    import refquant.io.files as files
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, k):
+            return getattr(self.fh, k)
+
+    real = files.AtomicFile.__enter__
+    monkeypatch.setattr(files.AtomicFile, "__enter__", lambda self: Full(real(self)))
+    out = tmp_path / "o.gguf"
+    err = one_line(capsys, ["dequantize", str(model), str(out), "--no-progress"])
+    assert f"{out}: cannot write: No space left on device" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]

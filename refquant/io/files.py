@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import InputError
+from ..errors import InputError, RefquantError
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
 _TEMP = re.compile(r"^\..*\.refquant-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
@@ -204,18 +204,24 @@ class AtomicFile:
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            if exc_type is None:
-                check_signal()
-                self.fh.flush()
-                os.fsync(self.fh.fileno())
-            self.fh.close()
-            if exc_type is None:
-                os.replace(self._tmp, self.path)
+            try:
+                if exc_type is None:
+                    check_signal()
+                    self.fh.flush()
+                    os.fsync(self.fh.fileno())
+                self.fh.close()
+                if exc_type is None:
+                    os.replace(self._tmp, self.path)
+            except OSError as e:       # a full disk, a quota: say which file could not be written
+                raise RefquantError(f"{self.path}: cannot write: {e.strerror or e}") from None
         finally:
             try:
                 self._tmp.unlink()
             except FileNotFoundError:
                 pass
+        if exc_type is not None and issubclass(exc_type, OSError) and not issubclass(exc_type, BrokenPipeError) \
+                and getattr(exc, "filename", None) is None:
+            raise RefquantError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
         return False
 
 
