@@ -302,8 +302,9 @@ class TableBackend(Backend):
     A subclass may also declare what each module's tables hold in DECLARED (module -> {op: keys,
     as a space-separated string or a function returning them}): then a module is imported at the
     first call of one of its keys, not when the backend is made, so a call pays only for the
-    module it needs (its import, and its kernels' compilation or cache loads). `declared()` and
-    `loaded()` give the two views, for a test that they agree."""
+    module it needs (its import, and its kernels' compilation or cache loads). A key missing from
+    DECLARED is still found: asking for it (or for all the claims) imports every module once.
+    `declared()` and `loaded()` give the two views, for a test that they agree."""
 
     MODULES: tuple = ()
     DECLARED: dict | None = None
@@ -334,12 +335,27 @@ class TableBackend(Backend):
         return out
 
     def __init__(self):
-        where = self.declared() if self.DECLARED is not None else self.loaded()
+        self._complete = self.DECLARED is None
+        self._use(self.loaded() if self._complete else self.declared())
+
+    def _use(self, where: dict) -> None:
         self._t = {op: _LazyTable(attr, where[op]) for op, attr in self.TABLES.items()}
         self._claimed = frozenset((op, key) for op, table in where.items() for key in table)
 
+    def _load_all(self) -> None:
+        if not self._complete:
+            self._complete = True
+            self._use(self.loaded())
+
     def claims(self):
+        self._load_all()
         return set(self._claimed)
+
+    def _runs(self, path: str, key: str) -> "Backend":
+        op = path.split("+")[0].split("[")[0]
+        if (op, key) not in self._claimed:   # not declared: every module's tables say
+            self._load_all()
+        return super()._runs(path, key)
 
     def quantize_rows(self, fmt, x, imatrix):
         return self._t["quantize"][fmt.name](x, imatrix)

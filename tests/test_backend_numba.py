@@ -77,6 +77,17 @@ def test_declared_claims_are_the_twin_modules_tables():
     assert NumbaBackend.declared() == NumbaBackend.loaded()
 
 
+def test_a_key_missing_from_the_declaration_is_still_claimed():
+    """The declaration only saves imports: a key it lacks is found by importing every module."""
+    from backends.numba import NumbaBackend
+
+    class Partial(NumbaBackend):
+        DECLARED = {"ggml.legacy": {"quantize": "Q4_0"}}
+    b = Partial()
+    assert b.supports("quantize", "Q4_0") and b.supports("quantize", "Q8_0") and b.supports("vec_dot", "Q2_K")
+    assert b.claims() == NumbaBackend().claims()
+
+
 def test_a_quantize_imports_only_its_twin_module(tmp_path):
     """In a fresh process, quantizing to Q4_0 imports backends.numba.ggml.legacy and no other
     twin module with kernels."""
