@@ -19,6 +19,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Mapping
 
@@ -50,22 +51,23 @@ def check_signal() -> None:
 
 
 # files refquant has open for reading in this process: (st_dev, st_ino) -> path
-_OPEN_INPUTS: dict[tuple[int, int], str] = {}
+# (held weakly: a reader dropped without close() stops counting when it is collected)
+_OPEN_INPUTS: "weakref.WeakValueDictionary[tuple[int, int], object]" = weakref.WeakValueDictionary()
 
 
-def register_input(path) -> tuple[int, int] | None:
+def register_input(path, reader) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
     key = (st.st_dev, st.st_ino)
-    _OPEN_INPUTS[key] = str(path)
+    _OPEN_INPUTS[key] = reader
     return key
 
 
-def unregister_input(key) -> None:
-    if key is not None:
-        _OPEN_INPUTS.pop(key, None)
+def unregister_input(key, reader) -> None:
+    if key is not None and _OPEN_INPUTS.get(key) is reader:
+        del _OPEN_INPUTS[key]
 
 
 def _identity(path):
@@ -102,9 +104,10 @@ def check_output_path(path) -> Path:
     if p.is_dir():
         raise InputError(f"{p}: is a directory; the output must be a file path")
     oid = _identity(p)
-    if oid is not None and oid in _OPEN_INPUTS:
-        raise InputError(f"{p}: is the input {_OPEN_INPUTS[oid]} (the same file); refusing to overwrite an "
-                         f"input: choose another output path")
+    reader = _OPEN_INPUTS.get(oid) if oid is not None else None
+    if reader is not None:
+        raise InputError(f"{p}: is the input {getattr(reader, 'path', '?')} (the same file); refusing to "
+                         f"overwrite an input: choose another output path")
     return p
 
 

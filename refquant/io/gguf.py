@@ -400,7 +400,7 @@ class GGUFFile:
                                       f"runs past the end of the file ({size} bytes)")
             self.tensors.append(TensorInfo(name, t, shape, offset, nbytes))
         self._by_name = {t.name: t for t in self.tensors}
-        self._input_key = register_input(self.path)
+        self._input_key = register_input(self.path, self)
 
     # -- metadata
     @property
@@ -441,7 +441,7 @@ class GGUFFile:
     def close(self):
         from .files import unregister_input
         self._mm = None
-        unregister_input(getattr(self, "_input_key", None))
+        unregister_input(getattr(self, "_input_key", None), self)
         self._input_key = None
 
     def __enter__(self):
