@@ -400,3 +400,12 @@ def test_a_full_disk_names_the_output(model, tmp_path, monkeypatch, capsys):
     err = one_line(capsys, ["dequantize", str(model), str(out), "--no-progress"])
     assert f"{out}: cannot write: No space left on device" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+def test_imatrix_with_a_nan_count_is_refused(tmp_path):
+    """Found by the fuzzer: a NaN count reached lround (undefined in C; a NumPy warning here)."""
+    from refquant.ggml.imatrix import read_imatrix, write_imatrix_gguf
+    p = tmp_path / "i.gguf"
+    write_imatrix_gguf(p, {"blk.0.w": (np.ones((1, 32), np.float32), np.float32([np.nan]))}, ["t"], 1, 512)
+    with pytest.raises(FileFormatError, match="'blk.0.w.counts' count 0 is nan"):
+        read_imatrix(p)

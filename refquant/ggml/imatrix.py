@@ -123,7 +123,13 @@ def _read_gguf(p: Path) -> Imatrix:
             if s.ggml_type != 0 or c.ggml_type != 0:
                 raise FileFormatError(f"imatrix {p}: sums and counts for {name!r} must be F32")
             sums = np.asarray(f.raw(s.name)).reshape(-1).view("<f4").astype(F32)
-            counts = _lround(np.asarray(f.raw(c.name)).reshape(-1).view("<f4"))
+            raw_counts = np.asarray(f.raw(c.name)).reshape(-1).view("<f4")
+            bad = ~(np.abs(raw_counts) < 2.0**63)     # lround of NaN, Inf or beyond int64 is undefined
+            if bad.any():
+                j = int(np.argmax(bad))
+                raise FileFormatError(f"imatrix {p}: {c.name!r} count {j} is {float(raw_counts[j])}; a token count is "
+                                      f"finite")
+            counts = _lround(raw_counts)
             if counts.size == 0 or sums.size % counts.size:
                 raise FileFormatError(f"imatrix {p}: {name!r} has {sums.size} sums for {counts.size} counts")
             ne0 = sums.size // counts.size
