@@ -33,6 +33,9 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	# llama.cpp's tokenizer test vocabularies (llama-cpp-python sdist) and GPTQModel's AWQ GEMV
 	# reader (gptqmodel sdist, one NumPy file), into ~/.cache/refquant
 	$(PY) -m tools.models fetch
+	# Numba's cache filled with every kernel of the Numba backend (minutes of CPU, once), so that
+	# a first `refquant quantize --backend numba` loads its kernels instead of compiling them
+	$(PY) -m backends.numba.warm --quiet
 	touch $@
 
 $(MLD07_DIR)/.installed: | $(PY)
@@ -61,8 +64,13 @@ fuzz: $(VENV)/.installed
 	REFQUANT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
 		--hypothesis-show-statistics
 
+# All the speed figures as ratios against their peers, measured in one run (benchmarks/README.md):
+# the spec and the Numba kernels against ggml C, whole-model quantization against
+# llama_model_quantize, the forward against llama.cpp. Minutes on an idle 2-core host.
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_ggml.py
+	$(PY) benchmarks/bench_numba.py
+	$(PY) benchmarks/bench_quantize_model.py
 	$(PY) benchmarks/bench_model.py
 
 bench-numba: $(VENV)/.installed

@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: tools/
 
 
-def one(name: str, ctx: int, numerics: bool, dtype: str) -> dict:
+def one(name: str, ctx: int, numerics: bool, dtype: str, threads=None) -> dict:
     import resource
 
     import numpy as np
@@ -47,19 +47,25 @@ def one(name: str, ctx: int, numerics: bool, dtype: str) -> dict:
         del base
     else:
         m = Model.from_gguf(path, dtype=np.dtype(dtype).type, llamacpp_numerics=numerics)
-    t0 = time.perf_counter()
-    m.forward(toks)                       # first call: decodes and caches the weights
-    t1 = time.perf_counter()
-    m.forward(toks)
-    t2 = time.perf_counter()
+    from refquant.model.threads import blas_threads
+    with blas_threads(threads) as nthreads:   # None: the default, the cores not already busy
+        t0 = time.perf_counter()
+        m.forward(toks)                       # first call: decodes and caches the weights
+        t1 = time.perf_counter()
+        c1 = time.process_time()
+        m.forward(toks)
+        t2 = time.perf_counter()
+        c2 = time.process_time()
     out = {"model": name, "ctx": len(toks), "dtype": dtype, "llamacpp_numerics": numerics,
-           "first_s": t1 - t0, "warm_s": t2 - t1, "tok_per_s": len(toks) / (t2 - t1),
+           "first_s": t1 - t0, "warm_s": t2 - t1, "warm_cpu_s": c2 - c1, "tok_per_s": len(toks) / (t2 - t1),
+           "threads": nthreads,
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if method:
         return out
     try:
         import llama_cpp
-        llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, logits_all=True, verbose=False)
+        llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, logits_all=True, verbose=False,
+                              n_threads=nthreads or None)
         t = time.perf_counter()
         llm.eval(toks)
         out["llamacpp_tok_per_s"] = len(toks) / (time.perf_counter() - t)
@@ -74,19 +80,24 @@ def main():
     ap.add_argument("--models", default="smollm2,gemma3")
     ap.add_argument("--llamacpp-numerics", action="store_true")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS threads of the forward, and llama.cpp's (default: refquant's default, the idle cores)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(one(a.one, a.ctx, a.llamacpp_numerics, a.dtype)))
+        print(json.dumps(one(a.one, a.ctx, a.llamacpp_numerics, a.dtype, a.threads)))
         return
-    print(f"{'model':<24} {'ctx':>4} {'dtype':<8} {'first s':>8} {'warm s':>7} {'tok/s':>7} "
-          f"{'llama.cpp tok/s':>16} {'peak RSS MiB':>13}")
+    print(f"{'model':<24} {'ctx':>4} {'dtype':<8} {'threads':>7} {'first s':>8} {'warm s':>7} {'cpu s':>6} {'tok/s':>7} "
+          f"{'llama.cpp tok/s':>16} {'peak RSS MiB':>13}  load {'/'.join(f'{v:.1f}' for v in os.getloadavg())}")
     for name in a.models.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--ctx", str(a.ctx), "--dtype", a.dtype]
         if a.llamacpp_numerics:
             cmd.append("--llamacpp-numerics")
+        if a.threads is not None:
+            cmd += ["--threads", str(a.threads)]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-        print(f"{r['model']:<24} {r['ctx']:>4} {r['dtype']:<8} {r['first_s']:>8.2f} {r['warm_s']:>7.2f} "
+        print(f"{r['model']:<24} {r['ctx']:>4} {r['dtype']:<8} {str(r['threads']):>7} {r['first_s']:>8.2f} "
+              f"{r['warm_s']:>7.2f} {r['warm_cpu_s']:>6.2f} "
               f"{r['tok_per_s']:>7.1f} {r.get('llamacpp_tok_per_s', float('nan')):>16.1f} {r['peak_rss_mib']:>13.0f}")
 
 

@@ -5,8 +5,9 @@
 
 * quantize / dequantize of a 1024x4096 float32 matrix for every type the backend claims (the
   issue's targets Q4_0, Q8_0, Q4_K, Q6_K, IQ4_XS first), one thread each: ggml's
-  ggml_quantize_chunk / to_float (single-threaded C) against the Numba kernels with
-  numba.set_num_threads(1); then the Numba kernels on every core (prange over rows) and the
+  ggml_quantize_chunk / to_float (single-threaded C) against the backend's public API as users
+  call it (`get_backend("numba").quantize(x, type)`: input checks, dispatch and kernel) with
+  numba.set_num_threads(1); medians of --repeat calls; then the same on every core (prange over rows) and the
   speed-up (wall time, one thread against all). Ratio = Numba time / ggml time (below 1: Numba
   is faster), by the wall clock and by the process's CPU time (on a loaded host the wall clock
   also counts waiting for a core); the load average is printed before and after.
@@ -15,8 +16,10 @@
   per byte, fp32 scales, uint8 zeros; the activation; the output), against the machine's copy
   bandwidth measured here (bytes read + written per second by numpy.copyto of a 256 MiB
   buffer). Also printed: the same time over refquant.gemm's layout (codes 1 B/weight).
-* first-call time of a kernel in a fresh process: with an empty on-disk cache (compile), and
-  again with the cache that run left (cache=True: load).
+* a new user's first call in a fresh process (Q4_0 and Q4_K quantize through the public API,
+  which imports only that type's twin module): with an empty on-disk cache (compile), and again
+  with the cache that run left (cache=True: load; what `make install` leaves, see
+  backends/numba/warm.py).
 """
 from __future__ import annotations
 
@@ -55,19 +58,22 @@ def ggml_fns(qt):
 
 
 def best(fn, repeat, clock=time.perf_counter):
-    fn()  # warm (compile or load, first touch of memory)
+    """The median of `repeat` timed calls, after one untimed call (compile or cache load, first
+    touch of memory). The median rather than the best: on a shared host a lucky minimum says
+    little."""
+    fn()
     ts = []
     for _ in range(repeat):
         t = clock()
         fn()
         ts.append(clock() - t)
-    return min(ts)
+    return float(np.median(ts))
 
 
 def best2(fn, repeat):
-    """Best wall time and best CPU time of this process (time.process_time: all its threads). On
-    a loaded host the wall clock also counts the time the process waited for a core; with one
-    thread the CPU time does not, so both are reported."""
+    """Median wall time and median CPU time of this process (time.process_time: all its
+    threads). On a loaded host the wall clock also counts the time the process waited for a core;
+    with one thread the CPU time does not, so both are reported."""
     return best(fn, repeat), best(fn, repeat, time.process_time)
 
 
@@ -101,14 +107,20 @@ def copy_bandwidth_threads(repeat, threads):
 
 
 def compile_times(qtype="Q4_0"):
-    code = (f"import time, numpy as np; t = time.perf_counter(); "
-            f"from backends.numba.ggml import legacy; "
-            f"legacy.quantize_{qtype.lower()}(np.ones((4, 64), np.float32)); "
-            f"print(time.perf_counter() - t)")
+    """A new user's first call, `get_backend("numba").quantize(x, qtype)` in a fresh process: with an
+    empty on-disk cache (compiles the kernels of that type's twin module it calls), then again
+    with the cache that run left (loads them). (wall s, CPU s) each, CPU from the child's rusage."""
+    code = (f"import numpy as np, refquant; "
+            f"refquant.get_backend('backends.numba:NumbaBackend').quantize(np.ones((4, 256), np.float32), {qtype!r})")
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, NUMBA_CACHE_DIR=d, PYTHONPATH=str(ROOT))
-        run = lambda: float(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,  # noqa: E731
-                                           capture_output=True, text=True, check=True).stdout)
+
+        def run():
+            t = time.perf_counter()
+            p = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
+            _, status, ru = os.wait4(p.pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            return time.perf_counter() - t, ru.ru_utime + ru.ru_stime
         return run(), run()
 
 
@@ -125,19 +137,19 @@ def main():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((args.rows, args.cols)) * 0.02).astype(np.float32)
     ncores = numba.config.NUMBA_NUM_THREADS
-    nb._t["dequantize"]["Q8_0"](ggml.quantize(x[:1], "Q8_0"))  # starts the threading layer
+    nb.dequantize(ggml.quantize(x[:1], "Q8_0"), "Q8_0")  # starts the threading layer
     print(f"matrix {args.rows}x{args.cols} float32; numba {numba.__version__}, {ncores} threads available, "
-          f"threading layer {numba.threading_layer()}; best of {args.repeat} (1 thread) / "
+          f"threading layer {numba.threading_layer()}; median of {args.repeat} (1 thread) / "
           f"{4 * args.repeat} ({ncores} threads); {load()}")
     print(f"{'op':<11}{'type':<7}{'ggml C 1T ms':>13}{'numba 1T ms':>12}{'ratio':>7}"
           f"{'C cpu ms':>10}{'nb cpu ms':>10}{'ratio':>7}{'numba ' + str(ncores) + 'T ms':>14}{'speed-up':>9}")
     for qt in args.types.split(","):
-        fmt = nb._t["quantize"][qt]
-        dfmt = nb._t["dequantize"][qt]
         cq, cdq = ggml_fns(qt)
         q = cq(x)
-        for op, c_fn, nb_fn in [("quantize", lambda: cq(x), lambda: fmt(x, None)),
-                                ("dequantize", lambda: cdq(q), lambda: dfmt(q))]:
+        assert (nb.quantize(x, qt) == q).all(), f"{qt}: not ggml's bytes"
+        # the public API, as users call it: input checks, the backend's dispatch, the kernel
+        for op, c_fn, nb_fn in [("quantize", lambda: cq(x), lambda: nb.quantize(x, qt)),
+                                ("dequantize", lambda: cdq(q), lambda: nb.dequantize(q, qt))]:
             if op not in args.ops.split(","):
                 continue
             numba.set_num_threads(1)
@@ -180,9 +192,10 @@ def main():
               f"bandwidth; over the 1 B/code layout ({spec_bytes / 1e6:.1f} MB) {spec_bytes / t / 1e9:.1f} GB/s")
     numba.set_num_threads(ncores)
 
-    cold, warm = compile_times()
-    print(f"\nfirst call of Q4_0 quantize in a fresh process: {cold:.1f} s with an empty cache "
-          f"(compile), {warm:.2f} s with the on-disk cache (cache=True)")
+    for qt in ("Q4_0", "Q4_K"):
+        (cw, cc), (ww, wc) = compile_times(qt)
+        print(f"\nfirst call of {qt} quantize in a fresh process: {cw:.1f} s wall / {cc:.1f} s CPU with an empty cache "
+              f"(compile), {ww:.1f} s / {wc:.1f} s with the cache it left (load); {load()}")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,14 @@ def test_a_key_missing_from_the_declaration_is_still_claimed():
     assert b.claims() == NumbaBackend().claims()
 
 
+def test_warm_calls_every_operation_of_a_type():
+    """`make install`'s cache warm-up (backends/numba/warm.py) reaches each claimed operation."""
+    from backends.numba.warm import warm
+    seen = []
+    assert warm({"Q8_0"}, seen.append) == 3
+    assert [s.split()[0] for s in seen] == ["dequantize", "quantize", "vec_dot"]
+
+
 def test_a_quantize_imports_only_its_twin_module(tmp_path):
     """In a fresh process, quantizing to Q4_0 imports backends.numba.ggml.legacy and no other
     twin module with kernels."""
