@@ -218,3 +218,26 @@ def test_calibration_errors_leave_no_output(smol, tmp_path, capsys):
     for what in ("needs a calibration text", "rtn uses no data", "cannot read", "context", "tokens", "W8A8", "empty", "gguf_metadata.json"):
         assert what in err, what
     assert not out.exists()
+
+
+def test_static_input_scales_from_the_calibration_text(smol, tmp_path):
+    """`--scheme FP8 --calibration TEXT`: each layer's input_scale is the largest |input| the
+    forward fed it (blocks before it quantized) / 448, as the preset's static min-max observer
+    records it; the weights are the preset's (compressed-tensors' compressor, tests/test_ct_presets.py)."""
+    from refquant.layouts import compressed_tensors as CT
+    d, text = smol
+    out = tmp_path / "fp8"
+    record = {}
+    quantize_checkpoint(d, out, "rtn", 8, -1, "compressed-tensors", calibration=text.read_text(), ctx=CTX,
+                        calibration_tokens=N_TOKENS, record=record, scheme="FP8")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == "float-quantized" and qc["config_groups"]["group_0"]["input_activations"]["observer"] == \
+        "static_minmax"
+    ck = Checkpoint(out)
+    assert len(record) == 7 * N_LAYERS
+    for k, X in record.items():
+        m = k[:-len(".weight")]
+        want = np.float32(np.abs(X).max()) / np.float32(448.0)
+        np.testing.assert_array_equal(np.asarray(ck[f"{m}.input_scale"]), np.array([want], np.float32))
+        t = {n: np.asarray(ck[f"{m}.{n}"]) for n in ("weight", "weight_scale")}
+        assert t["weight"].dtype == CT.ml_dtypes.float8_e4m3fn and t["weight_scale"].shape == (1,)   # per tensor

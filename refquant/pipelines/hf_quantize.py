@@ -84,7 +84,7 @@ def linear_names(ck, targets=L_targets.DEFAULT_TARGETS, ignore=L_targets.DEFAULT
     return L_targets.select({k: ck[k].shape for k in ck}, targets, ignore)
 
 
-def _check_options(method, bits, group_size, fmt, activations, calibration=None):
+def _check_options(method, bits, group_size, fmt, activations, calibration=None, static_inputs=False):
     if method not in METHODS:
         raise InputError(f"quantize: method must be one of {METHODS}, got {method!r}")
     if fmt not in FORMATS:
@@ -99,7 +99,7 @@ def _check_options(method, bits, group_size, fmt, activations, calibration=None)
         raise FormatError(f"quantize: format {fmt} is a float format; only --method rtn applies")
     if activations is not None and calibration is not None:
         raise InputError("quantize: give --activations DIR or --calibration TEXT, not both")
-    if method == "rtn" and calibration is not None:
+    if method == "rtn" and calibration is not None and not static_inputs:
         raise InputError("quantize: --calibration goes with --method gptq, awq or smoothquant; rtn uses no data")
     if method == "smoothquant":
         if calibration is None:
@@ -189,18 +189,19 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
             raise FormatError(f"quantize: --scheme {scheme} is a compressed-tensors preset; the format must be "
                               f"compressed-tensors, not {fmt}")
         pfmt, pw, pa = L_ct.preset(scheme)
-        if method == "smoothquant" or calibration is not None:
-            raise InputError(f"quantize: --scheme takes --method rtn, or gptq / awq with --activations DIR")
+        if method == "smoothquant":
+            raise InputError(f"quantize: --scheme takes --method rtn, gptq or awq")
         if pw["type"] == "float" and method != "rtn":
             raise FormatError(f"quantize: preset {scheme} quantizes weights to floats; only --method rtn applies")
         bits, sym = pw["num_bits"], pw["symmetric"]
         group_size = pw["group_size"] if pw["type"] == "int" and pw["strategy"] == "group" else -1
-        if preset_needs_inputs(scheme) and activations is None:
+        if preset_needs_inputs(scheme) and activations is None and calibration is None:
             raise InputError(f"quantize: preset {scheme} stores a static input scale: it needs calibration "
-                             f"activations (--activations DIR)")
+                             f"activations (--activations DIR) or a calibration text (--calibration TEXT)")
     if method == "smoothquant":
         group_size = -1                  # W8A8: one scale per output channel
-    _check_options(method, bits, group_size, fmt, activations, calibration)
+    _check_options(method, bits, group_size, fmt, activations, calibration,
+                   static_inputs=scheme is not None and preset_needs_inputs(scheme))
     if out_dir.exists():
         raise InputError(f"quantize: output directory {out_dir} already exists")
     config = read_config(model_dir)
@@ -237,8 +238,10 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     extra.update(extra_files(model_dir))      # tokenizer files, gguf_metadata.json, ...: as they are
     if calibration is not None:
         out = _calibrated(model_dir, config, ck, lin, method, bits, group_size, fmt, sym, calibration, ctx,
-                          calibration_tokens, sequential, alpha, max_rows, progress, record)
+                          calibration_tokens, sequential, alpha, max_rows, progress, record, scheme)
         qc = _config(fmt, bits, group_size, sym, targets, ignore, L_targets.ignored_linears(shapes, lin))
+        if scheme is not None:
+            qc = L_ct.preset_config(scheme, targets, ignore)
         if method == "smoothquant":
             qc = L_ct.quantization_config("int-quantized", 8, None, True, targets=targets, ignore=ignore)
             qc["config_groups"]["group_0"]["input_activations"] = {
@@ -316,7 +319,7 @@ def _int8_channel(W: np.ndarray):
 
 
 def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt, sym, text, ctx, n_tokens,
-                sequential, alpha, max_rows, progress, record) -> dict:
+                sequential, alpha, max_rows, progress, record, scheme=None) -> dict:
     """The --calibration path: block by block, capture the inputs (refquant.model.calibrate),
     search and fold AWQ / SmoothQuant scales, quantize the block's linears, hand the decoded
     weights back to the model for the next block's inputs. Returns the output tensors."""
@@ -338,6 +341,8 @@ def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt,
     kinds = {"gptq": {"hessian"}, "awq": {"mean_abs", "sample"}, "smoothquant": {"absmax"}, "rtn": set()}[method]
     if record is not None:
         kinds = kinds | {"all"}
+    if scheme is not None and preset_needs_inputs(scheme):
+        kinds = kinds | {"absmax"}                  # the static input scale: max |x| per layer
     groups = GEMMA3_AWQ_GROUPS if arch == "gemma3" else AWQ_GROUPS
     out: dict = {}
 
@@ -382,6 +387,15 @@ def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt,
             module = k[:-len(".weight")]
             if method == "smoothquant":
                 t, w_hat = _int8_channel(W)
+            elif scheme is not None:
+                pfmt, pw, _ = L_ct.preset(scheme)
+                q = None
+                if method != "rtn":
+                    q = (gptq_run(W, H=hs[k].hessian(), bits=bits, group_size=group_size, sym=sym) if method == "gptq"
+                         else rtn_run(W, bits, group_size, sym))
+                xa = np.max(hs[k].absmax()) if preset_needs_inputs(scheme) else None
+                t = preset_tensors(scheme, W, q, xa)
+                w_hat = np.asarray(L_ct.dequantize(t, pfmt, pw)).astype(np.float32)
             else:
                 q = None
                 if fmt in PACKED:
