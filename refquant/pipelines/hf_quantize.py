@@ -1,10 +1,14 @@
 """Quantize a Hugging Face safetensors checkpoint's linear layers into a checkpoint a real loader
 reads: `refquant quantize MODEL_DIR OUT_DIR --method rtn|gptq|awq|smoothquant --bits B --group-size G
---format gptq|gptq_v2|awq|awq-gemv|compressed-tensors|fp8-block|nvfp4|modelopt-fp8|modelopt-nvfp4`.
+--format gptq|gptq_v2|awq|awq-gemv|compressed-tensors|fp8-block|nvfp4|modelopt-fp8|modelopt-nvfp4`,
+or `--scheme PRESET` for any compressed-tensors 0.20.1 preset (preset_tensors; W4A16, FP8_DYNAMIC,
+NVFP4, MXFP4, MXFP6A8, ...), with `--transform hadamard|random-hadamard` for SpinQuant's R2
+rotation fused offline (rotate_r2).
 
 The layers quantized are those `targets` selects and `ignore` leaves, as llm-compressor names
 them (refquant.layouts.targets; default every linear layer but the embeddings and lm_head: any
-architecture, BERT's `encoder.layer.N` as Llama's `model.layers.N`); the rest stay as they are. GPTQ, AWQ and SmoothQuant take their data from a calibration text,
+architecture, BERT's `encoder.layer.N` as Llama's `model.layers.N`); the rest stay as they are.
+GPTQ, AWQ and SmoothQuant take their data from a calibration text,
 `--calibration TEXT`: the model runs on it block by block and each linear is quantized on the
 inputs it receives, blocks before it already quantized (spec/algorithms/calibration.md;
 SmoothQuant writes W8A8 compressed-tensors, its scales folded into the RMS norms). GPTQ and AWQ
