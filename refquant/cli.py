@@ -217,7 +217,8 @@ def cmd_quantize(args) -> int:
     with open_gguf(args.input) as f:
         n = len(f.tensors)
     bar = Progress(n, "quantize", args.progress)
-    quantize_file(args.input, out, fmt.name, None, args.backend, bar)  # one ggml type everywhere
+    quantize_file(args.input, out, fmt.name, None, args.backend, bar,  # one ggml type everywhere
+                  workers=args.workers, scheduler=args.scheduler)
     bar.summary(out)
     return 0
 
@@ -329,7 +330,8 @@ def _quantize_ftype(args, recipes, ft, out, opts) -> int:
         return 0
     bar = Progress(n_tensors, "quantize", args.progress)
     tps = recipes.quantize_model(args.input, out, ft, imatrix=args.imatrix, backend=args.backend,
-                                 progress=lambda tp, i, total: bar(tp), **opts)
+                                 progress=lambda tp, i, total: bar(tp), workers=args.workers,
+                                 scheduler=args.scheduler, **opts)
     paths = recipes.split_output_paths(out, tps) if opts["keep_split"] else [out]
     bar.summary(paths, n_elements)
     return 0
@@ -547,6 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore", nargs="*", default=["lm_head"], metavar="TARGET",
                    help="checkpoint input: layers the targets select that stay unquantized, spelled as --targets "
                         "(default: lm_head)")
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes on this machine, a local Dask cluster (default: every core, or "
+                        "$REFQUANT_WORKERS; 1: this process only)")
+    s.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="a running Dask scheduler (tcp://HOST:PORT) to send the work to; its workers read the "
+                        "input at the same path (a shared filesystem), this process writes the output")
     progress_flags(s)
     s.set_defaults(func=cmd_quantize)
 

@@ -17,3 +17,8 @@ def ggml():
     from tools.oracles import ggml as oracle
     oracle.lib()
     return oracle
+
+
+# The command line's default is every core (a local Dask cluster per quantize); the tests run
+# in this process unless they ask for workers (tests/test_scale.py tests the default itself).
+os.environ.setdefault("REFQUANT_WORKERS", "1")

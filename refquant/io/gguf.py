@@ -508,16 +508,9 @@ def layout(tensors: Iterable[TensorInfo], alignment: int) -> list[TensorInfo]:
     return out
 
 
-def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],
-               tensor_data: Callable[[TensorInfo], np.ndarray],
-               on_tensor: Optional[Callable[[TensorInfo], None]] = None) -> None:
-    """Write a GGUF v3 file atomically, one tensor at a time.
-
-    `tensors` gives names, types and shapes in file order (offsets are computed);
-    `tensor_data(info)` returns that tensor's bytes (any array whose buffer is exactly nbytes, or
-    an iterable of arrays that together are), called once per tensor in order, so a model never
-    has to be in memory whole.
-    """
+def header(kvs: list[KV], tensors: Iterable[TensorInfo]) -> tuple[bytes, list[TensorInfo], int]:
+    """A GGUF file's header up to its data (padded to the alignment), the tensors with their
+    offsets relative to the data, and the alignment: the plan of the file before any data."""
     alignment = GGUF_DEFAULT_ALIGNMENT
     for kv in kvs:
         if kv.key == ALIGNMENT_KEY:
@@ -528,14 +521,50 @@ def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],
         if t.name in names:
             raise FormatError(f"tensor {t.name!r} appears twice")
         names.add(t.name)
+    parts = [struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(infos), len(kvs))]
+    parts += [pack_kv(kv) for kv in kvs]
+    parts += [_pack_tensor_info(t) for t in infos]
+    head = b"".join(parts)
+    return head + b"\0" * (pad(len(head), alignment) - len(head)), infos, alignment
+
+
+class PlannedGGUF:
+    """A GGUF file written by offset: the header first, the file sized to its end (the padding
+    is zeros), then each tensor's bytes put at `data_offset + info.offset + byte` by anyone who
+    opens `self.tmp` for writing — in any order, by any process on the same filesystem. Renamed
+    into place on a clean exit, removed otherwise (AtomicFile)."""
+
+    def __init__(self, path, kvs: list[KV], tensors: Iterable[TensorInfo]):
+        self.head, self.tensors, alignment = header(kvs, tensors)
+        self.data_offset = len(self.head)
+        self.size = self.data_offset + sum(pad(t.nbytes, alignment) for t in self.tensors)
+        self._atomic = AtomicFile(path)
+
+    def __enter__(self) -> "PlannedGGUF":
+        fh = self._atomic.__enter__()
+        fh.write(self.head)
+        fh.truncate(self.size)
+        fh.flush()
+        self.tmp = str(self._atomic._tmp)
+        return self
+
+    def __exit__(self, *exc):
+        return self._atomic.__exit__(*exc)
+
+
+def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],
+               tensor_data: Callable[[TensorInfo], np.ndarray],
+               on_tensor: Optional[Callable[[TensorInfo], None]] = None) -> None:
+    """Write a GGUF v3 file atomically, one tensor at a time.
+
+    `tensors` gives names, types and shapes in file order (offsets are computed);
+    `tensor_data(info)` returns that tensor's bytes (any array whose buffer is exactly nbytes, or
+    an iterable of arrays that together are), called once per tensor in order, so a model never
+    has to be in memory whole.
+    """
+    head, infos, alignment = header(kvs, tensors)
     with AtomicFile(path) as fh:
-        fh.write(struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(infos), len(kvs)))
-        for kv in kvs:
-            fh.write(pack_kv(kv))
-        for t in infos:
-            fh.write(_pack_tensor_info(t))
-        at = fh.tell()
-        fh.write(b"\0" * (pad(at, alignment) - at))
+        fh.write(head)
         for t in infos:
             data = tensor_data(t)
             # an array, or an iterable of arrays written one after the other (row slabs)

@@ -65,8 +65,12 @@ def is_quantizable(t: TensorInfo, block_size: int) -> bool:
 
 
 def quantize_file(src_path, dst_path, qtype: str, imatrix: Optional[dict[str, np.ndarray]] = None,
-                  backend: str = "numpy", progress: Optional[Callable[[TensorInfo], None]] = None) -> None:
-    """Quantize every quantizable weight of a float GGUF model to `qtype`."""
+                  backend: str = "numpy", progress: Optional[Callable[[TensorInfo], None]] = None,
+                  workers: Optional[int] = 1, scheduler: Optional[str] = None) -> None:
+    """Quantize every quantizable weight of a float GGUF model to `qtype`; `workers` and
+    `scheduler` as recipes.quantize_model takes them."""
+    from .recipes import _SLAB_ELEMENTS, Kept, Slab, write_tasks
+    from .scale import Runner
     fmt = get_format(qtype)
     if not fmt.can_quantize or fmt.ggml_type is None:
         raise FormatError(f"{fmt.name} is not a GGUF type refquant can quantize to")
@@ -78,14 +82,23 @@ def quantize_file(src_path, dst_path, qtype: str, imatrix: Optional[dict[str, np
                                       f"dequantize the model first (refquant dequantize IN OUT)")
         infos = [TensorInfo(t.name, fmt.ggml_type if is_quantizable(t, fmt.block_size) else t.ggml_type, t.shape)
                  for t in src.tensors]
-
-        def data(t: TensorInfo):
-            if t.ggml_type != fmt.ggml_type:
-                return src.raw(t.name)
-            x = src.dequantize(t.name)
-            rows = x.reshape(-1, x.shape[-1])
+        bname = backend if isinstance(backend, str) else be
+        part_of = getattr(src, "part", lambda name: src)
+        work = {}
+        for t, o in zip(src.tensors, infos):
+            part = part_of(t.name)
+            ncols = t.shape[-1] if t.shape else 1
+            at = part.data_offset + t.offset
+            rows_at = max(1, _SLAB_ELEMENTS // max(ncols, 1))
+            row_bytes = t.nbytes // max(t.n_elements // max(ncols, 1), 1)
+            if o.ggml_type != fmt.ggml_type:
+                work[t.name] = Kept(str(part.path), at, t.nbytes, max(rows_at * row_bytes, 1))
+                continue
+            nrows = t.n_elements // ncols
             im = None if imatrix is None else imatrix.get(t.name)
-            return be.quantize(rows, fmt, im)
-
+            work[t.name] = [Slab(str(part.path), t.name, at + r * row_bytes, min(rows_at, nrows - r) * row_bytes,
+                                 min(rows_at, nrows - r), r, t.type_name, fmt.name, im, bname, recipe=False)
+                            for r in range(0, nrows, rows_at)]
         kvs = [kv for kv in src.kvs if kv.key not in SPLIT_KEYS]
-        write_gguf(dst_path, _with_file_type(kvs, fmt.name), infos, data, progress)
+        with Runner(workers, scheduler) as rn:
+            write_tasks(rn, [(dst_path, _with_file_type(kvs, fmt.name), infos)], work, progress or (lambda t: None))

@@ -21,9 +21,11 @@ The spec page is spec/ggml/recipes.md.
 """
 from __future__ import annotations
 
+import os
 import re
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from gguf import GGUFValueType
@@ -970,12 +972,246 @@ def _imatrix_for(im, tp: TensorPlan) -> Optional[np.ndarray]:
     return vals.reshape(ne2, tp.ne[0])
 
 
+@dataclass(frozen=True)
+class Slab:
+    """One task of a whole-model quantization: rows [first_row, first_row + nrows) of a tensor,
+    read from the input at `offset` (absolute), converted from `src` to `dst`."""
+    path: str
+    tensor: str
+    offset: int
+    nbytes: int
+    nrows: int
+    first_row: int
+    src: str
+    dst: str
+    imatrix: Optional[np.ndarray]
+    backend: object               # a backend name (or a picklable Backend)
+    recipe: bool = True           # as llama_model_quantize: LLAMA_CPP_ROWS, then validated
+
+
+def _slabs(part: GGUFFile, tp: TensorPlan, w: Optional[np.ndarray], backend) -> Iterator[Slab]:
+    """The slabs of one converted tensor (in the input file `part`), in row order; a slab never
+    crosses an expert."""
+    src = GGML_TYPES[tp.src_type]
+    row_src = tp.ne[0] // src.blck_size * src.type_size
+    nrows = tp.nbytes // row_src if row_src else 0
+    slab = max(1, _SLAB_ELEMENTS // max(tp.ne[0], 1))
+    per_expert = tp.ne[1]
+    r = 0
+    while r < nrows:
+        n = min(slab, nrows - r, per_expert - r % per_expert)
+        yield Slab(str(part.path), tp.name, part.data_offset + tp.offset + r * row_src, n * row_src, n, r,
+                   tp.src_type, tp.dst_type, None if w is None else w[r // per_expert], backend)
+        r += n
+
+
+_BACKEND_CACHE: dict = {}
+
+
+class Reader:
+    """Reads input bytes into one buffer reused from read to read (each slab is quantized or
+    written before the next is read): no fresh pages to fault in for every slab."""
+
+    def __init__(self):
+        self.files: dict = {}
+        self.buf = np.empty(0, np.uint8)
+
+    def __call__(self, path: str, offset: int, n: int) -> np.ndarray:
+        fd = self.files.get(path)
+        if fd is None:
+            fd = self.files[path] = open(path, "rb")
+        if self.buf.size < n:
+            self.buf = np.empty(n, np.uint8)
+        b = self.buf[:n]
+        fd.seek(offset)
+        got = fd.readinto(memoryview(b)) if n else 0
+        if got != n:
+            raise FileFormatError(f"{path}: truncated at byte {offset + (got or 0)}")
+        return b
+
+    def close(self) -> None:
+        for fd in self.files.values():
+            fd.close()
+        self.files.clear()
+
+
+def _read_once(path: str, offset: int, n: int) -> np.ndarray:
+    with open(path, "rb") as fd:
+        fd.seek(offset)
+        b = fd.read(n)
+    if len(b) != n:
+        raise FileFormatError(f"{path}: truncated at byte {offset + len(b)}")
+    return np.frombuffer(b, dtype=np.uint8)
+
+
+def quantize_slab(s: Slab, read: Callable[[str, int, int], np.ndarray] = _read_once) -> np.ndarray:
+    """Read, convert to float32, quantize and validate one slab (runs on any worker)."""
+    from ..backend import get_backend
+    be = _BACKEND_CACHE.get(s.backend) if isinstance(s.backend, str) else s.backend
+    if be is None:
+        be = _BACKEND_CACHE[s.backend] = get_backend(s.backend)
+    raw = read(s.path, s.offset, s.nbytes)
+    try:
+        x = _to_f32(raw, s.src, s.nrows, be)
+    except FormatError as e:
+        raise FormatError(f"tensor {s.tensor!r}: cannot dequantize {s.src}: {e}") from None
+    try:
+        q = _quantize_rows(be, x, s.dst, s.imatrix) if s.recipe else be.quantize(x, s.dst, s.imatrix)
+    except InputError as e:
+        raise InputError(f"tensor {s.tensor!r} (rows from {s.first_row}): {e}") from None
+    if s.recipe:
+        _validate(s.tensor, s.dst, q, s.first_row)
+    return q
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A tensor written as it is: `nbytes` from `offset` in the input file `path`, `step` at a time."""
+    path: str
+    offset: int
+    nbytes: int
+    step: int
+
+
+def _kept(part: GGUFFile, tp: TensorPlan) -> Kept:
+    src = GGML_TYPES[tp.src_type]
+    row = tp.ne[0] // src.blck_size * src.type_size
+    step = max(max(1, _SLAB_ELEMENTS // max(tp.ne[0], 1)) * row, 1)   # zero-length rows: no bytes
+    return Kept(str(part.path), part.data_offset + tp.offset, tp.nbytes, step)
+
+
+def put_slabs(task) -> object:
+    """A worker's task: quantize slabs; with a file path, write each at its offset there and
+    return the byte count, without one return the bytes (the client writes them)."""
+    path, items = task
+    out = [quantize_slab(s) for s, _ in items]
+    if path is None:
+        return out
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for q, (_, at) in zip(out, items):
+            _pwrite_all(fd, q, at)
+    finally:
+        os.close(fd)
+    return sum(q.nbytes for q in out)
+
+
+def _pwrite_all(fd: int, a: np.ndarray, at: int) -> None:
+    b = memoryview(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
+    while len(b):
+        n = os.pwrite(fd, b, at)
+        b, at = b[n:], at + n
+
+
+def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], None],
+                together: bool = False) -> None:
+    """Write GGUF files — `files` is [(path, kvs, infos)], the tensors in file order — whose
+    tensors are each either `Kept` (copied from the input) or a list of `Slab`s (quantized), on
+    the runner `rn`. `together`: several files that appear together (keep_split), even one.
+
+    Serial: one tensor after another, streamed (write_gguf). Parallel: each output's plan
+    (header, every tensor's offset) is written first; slabs, grouped into tasks of about
+    _SLAB_ELEMENTS values, run on the workers and their bytes land at their planned offsets in
+    whatever order they finish (on a local cluster the workers write the files themselves, on
+    a remote one the client does); the kept tensors are copied here meanwhile. Same bytes."""
+    from ..io.files import check_signal
+    from ..io.gguf import PlannedGGUF
+    read = Reader()
+
+    def copied(k: Kept) -> Iterator[np.ndarray]:
+        for at in range(0, k.nbytes, k.step):
+            yield read(k.path, k.offset + at, min(k.step, k.nbytes - at))
+
+    try:
+        if rn.serial:
+            # every slab of every quantized tensor, in file order: results come back in that order
+            stream = rn.imap(lambda s: quantize_slab(s, read),
+                             (s for _, _, infos in files for t in infos if not isinstance(work[t.name], Kept)
+                              for s in work[t.name]))
+
+            def tensor_data(info: TensorInfo):
+                w = work[info.name]
+                if isinstance(w, Kept):
+                    yield from copied(w)
+                else:
+                    for _ in w:
+                        yield next(stream)
+
+            if together:
+                _write_all(files, tensor_data, on_tensor)
+            else:
+                (path, kvs, infos), = files
+                write_gguf(path, kvs, infos, tensor_data, on_tensor)
+            return
+        with ExitStack() as stack:
+            outs = [stack.enter_context(PlannedGGUF(path, kvs, infos)) for path, kvs, infos in files]
+            jobs, cur, size, left, placed = [], [], 0, {}, {}
+            for out in outs:
+                for t in out.tensors:
+                    placed[t.name] = t
+                    w = work[t.name]
+                    if isinstance(w, Kept):
+                        continue
+                    left[t.name] = len(w)
+                    rows = max(sum(s.nrows for s in w), 1)
+                    for s in w:
+                        cur.append((s, out.data_offset + t.offset + s.first_row * (t.nbytes // rows)))
+                        size += t.n_elements * s.nrows // rows
+                        if size >= _SLAB_ELEMENTS:
+                            jobs.append((out.tmp, cur))
+                            cur, size = [], 0
+                if cur:                           # a task never spans two output files
+                    jobs.append((out.tmp, cur))
+                    cur, size = [], 0
+            local = rn.scheduler is None
+            fds = {out.tmp: stack.enter_context(_os_fd(out.tmp)) for out in outs}
+            for out in outs:                      # the kept tensors: copied here while workers quantize
+                for t in out.tensors:
+                    w = work[t.name]
+                    if isinstance(w, Kept) or not w:
+                        at = out.data_offset + t.offset
+                        for chunk in copied(w) if isinstance(w, Kept) else ():
+                            _pwrite_all(fds[out.tmp], chunk, at)
+                            at += chunk.size
+                        on_tensor(t)
+                        check_signal()
+            for i, res in rn.imap_unordered(put_slabs, ((tmp if local else None, items) for tmp, items in jobs)):
+                tmp, items = jobs[i]
+                if not local:
+                    for q, (_, at) in zip(res, items):
+                        _pwrite_all(fds[tmp], q, at)
+                for s, _ in items:
+                    left[s.tensor] -= 1
+                    if left[s.tensor] == 0:
+                        on_tensor(placed[s.tensor])
+                check_signal()
+            for fd in fds.values():
+                os.fsync(fd)
+    finally:
+        read.close()
+
+
+class _os_fd:
+    """os.open(path, O_WRONLY) as a context manager."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+        return False
+
+
 def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Callable[[TensorPlan, int, int], None]] = None,
                    *, output_tensor_type=None, token_embedding_type=None, pure: bool = False,
                    quantize_output_tensor: bool = True, imatrix_file: Optional[str] = None,
                    allow_requantize: bool = False, backend="numpy", tensor_types=(), kv_overrides=(),
                    prune_layers=(), keep_split: bool = False, dry_run: bool = False, include_weights=(),
-                   exclude_weights=()) -> list[TensorPlan]:
+                   exclude_weights=(), workers: Optional[int] = 1, scheduler: Optional[str] = None,
+                   runner=None) -> list[TensorPlan]:
     """Quantize a GGUF model (F32, F16 or BF16 tensors; split or not) to llama.cpp's file type
     `ftype`, writing the same bytes as `llama_model_quantize` with the same parameters (and as
     llama-quantize, for the imatrix keys and the options that only it has).
@@ -999,6 +1235,10 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
     spec runs the others. Default: the spec itself. Use a bit-exact backend only: the output is
     meant to be llama.cpp's bytes.
     Streams one tensor at a time (in row slabs); the output appears only when complete.
+    workers, scheduler: where the slabs are quantized (refquant.pipelines.scale.Runner): 1 is this
+    process; N a local Dask cluster of N processes; a scheduler address a running cluster (the
+    input must be at the same path on its workers). `runner`: an entered Runner to use instead.
+    The bytes are the same in every case.
     Returns the plan: each tensor's name, shape and types.
     """
     from ..backend import get_backend
@@ -1064,52 +1304,9 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
         kvs = output_kvs(f, ft, im, imatrix_file, kv_overrides=overrides, block_count=block_count)
         n_split = max(tp.split for tp in tps) + 1 if keep_split and tps else 1
         by_name = {tp.name: tp for tp in tps}
-        fds = [open(p.path, "rb") for p in parts]
-        slab_buffer = [np.empty(0, np.uint8)]
-
-        def read(tp: TensorPlan, offset: int, n: int) -> np.ndarray:
-            """n bytes of the input into one buffer reused from slab to slab (each slab is quantized
-            or written before the next is read): no fresh pages to fault in for every slab."""
-            part, fd = parts[tp.split], fds[tp.split]
-            if slab_buffer[0].size < n:
-                slab_buffer[0] = np.empty(n, np.uint8)
-            b = slab_buffer[0][:n]
-            fd.seek(part.data_offset + offset)
-            got = fd.readinto(memoryview(b)) if n else 0
-            if got != n:
-                raise FileFormatError(f"{part.path}: truncated at byte {part.data_offset + offset + (got or 0)}")
-            return b
-
-        def tensor_data(info: TensorInfo):
-            tp = by_name[info.name]
-            src = GGML_TYPES[tp.src_type]
-            ncols = tp.ne[0]
-            row_src = ncols // src.blck_size * src.type_size
-            nrows = tp.nbytes // row_src if row_src else 0
-            slab = max(1, _SLAB_ELEMENTS // max(ncols, 1))
-            if not tp.converted:
-                step = max(slab * row_src, 1)   # a tensor of zero-length rows has no bytes
-                for at in range(0, tp.nbytes, step):
-                    yield read(tp, tp.offset + at, min(step, tp.nbytes - at))
-                return
-            w = weights.get(tp.name)
-            per_expert = tp.ne[1]
-            r = 0
-            while r < nrows:
-                n = min(slab, nrows - r, per_expert - r % per_expert)  # a slab never crosses an expert
-                try:
-                    x = _to_f32(read(tp, tp.offset + r * row_src, n * row_src), tp.src_type, n, be)
-                except FormatError as e:
-                    raise FormatError(f"tensor {tp.name!r}: cannot dequantize {tp.src_type}: {e}") from None
-                wi = None if w is None else w[r // per_expert]
-                try:
-                    q = _quantize_rows(be, x, tp.dst_type, wi)
-                except InputError as e:
-                    raise InputError(f"tensor {tp.name!r} (rows from {r}): {e}") from None
-                _validate(tp.name, tp.dst_type, q, r)
-                yield q
-                r += n
-
+        bname = backend if isinstance(backend, str) else be
+        work = {tp.name: list(_slabs(parts[tp.split], tp, weights.get(tp.name), bname)) if tp.converted
+                else _kept(parts[tp.split], tp) for tp in tps}
         done = [0]
 
         def on_tensor(info):
@@ -1117,26 +1314,23 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
             if progress is not None:
                 progress(by_name[info.name], done[0], len(tps))
 
-        try:
-            if not keep_split:
-                infos = [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps]
-                write_gguf(out_path, kvs, infos, tensor_data, on_tensor)
-            else:
-                # keep_split names the files llama_split_path(out_path, i, n_split), even when
-                # there is one; split.* keys only when there are several
-                files = []
-                for i in range(n_split):
-                    meta = kvs if i == 0 else []
-                    if n_split > 1:
-                        meta = meta + [KV("split.no", GGUFValueType.UINT16, i),
-                                       KV("split.count", GGUFValueType.UINT16, n_split),
-                                       KV("split.tensors.count", GGUFValueType.INT32, len(tps))]
-                    infos = [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps if tp.split == i]
-                    files.append((split_path(out_path, i, n_split), meta, infos))
-                _write_all(files, tensor_data, on_tensor)
-        finally:
-            for fd in fds:
-                fd.close()
+        if not keep_split:
+            files = [(out_path, kvs, [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps])]
+        else:
+            # keep_split names the files llama_split_path(out_path, i, n_split), even when
+            # there is one; split.* keys only when there are several
+            files = []
+            for i in range(n_split):
+                meta = kvs if i == 0 else []
+                if n_split > 1:
+                    meta = meta + [KV("split.no", GGUFValueType.UINT16, i),
+                                   KV("split.count", GGUFValueType.UINT16, n_split),
+                                   KV("split.tensors.count", GGUFValueType.INT32, len(tps))]
+                infos = [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps if tp.split == i]
+                files.append((split_path(out_path, i, n_split), meta, infos))
+        from .scale import Runner
+        with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
+            write_tasks(rn, files, work, on_tensor, together=keep_split)
     return tps
 
 

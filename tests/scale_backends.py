@@ -1,0 +1,32 @@
+"""Backends for the scale-out fault tests (tests/test_scale.py), loaded by path on Dask workers:
+one whose worker dies the first time it quantizes, one that refuses a tensor's rows."""
+import os
+
+from refquant.backend import Backend
+from refquant.errors import InputError
+
+
+def set_env(key, value):
+    """Set an environment variable on a worker (client.run(set_env, ...))."""
+    os.environ[key] = value
+
+
+class Dying(Backend):
+    name = "dying"
+
+    def quantize_rows(self, fmt, x, imatrix):
+        marker = os.environ.get("REFQUANT_TEST_DIE_MARKER")
+        if marker and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)               # the worker process dies mid-task
+        return super().quantize_rows(fmt, x, imatrix)
+
+
+class Failing(Backend):
+    name = "failing"
+
+    def quantize_rows(self, fmt, x, imatrix):
+        raise InputError(f"{fmt.name} refused by this backend")
+
+DYING = Dying()
+FAILING = Failing()

@@ -1,0 +1,221 @@
+"""Scale-out (refquant.pipelines.scale): whole-model quantization on Dask distributed writes the
+bytes llama_model_quantize writes, with any number of workers, in any completion order; worker
+deaths are survived, task errors and interrupts leave no output."""
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refquant.errors import InputError
+from refquant.pipelines import recipes
+from refquant.pipelines.scale import Runner
+from test_recipes_vs_llama_cpp import no_leftovers, same_bytes, synthetic_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from tools.oracles import llama_cpp
+    return llama_cpp
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scale")
+    return {"dense": synthetic_model(d / "dense.gguf", n_layer=3, width=256, ff=512),
+            "moe": synthetic_model(d / "moe.gguf", n_expert=4, n_layer=2, tied=False),
+            "f16": synthetic_model(d / "f16.gguf", n_layer=2, dtype="F16", width=256, ff=512)}
+
+
+@pytest.fixture
+def small_slabs(monkeypatch):
+    """Slabs of a few rows, so tensors split into many tasks and experts into several slabs."""
+    monkeypatch.setattr(recipes, "_SLAB_ELEMENTS", 3000)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Dask cluster of two worker processes; the workers import tests/ too (the dying and
+    failing backends below)."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)] + ([old] if old else []))
+    try:
+        with Runner(2) as rn:
+            yield rn
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+class Shuffled(Runner):
+    """A runner whose tasks finish in a random order, and whose client writes the bytes (as with
+    a remote scheduler): the offsets alone must put every slab in its place."""
+
+    def __init__(self, seed):
+        super().__init__(1)
+        self.rng = random.Random(seed)
+        self.scheduler = "shuffled"
+
+    @property
+    def serial(self):
+        return False
+
+    def imap_unordered(self, fn, tasks, window=None):
+        done = [(i, fn(t)) for i, t in enumerate(tasks)]
+        self.rng.shuffle(done)
+        yield from done
+
+
+@pytest.mark.parametrize("ft", ["Q4_K_M", "Q8_0", "IQ4_XS", "Q2_K"])
+@pytest.mark.parametrize("which", ["dense", "moe", "f16"])
+def test_any_completion_order_byte_identical(llama, models, tmp_path, small_slabs, which, ft):
+    ref = tmp_path / "ref.gguf"
+    assert llama.quantize(models[which], ref, recipes.file_type(ft).id) == 0
+    for seed in range(2):
+        ours = tmp_path / f"ours{seed}.gguf"
+        recipes.quantize_model(models[which], ours, ft, runner=Shuffled(seed))
+        same_bytes(ours, ref)
+
+
+@pytest.mark.parametrize("ft", ["Q4_K_M", "Q6_K", "Q4_0"])
+def test_local_cluster_byte_identical(llama, models, cluster, tmp_path, small_slabs, ft):
+    ref = tmp_path / "ref.gguf"
+    for which in ("dense", "moe"):
+        assert llama.quantize(models[which], ref, recipes.file_type(ft).id) == 0
+        ours = tmp_path / f"{which}.gguf"
+        recipes.quantize_model(models[which], ours, ft, runner=cluster, backend="numba")
+        same_bytes(ours, ref)
+
+
+def test_local_cluster_with_imatrix(llama, models, cluster, tmp_path, small_slabs):
+    from test_recipes_vs_llama_cpp import imatrix_for, imatrix_overrides, normalized
+    from refquant.ggml.imatrix import write_imatrix_gguf
+    sc = imatrix_for(models["moe"], skip=("token_embd.weight",))
+    im = tmp_path / "imatrix.gguf"
+    write_imatrix_gguf(im, sc, ["calibration.txt"], chunk_count=7, chunk_size=512)
+    ref, ours = tmp_path / "ref.gguf", tmp_path / "ours.gguf"
+    assert llama.quantize(models["moe"], ref, recipes.file_type("Q4_0").id, imatrix=normalized(sc),
+                          kv_overrides=imatrix_overrides(im, len(sc), "calibration.txt", 7)) == 0
+    recipes.quantize_model(models["moe"], ours, "Q4_0", imatrix=im, runner=cluster, backend="numba")
+    same_bytes(ours, ref)
+
+
+def test_worker_death_is_survived(llama, models, cluster, tmp_path, small_slabs):
+    """The first worker that quantizes a slab dies (os._exit) in the middle of the run; the
+    scheduler re-runs its tasks on the restarted worker and the file is still llama.cpp's."""
+    ref, ours = tmp_path / "ref.gguf", tmp_path / "ours.gguf"
+    marker = tmp_path / "died"
+    from scale_backends import set_env
+    cluster._client.run(set_env, "REFQUANT_TEST_DIE_MARKER", str(marker))
+    assert llama.quantize(models["dense"], ref, recipes.file_type("Q8_0").id) == 0
+    recipes.quantize_model(models["dense"], ours, "Q8_0", runner=cluster, backend="scale_backends:DYING")
+    assert marker.exists()          # a worker did die
+    same_bytes(ours, ref)
+
+
+def test_task_error_stops_the_run(models, cluster, tmp_path, small_slabs):
+    ours = tmp_path / "ours.gguf"
+    with pytest.raises(InputError, match=r"^tensor '.+' \(rows from \d+\): Q8_0 refused by this backend$"):
+        recipes.quantize_model(models["dense"], ours, "Q8_0", runner=cluster, backend="scale_backends:FAILING")
+    no_leftovers(ours)
+
+
+def test_interrupt_cancels_and_leaves_nothing(models, cluster, tmp_path, small_slabs):
+    ours = tmp_path / "ours.gguf"
+    seen = []
+
+    def progress(tp, i, n):
+        seen.append(tp.name)
+        if len(seen) == 8:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        recipes.quantize_model(models["dense"], ours, "Q4_K_M", runner=cluster, progress=progress)
+    no_leftovers(ours)
+    deadline = time.time() + 20         # the cancelled tasks leave the cluster
+    while cluster._client.processing() and any(cluster._client.processing().values()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(cluster._client.processing().values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_scheduler_and_two_workers(llama, models, tmp_path, small_slabs):
+    """A real cluster: `dask scheduler` and two `dask worker` processes on 127.0.0.1, started and
+    stopped here; the client sends tasks, the workers read the input, the client writes."""
+    dask = shutil.which("dask", path=os.path.dirname(sys.executable)) or "dask"
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), NUMBA_NUM_THREADS="1")
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([dask, "worker", addr, "--nthreads", "1", "--no-dashboard",
+                                           "--host", "127.0.0.1"], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+        deadline = time.time() + 60
+        with Client(addr, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=max(1, deadline - time.time()))
+        ref = tmp_path / "ref.gguf"
+        assert llama.quantize(models["moe"], ref, recipes.file_type("Q4_K_M").id) == 0
+        ours = tmp_path / "ours.gguf"
+        recipes.quantize_model(models["moe"], ours, "Q4_K_M", scheduler=addr, backend="numba")
+        same_bytes(ours, ref)
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGINT)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_default_workers_is_every_core(monkeypatch):
+    from refquant.pipelines.scale import default_workers
+    monkeypatch.delenv("REFQUANT_WORKERS", raising=False)
+    assert default_workers() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("REFQUANT_WORKERS", "3")
+    assert default_workers() == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv("REFQUANT_WORKERS", bad)
+        with pytest.raises(InputError, match="REFQUANT_WORKERS|--workers"):
+            default_workers()
+
+
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q8_K"])
+def test_cli_workers(llama, models, tmp_path, monkeypatch, ftype):
+    """`refquant quantize --workers 2`: a llama.cpp file type (against llama.cpp) and a single
+    ggml type everywhere (against the same command on one worker)."""
+    from refquant.cli import main
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(recipes, "_SLAB_ELEMENTS", 5000)
+    ours, one = tmp_path / "ours.gguf", tmp_path / "one.gguf"
+    assert main(["quantize", str(models["dense"]), str(ours), "--type", ftype, "--workers", "2",
+                 "--no-progress"]) == 0
+    if ftype in recipes.FILE_TYPES:
+        assert llama.quantize(models["dense"], one, recipes.file_type(ftype).id) == 0
+    else:
+        assert main(["quantize", str(models["dense"]), str(one), "--type", ftype, "--workers", "1",
+                     "--no-progress"]) == 0
+    same_bytes(ours, one)
+    assert main(["quantize", str(models["dense"]), str(tmp_path / "x.gguf"), "--type", ftype,
+                 "--workers", "0"]) == 2
+    no_leftovers(tmp_path / "x.gguf")
