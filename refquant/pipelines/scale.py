@@ -88,8 +88,8 @@ class Runner:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             import logging
             self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, worker_dashboard_address=None,
-                                         scheduler_kwargs={"dashboard": False}, silence_logs=logging.ERROR)
+                                         dashboard_address=":0", worker_dashboard_address=":0",
+                                         silence_logs=logging.ERROR)
             self._client = Client(self._cluster)
         return self
 
