@@ -65,7 +65,8 @@ def _same(a, b, what):
 # every preset; here the whole command, one preset a format)
 @pytest.mark.parametrize("args", [("--bits", 4, "--group-size", 32), ("--scheme", "W4A16_ASYM"),
                                   ("--scheme", "W8A8"), ("--scheme", "FP8_BLOCK"), ("--scheme", "NVFP4A16"),
-                                  ("--scheme", "MXFP4A16"), ("--scheme", "MXFP6A16"), ("--scheme", "MXFP8A16")],
+                                  ("--scheme", "MXFP4A16"), ("--scheme", "MXFP6A16"), ("--scheme", "MXFP8A16"),
+                                  ("--bits", 4, "--format", "nvfp4")],
                          ids=lambda a: "-".join(map(str, a)))
 def test_compressed_tensors_equals_its_decompression(tiny, tmp_path, args):
     from transformers import AutoModelForCausalLM
