@@ -41,7 +41,7 @@ def one(name: str, ctx: int, numerics: bool, dtype: str, threads=None) -> dict:
         tmp = tempfile.TemporaryDirectory()
         base = Model.from_gguf(base_file(path, tmp.name))
         # the in-tree path works with or without the package's entry point installed
-        backend = {"numba": "backends.numba:NumbaBackend"}.get(backend, backend) or None
+        backend = {"numba": "refquant_backends.numba:NumbaBackend"}.get(backend, backend) or None
         w, _ = linear_model(base.w, method, None, backend)
         m = Model(w)
         del base

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 import numba  # noqa: E402
 
-from backends.numba import NumbaBackend  # noqa: E402
-from backends.numba.gemm import w4a16_bytes  # noqa: E402
+from refquant_backends.numba import NumbaBackend  # noqa: E402
+from refquant_backends.numba.gemm import w4a16_bytes  # noqa: E402
 from refquant import gemm  # noqa: E402
 from tools.oracles import ggml  # noqa: E402
 
@@ -111,7 +111,7 @@ def compile_times(qtype="Q4_0"):
     empty on-disk cache (compiles the kernels of that type's twin module it calls), then again
     with the cache that run left (loads them). (wall s, CPU s) each, CPU from the child's rusage."""
     code = (f"import numpy as np, refquant; "
-            f"refquant.get_backend('backends.numba:NumbaBackend').quantize(np.ones((4, 256), np.float32), {qtype!r})")
+            f"refquant.get_backend('refquant_backends.numba:NumbaBackend').quantize(np.ones((4, 256), np.float32), {qtype!r})")
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, NUMBA_CACHE_DIR=d, PYTHONPATH=str(ROOT))
 

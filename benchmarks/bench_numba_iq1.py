@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import numba  # noqa: E402
 
 import refquant  # noqa: E402
-from backends.numba.ggml import iquants_iq1  # noqa: E402
+from refquant_backends.numba.ggml import iquants_iq1  # noqa: E402
 from tools.oracles import ggml  # noqa: E402
 
 TYPES = ["IQ1_S", "IQ1_M"]
@@ -49,7 +49,7 @@ def first_call_times():
     """(wall, CPU) seconds to import the module and quantize a small matrix with both types in a
     fresh process: (empty cache, warm cache)."""
     code = ("import time, numpy as np; t = time.perf_counter(); c = time.process_time(); "
-            "from backends.numba.ggml import iquants_iq1 as m; "
+            "from refquant_backends.numba.ggml import iquants_iq1 as m; "
             "x = np.ones((1, 256), np.float32); m.quantize_iq1_s(x, x[0]); m.quantize_iq1_m(x, x[0]); "
             "print(time.perf_counter() - t, time.process_time() - c)")
     with tempfile.TemporaryDirectory() as d:

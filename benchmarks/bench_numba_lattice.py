@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import numba  # noqa: E402
 
 import refquant  # noqa: E402
-from backends.numba.ggml import iquants_grid  # noqa: E402
+from refquant_backends.numba.ggml import iquants_grid  # noqa: E402
 from tools.oracles import ggml  # noqa: E402
 
 TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"]
@@ -53,7 +53,7 @@ def first_calls(types, cache_dir):
     """Wall and CPU seconds of the first quantize call of each type in a fresh process."""
     code = ("import time, numpy as np\n"
             "t0, c0 = time.perf_counter(), time.process_time()\n"
-            "from backends.numba.ggml import iquants_grid as g\n"
+            "from refquant_backends.numba.ggml import iquants_grid as g\n"
             "print('import', time.perf_counter() - t0, time.process_time() - c0)\n"
             "x = (np.random.default_rng(0).standard_normal((2, 256)) * 0.02).astype(np.float32)\n"
             "im = np.ones(256, np.float32)\n"

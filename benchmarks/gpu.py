@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cupy as cp  # noqa: E402
 
 import refquant  # noqa: E402
-from backends.cupy import gemm as G  # noqa: E402
-from backends.cupy.ggml._dequant import launch  # noqa: E402
+from refquant_backends.cupy import gemm as G  # noqa: E402
+from refquant_backends.cupy.ggml._dequant import launch  # noqa: E402
 from refquant.gemm import FP8Weight, W4A16Weight, e4m3_encode  # noqa: E402
 
 L2 = 60 << 20

@@ -12,7 +12,7 @@ import refquant
 from refquant.conformance.suite import case, check
 
 cupy = pytest.importorskip("cupy", reason="cupy is not installed (the cupy extra)")
-from backends.cupy import CupyBackend, gpu_available  # noqa: E402
+from refquant_backends.cupy import CupyBackend, gpu_available  # noqa: E402
 
 _ok, _why = gpu_available()
 pytestmark = pytest.mark.skipif(not _ok, reason=f"no GPU: {_why}")
@@ -27,7 +27,7 @@ def cu():
 
 @pytest.fixture(autouse=True)
 def poison(monkeypatch):
-    import backends.cupy.gemm as g
+    import refquant_backends.cupy.gemm as g
     monkeypatch.setattr(g, "POISON", True)  # NaN in every output and workspace before each launch
 
 
@@ -49,7 +49,7 @@ def test_claim_conforms_to_spec(cu, op, key, data):
 
 @pytest.mark.parametrize("fmt", DEQUANT)
 def test_dequantize_writes_every_element(fmt):
-    from backends.cupy.ggml._dequant import launch
+    from refquant_backends.cupy.ggml._dequant import launch
     f = refquant.registry.get_format(fmt)
     raw = np.random.default_rng(0).integers(0, 256, (3, 4 * f.type_size)).astype(np.uint8)
     out = cupy.full((3, 4 * f.block_size), np.nan, cupy.float32)
@@ -76,7 +76,7 @@ def _w4(rng, N, K, G, act):
 def test_w4a16_fused_exact_on_integer_inputs(M, act):
     """Integer activations (|a| <= 8), power-of-two scales, K small enough that every partial sum
     is an integer below 2^24: exact whatever the tensor cores' rounding."""
-    from backends.cupy.gemm import w4a16_fused
+    from refquant_backends.cupy.gemm import w4a16_fused
     from refquant.gemm import w4a16_reference
     rng = np.random.default_rng(M + 100 * act)
     w = _w4(rng, 64, 512, 128, act)
@@ -88,7 +88,7 @@ def test_w4a16_fused_exact_on_integer_inputs(M, act):
 
 
 def test_w4a16_fused_one_hot_rows():
-    from backends.cupy.gemm import w4a16_fused
+    from refquant_backends.cupy.gemm import w4a16_fused
     from refquant.gemm import dequantize_w4a16
     rng = np.random.default_rng(7)
     w = _w4(rng, 96, 256, 64, True)
@@ -101,7 +101,7 @@ def test_w4a16_fused_one_hot_rows():
 
 def test_q4k_fused_exact_on_integer_inputs():
     """Q4_K rows with power-of-two d and dmin: d1 q - m1 and every sum exact."""
-    from backends.cupy.gemm import q4k_fused
+    from refquant_backends.cupy.gemm import q4k_fused
     rng = np.random.default_rng(3)
     N, K, M = 16, 512, 5
     raw = rng.integers(0, 256, (N, K // 256, 144)).astype(np.uint8)
@@ -121,7 +121,7 @@ def test_fp8_wgmma_exact_on_small_integers(gran):
     dev = cupy.cuda.Device(0)
     if dev.compute_capability != "90":
         pytest.skip(f"fp8_wgmma needs sm_90a; this device is sm_{dev.compute_capability}")
-    from backends.cupy.gemm import fp8_wgmma
+    from refquant_backends.cupy.gemm import fp8_wgmma
     from refquant.gemm import FP8Weight, dequantize_fp8, e4m3_encode
     rng = np.random.default_rng(5)
     M, N, K = 80, 192, 384

@@ -20,11 +20,11 @@ numba = pytest.importorskip("numba", reason="the numba extra is not installed")
 
 @pytest.fixture(scope="module")
 def nb():
-    return refquant.get_backend("backends.numba:NumbaBackend")
+    return refquant.get_backend("refquant_backends.numba:NumbaBackend")
 
 
 def _claims():
-    from backends.numba import NumbaBackend
+    from refquant_backends.numba import NumbaBackend
     return sorted(NumbaBackend().claims())
 
 
@@ -40,7 +40,7 @@ def test_claim_conforms_to_spec(nb, op, key, data):
     c = data.draw(case(op, key))
     acc = None
     if op == "matmul" and not refquant.gemm.get_scheme(key).exact:
-        from backends.numba.gemm import accumulation
+        from refquant_backends.numba.gemm import accumulation
         acc = accumulation(op, key, c["a"].shape[1], c["weight"])
     check(nb, op, key, c, accumulation=acc)
 
@@ -219,8 +219,8 @@ def test_kernels_have_no_fma_and_no_fast_math(nb):
     reassociation. Compile every quantize/dequantize kernel (the prange bodies are part of the
     same LLVM module) and read its IR and machine code: no llvm.fma / llvm.fmuladd, no fast-math
     flags on any float instruction, no vfmadd-family instruction."""
-    from backends.numba import affine, minifloat
-    from backends.numba.ggml import fp4, iquants, kquants, legacy, lowbit
+    from refquant_backends.numba import affine, minifloat
+    from refquant_backends.numba.ggml import fp4, iquants, kquants, legacy, lowbit
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((2, 256)) * 0.1).astype(np.float32)
     im = rng.random(256).astype(np.float32)
@@ -228,7 +228,7 @@ def test_kernels_have_no_fma_and_no_fast_math(nb):
         nb.dequantize(nb.quantize(x, name), name)
         if name not in MINIFLOATS and refquant.registry.get_format(name).imatrix != refquant.registry.IMATRIX_NONE:
             nb.quantize(x, name, im)
-    from backends.numba import affine as nba
+    from refquant_backends.numba import affine as nba
     from refquant import affine as A
     for xa in (x, x.astype(np.float16)):
         for conv, opts in (("torchao", {}), ("compressed-tensors", {"symmetric": False}), ("gptq", {"symmetric": False}),
@@ -287,9 +287,9 @@ def test_new_types_bit_exact_on_near_ties_and_a_larger_matrix(nb):
 @settings(max_examples=40)
 @given(data=st.data())
 def test_minifloat_encode_decode_on_the_grid(name, data):
-    """backends.numba.minifloat.encode/decode against the spec on values on, between and just off
+    """refquant_backends.numba.minifloat.encode/decode against the spec on values on, between and just off
     the format's grid (ties, overflow, subnormals, ±0, ±Inf, NaN), both overflow rules."""
-    from backends.numba import minifloat as nbmf
+    from refquant_backends.numba import minifloat as nbmf
     from refquant import minifloat as mf
     from refquant.conformance.strategies import grid_floats
     f = mf.get_minifloat(name)
@@ -412,7 +412,7 @@ def test_lattice_kernels_have_no_fma_and_no_fast_math(nb):
     """As test_kernels_have_no_fma_and_no_fast_math, for the quantize kernels of
     backends/numba/ggml/iquants_grid.py (the search, and the super-scale in each packer: the
     places with a multiply followed by an add). The dequantize kernels have no such pair."""
-    from backends.numba.ggml import iquants_grid
+    from refquant_backends.numba.ggml import iquants_grid
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((2, 256)) * 0.1).astype(np.float32)
     im = rng.random(256).astype(np.float32)
@@ -465,7 +465,7 @@ def test_dot_kernels_fuse_only_where_the_spec_does(nb):
     (the spec's explicit fma_f32 steps: Q4_1/Q5_1, Q2_K/Q4_K/Q5_K, IQ1_S/IQ1_M) has no llvm.fma
     and no vfmadd-family instruction at all."""
     import inspect
-    from backends.numba.ggml import dot
+    from refquant_backends.numba.ggml import dot
     rng = np.random.default_rng(0)
     for name in dot.VEC_DOT:
         fmt = refquant.registry.get_format(name)
@@ -536,7 +536,7 @@ def _affine_case(draw, partial=False):
        zdt=st.sampled_from([np.int32, np.int8, np.float32, "bfloat16"]), no_zero=st.booleans(),
        out=st.sampled_from(["float32", "float16", "bfloat16"]))
 def test_affine_torchao_twin(c, signed, mapping, scale_dtype, zdt, no_zero, out):
-    from backends.numba import affine as nba
+    from refquant_backends.numba import affine as nba
     from refquant import affine as A
     x, bits, block = c
     if mapping == "SYMMETRIC_NO_CLIPPING_ERR":
@@ -554,7 +554,7 @@ def test_affine_torchao_twin(c, signed, mapping, scale_dtype, zdt, no_zero, out)
 @given(c=_affine_case(), sdt=st.sampled_from([None, "float32", "bfloat16", "float16"]),
        zdt=st.sampled_from([None, "float32", "bfloat16"]), out=st.sampled_from(["float32", "float16", "bfloat16"]))
 def test_affine_torchao_float_zero_twin(c, sdt, zdt, out):
-    from backends.numba import affine as nba
+    from refquant_backends.numba import affine as nba
     from refquant import affine as A
     x, bits, block = c
     s, z = A.choose_qparams_torchao_float_zero(x, block, bits, scale_dtype=sdt, zero_point_dtype=zdt)
@@ -568,7 +568,7 @@ def test_affine_torchao_float_zero_twin(c, sdt, zdt, out):
 @given(c=_affine_case(partial=True), symmetric=st.booleans(), zero_dim=st.booleans(),
        out=st.sampled_from([None, "float32", "float16", "bfloat16"]))
 def test_affine_compressed_tensors_twin(c, symmetric, zero_dim, out):
-    from backends.numba import affine as nba
+    from refquant_backends.numba import affine as nba
     from refquant import affine as A
     x, bits, block = c
     s, z = A.choose_qparams_compressed_tensors(x, block, bits, symmetric, zero_dim_minmax=zero_dim)
@@ -581,7 +581,7 @@ def test_affine_compressed_tensors_twin(c, symmetric, zero_dim, out):
 @settings(max_examples=60)
 @given(c=_affine_case(), symmetric=st.booleans(), awq_zero=st.booleans())
 def test_affine_gptq_and_awq_twins(c, symmetric, awq_zero):
-    from backends.numba import affine as nba
+    from refquant_backends.numba import affine as nba
     from refquant import affine as A
     x, bits, block = c
     s, z = A.choose_qparams_gptq(x, block, bits, symmetric)
@@ -597,7 +597,7 @@ def test_affine_gptq_and_awq_twins(c, symmetric, awq_zero):
 
 
 def test_affine_twin_refuses_what_the_spec_refuses():
-    from backends.numba import affine as nba
+    from refquant_backends.numba import affine as nba
     from refquant import affine as A
     x = np.ones((2, 32), np.float32)
     bad_scale = np.array([[1.0], [0.0]], np.float32)
@@ -609,7 +609,7 @@ def test_affine_twin_refuses_what_the_spec_refuses():
 
 
 def _blocked_w4a16(a, w):
-    """The order backends.numba.gemm states for W4A16 ("blocked"), emulated in NumPy float32:
+    """The order refquant_backends.numba.gemm states for W4A16 ("blocked"), emulated in NumPy float32:
     groups in increasing group number, each group's columns in increasing k summed sequentially
     as float32(a * (code - zero)), the group sum times its scale added to a sequential total."""
     F = np.float32
@@ -660,7 +660,7 @@ def test_w4a16_kernel_runs_the_stated_order(N, G, ng, M, act_order, acts):
     """The packed W4A16 kernel (several chunks of 128 outputs, a partial last chunk, odd N,
     groups of 5-32 columns, one or two rows), on its fused path and its unfused one, gives the
     bits of its stated order."""
-    from backends.numba.gemm import _fusable, accumulation, w4a16_matmul
+    from refquant_backends.numba.gemm import _fusable, accumulation, w4a16_matmul
     rng = np.random.default_rng(N * 1000 + G)
     w = _w4a16_weight(rng, N, G, ng, act_order)
     cast, fused = ACTIVATIONS[acts]
@@ -684,7 +684,7 @@ def _fp16_values():
 def test_w4a16_fused_path_matches_the_unfused_order(vals, seed, bf16):
     """The fused path's bits equal the order's product-then-add on float16 extremes (subnormals,
     65504, signed zeros) and on bfloat16 values over its whole fusable range."""
-    from backends.numba.gemm import _fusable, w4a16_matmul
+    from refquant_backends.numba.gemm import _fusable, w4a16_matmul
     rng = np.random.default_rng(seed)
     w = _w4a16_weight(rng, 37, 4, 3, True)
     a = np.array([vals], np.float32)
@@ -702,7 +702,7 @@ def test_gemm_kernels_have_no_fma_and_no_fast_math():
     tests above). Its unfused path holds none: the same kernel compiled with that branch
     folded away has no fma."""
     from numba import njit
-    from backends.numba import gemm as nbg
+    from refquant_backends.numba import gemm as nbg
     from refquant import gemm
     rng = np.random.default_rng(1)
     a = rng.standard_normal((1, 64)).astype(np.float32)

@@ -49,7 +49,7 @@ def test_quantize_file_type_on_a_backend(model, tmp_path, ggml, capsys):
     pytest.importorskip("numba")
     f32, q = tmp_path / "f32.gguf", tmp_path / "q5.gguf"
     assert main(["dequantize", str(model), str(f32), "--no-progress"]) == 0
-    assert main(["quantize", str(f32), str(q), "--type", "q5_1", "--backend", "backends.numba:NumbaBackend",
+    assert main(["quantize", str(f32), str(q), "--type", "q5_1", "--backend", "refquant_backends.numba:NumbaBackend",
                  "--no-progress"]) == 0
     with GGUFFile(f32) as a, GGUFFile(q) as b:
         np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), ggml.quantize(a.dequantize("a.weight"), "Q5_1"))

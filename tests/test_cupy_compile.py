@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.cupy import _runtime as rt
+from refquant_backends.cupy import _runtime as rt
 
 # kernels whose main loops must not touch local memory, per architecture they are claimed for
 GEMM_KERNELS = {"w4a16_plain": rt.ARCHS, "fp8_plain": rt.ARCHS, "splitk_reduce": rt.ARCHS,
@@ -91,7 +91,7 @@ def test_nvcc_compiles_sm90a(src):
 # --------------------------------------------------------------------------- CPU model of the mappings
 
 def test_b_fragment_columns_cover_each_k_step_once_per_column():
-    from backends.cupy.gemm import b_fragment_columns
+    from refquant_backends.cupy.gemm import b_fragment_columns
     for q in range(8):                     # the 4 lanes of one column (lane // 4 == q)
         cols = np.concatenate([b_fragment_columns(4 * q + t) for t in range(4)])
         assert sorted(cols.tolist()) == list(range(32))
@@ -101,7 +101,7 @@ def test_b_fragment_columns_cover_each_k_step_once_per_column():
 @given(seed=st.integers(0, 2**32 - 1), tiles=st.integers(1, 3), ng=st.integers(1, 4),
        G=st.sampled_from([32, 64, 128]), act=st.booleans())
 def test_pack_w4a16_roundtrips_through_the_lane_mapping(seed, tiles, ng, G, act):
-    from backends.cupy.gemm import group_order, pack_w4a16, unpack_lane_codes
+    from refquant_backends.cupy.gemm import group_order, pack_w4a16, unpack_lane_codes
     from refquant.gemm import W4A16Weight
     rng = np.random.default_rng(seed)
     N, K = 32 * tiles, ng * G
@@ -122,7 +122,7 @@ def test_fused_w4a16_mapping_model_matches_the_spec_exactly(seed, M, ng, G, act,
     """Integer activations, power-of-two scales: every product and sum is exact in float64, so
     the warp/lane/fragment model must reproduce the spec's R exactly -- a layout, permutation
     or group-order bug cannot hide inside a tolerance."""
-    from backends.cupy.gemm import emulate_w4a16_fused
+    from refquant_backends.cupy.gemm import emulate_w4a16_fused
     from refquant.gemm import W4A16Weight, w4a16_reference
     rng = np.random.default_rng(seed)
     N, K = 32, ng * G
@@ -140,7 +140,7 @@ def test_fused_w4a16_mapping_model_matches_the_spec_exactly(seed, M, ng, G, act,
 
 def test_fused_w4a16_model_one_hot_rows_pick_single_columns():
     """A one-hot activation row selects one weight column: Y[m, n] = W[n, k_m] exactly."""
-    from backends.cupy.gemm import emulate_w4a16_fused
+    from refquant_backends.cupy.gemm import emulate_w4a16_fused
     from refquant.gemm import W4A16Weight, dequantize_w4a16
     rng = np.random.default_rng(1)
     N, G, ng = 32, 32, 2
@@ -158,7 +158,7 @@ def test_q4k_fused_mapping_model_matches_the_spec_exactly():
     """Power-of-two d, dmin and integer activations: every value exact, so the lane/byte/nibble
     mapping of q4k_fused must reproduce A @ dequantize(Q4_K)^T exactly."""
     import refquant
-    from backends.cupy.gemm import emulate_q4k_fused
+    from refquant_backends.cupy.gemm import emulate_q4k_fused
     rng = np.random.default_rng(11)
     N, K, M = 16, 512, 19
     raw = rng.integers(0, 256, (N, K // 256, 144)).astype(np.uint8)
@@ -172,13 +172,13 @@ def test_q4k_fused_mapping_model_matches_the_spec_exactly():
 
 
 def test_wgmma_d_fragment_covers_the_tile_once():
-    from backends.cupy.gemm import wgmma_d_fragment
+    from refquant_backends.cupy.gemm import wgmma_d_fragment
     seen = {wgmma_d_fragment(w, L, i) for w in range(4) for L in range(32) for i in range(32)}
     assert seen == {(r, c) for r in range(64) for c in range(64)}
 
 
 def test_core_matrix_layout_is_what_the_descriptors_address():
-    from backends.cupy.gemm import core_matrix_offset, descriptor_read
+    from refquant_backends.cupy.gemm import core_matrix_offset, descriptor_read
     chunk = np.arange(64 * 128, dtype=np.int64).reshape(64, 128)
     smem = np.zeros(64 * 128, np.int64)
     for r in range(64):
@@ -191,7 +191,7 @@ def test_core_matrix_layout_is_what_the_descriptors_address():
 
 @pytest.mark.parametrize("gran", ["tensor", "channel", "block"])
 def test_fp8_wgmma_mapping_model_matches_the_spec_exactly(gran):
-    from backends.cupy.gemm import emulate_fp8_wgmma
+    from refquant_backends.cupy.gemm import emulate_fp8_wgmma
     from refquant.gemm import FP8Weight, dequantize_fp8, e4m3_decode_table, e4m3_encode
     rng = np.random.default_rng({"tensor": 0, "channel": 1, "block": 2}[gran])
     M, N, K = 70, 72, 256
@@ -228,6 +228,6 @@ def test_sass_uses_the_tensor_cores_and_no_local_memory():
 
 
 def test_a_fragment_positions_cover_the_16x16_step_once():
-    from backends.cupy.gemm import a_fragment_positions
+    from refquant_backends.cupy.gemm import a_fragment_positions
     seen = [p for L in range(32) for p in a_fragment_positions(L)]
     assert sorted(seen) == [(r, c) for r in range(16) for c in range(16)]

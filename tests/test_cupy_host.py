@@ -14,7 +14,7 @@ import refquant
 from refquant.backend import Backend
 from refquant.conformance.suite import case, check
 
-from backends.cupy import _host
+from refquant_backends.cupy import _host
 
 if _host.compiler() is None:
     pytest.skip("no C++ compiler on this machine to build the host-shim kernels", allow_module_level=True)
@@ -38,7 +38,7 @@ class HostKernels(Backend):
         return {"W4A16": _host.w4a16_plain, "FP8": _host.fp8_plain}[scheme.name](a, weight, **options)
 
     def accumulation(self, op, key, K, weight=None):
-        from backends.cupy.gemm import accumulation
+        from refquant_backends.cupy.gemm import accumulation
         return accumulation(op, key, K, weight)
 
 
@@ -114,7 +114,7 @@ def test_plain_gemm_agrees_bitwise_with_the_numba_backend(key, data):
     """Two independent implementations of one stated summation order (backends/numba/gemm.py
     and gemm_plain.cu) must round identically, bit for bit."""
     pytest.importorskip("numba", reason="the numba extra is not installed")
-    from backends.numba import gemm as ng
+    from refquant_backends.numba import gemm as ng
     c = data.draw(case("matmul", key))
     ours = HK.matmul(key, c["a"], c["weight"], **c["options"])
     theirs = {"W4A16": ng.w4a16_matmul, "FP8": ng.fp8_matmul}[key](c["a"], c["weight"], **c["options"])
@@ -167,13 +167,13 @@ def _host_kernel(src, name):
 @pytest.fixture
 def cpu_cupy(monkeypatch):
     import sys
-    from backends.cupy import _runtime
+    from refquant_backends.cupy import _runtime
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
     monkeypatch.setattr(_runtime, "kernel", _host_kernel)
-    import backends.cupy.ggml._dequant as dq
+    import refquant_backends.cupy.ggml._dequant as dq
     monkeypatch.setattr(dq, "kernel", _host_kernel)
     monkeypatch.setattr(dq, "THREADS", 32)
-    from backends.cupy import CupyBackend
+    from refquant_backends.cupy import CupyBackend
     return CupyBackend()
 
 
@@ -199,7 +199,7 @@ def test_backend_launchers_matmul_on_the_cpu(cpu_cupy, key, data):  # the fixtur
 # writes the workspace, so argument order, device preparation and the split-K reduction run.
 
 def _model_kernel(src, name):
-    from backends.cupy.gemm import unpack_lane_codes
+    from refquant_backends.cupy.gemm import unpack_lane_codes
     from refquant.gemm import e4m3_decode_table
 
     def w4a16_fused(grid, block, args):
@@ -238,10 +238,10 @@ def _model_kernel(src, name):
 @pytest.fixture
 def model_cupy(monkeypatch):
     import sys
-    from backends.cupy import _runtime
+    from refquant_backends.cupy import _runtime
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
     monkeypatch.setattr(_runtime, "kernel", _model_kernel)
-    import backends.cupy.gemm as g
+    import refquant_backends.cupy.gemm as g
     monkeypatch.setattr(g, "POISON", True)
     return g
 

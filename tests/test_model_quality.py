@@ -99,7 +99,7 @@ def test_linear_runs_the_backend_matmul_on_the_codes(run):
     """With matmul_backend, a W4A16 / FP8 linear layer's product is the backend's refquant.gemm
     matmul on the codes: within gemm's bound of the exact product of the decoded operands."""
     pytest.importorskip("numba")
-    from backends.numba.gemm import accumulation
+    from refquant_backends.numba.gemm import accumulation
 
     from refquant.conformance.suite import check
     from refquant.model import Model
@@ -108,7 +108,7 @@ def test_linear_runs_the_backend_matmul_on_the_codes(run):
     m = Model.from_gguf(base)
     cap = capture_inputs(m, list(range(100, 164)), 32, None)
     import refquant
-    nb = refquant.get_backend("backends.numba:NumbaBackend")
+    nb = refquant.get_backend("refquant_backends.numba:NumbaBackend")
     for method, name in (("RTN-W4G128", "blk.3.ffn_down.weight"), ("FP8", "blk.5.attn_q.weight")):
         plain, _ = linear_model(m.w, method, None)
         x = cap.inputs(name)

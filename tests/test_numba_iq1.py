@@ -26,7 +26,7 @@ TYPES = ["IQ1_S", "IQ1_M"]
 
 @pytest.fixture(scope="module")
 def nb():
-    return refquant.get_backend("backends.numba:NumbaBackend")
+    return refquant.get_backend("refquant_backends.numba:NumbaBackend")
 
 
 def _same_or_both_refuse(nb, x, qtype, im, want):
@@ -111,7 +111,7 @@ def test_search_stress_rows_match_the_spec(nb, qtype, sub, data):
 def test_refusals_as_the_spec(nb):
     """IQ1_S needs an importance matrix (the twin's own function refuses too, with the spec's
     message); inputs where ggml aborts are refused with the spec's message, row and values."""
-    from backends.numba.ggml import iquants_iq1
+    from refquant_backends.numba.ggml import iquants_iq1
     from refquant.ggml import iquants_grid
     x = np.ones((1, 256), np.float32)
     with pytest.raises(InputError, match="requires an importance matrix"):
@@ -152,7 +152,7 @@ def test_kernels_have_no_fma_and_no_fast_math(nb):
     modules, so the two kernels' IR covers every float operation."""
     from numba import njit
     from numba.core.registry import CPUDispatcher
-    from backends.numba.ggml import iquants_iq1 as mod
+    from refquant_backends.numba.ggml import iquants_iq1 as mod
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((1, 256)) * 0.1).astype(np.float32)
     im = rng.random(256).astype(np.float32)

@@ -656,7 +656,7 @@ def numba_or_spec():
         import numba  # noqa: F401
     except ImportError:
         return "numpy"
-    return "backends.numba:NumbaBackend"
+    return "refquant_backends.numba:NumbaBackend"
 
 
 @pytest.mark.parametrize("model,ft", IQ_RUN)
@@ -788,7 +788,7 @@ def test_numba_backend_byte_identical(llama, synth, tmp_path):
     sc = imatrix_for(src, skip=("token_embd.weight",))
     im_path = tmp_path / "imatrix.gguf"
     write_imatrix_gguf(im_path, sc, ["calibration.txt"], chunk_count=3, chunk_size=512)
-    be = Recording("backends.numba:NumbaBackend")
+    be = Recording("refquant_backends.numba:NumbaBackend")
     ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
     recipes.quantize_model(src, ours, ft, imatrix=im_path, backend=be)
     assert {("quantize", "Q4_K"), ("quantize", "Q5_K")} <= be.calls

@@ -2,7 +2,7 @@
 convention — torchao (integer and float zero-point domains), compressed-tensors, GPTQ and AWQ —
 bit-exact with the spec, with the spec's signatures and options.
 
-    from backends.numba import affine
+    from refquant_backends.numba import affine
     q = affine.quantize(x, scale, zero_point, block_size, bits, "torchao", signed=True)
     x_hat = affine.dequantize(q, scale, zero_point, block_size, "torchao")
 
