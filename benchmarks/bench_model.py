@@ -5,7 +5,7 @@ time for the same context is measured in the same run when llama-cpp-python is i
     python benchmarks/bench_model.py [--ctx 512] [--models smollm2,gemma3] [--llamacpp-numerics]
 
 A model may also be named `smollm2:METHOD[:BACKEND]`: SmolLM2 decoded to F32, its linear layers
-through a weight-only format of refquant.model.quality (RTN-W4G128, FP8, ...), the products run
+through a weight-only format of refquant.pipelines.quality (RTN-W4G128, FP8, ...), the products run
 on the decoded float32 weights through BLAS (no BACKEND) or as BACKEND's refquant.gemm matmul on
 the codes (`numba`: W4A16 and FP8; `numpy`: the spec's float64 reference).
 
@@ -37,7 +37,7 @@ def one(name: str, ctx: int, numerics: bool, dtype: str, threads=None) -> dict:
     if method:
         import tempfile
 
-        from refquant.model.quality import base_file, linear_model
+        from refquant.pipelines.quality import base_file, linear_model
         tmp = tempfile.TemporaryDirectory()
         base = Model.from_gguf(base_file(path, tmp.name))
         # the in-tree path works with or without the package's entry point installed

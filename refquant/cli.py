@@ -427,7 +427,7 @@ def cmd_imatrix(args) -> int:
 def cmd_eval(args) -> int:
     import json
     from pathlib import Path
-    from .model.quality import DEFAULT_ROWS, evaluate
+    from .pipelines.quality import DEFAULT_ROWS, evaluate
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(DEFAULT_ROWS)
     text = _read_text(args.text)
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else None

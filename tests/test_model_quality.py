@@ -1,4 +1,4 @@
-"""The quality table (`refquant eval`, refquant.model.quality) against independent computations:
+"""The quality table (`refquant eval`, refquant.pipelines.quality) against independent computations:
 the Q8_0 row against llama.cpp's own Q8_0 file (llama_model_quantize) scored by
 `refquant.model.perplexity`, its bits per weight against that file's tensor sizes as gguf-py
 reads them, and the RTN row's bytes against the GPTQ checkpoint layout's arithmetic."""
@@ -103,7 +103,7 @@ def test_linear_runs_the_backend_matmul_on_the_codes(run):
 
     from refquant.conformance.suite import check
     from refquant.model import Model
-    from refquant.model.quality import capture_inputs, linear_model
+    from refquant.pipelines.quality import capture_inputs, linear_model
     d, base, text, table = run
     m = Model.from_gguf(base)
     cap = capture_inputs(m, list(range(100, 164)), 32, None)

@@ -6,7 +6,7 @@ type refquant can quantize, every 2-D weight is quantized by refquant and by ggm
 (ggml_quantize_chunk from ggml-python) and the bytes are compared; the table reports bits per
 weight, RMSE against the original, whether every tensor was bit-exact, and refquant's speed.
 
-Then the quality table (refquant.model.quality): SmolLM2 quantized to the llama.cpp file types
+Then the quality table (refquant.pipelines.quality): SmolLM2 quantized to the llama.cpp file types
 F16 .. IQ4_XS and to the weight-only RTN/GPTQ/AWQ INT4, FP8, MXFP4 and NVFP4 formats, each
 row's bits per weight, perplexity on Botchan, Δ% against the unquantized model, KL divergence
 and top-1 agreement; written as Markdown, JSON and a PNG chart under --out (default build/demo).
@@ -109,7 +109,7 @@ def quality_table(args) -> None:
     import json
     from pathlib import Path
 
-    from refquant.model.quality import DEFAULT_ROWS, evaluate
+    from refquant.pipelines.quality import DEFAULT_ROWS, evaluate
     from .models import botchan_path
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ with `Weights.hooks` (name -> callback(name, x)): the calibration algorithms and
 matrix capture (refquant.model.imatrix) use it.
 
 `Weights.with_tensors` gives a copy whose named tensors are replaced by float arrays (a model
-whose weights went through a quantizer and back: refquant.model.quality). A replaced linear
+whose weights went through a quantizer and back: refquant.pipelines.quality). A replaced linear
 layer may also carry its encoded form for a refquant.gemm scheme (`encoded`: name ->
 (scheme, weight), "W4A16" or "FP8"); with `matmul_backend` set, its product runs as that
 backend's `matmul(scheme, x, weight)` on the codes instead of BLAS on the decoded array.

@@ -1,2 +1,2 @@
 """Whole-file pipelines, above dispatch: GGUF recipes and conversion (`recipes`, `convert`) and
-Hugging Face checkpoint quantization (`hf_quantize`)."""
+Hugging Face checkpoint quantization (`hf_quantize`) and the quality table (`quality`)."""

@@ -47,8 +47,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.gguf import GGUFFile
-from .perplexity import chunks, perplexity
-from .weights import Weights
+from ..model.perplexity import chunks, perplexity
+from ..model.weights import Weights
 
 F32 = np.float32
 
@@ -164,7 +164,7 @@ def gguf_storage(path) -> tuple[int, int]:
 
 def base_file(model_path, workdir) -> Path:
     """The model itself when every tensor is F32/F16/BF16, else its F32 decode in workdir."""
-    from ..pipelines import recipes
+    from . import recipes
     model_path = Path(model_path)
     with GGUFFile(model_path) as f:
         quantized = [t.name for t in f.tensors if t.type_name not in FLOAT_TYPES]
@@ -340,9 +340,9 @@ def evaluate(model_path, text: str, rows=DEFAULT_ROWS, n_ctx: int = 256, n_chunk
              calib_chunks: int = 2, workdir=None, matmul_backend=None, text_name: str = "text",
              log: Optional[Callable[[str], None]] = None) -> Table:
     """The quality table of `model_path` on `text` (see the module docstring)."""
-    from ..pipelines import recipes
-    from .forward import Model
-    from .tokenizer import Tokenizer
+    from . import recipes
+    from ..model.forward import Model
+    from ..model.tokenizer import Tokenizer
     rows = [r.upper() for r in rows]
     for r in rows:
         if r not in LINEAR_ROWS and r not in recipes.FILE_TYPES:
