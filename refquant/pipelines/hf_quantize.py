@@ -33,6 +33,7 @@ The output directory appears complete or not at all (refquant.io.safetensors.sav
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -50,36 +51,16 @@ from ..layouts import fp8_block as L_fp8
 from ..layouts import gptq as L_gptq
 from ..layouts import targets as L_targets
 from ..layouts.fp8_block import BF16
+from .fold import HF_GEMMA3_GROUPS, HF_GROUPS, fold_layer, hf_groups
 
 F32 = np.float32
 METHODS = ("rtn", "gptq", "awq", "smoothquant")
 FORMATS = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors", "fp8-block", "nvfp4", "modelopt-fp8",
            "modelopt-nvfp4")
 FLOAT_FORMATS = ("fp8-block", "nvfp4", "modelopt-fp8", "modelopt-nvfp4")
-AWQ_GROUPS = [("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-              ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-              ("self_attn.v_proj", ("self_attn.o_proj",)),
-              ("mlp.up_proj", ("mlp.down_proj",))]
-# Gemma 3: post_attention_layernorm normalises the attention's output; the FFN's input norm is
-# pre_feedforward_layernorm, and Hugging Face stores its norms as w in x · (1 + w)
-GEMMA3_AWQ_GROUPS = [("input_layernorm", AWQ_GROUPS[0][1]), ("pre_feedforward_layernorm", AWQ_GROUPS[1][1]),
-                     AWQ_GROUPS[2], AWQ_GROUPS[3]]
-
-
-def awq_groups(config: dict) -> list:
-    """(preceding tensor, the linears it feeds) per decoder block, for the model's architecture."""
-    return GEMMA3_AWQ_GROUPS if str(config.get("model_type", "")).startswith("gemma3") else AWQ_GROUPS
-
-
-def _fold(pw: np.ndarray, s: np.ndarray, gemma: bool) -> np.ndarray:
-    """The preceding tensor with 1/s folded in: a norm's weight / s (Gemma: (1 + w) / s − 1), a
-    linear's rows / s."""
-    pw = pw.astype(np.float32)
-    if pw.ndim == 1:
-        return ((F32(1) + pw) / s - F32(1) if gemma else pw / s).astype(np.float32)
-    return (pw / s[:, None]).astype(np.float32)
+_LAYER = re.compile(r"(model\.layers\.\d+\.)")
 # layers that read the same input: ModelOpt shares their amaxes (preprocess_linear_fusion)
-SHARED_INPUT = [g for _, g in AWQ_GROUPS[:2]]
+SHARED_INPUT = [g for _, g in HF_GROUPS[:2]]
 
 
 def linear_names(ck, targets=L_targets.DEFAULT_TARGETS, ignore=L_targets.DEFAULT_IGNORE) -> list:
@@ -128,33 +109,23 @@ def _activations(adir: Path, module: str, K: int) -> np.ndarray:
     return np.asarray(X, np.float32)
 
 
-def _awq_fold(weights: dict, adir: Path, bits, g, sym, progress, groups=AWQ_GROUPS, selected=None) -> None:
-    """Search each group's AWQ scale on the original weights, then fold it: the balance layers'
-    columns · s, the preceding norm / linear rows / s. In place on `weights` (float32). Only
-    groups whose layers are all `selected` (all when None) are folded; other architectures'
-    layers (no Llama-style group) are quantized with no scale."""
-    prefixes = sorted({k.rsplit(".", 3)[0] for k in weights if k.startswith("model.layers.")})
-    plans = []
-    for p in prefixes:
-        for prev, members in groups:
-            names = [f"{p}.{m}.weight" for m in members]
-            prev_name = f"{p}.{prev}.weight"
-            if not all(n in weights for n in names) or prev_name not in weights:
-                continue
-            if selected is not None and not all(n in selected for n in names):
-                continue
-            K = weights[names[0]].shape[1]
-            if weights[prev_name].shape[0] != K:       # grouped-query attention: v_proj -> o_proj
-                continue
-            X = _activations(adir, names[0][:-len(".weight")], K)
-            W = np.concatenate([weights[n] for n in names], axis=0)
-            gs = K if g == -1 else g
-            s = awq_search(W, X, bits=bits, group_size=gs, sym=sym).input_scale
-            plans.append((names, prev_name, s))
-    for names, prev_name, s in plans:
-        for n in names:
-            weights[n] = (weights[n] * s[None, :]).astype(np.float32)
-        weights[prev_name] = _fold(weights[prev_name], s, groups is GEMMA3_AWQ_GROUPS)
+def _awq_fold(weights: dict, adir: Path, bits, g, sym, model_type: str, selected=None) -> None:
+    """Search each group's AWQ scale on the original weights and the activations in `adir`,
+    then fold it (refquant.pipelines.fold). In place on `weights` (float32). Only groups whose
+    layers are all `selected` (all when None) are folded; other architectures' layers (no
+    Llama-style group) are quantized with no scale."""
+    groups = hf_groups(model_type)
+
+    def scale(before: str, names: list) -> Optional[np.ndarray]:
+        if selected is not None and not all(n in selected for n in names):
+            return None
+        K = weights[names[0]].shape[1]
+        X = _activations(adir, names[0][:-len(".weight")], K)
+        W = np.concatenate([weights[n] for n in names], axis=0)
+        return awq_search(W, X, bits=bits, group_size=K if g == -1 else g, sym=sym).input_scale
+
+    for prefix in sorted({m.group(1) for m in map(_LAYER.match, weights) if m}):
+        fold_layer(weights, prefix, groups, scale, offset_norm=groups is HF_GEMMA3_GROUPS)
 
 
 def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, group_size: int = 128,
@@ -264,7 +235,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         w_amax, x_amax = _modelopt_amaxes(weights, lin, adir, fuse=fmt == "modelopt-nvfp4")
     if method == "awq":
         floats = {k: weights[k].astype(np.float32) for k in weights if k.startswith("model.layers.") or k in lin}
-        _awq_fold(floats, adir, bits, group_size, sym, progress, awq_groups(config), set(lin))
+        _awq_fold(floats, adir, bits, group_size, sym, config.get("model_type", ""), set(lin))
         weights.update({k: v.astype(weights[k].dtype) for k, v in floats.items() if k not in lin})
         weights.update({k: floats[k] for k in lin})
     for k in lin:
@@ -347,7 +318,7 @@ def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt,
         kinds = kinds | {"all"}
     if scheme is not None and preset_needs_inputs(scheme):
         kinds = kinds | {"absmax"}                  # the static input scale: max |x| per layer
-    groups = GEMMA3_AWQ_GROUPS if arch == "gemma3" else AWQ_GROUPS
+    groups = HF_GEMMA3_GROUPS if arch == "gemma3" else HF_GROUPS
     out: dict = {}
 
     def on_block(il, stats):
@@ -362,30 +333,20 @@ def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt,
         f = {k: weights[k].astype(np.float32) for k in weights if k.startswith(p)}
         changed = set()
         if method in ("awq", "smoothquant"):
-            plans = []
-            for prev, members in groups:
-                names = [f"{p}{m}.weight" for m in members]
-                prev_name = f"{p}{prev}.weight"
-                if not all(n in f for n in names) or prev_name not in f:
-                    continue
-                K = f[names[0]].shape[1]
-                if f[prev_name].shape[0] != K:          # grouped-query attention: v_proj -> o_proj
-                    continue
+            def scale(before: str, names: list) -> Optional[np.ndarray]:
+                if not all(n in layer_lin for n in names):    # as _awq_fold: selected layers only
+                    return None
                 st = hs[names[0]]
                 if method == "awq":
-                    gs = K if group_size == -1 else group_size
-                    s = awq_search(np.concatenate([f[n] for n in names], axis=0), st.inputs(), bits=bits,
-                                   group_size=gs, sym=sym, x_mean=st.mean_abs()).input_scale
-                elif f[prev_name].ndim == 1:                # SmoothQuant: norm -> linears only
-                    s = smooth_scales(st.absmax(), [f[n] for n in names], alpha).astype(np.float32)
-                else:
-                    continue
-                plans.append((names, prev_name, s))
-            for names, prev_name, s in plans:
-                for n in names:
-                    f[n] = (f[n] * s[None, :]).astype(np.float32)
-                f[prev_name] = _fold(f[prev_name], s, arch == "gemma3")
-                changed.add(prev_name)
+                    K = f[names[0]].shape[1]
+                    return awq_search(np.concatenate([f[n] for n in names], axis=0), st.inputs(), bits=bits,
+                                      group_size=K if group_size == -1 else group_size, sym=sym,
+                                      x_mean=st.mean_abs()).input_scale
+                if f[before].ndim == 1:                     # SmoothQuant: norm -> linears only
+                    return smooth_scales(st.absmax(), [f[n] for n in names], alpha).astype(np.float32)
+                return None
+
+            changed = fold_layer(f, p, groups, scale, offset_norm=arch == "gemma3")
         for k in layer_lin:
             W = f[k]
             module = k[:-len(".weight")]

@@ -49,6 +49,7 @@ from ..errors import InputError
 from ..io.gguf import GGUFFile
 from ..model.perplexity import chunks, perplexity
 from ..model.weights import Weights
+from .fold import GGUF_GROUPS, fold_layer
 
 F32 = np.float32
 
@@ -64,12 +65,6 @@ def group_size(K: int) -> int:
     raise InputError(f"a linear layer has {K} inputs, not a multiple of 32: no group size fits")
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
-# AWQ's scale groups in llama.cpp's tensor names: (the tensor the scale is folded into, the
-# linear layers that share its output as their input), as llm-compressor's llama mappings
-AWQ_GROUPS = (("attn_norm", ("attn_q", "attn_k", "attn_v")),
-              ("ffn_norm", ("ffn_gate", "ffn_up")),
-              ("attn_v", ("attn_output",)),
-              ("ffn_up", ("ffn_down",)))
 # linear layers that read the same input: the capture keeps one copy, under the first name
 SAME_INPUT = {"attn_k": "attn_q", "attn_v": "attn_q", "ffn_up": "ffn_gate"}
 
@@ -276,34 +271,28 @@ def quantize_linear(method: str, W: np.ndarray, X: Optional[np.ndarray] = None):
 
 
 def awq_fold(w: Weights, names: list[str], cap: InputCapture) -> dict[str, np.ndarray]:
-    """AWQ's scales searched on the base weights and calibration inputs, then folded: each
-    group's linear layers' columns * s, the tensor before them (a norm's weight, or the rows of
-    the linear whose output they read) / s. Returns every changed tensor, float32. A group
-    whose preceding linear's output size differs from the input size (attn_v -> attn_output
-    under grouped-query attention) is skipped, as llm-compressor skips it."""
+    """AWQ's scales searched on the base weights and calibration inputs, then folded
+    (refquant.pipelines.fold, llama.cpp's names). Returns every linear layer's weight and every
+    other tensor the fold changed, float32."""
     from ..algorithms.awq import awq
     arrays = {n: w.dequantize(n).astype(F32) for n in names}
-    plans = []
     layers = sorted({_layer(n) for n in names}, key=lambda s: int(s.split(".")[1]))
+    for lay in layers:                   # the tensors before each group that are not linear layers
+        for before, _ in GGUF_GROUPS:
+            n = f"{lay}.{before}.weight"
+            if n not in arrays and n in w:
+                arrays[n] = w.dequantize(n).astype(F32)
+    before_only = set(arrays) - set(names)
+
+    def scale(before: str, members: list) -> np.ndarray:
+        K = arrays[members[0]].shape[1]
+        Wc = np.concatenate([arrays[m] for m in members], axis=0)
+        return awq(Wc, cap.inputs(members[0]), bits=4, group_size=group_size(K), sym=False).input_scale
+
+    changed = set()
     for lay in layers:
-        for prev, members in AWQ_GROUPS:
-            mnames = [f"{lay}.{m}.weight" for m in members]
-            pname = f"{lay}.{prev}.weight"
-            if not all(m in arrays for m in mnames) or pname not in w:
-                continue
-            K = arrays[mnames[0]].shape[1]
-            if w.shape(pname)[0] != K:
-                continue
-            Wc = np.concatenate([arrays[m] for m in mnames], axis=0)
-            s = awq(Wc, cap.inputs(mnames[0]), bits=4, group_size=group_size(K), sym=False).input_scale
-            plans.append((mnames, pname, s))
-    out = dict(arrays)
-    for mnames, pname, s in plans:
-        for m in mnames:
-            out[m] = (out[m] * s[None, :]).astype(F32)
-        pw = out[pname] if pname in out else w.dequantize(pname).astype(F32)
-        out[pname] = (pw / s if pw.ndim == 1 else pw / s[:, None]).astype(F32)
-    return out
+        changed |= fold_layer(arrays, lay + ".", GGUF_GROUPS, scale)
+    return {n: a for n, a in arrays.items() if n not in before_only or n in changed}
 
 
 def linear_model(base_w: Weights, method: str, cap: Optional[InputCapture], matmul_backend=None):
