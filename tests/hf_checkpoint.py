@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 
+import refquant
 from refquant.io.gguf import GGUFFile
 from refquant.io.safetensors import save_checkpoint
 from tools.models import smollm2_path
@@ -28,11 +29,11 @@ def smollm2_checkpoint(out_dir, n_layers=1):
     with GGUFFile(smollm2_path()) as f:
         kv = {k.key: k.value for k in f.kvs}
         heads, kv_heads = int(kv["llama.attention.head_count"]), int(kv["llama.attention.head_count_kv"])
-        t = {"model.embed_tokens.weight": f.dequantize("token_embd.weight"),
-             "model.norm.weight": f.dequantize("output_norm.weight")}
+        t = {"model.embed_tokens.weight": f.dequantize("token_embd.weight", refquant.dequantize),
+             "model.norm.weight": f.dequantize("output_norm.weight", refquant.dequantize)}
         for i in range(n_layers):
             for g, h in NAMES.items():
-                w = f.dequantize(f"blk.{i}.{g}.weight")
+                w = f.dequantize(f"blk.{i}.{g}.weight", refquant.dequantize)
                 if g == "attn_q":
                     w = unpermute(w, heads)
                 elif g == "attn_k":

@@ -33,13 +33,13 @@ def test_dequantize_then_quantize(model, tmp_path, ggml):
     assert main(["dequantize", str(model), str(f32), "--no-progress"]) == 0
     with GGUFFile(model) as a, GGUFFile(f32) as b:
         assert [t.type_name for t in b.tensors] == ["F32", "F32"]
-        np.testing.assert_array_equal(b.dequantize("a.weight"), a.dequantize("a.weight"))
+        np.testing.assert_array_equal(b.dequantize("a.weight", refquant.dequantize), a.dequantize("a.weight", refquant.dequantize))
         assert b.get("general.file_type") == 0
     q = tmp_path / "q5.gguf"
     assert main(["quantize", str(f32), str(q), "--type", "q5_1", "--no-progress"]) == 0  # llama.cpp's Q5_1
     with GGUFFile(f32) as a, GGUFFile(q) as b:
         assert [t.type_name for t in b.tensors] == ["Q5_1", "F32"]  # the 1-D norm stays F32
-        x = a.dequantize("a.weight")
+        x = a.dequantize("a.weight", refquant.dequantize)
         np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), ggml.quantize(x, "Q5_1"))
         assert b.get("general.file_type") == 9
 
@@ -52,7 +52,8 @@ def test_quantize_file_type_on_a_backend(model, tmp_path, ggml, capsys):
     assert main(["quantize", str(f32), str(q), "--type", "q5_1", "--backend", "refquant_backends.numba:NumbaBackend",
                  "--no-progress"]) == 0
     with GGUFFile(f32) as a, GGUFFile(q) as b:
-        np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), ggml.quantize(a.dequantize("a.weight"), "Q5_1"))
+        np.testing.assert_array_equal(np.asarray(b.raw("a.weight")),
+                                      ggml.quantize(a.dequantize("a.weight", refquant.dequantize), "Q5_1"))
     capsys.readouterr()  # the runs' closing summaries
     err = one_line_error(capsys, ["quantize", str(f32), str(tmp_path / "o.gguf"), "--type", "Q5_1",
                                   "--backend", "nope", "--no-progress"])
@@ -64,7 +65,7 @@ def test_dequantize_to_half_types(model, tmp_path, out_type):
     out = tmp_path / "h.gguf"
     assert main(["dequantize", str(model), str(out), "--type", out_type.lower(), "--no-progress"]) == 0
     with GGUFFile(model) as a, GGUFFile(out) as b:
-        x = a.dequantize("a.weight")
+        x = a.dequantize("a.weight", refquant.dequantize)
         np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), refquant.quantize(x, out_type))
 
 
@@ -94,7 +95,7 @@ def test_one_ggml_type_everywhere(model, tmp_path, ggml):
     assert main(["quantize", str(f32), str(out), "--type", "mxfp4", "--no-progress"]) == 0
     with GGUFFile(f32) as a, GGUFFile(out) as b:
         assert [t.type_name for t in b.tensors] == ["MXFP4", "F32"]
-        np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), ggml.quantize(a.dequantize("a.weight"), "MXFP4"))
+        np.testing.assert_array_equal(np.asarray(b.raw("a.weight")), ggml.quantize(a.dequantize("a.weight", refquant.dequantize), "MXFP4"))
 
 
 def test_quantized_input_is_refused(model, tmp_path, capsys):

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             blocks = {f"blk.{i}." for i in range(args.layers)}
             weights = [t for t in weights if t.name[:t.name.find(".", 4) + 1] in blocks]
         t0 = time.perf_counter()
-        original = {t.name: f.dequantize(t.name) for t in weights}
+        original = {t.name: f.dequantize(t.name, dequantize) for t in weights}
         print(f"decoded {len(weights)} weight tensors ({sum(x.size for x in original.values()):,} values) "
               f"to float32 in {time.perf_counter() - t0:.1f} s\n")
 

@@ -427,16 +427,17 @@ class GGUFFile:
         data = self._mm[begin:begin + t.nbytes]
         return data.reshape(t.shape[:-1] + (t.row_bytes,)) if t.shape else data
 
-    def dequantize(self, name: str) -> np.ndarray:
-        """The tensor as float32 in its NumPy shape, decoded by the spec."""
-        from ..backend import SPEC
+    def dequantize(self, name: str, rows: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+        """The tensor as float32 in its NumPy shape. The integer types and F64 are read as they
+        are; the others are decoded by `rows(raw rows as uint8, ggml type id)` -> float32 rows
+        (refquant.dequantize, or a backend's `dequantize`)."""
         t = self.info(name)
         raw = self.raw(name)
         if t.n_elements == 0:            # zero rows, or rows of zero elements
             return np.zeros(t.shape, np.float32)
         if t.ggml_type in _PLAIN_NUMPY:
             return np.asarray(raw).view(_PLAIN_NUMPY[t.ggml_type]).astype(np.float32).reshape(t.shape)
-        return SPEC.dequantize(np.asarray(raw), t.ggml_type).reshape(t.shape)
+        return rows(np.asarray(raw), t.ggml_type).reshape(t.shape)
 
     def close(self):
         from .files import unregister_input

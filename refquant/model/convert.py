@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import SPEC
 from ..errors import FormatError
 from ..io.gguf import KV, GGUFFile, TensorInfo, write_gguf
 from .weights import Weights
@@ -147,7 +148,7 @@ def gguf_to_safetensors(gguf_path, out_dir, n_layers: int | None = None) -> Path
             raise FormatError(f"{gguf_path}: architecture {arch!r} is not supported (llama, gemma3)")
         keep = [t for t in f.tensors
                 if n_layers is None or not t.name.startswith("blk.") or int(t.name.split(".")[1]) < n_layers]
-        tensors = {hf_name(t.name, arch): np.ascontiguousarray(_to_hf(t.name, f.dequantize(t.name), md))
+        tensors = {hf_name(t.name, arch): np.ascontiguousarray(_to_hf(t.name, f.dequantize(t.name, SPEC.dequantize), md))
                    for t in keep}
         kvs = [_kv_json(kv) for kv in f.kvs]
         if n_layers is not None:

@@ -89,6 +89,7 @@ def write_imatrix_gguf(path, col: ImatrixCollector, datasets: list[str], chunk_c
 
 def read_imatrix_gguf(path) -> dict[str, np.ndarray]:
     """{weight name: in_sum2 / counts} from an imatrix GGUF (llama-imatrix's or ours)."""
+    from ..backend import SPEC
     from ..io.gguf import GGUFFile
     out = {}
     with GGUFFile(path) as f:
@@ -96,7 +97,7 @@ def read_imatrix_gguf(path) -> dict[str, np.ndarray]:
         for n in names:
             if n.endswith(".in_sum2"):
                 w = n[:-len(".in_sum2")]
-                s = f.dequantize(n)
-                c = f.dequantize(w + ".counts")
+                s = f.dequantize(n, SPEC.dequantize)
+                c = f.dequantize(w + ".counts", SPEC.dequantize)
                 out[w] = (s / c).reshape(-1) if s.shape[0] == 1 else s / c
     return out
