@@ -141,12 +141,14 @@ def cmd_dequantize(args) -> int:
         from .pipelines.hf_dequantize import dequantize_checkpoint
         dequantize_checkpoint(args.input, args.output, args.dtype)
         return 0
-    from .pipelines.convert import dequantize_file
+    from .pipelines import recipes
     from .io.split import open_gguf
     with open_gguf(args.input) as f:
         n = len(f.tensors)
     bar = Progress(n, "dequantize", args.progress)
-    dequantize_file(args.input, args.output, args.type, args.backend, bar)
+    # llama.cpp's float file type, as llama-quantize --allow-requantize writes it
+    recipes.dequantize_model(args.input, args.output, args.type.upper(), progress=lambda tp, i, total: bar(tp),
+                             backend=args.backend)
     bar.summary(args.output)
     return 0
 
@@ -468,9 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="always draw the progress bar")
         g.add_argument("--no-progress", dest="progress", action="store_false")
 
-    s = sub.add_parser("dequantize", help="decode every tensor of a GGUF file to F32/F16/BF16, or a quantized "
-                       "Hugging Face checkpoint directory (GPTQ, AWQ, compressed-tensors, FP8, ModelOpt, "
-                       "bitsandbytes) into a plain safetensors one")
+    s = sub.add_parser("dequantize", help="decode a GGUF model to F32/F16/BF16 as llama-quantize "
+                       "--allow-requantize does (norms stay F32), or a quantized Hugging Face checkpoint "
+                       "directory (GPTQ, AWQ, compressed-tensors, FP8, ModelOpt, bitsandbytes) into a plain "
+                       "safetensors one")
     s.add_argument("input")
     s.add_argument("output")
     s.add_argument("--type", default="F32", type=str.upper, choices=["F32", "F16", "BF16"])

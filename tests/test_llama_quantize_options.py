@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from gguf import GGUFValueType as V
 
+import refquant
 from refquant.cli import main
 from refquant.errors import FormatError, InputError
 from refquant.ggml.imatrix import write_imatrix_gguf
@@ -39,7 +40,7 @@ def cut_model(src, out, dtype, n_layers=N_LAYERS, n_vocab=N_VOCAB):
                 if not t.name.startswith("blk.") or int(t.name.split(".")[1]) < n_layers]
         data, infos = {}, []
         for t in keep:
-            x = f.dequantize(t.name)
+            x = f.dequantize(t.name, refquant.dequantize)
             if "token_embd" in t.name:
                 x = x[:n_vocab]
             ty = dtype if x.ndim > 1 else "F32"

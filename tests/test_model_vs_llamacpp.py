@@ -74,9 +74,9 @@ def test_tokenizer_vocab_pairs(path):
 @pytest.fixture(scope="module")
 def smollm2_f32(tmp_path_factory):
     """SmolLM2 with every weight decoded to F32 (llama.cpp's own dequantization, spec/model.md)."""
-    from refquant.pipelines.convert import dequantize_file
+    from refquant.pipelines.recipes import dequantize_model
     out = tmp_path_factory.mktemp("f32") / "smollm2-f32.gguf"
-    dequantize_file(smollm2_path(), out, "F32")
+    dequantize_model(smollm2_path(), out, "F32")
     return out
 
 

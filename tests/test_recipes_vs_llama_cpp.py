@@ -288,6 +288,18 @@ def test_synthetic_byte_identical(llama, synth, tmp_path, which, ft):
     same_bytes(ours, ref)
 
 
+@pytest.mark.parametrize("ft", ["F32", "F16"])
+def test_cli_dequantize_is_llama_cpps(llama, synth, tmp_path, ft):
+    """`refquant dequantize` is the one GGUF dequantizer (eval's base file too): on a quantized
+    model it writes the bytes of llama-quantize --allow-requantize to a float file type."""
+    from refquant.cli import main
+    q, ours, ref = tmp_path / "q.gguf", tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    recipes.quantize_model(synth["untied"], q, "Q5_1")
+    assert main(["dequantize", str(q), str(ours), "--type", ft.lower(), "--no-progress"]) == 0
+    assert llama.quantize(q, ref, recipes.file_type(ft).id, allow_requantize=True) == 0
+    same_bytes(ours, ref)
+
+
 def available(plan_):
     missing = set()
     for p in plan_:

@@ -114,8 +114,9 @@ class SplitGGUF:
     def raw(self, name: str):
         return self.part(name).raw(name)
 
-    def dequantize(self, name: str):
-        return self.part(name).dequantize(name)
+    def dequantize(self, name: str, rows):
+        """GGUFFile.dequantize on the file that holds the tensor (`rows`: the row decoder)."""
+        return self.part(name).dequantize(name, rows)
 
     @property
     def paths(self) -> list[Path]:

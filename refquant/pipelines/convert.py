@@ -1,10 +1,11 @@
-"""Whole-file conversions of GGUF models, tensor by tensor.
+"""One ggml type everywhere: a float GGUF model's quantizable weights all in one type.
 
-    dequantize_file(IN, OUT, "F32")   every tensor decoded to F32 (or F16, BF16)
-    quantize_file(IN, OUT, "Q8_0")    every quantizable weight in one type; the rest kept
+    quantize_file(IN, OUT, "MXFP4")   every quantizable weight in that type; the rest kept
 
 A weight is quantizable when it has two or more dimensions and its rows are a whole number of
-the type's blocks; other tensors (norms, biases) are written as they are.
+the type's blocks; other tensors (norms, biases) are written as they are. llama.cpp's file
+types (Q4_K_M, ..., and the float ones, which are also how a model is dequantized) are
+`refquant.pipelines.recipes`: `quantize_model`, `dequantize_model`.
 """
 from __future__ import annotations
 
@@ -14,20 +15,22 @@ import numpy as np
 
 from ..backend import get_backend
 from ..errors import FileFormatError, FormatError
-from ..registry import get_format
-from ..io.gguf import KV, TensorInfo, write_gguf
+from ..io.gguf import KV, TensorInfo
 from ..io.split import SPLIT_KEYS, open_gguf
+from ..registry import get_format
+from .recipes import FILE_TYPES
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 FILE_TYPE_KEY = "general.file_type"
-# llama.cpp's LLAMA_FTYPE_* ids for files whose weights are all of one ggml type
-FILE_TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "BF16": 32}
 
 
 def _with_file_type(kvs: list[KV], name: str) -> list[KV]:
+    """general.file_type set to llama.cpp's id for a file of `name` (its LLAMA_FTYPE_MOSTLY_*,
+    where that file type's default type is `name`), or removed where there is none."""
     from gguf import GGUFValueType
     out = [kv for kv in kvs]
-    ftype = FILE_TYPE_IDS.get(name)
+    ft = FILE_TYPES.get(name)
+    ftype = ft.id if ft is not None and ft.default == name else None
     for i, kv in enumerate(out):
         if kv.key == FILE_TYPE_KEY:
             if ftype is None:
@@ -38,26 +41,6 @@ def _with_file_type(kvs: list[KV], name: str) -> list[KV]:
     if ftype is not None:
         out.append(KV(FILE_TYPE_KEY, GGUFValueType.UINT32, ftype))
     return out
-
-
-def dequantize_file(src_path, dst_path, out_type: str = "F32", backend: str = "numpy",
-                    progress: Optional[Callable[[TensorInfo], None]] = None) -> None:
-    out_type = out_type.upper()
-    if out_type not in FLOAT_TYPES:
-        raise FormatError(f"dequantize writes F32, F16 or BF16, not {out_type!r}")
-    be = get_backend(backend)
-    fmt = get_format(out_type)
-    with open_gguf(src_path) as src:  # a split model is read as one and written as one file
-        infos = [TensorInfo(t.name, fmt.ggml_type, t.shape) for t in src.tensors]
-
-        def data(t: TensorInfo):
-            x = src.dequantize(t.name)
-            if x.size == 0:              # no elements: no bytes
-                return np.zeros(0, np.uint8)
-            return be.quantize(x.reshape(-1, x.shape[-1] if x.ndim else 1), fmt)
-
-        kvs = [kv for kv in src.kvs if kv.key not in SPLIT_KEYS]
-        write_gguf(dst_path, _with_file_type(kvs, out_type), infos, data, progress)
 
 
 def is_quantizable(t: TensorInfo, block_size: int) -> bool:
