@@ -40,6 +40,7 @@ from typing import Callable, Optional
 import ml_dtypes
 import numpy as np
 
+from .api import check_floats
 from .errors import InputError
 
 F32 = np.dtype(np.float32)
@@ -210,20 +211,6 @@ def block_max(x, block_size):
 
 # ============================================================================ input checks
 
-def check_floats(x, who: str, what: str = "x") -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise InputError(f"{who}: {what} must be a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise InputError(f"{who}: {what} must have dtype float32, float16 or bfloat16, got {x.dtype}")
-    if x.ndim == 0 or x.size == 0:
-        raise InputError(f"{who}: {what} must be a non-empty array with at least one dimension, got shape {x.shape}")
-    bad = ~np.isfinite(f32(x))
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"{who}: {what} has a non-finite value {x[idx]!r} at index {idx}")
-    return x
-
-
 def check_bits(bits, who: str) -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
         raise InputError(f"{who}: bits must be an integer from 2 to 8, got {bits!r}")
@@ -234,7 +221,7 @@ def check_scale(scale, shape, block_size, who: str, reciprocal: bool = False) ->
     """A scale array of the block grid's shape: positive, finite, and (when the rule multiplies
     by it) with a finite reciprocal in its own dtype."""
     want = scale_shape(shape, block_size)
-    s = check_floats(scale, who, "scale") if isinstance(scale, np.ndarray) else check_floats(np.asarray(scale), who, "scale")
+    s = check_floats(scale if isinstance(scale, np.ndarray) else np.asarray(scale), who, "scale", dtypes=FLOAT_DTYPES)
     if s.shape != want:
         if s.size == int(np.prod(want)):
             s = s.reshape(want)
@@ -296,7 +283,7 @@ def choose_qparams_torchao(x: np.ndarray, block_size, bits: int, mapping_type: s
     scale_dtype (default x's dtype); zp cast to zero_point_dtype (default int32).
     """
     who = "choose_qparams(torchao)"
-    x = check_floats(x, who)
+    x = check_floats(x, who, dtypes=FLOAT_DTYPES)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, who=who)
     if mapping_type not in MAPPING_TYPES:
@@ -350,7 +337,7 @@ def quantize_torchao(x: np.ndarray, scale: np.ndarray, zero_point, block_size, b
     round is half to even; the zero point is added in that float dtype. Codes come back as int8
     (signed) or uint8 (unsigned)."""
     who = "quantize(torchao)"
-    x = check_floats(x, who)
+    x = check_floats(x, who, dtypes=FLOAT_DTYPES)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, who=who)
     qmin, qmax = code_range(bits, signed)
@@ -378,7 +365,7 @@ def dequantize_torchao(q: np.ndarray, scale: np.ndarray, zero_point, block_size,
     q = _check_codes(q, -(2**31), 2**31 - 1, who)
     block = check_block_size(q.shape, block_size, who=who)
     out = float_dtype(output_dtype)
-    s = check_floats(np.asarray(scale), who, "scale").reshape(scale_shape(q.shape, block))
+    s = check_floats(np.asarray(scale), who, "scale", dtypes=FLOAT_DTYPES).reshape(scale_shape(q.shape, block))
     with np.errstate(all="ignore"):
         d = rnd(q.astype(np.float64).astype(F32), out)
         if zero_point is not None:
@@ -399,7 +386,7 @@ def choose_qparams_torchao_float_zero(x: np.ndarray, block_size, bits: int, eps:
         zero_point = min + scale * mid_point               a float, in x's dtype
     Returns (scale cast to scale_dtype, zero_point cast to zero_point_dtype; both default x's)."""
     who = "choose_qparams(torchao, float zero point)"
-    x = check_floats(x, who)
+    x = check_floats(x, who, dtypes=FLOAT_DTYPES)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, who=who)
     qmin, qmax = code_range(bits, False)
@@ -421,12 +408,12 @@ def quantize_torchao_float_zero(x: np.ndarray, scale: np.ndarray, zero_point: np
     """torchao `_quantize_affine_tinygemm`: min_val = zero_point - scale * mid_point;
     q = clamp(round((x - min_val) / scale), 0, 2^b - 1), each step in torch's promoted dtype."""
     who = "quantize(torchao, float zero point)"
-    x = check_floats(x, who)
+    x = check_floats(x, who, dtypes=FLOAT_DTYPES)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, who=who)
     qmin, qmax = code_range(bits, False)
     s = check_scale(scale, x.shape, block, who)
-    z = check_floats(np.asarray(zero_point), who, "zero_point").reshape(s.shape)
+    z = check_floats(np.asarray(zero_point), who, "zero_point", dtypes=FLOAT_DTYPES).reshape(s.shape)
     mid = F32.type((qmax + qmin + 1) / 2)
     with np.errstate(all="ignore"):
         mdt = promote(z.dtype, s.dtype)
@@ -448,8 +435,8 @@ def dequantize_torchao_float_zero(q: np.ndarray, scale: np.ndarray, zero_point: 
     q = _check_codes(q, qmin, qmax, who)
     block = check_block_size(q.shape, block_size, who=who)
     out = float_dtype(output_dtype)
-    s = check_floats(np.asarray(scale), who, "scale").reshape(scale_shape(q.shape, block))
-    z = check_floats(np.asarray(zero_point), who, "zero_point").reshape(s.shape)
+    s = check_floats(np.asarray(scale), who, "scale", dtypes=FLOAT_DTYPES).reshape(scale_shape(q.shape, block))
+    z = check_floats(np.asarray(zero_point), who, "zero_point", dtypes=FLOAT_DTYPES).reshape(s.shape)
     mid = F32.type((qmax + qmin + 1) / 2)
     with np.errstate(all="ignore"):
         d = rnd(q.astype(F32) - mid, out)
@@ -478,7 +465,7 @@ def choose_qparams_compressed_tensors(x: np.ndarray, block_size, bits: int, symm
     (1, 1) min/max for a whole tensor) keeps the min/max dimensions: the default.
     """
     who = "choose_qparams(compressed-tensors)"
-    x = check_floats(x, who)
+    x = check_floats(x, who, dtypes=FLOAT_DTYPES)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, pad=True, who=who)
     dt = x.dtype
@@ -512,7 +499,7 @@ def quantize_compressed_tensors(x: np.ndarray, scale: np.ndarray, zero_point, bl
         q = round(clamp(scaled, -2^(b-1), 2^(b-1) - 1))  -> int8     (half to even)
     Edge blocks of a 2-D block granularity are padded (the padding is cropped again)."""
     who = "quantize(compressed-tensors)"
-    x = check_floats(x, who)
+    x = check_floats(x, who, dtypes=FLOAT_DTYPES)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, pad=True, who=who)
     qmin, qmax = code_range(bits, True)
@@ -534,7 +521,7 @@ def dequantize_compressed_tensors(q: np.ndarray, scale: np.ndarray, zero_point, 
     who = "dequantize(compressed-tensors)"
     q = _check_codes(q, -128, 127, who)
     block = check_block_size(q.shape, block_size, pad=True, who=who)
-    s = check_floats(np.asarray(scale), who, "scale").reshape(scale_shape(q.shape, block))
+    s = check_floats(np.asarray(scale), who, "scale", dtypes=FLOAT_DTYPES).reshape(scale_shape(q.shape, block))
     sdt = s.dtype
     out = sdt if dtype is None else float_dtype(dtype)
     with np.errstate(all="ignore"):
@@ -561,7 +548,7 @@ def choose_qparams_gptq(x: np.ndarray, block_size, bits: int, symmetric: bool = 
     Codes are unsigned [0, 2^b - 1]; the zero here is the real zero point (what GPTQ v1
     checkpoints store minus one, v2 as is)."""
     who = "choose_qparams(gptq)"
-    x = check_floats(x, who)
+    x = check_floats(x, who, dtypes=FLOAT_DTYPES)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, who=who)
     maxq = F32.type(2**bits - 1)
@@ -587,7 +574,7 @@ def quantize_gptq(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, block_size
     """GPTQ's quantize: q = clamp(round(x / scale) + zero, 0, 2^b - 1), float32, half to even;
     codes as uint8."""
     who = "quantize(gptq)"
-    x = check_floats(x, who)
+    x = check_floats(x, who, dtypes=FLOAT_DTYPES)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, who=who)
     s = check_scale(np.asarray(scale, F32), x.shape, block, who)
@@ -627,7 +614,7 @@ def choose_qparams_awq(x: np.ndarray, block_size, bits: int, zero_point: bool = 
             scale = max(block absmax, 1e-5) / (2^(b-1) - 1),  no zero
     Returns (scale, zero) with zero in x's dtype (None when symmetric)."""
     who = "choose_qparams(awq)"
-    x = check_floats(x, who)
+    x = check_floats(x, who, dtypes=FLOAT_DTYPES)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, who=who)
     dt = x.dtype
@@ -648,7 +635,7 @@ def quantize_awq(x: np.ndarray, scale: np.ndarray, zero, block_size, bits: int) 
     """AutoAWQ: q = clamp(round(x / scale) + zero, 0, 2^b - 1) (uint8), or without a zero
     clamp(round(x / scale), -2^(b-1), 2^(b-1) - 1) (int8); in x's dtype, half to even."""
     who = "quantize(awq)"
-    x = check_floats(x, who)
+    x = check_floats(x, who, dtypes=FLOAT_DTYPES)
     bits = check_bits(bits, who)
     block = check_block_size(x.shape, block_size, who=who)
     signed = zero is None
@@ -669,7 +656,7 @@ def dequantize_awq(q: np.ndarray, scale: np.ndarray, zero, block_size) -> np.nda
     who = "dequantize(awq)"
     q = _check_codes(q, -128, 255, who)
     block = check_block_size(q.shape, block_size, who=who)
-    s = check_floats(np.asarray(scale), who, "scale").reshape(scale_shape(q.shape, block))
+    s = check_floats(np.asarray(scale), who, "scale", dtypes=FLOAT_DTYPES).reshape(scale_shape(q.shape, block))
     dt = s.dtype
     with np.errstate(all="ignore"):
         d = rnd(q.astype(F32), dt)

@@ -2,10 +2,17 @@
 non-finite values. Errors name the offending value and what was expected."""
 from __future__ import annotations
 
+from typing import Optional
+
+import ml_dtypes
 import numpy as np
 
 from .errors import InputError
 from .registry import IMATRIX_REQUIRED, Format
+
+_GGML_NAN = "ggml's output for NaN and Inf is undefined, so refquant refuses it"
+_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
+                np.dtype(ml_dtypes.bfloat16): "bfloat16"}
 
 
 def all_finite(x: np.ndarray) -> bool:
@@ -16,24 +23,46 @@ def all_finite(x: np.ndarray) -> bool:
     return bool(np.isfinite(x.min()) and np.isfinite(x.max()))
 
 
-def check_floats(x, fmt: Format, what: str = "x") -> np.ndarray:
-    """x: float32 array (..., n) with n a multiple of the block size, all finite."""
+def _where(idx: tuple) -> str:
+    """An element's place as the messages name it: column c; row r, column c; row (i, j), column c."""
+    row, col = idx[:-1], idx[-1]
+    if not row:
+        return f"column {col}"
+    return f"row {row[0] if len(row) == 1 else row}, column {col}"
+
+
+def check_floats(x, who, what: str = "x", *, block: Optional[int] = None, dtypes: tuple = (np.float32,),
+                 why: Optional[str] = None) -> np.ndarray:
+    """The one input check of float arrays: `x` a numpy array of one of `dtypes` (float32 unless
+    said) with at least one dimension and no NaN or Inf; with `block`, its last dimension a
+    positive multiple of the block size (otherwise: not empty). `who` names the caller in the
+    one-line message: a format record (its name, and its block size unless `block` is given) or
+    a string. `why` ends the message on a non-finite value (a record's default: ggml's output for
+    NaN and Inf is undefined). Returns x as it is."""
+    if isinstance(who, Format):
+        block = who.block_size if block is None else block
+        why = _GGML_NAN if why is None else why
+        who = who.name
+    names = [_DTYPE_NAMES.get(np.dtype(d), str(np.dtype(d))) for d in dtypes]
+    names = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
     if not isinstance(x, np.ndarray):
-        raise InputError(f"{fmt.name}: {what} must be a numpy.ndarray of float32, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise InputError(f"{fmt.name}: {what} must have dtype float32, got {x.dtype} "
+        raise InputError(f"{who}: {what} must be a numpy.ndarray of {names}, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        raise InputError(f"{who}: {what} must have dtype {names}, got {x.dtype} "
                          f"(convert explicitly, e.g. {what}.astype(np.float32))")
     if x.ndim == 0:
-        raise InputError(f"{fmt.name}: {what} must have at least one dimension, got a scalar")
+        raise InputError(f"{who}: {what} must have at least one dimension, got a scalar")
     n = x.shape[-1]
-    if n == 0 or n % fmt.block_size:
-        raise InputError(f"{fmt.name}: the last dimension of {what} is {n}; it must be a positive "
-                         f"multiple of the block size {fmt.block_size}")
-    if not all_finite(x):
-        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
-        row, col = idx[:-1], idx[-1]
-        raise InputError(f"{fmt.name}: {what} has a non-finite value {float(x[idx])} at row {row if len(row) != 1 else row[0]}, "
-                         f"column {col}; ggml's output for NaN and Inf is undefined, so refquant refuses it")
+    if block is not None and (n == 0 or n % block):
+        raise InputError(f"{who}: the last dimension of {what} is {n}; it must be a positive "
+                         f"multiple of the block size {block}")
+    if block is None and x.size == 0:
+        raise InputError(f"{who}: {what} is empty (shape {x.shape})")
+    xf = x if x.dtype == np.float32 else x.astype(np.float32)
+    if not all_finite(xf):
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(xf))[0])
+        raise InputError(f"{who}: {what} has a non-finite value {float(x[idx])} at {_where(idx)}"
+                         + (f"; {why}" if why else ""))
     return x
 
 

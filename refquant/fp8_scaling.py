@@ -33,6 +33,7 @@ import numpy as np
 
 from . import affine as A
 from .affine import BF16, F16, F32, f32, promote, rnd
+from .api import check_floats
 from .errors import InputError
 
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
@@ -86,7 +87,7 @@ def choose_scale(x: np.ndarray, block_size, rule: str = "compressed-tensors") ->
     compressed-tensors, float32 for torchao and DeepSeek-V3."""
     rule = _rule(rule)
     who = f"fp8 choose_scale({rule})"
-    x = A.check_floats(x, who)
+    x = check_floats(x, who, dtypes=A.FLOAT_DTYPES)
     block = A.check_block_size(x.shape, block_size, pad=(rule != "torchao"), who=who)
     dt = x.dtype
     amax = _absmax(x, block)                          # exact: a max of |x|
@@ -105,7 +106,7 @@ def quantize(x: np.ndarray, scale: np.ndarray, block_size, rule: str = "compress
     """E4M3 codes (an ml_dtypes.float8_e4m3fn array of x's shape; .view(np.uint8) for bytes)."""
     rule = _rule(rule)
     who = f"fp8 quantize({rule})"
-    x = A.check_floats(x, who)
+    x = check_floats(x, who, dtypes=A.FLOAT_DTYPES)
     block = A.check_block_size(x.shape, block_size, pad=(rule != "torchao"), who=who)
     s = A.check_scale(scale, x.shape, block, who)
     se = A.expand(s, block, x.shape)
@@ -132,7 +133,7 @@ def dequantize(q: np.ndarray, scale: np.ndarray, block_size, rule: str = "compre
         raise InputError(f"{who}: codes must be an ml_dtypes.float8_e4m3fn array, got "
                          f"{getattr(q, 'dtype', type(q).__name__)}")
     block = A.check_block_size(q.shape, block_size, pad=(rule != "torchao"), who=who)
-    s = A.check_floats(np.asarray(scale), who, "scale").reshape(A.scale_shape(q.shape, block))
+    s = check_floats(np.asarray(scale), who, "scale", dtypes=A.FLOAT_DTYPES).reshape(A.scale_shape(q.shape, block))
     se = A.expand(s, block, q.shape)
     with np.errstate(all="ignore"):
         if rule == "compressed-tensors":
@@ -162,7 +163,7 @@ def quantize_blockwise_training(x: np.ndarray, block_size):
     Returns (q, scale). An all-zero block gets s = 4.48e14 and +-0 codes (no NaN). Blocks must
     tile x."""
     who = "fp8 quantize_blockwise_training"
-    x = A.check_floats(x, who)
+    x = check_floats(x, who, dtypes=A.FLOAT_DTYPES)
     block = A.check_block_size(x.shape, block_size, who=who)
     amax = A.block_reduce(np.abs(f32(x)), block, np.max, 0.0).astype(np.float64)
     amax = np.maximum(amax, BLOCKWISE_TRAINING_EPS)

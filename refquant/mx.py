@@ -47,6 +47,7 @@ from typing import Optional
 import numpy as np
 
 from . import minifloat as mf
+from .api import check_floats
 from .errors import FormatError, InputError
 from .format import Format
 
@@ -99,26 +100,10 @@ def get_mx_format(fmt) -> MXFormat:
 
 
 # ---------------------------------------------------------------------------------------------
-# input checks
+# input checks (floats: refquant.api.check_floats)
 # ---------------------------------------------------------------------------------------------
 
-def _check_x(x, name: str, block: int) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise InputError(f"{name}: x must be a numpy.ndarray of float32, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise InputError(f"{name}: x must have dtype float32, got {x.dtype} (convert explicitly, e.g. x.astype(np.float32))")
-    if x.ndim == 0:
-        raise InputError(f"{name}: x must have at least one dimension, got a scalar")
-    n = x.shape[-1]
-    if n == 0 or n % block:
-        raise InputError(f"{name}: the last dimension of x is {n}; it must be a positive multiple of the "
-                         f"block size {block}")
-    bad = ~np.isfinite(x)
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"{name}: x has a non-finite value {x[idx]!r} at index {idx}; a block scale of NaN "
-                         f"or Inf is not a quantization, so refquant refuses it")
-    return np.ascontiguousarray(x)
+_NAN_SCALE = "a block scale of NaN or Inf is not a quantization, so refquant refuses it"
 
 
 def _check_u8(a, name: str, what: str) -> np.ndarray:
@@ -237,7 +222,7 @@ def quantize_mx(x: np.ndarray, fmt, rule: str = DEFAULT_SCALE_RULE) -> tuple[np.
     if f.element is None and rule != "ocp":
         raise FormatError(f"{f.name}: only the 'ocp' scale rule is defined (the other rules are torchao's, "
                           f"and torchao has no MXINT8)")
-    x = _check_x(x, f.name, MX_BLOCK)
+    x = np.ascontiguousarray(check_floats(x, f.name, block=MX_BLOCK, why=_NAN_SCALE))
     xb = x.reshape(*x.shape[:-1], -1, MX_BLOCK)
     amax = np.max(np.abs(xb), axis=-1)                  # max is order-free
     codes = shared_exponent(amax, f, rule)
@@ -314,7 +299,7 @@ def quantize_nvfp4(x: np.ndarray, global_scale=None) -> tuple[np.ndarray, np.nda
          keeps its sign (code 0x8), but a y that is -0.0 itself gives +0 (code 0).
       4. pack two codes a byte, element 2i in the low nibble.
     """
-    x = _check_x(x, "NVFP4", NVFP4_BLOCK)
+    x = np.ascontiguousarray(check_floats(x, "NVFP4", block=NVFP4_BLOCK, why=_NAN_SCALE))
     if x.ndim != 2:
         raise InputError(f"NVFP4: x must be a matrix (rows, n) as compressed-tensors quantizes weights, "
                          f"got shape {x.shape}")
@@ -361,7 +346,7 @@ def quantize_nvfp4_modelopt(x: np.ndarray, global_amax=None) -> tuple[np.ndarray
 
     An all-zero x (amax 0) has weight_scale_2 = 0, and ModelOpt's block scales become 0/0 = NaN;
     refquant refuses it with an InputError."""
-    x = _check_x(x, "NVFP4 (ModelOpt)", NVFP4_BLOCK)
+    x = np.ascontiguousarray(check_floats(x, "NVFP4 (ModelOpt)", block=NVFP4_BLOCK, why=_NAN_SCALE))
     if x.ndim != 2:
         raise InputError(f"NVFP4 (ModelOpt): x must be a matrix (rows, n), got shape {x.shape}")
     amax = F32(np.max(np.abs(x))) if global_amax is None else np.asarray(global_amax)
@@ -412,7 +397,7 @@ def quantize_nvfp4_torchao(x: np.ndarray, per_tensor_scale=None) -> tuple[np.nda
     block scale that rounds to 0 to 0.125 (0x20) where torchao clamps to 2^-6 (0x08) first, and
     gives −0.0 code 0; see spec/divergences-nvfp4.md.
     """
-    x = _check_x(x, "NVFP4 (torchao)", NVFP4_BLOCK)
+    x = np.ascontiguousarray(check_floats(x, "NVFP4 (torchao)", block=NVFP4_BLOCK, why=_NAN_SCALE))
     if x.ndim != 2:
         raise InputError(f"NVFP4 (torchao): x must be a matrix (rows, n), got shape {x.shape}")
     if per_tensor_scale is not None:

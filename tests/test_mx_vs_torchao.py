@@ -224,7 +224,7 @@ def test_errors():
         mx.quantize_mx(x.astype(np.float64), "MXFP4")
     bad = x.copy()
     bad[1, 3] = np.inf
-    with pytest.raises(InputError, match=r"non-finite value .* at index \(1, 3\)"):
+    with pytest.raises(InputError, match=r"non-finite value inf at row 1, column 3"):
         mx.quantize_mx(bad, "MXFP8_E5M2")
     with pytest.raises(InputError, match="scales of shape"):
         mx.dequantize_mx(np.zeros((2, 2), np.uint8), np.zeros((2, 32), np.uint8), "MXFP8")

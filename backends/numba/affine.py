@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from refquant import affine as A
+from refquant.api import check_floats
 
 from .numerics import F32, FP16_TABLE, JIT, U64, bits_f32, fp32_to_bf16_bits, fp32_to_fp16_bits
 
@@ -198,7 +199,7 @@ _NOZ = np.zeros((1, 1), np.float32)
 
 def quantize_torchao(x, scale, zero_point, block_size, bits, signed=True):
     who = "quantize(torchao)"
-    x = A.check_floats(x, who)
+    x = check_floats(x, who, dtypes=A.FLOAT_DTYPES)
     bits = A.check_bits(bits, who)
     block = A.check_block_size(x.shape, block_size, who=who)
     f = _fold(x.shape, block)
@@ -225,7 +226,7 @@ def dequantize_torchao(q, scale, zero_point, block_size, output_dtype=A.F32):
     if f is None:
         return A.dequantize_torchao(q, scale, zero_point, block_size, output_dtype)
     out_dt = A.float_dtype(output_dtype)
-    s = A.check_floats(np.asarray(scale), who, "scale").reshape(A.scale_shape(q.shape, block))
+    s = check_floats(np.asarray(scale), who, "scale", dtypes=A.FLOAT_DTYPES).reshape(A.scale_shape(q.shape, block))
     (shape2, block2) = f
     if zero_point is None:
         zg, kz = _NOZ, 0
@@ -242,7 +243,7 @@ def dequantize_torchao(q, scale, zero_point, block_size, output_dtype=A.F32):
 
 def quantize_torchao_float_zero(x, scale, zero_point, block_size, bits):
     who = "quantize(torchao, float zero point)"
-    x = A.check_floats(x, who)
+    x = check_floats(x, who, dtypes=A.FLOAT_DTYPES)
     bits = A.check_bits(bits, who)
     block = A.check_block_size(x.shape, block_size, who=who)
     f = _fold(x.shape, block)
@@ -250,7 +251,7 @@ def quantize_torchao_float_zero(x, scale, zero_point, block_size, bits):
         return A.quantize_torchao_float_zero(x, scale, zero_point, block_size, bits)
     qmin, qmax = A.code_range(bits, False)
     s = A.check_scale(scale, x.shape, block, who)
-    z = A.check_floats(np.asarray(zero_point), who, "zero_point").reshape(s.shape)
+    z = check_floats(np.asarray(zero_point), who, "zero_point", dtypes=A.FLOAT_DTYPES).reshape(s.shape)
     mdt = A.promote(z.dtype, s.dtype)
     d1 = A.promote(x.dtype, mdt)
     d2 = A.promote(d1, s.dtype)
@@ -272,8 +273,8 @@ def dequantize_torchao_float_zero(q, scale, zero_point, block_size, bits, output
     if f is None:
         return A.dequantize_torchao_float_zero(q, scale, zero_point, block_size, bits, output_dtype)
     out_dt = A.float_dtype(output_dtype)
-    s = A.check_floats(np.asarray(scale), who, "scale").reshape(A.scale_shape(q.shape, block))
-    z = A.check_floats(np.asarray(zero_point), who, "zero_point").reshape(s.shape)
+    s = check_floats(np.asarray(scale), who, "scale", dtypes=A.FLOAT_DTYPES).reshape(A.scale_shape(q.shape, block))
+    z = check_floats(np.asarray(zero_point), who, "zero_point", dtypes=A.FLOAT_DTYPES).reshape(s.shape)
     (shape2, block2) = f
     out = np.empty(shape2, np.float32)
     _dq_float_zero(_codes2(q, shape2), _grid(s, shape2, block2), _grid(z, shape2, block2), block2[0],
@@ -285,7 +286,7 @@ def dequantize_torchao_float_zero(q, scale, zero_point, block_size, bits, output
 
 def quantize_compressed_tensors(x, scale, zero_point, block_size, bits):
     who = "quantize(compressed-tensors)"
-    x = A.check_floats(x, who)
+    x = check_floats(x, who, dtypes=A.FLOAT_DTYPES)
     bits = A.check_bits(bits, who)
     block = A.check_block_size(x.shape, block_size, pad=True, who=who)
     f = _fold(x.shape, block)
@@ -310,7 +311,7 @@ def dequantize_compressed_tensors(q, scale, zero_point, block_size, dtype=None):
     f = _fold(q.shape, block)
     if f is None:
         return A.dequantize_compressed_tensors(q, scale, zero_point, block_size, dtype)
-    s = A.check_floats(np.asarray(scale), who, "scale").reshape(A.scale_shape(q.shape, block))
+    s = check_floats(np.asarray(scale), who, "scale", dtypes=A.FLOAT_DTYPES).reshape(A.scale_shape(q.shape, block))
     sdt = s.dtype
     out_dt = sdt if dtype is None else A.float_dtype(dtype)
     (shape2, block2) = f
@@ -326,7 +327,7 @@ def dequantize_compressed_tensors(q, scale, zero_point, block_size, dtype=None):
 
 def quantize_gptq(x, scale, zero, block_size, bits):
     who = "quantize(gptq)"
-    x = A.check_floats(x, who)
+    x = check_floats(x, who, dtypes=A.FLOAT_DTYPES)
     bits = A.check_bits(bits, who)
     block = A.check_block_size(x.shape, block_size, who=who)
     f = _fold(x.shape, block)
@@ -360,7 +361,7 @@ def dequantize_gptq(q, scale, zero, block_size):
 
 def quantize_awq(x, scale, zero, block_size, bits):
     who = "quantize(awq)"
-    x = A.check_floats(x, who)
+    x = check_floats(x, who, dtypes=A.FLOAT_DTYPES)
     bits = A.check_bits(bits, who)
     block = A.check_block_size(x.shape, block_size, who=who)
     f = _fold(x.shape, block)
@@ -386,7 +387,7 @@ def dequantize_awq(q, scale, zero, block_size):
     f = _fold(q.shape, block)
     if f is None:
         return A.dequantize_awq(q, scale, zero, block_size)
-    s = A.check_floats(np.asarray(scale), who, "scale").reshape(A.scale_shape(q.shape, block))
+    s = check_floats(np.asarray(scale), who, "scale", dtypes=A.FLOAT_DTYPES).reshape(A.scale_shape(q.shape, block))
     dt = s.dtype
     (shape2, block2) = f
     zg = _NOZ if zero is None else _grid(np.asarray(zero).reshape(s.shape), shape2, block2)
