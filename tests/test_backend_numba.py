@@ -459,6 +459,28 @@ def test_dot_on_raw_weight_bytes_and_more_rows_than_threads(nb):
                                           err_msg=f"{name} {variant}")
 
 
+def test_activation_quantizer_is_the_specs():
+    """The twin's Q8_0/Q8_1 activation quantizer (the Q8_0/Q8_1 format twin for "ref", a jitted
+    kernel of its own for "x86") writes the bytes of the spec's definition
+    (refquant.ggml.dot.quantize_activation): ordinary rows, an all-zero block, values halfway
+    between integers after scaling (round half away vs half to even), and blocks whose scale
+    overflows fp16."""
+    from refquant.ggml import dot as spec_dot
+    from refquant_backends.numba.ggml import dot
+    rng = np.random.default_rng(31)
+    a = (rng.standard_normal((6, 128)) * rng.uniform(0.01, 100, (6, 1))).astype(np.float32)
+    a[1, :32] = 0
+    a[2, :32] = np.arange(32, dtype=np.float32) - 15.5     # halfway values once scaled by 127/127
+    a[2, 0] = 127
+    a[3, 32:64] = 3e38                                     # near float32's max
+    a[4, 64:96] = rng.choice([-1, 1], 32).astype(np.float32) * np.float32(1e7)   # d = 1e7 / 127 > 65504
+    for qtype in ("Q8_0", "Q8_1"):
+        for variant in ("ref", "x86"):
+            np.testing.assert_array_equal(dot.quantize_activation(a, qtype, variant),
+                                          spec_dot.quantize_activation(a, qtype, variant),
+                                          err_msg=f"{qtype} {variant}")
+
+
 def test_dot_kernels_fuse_only_where_the_spec_does(nb):
     """The vec_dot kernels (backends/numba/ggml/dot.py): no fast-math flag on any float
     instruction and no contraction (llvm.fmuladd) anywhere; a kernel that does not call fmaf

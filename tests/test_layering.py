@@ -136,3 +136,14 @@ def test_import_and_quantize_load_only_the_library():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "", f"loaded: {r.stdout.split()}"
+
+
+def test_backends_install_under_their_own_name():
+    """backends/ installs as refquant_backends (setup.py), not as a generic top-level `backends`;
+    the entry-point names users type stay `numba` and `cupy`."""
+    import tomllib
+    eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["refquant.backends"]
+    assert eps == {"numba": "refquant_backends.numba:NumbaBackend", "cupy": "refquant_backends.cupy:CupyBackend"}
+    from importlib.metadata import entry_points
+    installed = {ep.name: ep.value for ep in entry_points(group="refquant.backends")}
+    assert installed == eps, "the installed entry points are stale: pip install --no-deps -e ."
