@@ -72,7 +72,7 @@ def test_claims_cover_the_legacy_and_float_types(nb):
 def test_declared_claims_are_the_twin_modules_tables():
     """The backend claims from its declaration (so that a call imports one twin module): every
     key declared is in the declared module's table, and every table's key is declared."""
-    from backends.numba import NumbaBackend
+    from refquant_backends.numba import NumbaBackend
     assert set(NumbaBackend.DECLARED) == set(NumbaBackend.MODULES)
     assert NumbaBackend.declared() == NumbaBackend.loaded()
 
@@ -97,17 +97,17 @@ def test_warm_calls_every_operation_of_a_type():
 
 
 def test_a_quantize_imports_only_its_twin_module(tmp_path):
-    """In a fresh process, quantizing to Q4_0 imports backends.numba.ggml.legacy and no other
+    """In a fresh process, quantizing to Q4_0 imports refquant_backends.numba.ggml.legacy and no other
     twin module with kernels."""
     import subprocess
     import sys
-    code = ("import sys, numpy as np, refquant; nb = refquant.get_backend('backends.numba:NumbaBackend'); "
+    code = ("import sys, numpy as np, refquant; nb = refquant.get_backend('refquant_backends.numba:NumbaBackend'); "
             "nb.quantize(np.ones((1, 32), np.float32), 'Q4_0'); "
-            "print(' '.join(sorted(m for m in sys.modules if m.startswith('backends.numba.'))))")
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('refquant_backends.numba.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert "backends.numba.ggml.legacy" in out
-    assert not {"backends.numba.ggml.kquants", "backends.numba.ggml.iquants_grid", "backends.numba.ggml.dot",
-                "backends.numba.gemm", "backends.numba.minifloat", "backends.numba.affine"} & set(out), out
+    assert "refquant_backends.numba.ggml.legacy" in out
+    twins = {"ggml.kquants", "ggml.iquants_grid", "ggml.dot", "gemm", "minifloat", "affine"}
+    assert not {f"refquant_backends.numba.{m}" for m in twins} & set(out), out
 
 
 def test_unknown_operation_and_key_are_refused(nb):
@@ -306,7 +306,7 @@ def test_minifloat_encode_decode_on_the_grid(name, data):
 def test_e8m0_round_modes_match_the_spec(round_mode):
     """E8M0's round modes on every float32 exponent field with mantissas around each rule's cut
     (bit 22, 0x00600000 for subnormals), both signs, 0, Inf and NaN, both overflow rules."""
-    from backends.numba import minifloat as nbmf
+    from refquant_backends.numba import minifloat as nbmf
     from refquant import minifloat as mf
     m = np.array([0, 1, 0x1FFFFF, 0x200000, 0x3FFFFF, 0x400000, 0x400001, 0x5FFFFF, 0x600000, 0x600001,
                   0x7FFFFF], np.uint32)

@@ -615,7 +615,7 @@ def quantize_iq1_m(x, imatrix=None, variant: str = IQ1M_SPLIT_SUMS):
     variant: how the split search sums, as one or the other ggml does it (equal in exact
     arithmetic, not in float32): "split-sums" (the default, the registered IQ1_M quantizer) as
     ggml-python 0.0.45's ggml; "prefix-sums" as the ggml vendored in llama.cpp (llama-cpp-python
-    0.3.36), which llama_model_quantize runs (refquant.ggml.recipes uses it)."""
+    0.3.36), which llama_model_quantize runs (refquant.pipelines.recipes uses it)."""
     if variant not in _IQ1M_SEARCH:
         raise InputError(f"unknown IQ1_M variant {variant!r}; known: {', '.join(IQ1M_VARIANTS)}")
     lat = grids.lattice("iq1s")
