@@ -79,7 +79,7 @@ def test_declared_claims_are_the_twin_modules_tables():
 
 def test_a_key_missing_from_the_declaration_is_still_claimed():
     """The declaration only saves imports: a key it lacks is found by importing every module."""
-    from backends.numba import NumbaBackend
+    from refquant_backends.numba import NumbaBackend
 
     class Partial(NumbaBackend):
         DECLARED = {"ggml.legacy": {"quantize": "Q4_0"}}
