@@ -106,7 +106,7 @@ def _wait_for_temp(d, proc):
 def test_sigterm_and_sigkill_during_a_write(tmp_path):
     src = tmp_path / "m.gguf"
     infos = [TensorInfo(f"t{i}", 0, (4, 64)) for i in range(40)]
-    write_gguf(src, [KV("general.architecture", V.STRING, "llama")], infos,
+    write_gguf(src, [KV("general.architecture", V.STRING, "llama"), KV("llama.block_count", V.UINT32, 1)], infos,
                lambda t: np.full((4, 64), float(t.name[1:]), np.float32))
     out = tmp_path / "o.gguf"
     proc = _start_slow_write(src, out)
