@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m tools.models fetch
 	# Numba's cache filled with every kernel of the Numba backend (minutes of CPU, once), so that
 	# a first `refquant quantize --backend numba` loads its kernels instead of compiling them
-	$(PY) -m backends.numba.warm --quiet
+	$(PY) -m refquant_backends.numba.warm --quiet
 	touch $@
 
 $(MLD07_DIR)/.installed: | $(PY)

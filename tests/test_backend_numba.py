@@ -90,7 +90,7 @@ def test_a_key_missing_from_the_declaration_is_still_claimed():
 
 def test_warm_calls_every_operation_of_a_type():
     """`make install`'s cache warm-up (backends/numba/warm.py) reaches each claimed operation."""
-    from backends.numba.warm import warm
+    from refquant_backends.numba.warm import warm
     seen = []
     assert warm({"Q8_0"}, seen.append) == 3
     assert [s.split()[0] for s in seen] == ["dequantize", "quantize", "vec_dot"]

@@ -1,6 +1,6 @@
 """Fill Numba's on-disk cache with every kernel of the backend, so that a first call loads them.
 
-    python -m backends.numba.warm [--types Q4_K,Q6_K] [--quiet]
+    python -m refquant_backends.numba.warm [--types Q4_K,Q6_K] [--quiet]
 
 Every kernel is compiled with cache=True: the first call of a kernel in a process compiles it
 (seconds to a minute of CPU for the K-quant searches) and writes the machine code to Numba's
@@ -69,7 +69,7 @@ def warm(types=None, log=None) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m backends.numba.warm", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m refquant_backends.numba.warm", description=__doc__.split("\n\n")[0])
     ap.add_argument("--types", help="comma-separated keys (default: every claimed one)")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
