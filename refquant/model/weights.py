@@ -98,19 +98,13 @@ class Linear:
         relative, on the largest term of the dot product)."""
         from ..ggml.blocks import u16
         from ..ggml.dot import quantize_activation
-        from ..ggml.legacy import _unpack_nibbles, _unpack_q5
         from ..numerics import fp16_bits_to_fp32
         from ..registry import get_format
-        raw = np.asarray(self.source.raw_bytes(self.name)).reshape(-1, 20 if self.type_name == "Q4_1" else 24)
-        if self.type_name == "Q4_1":
-            f = get_format("Q4_1").layout.split(raw)
-            q = _unpack_nibbles(f["qs"]).astype(F32)
-        else:
-            f = get_format("Q5_1").layout.split(raw)
-            q = _unpack_q5(f["qh"], f["qs"]).astype(F32)
+        fmt = get_format(self.type_name)
+        ops = fmt.vec_dot.decode(np.asarray(self.source.raw_bytes(self.name)).reshape(-1, fmt.type_size))
         nb = self.in_features // 32
-        dq = (q * fp16_bits_to_fp32(u16(f["d"]))[:, None]).reshape(self.out_features, -1)
-        m = fp16_bits_to_fp32(u16(f["m"])).reshape(self.out_features, nb)
+        dq = (ops["q"].astype(F32) * ops["d"][:, None]).reshape(self.out_features, -1)   # codes, d, m as vec_dot reads them
+        m = ops["m"].reshape(self.out_features, nb)
         x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, self.in_features)
         qx = quantize_activation(x2, "Q8_1", self.source.act_variant).reshape(-1, 36)
         g = get_format("Q8_1").layout.split(qx)
