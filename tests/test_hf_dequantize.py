@@ -231,3 +231,31 @@ def test_bad_configs_one_line(tiny, tmp_path, capsys):
         assert not (tmp_path / f"o{i}").exists()
     err = capsys.readouterr().err
     assert "Traceback" not in err and "internal error" not in err
+
+
+def test_bad_tensors_one_line(tiny, tmp_path, capsys):
+    """A quantized layer whose tensors do not fit together (a scale of the wrong shape, a missing
+    or mistyped tensor) is refused in one line naming it, exit 2, no output."""
+    import os
+    from refquant.io.safetensors import save_file
+    d, adir = tiny
+    L = "model.layers.0.self_attn.q_proj"
+    cases = [(("--bits", 4, "--group-size", 32, "--format", "compressed-tensors"), f"{L}.weight_scale",
+              lambda a: a[:, :1].copy()),
+             (("--bits", 4, "--group-size", 32, "--format", "gptq"), f"{L}.qzeros", None),
+             (("--scheme", "FP8_BLOCK"), f"{L}.weight_scale", lambda a: np.zeros((3, 5), np.float32)),
+             (("--bits", 4, "--group-size", 32, "--format", "awq"), f"{L}.qweight", lambda a: a.astype(np.int64))]
+    for i, (args, key, change) in enumerate(cases):
+        q = tmp_path / f"q{i}"
+        _quantize(d, q, *args)
+        t = {k: np.asarray(v) for k, v in Checkpoint(q).items()}
+        if change is None:
+            del t[key]
+        else:
+            t[key] = change(t[key])
+        os.remove(q / "model.safetensors")
+        save_file(q / "model.safetensors", t)
+        assert main(["dequantize", str(q), str(tmp_path / f"o{i}")]) == 2, key
+        err = capsys.readouterr().err
+        assert L in err and "internal error" not in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / f"o{i}").exists()

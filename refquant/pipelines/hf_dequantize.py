@@ -56,6 +56,110 @@ def _int_field(qc: dict, key: str, default: int, where) -> int:
     return v
 
 
+F8 = E4M3
+FLOATS = (np.dtype(np.float32), np.dtype(np.float16), DTYPES["bfloat16"])
+
+
+def _need(t: dict, m: str, name: str, dtypes, shape=None, ndim=None) -> np.ndarray:
+    """Tensor `<m>.<name>` of one of `dtypes` and, when given, exactly `shape` or `ndim`
+    dimensions; anything else is refused with a line naming it."""
+    if name not in t:
+        raise FormatError(f"dequantize: {m}.{name} is missing")
+    a = t[name]
+    if a.dtype not in [np.dtype(d) for d in dtypes]:
+        raise FormatError(f"dequantize: {m}.{name} is {a.dtype}, not {' or '.join(str(np.dtype(d)) for d in dtypes)}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise FormatError(f"dequantize: {m}.{name} has shape {tuple(a.shape)}, not {tuple(shape)}")
+    if ndim is not None and a.ndim != ndim:
+        raise FormatError(f"dequantize: {m}.{name} has shape {tuple(a.shape)}, not {ndim}-D")
+    return a
+
+
+def _check_gptq(t, m, bits):
+    qw = _need(t, m, "qweight", [np.int32], ndim=2)
+    sc = _need(t, m, "scales", FLOATS, ndim=2)
+    G, N = sc.shape
+    K = qw.shape[0] * 32 // bits
+    if qw.shape[1] != N or G == 0 or K % G:
+        raise FormatError(f"dequantize: {m}: qweight {qw.shape} and scales {sc.shape} do not describe one "
+                          f"{bits}-bit GPTQ layer")
+    _need(t, m, "qzeros", [np.int32], shape=(G, -(-N * bits // 32)))
+    if "g_idx" in t:
+        gi = _need(t, m, "g_idx", [np.int32, np.int64], shape=(K,))
+        if gi.size and (gi.min() < 0 or gi.max() >= G):
+            raise FormatError(f"dequantize: {m}.g_idx names groups outside [0, {G})")
+
+
+def _check_awq(t, m):
+    qw = _need(t, m, "qweight", [np.int32], ndim=2)
+    sc = _need(t, m, "scales", FLOATS, ndim=2)
+    K, N = qw.shape[0], qw.shape[1] * 8
+    G = sc.shape[0]
+    if sc.shape[1] != N or G == 0 or K % G:
+        raise FormatError(f"dequantize: {m}: qweight {qw.shape} and scales {sc.shape} do not describe one AWQ GEMM layer")
+    _need(t, m, "qzeros", [np.int32], shape=(G, N // 8))
+
+
+def _check_ct(t, m, fmt, w):
+    if fmt == "pack-quantized":
+        bits = w.get("num_bits")
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+            raise FormatError(f"dequantize: {m}: pack-quantized num_bits must be 1..8, got {bits!r}")
+        shp = _need(t, m, "weight_shape", [np.int32, np.int64], shape=(2,))
+        N, K = (int(v) for v in shp)
+        if N <= 0 or K <= 0:
+            raise FormatError(f"dequantize: {m}.weight_shape {[N, K]} is not a positive shape")
+        _need(t, m, "weight_packed", [np.int32], shape=(N, -(-K * bits // 32)))
+        sc = _need(t, m, "weight_scale", FLOATS, ndim=2)
+        gs = w.get("group_size")
+        G = K // gs if w.get("strategy") == "group" and isinstance(gs, int) and gs > 0 and K % gs == 0 else \
+            1 if w.get("strategy") == "channel" else None
+        if sc.shape[0] != N or sc.shape[1] == 0 or K % sc.shape[1] or (G is not None and sc.shape[1] != G):
+            raise FormatError(f"dequantize: {m}.weight_scale has shape {sc.shape}, not ({N}, {G or 'G'}) for "
+                              f"{K} inputs under strategy {w.get('strategy')!r}, group size {gs!r}")
+        if "weight_zero_point" in t:
+            _need(t, m, "weight_zero_point", [np.int32], shape=(-(-N * bits // 32), sc.shape[1]))
+    elif fmt in ("int-quantized", "naive-quantized", "float-quantized"):
+        q = _need(t, m, "weight", [np.int8, F8], ndim=2)
+        sc = _need(t, m, "weight_scale", FLOATS)
+        from .. import affine
+        from ..layouts.compressed_tensors import _weight_block
+        block = _weight_block(w, q.shape)
+        want = affine.scale_shape(q.shape, tuple(min(b, s) for b, s in zip(block, q.shape)))
+        if sc.size != int(np.prod(want)):
+            raise FormatError(f"dequantize: {m}.weight_scale has {sc.size} values; a {w.get('strategy')} weight of "
+                              f"shape {q.shape} needs {want}")
+        if "weight_zero_point" in t:
+            _need(t, m, "weight_zero_point", [np.int8, np.int32], shape=sc.shape)
+    elif fmt == "nvfp4-pack-quantized":
+        pk = _need(t, m, "weight_packed", [np.uint8], ndim=2)
+        N, K = pk.shape[0], pk.shape[1] * 2
+        if K % 16:
+            raise FormatError(f"dequantize: {m}.weight_packed holds {K} values a row, not a multiple of 16")
+        _need(t, m, "weight_scale", [F8, np.uint8], shape=(N, K // 16))
+        _need(t, m, "weight_global_scale", [np.float32], shape=(1,))
+
+
+def _check_block_fp8(t, m):
+    q = _need(t, m, "weight", [F8], ndim=2)
+    _need(t, m, "weight_scale_inv", [np.float32], shape=(-(-q.shape[0] // 128), -(-q.shape[1] // 128)))
+
+
+def _check_modelopt(t, m, algo):
+    if algo == "NVFP4":
+        pk = _need(t, m, "weight", [np.uint8], ndim=2)
+        N, K = pk.shape[0], pk.shape[1] * 2
+        if K % 16:
+            raise FormatError(f"dequantize: {m}.weight holds {K} values a row, not a multiple of 16")
+        _need(t, m, "weight_scale", [F8], shape=(N, K // 16))
+        if _need(t, m, "weight_scale_2", [np.float32]).size != 1:
+            raise FormatError(f"dequantize: {m}.weight_scale_2 must hold one value")
+    else:
+        _need(t, m, "weight", [F8], ndim=2)
+        if _need(t, m, "weight_scale", [np.float32]).size != 1:
+            raise FormatError(f"dequantize: {m}.weight_scale must hold one value")
+
+
 def _modules(names, marker: str) -> list:
     """The modules `<p>` that have a tensor `<p>.<marker>`."""
     suffix = "." + marker
@@ -140,6 +244,7 @@ def dequantize_checkpoint(in_dir, out_dir, dtype: Optional[str] = None, progress
         version = "v2" if qc.get("checkpoint_format") == "gptq_v2" else "v1"
         for m in _modules(tensors, "qweight"):
             t = _take(tensors, m, GPTQ, "gptq")
+            _check_gptq(t, m, bits)
             put(m, L_gptq.dequantize(t, bits, version))
     elif method == "awq":
         version = str(qc.get("version", "gemm")).lower()
@@ -147,8 +252,12 @@ def dequantize_checkpoint(in_dir, out_dir, dtype: Optional[str] = None, progress
         for m in _modules(tensors, "qweight"):
             t = _take(tensors, m, AWQ, "awq")
             if version == "gemv":
+                _need(t, m, "qweight", [np.int32], ndim=2)
+                _need(t, m, "qzeros", [np.int32], ndim=2)
+                _need(t, m, "scales", FLOATS, ndim=2)
                 put(m, L_awq.dequantize_gemv(t, g))
             elif version == "gemm":
+                _check_awq(t, m)
                 put(m, np.ascontiguousarray(L_awq.dequantize(t).T))
             else:
                 raise FormatError(f"dequantize: AWQ version {version!r} is not one refquant reads (gemm, gemv)")
@@ -158,10 +267,12 @@ def dequantize_checkpoint(in_dir, out_dir, dtype: Optional[str] = None, progress
         for m in mods:
             fmt, w = _ct_group(m, groups)
             t = _take(tensors, m, CT_NAMES, "compressed-tensors")
+            _check_ct(t, m, fmt, w)
             put(m, L_ct.dequantize(t, fmt, w, who=f"dequantize: {m}"))
     elif method == "fp8":
         for m in _modules(tensors, "weight_scale_inv"):
             t = _take(tensors, m, ("weight", "weight_scale_inv", "input_scale"), "fp8")
+            _check_block_fp8(t, m)
             put(m, L_fp8.dequantize_block_fp8(t))
     elif method == "modelopt":
         algo = qc.get("quant_algo")
@@ -173,6 +284,8 @@ def dequantize_checkpoint(in_dir, out_dir, dtype: Optional[str] = None, progress
                 raise FormatError(f"dequantize: {hq} is not ModelOpt's JSON object") from None
         for m in _modules(tensors, "weight_scale"):
             t = _take(tensors, m, ("weight", "weight_scale", "weight_scale_2", "input_scale"), "modelopt")
+            if algo in ("FP8", "NVFP4"):
+                _check_modelopt(t, m, algo)
             if algo == "NVFP4":
                 put(m, L_fp8.dequantize_modelopt_nvfp4(t))
             elif algo == "FP8":
