@@ -57,6 +57,14 @@ def test_api_write_over_an_open_input_is_refused(model, tmp_path):
         with pytest.raises(RefquantError, match="refusing to overwrite an input"):
             write_gguf(model, f.kvs, f.tensors, lambda t: f.raw(t.name))
     assert GGUFFile(model).tensors
+    from refquant.io.safetensors import SafetensorsFile, save_file
+    st = tmp_path / "a.safetensors"
+    save_file(st, {"a": np.ones(3, np.float32)})
+    f = SafetensorsFile(st)
+    with pytest.raises(RefquantError, match="refusing to overwrite an input"):
+        save_file(st, {"a": np.asarray(f["a"]) * 2})
+    del f
+    save_file(st, {"a": np.zeros(3, np.float32)})    # once the reader is gone, the file is free
 
 
 def test_missing_output_directory_and_directory_inputs(model, tmp_path, capsys):
@@ -97,7 +105,7 @@ def _start_slow_write(src, out):
 
 
 def _wait_for_temp(d, proc):
-    for _ in range(600):
+    for _ in range(6000):                # up to a minute: a loaded machine starts Python slowly
         if _temps(d) or proc.poll() is not None:
             return
         time.sleep(0.01)

@@ -192,7 +192,10 @@ class AtomicFile:
         check_output_path(self.path)
         d = self.path.parent if str(self.path.parent) else Path(".")
         remove_stale_temps(d)
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(self.path.name), suffix=".tmp", dir=d)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(self.path.name), suffix=".tmp", dir=d)
+        except OSError as e:
+            raise RefquantError(f"{self.path}: cannot create a file in {d}: {e.strerror or e}") from None
         self._tmp = Path(tmp)
         try:
             umask = os.umask(0)
@@ -236,4 +239,7 @@ def temp_dir(out) -> Path:
         raise InputError(f"{out}: output directory {d} does not exist" if not d.exists()
                          else f"{out}: {d} is not a directory")
     remove_stale_temps(d)
-    return Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name), suffix=".tmp", dir=d))
+    try:
+        return Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name), suffix=".tmp", dir=d))
+    except OSError as e:
+        raise RefquantError(f"{out}: cannot create a directory in {d}: {e.strerror or e}") from None

@@ -34,7 +34,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import FileFormatError, InputError
-from .files import AtomicFile, check_signal, confined, temp_dir
+from .files import AtomicFile, check_signal, confined, register_input, temp_dir
 
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -192,6 +192,7 @@ class SafetensorsFile(Mapping):
             self._mm = np.memmap(self.path, np.uint8, "r") if size else None
         except (OSError, ValueError) as e:
             raise FileFormatError(f"{self.path}: cannot map: {e}") from None
+        register_input(self.path, self)       # a write over this file is refused while it is open
 
     def __getitem__(self, name) -> np.ndarray:
         if name not in self.entries:
