@@ -652,7 +652,9 @@ def main(argv=None) -> int:
     asking for a report and exit status 3, with the traceback under --debug or REFQUANT_DEBUG=1."""
     import os
     import signal
+    from .io import files
     from .io.files import Terminated, on_signal, refuse_same_file
+    files.pending_signal = 0               # a signal from an earlier call in this process is spent
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("REFQUANT_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
