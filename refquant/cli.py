@@ -7,6 +7,7 @@
     refquant quantize IN.gguf OUT.gguf --type Q8_0      one type for every quantizable weight
     refquant conformance --backend NAME                 the conformance suite against a backend
     refquant vectors --out DIR                          golden test vectors per format
+    refquant verify-vectors < ANSWERS                   an implementation's answers to cases.txt, checked
     refquant formats                                    the registered formats
     refquant quantize MODEL_DIR OUT_DIR --method gptq|awq|smoothquant --calibration TEXT [--ctx N]
                                                         a safetensors checkpoint, calibrated on a text
@@ -383,6 +384,19 @@ def cmd_vectors(args) -> int:
     return 0
 
 
+def cmd_verify_vectors(args) -> int:
+    from .conformance.vectors import verify_lines
+    if args.cases:
+        with open(args.cases) as f:
+            n, bad = verify_lines(f)
+    else:
+        n, bad = verify_lines(sys.stdin)
+    for line in bad[:args.show]:
+        print(f"DIFFERS {line}")
+    print(f"{n} cases, {len(bad)} differ from the spec")
+    return 0 if n and not bad else 1
+
+
 def cmd_perplexity(args) -> int:
     from .model.perplexity import model_perplexity
     from .model.threads import blas_threads
@@ -581,6 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--formats", help="comma-separated formats (default: every quantizable GGUF format)")
     s.set_defaults(func=cmd_vectors)
+
+    s = sub.add_parser("verify-vectors", help="check an implementation's answers to cases.txt lines "
+                                              "(FORMAT OP INPUT IMATRIX RESULT, on stdin) against the spec")
+    s.add_argument("cases", nargs="?", help="a file of case lines (default: stdin)")
+    s.add_argument("--show", type=int, default=10, help="print at most this many differing lines (default 10)")
+    s.set_defaults(func=cmd_verify_vectors)
 
     s = sub.add_parser("formats", help="list the registered formats")
     s.set_defaults(func=cmd_formats)

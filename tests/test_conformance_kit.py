@@ -358,3 +358,61 @@ def test_the_example_backend_of_spec_backends_md(tmp_path):
         assert out.returncode == 0, out.stdout + out.stderr
         assert "2 exact, 0 within bound, 0 failed, 0 errors, 0 claimed but the spec ran" in out.stdout, out.stdout
         assert "quantize+imatrix" not in out.stdout or "not claimed" in out.stdout
+
+
+class OwnQ8(Backend):
+    """Q8_0 quantize and dequantize by the spec's arithmetic, held as the backend's own copy."""
+    name = "own-q8"
+
+    def claims(self):
+        return {("quantize", "Q8_0"), ("dequantize", "Q8_0")}
+
+    def quantize_rows(self, fmt, x, imatrix):
+        return quantize_q8_0(x)
+
+    def dequantize_rows(self, fmt, data):
+        return dequantize_q8_0(data)
+
+
+@pytest.mark.parametrize("backend", [OwnQ8(), TilingFromThirdRow()], ids=lambda b: b.name)
+def test_shards_together_are_the_whole_matrix(backend):
+    key = "Q8_0" if isinstance(backend, OwnQ8) else "Q4_0"
+    whole = run(backend, formats=[key], checks=["quantize", "dequantize"], max_examples=3)
+    parts = [run(backend, formats=[key], checks=["quantize", "dequantize"], max_examples=3, shard=(i, 3))
+             for i in range(3)]
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert merged.results == whole.results
+    assert merged.ok == whole.ok
+    if whole.ok:   # every case ran in exactly one shard
+        assert sum(merged.cases.values()) == sum(whole.cases.values())
+        assert all(sum(p.cases.values()) < sum(whole.cases.values()) for p in parts)
+
+
+def test_shard_and_level_on_the_cli():
+    out = subprocess.run([sys.executable, "-m", "refquant.cli", "conformance", "--backend", "numpy",
+                          "--formats", "Q8_0", "--checks", "dequantize", "--max-examples", "2", "--shard", "1/2"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "(level 1, shard 1/2)" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "refquant.cli", "conformance", "--shard", "2/2"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "0 <= I < N" in bad.stderr
+
+
+def test_level_2_adds_catalog_entries_and_shapes():
+    from refquant.conformance.cases import case_ids
+    one, two = case_ids("quantize", "E4M3FN", 1), case_ids("quantize", "E4M3FN", 2)
+    assert set(one) < set(two) and {"catalog float16-all", "catalog sweep"} <= set(two)
+    assert "ladder 3x9" in case_ids("quantize+imatrix", "IQ1_M", 1)
+
+
+def test_pytest_form_runs_in_parallel(tmp_path):
+    """`pytest --pyargs refquant.conformance -n 2` with the backend named by file path: one test per
+    (key, path), the claimed ones pass, the rest are skipped as not claimed."""
+    pytest.importorskip("xdist")
+    env = {**os.environ, "REFQUANT_BACKEND": f"{Path(__file__).resolve()}:OwnQ8", "REFQUANT_FORMATS": "Q8_0",
+           "REFQUANT_MAX_EXAMPLES": "3"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
+                          "--pyargs", "refquant.conformance"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "2 passed, 2 skipped" in out.stdout, out.stdout[-2000:]

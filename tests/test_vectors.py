@@ -89,3 +89,62 @@ def test_vectors_gguf_reads_back(tmp_path):
     with GGUFFile(tmp_path / "vectors.gguf") as f:
         assert [t.name for t in f.tensors] == ["Q4_0", "Q8_0"]
         np.testing.assert_array_equal(np.asarray(f.raw("Q4_0")), np.load(tmp_path / "Q4_0" / "encoded.npy"))
+
+
+# ------------------------------------------------------------------ plain-text cases, verifier
+
+def _case_lines(name):
+    from refquant.conformance.vectors import text_cases
+    return [ln for ln in text_cases(name) if not ln.startswith("#")]
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "IQ4_XS", "MXFP4"])
+def test_text_cases_are_ggmls_bytes(name, ggml):
+    """The plain-text catalog cases of a GGUF type: every quantize line's result is what ggml
+    writes for that block (with its importance matrix), every dequantize line what ggml decodes."""
+    q = [ln.split() for ln in _case_lines(name) if ln.split()[1] == "quantize" and ln.split()[4] != "refused"]
+    plain = [f for f in q if f[3] == "-"]
+    x = np.stack([np.frombuffer(bytes.fromhex(f[2]), "<f4") for f in plain]).astype(np.float32)
+    ours = np.stack([np.frombuffer(bytes.fromhex(f[4]), np.uint8) for f in plain])
+    np.testing.assert_array_equal(ggml.quantize(x, name), ours)
+    for f in [f for f in q if f[3] != "-"][::7]:   # with an imatrix: a line at a time (a seventh of them)
+        xi = np.frombuffer(bytes.fromhex(f[2]), "<f4").astype(np.float32)[None, :]
+        im = np.frombuffer(bytes.fromhex(f[3]), "<f4").astype(np.float32)
+        assert ggml.quantize(xi, name, im).reshape(-1).tobytes().hex() == f[4], f[:2]
+    d = [ln.split() for ln in _case_lines(name) if ln.split()[1] == "dequantize"]
+    data = np.stack([np.frombuffer(bytes.fromhex(f[2]), np.uint8) for f in d])
+    want = np.stack([np.frombuffer(bytes.fromhex(f[4]), "<u4") for f in d])
+    np.testing.assert_array_equal(ggml.dequantize(data, name).reshape(len(d), -1).view(np.uint32), want)
+
+
+def test_text_cases_hold_the_catalog_and_every_code():
+    lines = _case_lines("E4M3FN")
+    codes = {ln.split()[2] for ln in lines if ln.split()[1] == "dequantize"}
+    assert len(codes) == 256
+    from refquant.conformance.vectors import text_cases
+    comments = [ln for ln in text_cases("Q4_K") if ln.startswith("# quantize")]
+    assert {"# quantize: extremes", "# quantize+imatrix: imatrix-zeros", "# quantize+imatrix: imatrix-huge"} <= set(comments)
+
+
+def test_verify_vectors_reads_answers_on_stdin():
+    """An implementation's answers, one per case line: the verifier finds the one wrong answer."""
+    import subprocess
+    import sys
+    lines = _case_lines("Q8_0")
+    f = lines[5].split()
+    wrong = f[4][:-2] + ("00" if f[4][-2:] != "00" else "01")
+    answers = lines[:5] + [" ".join(f[:4] + [wrong])] + lines[6:]
+    out = subprocess.run([sys.executable, "-m", "refquant.cli", "verify-vectors"], input="\n".join(answers) + "\n",
+                         capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr
+    assert f"{len(lines)} cases, 1 differ from the spec" in out.stdout
+    assert "spec: " + f[4] in out.stdout
+    ok = subprocess.run([sys.executable, "-m", "refquant.cli", "verify-vectors"], input="\n".join(lines) + "\n",
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and f"{len(lines)} cases, 0 differ" in ok.stdout
+
+
+@pytest.mark.parametrize("name", ["MXFP4_E2M1", "MXINT8", "BNB_NF4", "BNB_FP4", "E4M3FN", "NVFP4"])
+def test_vectors_write_for_every_family(tmp_path, name):
+    paths = write_vectors(tmp_path, [name])
+    assert (tmp_path / name / "cases.txt") in paths and (tmp_path / name / "vectors.json") in paths

@@ -33,7 +33,8 @@ FP16_MAX = 65504.0
 
 
 def is_element_format(fmt) -> bool:
-    return fmt.block_size <= 2 and fmt.type_size <= 2
+    """One value (or two, E2M1) per block: F32, F16, BF16 and the minifloats."""
+    return fmt.block_size <= 2
 
 
 def names(op: str, key: str, path: str, level: int = 1) -> list[str]:
@@ -48,7 +49,7 @@ def names(op: str, key: str, path: str, level: int = 1) -> list[str]:
         return out + (["ties-wide", "extremes-all-pairs"] if level >= 2 else [])
     if op == "dequantize":
         fmt = get_format(key)
-        return ["every-code"] if is_element_format(fmt) else ["byte-sweep"]
+        return ["every-code"] if is_element_format(fmt) and fmt.type_size <= 2 else ["byte-sweep"]
     if op == "vec_dot":
         return ["activations", "weight-bytes"]
     if op == "matmul":
@@ -67,6 +68,9 @@ def _codes(fmt) -> np.ndarray:
 def _grid_values(fmt) -> np.ndarray:
     """The distinct finite values the format represents, ascending (from its own decoder)."""
     from ..backend import SPEC
+    if fmt.type_size > 2:   # float32 itself: powers of two across the range, and their neighbours
+        p = np.ldexp(F32(1), np.arange(-149, 128)).astype(F32)
+        return np.unique(np.concatenate([p, np.nextafter(p, F32(np.inf)), [F32(1.5), F32(3.0)]]))
     v = SPEC.dequantize(_codes(fmt), fmt).reshape(-1).astype(F32)
     v = v[np.isfinite(v)]
     return np.unique(v)
@@ -255,7 +259,7 @@ def _build(op: str, key: str, path: str, name: str) -> dict:
         return {"x": x, "imatrix": im}
     if op == "dequantize":
         fmt = get_format(key)
-        if is_element_format(fmt):
+        if is_element_format(fmt) and fmt.type_size <= 2:
             return {"data": _codes(fmt).reshape(-1, 16 * fmt.type_size) if fmt.type_size == 1
                     else _codes(fmt).reshape(-1, 64)}
         return {"data": byte_sweep(fmt, rng)}

@@ -11,6 +11,12 @@ DIR/<FORMAT>/decoded.npy        float32 (rows, n): dequantize(encoded)
 DIR/<FORMAT>/vectors.json       the same, as hex strings (float32 as bit patterns), with the
                                 format's block size, bytes per block and the row kinds
 DIR/vectors.gguf                every GGUF type's `encoded` as a GGUF tensor named after it
+DIR/<FORMAT>/cases.txt          the level-1 edge catalog (refquant.conformance.catalog) and the rows
+                                above, one block per line in plain hex (see CASES_FORMAT)
+
+`refquant verify-vectors` reads such lines on stdin, with an implementation's answer as the
+last field, and checks each against the spec: a C, Rust or CUDA implementation needs no Python
+binding, only to read a line and write one.
 
 The formats: every quantizable GGUF type, and every minifloat element format (one code a byte,
 E2M1 two; their NaN and Inf codes show in `decoded` as float32 bit patterns).
@@ -23,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import SPEC
+from ..errors import RefquantError
 from ..registry import IMATRIX_NONE, all_formats, get_format
 from .strategies import FORMAT_TIE_GRIDS
 
@@ -105,6 +112,121 @@ def vector_formats() -> list[str]:
             if f.can_quantize and (f.ggml_type is not None or f.family in VECTOR_FAMILIES)]
 
 
+# ------------------------------------------------------------------------------ plain text
+
+CASES_FORMAT = """\
+# One case per line, fields separated by one space, hex little-endian bytes (TestFloat's style):
+#   FORMAT quantize   INPUT IMATRIX RESULT   INPUT: one block of float32 values (block_size * 4
+#                                            bytes); IMATRIX: its block_size float32 weights or -;
+#                                            RESULT: the block's type_size bytes, or `refused`
+#                                            where the spec refuses the input (ggml aborts)
+#   FORMAT dequantize INPUT - RESULT         INPUT: one block's type_size bytes; RESULT: its
+#                                            block_size float32 values
+# Lines starting with # are comments. Each block is quantized on its own (a row of one block)."""
+
+
+def _hex(a: np.ndarray) -> str:
+    return np.ascontiguousarray(a).view(np.uint8).tobytes().hex()
+
+
+def _quantize_blocks(fmt, x: np.ndarray, im) -> list:
+    """Each row of x (one block) quantized on its own by the spec: bytes, or None where refused."""
+    try:
+        with np.errstate(all="ignore"):
+            return list(SPEC.quantize(x, fmt, im))
+    except RefquantError:
+        if x.shape[0] == 1:
+            return [None]
+        h = x.shape[0] // 2
+        return _quantize_blocks(fmt, x[:h], im) + _quantize_blocks(fmt, x[h:], im)
+
+
+def text_cases(name: str) -> list[str]:
+    """The plain-text cases of a format: the level-1 catalog's quantize entries (with and without
+    an importance matrix, as the format takes one), the vector rows, and the decoding of every
+    block they encode to (every code, for element formats)."""
+    from . import catalog
+    from ..backend import operation_paths
+    fmt = get_format(name)
+    bs = fmt.block_size
+    lines = [f"# {fmt.name}: block_size {bs}, type_size {fmt.type_size}"]
+    encoded = []
+    x_rows, _ = vector_input(fmt.name)
+    for p in operation_paths("quantize", fmt.name):
+        if p.call["search"] is not None:
+            continue
+        entries = [(n, catalog.build("quantize", fmt.name, p.label, n)) for n in catalog.names("quantize", fmt.name, p.label, 1)]
+        entries.append(("rows", {"x": x_rows, "imatrix": vector_imatrix(x_rows.shape[1]) if p.call["imatrix"] else None}))
+        for n, c in entries:
+            lines.append(f"# {p.label}: {n}")
+            x = c["x"].reshape(-1, bs)
+            im = c["imatrix"]
+            groups = [(x, None)] if im is None else [
+                (c["x"][:, j * bs:(j + 1) * bs].reshape(-1, bs), im[j * bs:(j + 1) * bs]) for j in range(c["x"].shape[1] // bs)]
+            for xb, imb in groups:
+                for row, out in zip(xb, _quantize_blocks(fmt, xb, imb)):
+                    res = "refused" if out is None else _hex(out)
+                    lines.append(f"{fmt.name} quantize {_hex(row)} {'-' if imb is None else _hex(imb)} {res}")
+                    if out is not None:
+                        encoded.append(out)
+    if fmt.can_dequantize:
+        lines.append("# dequantize")
+        data = catalog.build("dequantize", fmt.name, "dequantize", "every-code")["data"].reshape(-1, fmt.type_size) \
+            if catalog.is_element_format(fmt) and fmt.type_size <= 2 else np.unique(np.stack(encoded), axis=0) if encoded else None
+        if data is not None:
+            with np.errstate(all="ignore"):
+                dec = SPEC.dequantize(data, fmt).reshape(data.shape[0], -1)
+            lines += [f"{fmt.name} dequantize {_hex(b)} - {_hex(v)}" for b, v in zip(data, dec)]
+    return lines
+
+
+def verify_lines(lines) -> tuple[int, list[str]]:
+    """Check case lines whose last field is an implementation's answer against the spec ->
+    (cases checked, the lines that differ, each with the spec's answer)."""
+    bad, n = [], 0
+    batch, key = [], None
+
+    def flush():
+        nonlocal batch, n
+        if not batch:
+            return
+        name, op, imhex = key
+        fmt = get_format(name)
+        ins = [b[1] for b in batch]
+        if op == "quantize":
+            x = np.stack([np.frombuffer(bytes.fromhex(h), "<f4") for h in ins]).astype(F32)
+            im = None if imhex == "-" else np.frombuffer(bytes.fromhex(imhex), "<f4").astype(F32)
+            want = ["refused" if o is None else _hex(o) for o in _quantize_blocks(fmt, x, im)]
+        else:
+            data = np.stack([np.frombuffer(bytes.fromhex(h), np.uint8) for h in ins])
+            with np.errstate(all="ignore"):
+                want = [_hex(v) for v in SPEC.dequantize(data, fmt).reshape(data.shape[0], -1)]
+        for (line, _, got), w in zip(batch, want):
+            n += 1
+            if got.lower() != w:
+                bad.append(f"{line}\n  spec: {w}")
+        batch = []
+
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        f = line.split()
+        if len(f) != 5 or f[1] not in ("quantize", "dequantize"):
+            raise RefquantError(f"verify-vectors: a case line has 5 fields (FORMAT OP INPUT IMATRIX RESULT), got {line[:80]!r}")
+        try:
+            bytes.fromhex(f[2])
+        except ValueError:
+            raise RefquantError(f"verify-vectors: INPUT is not hex in {line[:80]!r}") from None
+        k = (get_format(f[0]).name, f[1], f[3])
+        if k != key or len(batch) >= 4096:
+            flush()
+            key = k
+        batch.append((line, f[2], f[4]))
+    flush()
+    return n, bad
+
+
 def write_vectors(out_dir, formats=None) -> list[Path]:
     """Write the vectors of `formats` (default: vector_formats()) under out_dir."""
     from ..io.gguf import KV, TensorInfo, write_gguf
@@ -127,6 +249,8 @@ def write_vectors(out_dir, formats=None) -> list[Path]:
         doc.update({key: _hex_rows(a) for key, a in arrays.items()})
         (d / "vectors.json").write_text(json.dumps(doc, indent=1) + "\n")
         written.append(d / "vectors.json")
+        (d / "cases.txt").write_text(CASES_FORMAT + "\n" + "\n".join(text_cases(name)) + "\n")
+        written.append(d / "cases.txt")
         if fmt.ggml_type is not None:          # GGUF holds ggml's types only
             tensors[name] = (fmt, arrays["input"].shape, arrays["encoded"])
     if tensors:
