@@ -419,3 +419,14 @@ def test_imatrix_with_a_nan_count_is_refused(tmp_path):
     write_imatrix_gguf(p, {"blk.0.w": (np.ones((1, 32), np.float32), np.float32([np.nan]))}, ["t"], 1, 512)
     with pytest.raises(FileFormatError, match="'blk.0.w.counts' count 0 is nan"):
         read_imatrix(p)
+
+
+def test_every_command_refuses_an_output_that_is_an_input(model, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("hello")
+    before = model.read_bytes()
+    for argv in (["imatrix", str(model), "--text", str(text), "-o", str(model)],
+                 ["imatrix", str(model), "--text", str(text), "-o", str(text)],
+                 ["eval", str(model), "--text", str(text), "--markdown", str(text)]):
+        assert "refusing to overwrite an input" in one_line(capsys, argv)
+    assert model.read_bytes() == before and text.read_text() == "hello"
