@@ -337,7 +337,7 @@ def build(path: str, key: str, case_id: str) -> dict:
     rng = _rng(key, path, case_id)
     threads = None
     if kind == "catalog":
-        c = catalog.build(op, key, path, rest)
+        c = catalog.build(op, key, path, rest, _rng(key, path, "catalog " + rest), _matmul_inputs)
     else:
         if kind.startswith("threads="):
             threads = int(kind.split("=")[1])

@@ -236,16 +236,15 @@ def _block_quantize(fmt, name: str, rng) -> tuple[np.ndarray, np.ndarray | None]
     return np.stack(rows).astype(F32), im
 
 
-def build(op: str, key: str, path: str, name: str) -> dict:
-    """The inputs of one catalog entry (see `names`)."""
+def build(op: str, key: str, path: str, name: str, rng, matmul_inputs) -> dict:
+    """The inputs of one catalog entry (see `names`), drawn from rng; `matmul_inputs` is
+    refquant.conformance.cases' matmul operand builder (passed in: cases imports this module)."""
     with np.errstate(all="ignore"):   # values past float32's range are inputs too
-        return _build(op, key, path, name)
+        return _build(op, key, path, name, rng, matmul_inputs)
 
 
-def _build(op: str, key: str, path: str, name: str) -> dict:
+def _build(op: str, key: str, path: str, name: str, rng, matmul_inputs) -> dict:
     from ..backend import SPEC
-    from .cases import _rng
-    rng = _rng(key, path, "catalog " + name)
     if op == "quantize":
         fmt = get_format(key)
         if is_element_format(fmt):
@@ -284,8 +283,7 @@ def _build(op: str, key: str, path: str, name: str) -> dict:
         flat = np.resize(a32.reshape(-1), reps * K)
         return {"w": w, "a": flat.reshape(reps, K).astype(F32)}
     if op == "matmul":
-        from .cases import _matmul_inputs
-        c = _matmul_inputs(key, 1, 9, {"W4A16": {"G": 32, "groups": 2}, "W8A8": {"K": 64}}.get(
+        c = matmul_inputs(key, 1, 9, {"W4A16": {"G": 32, "groups": 2}, "W8A8": {"K": 64}}.get(
             key, {"K": 64, "gran": "channel"}), rng)
         pats = [_block_quantize(get_format("Q8_0"), n, rng)[0] for n in ("ties", "extremes", "constant", "zeros")]
         a32 = np.concatenate(pats)
