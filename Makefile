@@ -18,7 +18,7 @@ LLMC_DIR := $(VENV)/llmcompressor-nodeps
 MLD07_PKG := ml_dtypes==0.7.0
 MLD07_DIR := $(VENV)/ml_dtypes-0.7
 
-.PHONY: demo test test-deep fuzz bench bench-numba bench-gpu install clean
+.PHONY: demo test test-deep conformance-numba fuzz bench bench-numba bench-gpu install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ FUZZ_EXAMPLES ?= 2000
 fuzz: $(VENV)/.installed
 	REFQUANT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
 		--hypothesis-show-statistics
+
+# The conformance kit's default run (every claim, level 1) against the Numba backend; LEVEL=2 for
+# the deep catalogs. README gives its time on two cores.
+LEVEL ?= 1
+conformance-numba: $(VENV)/.installed
+	$(PY) -m refquant.cli conformance --backend numba --level $(LEVEL)
 
 # All the speed figures as ratios against their peers, measured in one run (benchmarks/README.md):
 # the spec and the Numba kernels against ggml C, whole-model quantization against

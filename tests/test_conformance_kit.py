@@ -416,3 +416,29 @@ def test_pytest_form_runs_in_parallel(tmp_path):
                           "--pyargs", "refquant.conformance"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "2 passed, 2 skipped" in out.stdout, out.stdout[-2000:]
+
+
+def test_case_list_and_run_cases_split_as_a_scheduler_would():
+    from refquant.conformance.suite import case_list, run_cases
+    cases = case_list(OwnQ8(), formats=["Q8_0"], checks=["dequantize"])
+    assert cases[0][:2] == ("Q8_0", "dequantize") and cases[-1][2] == "hypothesis"
+    parts = [run_cases(OwnQ8(), cases[i::2], max_examples=3) for i in range(2)]
+    merged = parts[0].merge(parts[1])
+    assert merged.results == {("Q8_0", "dequantize"): EXACT} and sum(merged.cases.values()) == len(cases)
+
+
+def test_pytest_form_reproducer_runs_as_printed(tmp_path):
+    """A failure under the pytest form prints a reproducer that a fresh interpreter runs."""
+    env = {**os.environ, "REFQUANT_BACKEND": f"{Path(__file__).resolve()}:LastOfEqualExtremes",
+           "REFQUANT_FORMATS": "Q4_0", "REFQUANT_MAX_EXAMPLES": "3"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                          "--pyargs", "refquant.conformance", "-k", "Q4_0-quantize]"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 1, out.stdout[-3000:]
+    import textwrap
+    text = out.stdout.split("Captured stdout call", 1)[1].split("reproduce with:\n", 1)[1]
+    snippet = textwrap.dedent(text.split("\n\n", 1)[0].split("\n=", 1)[0].split("\n_", 1)[0])
+    assert snippet.startswith("import numpy as np, refquant"), snippet
+    run_ = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path)
+    assert run_.returncode == 0, snippet + "\n" + run_.stderr
+    assert run_.stdout.strip() not in ("", "[]")

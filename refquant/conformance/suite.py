@@ -26,7 +26,8 @@ input fails. Unclaimed paths are "not claimed": callers get the spec there.
     print(report.matrix())
 
 Every failure comes with a reproducer that runs as printed. `run(..., shard=(i, n))` runs the
-i-th of n disjoint parts of the case list (`Report.merge` joins them into the whole matrix).
+i-th of n disjoint parts of the case list (`Report.merge` joins them into the whole matrix);
+`case_list` and `run_cases` hand the cases to any scheduler one by one.
 
 Single properties, for a backend's own tests:
 
@@ -194,6 +195,33 @@ def run(backend, max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0, format
                 report.failures.append(failure)
             if status in (FAIL, ERROR, SPEC_RAN):
                 break   # one reproducer per path; the rest of its cases would repeat it
+    return report
+
+
+def case_list(backend, formats=None, checks=None, level: int = 1, paths=None) -> list[tuple[str, str, str]]:
+    """Every (key, path label, case id) a run of `backend` checks, in order: the unit a scheduler
+    hands out (`run_cases` runs any subset; the reports of disjoint subsets merge)."""
+    be = get_backend(backend) if not isinstance(backend, Backend) else backend
+    out = []
+    for key, path in plan(be, formats, checks, paths):
+        if be.runs(path.label, key):
+            out += [(key, path.label, cid) for cid in fixed.case_ids(path.label, key, level, be.threaded) + ["hypothesis"]]
+    return out
+
+
+def run_cases(backend, cases, max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0, level: int = 1) -> Report:
+    """Run the given (key, path label, case id) triples of `case_list` -> a Report of those cells."""
+    be = get_backend(backend) if not isinstance(backend, Backend) else backend
+    ref = backend_reference(backend)
+    report = Report(ref or be.name, level=level)
+    if be.threaded:
+        be.set_num_threads(be.max_threads())
+    for key, label, cid in cases:
+        status, failure = run_case(be, ref, path_of(label, key), key, cid, max_examples, seed)
+        report._set((key, label), status)
+        report.cases[(key, label)] = report.cases.get((key, label), 0) + 1
+        if failure is not None:
+            report.failures.append(failure)
     return report
 
 
