@@ -152,6 +152,9 @@ def test_cli_r2_rotation(tiny, tmp_path, typ):
         q = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
                                                  quantization_config=CompressedTensorsConfig(run_compressed=False))
     assert q(ids).logits.shape == (1, 4, 96)
+    assert main(["quantize", str(d), str(tmp_path / "bad"), "--scheme", "W4A16", "--transform", typ, "--method",
+                 "gptq", "--activations", str(tmp_path), "--no-progress"]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("nrot", [64, 128, 256])

@@ -209,6 +209,9 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         if fmt != "compressed-tensors" or calibration is not None:
             raise InputError("quantize: --transform writes a compressed-tensors transform config: it needs "
                              "--format compressed-tensors (or --scheme) and no --calibration")
+        if method != "rtn":
+            raise InputError("quantize: --transform rotates o_proj's inputs, which --activations holds unrotated: "
+                             "it goes with --method rtn")
     extra = {"config.json": None}
     extra.update(extra_files(model_dir))      # tokenizer files, gguf_metadata.json, ...: as they are
     if calibration is not None:
