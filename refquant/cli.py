@@ -177,7 +177,8 @@ def cmd_quantize(args) -> int:
                             args.activations, progress=Progress(n, "quantize", args.progress),
                             calibration=text, ctx=args.ctx, calibration_tokens=args.calibration_tokens,
                             alpha=args.alpha, targets=args.targets, ignore=args.ignore, scheme=args.scheme,
-                            transform=args.transform, transform_seed=args.transform_seed)
+                            transform=args.transform, transform_seed=args.transform_seed,
+                            hadamard_table=args.hadamard_table)
         return 0
     from .pipelines import recipes
     out, ftype, threads = _gguf_quantize_positionals(args)
@@ -560,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "offline as compressed-tensors fuses it, recorded in the transform config")
     s.add_argument("--transform-seed", type=int, default=0, help="with --transform random-hadamard: the seed of "
                    "torch's generator its signs come from (default 0)")
+    s.add_argument("--hadamard-table", default=None, metavar="FILE",
+                   help="with --transform random-hadamard: a safetensors file of known Hadamard matrices (compressed-"
+                        "tensors' hadamards.safetensors), for head sizes of 32 or not a power of two")
     s.add_argument("--targets", nargs="+", default=["Linear"], metavar="TARGET",
                    help="checkpoint input: the layers to quantize, as llm-compressor names them: module names, "
                         "'re:' patterns, or the class Linear (default: Linear, every linear layer)")

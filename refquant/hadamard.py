@@ -122,6 +122,18 @@ def random_hadamard(n: int, signs: np.ndarray, had_k: Optional[np.ndarray] = Non
     return np.matmul(hk[None, :, :], x).reshape(n, n)    # hadK @ input, viewed back to (n, n)
 
 
+def known_hadamard(table, n: int) -> np.ndarray:
+    """From a table of known Hadamard matrices {order: matrix} (compressed-tensors'
+    hadamards.safetensors read as a mapping), the one _fetch_hadamard_divisor picks for order n:
+    the largest order K with n % K == 0 and n / K a power of two."""
+    orders = sorted((int(k) for k in table), reverse=True)
+    for K in orders:
+        if n % K == 0 and _is_pow2(n // K):
+            return np.asarray(table[str(K)])
+    raise InputError(f"random-hadamard: the table of known Hadamard matrices has none for order {n} "
+                     f"(orders {sorted(orders)})")
+
+
 def random_hadamards(sizes, seed: int, had_k: Optional[dict] = None) -> dict:
     """{size: H} for the sizes in the order a factory first meets them, one generator seeded
     with `seed` drawing each size's signs in turn (compressed-tensors' RandomHadamardFactory)."""

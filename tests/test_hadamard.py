@@ -174,3 +174,41 @@ def test_llama_attention_rotation_equals_ggml(nrot):
     # H·H = I up to float32 rounding: the rotation is its own inverse
     np.testing.assert_allclose(RH.llama_rotate(ours, nrot, isa()), X, rtol=0, atol=1e-5 * np.abs(X).max())
     assert [RH.llama_k_nrot(d) for d in (64, 96, 128, 192, 256)] == [64, 64, 128, 64, 256]
+
+
+def test_known_hadamard_is_compressed_tensors_pick():
+    from refquant.io.safetensors import SafetensorsFile
+    table = SafetensorsFile(CTH.REPO_PATH)
+    for n in (12, 32, 48, 96, 160, 512, 1536):
+        np.testing.assert_array_equal(RH.known_hadamard(table, n),
+                                      CTH._fetch_hadamard_divisor(n, torch.int8).numpy())
+    with pytest.raises(InputError, match="none for order"):
+        RH.known_hadamard(table, 7)
+
+
+def test_r2_with_the_table_for_head_dim_32(tmp_path):
+    """random-hadamard of order 32 (the table's own, not Sylvester's): --hadamard-table gives
+    the same fused weights as compressed-tensors' factory."""
+    import copy
+    import transformers as tf
+    d = tmp_path / "m"
+    cfg = tf.LlamaConfig(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=1, vocab_size=96, max_position_embeddings=64)
+    torch.manual_seed(1)
+    model = tf.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(d)
+    out = tmp_path / "q"
+    assert main(["quantize", str(d), str(out), "--scheme", "W8A16", "--transform", "random-hadamard",
+                 "--no-progress"]) == 2                                   # no table: refused
+    from refquant.pipelines.hf_quantize import rotate_r2
+    ck = Checkpoint(d)
+    w = {k: np.asarray(ck[k]) for k in ck}
+    tc = TransformConfig.model_validate(rotate_r2(w, json.loads((d / "config.json").read_text()), "random-hadamard",
+                                                  4, CTH.REPO_PATH))
+    theirs = copy.deepcopy(model)
+    for name, sch in tc.config_groups.items():
+        TransformFactory.from_scheme(sch, name=name, seed=4).apply_to_model(theirs, use_tqdm=False)
+    for p in ("model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.o_proj"):
+        np.testing.assert_array_equal(w[f"{p}.weight"], theirs.get_submodule(p).weight.detach().numpy(), err_msg=p)
+    assert main(["quantize", str(d), str(out), "--scheme", "W8A16", "--transform", "random-hadamard",
+                 "--hadamard-table", str(CTH.REPO_PATH), "--no-progress"]) == 0

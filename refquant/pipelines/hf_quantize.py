@@ -135,7 +135,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                         sequential: bool = True, alpha: float = 0.5, max_rows: int = 4096,
                         record: Optional[dict] = None, targets=L_targets.DEFAULT_TARGETS,
                         ignore=L_targets.DEFAULT_IGNORE, scheme: Optional[str] = None,
-                        transform: Optional[str] = None, transform_seed: int = 0) -> None:
+                        transform: Optional[str] = None, transform_seed: int = 0,
+                        hadamard_table=None) -> None:
     """Quantize the checkpoint in `model_dir` into `out_dir` (see the module's docstring).
 
     calibration      a text: the model runs on it block by block (refquant.model.calibrate) and
@@ -233,7 +234,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     weights = {k: np.asarray(ck[k]) for k in ck}
     tcfg = None
     if transform is not None:
-        tcfg = rotate_r2(weights, config, transform, transform_seed)
+        tcfg = rotate_r2(weights, config, transform, transform_seed, hadamard_table)
     if fmt.startswith("modelopt-"):
         w_amax, x_amax = _modelopt_amaxes(weights, lin, adir, fuse=fmt == "modelopt-nvfp4")
     if method == "awq":
@@ -535,17 +536,23 @@ def preset_needs_inputs(name: str) -> bool:
 
 # ---- rotations (--transform) ---------------------------------------------------------------------
 
-def rotate_r2(weights: dict, config: dict, transform: str, seed: int = 0) -> dict:
+def rotate_r2(weights: dict, config: dict, transform: str, seed: int = 0, table=None) -> dict:
     """SpinQuant's R2 as llm-compressor applies it through compressed-tensors: a head_dim-sized
     Hadamard fused offline into every `<p>.self_attn.v_proj` (weight_output, its bias too) and
     `<p>.self_attn.o_proj` (weight_input, inverse), in place on `weights` (float64, cast back to
     each tensor's dtype). Returns the transform_config. The product o_proj · attention · v_proj
-    is unchanged: attention mixes tokens, not the head_dim coordinates."""
+    is unchanged: attention mixes tokens, not the head_dim coordinates. `table`: a safetensors file
+    of known Hadamard matrices (compressed-tensors' hadamards.safetensors), needed by
+    random-hadamard when head_dim is 32 or not a power of two."""
     from .. import hadamard as H
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     head_dim = int(head_dim)
+    had_k = None
+    if table is not None and transform == "random-hadamard":
+        from ..io.safetensors import SafetensorsFile
+        had_k = {head_dim: H.known_hadamard(SafetensorsFile(table), head_dim)}
     R = (H.deterministic_hadamard(head_dim) if transform == "hadamard"
-         else H.random_hadamards([head_dim], seed)[head_dim])
+         else H.random_hadamards([head_dim], seed, had_k)[head_dim])
     pairs = [k[:-len(".v_proj.weight")] for k in weights if k.endswith(".self_attn.v_proj.weight")
              and k.replace(".v_proj.", ".o_proj.") in weights]
     if not pairs:
