@@ -9,10 +9,10 @@ scales, and the name of the rule by which this module combines the blocks' integ
 module is the engine: it knows the rules (ggml's kernel shapes), not the families.
 
 1. Every activation row is quantized to T's `vec_dot_type` (Q8_0 for Q4_0 Q5_0 Q8_0 IQ4_NL
-   MXFP4 Q1_0 NVFP4, Q8_1 for Q4_1 Q5_1, Q8_K for the K-quants Q2_K..Q6_K, IQ4_XS, TQ1_0, TQ2_0
+   MXFP4 Q1_0 Q2_0 NVFP4, Q8_1 for Q4_1 Q5_1, Q8_K for the K-quants Q2_K..Q6_K, IQ4_XS, TQ1_0, TQ2_0
    and the lattice types IQ2_*, IQ3_*, IQ1_*) by the CPU backend's `from_float` ->
    `quantize_activation`. Steps 2-3 below are the 32-block Q8_0/Q8_1 types' (IQ4_NL and MXFP4
-   read their codes from a 16-entry table); Q1_0 and NVFP4 (blocks over several Q8_0 blocks)
+   read their codes from a 16-entry table); Q1_0, Q2_0 and NVFP4 (blocks over several Q8_0 blocks)
    and the Q8_K types have their own sections further down, and every order is drawn in
    spec/ggml/dot.md.
 2. For every (activation row, weight row) pair and every block b of 32, an integer dot
@@ -470,16 +470,15 @@ def exact_k_dot(w: np.ndarray, qtype, qa: np.ndarray) -> tuple[np.ndarray, np.nd
 _PARTIAL_MAX = 1e38
 
 
-# --------------------------------------------------------------------------- Q1_0, NVFP4 (Q8_0)
+# --------------------------------------------------------------------------- blocks over several Q8_0 blocks
 #
-#   Q1_0   | d: f16 | qs[16]: bit e of the 128 -> code +1 (set) or -1 |      against 4 Q8_0 blocks
-#          sumi_f = 0; for k in 0..3: sumi_f = sumi_f + f(sumi_k) * d_y[k];   sumf = sumf + d * sumi_f
-#   NVFP4  | d[4]: UE4M3 halves, one per 16 | qs[32]: sub-block s, qs[8s + j] low -> 16s + j,
-#          high -> 16s + 8 + j, codes kvalues_mxfp4 |                       against 2 Q8_0 blocks
+# "per 32 chained" (Q1_0: 4 Q8_0 blocks a weight block, Q2_0: 2):
+#          sumi_f = 0; for k: sumi_f = sumi_f + f(sumi_k) * d_y[k];   sumf = sumf + d * sumi_f
+# "per 16" (NVFP4: a UE4M3 scale per 16 values, against half a Q8_0 block each):
 #          for each sub-block s of 16: sumf = sumf + f(sumi_s) * (d_y[s/2] * d[s])
 #
-# (separate multiplies and adds in the build). NVFP4 has no SIMD kernel on x86: the type traits
-# hold the generic one.
+# (separate multiplies and adds in the build). NVFP4 and Q2_0 have no SIMD kernel on x86: the
+# type traits hold the generic one.
 
 def _nested_operands(w, qtype, qa):
     """-> (q (N, nu, U) int32 codes per unit of U values, dw (N, scales per row), aq (M, nu, U),
