@@ -14,7 +14,7 @@ LLMC_PKG := llmcompressor==0.14.0.1
 LLMC_DIR := $(VENV)/llmcompressor-nodeps
 # ml_dtypes 0.7.0, a second oracle for the element formats beside the test extra's 0.6.0: the two
 # cannot share one environment, so 0.7.0 goes into a folder of its own inside the venv and the
-# tests run it in a child process (tests/ml_dtypes_07.py).
+# tests run it in a child process (tools/oracles/ml_dtypes_07.py).
 MLD07_PKG := ml_dtypes==0.7.0
 MLD07_DIR := $(VENV)/ml_dtypes-0.7
 

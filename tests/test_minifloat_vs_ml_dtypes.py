@@ -1,5 +1,5 @@
 """Element formats (refquant.minifloat) against ml_dtypes' casts — 0.6.0 in this process, 0.7.0 in a
-child process (tests/ml_dtypes_07.py) —, and saturate=True against ONNX's reference Cast
+child process (tools/oracles/ml_dtypes_07.py) —, and saturate=True against ONNX's reference Cast
 (onnx.numpy_helper.saturate_cast / to_float8e8m0)."""
 import os
 
@@ -14,14 +14,14 @@ from refquant import minifloat as mf
 from refquant.conformance.strategies import float_rows, grid_floats
 from refquant.errors import FormatError, InputError
 
-from ml_dtypes_07 import MlDtypes07
+from tools.oracles.ml_dtypes_07 import MlDtypes07
 
 NAMES = list(mf.FORMATS)
 
 
 @pytest.fixture(scope="module")
 def ml07():
-    """ml_dtypes 0.7.0, in a child process (tests/ml_dtypes_07.py)."""
+    """ml_dtypes 0.7.0, in a child process (tools/oracles/ml_dtypes_07.py)."""
     o = MlDtypes07()
     yield o
     o.close()

@@ -70,7 +70,7 @@ def test_committed_minifloat_vectors_are_ml_dtypes_codes(name):
     x = np.load(d / "input.npy")
     dt = getattr(ml_dtypes, f.ml_dtypes_name)
     if name == "E8M0":
-        from ml_dtypes_07 import MlDtypes07
+        from tools.oracles.ml_dtypes_07 import MlDtypes07
         o = MlDtypes07()
         codes = o.encode(x, f.ml_dtypes_name)
         o.close()
