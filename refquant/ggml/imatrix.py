@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileFormatError
+from ..errors import FileFormatError, InputError
 
 F32 = np.float32
 KEY_DATASETS = "imatrix.datasets"
@@ -68,9 +68,9 @@ def check_values(entries: dict, where: str) -> None:
         if bad.any():
             i = int(np.argmax(bad.reshape(-1)))
             x = float(v.reshape(-1)[i])
-            why = "not finite" if not np.isfinite(x) else "negative"
-            raise FileFormatError(f"{where}: entry {name!r} value {i} is {x} ({why}); importance weights are "
-                                  f"sums of squares, finite and >= 0")
+            why = "a non-finite value" if not np.isfinite(x) else "a negative value"
+            raise InputError(f"{where}: entry {name!r} has {why}, {x}, at {i}; importance weights are sums of "
+                             f"squares, finite and >= 0 (llama-quantize refuses a non-finite one too)")
 
 
 def read_imatrix(path) -> Imatrix:
