@@ -178,7 +178,7 @@ def cmd_quantize(args) -> int:
                             calibration=text, ctx=args.ctx, calibration_tokens=args.calibration_tokens,
                             alpha=args.alpha, targets=args.targets, ignore=args.ignore, scheme=args.scheme,
                             transform=args.transform, transform_seed=args.transform_seed,
-                            hadamard_table=args.hadamard_table)
+                            hadamard_table=args.hadamard_table, workers=args.workers, scheduler=args.scheduler)
         return 0
     from .pipelines import recipes
     out, ftype, threads = _gguf_quantize_positionals(args)

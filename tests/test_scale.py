@@ -219,3 +219,63 @@ def test_cli_workers(llama, models, tmp_path, monkeypatch, ftype):
     assert main(["quantize", str(models["dense"]), str(tmp_path / "x.gguf"), "--type", ftype,
                  "--workers", "0"]) == 2
     no_leftovers(tmp_path / "x.gguf")
+
+
+# ------------------------------------------------------------------ Hugging Face checkpoints
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+    from hf_checkpoint import smollm2_checkpoint
+    d = tmp_path_factory.mktemp("hf") / "smollm2-1layer"
+    t = smollm2_checkpoint(d, n_layers=1)
+    adir = d.parent / "acts"
+    adir.mkdir()
+    rng = np.random.default_rng(0)
+    for k, w in t.items():
+        if k.startswith("model.layers.") and w.ndim == 2:
+            np.save(adir / f"{k[:-len('.weight')]}.npy", rng.standard_normal((64, w.shape[1])).astype(np.float32))
+    return d, adir
+
+
+def same_dirs(a: Path, b: Path):
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+
+
+@pytest.mark.parametrize("kw", [dict(method="rtn", fmt="gptq"), dict(method="gptq", fmt="compressed-tensors"),
+                                dict(method="awq", fmt="awq"), dict(method="rtn", fmt="compressed-tensors",
+                                                                    scheme="FP8_DYNAMIC"),
+                                dict(method="rtn", fmt="modelopt-fp8"), dict(method="rtn", fmt="fp8-block")],
+                         ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_checkpoint_layers_as_tasks(hf_model, cluster, tmp_path, kw):
+    """Each linear layer a task on the cluster: the directory written is the one a single process
+    writes (whose layouts the loaders read back: tests/test_layouts_*.py)."""
+    from refquant.pipelines.hf_quantize import quantize_checkpoint
+    d, adir = hf_model
+    kw = dict(kw)
+    method, fmt = kw.pop("method"), kw.pop("fmt")
+    acts = adir if method != "rtn" or fmt.startswith("modelopt-") else None
+    bits = 8 if fmt.startswith("modelopt-fp8") or fmt == "fp8-block" else 4
+    quantize_checkpoint(d, tmp_path / "one", method, bits, 64, fmt, acts, **kw)
+    quantize_checkpoint(d, tmp_path / "two", method, bits, 64, fmt, acts, runner=cluster, **kw)
+    same_dirs(tmp_path / "one", tmp_path / "two")
+
+
+def test_calibrated_block_layers_as_tasks(cluster, tmp_path_factory, tmp_path):
+    """--calibration: blocks in order, a block's linear layers in parallel; same directory."""
+    from refquant.model.convert import gguf_to_safetensors
+    from refquant.pipelines.hf_quantize import quantize_checkpoint
+    from tools.models import botchan_path, smollm2_path
+    d = tmp_path_factory.mktemp("calib") / "hf"
+    gguf_to_safetensors(smollm2_path(), d, n_layers=2)
+    text = botchan_path().read_bytes()[:3000].decode("utf-8", "ignore")
+    for method in ("gptq", "smoothquant"):
+        bits, g = (4, 64) if method == "gptq" else (8, -1)
+        fmt = "gptq" if method == "gptq" else "compressed-tensors"
+        quantize_checkpoint(d, tmp_path / f"one-{method}", method, bits, g, fmt, calibration=text, ctx=64,
+                            calibration_tokens=256)
+        quantize_checkpoint(d, tmp_path / f"two-{method}", method, bits, g, fmt, calibration=text, ctx=64,
+                            calibration_tokens=256, runner=cluster)
+        same_dirs(tmp_path / f"one-{method}", tmp_path / f"two-{method}")

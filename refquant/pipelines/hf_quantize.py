@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -136,7 +137,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                         record: Optional[dict] = None, targets=L_targets.DEFAULT_TARGETS,
                         ignore=L_targets.DEFAULT_IGNORE, scheme: Optional[str] = None,
                         transform: Optional[str] = None, transform_seed: int = 0,
-                        hadamard_table=None) -> None:
+                        hadamard_table=None, workers: Optional[int] = 1, scheduler: Optional[str] = None,
+                        runner=None) -> None:
     """Quantize the checkpoint in `model_dir` into `out_dir` (see the module's docstring).
 
     calibration      a text: the model runs on it block by block (refquant.model.calibrate) and
@@ -157,7 +159,10 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                      rotation fused offline into every v_proj (output side, per head) and
                      o_proj (input side, inverse) before quantizing, as compressed-tensors
                      fuses it (refquant.hadamard); config.json records it in
-                     quantization_config.transform_config"""
+                     quantization_config.transform_config
+    workers, scheduler, runner  where the linear layers are quantized, as independent tasks
+                     (refquant.pipelines.scale.Runner; calibrated: a block's layers in
+                     parallel, blocks in order); the output is the same"""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     pw = None
     if scheme is not None:
@@ -216,8 +221,10 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     extra = {"config.json": None}
     extra.update(extra_files(model_dir))      # tokenizer files, gguf_metadata.json, ...: as they are
     if calibration is not None:
-        out = _calibrated(model_dir, config, ck, lin, method, bits, group_size, fmt, sym, calibration, ctx,
-                          calibration_tokens, sequential, alpha, max_rows, progress, record, scheme)
+        from .scale import Runner
+        with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
+            out = _calibrated(model_dir, config, ck, lin, method, bits, group_size, fmt, sym, calibration, ctx,
+                              calibration_tokens, sequential, alpha, max_rows, progress, record, scheme, rn)
         qc = _config(fmt, bits, group_size, sym, targets, ignore, L_targets.ignored_linears(shapes, lin))
         if scheme is not None:
             qc = L_ct.preset_config(scheme, targets, ignore)
@@ -242,34 +249,30 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         _awq_fold(floats, adir, bits, group_size, sym, config.get("model_type", ""), set(lin))
         weights.update({k: v.astype(weights[k].dtype) for k, v in floats.items() if k not in lin})
         weights.update({k: floats[k] for k in lin})
-    for k in lin:
-        W = weights[k].astype(np.float32)
-        module = k[:-len(".weight")]
-        q = None
-        if fmt in PACKED and (scheme is None or method != "rtn"):
-            if method == "gptq":
-                q = gptq_run(W, X=_activations(adir, module, W.shape[1]), bits=bits, group_size=group_size, sym=sym)
-            else:
-                q = rtn_run(W, bits, group_size, sym)
-        if scheme is not None:
-            wk = weights[k]
-            Wd = wk if wk.dtype in (np.float32, np.float16, BF16) and method != "awq" else W
-            xa = None
-            if preset_needs_inputs(scheme):
-                xa = np.max(np.abs(_activations(adir, module, W.shape[1])))
-            t = preset_tensors(scheme, Wd, q if method != "rtn" else None, xa)
-        elif fmt == "modelopt-fp8":
-            dt = weights[k].dtype if weights[k].dtype in (np.float16, BF16) else np.float32
-            t = L_fp8.modelopt_fp8(weights[k].astype(dt), dt, w_amax[k], x_amax[k])
-        elif fmt == "modelopt-nvfp4":
-            t = L_fp8.modelopt_nvfp4(W, w_amax[k], x_amax[k])
-        else:
-            t = _pack(fmt, module, W, q, bits, group_size, sym, weights[k].dtype)
-        del weights[k]
-        for name, a in t.items():
-            out[f"{module}.{name}"] = a
-        if progress:
-            progress(None)
+    from .scale import current_blas_threads
+    blas = current_blas_threads()
+
+    def jobs():
+        for k in lin:
+            module = k[:-len(".weight")]
+            wk = weights.pop(k)
+            job = dict(module=module, w=wk, fmt=fmt, method=method, bits=bits, group_size=group_size, sym=sym,
+                       scheme=scheme, x=None, xa=None, w_amax=None, x_amax=None, blas=blas)
+            if fmt in PACKED and method == "gptq":
+                job["x"] = _activations(adir, module, wk.shape[1])
+            if scheme is not None and preset_needs_inputs(scheme):
+                job["xa"] = np.max(np.abs(_activations(adir, module, wk.shape[1])))
+            if fmt.startswith("modelopt-"):
+                job["w_amax"], job["x_amax"] = w_amax[k], x_amax[k]
+            yield job
+
+    from .scale import Runner
+    with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
+        # each linear layer is a task (the model's weights stay here: a checkpoint is read whole)
+        for _, t in rn.imap_unordered(quantize_linear, jobs()):
+            out.update(t)
+            if progress:
+                progress(None)
     out.update(weights)
     if fmt.startswith("modelopt-"):
         hq = L_fp8.quantization_config_modelopt("FP8" if fmt == "modelopt-fp8" else "NVFP4",
@@ -287,6 +290,64 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
 
 
+def quantize_linear(job: dict) -> dict:
+    """One linear layer of the one-shot path (RTN, GPTQ on given activations, the presets,
+    ModelOpt): its weight in, its output tensors (named `module.name`) out. Runs on any worker."""
+    from .scale import blas_like
+    wk, module, fmt, method = job["w"], job["module"], job["fmt"], job["method"]
+    bits, group_size, sym, scheme = job["bits"], job["group_size"], job["sym"], job["scheme"]
+    W = wk.astype(np.float32)
+    q = None
+    if fmt in PACKED and (scheme is None or method != "rtn"):
+        if method == "gptq":
+            with blas_like(job["blas"]):
+                q = gptq_run(W, X=job["x"], bits=bits, group_size=group_size, sym=sym)
+        else:
+            q = rtn_run(W, bits, group_size, sym)
+    if scheme is not None:
+        Wd = wk if wk.dtype in (np.float32, np.float16, BF16) and method != "awq" else W
+        t = preset_tensors(scheme, Wd, q if method != "rtn" else None, job["xa"])
+    elif fmt == "modelopt-fp8":
+        dt = wk.dtype if wk.dtype in (np.float16, BF16) else np.float32
+        t = L_fp8.modelopt_fp8(wk.astype(dt), dt, job["w_amax"], job["x_amax"])
+    elif fmt == "modelopt-nvfp4":
+        t = L_fp8.modelopt_nvfp4(W, job["w_amax"], job["x_amax"])
+    else:
+        t = _pack(fmt, module, W, q, bits, group_size, sym, wk.dtype)
+    return {f"{module}.{name}": a for name, a in t.items()}
+
+
+def calibrated_linear(job: dict):
+    """One linear layer of a calibrated block: (output tensors, the decoded weight the next
+    blocks' inputs are computed with). Runs on any worker."""
+    from .scale import blas_like
+    with blas_like(job["blas"]):
+        return _calibrated_linear(job)
+
+
+def _calibrated_linear(job: dict):
+    W, module, fmt, method = job["w"], job["module"], job["fmt"], job["method"]
+    bits, group_size, sym, scheme, H = job["bits"], job["group_size"], job["sym"], job["scheme"], job["h"]
+    if method == "smoothquant":
+        t, w_hat = _int8_channel(W)
+    elif scheme is not None:
+        pfmt, pw, _ = L_ct.preset(scheme)
+        q = None
+        if method != "rtn":
+            q = (gptq_run(W, H=H, bits=bits, group_size=group_size, sym=sym) if method == "gptq"
+                 else rtn_run(W, bits, group_size, sym))
+        t = preset_tensors(scheme, W, q, job["xa"])
+        w_hat = np.asarray(L_ct.dequantize(t, pfmt, pw)).astype(np.float32)
+    else:
+        q = None
+        if fmt in PACKED:
+            q = (gptq_run(W, H=H, bits=bits, group_size=group_size, sym=sym) if method == "gptq"
+                 else rtn_run(W, bits, group_size, sym))
+        t = _pack(fmt, module, W, q, bits, group_size, sym, job["dtype"])
+        w_hat = q.dequantize() if q is not None else W
+    return {f"{module}.{name}": a for name, a in t.items()}, w_hat
+
+
 def _int8_channel(W: np.ndarray):
     """W8 of W8A8: symmetric INT8 per output channel on compressed-tensors' grid (scale =
     absmax / 127.5, codes clamped to [-128, 127]); the tensors and the decoded weight."""
@@ -298,7 +359,7 @@ def _int8_channel(W: np.ndarray):
 
 
 def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt, sym, text, ctx, n_tokens,
-                sequential, alpha, max_rows, progress, record, scheme=None) -> dict:
+                sequential, alpha, max_rows, progress, record, scheme=None, rn=None) -> dict:
     """The --calibration path: block by block, capture the inputs (refquant.model.calibrate),
     search and fold AWQ / SmoothQuant scales, quantize the block's linears, hand the decoded
     weights back to the model for the next block's inputs. Returns the output tensors."""
@@ -324,6 +385,8 @@ def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt,
         kinds = kinds | {"absmax"}                  # the static input scale: max |x| per layer
     groups = HF_GEMMA3_GROUPS if arch == "gemma3" else HF_GROUPS
     out: dict = {}
+    from .scale import current_blas_threads
+    blas = current_blas_threads()
 
     def on_block(il, stats):
         p = f"model.layers.{il}."
@@ -351,29 +414,15 @@ def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt,
                 return None
 
             changed = fold_layer(f, p, groups, scale, offset_norm=arch == "gemma3")
-        for k in layer_lin:
-            W = f[k]
-            module = k[:-len(".weight")]
-            if method == "smoothquant":
-                t, w_hat = _int8_channel(W)
-            elif scheme is not None:
-                pfmt, pw, _ = L_ct.preset(scheme)
-                q = None
-                if method != "rtn":
-                    q = (gptq_run(W, H=hs[k].hessian(), bits=bits, group_size=group_size, sym=sym) if method == "gptq"
-                         else rtn_run(W, bits, group_size, sym))
-                xa = np.max(hs[k].absmax()) if preset_needs_inputs(scheme) else None
-                t = preset_tensors(scheme, W, q, xa)
-                w_hat = np.asarray(L_ct.dequantize(t, pfmt, pw)).astype(np.float32)
-            else:
-                q = None
-                if fmt in PACKED:
-                    q = (gptq_run(W, H=hs[k].hessian(), bits=bits, group_size=group_size, sym=sym) if method == "gptq"
-                         else rtn_run(W, bits, group_size, sym))
-                t = _pack(fmt, module, W, q, bits, group_size, sym, weights[k].dtype)
-                w_hat = q.dequantize() if q is not None else W
-            for name, a in t.items():
-                out[f"{module}.{name}"] = a
+        jobs = [dict(module=k[:-len(".weight")], w=f[k], fmt=fmt, method=method, bits=bits, group_size=group_size,
+                     sym=sym, scheme=scheme, dtype=weights[k].dtype, blas=blas,
+                     h=hs[k].hessian() if method == "gptq" else None,
+                     xa=np.max(hs[k].absmax()) if scheme is not None and preset_needs_inputs(scheme) else None)
+                for k in layer_lin]
+        # the block's linear layers are independent tasks; blocks stay in order
+        for i, (t, w_hat) in rn.imap_unordered(calibrated_linear, jobs):
+            k = layer_lin[i]
+            out.update(t)
             f[k] = w_hat
             changed.add(k)
             del weights[k]

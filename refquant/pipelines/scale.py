@@ -11,7 +11,8 @@ Where the tasks run:
 
 * `workers=1`, no scheduler: in this process, one after another (no Dask is imported).
 * `workers=N`: a local Dask cluster of N worker processes, one thread each (numba's kernels
-  get one thread a worker: `NUMBA_NUM_THREADS=1`, set before the workers start).
+  get one thread a worker: `NUMBA_NUM_THREADS=1`, set before the workers start). A task whose
+  result depends on NumPy's BLAS thread count (GPTQ) runs with the client's (`blas_like`).
 * `scheduler="tcp://HOST:PORT"`: a running Dask cluster. Workers read the input themselves,
   so it must be at the same path on every worker (a shared filesystem); the client writes the
   output.
@@ -163,6 +164,27 @@ class Runner:
             for _, fut in live.values():    # an error, Ctrl-C or an abandoned iterator
                 fut.cancel()
             live.clear()
+
+
+def current_blas_threads() -> Optional[int]:
+    """The thread count of the BLAS NumPy loaded in this process (None: unknown). A float matmul's
+    result depends on it (the partition of its sums), so a task that multiplies matrices (GPTQ's
+    Hessian and its inverse) runs with the client's count: `blas_like(n)`."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    n = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
+    return n[0] if n else None
+
+
+def blas_like(n: Optional[int]):
+    """A context in which NumPy's BLAS runs on n threads (None: as it is)."""
+    if n is None:
+        from contextlib import nullcontext
+        return nullcontext()
+    from ..model.threads import blas_threads
+    return blas_threads(n)
 
 
 def _result(fut):
