@@ -371,8 +371,15 @@ def cmd_conformance(args) -> int:
     from .conformance.suite import parse_shard, run
     formats = [f.strip() for f in args.formats.split(",")] if args.formats else None
     checks = [c.strip() for c in args.checks.split(",")] if args.checks else None
-    report = run(args.backend, max_examples=args.max_examples, seed=args.seed, formats=formats, checks=checks,
-                 level=args.level, shard=parse_shard(args.shard) if args.shard else None)
+    kw = dict(max_examples=args.max_examples, seed=args.seed, formats=formats, checks=checks, level=args.level)
+    if args.scheduler is not None or (args.workers or 1) > 1:
+        if args.shard:
+            raise RefquantError("conformance: --shard picks one part; --scheduler and --workers run them all")
+        from .pipelines.scale import Runner, conformance
+        with Runner(args.workers or 1, args.scheduler) as rn:
+            report = conformance(rn, args.backend, **kw)
+    else:
+        report = run(args.backend, shard=parse_shard(args.shard) if args.shard else None, **kw)
     print(report.matrix())
     return 0 if report.ok else 1
 
@@ -593,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "dense sweeps around every boundary, 8x the shapes)")
     s.add_argument("--shard", help="I/N: run only part I (0-based) of N of the cases; the N parts' "
                                    "matrices together are the whole one")
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run the shards on a local Dask cluster of N processes (default: this process)")
+    s.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the shards on a running Dask cluster (tcp://HOST:PORT); the matrix is the same")
     s.set_defaults(func=cmd_conformance)
 
     s = sub.add_parser("vectors", help="write golden test vectors (.npy, .json, .gguf) per format")

@@ -30,3 +30,23 @@ class Failing(Backend):
 
 DYING = Dying()
 FAILING = Failing()
+
+
+class Broken(Backend):
+    """Claims Q4_0 and Q8_0 quantize and dequantize; its Q4_0 quantizer corrupts every row from
+    the third on (a tiling bug), so the conformance matrix has a failure to reproduce."""
+    name = "broken"
+    reference = "scale_backends:BROKEN"
+
+    def claims(self):
+        return {(op, k) for op in ("quantize", "dequantize") for k in ("Q4_0", "Q8_0")}
+
+    def quantize_rows(self, fmt, x, imatrix):
+        out = super().quantize_rows(fmt, x, imatrix)
+        if fmt.name == "Q4_0" and out.shape[0] > 2:
+            out = out.copy()
+            out[2:, -1] ^= 1
+        return out
+
+
+BROKEN = Broken()

@@ -279,3 +279,16 @@ def test_calibrated_block_layers_as_tasks(cluster, tmp_path_factory, tmp_path):
         quantize_checkpoint(d, tmp_path / f"two-{method}", method, bits, g, fmt, calibration=text, ctx=64,
                             calibration_tokens=256, runner=cluster)
         same_dirs(tmp_path / f"one-{method}", tmp_path / f"two-{method}")
+
+
+# ------------------------------------------------------------------ the conformance suite
+
+@pytest.mark.parametrize("backend", ["numba", "scale_backends:BROKEN"])
+def test_conformance_on_the_cluster_prints_the_local_matrix(cluster, backend):
+    from refquant.conformance.suite import run
+    from refquant.pipelines.scale import conformance
+    kw = dict(formats=["Q4_0", "Q8_0"], checks=["quantize", "dequantize"], max_examples=5)
+    local = run(backend, **kw)
+    spread = conformance(cluster, backend, shards=5, **kw)
+    assert spread.matrix() == local.matrix()
+    assert local.ok == (backend == "numba")

@@ -158,6 +158,27 @@ def plan(backend: Backend = None, formats=None, checks=None, paths=None) -> list
     return out
 
 
+def merge_shards(reports: list, threaded: bool = False) -> Report:
+    """The reports of shards 0..n-1 as the one report an unsharded run gives: each cell its worst
+    status, cases added up, and each failing path's failure the one of its first failing case in
+    the run's case order, with the cases up to it (an unsharded run stops a path there)."""
+    out = reports[0]
+    for r in reports[1:]:
+        out = out.merge(r)
+    first = {}
+    for fl in out.failures:
+        ids = fixed.case_ids(fl.check, fl.fmt, out.level, threaded) + ["hypothesis"]
+        rank = ids.index(fl.case) if fl.case in ids else len(ids)
+        if (fl.fmt, fl.check) not in first or rank < first[(fl.fmt, fl.check)][0]:
+            first[(fl.fmt, fl.check)] = (rank, fl)
+    out.failures = [fl for _, fl in sorted(first.values(), key=lambda rf: (_key_order(rf[1].fmt),
+                                                                            _path_order(rf[1].check)))]
+    for cell, (rank, _) in first.items():
+        out.cases[cell] = rank + 1            # the cases the unsharded run ran before it stopped
+    out.shard = None
+    return out
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """"I/N" -> (I, N), 0 <= I < N."""
     try:

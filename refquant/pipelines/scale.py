@@ -166,6 +166,28 @@ class Runner:
             live.clear()
 
 
+def conformance_shard(job):
+    """One shard of the conformance suite (a task): the report of part i of n."""
+    from ..conformance.suite import run
+    backend, shard, kw = job
+    return run(backend, shard=shard, **kw)
+
+
+def conformance(rn: Runner, backend, shards: Optional[int] = None, **kw):
+    """The conformance suite spread over the runner's workers as `shards` shards (default: four
+    a slot), merged into the report an unsharded run gives. `backend` must be loadable by every
+    worker (a registered name, 'module:object', or a file path on a shared filesystem)."""
+    from ..backend import backend_reference, get_backend
+    from ..conformance.suite import merge_shards
+    ref = backend_reference(backend)
+    if ref is None:
+        raise InputError(f"backend {backend!r} cannot be loaded by name on other processes; give it as "
+                         f"'module:object' or a file path")
+    n = shards or 4 * rn.n_slots
+    reports = dict(rn.imap_unordered(conformance_shard, [(ref, (i, n), kw) for i in range(n)]))
+    return merge_shards([reports[i] for i in range(n)], threaded=get_backend(ref).threaded)
+
+
 def current_blas_threads() -> Optional[int]:
     """The thread count of the BLAS NumPy loaded in this process (None: unknown). A float matmul's
     result depends on it (the partition of its sums), so a task that multiplies matrices (GPTQ's
