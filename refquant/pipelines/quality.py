@@ -327,8 +327,9 @@ def linear_model(base_w: Weights, method: str, cap: Optional[InputCapture], matm
 
 def evaluate(model_path, text: str, rows=DEFAULT_ROWS, n_ctx: int = 256, n_chunks: int = 4,
              calib_chunks: int = 2, workdir=None, matmul_backend=None, text_name: str = "text",
-             log: Optional[Callable[[str], None]] = None) -> Table:
-    """The quality table of `model_path` on `text` (see the module docstring)."""
+             log: Optional[Callable[[str], None]] = None, backend="numpy") -> Table:
+    """The quality table of `model_path` on `text` (see the module docstring). `backend` writes
+    the llama.cpp file types' files (a bit-exact backend: the same bytes, sooner)."""
     from . import recipes
     from ..model.forward import Model
     from ..model.tokenizer import Tokenizer
@@ -395,7 +396,7 @@ def evaluate(model_path, text: str, rows=DEFAULT_ROWS, n_ctx: int = 256, n_chunk
                 nw = n_weights
             else:
                 out = wd / f"{r}.gguf"
-                recipes.quantize_model(base_path, out, r)
+                recipes.quantize_model(base_path, out, r, backend=backend)
                 nb, nw = gguf_storage(out)
                 m = Model.from_gguf(out)
             t1 = time.perf_counter()
