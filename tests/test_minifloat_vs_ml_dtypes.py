@@ -412,6 +412,23 @@ def test_encode_edges_match_ml_dtypes_07(name, ml07):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@given(x=hnp.arrays(np.float32, st.integers(1, 64), elements=st.floats(width=32)))
+def test_encode_any_float32_matches_ml_dtypes_07(name, x, ml07):
+    assert_codes_equal(x, name, ref=ml07.encode(x, mf.FORMATS[name].ml_dtypes_name))
+
+
+@pytest.mark.parametrize("name", SIGNED)
+def test_saturate_edges_match_ml_dtypes_07_clipped(name, ml07):
+    """saturate=True is the cast of x clipped to ±(largest finite value) (ONNX's saturate_cast),
+    here with 0.7.0's cast."""
+    f = mf.FORMATS[name]
+    x = _edge_inputs(name)
+    with np.errstate(invalid="ignore"):
+        clipped = np.clip(x, np.float32(-f.max), np.float32(f.max))
+    assert_codes_equal(x, name, saturate=True, ref=ml07.encode(clipped, f.ml_dtypes_name))
+
+
+@pytest.mark.parametrize("name", NAMES)
 @given(x=hnp.arrays(np.float64, st.integers(1, 64), elements=st.floats(allow_subnormal=True)))
 def test_float64_input_rounds_once_like_ml_dtypes_07(name, x, ml07):
     assert_codes_equal(x, name, ref=ml07.encode(x, mf.FORMATS[name].ml_dtypes_name))
