@@ -379,8 +379,9 @@ def nvfp4_per_tensor_scale_torchao(amax) -> np.float32:
 
 
 def quantize_nvfp4_torchao(x: np.ndarray, per_tensor_scale=None) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (rows, n), n a multiple of 16 -> (packed uint8 (rows, n/2), block scales as E4M3
-    codes uint8 (rows, n/16)), as torchao 0.18's `nvfp4_quantize` computes them on the CPU.
+    """float32 or bfloat16 (rows, n), n a multiple of 16 -> (packed uint8 (rows, n/2), block
+    scales as E4M3 codes uint8 (rows, n/16)), as torchao 0.18's `nvfp4_quantize` computes them on
+    the CPU (bfloat16 is widened to float32 first, exactly, as torchao does).
 
     One level (per_tensor_scale None):
       1. per block: s = amax / 6 in float32; clamped to [2^-6, 448] (2^-6 = E4M3_EPS, code 0x08:
@@ -397,6 +398,8 @@ def quantize_nvfp4_torchao(x: np.ndarray, per_tensor_scale=None) -> tuple[np.nda
     block scale that rounds to 0 to 0.125 (0x20) where torchao clamps to 2^-6 (0x08) first, and
     gives −0.0 code 0; see spec/divergences-nvfp4.md.
     """
+    if isinstance(x, np.ndarray) and x.dtype.name == "bfloat16":
+        x = x.astype(F32)                     # torchao: data_hp.float(), exact
     x = np.ascontiguousarray(check_floats(x, "NVFP4 (torchao)", block=NVFP4_BLOCK, why=_NAN_SCALE))
     if x.ndim != 2:
         raise InputError(f"NVFP4 (torchao): x must be a matrix (rows, n), got shape {x.shape}")

@@ -68,6 +68,19 @@ def test_two_level_with_any_scale_matches_torchao(x, p):
     assert_matches(x, np.float32(p))
 
 
+@given(x=float_rows(16, max_rows=2, max_blocks=3))
+def test_bfloat16_input_matches_torchao(x):
+    import ml_dtypes
+    b = x.astype(ml_dtypes.bfloat16)
+    t = torch.from_numpy(b.view(np.int16).copy()).view(torch.bfloat16)
+    for p in (None, amax_scale(b.astype(np.float32)) or None):
+        pt = None if p is None else torch.tensor(p, dtype=torch.float32)
+        scales, packed = nvfp4_quantize(t, 16, pt)
+        ours_p, ours_s = mx.quantize_nvfp4_torchao(b, p)
+        np.testing.assert_array_equal(ours_s, scales.view(torch.uint8).numpy())
+        np.testing.assert_array_equal(ours_p, packed.view(torch.uint8).numpy())
+
+
 def _edge_matrices():
     rng = np.random.default_rng(5)
     w = (rng.standard_normal((4, 64)) * 0.02).astype(np.float32)
