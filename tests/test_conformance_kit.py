@@ -409,7 +409,6 @@ def test_level_2_adds_catalog_entries_and_shapes():
 def test_pytest_form_runs_in_parallel(tmp_path):
     """`pytest --pyargs refquant.conformance -n 2` with the backend named by file path: one test per
     (key, path), the claimed ones pass, the rest are skipped as not claimed."""
-    pytest.importorskip("xdist")
     env = {**os.environ, "REFQUANT_BACKEND": f"{Path(__file__).resolve()}:OwnQ8", "REFQUANT_FORMATS": "Q8_0",
            "REFQUANT_MAX_EXAMPLES": "3"}
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
