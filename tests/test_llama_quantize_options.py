@@ -302,6 +302,34 @@ def test_keep_split_command_line(llama, cut, split, tmp_path, capsys):
     assert err.count("\n") == 1 and "split 2 of 3" in err and "not found" in err
 
 
+def test_perplexity_of_a_split_model(tmp_path, capsys):
+    """`refquant perplexity` on the first file of SmolLM2 split in three by gguf-py's writer
+    prints what it prints for the whole file."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from tools.models import botchan_path
+    path = tmp_path / "smol.gguf"
+    with GGUFFile(smollm2_path()) as f:
+        w = GGUFWriter(path, f.get("general.architecture"), split_max_tensors=100)
+        for kv in f.kvs:
+            if kv.key != "general.architecture":
+                w.add_key_value(kv.key, list(kv.value) if kv.vtype == V.ARRAY else kv.value, kv.vtype, kv.sub_type)
+        for t in f.tensors:  # the stored bytes, as gguf-py takes a quantized tensor
+            w.add_tensor(t.name, np.array(f.raw(t.name)),
+                         raw_dtype=GGMLQuantizationType(t.ggml_type))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    first = tmp_path / "smol-00001-of-00003.gguf"
+    text = tmp_path / "t.txt"
+    text.write_bytes(botchan_path().read_bytes()[:400])
+    outs = []
+    for model in (smollm2_path(), first):
+        assert main(["perplexity", str(model), "--text", str(text), "--ctx", "16", "--chunks", "1"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and "[1]" in outs[0]
+
+
 # ------------------------------------------------------------------------------ names, progress
 
 def test_names_people_type(cut, tmp_path, capsys):
