@@ -187,13 +187,16 @@ def cmd_quantize(args) -> int:
                             "llama-quantize takes it)")
     if threads is not None:
         _set_threads(threads)
+    copy = ftype.upper() == "COPY"  # llama-quantize's COPY: every tensor copied as it is
     try:
-        ft = recipes.file_type(ftype)
+        ft = recipes.file_type("F32" if copy else ftype)
     except FormatError:
         ft = None
     if ft is not None:
         # llama.cpp's file type: its per-tensor mixture, metadata and layout, as llama-quantize writes them
-        return _quantize_ftype(args, recipes, ft, out, _llama_quantize_options(args, recipes))
+        opts = _llama_quantize_options(args, recipes)
+        opts["only_copy"] = copy
+        return _quantize_ftype(args, recipes, ft, out, opts, "COPY" if copy else ft.name)
     from .pipelines.convert import quantize_file
     from .registry import get_format
     try:
@@ -232,7 +235,7 @@ def accepted_types() -> list[str]:
     llama-quantize's aliases), then the other ggml types refquant quantizes to."""
     from .pipelines import recipes
     from .registry import all_formats
-    names = list(recipes.FILE_TYPES) + list(recipes.FTYPE_ALIASES)
+    names = list(recipes.FILE_TYPES) + list(recipes.FTYPE_ALIASES) + ["COPY"]
     for f in all_formats():
         if f.ggml_type is not None and f.can_quantize and f.name not in names:
             names.append(f.name)
@@ -268,6 +271,8 @@ def _gguf_quantize_positionals(args):
 
 
 def _is_ftype(recipes, name) -> bool:
+    if name.upper() == "COPY":
+        return True
     try:
         recipes.file_type(name)
         return True
@@ -312,12 +317,12 @@ def _llama_quantize_options(args, recipes) -> dict:
                 include_weights=list(args.include_weights), exclude_weights=list(args.exclude_weights))
 
 
-def _quantize_ftype(args, recipes, ft, out, opts) -> int:
+def _quantize_ftype(args, recipes, ft, out, opts, type_name) -> int:
     from pathlib import Path
     from .io.split import open_gguf
     if out is None and not opts["dry_run"]:
         # llama-quantize's default: ggml-model-TYPE.gguf beside the input (no suffix with --keep-split)
-        out = str(Path(args.input).parent / f"ggml-model-{ft.name}") + ("" if opts["keep_split"] else ".gguf")
+        out = str(Path(args.input).parent / f"ggml-model-{type_name}") + ("" if opts["keep_split"] else ".gguf")
     elif out is not None and opts["keep_split"] and out.endswith(".gguf"):
         out = out[:-len(".gguf")]  # the split files' prefix, as llama-quantize takes it
     with open_gguf(args.input) as f:

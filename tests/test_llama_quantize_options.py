@@ -156,6 +156,25 @@ def test_dry_run_table_is_llama_cpps(llama, cut, tmp_path, model, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_copy_byte_identical(llama, cut, tmp_path):
+    """llama-quantize's COPY (only_copy): every tensor copied, quantized or not; general.file_type
+    is the input's, or llama.cpp's guess (the most frequent tensor type, marked GUESSED) when it
+    has none."""
+    src = cut["gemma3"]
+    ours_vs_llama(llama, src, tmp_path, "F32", dict(only_copy=True, prune_layers=[0]),
+                  dict(only_copy=True, prune_layers=[0]))
+    bare = tmp_path / "bare.gguf"
+    with GGUFFile(cut["smollm2"]) as f:
+        write_gguf(bare, [kv for kv in f.kvs if kv.key != "general.file_type"], f.tensors,
+                   lambda t: np.array(f.raw(t.name)))
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    assert main(["quantize", "--no-progress", str(bare), str(ours), "COPY"]) == 0
+    assert llama.quantize(bare, ref, recipes.file_type("F32").id, only_copy=True) == 0
+    same_bytes(ours, ref)
+    with GGUFFile(ours) as f:
+        assert f.get("general.file_type") == 1024  # ALL_F32 | LLAMA_FTYPE_GUESSED
+
+
 def test_command_line_options_byte_identical(llama, cut, tmp_path):
     """The command line, as a llama-quantize user types it (IN OUT TYPE NTHREADS, options first;
     pattern and type in any case), writes llama_model_quantize's bytes for the same params."""

@@ -132,6 +132,37 @@ def file_type(ftype) -> FileType:
     return FILE_TYPES[key]
 
 
+# llama_model_loader's guess of a file's type (when it has no general.file_type): the ggml type of
+# the most tensors (the first to reach that count, in tensor order) -> LLAMA_FTYPE_*, marked
+# LLAMA_FTYPE_GUESSED; a type not in this table guesses ALL_F32.
+_GUESS = {"F32": 0, "F16": 1, "BF16": 32, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q8_0": 7, "Q2_K": 10,
+          "Q3_K": 12, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "TQ1_0": 36, "TQ2_0": 37, "IQ2_XXS": 19, "IQ2_XS": 20,
+          "IQ2_S": 28, "IQ3_XXS": 23, "IQ1_S": 24, "IQ1_M": 31, "IQ4_NL": 25, "IQ4_XS": 30, "IQ3_S": 26,
+          "NVFP4": 39, "Q1_0": 40, "Q2_0": 41}
+LLAMA_FTYPE_GUESSED = 1024
+
+
+def input_file_type(f, kv_overrides=()) -> FileType:
+    """The loader's file type of a model (llama_model_loader::ftype): its general.file_type (an
+    int kv override in its place), else the guess above. What llama-quantize's COPY writes."""
+    value = f.get("general.file_type")
+    for o in kv_overrides:
+        if o.key == "general.file_type" and o.tag == "int":
+            value = o.value
+    if value is None:
+        counts: dict[str, int] = {}
+        best, top = "F32", 0
+        for t in sorted(f.tensors, key=lambda t: tensor_order_key(t.name)):
+            name = ggml_type(t.ggml_type).name
+            counts[name] = counts.get(name, 0) + 1
+            if counts[name] > top:
+                best, top = name, counts[name]
+        value = _GUESS.get(best, 0) | LLAMA_FTYPE_GUESSED
+    value = int(value) & 0xFFFFFFFF
+    known = next((ft for ft in FILE_TYPES.values() if ft.id == value), None)
+    return FileType(known.name if known else f"#{value}", value, None)
+
+
 # ------------------------------------------------------------------------------------ options
 # llama-quantize's option strings (tools/quantize/quantize.cpp, common/common.cpp), parsed as it
 # parses them; the parsed values are the fields of llama_model_quantize_params.
@@ -669,14 +700,15 @@ def prune_names(names, prune: list[int]) -> tuple[dict[str, str], int]:
 
 def plan(f: GGUFFile, ftype, *, has_imatrix: bool = False, output_tensor_type=None, token_embedding_type=None,
          pure: bool = False, quantize_output_tensor: bool = True, tensor_types=(), prune_layers=(),
-         kv_overrides=(), keep_split: bool = False) -> list[TensorPlan]:
+         kv_overrides=(), keep_split: bool = False, only_copy: bool = False) -> list[TensorPlan]:
     """The output's tensors in file order with the type llama.cpp chooses for each (the
     preliminary loop of llama_model_quantize_impl).
 
     tensor_types: (pattern, type) pairs (llama_model_tensor_override), tried in order, the first
     whose regular expression is found in a tensor's name choosing its type; prune_layers: layer
     numbers dropped (the others renumbered); kv_overrides: `KVOverride`s (or their KEY=TYPE:VALUE
-    strings), which the loader's hyperparameters see too; keep_split: tensors in split-file order.
+    strings), which the loader's hyperparameters see too; keep_split: tensors in split-file order;
+    only_copy: no tensor is quantized (llama-quantize's COPY).
     """
     ft = file_type(ftype)
     if ft.default is None:
@@ -709,7 +741,8 @@ def plan(f: GGUFFile, ftype, *, has_imatrix: bool = False, output_tensor_type=No
         ne_full = tuple(reversed(t.shape)) if t.shape else (1,)
         ne = ne_full[:n_dims(ne_full)]
         src = ggml_type(t.ggml_type).name
-        allowed = allows_quantization(name, ne, st.model.arch, quantize_output_tensor=quantize_output_tensor)
+        allowed = not only_copy and allows_quantization(name, ne, st.model.arch,
+                                                        quantize_output_tensor=quantize_output_tensor)
         dst = src
         if allowed:
             dst = _tensor_type(st, name, ne, default, ft, cat, ott, tet, pure, patterns)
@@ -1211,7 +1244,7 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
                    allow_requantize: bool = False, backend="numpy", tensor_types=(), kv_overrides=(),
                    prune_layers=(), keep_split: bool = False, dry_run: bool = False, include_weights=(),
                    exclude_weights=(), workers: Optional[int] = 1, scheduler: Optional[str] = None,
-                   runner=None) -> list[TensorPlan]:
+                   runner=None, only_copy: bool = False) -> list[TensorPlan]:
     """Quantize a GGUF model (F32, F16 or BF16 tensors; split or not) to llama.cpp's file type
     `ftype`, writing the same bytes as `llama_model_quantize` with the same parameters (and as
     llama-quantize, for the imatrix keys and the options that only it has).
@@ -1225,7 +1258,9 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
     split input is written as as many files, named from the prefix `out_path` as
     `split_output_paths` says), dry_run (--dry-run: nothing is read past the metadata or written; the
     plan is returned), include_weights / exclude_weights (--include-weights /
-    --exclude-weights: which imatrix entries are used, by substring).
+    --exclude-weights: which imatrix entries are used, by substring), only_copy (llama-quantize's
+    COPY: every tensor copied, quantized or not; the file type written is the input's, see
+    `input_file_type`).
 
     imatrix: a path to a GGUF or legacy .dat imatrix file, or an `Imatrix`. `imatrix_file` is the
     name written to `quantize.imatrix.file` (default: the path as given).
@@ -1266,13 +1301,15 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
     prune = sorted(set(int(i) for i in prune_layers))
     with open_gguf(in_path) as f:
         parts = getattr(f, "parts", [f])
-        _check_input(f, allow_requantize)
+        _check_input(f, allow_requantize or only_copy)
         tps = plan(f, ft, has_imatrix=im is not None, output_tensor_type=output_tensor_type,
                    token_embedding_type=token_embedding_type, pure=pure,
                    quantize_output_tensor=quantize_output_tensor, tensor_types=tensor_types,
-                   prune_layers=prune, kv_overrides=overrides, keep_split=keep_split)
+                   prune_layers=prune, kv_overrides=overrides, keep_split=keep_split, only_copy=only_copy)
         if dry_run:
             return tps
+        if only_copy:  # the loader's file type of the input is written (llama_model_quantize_impl)
+            ft = input_file_type(f, overrides)
         converted = [tp for tp in tps if tp.converted]
         for tp in converted:
             if tp.src_type not in ("F32", "F16", "BF16") and not (

@@ -93,7 +93,7 @@ def quantize_here(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarra
              output_tensor_type: int | None = None, token_embedding_type: int | None = None,
              pure: bool = False, quantize_output_tensor: bool = True, nthread: int = 2,
              dry_run: bool = False, tensor_types: list[tuple[str, int]] = (), prune_layers: list[int] = (),
-             keep_split: bool = False) -> int:
+             keep_split: bool = False, only_copy: bool = False) -> int:
     """Run llama_model_quantize; returns its status (0: success). Each argument is the
     llama_model_quantize_params field of its name (tensor_types: tt_overrides).
     kv_overrides: (key, value) with value a str (STR), a bool (BOOL), a float (FLOAT) or an int
@@ -108,6 +108,7 @@ def quantize_here(in_path, out_path, ftype: int, *, imatrix: dict[str, np.ndarra
     p.quantize_output_tensor = quantize_output_tensor
     p.dry_run = dry_run
     p.keep_split = keep_split
+    p.only_copy = only_copy
     if output_tensor_type is not None:
         p.output_tensor_type = int(output_tensor_type)
     if token_embedding_type is not None:
