@@ -430,3 +430,18 @@ def test_every_command_refuses_an_output_that_is_an_input(model, tmp_path, capsy
                  ["eval", str(model), "--text", str(text), "--markdown", str(text)]):
         assert "refusing to overwrite an input" in one_line(capsys, argv)
     assert model.read_bytes() == before and text.read_text() == "hello"
+
+
+def test_a_hugging_face_cache_snapshot_is_read_through_its_links(tmp_path):
+    """A cache snapshot (models--ORG--NAME/snapshots/REV) is links into the repository's blobs/."""
+    from refquant.io.safetensors import Checkpoint, extra_files, save_file
+    repo = tmp_path / "models--org--name"
+    blobs, snap = repo / "blobs", repo / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    save_file(blobs / "1111", {"a": np.ones(4, np.float32)})
+    (blobs / "2222").write_text("{}")
+    (snap / "model.safetensors").symlink_to("../../blobs/1111")
+    (snap / "tokenizer.json").symlink_to("../../blobs/2222")
+    assert Checkpoint(snap)["a"].tolist() == [1, 1, 1, 1]
+    assert extra_files(snap) == {"tokenizer.json": b"{}"}
