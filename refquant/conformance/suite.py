@@ -111,12 +111,13 @@ class Report:
         keys = sorted({k for k, _ in self.results}, key=_key_order)
         cols = sorted({p for _, p in self.results}, key=_path_order)
         w = max([len(k) for k in keys] + [6])
-        cw = max([len(c) for c in cols] + [12])
+        cws = [max(len(c), 12) for c in cols]
         title = f"conformance of backend {self.backend!r} against the spec (level {self.level}"
         title += f", shard {self.shard[0]}/{self.shard[1]})" if self.shard else ")"
-        lines = [title, f"{'key':<{w}}  " + "  ".join(f"{c:<{cw}}" for c in cols)]
+        lines = [title, (f"{'key':<{w}}  " + "  ".join(f"{c:<{cw}}" for c, cw in zip(cols, cws))).rstrip()]
         for k in keys:
-            lines.append((f"{k:<{w}}  " + "  ".join(f"{self.results.get((k, c), '-'):<{cw}}" for c in cols)).rstrip())
+            lines.append((f"{k:<{w}}  " + "  ".join(f"{self.results.get((k, c), '-'):<{cw}}"
+                                                    for c, cw in zip(cols, cws))).rstrip())
         n = {s: sum(1 for v in self.results.values() if v == s) for s in (EXACT, BOUND, FAIL, ERROR, SPEC_RAN, NOT_CLAIMED)}
         lines.append(f"\n{n[EXACT]} exact, {n[BOUND]} within bound, {n[FAIL]} failed, {n[ERROR]} errors, "
                      f"{n[SPEC_RAN]} claimed but the spec ran, {n[NOT_CLAIMED]} not claimed; "
@@ -135,8 +136,9 @@ def _key_order(name):
 
 
 def _path_order(label):
+    """quantize, quantize+imatrix, then their extra searches; dequantize; vec_dot; matmul."""
     op = label.split("+")[0].split("[")[0]
-    return OPERATIONS_ORDER.index(op), label
+    return OPERATIONS_ORDER.index(op), op == "quantize" and "[" in label, label
 
 
 def plan(backend: Backend = None, formats=None, checks=None, paths=None) -> list[tuple[str, Path]]:
