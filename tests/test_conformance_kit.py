@@ -441,3 +441,15 @@ def test_pytest_form_reproducer_runs_as_printed(tmp_path):
     run_ = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path)
     assert run_.returncode == 0, snippet + "\n" + run_.stderr
     assert run_.stdout.strip() not in ("", "[]")
+
+
+def test_numba_declares_threads_and_gets_the_one_thread_cases():
+    pytest.importorskip("numba", reason="the numba extra is not installed")
+    from refquant.backend import get_backend
+    from refquant.conformance.suite import case_list
+    nb = get_backend("refquant_backends.numba:NumbaBackend")
+    assert nb.threaded and nb.max_threads() >= 1
+    ids = [c for _, _, c in case_list(nb, formats=["Q4_0"], checks=["quantize"])]
+    assert {"threads=1 3x9", "threads=1 65x1"} <= set(ids)
+    r = run(nb, formats=["Q4_0"], paths=["quantize"], max_examples=2)
+    assert r.results == {("Q4_0", "quantize"): EXACT}
