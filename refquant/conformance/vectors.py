@@ -145,7 +145,7 @@ def text_cases(name: str) -> list[str]:
     """The plain-text cases of a format: the level-1 catalog's quantize entries (with and without
     an importance matrix, as the format takes one), the vector rows, and the decoding of every
     block they encode to (every code, for element formats)."""
-    from . import catalog
+    from . import cases, catalog
     from ..backend import operation_paths
     fmt = get_format(name)
     bs = fmt.block_size
@@ -155,7 +155,7 @@ def text_cases(name: str) -> list[str]:
     for p in operation_paths("quantize", fmt.name):
         if p.call["search"] is not None:
             continue
-        entries = [(n, catalog.build("quantize", fmt.name, p.label, n)) for n in catalog.names("quantize", fmt.name, p.label, 1)]
+        entries = [(n, cases.build(p.label, fmt.name, f"catalog {n}")) for n in catalog.names("quantize", fmt.name, p.label, 1)]
         entries.append(("rows", {"x": x_rows, "imatrix": vector_imatrix(x_rows.shape[1]) if p.call["imatrix"] else None}))
         for n, c in entries:
             lines.append(f"# {p.label}: {n}")
@@ -171,7 +171,7 @@ def text_cases(name: str) -> list[str]:
                         encoded.append(out)
     if fmt.can_dequantize:
         lines.append("# dequantize")
-        data = catalog.build("dequantize", fmt.name, "dequantize", "every-code")["data"].reshape(-1, fmt.type_size) \
+        data = cases.build("dequantize", fmt.name, "catalog every-code")["data"].reshape(-1, fmt.type_size) \
             if catalog.is_element_format(fmt) and fmt.type_size <= 2 else np.unique(np.stack(encoded), axis=0) if encoded else None
         if data is not None:
             with np.errstate(all="ignore"):
