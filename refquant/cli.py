@@ -80,17 +80,24 @@ class Progress:
         tensor data (over the input's element count when given, as llama-quantize counts), time."""
         import os
         from .io.gguf import GGUFFile
+        from pathlib import Path
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         size = data = elements = 0
         for p in paths:
+            if Path(p).is_dir():  # a checkpoint: its safetensors files' bytes
+                files = [q for q in Path(p).rglob("*.safetensors") if q.is_file()]
+                size += sum(os.path.getsize(q) for q in Path(p).rglob("*") if q.is_file())
+                data += sum(os.path.getsize(q) for q in files)
+                continue
             size += os.path.getsize(p)
             with GGUFFile(p) as f:
                 data += sum(t.nbytes for t in f.tensors)
                 elements += sum(t.n_elements for t in f.tensors)
         n = n_elements or elements
         names = str(paths[0]) if len(paths) == 1 else f"{paths[0]} .. ({len(paths)} files)"
-        sys.stderr.write(f"{self.label}: wrote {names}: {size / 1048576:.2f} MiB, "
-                         f"{8 * data / max(n, 1):.3f} bits per weight, {time.perf_counter() - self.t0:.1f} s\n")
+        bpw = f"{8 * data / n:.3f} bits per weight, " if n else ""
+        sys.stderr.write(f"{self.label}: wrote {names}: {size / 1048576:.2f} MiB, {bpw}"
+                         f"{time.perf_counter() - self.t0:.1f} s\n")
         sys.stderr.flush()
 
 
@@ -162,7 +169,11 @@ def cmd_quantize(args) -> int:
         from .pipelines.hf_quantize import linear_names, quantize_checkpoint
         from .io.safetensors import Checkpoint
         from .errors import InputError
-        n = len(linear_names(Checkpoint(args.input), args.targets, args.ignore))
+        ck = Checkpoint(args.input)
+        n = len(linear_names(ck, args.targets, args.ignore))
+        n_elements = 0
+        for k in ck:
+            n_elements += int(np.prod(ck[k].shape, dtype=np.int64))
         text = None
         if args.calibration is not None:
             text = _read_text(args.calibration)
@@ -173,12 +184,14 @@ def cmd_quantize(args) -> int:
             raise InputError(f"quantize: --scheme {args.scheme} sets the bits; give --scheme or --bits, not both")
         fmt = args.format or ("compressed-tensors" if sq or args.scheme is not None else "gptq")
         bits = args.bits if args.bits is not None else (8 if sq else 4)
+        bar = Progress(n, "quantize", args.progress)
         quantize_checkpoint(args.input, args.output, args.method, bits, args.group_size, fmt,
-                            args.activations, progress=Progress(n, "quantize", args.progress),
+                            args.activations, progress=bar,
                             calibration=text, ctx=args.ctx, calibration_tokens=args.calibration_tokens,
                             alpha=args.alpha, targets=args.targets, ignore=args.ignore, scheme=args.scheme,
                             transform=args.transform, transform_seed=args.transform_seed,
                             hadamard_table=args.hadamard_table, workers=args.workers, scheduler=args.scheduler)
+        bar.summary(args.output, n_elements)  # bits per weight: every stored byte over the input's weights
         return 0
     from .pipelines import recipes
     out, ftype, threads = _gguf_quantize_positionals(args)

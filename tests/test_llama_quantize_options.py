@@ -399,3 +399,21 @@ def test_progress_on_a_pipe_and_summary(cut, tmp_path):
     summary = lines[-1]
     assert summary.startswith(f"quantize: wrote {out}: {out.stat().st_size / 1048576:.2f} MiB, {bpw:.3f} bits per weight")
     assert r.stdout == ""
+
+
+def test_checkpoint_quantize_summary(tmp_path, capsys):
+    """A checkpoint directory's run ends with the same kind of line: the directory, its size,
+    bits per weight (the safetensors bytes over the input's weights), time."""
+    import os
+    from hf_checkpoint import smollm2_checkpoint
+    src = tmp_path / "ck"
+    t = smollm2_checkpoint(src, n_layers=1)
+    out = tmp_path / "q"
+    capsys.readouterr()
+    assert main(["quantize", str(src), str(out), "--bits", "4", "--group-size", "64", "--format", "gptq",
+                 "--no-progress"]) == 0
+    line = capsys.readouterr().err.splitlines()[-1]
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    data = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
+    bpw = 8 * data / sum(w.size for w in t.values())
+    assert line.startswith(f"quantize: wrote {out}: {size / 1048576:.2f} MiB, {bpw:.3f} bits per weight, "), line
