@@ -272,10 +272,11 @@ def _gguf_quantize_positionals(args):
     if args.type is not None:
         ftype = args.type
     if rest:
+        word = rest.pop(0)
         try:
-            threads = int(rest.pop(0))
+            threads = int(word)
         except ValueError:
-            raise RefquantError(f"quantize: invalid thread count {args.rest[-1]!r}") from None
+            raise RefquantError(f"quantize: invalid thread count {word!r} (after the type)") from None
     if rest:
         raise RefquantError(f"quantize: unexpected argument {rest[0]!r}")
     if args.threads is not None:
