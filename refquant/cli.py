@@ -597,8 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint input: layers the targets select that stay unquantized, spelled as --targets "
                         "(default: lm_head)")
     s.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes on this machine, a local Dask cluster (default: every core, or "
-                        "$REFQUANT_WORKERS; 1: this process only)")
+                   help="worker processes on this machine, a local Dask cluster (default: $REFQUANT_WORKERS, or "
+                        "every core when there are 2 GiB or more to quantize, this process for less; 1: this "
+                        "process only, whose Numba kernels run on every core)")
     s.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="a running Dask scheduler (tcp://HOST:PORT) to send the work to; its workers read the "
                         "input at the same path (a shared filesystem), this process writes the output")

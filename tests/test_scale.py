@@ -189,9 +189,14 @@ def test_scheduler_and_two_workers(llama, models, tmp_path, small_slabs):
 
 
 def test_default_workers_is_every_core(monkeypatch):
-    from refquant.pipelines.scale import default_workers
+    from refquant.pipelines.scale import AUTO_CLUSTER_BYTES, choose_workers, default_workers
     monkeypatch.delenv("REFQUANT_WORKERS", raising=False)
     assert default_workers() == len(os.sched_getaffinity(0))
+    # the command line's default: every core for a large input, this process for a small one
+    assert choose_workers(None, None, AUTO_CLUSTER_BYTES) == default_workers()
+    assert choose_workers(None, None, AUTO_CLUSTER_BYTES - 1) == 1
+    assert choose_workers(3, None, 0) == 3
+    assert choose_workers(None, "tcp://127.0.0.1:1", 0) is None
     monkeypatch.setenv("REFQUANT_WORKERS", "3")
     assert default_workers() == 3
     for bad in ("0", "two"):

@@ -53,7 +53,7 @@ def quantize_file(src_path, dst_path, qtype: str, imatrix: Optional[dict[str, np
     """Quantize every quantizable weight of a float GGUF model to `qtype`; `workers` and
     `scheduler` as recipes.quantize_model takes them."""
     from .recipes import _SLAB_ELEMENTS, Kept, Slab, write_tasks
-    from .scale import Runner
+    from .scale import Runner, choose_workers
     fmt = get_format(qtype)
     if not fmt.can_quantize or fmt.ggml_type is None:
         raise FormatError(f"{fmt.name} is not a GGUF type refquant can quantize to")
@@ -83,5 +83,7 @@ def quantize_file(src_path, dst_path, qtype: str, imatrix: Optional[dict[str, np
                                  min(rows_at, nrows - r), r, t.type_name, fmt.name, im, bname, recipe=False)
                             for r in range(0, nrows, rows_at)]
         kvs = [kv for kv in src.kvs if kv.key not in SPLIT_KEYS]
+        todo = sum(t.nbytes for t in src.tensors if not isinstance(work[t.name], Kept))
+        workers = choose_workers(workers, scheduler, todo)
         with Runner(workers, scheduler) as rn:
             write_tasks(rn, [(dst_path, _with_file_type(kvs, fmt.name), infos)], work, progress or (lambda t: None))

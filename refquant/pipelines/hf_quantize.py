@@ -221,8 +221,9 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     extra = {"config.json": None}
     extra.update(extra_files(model_dir))      # tokenizer files, gguf_metadata.json, ...: as they are
     if calibration is not None:
-        from .scale import Runner
-        with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
+        from .scale import Runner, choose_workers
+        n = choose_workers(workers, scheduler, _nbytes(ck, lin))
+        with (nullcontext(runner) if runner is not None else Runner(n, scheduler)) as rn:
             out = _calibrated(model_dir, config, ck, lin, method, bits, group_size, fmt, sym, calibration, ctx,
                               calibration_tokens, sequential, alpha, max_rows, progress, record, scheme, rn)
         qc = _config(fmt, bits, group_size, sym, targets, ignore, L_targets.ignored_linears(shapes, lin))
@@ -266,8 +267,9 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                 job["w_amax"], job["x_amax"] = w_amax[k], x_amax[k]
             yield job
 
-    from .scale import Runner
-    with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
+    from .scale import Runner, choose_workers
+    n = choose_workers(workers, scheduler, _nbytes(ck, lin))
+    with (nullcontext(runner) if runner is not None else Runner(n, scheduler)) as rn:
         # each linear layer is a task (the model's weights stay here: a checkpoint is read whole)
         for _, t in rn.imap_unordered(quantize_linear, jobs()):
             out.update(t)
@@ -288,6 +290,10 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         config["quantization_config"]["transform_config"] = tcfg
     extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
     save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
+
+
+def _nbytes(ck, lin) -> int:
+    return sum(int(np.prod(ck[k].shape)) * np.dtype(ck[k].dtype).itemsize for k in lin)
 
 
 def quantize_linear(job: dict) -> dict:

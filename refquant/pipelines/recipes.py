@@ -1365,7 +1365,8 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
                                    KV("split.tensors.count", GGUFValueType.INT32, len(tps))]
                 infos = [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps if tp.split == i]
                 files.append((split_path(out_path, i, n_split), meta, infos))
-        from .scale import Runner
+        from .scale import Runner, choose_workers
+        workers = choose_workers(workers, scheduler, sum(tp.nbytes for tp in converted))
         with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
             write_tasks(rn, files, work, on_tensor, together=keep_split)
     return tps

@@ -10,6 +10,8 @@ client's memory is bounded by a few tasks, not by the model.
 Where the tasks run:
 
 * `workers=1`, no scheduler: in this process, one after another (no Dask is imported).
+* `workers=None` (the command line's default): every core (`default_workers`); a whole-file
+  job chooses this process instead when its input is small (`choose_workers`).
 * `workers=N`: a local Dask cluster of N worker processes, one thread each (numba's kernels
   get one thread a worker: `NUMBA_NUM_THREADS=1`, set before the workers start). A task whose
   result depends on NumPy's BLAS thread count (GPTQ) runs with the client's (`blas_like`).
@@ -46,6 +48,21 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:            # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+# Below this much input to convert, the default runs in this process: a local cluster's start
+# (processes, imports, each worker's Numba cache) costs more than it saves, and this process's
+# Numba kernels already run on every core (benchmarks/README.md, "Scale-out").
+AUTO_CLUSTER_BYTES = 2 << 30
+
+
+def choose_workers(workers: Optional[int], scheduler: Optional[str], nbytes: int) -> Optional[int]:
+    """The worker count a job of `nbytes` of input runs with: `workers` when given, else
+    $REFQUANT_WORKERS when set, else every core for a job of AUTO_CLUSTER_BYTES or more and
+    this process (1) for a smaller one."""
+    if workers is not None or scheduler is not None or os.environ.get(WORKERS_ENV):
+        return workers
+    return default_workers() if nbytes >= AUTO_CLUSTER_BYTES else 1
 
 
 def check_workers(n) -> int:
