@@ -11,7 +11,9 @@ way round). A record holds the facts every other part reads:
         dequantize(data) -> floats         data: uint8 (nrows, nbytes); returns float32 (nrows, n)
     imatrix                                IMATRIX_NONE / _OPTIONAL / _REQUIRED
     ggml_type, file_type                   gguf.GGMLQuantizationType and llama.cpp's
-                                           LLAMA_FTYPE_MOSTLY_* for a file all of this type
+                                           LLAMA_FTYPE_MOSTLY_<name>, the file type whose
+                                           default type is this one (the whole-file pipeline's
+                                           tables, refquant.pipelines.recipes, read both)
     spec_page                              its page under spec/
     layout                                 the block's fields (refquant.ggml.layout.Layout)
     vec_dot                                a VecDot: how ggml's CPU mul_mat multiplies it
@@ -94,7 +96,7 @@ class Format(_Record):
         "spec_page": None,          # path under spec/, relative
         "layout": None,             # refquant.ggml.layout.Layout, for block types
         "vec_dot": None,            # VecDot, for weight types ggml's CPU mul_mat takes
-        "file_type": None,          # llama.cpp's LLAMA_FTYPE_MOSTLY_* id of a file of this type
+        "file_type": None,          # llama.cpp's LLAMA_FTYPE_MOSTLY_* id whose default type is this one
     }
     _KEY = ("name", "family", "block_size", "type_size", "imatrix", "ggml_type", "spec_page")
 

@@ -57,13 +57,29 @@ def test_a_difference_is_named_by_field_and_element():
     assert first_difference(get_format("Q4_K").layout, want, want) is None
 
 
-def test_recipe_tables_agree_with_the_records():
-    """The whole-file pipeline's ggml type and file type tables say what the records say: type id,
-    block and type size, and llama.cpp's file type of a file all of one type."""
+def test_recipe_tables_agree_with_llama_cpp_and_gguf_py():
+    """The whole-file pipeline's tables, read from the records: every file type's id is
+    llama-cpp-python's LLAMA_FTYPE_* of that name and every LLAMA_FTYPE_MOSTLY_* is there; every
+    ggml type's id is gguf-py's GGMLQuantizationType of that name (Q2_0, newer, is 42 in
+    llama.cpp's ggml.h) and a type without a block has gguf-py's size."""
+    import gguf
+    import json
+    import subprocess
+    import sys
     from refquant.pipelines import recipes
-    for fmt in all_formats():
-        if fmt.ggml_type is not None:
-            t = recipes.ggml_type(fmt.name)
-            assert (t.id, t.blck_size, t.type_size) == (fmt.ggml_type, fmt.block_size, fmt.type_size), fmt.name
-        if fmt.file_type is not None:
-            assert recipes.file_type(fmt.file_type).default == fmt.name, fmt.name
+    code = "import json, llama_cpp; print(json.dumps({n: getattr(llama_cpp, n) for n in dir(llama_cpp) " \
+           "if n.startswith('LLAMA_FTYPE_')}))"   # libllama loaded in a process of its own
+    llama = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                      check=True).stdout)
+    names = {("ALL_F32" if ft.name == "F32" else f"MOSTLY_{ft.name}"): ft.id for ft in recipes.FILE_TYPES.values()}
+    assert {f"LLAMA_FTYPE_{n}": i for n, i in names.items()} == \
+        {n: i for n, i in llama.items() if n != "LLAMA_FTYPE_GUESSED"}
+    for t in recipes.GGML_TYPES.values():
+        if t.name == "Q2_0":
+            assert t.id == 42
+            continue
+        gt = gguf.GGMLQuantizationType[t.name]
+        assert t.id == int(gt), t.name
+        if not t.quantized:
+            assert (t.blck_size, t.type_size) == gguf.GGML_QUANT_SIZES[gt], t.name
+    assert {int(t) for t in gguf.GGMLQuantizationType} <= set(recipes._BY_ID)

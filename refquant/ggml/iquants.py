@@ -249,7 +249,9 @@ def vec_dot_iq4_xs(w):
 
 RECORDS = [
     block_format(IQ4_NL, "ggml-iq", quantize_iq4_nl, dequantize_iq4_nl, IMATRIX_OPTIONAL, int(T.IQ4_NL),
-                 "ggml/iq4_nl.md", VecDot("Q8_0", vec_dot_iq4_nl, "(dw * da) * sumi")),   # C: d * (sumi1 + sumi2)
+                 "ggml/iq4_nl.md", VecDot("Q8_0", vec_dot_iq4_nl, "(dw * da) * sumi"),   # C: d * (sumi1 + sumi2)
+                 file_type=25),                                     # LLAMA_FTYPE_MOSTLY_IQ4_NL
     block_format(IQ4_XS, "ggml-iq", quantize_iq4_xs, dequantize_iq4_xs, IMATRIX_OPTIONAL, int(T.IQ4_XS),
-                 "ggml/iq4_xs.md", VecDot("Q8_K", vec_dot_iq4_xs, "per 32: (d * (ls - 32)) * sumi")),
+                 "ggml/iq4_xs.md", VecDot("Q8_K", vec_dot_iq4_xs, "per 32: (d * (ls - 32)) * sumi"),
+                 file_type=30),                                     # LLAMA_FTYPE_MOSTLY_IQ4_XS
 ]

@@ -32,11 +32,14 @@ from gguf import GGUFValueType
 
 from ..errors import FileFormatError, FormatError, InputError
 from ..io.gguf import KV, GGUFFile, StringArray, TensorInfo, write_gguf
+from ..registry import all_formats
 
 F32 = np.float32
 
 # ------------------------------------------------------------------------------------ ggml types
-# (id, elements per block, bytes per block, is_quantized), from ggml.c's type_traits.
+# (id, elements per block, bytes per block, is_quantized), as ggml.c's type_traits: every format
+# record with a ggml type id (refquant.registry) gives its row; the types no format module
+# defines (plain integers and F64: no block, nothing to quantize) are listed here.
 
 
 @dataclass(frozen=True)
@@ -48,22 +51,19 @@ class GGMLType:
     quantized: bool
 
 
-_TYPE_ROWS = [
-    ("F32", 0, 1, 4, False), ("F16", 1, 1, 2, False), ("Q4_0", 2, 32, 18, True), ("Q4_1", 3, 32, 20, True),
-    ("Q5_0", 6, 32, 22, True), ("Q5_1", 7, 32, 24, True), ("Q8_0", 8, 32, 34, True), ("Q8_1", 9, 32, 36, True),
-    ("Q2_K", 10, 256, 84, True), ("Q3_K", 11, 256, 110, True), ("Q4_K", 12, 256, 144, True),
-    ("Q5_K", 13, 256, 176, True), ("Q6_K", 14, 256, 210, True), ("Q8_K", 15, 256, 292, True),
-    ("IQ2_XXS", 16, 256, 66, True), ("IQ2_XS", 17, 256, 74, True), ("IQ3_XXS", 18, 256, 98, True),
-    ("IQ1_S", 19, 256, 50, True), ("IQ4_NL", 20, 32, 18, True), ("IQ3_S", 21, 256, 110, True),
-    ("IQ2_S", 22, 256, 82, True), ("IQ4_XS", 23, 256, 136, True), ("I8", 24, 1, 1, False),
-    ("I16", 25, 1, 2, False), ("I32", 26, 1, 4, False), ("I64", 27, 1, 8, False), ("F64", 28, 1, 8, False),
-    ("IQ1_M", 29, 256, 56, True), ("BF16", 30, 1, 2, False), ("TQ1_0", 34, 256, 54, True),
-    ("TQ2_0", 35, 256, 66, True), ("MXFP4", 39, 32, 17, True), ("NVFP4", 40, 64, 36, True),
-    ("Q1_0", 41, 128, 18, True), ("Q2_0", 42, 64, 18, True),
-]
-GGML_TYPES: dict[str, GGMLType] = {r[0]: GGMLType(*r) for r in _TYPE_ROWS}
+_PLAIN_TYPE_ROWS = [("I8", 24, 1, 1), ("I16", 25, 1, 2), ("I32", 26, 1, 4), ("I64", 27, 1, 8), ("F64", 28, 1, 8)]
+
+
+def _ggml_type_rows() -> list[GGMLType]:
+    rows = [GGMLType(f.name, f.ggml_type, f.block_size, f.type_size, f.block_size > 1)  # blocks are quantized
+            for f in all_formats() if f.ggml_type is not None]
+    rows += [GGMLType(name, i, blck, size, False) for name, i, blck, size in _PLAIN_TYPE_ROWS]
+    return sorted(rows, key=lambda t: t.id)
+
+
+GGML_TYPES: dict[str, GGMLType] = {t.name: t for t in _ggml_type_rows()}
 _BY_ID: dict[int, GGMLType] = {t.id: t for t in GGML_TYPES.values()}
-GGML_TYPE_COUNT = 43
+GGML_TYPE_COUNT = max(_BY_ID) + 1
 
 
 def ggml_type(t) -> GGMLType:
@@ -91,18 +91,24 @@ class FileType:
     default: Optional[str]     # llama_ftype_get_default_type; None: llama.cpp refuses the file type
 
 
-_FTYPE_ROWS = [
-    ("F32", 0, "F32"), ("F16", 1, "F16"), ("Q4_0", 2, "Q4_0"), ("Q4_1", 3, "Q4_1"), ("Q8_0", 7, "Q8_0"),
-    ("Q5_0", 8, "Q5_0"), ("Q5_1", 9, "Q5_1"), ("Q2_K", 10, "Q2_K"), ("Q3_K_S", 11, "Q3_K"),
-    ("Q3_K_M", 12, "Q3_K"), ("Q3_K_L", 13, "Q3_K"), ("Q4_K_S", 14, "Q4_K"), ("Q4_K_M", 15, "Q4_K"),
-    ("Q5_K_S", 16, "Q5_K"), ("Q5_K_M", 17, "Q5_K"), ("Q6_K", 18, "Q6_K"), ("IQ2_XXS", 19, "IQ2_XXS"),
-    ("IQ2_XS", 20, "IQ2_XS"), ("Q2_K_S", 21, "Q2_K"), ("IQ3_XS", 22, "IQ3_S"), ("IQ3_XXS", 23, "IQ3_XXS"),
-    ("IQ1_S", 24, "IQ1_S"), ("IQ4_NL", 25, "IQ4_NL"), ("IQ3_S", 26, "IQ3_S"), ("IQ3_M", 27, "IQ3_S"),
-    ("IQ2_S", 28, "IQ2_XS"), ("IQ2_M", 29, "IQ2_S"), ("IQ4_XS", 30, "IQ4_XS"), ("IQ1_M", 31, "IQ1_M"),
-    ("BF16", 32, "BF16"), ("TQ1_0", 36, "TQ1_0"), ("TQ2_0", 37, "TQ2_0"), ("MXFP4_MOE", 38, "MXFP4"),
-    ("NVFP4", 39, None), ("Q1_0", 40, "Q1_0"), ("Q2_0", 41, "Q2_0"),
+# LLAMA_FTYPE_MOSTLY_<TYPE> whose default is <TYPE> itself comes from that type's format record
+# (its `file_type`); the mixtures (a name that is not their default type's) and NVFP4, which
+# llama.cpp names but refuses to quantize to, are listed here.
+_MIXTURE_FTYPE_ROWS = [
+    ("Q3_K_S", 11, "Q3_K"), ("Q3_K_M", 12, "Q3_K"), ("Q3_K_L", 13, "Q3_K"), ("Q4_K_S", 14, "Q4_K"),
+    ("Q4_K_M", 15, "Q4_K"), ("Q5_K_S", 16, "Q5_K"), ("Q5_K_M", 17, "Q5_K"), ("Q2_K_S", 21, "Q2_K"),
+    ("IQ3_XS", 22, "IQ3_S"), ("IQ3_M", 27, "IQ3_S"), ("IQ2_S", 28, "IQ2_XS"), ("IQ2_M", 29, "IQ2_S"),
+    ("MXFP4_MOE", 38, "MXFP4"), ("NVFP4", 39, None),
 ]
-FILE_TYPES: dict[str, FileType] = {r[0]: FileType(*r) for r in _FTYPE_ROWS}
+
+
+def _file_type_rows() -> list[FileType]:
+    rows = [FileType(f.name, f.file_type, f.name) for f in all_formats() if f.file_type is not None]
+    rows += [FileType(*r) for r in _MIXTURE_FTYPE_ROWS]
+    return sorted(rows, key=lambda t: t.id)
+
+
+FILE_TYPES: dict[str, FileType] = {ft.name: ft for ft in _file_type_rows()}
 # llama-quantize's aliases (QUANT_OPTIONS: "Q4_K" is Q4_K_M, ...); ALL_F32 is LLAMA_FTYPE_ALL_F32
 FTYPE_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 _FTYPE_ALIASES = {"ALL_F32": "F32", **FTYPE_ALIASES}
@@ -134,11 +140,10 @@ def file_type(ftype) -> FileType:
 
 # llama_model_loader's guess of a file's type (when it has no general.file_type): the ggml type of
 # the most tensors (the first to reach that count, in tensor order) -> LLAMA_FTYPE_*, marked
-# LLAMA_FTYPE_GUESSED; a type not in this table guesses ALL_F32.
-_GUESS = {"F32": 0, "F16": 1, "BF16": 32, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q8_0": 7, "Q2_K": 10,
-          "Q3_K": 12, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "TQ1_0": 36, "TQ2_0": 37, "IQ2_XXS": 19, "IQ2_XS": 20,
-          "IQ2_S": 28, "IQ3_XXS": 23, "IQ1_S": 24, "IQ1_M": 31, "IQ4_NL": 25, "IQ4_XS": 30, "IQ3_S": 26,
-          "NVFP4": 39, "Q1_0": 40, "Q2_0": 41}
+# LLAMA_FTYPE_GUESSED: a type's own MOSTLY_ file type (its record's), else the one below; a
+# type in neither guesses ALL_F32.
+_GUESS = {**{f.default: f.id for f in FILE_TYPES.values() if f.name == f.default},
+          "Q3_K": 12, "Q4_K": 15, "Q5_K": 17, "IQ2_S": 28, "NVFP4": 39}
 LLAMA_FTYPE_GUESSED = 1024
 
 
@@ -798,12 +803,10 @@ def tensor_types(path, ftype, **kw) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ validation
-# ggml_validate_row_data: the fp16 scale fields that must be finite, by type (byte offsets).
-_FP16_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "Q8_1": (0, 2),
-                "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
-                "TQ1_0": (52,), "TQ2_0": (64,), "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ2_S": (0,),
-                "IQ3_XXS": (0,), "IQ3_S": (0,), "IQ1_S": (0,), "IQ4_NL": (0,), "IQ4_XS": (0,),
-                "Q1_0": (0,), "Q2_0": (0,)}
+# ggml_validate_row_data: the fp16 scale fields that must be finite, by type (byte offsets): every
+# f16 field of a block type's layout (refquant.ggml.layout)
+_FP16_FIELDS = {f.name: offs for f in all_formats() if f.layout is not None and f.block_size > 1
+                for offs in [tuple(f.layout.offset(x.name) for x in f.layout.fields if x.ctype == "f16")] if offs}
 
 
 def _validate(name: str, dst: str, data: np.ndarray, first_row: int) -> None:
