@@ -175,6 +175,22 @@ def test_min_max_scan_keeps_the_first_zeros_sign(nb, ggml, qtype):
     np.testing.assert_array_equal(nb.quantize(x, qtype), refquant.quantize(x, qtype))
 
 
+def test_q8_k_scale_from_the_first_of_equal_magnitudes(nb, ggml):
+    """Q8_K finds its block's largest magnitude as an integer max and its first position as an
+    integer min (vectorised); C keeps the first value of that magnitude (its sign sets the codes'
+    signs). Blocks with +a before -a and after it, all zeros of either sign, small integers."""
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((6, 256)) * 0.02).astype(np.float32)
+    x[0] = 0
+    x[1] = -0.0
+    x[2, 5], x[2, 9] = 1.0, -1.0
+    x[3, 7], x[3, 100] = -1.0, 1.0
+    x[4] = rng.integers(-3, 4, 256).astype(np.float32)
+    x[5, :] = -0.0
+    x[5, 200] = 0.0
+    np.testing.assert_array_equal(nb.quantize(x, "Q8_K"), ggml.quantize_row_ref(x, "Q8_K"))
+
+
 def test_large_matrix_bit_exact(nb):
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((64, 1024)) * 0.02).astype(np.float32)

@@ -498,32 +498,39 @@ def _dequantize_q6_k(data, sdata, out):
 # --------------------------------------------------------------------------- Q8_K
 
 @njit(**PJIT)
-def _quantize_q8_k(x, out):
+def _quantize_q8_k(x, out, qk):
+    """C's `if (ax > amax) { amax = ax; max = x[j]; }` as an integer max of |x|'s bits and the
+    first position holding it (an integer min), and the codes, each in a loop of qk (QK_K at run
+    time) with unsigned offsets, which LLVM vectorises (see ..numerics); the group sums are
+    integer sums, exact in any order."""
     nrows, n = x.shape
     nb = n // QK_K
     ts = 292
     for r in prange(nrows):
         for b in range(nb):
-            xb = x[r, b * QK_K:(b + 1) * QK_K]
             o = out[r, b * ts:(b + 1) * ts]
-            amax = ZERO
-            vmax = ZERO
-            for j in range(QK_K):
-                a = abs(xb[j])
-                if a > amax:
-                    amax = a
-                    vmax = xb[j]
-            if amax == ZERO:
+            x0 = U64(b * QK_K)
+            kmax = np.int32(0)
+            for j in range(U64(qk)):
+                kmax = max(kmax, np.int32(f32_bits(x[r, x0 + j]) & np.int32(0x7FFFFFFF)))
+            if kmax == np.int32(0):   # amax == 0: every value is a zero
                 for k in range(ts):
                     o[k] = 0
                 continue
+            first = np.int64(qk)
+            for j in range(U64(qk)):
+                if np.int32(f32_bits(x[r, x0 + j]) & np.int32(0x7FFFFFFF)) == kmax:
+                    first = min(first, np.int64(j))
+            vmax = x[r, x0 + U64(first)]
             iscale = F32(-127) / vmax
+            o0 = U64(b * ts + 4)
+            for j in range(U64(qk)):
+                out[r, o0 + j] = np.uint8(min(np.int32(127), nearest_int(iscale * x[r, x0 + j])) & np.int32(0xFF))
             for g in range(16):
                 s = np.int32(0)
                 for l in range(16):
-                    q = min(127, nearest_int(iscale * xb[16 * g + l]))
-                    o[4 + 16 * g + l] = np.uint8(q & 0xFF)
-                    s += q
+                    q = np.int32(o[4 + 16 * g + l])
+                    s += q - 256 if q > 127 else q
                 o[260 + 2 * g] = np.uint8(s & 0xFF)
                 o[261 + 2 * g] = np.uint8((s >> 8) & 0xFF)
             u = f32_bits(ONE / iscale)
@@ -597,7 +604,7 @@ def quantize_q6_k(x, imatrix=None):
 
 def quantize_q8_k(x, imatrix=None):
     out = _qout(x, 292)
-    _quantize_q8_k(_c(x, np.float32), out)
+    _quantize_q8_k(_c(x, np.float32), out, QK_K)
     return out
 
 
