@@ -93,7 +93,7 @@ def synthetic(path: Path, gib: float, seed=0) -> Path:
     from refquant.io.gguf import GGUFValueType as V
     W, FF, V_ = 4096, 11008, 32000
     per_layer = 4 * (2 * W * W + 2 * W * W // 4 + 3 * W * FF + 2 * W)
-    n_layer = max(1, int((gib * 2**30 - 2 * 4 * V_ * W) // per_layer + 0.999))
+    n_layer = max(1, -(-int(gib * 2**30 - 2 * 4 * V_ * W) // per_layer))  # rounded up
     kvs = [KV("general.architecture", V.STRING, "llama"), KV("general.name", V.STRING, "synthetic"),
            KV("llama.block_count", V.UINT32, n_layer), KV("llama.context_length", V.UINT32, 4096),
            KV("llama.embedding_length", V.UINT32, W), KV("llama.feed_forward_length", V.UINT32, FF),
