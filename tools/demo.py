@@ -16,7 +16,7 @@ RTN/GPTQ/AWQ INT4, FP8, MXFP4 and NVFP4 formats, written as Markdown, JSON and a
 
     python -m tools.demo [--types Q4_0,Q8_0 | --no-types] [--layers N | --all] [--backend numpy]
                          [--no-eval] [--eval-ctx 128] [--eval-chunks 2] [--eval-rows F16,Q8_0,... | all]
-                         [--eval-backend numba] [--out build/demo]
+                         [--eval-backend numpy] [--out build/demo]
 
 By default the weights of the first two transformer blocks are used (8.8 million values: every
 kind of weight the model has, each a real tensor), so that the slow lattice searches of the IQ
@@ -47,15 +47,6 @@ def demo_types() -> list[str]:
             if r["quantize"] and r["ggml_type"] is not None and r["name"] != "F32"]
 
 
-def default_backend() -> str:
-    """The Numba backend where numba is installed (`make demo` installs it), else the spec."""
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return "numpy"
-    return "numba"
-
-
 QUICK_ROWS = "Q8_0,Q4_K_M,Q4_0"
 
 
@@ -69,9 +60,9 @@ def main(argv=None) -> int:
                     help="refquant's backend for the types table (default: numpy, the spec itself; on a fresh "
                          "clone it is done sooner than numba's first compilation of every kernel); its bytes are "
                          "compared with ggml's all the same")
-    ap.add_argument("--eval-backend", default=None,
-                    help="the backend that writes the quality table's whole-model files (default: numba where "
-                         "installed, else numpy): the same bytes, sooner")
+    ap.add_argument("--eval-backend", default="numpy",
+                    help="the backend that writes the quality table's whole-model files (default: numpy, the "
+                         "spec: on a fresh clone sooner than numba's first compilation; the bytes are the same)")
     ap.add_argument("--no-eval", action="store_true", help="skip the quality table")
     ap.add_argument("--eval-ctx", type=int, default=128, help="quality table: tokens per chunk (default 128)")
     ap.add_argument("--eval-chunks", type=int, default=2, help="quality table: evaluation chunks (default 2)")
@@ -80,7 +71,6 @@ def main(argv=None) -> int:
                          f"see refquant eval --help)")
     ap.add_argument("--out", default="build/demo", help="quality table: output directory (default build/demo)")
     args = ap.parse_args(argv)
-    args.eval_backend = args.eval_backend or default_backend()
     all_exact = True if args.no_types else types_table(args)
     if not args.no_eval:
         quality_table(args)
