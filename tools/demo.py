@@ -95,12 +95,16 @@ def types_table(args) -> bool:
 
     print(f"refquant ({backend.name} backend) against ggml's C (ggml-python); MB/s: refquant's\n")
     print(f"{'type':<8} {'bpw':>6} {'RMSE':>10} {'bit-exact':>10} {'tensors':>8} {'MB/s':>8}   note")
+    import ggml as ggml_python  # the types its ggml has: ids below its GGML_TYPE_COUNT
     all_exact = True
     for name in types:
         rec = next(r for r in formats() if r["name"] == name)
         bs = rec["block_size"]
         exact, n, secs, se, count, nbytes = True, 0, 0.0, 0.0, 0, 0
         note = ""
+        compared = rec["ggml_type"] < ggml_python.GGML_TYPE_COUNT
+        if not compared:
+            note = "newer than ggml-python's ggml: make test compares it with llama.cpp's"
         for tname, x in original.items():
             if x.shape[-1] % bs:
                 note = f"rows not a multiple of {bs}: some tensors skipped"
@@ -111,8 +115,8 @@ def types_table(args) -> bool:
             t0 = time.perf_counter()
             q = backend.quantize(x, name, im)
             secs += time.perf_counter() - t0
-            ok = np.array_equal(q, oracle_quantize(x, name, im))
-            exact &= ok
+            if compared:
+                exact &= np.array_equal(q, oracle_quantize(x, name, im))
             y = dequantize(q, name)
             se += float(np.sum((y.astype(np.float64) - x) ** 2))
             count += x.size
@@ -120,12 +124,13 @@ def types_table(args) -> bool:
             n += 1
         all_exact &= exact
         rmse = (se / max(count, 1)) ** 0.5
-        print(f"{name:<8} {rec['bits_per_weight']:>6.3f} {rmse:>10.3e} {'yes' if exact else 'NO':>10} "
+        verdict = ("yes" if exact else "NO") if compared else "-"
+        print(f"{name:<8} {rec['bits_per_weight']:>6.3f} {rmse:>10.3e} {verdict:>10} "
               f"{n:>8} {nbytes / 1e6 / max(secs, 1e-9):>8.1f}   {note}")
         sys.stdout.flush()
     print("\n(the original is itself the Q4_1/Q8_0 model decoded, so re-quantizing to Q4_1 is close "
           "to lossless: compare the other rows with that in mind)")
-    print("\nevery tensor of every type bit-exact with ggml" if all_exact else "\nMISMATCH against ggml")
+    print("\nevery tensor of every type compared bit-exact with ggml" if all_exact else "\nMISMATCH against ggml")
     return all_exact
 
 
