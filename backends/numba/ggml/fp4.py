@@ -12,11 +12,14 @@ from numba import njit, prange
 
 from refquant.ggml.fp4 import (KVALUES_MXFP4, e8m0_to_fp32_half, mxfp4_shared_exponent,
                                ue4m3_to_fp32_half)
+from refquant.registry import get_format
 
 from ..numerics import F32, JIT, ZERO, c_float_to_int32, f32_bits
 
-QK_MXFP4 = 32
-QK_NVFP4 = 64
+# block sizes, type sizes and the fields' byte offsets, from the declared layouts (refquant.ggml.layout)
+_MX, _NV = get_format("MXFP4").layout, get_format("NVFP4").layout
+QK_MXFP4, MX_TS, MX_E, MX_QS = _MX.block_size, _MX.type_size, _MX.offset("e"), _MX.offset("qs")
+QK_NVFP4, NV_TS, NV_D, NV_QS = _NV.block_size, _NV.type_size, _NV.offset("d"), _NV.offset("qs")
 PJIT = dict(JIT, parallel=True)
 KV = KVALUES_MXFP4.astype(np.float32)
 E8M0_HALF = e8m0_to_fp32_half(np.arange(256, dtype=np.uint32))
@@ -62,11 +65,11 @@ def _quantize_mxfp4(x, e, out):
     for r in prange(nrows):
         for b in range(nb):
             xb = x[r, b * QK_MXFP4:(b + 1) * QK_MXFP4]
-            o = out[r, b * 17:(b + 1) * 17]
-            o[0] = e[r, b]
+            o = out[r, b * MX_TS:(b + 1) * MX_TS]
+            o[MX_E] = e[r, b]
             d = E8M0_HALF[e[r, b]]
             for j in range(16):
-                o[1 + j] = np.uint8(best_index_mxfp4(xb[j], d) | (best_index_mxfp4(xb[j + 16], d) << 4))
+                o[MX_QS + j] = np.uint8(best_index_mxfp4(xb[j], d) | (best_index_mxfp4(xb[j + 16], d) << 4))
 
 
 @njit(**dict(JIT, inline="always"))
@@ -99,42 +102,42 @@ def _quantize_nvfp4(x, out):
     nb = n // QK_NVFP4
     for r in prange(nrows):
         for b in range(nb):
-            o = out[r, b * 36:(b + 1) * 36]
+            o = out[r, b * NV_TS:(b + 1) * NV_TS]
             for s in range(4):
                 xs = x[r, b * QK_NVFP4 + 16 * s:b * QK_NVFP4 + 16 * s + 16]
                 ue = fp32_to_ue4m3(_amax(xs) / F32(6))
-                o[s] = np.uint8(ue)
+                o[NV_D + s] = np.uint8(ue)
                 d = UE4M3_HALF[ue]
                 for j in range(8):
-                    o[4 + 8 * s + j] = np.uint8(best_index_mxfp4(xs[j], d) | (best_index_mxfp4(xs[j + 8], d) << 4))
+                    o[NV_QS + 8 * s + j] = np.uint8(best_index_mxfp4(xs[j], d) | (best_index_mxfp4(xs[j + 8], d) << 4))
 
 
 @njit(**PJIT)
 def _dequantize_mxfp4(data, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 17
+    nb = data.shape[1] // MX_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 17:(b + 1) * 17]
+            o = data[r, b * MX_TS:(b + 1) * MX_TS]
             y = out[r, b * QK_MXFP4:(b + 1) * QK_MXFP4]
-            d = E8M0_HALF[o[0]]
+            d = E8M0_HALF[o[MX_E]]
             for j in range(16):
-                y[j] = KV[np.int32(o[1 + j]) & 0xF] * d
-                y[j + 16] = KV[np.int32(o[1 + j]) >> 4] * d
+                y[j] = KV[np.int32(o[MX_QS + j]) & 0xF] * d
+                y[j + 16] = KV[np.int32(o[MX_QS + j]) >> 4] * d
 
 
 @njit(**PJIT)
 def _dequantize_nvfp4(data, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 36
+    nb = data.shape[1] // NV_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 36:(b + 1) * 36]
+            o = data[r, b * NV_TS:(b + 1) * NV_TS]
             y = out[r, b * QK_NVFP4:(b + 1) * QK_NVFP4]
             for s in range(4):
-                d = UE4M3_HALF[o[s]]
+                d = UE4M3_HALF[o[NV_D + s]]
                 for j in range(8):
-                    q = np.int32(o[4 + 8 * s + j])
+                    q = np.int32(o[NV_QS + 8 * s + j])
                     y[16 * s + j] = KV[q & 0xF] * d
                     y[16 * s + 8 + j] = KV[q >> 4] * d
 
@@ -144,25 +147,25 @@ def quantize_mxfp4(x, imatrix=None):
     amax = np.empty((x.shape[0], x.shape[1] // QK_MXFP4), np.float32)
     _amax_blocks(x, QK_MXFP4, amax)
     e = mxfp4_shared_exponent(amax)                  # floorf(log2f(amax)): the spec's rule
-    out = np.empty((x.shape[0], x.shape[1] // QK_MXFP4 * 17), np.uint8)
+    out = np.empty((x.shape[0], x.shape[1] // QK_MXFP4 * MX_TS), np.uint8)
     _quantize_mxfp4(x, np.ascontiguousarray(e), out)
     return out
 
 
 def quantize_nvfp4(x, imatrix=None):
-    out = np.empty((x.shape[0], x.shape[1] // QK_NVFP4 * 36), np.uint8)
+    out = np.empty((x.shape[0], x.shape[1] // QK_NVFP4 * NV_TS), np.uint8)
     _quantize_nvfp4(np.ascontiguousarray(x, dtype=np.float32), out)
     return out
 
 
 def dequantize_mxfp4(data):
-    out = np.empty((data.shape[0], data.shape[1] // 17 * QK_MXFP4), np.float32)
+    out = np.empty((data.shape[0], data.shape[1] // MX_TS * QK_MXFP4), np.float32)
     _dequantize_mxfp4(np.ascontiguousarray(data), out)
     return out
 
 
 def dequantize_nvfp4(data):
-    out = np.empty((data.shape[0], data.shape[1] // 36 * QK_NVFP4), np.float32)
+    out = np.empty((data.shape[0], data.shape[1] // NV_TS * QK_NVFP4), np.float32)
     _dequantize_nvfp4(np.ascontiguousarray(data), out)
     return out
 

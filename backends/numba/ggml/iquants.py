@@ -6,10 +6,16 @@ import numpy as np
 from numba import njit, prange
 
 from refquant.ggml.iquants import KVALUES_IQ4NL
+from refquant.registry import get_format
 
 from ..numerics import F32, JIT, ONE, U64, ZERO, fp16_to_fp32, nearest_int, store_fp16
 
 QK4_NL = 32
+# type sizes and the fields' byte offsets the kernels index, from the declared layouts
+# (refquant.ggml.layout); scales_h is a little-endian uint16, read and written a byte at a time
+NL_TS, XS_TS = get_format("IQ4_NL").type_size, get_format("IQ4_XS").type_size
+NL_D, NL_QS = (get_format("IQ4_NL").layout.offset(f) for f in ("d", "qs"))
+XS_D, XS_SH, XS_SL, XS_QS = (get_format("IQ4_XS").layout.offset(f) for f in ("d", "scales_h", "scales_l", "qs"))
 QK_K = 256
 NTRY = 7
 PJIT = dict(JIT, parallel=True)
@@ -128,11 +134,11 @@ def _quantize_iq4_nl(x, imatrix, use_imatrix, out, n32):
         pq = np.empty(QK4_NL, np.float32)
         for b in range(nb):
             xb = x[r, b * QK4_NL:(b + 1) * QK4_NL]
-            o = out[r, b * 18:(b + 1) * 18]
+            o = out[r, b * NL_TS:(b + 1) * NL_TS]
             _weights(xb, imatrix[b * QK4_NL:(b + 1) * QK4_NL] if use_imatrix else imatrix, use_imatrix, w)
             d = block_scale(xb, w, n32, px, pq)
-            store_fp16(o, 0, d)
-            _pack_codes(xb, _recip(d), o, 2)
+            store_fp16(o, NL_D, d)
+            _pack_codes(xb, _recip(d), o, NL_QS)
 
 
 @njit(**PJIT)
@@ -146,7 +152,7 @@ def _quantize_iq4_xs(x, imatrix, use_imatrix, out, n32):
         scales = np.empty(8, np.float32)
         for b in range(nb):
             xb = x[r, b * QK_K:(b + 1) * QK_K]
-            o = out[r, b * 136:(b + 1) * 136]
+            o = out[r, b * XS_TS:(b + 1) * XS_TS]
             _weights(xb, imatrix[b * QK_K:(b + 1) * QK_K] if use_imatrix else imatrix, use_imatrix, w)
             amax = ZERO
             max_scale = ZERO
@@ -159,50 +165,50 @@ def _quantize_iq4_xs(x, imatrix, use_imatrix, out, n32):
                     max_scale = s
             d = -max_scale / F32(32)
             idv = _recip(d)
-            store_fp16(o, 0, d)
+            store_fp16(o, XS_D, d)
             sh = 0
             for k in range(4):
-                o[4 + k] = 0
+                o[XS_SL + k] = 0
             for ib in range(8):
                 l = max(-32, min(31, nearest_int(idv * scales[ib])))
                 dl = d * F32(l)
                 ls = l + 32
-                o[4 + ib // 2] |= np.uint8((ls & 0xF) << (4 * (ib % 2)))
+                o[XS_SL + ib // 2] |= np.uint8((ls & 0xF) << (4 * (ib % 2)))
                 sh |= (ls >> 4) << (2 * ib)
-                _pack_codes(xb[32 * ib:32 * ib + 32], _recip(dl), o, 8 + 16 * ib)
-            o[2] = np.uint8(sh & 0xFF)
-            o[3] = np.uint8(sh >> 8)
+                _pack_codes(xb[32 * ib:32 * ib + 32], _recip(dl), o, XS_QS + 16 * ib)
+            o[XS_SH] = np.uint8(sh & 0xFF)
+            o[XS_SH + 1] = np.uint8(sh >> 8)
 
 
 @njit(**PJIT)
 def _dequantize_iq4_nl(data, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 18
+    nb = data.shape[1] // NL_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 18:(b + 1) * 18]
+            o = data[r, b * NL_TS:(b + 1) * NL_TS]
             y = out[r, b * QK4_NL:(b + 1) * QK4_NL]
-            d = fp16_to_fp32(o[0], o[1])
+            d = fp16_to_fp32(o[NL_D], o[NL_D + 1])
             for j in range(16):
-                y[j] = d * VALS[np.int32(o[2 + j]) & 0xF]
-                y[j + 16] = d * VALS[np.int32(o[2 + j]) >> 4]
+                y[j] = d * VALS[np.int32(o[NL_QS + j]) & 0xF]
+                y[j + 16] = d * VALS[np.int32(o[NL_QS + j]) >> 4]
 
 
 @njit(**PJIT)
 def _dequantize_iq4_xs(data, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 136
+    nb = data.shape[1] // XS_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 136:(b + 1) * 136]
+            o = data[r, b * XS_TS:(b + 1) * XS_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[0], o[1])
-            sh = np.int32(o[2]) | (np.int32(o[3]) << 8)
+            d = fp16_to_fp32(o[XS_D], o[XS_D + 1])
+            sh = np.int32(o[XS_SH]) | (np.int32(o[XS_SH + 1]) << 8)
             for ib in range(8):
-                ls = ((np.int32(o[4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
+                ls = ((np.int32(o[XS_SL + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
                 dl = d * F32(ls - 32)
                 for j in range(16):
-                    q = np.int32(o[8 + 16 * ib + j])
+                    q = np.int32(o[XS_QS + 16 * ib + j])
                     y[32 * ib + j] = dl * VALS[q & 0xF]
                     y[32 * ib + 16 + j] = dl * VALS[q >> 4]
 
@@ -214,25 +220,25 @@ def _im(imatrix):
 
 
 def quantize_iq4_nl(x, imatrix=None):
-    out = np.empty((x.shape[0], x.shape[1] // QK4_NL * 18), np.uint8)
+    out = np.empty((x.shape[0], x.shape[1] // QK4_NL * NL_TS), np.uint8)
     _quantize_iq4_nl(np.ascontiguousarray(x, dtype=np.float32), *_im(imatrix), out, 32)
     return out
 
 
 def quantize_iq4_xs(x, imatrix=None):
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * 136), np.uint8)
+    out = np.empty((x.shape[0], x.shape[1] // QK_K * XS_TS), np.uint8)
     _quantize_iq4_xs(np.ascontiguousarray(x, dtype=np.float32), *_im(imatrix), out, 32)
     return out
 
 
 def dequantize_iq4_nl(data):
-    out = np.empty((data.shape[0], data.shape[1] // 18 * QK4_NL), np.float32)
+    out = np.empty((data.shape[0], data.shape[1] // NL_TS * QK4_NL), np.float32)
     _dequantize_iq4_nl(np.ascontiguousarray(data), out)
     return out
 
 
 def dequantize_iq4_xs(data):
-    out = np.empty((data.shape[0], data.shape[1] // 136 * QK_K), np.float32)
+    out = np.empty((data.shape[0], data.shape[1] // XS_TS * QK_K), np.float32)
     _dequantize_iq4_xs(np.ascontiguousarray(data), out)
     return out
 

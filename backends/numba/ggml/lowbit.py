@@ -14,8 +14,12 @@ from .dot import _unpack_q8, quantize_activation
 QK_K = 256
 QK1_0 = 128
 QK2_0 = 64
-# Q2_0's type size and field offsets, from its declared layout
-Q2_0_TS = get_format("Q2_0").type_size
+# type sizes and the fields' byte offsets the kernels index, from the declared layouts
+# (refquant.ggml.layout)
+TQ1_TS, TQ2_TS, Q1_0_TS, Q2_0_TS = (get_format(n).type_size for n in ("TQ1_0", "TQ2_0", "Q1_0", "Q2_0"))
+TQ1_QS, TQ1_QH, TQ1_D = (get_format("TQ1_0").layout.offset(f) for f in ("qs", "qh", "d"))
+TQ2_QS, TQ2_D = (get_format("TQ2_0").layout.offset(f) for f in ("qs", "d"))
+Q1_0_D, Q1_0_QS = (get_format("Q1_0").layout.offset(f) for f in ("d", "qs"))
 Q2_0_D, Q2_0_QS = (get_format("Q2_0").layout.offset(f) for f in ("d", "qs"))
 PJIT = dict(JIT, parallel=True)
 LONG_LIM = F32(2.0 ** 63)
@@ -56,24 +60,24 @@ def _quantize_tq1_0(x, out):
     for r in prange(nrows):
         t = np.empty(QK_K, np.int32)
         for b in range(nb):
-            o = out[r, b * 54:(b + 1) * 54]
+            o = out[r, b * TQ1_TS:(b + 1) * TQ1_TS]
             d = _ternary(x[r, b * QK_K:(b + 1) * QK_K], t)
             for m in range(32):
                 q = 0
                 for k in range(5):
                     q = (q * 3 + t[m + 32 * k]) & 0xFF
-                o[m] = _base3(q)
+                o[TQ1_QS + m] = _base3(q)
             for m in range(16):
                 q = 0
                 for k in range(5):
                     q = (q * 3 + t[160 + m + 16 * k]) & 0xFF
-                o[32 + m] = _base3(q)
+                o[TQ1_QS + 32 + m] = _base3(q)
             for j in range(4):
                 q = 0
                 for k in range(4):
                     q = (q * 3 + t[240 + j + 4 * k]) & 0xFF
-                o[48 + j] = _base3(q * 3)
-            store_fp16(o, 52, d)
+                o[TQ1_QH + j] = _base3(q * 3)
+            store_fp16(o, TQ1_D, d)
 
 
 @njit(**dict(JIT, inline="always"))
@@ -89,13 +93,13 @@ def _dequantize_tq1_0(data, out, n32):
     """The loops over positions take n32 = 32 at run time, with unsigned offsets and the five
     trits of a byte in one body: loops LLVM vectorises (see ..numerics)."""
     nrows = data.shape[0]
-    nb = data.shape[1] // 54
+    nb = data.shape[1] // TQ1_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 54:(b + 1) * 54]
+            o = data[r, b * TQ1_TS:(b + 1) * TQ1_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[52], o[53])
-            i0 = U64(b * 54)
+            d = fp16_to_fp32(o[TQ1_D], o[TQ1_D + 1])
+            i0 = U64(b * TQ1_TS + TQ1_QS)
             y0 = U64(b * QK_K)
             for m in range(U64(n32)):
                 byte = data[r, i0 + m]
@@ -107,7 +111,7 @@ def _dequantize_tq1_0(data, out, n32):
                     out[r, y0 + U64(160 + 16 * k) + m] = _trit(byte, 3 ** k) * d
             for k in range(4):
                 for j in range(4):
-                    y[240 + j + 4 * k] = _trit(o[48 + j], 3 ** k) * d
+                    y[240 + j + 4 * k] = _trit(o[TQ1_QH + j], 3 ** k) * d
 
 
 @njit(**PJIT)
@@ -117,15 +121,15 @@ def _quantize_tq2_0(x, out):
     for r in prange(nrows):
         t = np.empty(QK_K, np.int32)
         for b in range(nb):
-            o = out[r, b * 66:(b + 1) * 66]
+            o = out[r, b * TQ2_TS:(b + 1) * TQ2_TS]
             d = _ternary(x[r, b * QK_K:(b + 1) * QK_K], t)
             for h in range(2):
                 for m in range(32):
                     q = 0
                     for k in range(4):
                         q += (t[128 * h + 32 * k + m] & 3) << (2 * k)
-                    o[32 * h + m] = np.uint8(q & 0xFF)
-            store_fp16(o, 64, d)
+                    o[TQ2_QS + 32 * h + m] = np.uint8(q & 0xFF)
+            store_fp16(o, TQ2_D, d)
 
 
 @njit(**PJIT)
@@ -133,13 +137,13 @@ def _dequantize_tq2_0(data, out, n32):
     """One loop over the 32 bytes of each half, the four 2-bit fields of a byte in its body, n32 =
     32 at run time and unsigned offsets: a loop LLVM vectorises (see ..numerics)."""
     nrows = data.shape[0]
-    nb = data.shape[1] // 66
+    nb = data.shape[1] // TQ2_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 66:(b + 1) * 66]
-            d = fp16_to_fp32(o[64], o[65])
+            o = data[r, b * TQ2_TS:(b + 1) * TQ2_TS]
+            d = fp16_to_fp32(o[TQ2_D], o[TQ2_D + 1])
             for h in range(2):
-                i0 = U64(b * 66 + 32 * h)
+                i0 = U64(b * TQ2_TS + TQ2_QS + 32 * h)
                 y0 = U64(b * QK_K + 128 * h)
                 for m in range(U64(n32)):
                     byte = data[r, i0 + m]
@@ -155,30 +159,30 @@ def _quantize_q1_0(x, out):
     for r in prange(nrows):
         for b in range(nb):
             xb = x[r, b * QK1_0:(b + 1) * QK1_0]
-            o = out[r, b * 18:(b + 1) * 18]
+            o = out[r, b * Q1_0_TS:(b + 1) * Q1_0_TS]
             s = ZERO
             for j in range(QK1_0):
                 s += abs(xb[j])
-            store_fp16(o, 0, s / F32(QK1_0))
+            store_fp16(o, Q1_0_D, s / F32(QK1_0))
             for k in range(16):
                 q = 0
                 for i in range(8):
                     if xb[8 * k + i] >= ZERO:
                         q |= 1 << i
-                o[2 + k] = np.uint8(q)
+                o[Q1_0_QS + k] = np.uint8(q)
 
 
 @njit(**PJIT)
 def _dequantize_q1_0(data, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 18
+    nb = data.shape[1] // Q1_0_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 18:(b + 1) * 18]
+            o = data[r, b * Q1_0_TS:(b + 1) * Q1_0_TS]
             y = out[r, b * QK1_0:(b + 1) * QK1_0]
-            d = fp16_to_fp32(o[0], o[1])
+            d = fp16_to_fp32(o[Q1_0_D], o[Q1_0_D + 1])
             for j in range(QK1_0):
-                y[j] = d if (np.int32(o[2 + j // 8]) >> (j % 8)) & 1 else -d
+                y[j] = d if (np.int32(o[Q1_0_QS + j // 8]) >> (j % 8)) & 1 else -d
 
 
 @njit(**PJIT)
@@ -275,12 +279,12 @@ def _wrap(kernel, block, ts, quantize):
     return f
 
 
-quantize_tq1_0 = _wrap(_quantize_tq1_0, QK_K, 54, True)
-quantize_tq2_0 = _wrap(_quantize_tq2_0, QK_K, 66, True)
-quantize_q1_0 = _wrap(_quantize_q1_0, QK1_0, 18, True)
-dequantize_tq1_0 = _wrap(_dequantize_tq1_0, QK_K, 54, False)
-dequantize_tq2_0 = _wrap(_dequantize_tq2_0, QK_K, 66, False)
-dequantize_q1_0 = _wrap(_dequantize_q1_0, QK1_0, 18, False)
+quantize_tq1_0 = _wrap(_quantize_tq1_0, QK_K, TQ1_TS, True)
+quantize_tq2_0 = _wrap(_quantize_tq2_0, QK_K, TQ2_TS, True)
+quantize_q1_0 = _wrap(_quantize_q1_0, QK1_0, Q1_0_TS, True)
+dequantize_tq1_0 = _wrap(_dequantize_tq1_0, QK_K, TQ1_TS, False)
+dequantize_tq2_0 = _wrap(_dequantize_tq2_0, QK_K, TQ2_TS, False)
+dequantize_q1_0 = _wrap(_dequantize_q1_0, QK1_0, Q1_0_TS, False)
 quantize_q2_0 = _wrap(_quantize_q2_0, QK2_0, Q2_0_TS, True)
 dequantize_q2_0 = _wrap(_dequantize_q2_0, QK2_0, Q2_0_TS, False)
 
