@@ -41,6 +41,7 @@ def models(tmp_path_factory):
 def small_slabs(monkeypatch):
     """Slabs of a few rows, so tensors split into many tasks and experts into several slabs."""
     monkeypatch.setattr(recipes, "_SLAB_ELEMENTS", 3000)
+    monkeypatch.setattr(recipes, "_TASK_ELEMENTS", 7000)
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +213,7 @@ def test_cli_workers(llama, models, tmp_path, monkeypatch, ftype):
     from refquant.cli import main
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setattr(recipes, "_SLAB_ELEMENTS", 5000)
+    monkeypatch.setattr(recipes, "_TASK_ELEMENTS", 12000)
     ours, one = tmp_path / "ours.gguf", tmp_path / "one.gguf"
     assert main(["quantize", str(models["dense"]), str(ours), "--type", ftype, "--workers", "2",
                  "--no-progress"]) == 0

@@ -842,6 +842,7 @@ KEY_IMATRIX_DATASET = "quantize.imatrix.dataset"
 KEY_IMATRIX_N_ENTRIES = "quantize.imatrix.entries_count"
 KEY_IMATRIX_N_CHUNKS = "quantize.imatrix.chunks_count"
 _SLAB_ELEMENTS = 1 << 22      # rows are quantized in slabs of about this many values
+_TASK_ELEMENTS = 1 << 24      # and, on workers, in tasks of about this many (a few slabs)
 
 
 def _c_str_kv(kv: KV) -> KV:
@@ -1072,12 +1073,15 @@ class Reader:
 
 
 def _read_once(path: str, offset: int, n: int) -> np.ndarray:
+    """n bytes of a file into a fresh writable array (kernels get the same array types on a worker
+    as in this process: a read-only buffer would make Numba compile a second signature)."""
+    b = np.empty(n, np.uint8)
     with open(path, "rb") as fd:
         fd.seek(offset)
-        b = fd.read(n)
-    if len(b) != n:
-        raise FileFormatError(f"{path}: truncated at byte {offset + len(b)}")
-    return np.frombuffer(b, dtype=np.uint8)
+        got = fd.readinto(memoryview(b)) if n else 0
+    if got != n:
+        raise FileFormatError(f"{path}: truncated at byte {offset + (got or 0)}")
+    return b
 
 
 def quantize_slab(s: Slab, read: Callable[[str, int, int], np.ndarray] = _read_once) -> np.ndarray:
@@ -1147,7 +1151,7 @@ def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], N
 
     Serial: one tensor after another, streamed (write_gguf). Parallel: each output's plan
     (header, every tensor's offset) is written first; slabs, grouped into tasks of about
-    _SLAB_ELEMENTS values, run on the workers and their bytes land at their planned offsets in
+    _TASK_ELEMENTS values, run on the workers and their bytes land at their planned offsets in
     whatever order they finish (on a local cluster the workers write the files themselves, on
     a remote one the client does); the kept tensors are copied here meanwhile. Same bytes."""
     from ..io.files import check_signal
@@ -1193,7 +1197,7 @@ def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], N
                     for s in w:
                         cur.append((s, out.data_offset + t.offset + s.first_row * (t.nbytes // rows)))
                         size += t.n_elements * s.nrows // rows
-                        if size >= _SLAB_ELEMENTS:
+                        if size >= _TASK_ELEMENTS:
                             jobs.append((out.tmp, cur))
                             cur, size = [], 0
                 if cur:                           # a task never spans two output files
@@ -1211,7 +1215,11 @@ def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], N
                             at += chunk.size
                         on_tensor(t)
                         check_signal()
-            for i, res in rn.imap_unordered(put_slabs, ((tmp if local else None, items) for tmp, items in jobs)):
+            # written in place, a task's result is a count: every task is submitted at once, so no
+            # worker waits on a round trip to this process; returned bytes are bounded by a window
+            window = len(jobs) if local else None
+            for i, res in rn.imap_unordered(put_slabs, ((tmp if local else None, items) for tmp, items in jobs),
+                                            window=window):
                 tmp, items = jobs[i]
                 if not local:
                     for q, (_, at) in zip(res, items):

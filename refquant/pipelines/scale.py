@@ -152,13 +152,13 @@ class Runner:
 
     def imap_unordered(self, fn: Callable, tasks: Iterable, window: Optional[int] = None) -> Iterator:
         """(index, fn(task)) as tasks finish; at most `window` tasks are submitted and not yet
-        consumed (default: twice the slots), so results held here stay bounded."""
+        consumed (default: four times the slots), so results held here stay bounded."""
         if self._client is None:
             for i, t in enumerate(tasks):
                 yield i, fn(t)
             return
         from distributed import as_completed
-        window = window or 2 * self.n_slots
+        window = window or 4 * self.n_slots
         it = enumerate(tasks)
         live: dict = {}
         done = as_completed()
