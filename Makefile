@@ -18,7 +18,7 @@ LLMC_DIR := $(VENV)/llmcompressor-nodeps
 MLD07_PKG := ml_dtypes==0.7.0
 MLD07_DIR := $(VENV)/ml_dtypes-0.7
 
-.PHONY: demo demo-quality test test-deep conformance-numba fuzz bench bench-numba bench-gpu install clean
+.PHONY: demo demo-quality test test-deep conformance-numba fuzz bench bench-numba bench-scale bench-gpu install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -92,10 +92,16 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_ggml.py
 	$(PY) benchmarks/bench_numba.py
 	$(PY) benchmarks/bench_quantize_model.py
+	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_model.py
 
 bench-numba: $(VENV)/.installed
 	$(PY) benchmarks/bench_numba.py
+
+# Scale-out: N local workers against one process, and against llama.cpp with time and peak memory
+# on a synthetic 8 GiB F16 file (written under /tmp, deleted after; needs ~30 GB free)
+bench-scale: $(VENV)/.installed
+	$(PY) benchmarks/bench_scale.py --synthetic-gib 8
 
 # Needs a CUDA GPU (an H200 for the stated targets); not run in CI.
 bench-gpu: $(VENV)/.installed
