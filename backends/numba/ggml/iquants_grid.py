@@ -27,11 +27,29 @@ from numba import njit, prange
 
 from refquant.errors import InputError
 from refquant.ggml import grids
+from refquant.registry import get_format
 
 from ..numerics import F32, HALF, ONE, ZERO, fp16_to_fp32, fp32_to_fp16_bits, nearest_int
 from .search import make_qp_quants
 
 QK_K = 256
+
+
+def _fields(name, *fields):
+    """(type size, the fields' byte offsets) from the type's declared layout (refquant.ggml.layout)."""
+    layout = get_format(name).layout
+    return (layout.type_size,) + tuple(layout.offset(f) for f in fields)
+
+
+# the type sizes and field offsets the kernels index; the fp16 d of IQ1_M is spread over the top
+# nibbles of its scales
+I2XXS_TS, I2XXS_D, I2XXS_QS = _fields("IQ2_XXS", "d", "qs")
+I2XS_TS, I2XS_D, I2XS_QS, I2XS_SC = _fields("IQ2_XS", "d", "qs", "scales")
+I2S_TS, I2S_D, I2S_QS, I2S_SIGNS, I2S_QH, I2S_SC = _fields("IQ2_S", "d", "qs", "signs", "qh", "scales")
+I3XXS_TS, I3XXS_D, I3XXS_QS, I3XXS_SS = _fields("IQ3_XXS", "d", "qs", "ss")
+I3S_TS, I3S_D, I3S_QS, I3S_QH, I3S_SIGNS, I3S_SC = _fields("IQ3_S", "d", "qs", "qh", "signs", "scales")
+I1S_TS, I1S_D, I1S_QS, I1S_QH = _fields("IQ1_S", "d", "qs", "qh")
+I1M_TS, I1M_QS, I1M_QH, I1M_SC = _fields("IQ1_M", "qs", "qh", "scales")
 # error_model="numpy": a float division by zero gives inf/NaN as in C (and the spec), not an
 # exception; the spec and ggml go on with those values and refuse the result later.
 KJIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
@@ -138,18 +156,18 @@ def _put8(y, at, db, grid, k, signs):
 @njit(**PJIT)
 def _dequantize_iq2_xxs(data, grid, ksigns, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 66
+    nb = data.shape[1] // I2XXS_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 66:(b + 1) * 66]
+            o = data[r, b * I2XXS_TS:(b + 1) * I2XXS_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[0], o[1])
+            d = fp16_to_fp32(o[I2XXS_D], o[I2XXS_D + 1])
             for ib in range(8):
-                aux1 = _u32(o, 2 + 8 * ib + 4)
+                aux1 = _u32(o, I2XXS_QS + 8 * ib + 4)
                 db = d * (HALF + F32(aux1 >> 28)) * QUARTER
                 for k in range(4):
                     s = np.int64(ksigns[(aux1 >> (7 * k)) & 127])
-                    _put8(y, 32 * ib + 8 * k, db, grid, np.int64(o[2 + 8 * ib + k]), s)
+                    _put8(y, 32 * ib + 8 * k, db, grid, np.int64(o[I2XXS_QS + 8 * ib + k]), s)
 
 
 @njit(**KINLINE)
@@ -162,86 +180,86 @@ def _nibble_scale(d, sc, g):
 @njit(**PJIT)
 def _dequantize_iq2_xs(data, grid, ksigns, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 74
+    nb = data.shape[1] // I2XS_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 74:(b + 1) * 74]
+            o = data[r, b * I2XS_TS:(b + 1) * I2XS_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[0], o[1])
-            sc = o[66:74]
+            d = fp16_to_fp32(o[I2XS_D], o[I2XS_D + 1])
+            sc = o[I2XS_SC:I2XS_SC + 8]
             for g in range(32):
-                q = _u16(o, 2 + 2 * g)
+                q = _u16(o, I2XS_QS + 2 * g)
                 _put8(y, 8 * g, _nibble_scale(d, sc, g), grid, q & 511, np.int64(ksigns[q >> 9]))
 
 
 @njit(**PJIT)
 def _dequantize_iq2_s(data, grid, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 82
+    nb = data.shape[1] // I2S_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 82:(b + 1) * 82]
+            o = data[r, b * I2S_TS:(b + 1) * I2S_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[0], o[1])
-            sc = o[74:82]
+            d = fp16_to_fp32(o[I2S_D], o[I2S_D + 1])
+            sc = o[I2S_SC:I2S_SC + 8]
             for g in range(32):
-                idx = np.int64(o[2 + g]) | ((np.int64(o[66 + g // 4]) << (8 - 2 * (g % 4))) & 0x300)
-                _put8(y, 8 * g, _nibble_scale(d, sc, g), grid, idx, np.int64(o[34 + g]))
+                idx = np.int64(o[I2S_QS + g]) | ((np.int64(o[I2S_QH + g // 4]) << (8 - 2 * (g % 4))) & 0x300)
+                _put8(y, 8 * g, _nibble_scale(d, sc, g), grid, idx, np.int64(o[I2S_SIGNS + g]))
 
 
 @njit(**PJIT)
 def _dequantize_iq3_xxs(data, grid, ksigns, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 98
+    nb = data.shape[1] // I3XXS_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 98:(b + 1) * 98]
+            o = data[r, b * I3XXS_TS:(b + 1) * I3XXS_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[0], o[1])
+            d = fp16_to_fp32(o[I3XXS_D], o[I3XXS_D + 1])
             for ib in range(8):
-                aux = _u32(o, 66 + 4 * ib)
+                aux = _u32(o, I3XXS_SS + 4 * ib)
                 db = d * (HALF + F32(aux >> 28)) * HALF
                 for j in range(32):
                     s = np.int64(ksigns[(aux >> (7 * (j // 8))) & 127])
-                    v = db * grid[np.int64(o[2 + 8 * ib + j // 4]), j % 4]
+                    v = db * grid[np.int64(o[I3XXS_QS + 8 * ib + j // 4]), j % 4]
                     y[32 * ib + j] = -v if (s >> (j % 8)) & 1 else v
 
 
 @njit(**PJIT)
 def _dequantize_iq3_s(data, grid, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 110
+    nb = data.shape[1] // I3S_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 110:(b + 1) * 110]
+            o = data[r, b * I3S_TS:(b + 1) * I3S_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[0], o[1])
+            d = fp16_to_fp32(o[I3S_D], o[I3S_D + 1])
             for ib in range(8):
-                s = (np.int64(o[106 + ib // 2]) >> (4 * (ib % 2))) & 0xF
+                s = (np.int64(o[I3S_SC + ib // 2]) >> (4 * (ib % 2))) & 0xF
                 db = d * F32(1 + 2 * s)
-                qh = np.int64(o[66 + ib])
+                qh = np.int64(o[I3S_QH + ib])
                 for j in range(32):
                     m = j // 4
-                    idx = np.int64(o[2 + 8 * ib + m]) | (((qh >> m) & 1) << 8)
+                    idx = np.int64(o[I3S_QS + 8 * ib + m]) | (((qh >> m) & 1) << 8)
                     v = db * grid[idx, j % 4]
-                    y[32 * ib + j] = -v if (np.int64(o[74 + 4 * ib + j // 8]) >> (j % 8)) & 1 else v
+                    y[32 * ib + j] = -v if (np.int64(o[I3S_SIGNS + 4 * ib + j // 8]) >> (j % 8)) & 1 else v
 
 
 @njit(**PJIT)
 def _dequantize_iq1_s(data, grid, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 50
+    nb = data.shape[1] // I1S_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 50:(b + 1) * 50]
+            o = data[r, b * I1S_TS:(b + 1) * I1S_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[0], o[1])
+            d = fp16_to_fp32(o[I1S_D], o[I1S_D + 1])
             for ib in range(8):
-                qh = _u16(o, 34 + 2 * ib)
+                qh = _u16(o, I1S_QH + 2 * ib)
                 dl = d * F32(2 * ((qh >> 12) & 7) + 1)
                 delta = -DELTA if qh & 0x8000 else DELTA
                 for k in range(4):
-                    idx = np.int64(o[2 + 4 * ib + k]) | (((qh >> (3 * k)) & 7) << 8)
+                    idx = np.int64(o[I1S_QS + 4 * ib + k]) | (((qh >> (3 * k)) & 7) << 8)
                     for j in range(8):
                         y[32 * ib + 8 * k + j] = dl * (grid[idx, j] + delta)
 
@@ -249,19 +267,19 @@ def _dequantize_iq1_s(data, grid, out):
 @njit(**PJIT)
 def _dequantize_iq1_m(data, grid, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 56
+    nb = data.shape[1] // I1M_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 56:(b + 1) * 56]
+            o = data[r, b * I1M_TS:(b + 1) * I1M_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            s0, s1, s2, s3 = _u16(o, 48), _u16(o, 50), _u16(o, 52), _u16(o, 54)
+            s0, s1, s2, s3 = _u16(o, I1M_SC), _u16(o, I1M_SC + 2), _u16(o, I1M_SC + 4), _u16(o, I1M_SC + 6)
             u = (s0 >> 12) | ((s1 >> 8) & 0x00F0) | ((s2 >> 4) & 0x0F00) | (s3 & 0xF000)
             d = fp16_to_fp32(np.uint8(u & 0xFF), np.uint8(u >> 8))
             for ib in range(8):
-                word = _u16(o, 48 + 2 * (ib // 2))
+                word = _u16(o, I1M_SC + 2 * (ib // 2))
                 sh = 6 * (ib % 2)
-                qh0 = np.int64(o[32 + 2 * ib])
-                qh1 = np.int64(o[33 + 2 * ib])
+                qh0 = np.int64(o[I1M_QH + 2 * ib])
+                qh1 = np.int64(o[I1M_QH + 1 + 2 * ib])
                 for k in range(4):
                     s = (word >> (sh + 3 * (k // 2))) & 7
                     dl = d * F32(2 * s + 1)
@@ -269,7 +287,7 @@ def _dequantize_iq1_m(data, grid, out):
                     hi = (q << (8 if k % 2 == 0 else 4)) & 0x700
                     neg = (q & (0x08 if k % 2 == 0 else 0x80)) != 0
                     delta = -DELTA if neg else DELTA
-                    idx = np.int64(o[4 * ib + k]) | hi
+                    idx = np.int64(o[I1M_QS + 4 * ib + k]) | hi
                     for j in range(8):
                         y[32 * ib + 8 * k + j] = dl * (grid[idx, j] + delta)
 
@@ -282,31 +300,31 @@ def _deq(kernel, data, type_size, *tables):
 
 
 def dequantize_iq2_xxs(data):
-    return _deq(_dequantize_iq2_xxs, data, 66, dequant_table("iq2xxs"), KSIGNS)
+    return _deq(_dequantize_iq2_xxs, data, I2XXS_TS, dequant_table("iq2xxs"), KSIGNS)
 
 
 def dequantize_iq2_xs(data):
-    return _deq(_dequantize_iq2_xs, data, 74, dequant_table("iq2xs"), KSIGNS)
+    return _deq(_dequantize_iq2_xs, data, I2XS_TS, dequant_table("iq2xs"), KSIGNS)
 
 
 def dequantize_iq2_s(data):
-    return _deq(_dequantize_iq2_s, data, 82, dequant_table("iq2s"))
+    return _deq(_dequantize_iq2_s, data, I2S_TS, dequant_table("iq2s"))
 
 
 def dequantize_iq3_xxs(data):
-    return _deq(_dequantize_iq3_xxs, data, 98, dequant_table("iq3xxs"), KSIGNS)
+    return _deq(_dequantize_iq3_xxs, data, I3XXS_TS, dequant_table("iq3xxs"), KSIGNS)
 
 
 def dequantize_iq3_s(data):
-    return _deq(_dequantize_iq3_s, data, 110, dequant_table("iq3s"))
+    return _deq(_dequantize_iq3_s, data, I3S_TS, dequant_table("iq3s"))
 
 
 def dequantize_iq1_s(data):
-    return _deq(_dequantize_iq1_s, data, 50, dequant_table("iq1s"))
+    return _deq(_dequantize_iq1_s, data, I1S_TS, dequant_table("iq1s"))
 
 
 def dequantize_iq1_m(data):
-    return _deq(_dequantize_iq1_m, data, 56, dequant_table("iq1s"))
+    return _deq(_dequantize_iq1_m, data, I1M_TS, dequant_table("iq1s"))
 
 
 # ============================================================================ the IQ2/IQ3 search
@@ -556,18 +574,18 @@ def _pack_iq2_xxs(scale, index, signs, out):
     nrows = out.shape[0]
     for r in prange(nrows):
         l = np.empty(8, np.int64)
-        for b in range(out.shape[1] // 66):
-            o = out[r, b * 66:(b + 1) * 66]
+        for b in range(out.shape[1] // I2XXS_TS):
+            o = out[r, b * I2XXS_TS:(b + 1) * I2XXS_TS]
             dbits, zero = _superscale(scale[r, 8 * b:8 * b + 8], 31, 15, ONE, False, l)
-            _put_u16(o, 0, dbits)
+            _put_u16(o, I2XXS_D, dbits)
             for ib in range(8):
                 g = 0
                 s = l[ib] << 28
                 for k in range(4):
                     g |= np.int64(index[r, 32 * b + 4 * ib + k]) << (8 * k)
                     s |= np.int64(signs[r, 32 * b + 4 * ib + k]) << (7 * k)
-                _put_u32(o, 2 + 8 * ib, 0 if zero else g)
-                _put_u32(o, 6 + 8 * ib, 0 if zero else s)
+                _put_u32(o, I2XXS_QS + 8 * ib, 0 if zero else g)
+                _put_u32(o, I2XXS_QS + 4 + 8 * ib, 0 if zero else s)
 
 
 @njit(**PJIT)
@@ -575,15 +593,15 @@ def _pack_iq2_xs(scale, index, signs, out):
     nrows = out.shape[0]
     for r in prange(nrows):
         l = np.empty(16, np.int64)
-        for b in range(out.shape[1] // 74):
-            o = out[r, b * 74:(b + 1) * 74]
+        for b in range(out.shape[1] // I2XS_TS):
+            o = out[r, b * I2XS_TS:(b + 1) * I2XS_TS]
             dbits, zero = _superscale(scale[r, 16 * b:16 * b + 16], 31, 15, ONE, False, l)
-            _put_u16(o, 0, dbits)
+            _put_u16(o, I2XS_D, dbits)
             for g in range(32):
                 q = np.int64(index[r, 32 * b + g]) | (np.int64(signs[r, 32 * b + g]) << 9)
-                _put_u16(o, 2 + 2 * g, 0 if zero else q)
+                _put_u16(o, I2XS_QS + 2 * g, 0 if zero else q)
             for k in range(8):
-                o[66 + k] = np.uint8(l[2 * k] | (l[2 * k + 1] << 4))
+                o[I2XS_SC + k] = np.uint8(l[2 * k] | (l[2 * k + 1] << 4))
 
 
 @njit(**PJIT)
@@ -591,20 +609,20 @@ def _pack_iq2_s(scale, index, signs, fudge, out):
     nrows = out.shape[0]
     for r in prange(nrows):
         l = np.empty(16, np.int64)
-        for b in range(out.shape[1] // 82):
-            o = out[r, b * 82:(b + 1) * 82]
+        for b in range(out.shape[1] // I2S_TS):
+            o = out[r, b * I2S_TS:(b + 1) * I2S_TS]
             dbits, zero = _superscale(scale[r, 16 * b:16 * b + 16], 31, 15, fudge, True, l)
-            _put_u16(o, 0, dbits)
+            _put_u16(o, I2S_D, dbits)
             for g in range(32):
-                o[2 + g] = np.uint8(index[r, 32 * b + g] & 255)
-                o[34 + g] = np.uint8(signs[r, 32 * b + g])
+                o[I2S_QS + g] = np.uint8(index[r, 32 * b + g] & 255)
+                o[I2S_SIGNS + g] = np.uint8(signs[r, 32 * b + g])
             for j in range(8):
                 h = 0
                 for k in range(4):
                     h |= (np.int64(index[r, 32 * b + 4 * j + k]) >> 8) << (2 * k)
-                o[66 + j] = np.uint8(h)
+                o[I2S_QH + j] = np.uint8(h)
             for k in range(8):
-                o[74 + k] = np.uint8(l[2 * k] | (l[2 * k + 1] << 4))
+                o[I2S_SC + k] = np.uint8(l[2 * k] | (l[2 * k + 1] << 4))
 
 
 @njit(**PJIT)
@@ -612,17 +630,17 @@ def _pack_iq3_xxs(scale, index, signs, fudge, out):
     nrows = out.shape[0]
     for r in prange(nrows):
         l = np.empty(8, np.int64)
-        for b in range(out.shape[1] // 98):
-            o = out[r, b * 98:(b + 1) * 98]
+        for b in range(out.shape[1] // I3XXS_TS):
+            o = out[r, b * I3XXS_TS:(b + 1) * I3XXS_TS]
             dbits, zero = _superscale(scale[r, 8 * b:8 * b + 8], 31, 15, fudge, True, l)
-            _put_u16(o, 0, dbits)
+            _put_u16(o, I3XXS_D, dbits)
             for g in range(64):
-                o[2 + g] = 0 if zero else np.uint8(index[r, 64 * b + g])
+                o[I3XXS_QS + g] = 0 if zero else np.uint8(index[r, 64 * b + g])
             for ib in range(8):
                 s = l[ib] << 28
                 for k in range(4):
                     s |= np.int64(signs[r, 32 * b + 4 * ib + k]) << (7 * k)
-                _put_u32(o, 66 + 4 * ib, 0 if zero else s)
+                _put_u32(o, I3XXS_SS + 4 * ib, 0 if zero else s)
 
 
 @njit(**PJIT)
@@ -632,28 +650,28 @@ def _pack_iq3_s(scale, index, signs, dead, fudge, out):
     nrows = out.shape[0]
     for r in prange(nrows):
         l = np.empty(8, np.int64)
-        for b in range(out.shape[1] // 110):
-            o = out[r, b * 110:(b + 1) * 110]
+        for b in range(out.shape[1] // I3S_TS):
+            o = out[r, b * I3S_TS:(b + 1) * I3S_TS]
             sc = scale[r, 8 * b:8 * b + 8]
             dbits, zero = _superscale(sc, 31, 15, fudge, True, l)
-            _put_u16(o, 0, dbits)
-            for j in range(2, 110):
+            _put_u16(o, I3S_D, dbits)
+            for j in range(I3S_D + 2, I3S_TS):   # every byte after d
                 o[j] = 0
             live = 0
             for ib in range(8):
                 h = 0
                 for m in range(8):
                     h |= (np.int64(index[r, 64 * b + 8 * ib + m]) >> 8) << m
-                o[66 + ib] = np.uint8(h)
+                o[I3S_QH + ib] = np.uint8(h)
                 if dead[r, 8 * b + ib]:
                     continue
                 for m in range(8):
-                    o[2 + 8 * live + m] = np.uint8(index[r, 64 * b + 8 * ib + m] & 255)
+                    o[I3S_QS + 8 * live + m] = np.uint8(index[r, 64 * b + 8 * ib + m] & 255)
                 for k in range(4):
-                    o[74 + 4 * live + k] = np.uint8(signs[r, 32 * b + 4 * ib + k])
+                    o[I3S_SIGNS + 4 * live + k] = np.uint8(signs[r, 32 * b + 4 * ib + k])
                 live += 1
             for k in range(4):
-                o[106 + k] = np.uint8(l[2 * k] | (l[2 * k + 1] << 4))
+                o[I3S_SC + k] = np.uint8(l[2 * k] | (l[2 * k + 1] << 4))
 
 
 # ============================================================================ drivers
@@ -702,7 +720,7 @@ def quantize_iq2_xxs(x, imatrix=None):
     scale, index, signs, dead = _subblocks(x, imatrix, "IQ2_XXS", sub=32, sigma_mul=0, rule=0, even_parity=True,
                                      eps=1e-15, lat_name="iq2xxs", kmaxq=3, candidates=(-6, 6), step=0.1,
                                      initial=INIT_QP, final=FINAL_ALL)
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * 66), np.uint8)
+    out = np.empty((x.shape[0], x.shape[1] // QK_K * I2XXS_TS), np.uint8)
     _pack_iq2_xxs(scale, index, signs, out)
     return out
 
@@ -713,7 +731,7 @@ def quantize_iq2_xs(x, imatrix=None):
     scale, index, signs, dead = _subblocks(x, imatrix, "IQ2_XS", sub=16, sigma_mul=0, rule=0, even_parity=True,
                                      eps=1e-15, lat_name="iq2xs", kmaxq=3, candidates=(-9, 9), step=0.1,
                                      initial=INIT_MAX, final=FINAL_OFF)
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * 74), np.uint8)
+    out = np.empty((x.shape[0], x.shape[1] // QK_K * I2XS_TS), np.uint8)
     _pack_iq2_xs(scale, index, signs, out)
     return out
 
@@ -722,7 +740,7 @@ def quantize_iq2_s(x, imatrix=None):
     scale, index, signs, dead = _subblocks(x, imatrix, "IQ2_S", sub=16, sigma_mul=2, rule=2, even_parity=False,
                                      eps=1e-8, lat_name="iq2s", kmaxq=3, candidates=(-9, 9), step=0.1,
                                      initial=INIT_MAX, final=FINAL_OFF)
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * 82), np.uint8)
+    out = np.empty((x.shape[0], x.shape[1] // QK_K * I2S_TS), np.uint8)
     _pack_iq2_s(scale, index, signs, F32(0.9875), out)
     return out
 
@@ -731,7 +749,7 @@ def quantize_iq3_xxs(x, imatrix=None):
     scale, index, signs, dead = _subblocks(x, imatrix, "IQ3_XXS", sub=32, sigma_mul=2, rule=1, even_parity=True,
                                      eps=1e-8, lat_name="iq3xxs", kmaxq=8, candidates=(-15, 15), step=0.2,
                                      initial=INIT_MAX, final=FINAL_OFF)
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * 98), np.uint8)
+    out = np.empty((x.shape[0], x.shape[1] // QK_K * I3XXS_TS), np.uint8)
     _pack_iq3_xxs(scale, index, signs, F32(1.0125), out)
     return out
 
@@ -740,7 +758,7 @@ def quantize_iq3_s(x, imatrix=None):
     scale, index, signs, dead = _subblocks(x, imatrix, "IQ3_S", sub=32, sigma_mul=2, rule=1, even_parity=False,
                                      eps=None, lat_name="iq3s", kmaxq=8, candidates=(-9, 9), step=0.2,
                                      initial=INIT_MAX_OFF, final=FINAL_ALL_IF_OFF)
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * 110), np.uint8)
+    out = np.empty((x.shape[0], x.shape[1] // QK_K * I3S_TS), np.uint8)
     _pack_iq3_s(scale, index, signs, dead, F32(1.033), out)
     return out
 
