@@ -86,20 +86,22 @@ def same(a, b) -> bool:
                 return True
 
 
-def synthetic(path: Path, gib: float, seed=0) -> Path:
-    """A llama-shaped F32 GGUF of about `gib` GiB: hidden 4096, FFN 11008, 32 heads (8 KV), as
-    many layers as fit, written slab by slab."""
+def synthetic(path: Path, gib: float, seed=0, dtype: str = "F32") -> Path:
+    """A llama-shaped GGUF of about `gib` GiB, its weights F32 or F16 (`dtype`; norms F32, as
+    converters write them): hidden 4096, FFN 11008, 32 heads (8 KV), as many layers as fit,
+    written slab by slab."""
     from refquant.io.gguf import KV, TensorInfo, write_gguf
     from refquant.io.gguf import GGUFValueType as V
     W, FF, V_ = 4096, 11008, 32000
-    per_layer = 4 * (2 * W * W + 2 * W * W // 4 + 3 * W * FF + 2 * W)
-    n_layer = max(1, -(-int(gib * 2**30 - 2 * 4 * V_ * W) // per_layer))  # rounded up
+    size, gtype = {"F32": (4, 0), "F16": (2, 1)}[dtype]
+    per_layer = size * (2 * W * W + 2 * W * W // 4 + 3 * W * FF) + 4 * 2 * W
+    n_layer = max(1, -(-int(gib * 2**30 - 2 * size * V_ * W) // per_layer))  # rounded up
     kvs = [KV("general.architecture", V.STRING, "llama"), KV("general.name", V.STRING, "synthetic"),
            KV("llama.block_count", V.UINT32, n_layer), KV("llama.context_length", V.UINT32, 4096),
            KV("llama.embedding_length", V.UINT32, W), KV("llama.feed_forward_length", V.UINT32, FF),
            KV("llama.attention.head_count", V.UINT32, 32), KV("llama.attention.head_count_kv", V.UINT32, 8),
            KV("llama.attention.layer_norm_rms_epsilon", V.FLOAT32, 1e-5),
-           KV("general.file_type", V.UINT32, 0), KV("general.quantization_version", V.UINT32, 2)]
+           KV("general.file_type", V.UINT32, gtype), KV("general.quantization_version", V.UINT32, 2)]
     shapes = {"token_embd.weight": (V_, W)}
     for i in range(n_layer):
         b = f"blk.{i}."
@@ -116,9 +118,10 @@ def synthetic(path: Path, gib: float, seed=0) -> Path:
         at = 0
         while at < n:
             k = min(n - at, block.size)
-            yield np.roll(block, at % 9973)[:k] * np.float32(1 + (at % 7) / 8)
+            x = np.roll(block, at % 9973)[:k] * np.float32(1 + (at % 7) / 8)
+            yield x if t.ggml_type == 0 else x.astype(np.float16)
             at += k
-    infos = [TensorInfo(n, 0, s) for n, s in shapes.items()]
+    infos = [TensorInfo(n, 0 if len(s) == 1 else gtype, s) for n, s in shapes.items()]
     write_gguf(path, kvs, infos, data)
     return path
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_quantize_model import child, load, same, theirs  # noqa: E402
+from bench_quantize_model import child, load, same, synthetic, theirs  # noqa: E402
 
 # a refquant run that reports its own and its workers' peak memory
 OURS = """
@@ -52,48 +52,6 @@ def ours(src, out, ft, workers, env):
     wall, cpu, rss, stdout = child([sys.executable, "-c", OURS, str(src), str(out), ft, str(workers)], env)
     r = json.loads(stdout.strip().splitlines()[-1])
     return wall, r["client_mib"], max(r["workers_mib"], default=0.0)
-
-
-def synthetic_f16(path: Path, gib: float, seed=0) -> tuple[Path, float]:
-    """A llama-shaped F16 GGUF of about `gib` GiB: hidden 4096, FFN 11008, 32 heads (8 KV);
-    returns the path and its largest tensor's size in MiB."""
-    import numpy as np
-    from refquant.io.gguf import KV, TensorInfo, write_gguf
-    from refquant.io.gguf import GGUFValueType as V
-    W, FF, V_ = 4096, 11008, 32000
-    per_layer = 2 * (2 * W * W + 2 * W * W // 4 + 3 * W * FF + 2 * W)
-    n_layer = max(1, int((gib * 2**30 - 2 * 2 * V_ * W) // per_layer + 0.999))
-    kvs = [KV("general.architecture", V.STRING, "llama"), KV("general.name", V.STRING, "synthetic"),
-           KV("llama.block_count", V.UINT32, n_layer), KV("llama.context_length", V.UINT32, 4096),
-           KV("llama.embedding_length", V.UINT32, W), KV("llama.feed_forward_length", V.UINT32, FF),
-           KV("llama.attention.head_count", V.UINT32, 32), KV("llama.attention.head_count_kv", V.UINT32, 8),
-           KV("llama.attention.layer_norm_rms_epsilon", V.FLOAT32, 1e-5),
-           KV("general.file_type", V.UINT32, 1), KV("general.quantization_version", V.UINT32, 2)]
-    shapes = {"token_embd.weight": (V_, W)}
-    for i in range(n_layer):
-        b = f"blk.{i}."
-        shapes.update({b + "attn_norm.weight": (W,), b + "attn_q.weight": (W, W), b + "attn_k.weight": (W // 4, W),
-                       b + "attn_v.weight": (W // 4, W), b + "attn_output.weight": (W, W),
-                       b + "ffn_norm.weight": (W,), b + "ffn_gate.weight": (FF, W), b + "ffn_up.weight": (FF, W),
-                       b + "ffn_down.weight": (W, FF)})
-    shapes.update({"output_norm.weight": (W,), "output.weight": (V_, W)})
-    rng = np.random.default_rng(seed)
-    block = (rng.standard_normal(1 << 22) * 0.02).astype(np.float16)  # 8 MiB of values, reused with offsets
-
-    def data(t):
-        n = int(np.prod(t.shape))
-        if len(t.shape) == 1:
-            yield np.ones(n, np.float32)     # norms stay F32, as converters write them
-            return
-        at = 0
-        while at < n:
-            k = min(n - at, block.size)
-            yield np.roll(block, at % 9973)[:k]
-            at += k
-    infos = [TensorInfo(n, 0 if len(s) == 1 else 1, s) for n, s in shapes.items()]
-    write_gguf(path, kvs, infos, data)
-    largest = max(int(np.prod(s)) * (4 if len(s) == 1 else 2) for s in shapes.values())
-    return path, largest / 2**20
 
 
 def main():
@@ -130,7 +88,10 @@ def main():
                   f"{l0} -> {load()}", flush=True)
         os.remove(src)
         if a.synthetic_gib:
-            src, largest = synthetic_f16(d / "synthetic-F16.gguf", a.synthetic_gib)
+            from refquant.io.gguf import GGUFFile
+            src = synthetic(d / "synthetic-F16.gguf", a.synthetic_gib, dtype="F16")
+            with GGUFFile(src) as f:
+                largest = max(t.nbytes for t in f.tensors) / 2**20
             print(f"\nsynthetic F16: {src.stat().st_size / 2**30:.2f} GiB, largest tensor {largest:.0f} MiB")
             print(f"{'type':<8}{'1 worker s':>11}{f'{n} workers s':>13}{'llama s':>9}{'ratio':>7}{'client MiB':>11}"
                   f"{'worker MiB':>11}{'1-proc MiB':>11}{'llama MiB':>10}{'same':>6}")

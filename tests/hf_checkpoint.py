@@ -49,3 +49,16 @@ def smollm2_checkpoint(out_dir, n_layers=1):
               "torch_dtype": "float32", "hidden_act": "silu"}
     save_checkpoint(out_dir, t, extra_files={"config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"})
     return t
+
+
+def with_activations(d, t, rows=64, seed=0):
+    """Random calibration inputs for every linear layer of the checkpoint tensors `t` (written at
+    `d`), as `DIR/<module>.npy` beside it: returns DIR."""
+    import numpy as np
+    adir = d.parent / "acts"
+    adir.mkdir()
+    rng = np.random.default_rng(seed)
+    for k, w in t.items():
+        if k.startswith("model.layers.") and w.ndim == 2:
+            np.save(adir / f"{k[:-len('.weight')]}.npy", rng.standard_normal((rows, w.shape[1])).astype(np.float32))
+    return adir

@@ -14,7 +14,7 @@ from refquant.io.safetensors import Checkpoint
 from refquant.layouts import awq as L_awq
 from refquant.layouts import gptq as L_gptq
 from tools.oracles import pytorch as pt
-from hf_checkpoint import smollm2_checkpoint
+from hf_checkpoint import smollm2_checkpoint, with_activations
 
 LAYER = "model.layers.0.self_attn.o_proj"
 
@@ -23,13 +23,7 @@ LAYER = "model.layers.0.self_attn.o_proj"
 def model(tmp_path_factory):
     d = tmp_path_factory.mktemp("hf") / "smollm2-1layer"
     t = smollm2_checkpoint(d, n_layers=1)
-    adir = d.parent / "acts"
-    adir.mkdir()
-    rng = np.random.default_rng(0)
-    for k, w in t.items():
-        if k.startswith("model.layers.") and w.ndim == 2:
-            np.save(adir / f"{k[:-len('.weight')]}.npy", rng.standard_normal((64, w.shape[1])).astype(np.float32))
-    return d, adir, t
+    return d, with_activations(d, t), t
 
 
 def run(*args):

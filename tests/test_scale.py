@@ -232,16 +232,9 @@ def test_cli_workers(llama, models, tmp_path, monkeypatch, ftype):
 
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory):
-    from hf_checkpoint import smollm2_checkpoint
+    from hf_checkpoint import smollm2_checkpoint, with_activations
     d = tmp_path_factory.mktemp("hf") / "smollm2-1layer"
-    t = smollm2_checkpoint(d, n_layers=1)
-    adir = d.parent / "acts"
-    adir.mkdir()
-    rng = np.random.default_rng(0)
-    for k, w in t.items():
-        if k.startswith("model.layers.") and w.ndim == 2:
-            np.save(adir / f"{k[:-len('.weight')]}.npy", rng.standard_normal((64, w.shape[1])).astype(np.float32))
-    return d, adir
+    return d, with_activations(d, smollm2_checkpoint(d, n_layers=1))
 
 
 def same_dirs(a: Path, b: Path):
