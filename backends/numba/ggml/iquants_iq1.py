@@ -21,10 +21,16 @@ from numba import njit, prange
 from refquant.errors import InputError
 from refquant.ggml import grids
 from refquant.ggml.iquants_grid import _Aborts
+from refquant.registry import get_format
 
 from ..numerics import F32, INLINE, JIT, ZERO, fp32_to_fp16_bits, nearest_int
 
 QK_K = 256
+# type sizes and the fields' byte offsets the kernels write, from the declared layouts
+# (refquant.ggml.layout); IQ1_M's fp16 d goes in the top nibbles of its scales
+I1S_TS, I1M_TS = get_format("IQ1_S").type_size, get_format("IQ1_M").type_size
+I1S_D, I1S_QS, I1S_QH = (get_format("IQ1_S").layout.offset(f) for f in ("d", "qs", "qh"))
+I1M_QS, I1M_QH, I1M_SC = (get_format("IQ1_M").layout.offset(f) for f in ("qs", "qh", "scales"))
 PJIT = dict(JIT, parallel=True)
 FLT_MAX = F32(np.finfo(np.float32).max)
 EPS_S = F32(1e-12)
@@ -256,8 +262,8 @@ def _quantize_iq1_s(x, imatrix, kmap, nbr_row, nbr_start, nbr_flat, levels, out,
             dbits = np.int64(fp32_to_fp16_bits(d * FUDGE_S))
             id_ = ONE / d
             zero = max_scale == ZERO
-            o = out[r, sb * 50:(sb + 1) * 50]
-            _put_u16(o, 0, 0 if zero else dbits)
+            o = out[r, sb * I1S_TS:(sb + 1) * I1S_TS]
+            _put_u16(o, I1S_D, 0 if zero else dbits)
             for ib in range(8):
                 l = np.int64(nearest_int(HALF * (id_ * scales[ib] - ONE)))
                 l = max(0, min(7, l))
@@ -268,9 +274,9 @@ def _quantize_iq1_s(x, imatrix, kmap, nbr_row, nbr_start, nbr_flat, levels, out,
                 qh = l << 12
                 for g in range(4):
                     k = index[ib, g]
-                    o[2 + 4 * ib + g] = np.uint8(k & 255)
+                    o[I1S_QS + 4 * ib + g] = np.uint8(k & 255)
                     qh |= (k >> 8) << (3 * g)
-                _put_u16(o, 34 + 2 * ib, qh)
+                _put_u16(o, I1S_QH + 2 * ib, qh)
 
 
 # ------------------------------------------------------------------------------------ IQ1_M
@@ -420,24 +426,24 @@ def _quantize_iq1_m(x, imatrix, use_imatrix, kmap, nbr_row, nbr_start, nbr_flat,
             if sumq2 > ZERO:
                 d = sumqx / sumq2
             dbits = np.int64(fp32_to_fp16_bits(d * FUDGE_M))
-            o = out[r, sb * 56:(sb + 1) * 56]
+            o = out[r, sb * I1M_TS:(sb + 1) * I1M_TS]
             for ib in range(16):
                 k0 = index[ib, 0]
                 k1 = index[ib, 1]
-                o[2 * ib] = np.uint8(k0 & 255)
-                o[2 * ib + 1] = np.uint8(k1 & 255)
+                o[I1M_QS + 2 * ib] = np.uint8(k0 & 255)
+                o[I1M_QS + 2 * ib + 1] = np.uint8(k1 & 255)
                 qh = (k0 >> 8) | ((k1 >> 8) << 4)
                 if not zero:
                     kk = shifts[ib]
                     qh |= (0x80 if kk % 2 == 1 else 0) | (0x08 if kk >= 2 else 0)
-                o[32 + ib] = np.uint8(qh)
+                o[I1M_QH + ib] = np.uint8(qh)
             for i in range(4):
                 sc = 0
                 if not zero:
                     for m in range(4):
                         sc |= ls[4 * i + m] << (3 * m)
                     sc |= ((dbits >> (4 * i)) & 0xF) << 12
-                _put_u16(o, 48 + 2 * i, sc)
+                _put_u16(o, I1M_SC + 2 * i, sc)
 
 
 # ------------------------------------------------------------------------------------ wrappers
@@ -458,7 +464,7 @@ def quantize_iq1_s(x, imatrix=None):
     x = np.ascontiguousarray(x, dtype=np.float32)
     im = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
     nrows, n = x.shape
-    out = np.empty((nrows, n // QK_K * 50), np.uint8)
+    out = np.empty((nrows, n // QK_K * I1S_TS), np.uint8)
     aborts = np.zeros((nrows, n // 32), np.int8)
     _quantize_iq1_s(x, im, *_lattice(), out, aborts)
     _refuse(aborts, "IQ1_S", n, 32)
@@ -472,7 +478,7 @@ def quantize_iq1_m(x, imatrix=None):
         im, use = np.zeros(1, np.float32), False
     else:
         im, use = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1), True
-    out = np.empty((nrows, n // QK_K * 56), np.uint8)
+    out = np.empty((nrows, n // QK_K * I1M_TS), np.uint8)
     aborts = np.zeros((nrows, n // 16), np.int8)
     _quantize_iq1_m(x, im, use, *_lattice(), out, aborts)
     _refuse(aborts, "IQ1_M", n, 16)
