@@ -13,17 +13,15 @@ format joins the backend when its twin module is added to MODULES and its keys t
 lets a call import only the twin module it needs). Everything else falls back to the spec
 (`supports(op, key)` says which).
 
-Claimed: quantize (with and without an importance matrix) and dequantize of F16, BF16, the
-legacy types, the K-quants Q2_K..Q6_K and Q8_K, IQ4_NL, IQ4_XS, the lattice types IQ1_S, IQ1_M,
-IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S, TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4, NVFP4 and the minifloat row
-formats (backends/numba/minifloat.py also has encode/decode with the spec's saturate option);
+Claimed (the tables are the list: `supports(op, key)` answers per key, `refquant formats` lists
+the types): quantize (with and without an importance matrix) and dequantize of every GGUF block
+type the spec has except F32, and of the minifloat row formats (backends/numba/minifloat.py also
+has encode/decode with the spec's saturate option);
 affine encode/decode (quantize/dequantize given the scale and zero point) of every
 refquant.affine convention — torchao in both zero-point domains, compressed-tensors, GPTQ,
 AWQ — in backends/numba/affine.py, with the spec's signatures (choose_qparams is the spec's;
 a block_size whose leading axes do not fold to 2-D runs the spec);
-vec_dot of every ggml weight type the spec has: the legacy types, the K-quants, IQ4_NL, IQ4_XS,
-MXFP4, TQ1_0, TQ2_0, the lattice types IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S and IQ1_M,
-Q1_0, Q2_0 and NVFP4; the W4A16, W8A8 and FP8 matmuls. Not claimed (the spec runs): the OCP MX and
+vec_dot of every ggml weight type the spec has; the W4A16, W8A8 and FP8 matmuls. Not claimed (the spec runs): the OCP MX and
 bitsandbytes formats.
 
 Encode/decode and integer operations are bit-exact with the spec; float-accumulating matmuls
