@@ -12,8 +12,29 @@ from ..numerics import (F32, JIT, ONE, U64, ZERO, bits_f32, f32_bits, fp16_to_fp
                         nearest_int)
 from .search import (GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qp_quants,
                      make_qx_quants, make_qx_quants_lanes, make_qx_quants_x2_lanes, NCAND)
+from refquant.registry import get_format
 
-QK_K = 256
+# super-block size, type sizes and the fields' byte offsets, from the declared layouts
+# (refquant.ggml.layout)
+_L = {name: get_format(name).layout for name in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")}
+QK_K = _L["Q2_K"].block_size
+assert all(L.block_size == QK_K for L in _L.values())
+
+
+def _sizes(name, *fields):
+    """The type size of `name`, then the byte offsets of `fields` in its block."""
+    return (_L[name].type_size, *(_L[name].offset(f) for f in fields))
+
+
+Q2_TS, Q2_SCALES, Q2_QS, Q2_D, Q2_DMIN = _sizes("Q2_K", "scales", "qs", "d", "dmin")
+Q3_TS, Q3_HMASK, Q3_QS, Q3_SCALES, Q3_D = _sizes("Q3_K", "hmask", "qs", "scales", "d")
+Q4_TS, Q4_D, Q4_DMIN, Q4_SCALES, Q4_QS = _sizes("Q4_K", "d", "dmin", "scales", "qs")
+Q5_TS, Q5_QH, Q5_QS = _sizes("Q5_K", "qh", "qs")
+Q6_TS, Q6_QL, Q6_QH, Q6_SCALES, Q6_D = _sizes("Q6_K", "ql", "qh", "scales", "d")
+Q8_TS, Q8_D, Q8_QS, Q8_BSUMS = _sizes("Q8_K", "d", "qs", "bsums")
+# Q4_K and Q5_K share their kernels: d, dmin and scales sit at the same offsets in both
+assert all(_L["Q5_K"].offset(f) == _L["Q4_K"].offset(f) for f in ("d", "dmin", "scales"))
+
 PJIT = dict(JIT, parallel=True)
 F15 = F32(15)
 F63 = F32(63)
@@ -67,7 +88,7 @@ def _scan_max_from_zero(v):
 def _quantize_q2_k(x, imatrix, use_imatrix, out):
     nrows, n = x.shape
     nb = n // QK_K
-    ts = 84
+    ts = Q2_TS
     for r in prange(nrows):
         L = np.empty(QK_K, np.int32)
         laux = np.empty(16, np.int32)
@@ -122,11 +143,11 @@ def _quantize_q2_k(x, imatrix, use_imatrix, out):
                 d = make_qp_quants(scales, 15, sw, ls)
                 dmin = make_qp_quants(mins, 15, sw, lm)
             for j in range(16):
-                o[j] = np.uint8(((ls[j] & 0xFF) | (lm[j] << 4)) & 0xFF)
+                o[Q2_SCALES + j] = np.uint8(((ls[j] & 0xFF) | (lm[j] << 4)) & 0xFF)
             dh, d = _round_fp16(d)
             mh, dmin = _round_fp16(dmin)
             for j in range(16):
-                sc = np.int32(o[j])
+                sc = np.int32(o[Q2_SCALES + j])
                 dl = d * F32(sc & 0xF)
                 if dl == ZERO:
                     continue
@@ -134,29 +155,29 @@ def _quantize_q2_k(x, imatrix, use_imatrix, out):
                 for l in range(16):
                     q = nearest_int((xb[16 * j + l] + ml) / dl)
                     L[16 * j + l] = max(0, min(3, q))
-            _pack_2bit(L, o, 16)
-            _store_u16(o, 80, dh)
-            _store_u16(o, 82, mh)
+            _pack_2bit(L, o, Q2_QS)
+            _store_u16(o, Q2_D, dh)
+            _store_u16(o, Q2_DMIN, mh)
 
 
 @njit(**PJIT)
 def _dequantize_q2_k(data, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 84
+    nb = data.shape[1] // Q2_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 84:(b + 1) * 84]
+            o = data[r, b * Q2_TS:(b + 1) * Q2_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[80], o[81])
-            dmin = fp16_to_fp32(o[82], o[83])
+            d = fp16_to_fp32(o[Q2_D], o[Q2_D + 1])
+            dmin = fp16_to_fp32(o[Q2_DMIN], o[Q2_DMIN + 1])
             for h in range(2):
                 for k in range(4):
                     for half in range(2):
-                        sc = np.int32(o[8 * h + 2 * k + half])
+                        sc = np.int32(o[Q2_SCALES + 8 * h + 2 * k + half])
                         dl = d * F32(sc & 0xF)
                         ml = dmin * F32(sc >> 4)
                         for l in range(16):
-                            q = (np.int32(o[16 + 32 * h + 16 * half + l]) >> (2 * k)) & 3
+                            q = (np.int32(o[Q2_QS + 32 * h + 16 * half + l]) >> (2 * k)) & 3
                             y[128 * h + 32 * k + 16 * half + l] = dl * F32(q) - ml
 
 
@@ -166,7 +187,7 @@ def _dequantize_q2_k(data, out):
 def _quantize_q3_k(x, imatrix, use_imatrix, out):
     nrows, n = x.shape
     nb = n // QK_K
-    ts = 110
+    ts = Q3_TS
     for r in prange(nrows):
         L = np.empty(QK_K, np.int32)
         w = np.empty(QK_K, np.float32)
@@ -195,7 +216,7 @@ def _quantize_q3_k(x, imatrix, use_imatrix, out):
                         l8 = l8 - 256 if l8 > 127 else l8
                         ls[j] = max(-32, min(31, l8)) + 32
                     d = ONE / iscale
-                    _pack_q3_scales(ls, o, 96)
+                    _pack_q3_scales(ls, o, Q3_SCALES)
                 else:
                     d = ZERO
             else:
@@ -207,10 +228,10 @@ def _quantize_q3_k(x, imatrix, use_imatrix, out):
                     sw[j] = t
                     scales[j] = make_qx_quants(xb[16 * j:16 * j + 16], 4, w[16 * j:16 * j + 16], L[16 * j:16 * j + 16])
                 d = make_qx_quants(scales, 32, sw, ls)
-                _pack_q3_scales(ls, o, 96)
+                _pack_q3_scales(ls, o, Q3_SCALES)
             dh, d = _round_fp16(d)
             for j in range(16):
-                sc = _q3_scale(o, 96, j) - 32
+                sc = _q3_scale(o, Q3_SCALES, j) - 32
                 dl = d * F32(sc)
                 if dl == ZERO:
                     continue
@@ -225,9 +246,9 @@ def _quantize_q3_k(x, imatrix, use_imatrix, out):
                     v = L[U64(32 * k) + m]
                     h |= (v >> 2) << k
                     L[U64(32 * k) + m] = v & 3
-                o[m] = np.uint8(h)
-            _pack_2bit(L, o, 32)
-            _store_u16(o, 108, dh)
+                o[Q3_HMASK + m] = np.uint8(h)
+            _pack_2bit(L, o, Q3_QS)
+            _store_u16(o, Q3_D, dh)
 
 
 @njit(**dict(JIT, inline="always"))
@@ -250,20 +271,20 @@ def _q3_scale(o, at, j):
 @njit(**PJIT)
 def _dequantize_q3_k(data, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 110
+    nb = data.shape[1] // Q3_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 110:(b + 1) * 110]
+            o = data[r, b * Q3_TS:(b + 1) * Q3_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[108], o[109])
+            d = fp16_to_fp32(o[Q3_D], o[Q3_D + 1])
             for j in range(16):
-                dl = d * F32(_q3_scale(o, 96, j) - 32)
+                dl = d * F32(_q3_scale(o, Q3_SCALES, j) - 32)
                 h, rest = divmod(16 * j, 128)
                 k, base = divmod(rest, 32)
                 for l in range(16):
                     i = 16 * j + l
-                    q = (np.int32(o[32 + 32 * h + base + l]) >> (2 * k)) & 3
-                    if (np.int32(o[i % 32]) >> (i // 32)) & 1 == 0:
+                    q = (np.int32(o[Q3_QS + 32 * h + base + l]) >> (2 * k)) & 3
+                    if (np.int32(o[Q3_HMASK + i % 32]) >> (i // 32)) & 1 == 0:
                         q -= 4
                     y[i] = dl * F32(q)
 
@@ -284,7 +305,7 @@ def _scale_min_k4(o, at, j):
 def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five):
     nrows, n = x.shape
     nb = n // QK_K
-    ts = 176 if five else 144
+    ts = Q5_TS if five else Q4_TS
     nmax = 31 if five else 15
     rmin = F32(-0.5) if five else F32(-1.0)
     nstep = 15 if five else 20
@@ -341,20 +362,20 @@ def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five):
                     for j in range(8):
                         ls[j] = min(63, ls[j])
                         lm[j] = min(63, lm[j])
-            for j in range(8):   # pack_scale_min_k4 (bytes 4..15 of the block)
+            for j in range(8):   # pack_scale_min_k4 (the block's 12 scales bytes)
                 if j < 4:
-                    o[4 + j] = np.uint8(ls[j] & 0xFF)
-                    o[4 + j + 4] = np.uint8(lm[j] & 0xFF)
+                    o[Q4_SCALES + j] = np.uint8(ls[j] & 0xFF)
+                    o[Q4_SCALES + j + 4] = np.uint8(lm[j] & 0xFF)
                 else:
-                    o[4 + j + 4] = np.uint8(((ls[j] & 0xF) | ((lm[j] & 0xF) << 4)) & 0xFF)
-                    o[4 + j - 4] |= np.uint8(((ls[j] >> 4) << 6) & 0xFF)
-                    o[4 + j] |= np.uint8(((lm[j] >> 4) << 6) & 0xFF)
+                    o[Q4_SCALES + j + 4] = np.uint8(((ls[j] & 0xF) | ((lm[j] & 0xF) << 4)) & 0xFF)
+                    o[Q4_SCALES + j - 4] |= np.uint8(((ls[j] >> 4) << 6) & 0xFF)
+                    o[Q4_SCALES + j] |= np.uint8(((lm[j] >> 4) << 6) & 0xFF)
             dh, d = _round_fp16(d)
             mh, dmin = _round_fp16(dmin)
-            _store_u16(o, 0, dh)
-            _store_u16(o, 2, mh)
+            _store_u16(o, Q4_D, dh)
+            _store_u16(o, Q4_DMIN, mh)
             for j in range(8):
-                sc, m = _scale_min_k4(o, 4, j)
+                sc, m = _scale_min_k4(o, Q4_SCALES, j)
                 dl = d * F32(sc)
                 if dl == ZERO:
                     continue
@@ -362,13 +383,13 @@ def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five):
                 for l in range(32):
                     q = nearest_int((xb[32 * j + l] + dm) / dl)
                     L[32 * j + l] = max(0, min(nmax, q))
-            at = 16
+            at = Q4_QS
             if five:
                 for j in range(QK_K):
                     if L[j] > 15:
-                        o[16 + j % 32] |= np.uint8(1 << (j // 32))
+                        o[Q5_QH + j % 32] |= np.uint8(1 << (j // 32))
                         L[j] -= 16
-                at = 48
+                at = Q5_QS
             for c in range(4):
                 for l in range(32):
                     o[at + 32 * c + l] = np.uint8(L[64 * c + l] | (L[64 * c + 32 + l] << 4))
@@ -381,22 +402,22 @@ def _dequantize_q4_k_q5_k(data, out, five, n32):
     time, unsigned offsets and constant shifts: LLVM vectorises it in 32-bit lanes (see
     ..numerics)."""
     nrows = data.shape[0]
-    ts = 176 if five else 144
-    at = 48 if five else 16
+    ts = Q5_TS if five else Q4_TS
+    at = Q5_QS if five else Q4_QS
     nb = data.shape[1] // ts
     for r in prange(nrows):
         for b in range(nb):
             o = data[r, b * ts:(b + 1) * ts]
-            d = fp16_to_fp32(o[0], o[1])
-            dmin = fp16_to_fp32(o[2], o[3])
+            d = fp16_to_fp32(o[Q4_D], o[Q4_D + 1])
+            dmin = fp16_to_fp32(o[Q4_DMIN], o[Q4_DMIN + 1])
             q0 = U64(b * ts + at)
-            h0 = U64(b * ts + 16)
+            h0 = U64(b * ts + Q5_QH)
             y0 = U64(b * QK_K)
             for p in range(4):
-                sc, m = _scale_min_k4(o, 4, 2 * p)
+                sc, m = _scale_min_k4(o, Q4_SCALES, 2 * p)
                 da = d * F32(sc)
                 ma = dmin * F32(m)
-                sc, m = _scale_min_k4(o, 4, 2 * p + 1)
+                sc, m = _scale_min_k4(o, Q4_SCALES, 2 * p + 1)
                 db = d * F32(sc)
                 mb = dmin * F32(m)
                 qp = q0 + U64(32 * p)
@@ -422,7 +443,7 @@ def _dequantize_q4_k_q5_k(data, out, five, n32):
 def _quantize_q6_k(x, imatrix, use_imatrix, out):
     nrows, n = x.shape
     nb = n // QK_K
-    ts = 210
+    ts = Q6_TS
     for r in prange(nrows):
         L = np.empty(QK_K, np.int32)
         w = np.empty(16, np.float32)
@@ -454,10 +475,10 @@ def _quantize_q6_k(x, imatrix, use_imatrix, out):
                 continue
             iscale = F32(-128) / max_scale
             dh, d = _round_fp16(ONE / iscale)
-            _store_u16(o, 208, dh)
+            _store_u16(o, Q6_D, dh)
             for j in range(16):
                 sc = min(127, nearest_int(iscale * scales[j])) & 0xFF   # int8_t store
-                o[192 + j] = np.uint8(sc)
+                o[Q6_SCALES + j] = np.uint8(sc)
                 sc = sc - 256 if sc > 127 else sc
                 dl = d * F32(sc)
                 if dl == ZERO:
@@ -468,30 +489,30 @@ def _quantize_q6_k(x, imatrix, use_imatrix, out):
             for h in range(2):
                 for l in range(32):
                     j = 128 * h + l
-                    o[64 * h + l] = np.uint8((L[j] & 0xF) | ((L[j + 64] & 0xF) << 4))
-                    o[64 * h + 32 + l] = np.uint8((L[j + 32] & 0xF) | ((L[j + 96] & 0xF) << 4))
-                    o[128 + 32 * h + l] = np.uint8((L[j] >> 4) | ((L[j + 32] >> 4) << 2)
+                    o[Q6_QL + 64 * h + l] = np.uint8((L[j] & 0xF) | ((L[j + 64] & 0xF) << 4))
+                    o[Q6_QL + 64 * h + 32 + l] = np.uint8((L[j + 32] & 0xF) | ((L[j + 96] & 0xF) << 4))
+                    o[Q6_QH + 32 * h + l] = np.uint8((L[j] >> 4) | ((L[j + 32] >> 4) << 2)
                                                    | ((L[j + 64] >> 4) << 4) | ((L[j + 96] >> 4) << 6))
 
 
 @njit(**PJIT)
 def _dequantize_q6_k(data, sdata, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 210
+    nb = data.shape[1] // Q6_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 210:(b + 1) * 210]
-            so = sdata[r, b * 210:(b + 1) * 210]
+            o = data[r, b * Q6_TS:(b + 1) * Q6_TS]
+            so = sdata[r, b * Q6_TS:(b + 1) * Q6_TS]
             y = out[r, b * QK_K:(b + 1) * QK_K]
-            d = fp16_to_fp32(o[208], o[209])
+            d = fp16_to_fp32(o[Q6_D], o[Q6_D + 1])
             for h in range(2):
                 for k in range(4):
                     for half in range(2):
-                        dl = d * F32(so[192 + 8 * h + 2 * k + half])
+                        dl = d * F32(so[Q6_SCALES + 8 * h + 2 * k + half])
                         for l in range(16 * half, 16 * half + 16):
-                            low = np.int32(o[64 * h + 32 * (k & 1) + l])
+                            low = np.int32(o[Q6_QL + 64 * h + 32 * (k & 1) + l])
                             low = (low >> 4) if k >= 2 else (low & 0xF)
-                            q = (low | (((np.int32(o[128 + 32 * h + l]) >> (2 * k)) & 3) << 4)) - 32
+                            q = (low | (((np.int32(o[Q6_QH + 32 * h + l]) >> (2 * k)) & 3) << 4)) - 32
                             y[128 * h + 32 * k + l] = dl * F32(q)
 
 
@@ -505,7 +526,7 @@ def _quantize_q8_k(x, out, qk):
     integer sums, exact in any order."""
     nrows, n = x.shape
     nb = n // QK_K
-    ts = 292
+    ts = Q8_TS
     for r in prange(nrows):
         for b in range(nb):
             o = out[r, b * ts:(b + 1) * ts]
@@ -523,32 +544,33 @@ def _quantize_q8_k(x, out, qk):
                     first = min(first, np.int64(j))
             vmax = x[r, x0 + U64(first)]
             iscale = F32(-127) / vmax
-            o0 = U64(b * ts + 4)
+            o0 = U64(b * ts + Q8_QS)
             for j in range(U64(qk)):
                 out[r, o0 + j] = np.uint8(min(np.int32(127), nearest_int(iscale * x[r, x0 + j])) & np.int32(0xFF))
             for g in range(16):
                 s = np.int32(0)
                 for l in range(16):
-                    q = np.int32(o[4 + 16 * g + l])
+                    q = np.int32(o[Q8_QS + 16 * g + l])
                     s += q - 256 if q > 127 else q
-                o[260 + 2 * g] = np.uint8(s & 0xFF)
-                o[261 + 2 * g] = np.uint8((s >> 8) & 0xFF)
+                o[Q8_BSUMS + 2 * g] = np.uint8(s & 0xFF)
+                o[Q8_BSUMS + 1 + 2 * g] = np.uint8((s >> 8) & 0xFF)
             u = f32_bits(ONE / iscale)
             for k in range(4):
-                o[k] = np.uint8((u >> (8 * k)) & 0xFF)
+                o[Q8_D + k] = np.uint8((u >> (8 * k)) & 0xFF)
 
 
 @njit(**PJIT)
 def _dequantize_q8_k(data, out):
     nrows = data.shape[0]
-    nb = data.shape[1] // 292
+    nb = data.shape[1] // Q8_TS
     for r in prange(nrows):
         for b in range(nb):
-            o = data[r, b * 292:(b + 1) * 292]
-            d = bits_f32(np.int32(np.uint32(o[0]) | (np.uint32(o[1]) << 8) | (np.uint32(o[2]) << 16) | (np.uint32(o[3]) << 24)))
+            o = data[r, b * Q8_TS:(b + 1) * Q8_TS]
+            d = bits_f32(np.int32(np.uint32(o[Q8_D]) | (np.uint32(o[Q8_D + 1]) << 8) | (np.uint32(o[Q8_D + 2]) << 16)
+                                  | (np.uint32(o[Q8_D + 3]) << 24)))
             y = out[r, b * QK_K:(b + 1) * QK_K]
             for j in range(QK_K):
-                v = np.int32(o[4 + j])
+                v = np.int32(o[Q8_QS + j])
                 y[j] = d * F32(v - 256 if v > 127 else v)
 
 
@@ -573,74 +595,74 @@ def _im(x, imatrix):
 
 
 def quantize_q2_k(x, imatrix=None):
-    out = _qout(x, 84)
+    out = _qout(x, Q2_TS)
     _quantize_q2_k(_c(x, np.float32), *_im(x, imatrix), out)
     return out
 
 
 def quantize_q3_k(x, imatrix=None):
-    out = _qout(x, 110)
+    out = _qout(x, Q3_TS)
     _quantize_q3_k(_c(x, np.float32), *_im(x, imatrix), out)
     return out
 
 
 def quantize_q4_k(x, imatrix=None):
-    out = _qout(x, 144)
+    out = _qout(x, Q4_TS)
     _quantize_q4_k_q5_k(_c(x, np.float32), *_im(x, imatrix), out, False)
     return out
 
 
 def quantize_q5_k(x, imatrix=None):
-    out = _qout(x, 176)
+    out = _qout(x, Q5_TS)
     _quantize_q4_k_q5_k(_c(x, np.float32), *_im(x, imatrix), out, True)
     return out
 
 
 def quantize_q6_k(x, imatrix=None):
-    out = _qout(x, 210)
+    out = _qout(x, Q6_TS)
     _quantize_q6_k(_c(x, np.float32), *_im(x, imatrix), out)
     return out
 
 
 def quantize_q8_k(x, imatrix=None):
-    out = _qout(x, 292)
+    out = _qout(x, Q8_TS)
     _quantize_q8_k(_c(x, np.float32), out, QK_K)
     return out
 
 
 def dequantize_q2_k(data):
-    out = _dout(data, 84)
+    out = _dout(data, Q2_TS)
     _dequantize_q2_k(_c(data), out)
     return out
 
 
 def dequantize_q3_k(data):
-    out = _dout(data, 110)
+    out = _dout(data, Q3_TS)
     _dequantize_q3_k(_c(data), out)
     return out
 
 
 def dequantize_q4_k(data):
-    out = _dout(data, 144)
+    out = _dout(data, Q4_TS)
     _dequantize_q4_k_q5_k(_c(data), out, False, 32)
     return out
 
 
 def dequantize_q5_k(data):
-    out = _dout(data, 176)
+    out = _dout(data, Q5_TS)
     _dequantize_q4_k_q5_k(_c(data), out, True, 32)
     return out
 
 
 def dequantize_q6_k(data):
-    out = _dout(data, 210)
+    out = _dout(data, Q6_TS)
     data = _c(data)
     _dequantize_q6_k(data, data.view(np.int8), out)
     return out
 
 
 def dequantize_q8_k(data):
-    out = _dout(data, 292)
+    out = _dout(data, Q8_TS)
     _dequantize_q8_k(_c(data), out)
     return out
 

@@ -9,9 +9,26 @@ from numba import njit, prange
 
 from ..numerics import (F32, HALF, INLINE, JIT, U64, ZERO, bits_f32, c_float_to_int8, c_float_to_uint8, f32_bits,
                         fp16_to_fp32, reciprocal_or_zero, roundf, store_fp16)
+from refquant.registry import get_format
+
 from .search import make_qkx3_quants, make_qx_quants
 
-QK = 32
+# block size, type sizes and the fields' byte offsets, from the declared layouts (refquant.ggml.layout)
+_L = {name: get_format(name).layout for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1")}
+QK = _L["Q4_0"].block_size
+Q4_0_TS, Q4_0_QS = _L["Q4_0"].type_size, _L["Q4_0"].offset("qs")
+Q5_0_TS, Q5_0_QH, Q5_0_QS = _L["Q5_0"].type_size, _L["Q5_0"].offset("qh"), _L["Q5_0"].offset("qs")
+Q4_1_TS, Q4_1_QS = _L["Q4_1"].type_size, _L["Q4_1"].offset("qs")
+Q5_1_TS, Q5_1_QH, Q5_1_QS = _L["Q5_1"].type_size, _L["Q5_1"].offset("qh"), _L["Q5_1"].offset("qs")
+Q8_0_TS, Q8_0_QS = _L["Q8_0"].type_size, _L["Q8_0"].offset("qs")
+Q8_1_TS, Q8_1_S, Q8_1_QS = _L["Q8_1"].type_size, _L["Q8_1"].offset("s"), _L["Q8_1"].offset("qs")
+# every block starts with its fp16 d; Q4_1 and Q5_1 follow it with the fp16 m
+D = _L["Q4_0"].offset("d")
+M = _L["Q4_1"].offset("m")
+assert all(L.offset("d") == D and L.block_size == QK for L in _L.values()) and _L["Q5_1"].offset("m") == M
+# a kernel shared by a 4-bit and a 5-bit type packs from one offset: the 4-bit type's qs, the
+# 5-bit type's qh (_pack writes qh there, then qs after it)
+assert Q4_0_QS == Q5_0_QH and Q4_1_QS == Q5_1_QH
 PJIT = dict(JIT, parallel=True)
 RMIN = F32(-0.9)
 RDELTA = F32(0.05)
@@ -37,7 +54,7 @@ def _quantize_q4_0_q5_0(x, out, five, qk):
     (see ..numerics)."""
     nrows, n = x.shape
     nb = n // QK
-    ts = 22 if five else 18
+    ts = Q5_0_TS if five else Q4_0_TS
     half = -16 if five else -8
     offs = F32(16.5) if five else F32(8.5)
     top = np.int32(31) if five else np.int32(15)
@@ -58,15 +75,15 @@ def _quantize_q4_0_q5_0(x, out, five, qk):
             for j in range(U64(qk)):
                 c = np.int32(c_float_to_int8(x[r, x0 + j] * idv + offs))
                 q[j] = c if c < top else top
-            store_fp16(o, 0, d)
-            _pack(q, o, 2, five)
+            store_fp16(o, D, d)
+            _pack(q, o, Q4_0_QS, five)
 
 
 @njit(**PJIT)
 def _quantize_q4_0_q5_0_imatrix(x, imatrix, out, five):
     nrows, n = x.shape
     nb = n // QK
-    ts = 22 if five else 18
+    ts = Q5_0_TS if five else Q4_0_TS
     nmax = 16 if five else 8
     for r in prange(nrows):
         w = np.empty(n, np.float32)
@@ -75,8 +92,8 @@ def _quantize_q4_0_q5_0_imatrix(x, imatrix, out, five):
         for b in range(nb):
             o = out[r, b * ts:(b + 1) * ts]
             d = make_qx_quants(x[r, b * QK:(b + 1) * QK], nmax, w[b * QK:(b + 1) * QK], L)
-            store_fp16(o, 0, d)
-            _pack(L, o, 2, five)
+            store_fp16(o, D, d)
+            _pack(L, o, Q4_0_QS, five)
 
 
 @njit(**dict(JIT, inline="always"))
@@ -96,22 +113,23 @@ def _pack(q, o, at, five):
 @njit(**PJIT)
 def _dequantize_q4_0_q5_0(data, out, five, qk):
     nrows = data.shape[0]
-    ts = 22 if five else 18
+    ts = Q5_0_TS if five else Q4_0_TS
     nb = data.shape[1] // ts
     for r in prange(nrows):
         for b in range(nb):
             o = data[r, b * ts:(b + 1) * ts]
-            d = fp16_to_fp32(o[0], o[1])
+            d = fp16_to_fp32(o[D], o[D + 1])
             y = out[r, b * QK:(b + 1) * QK]
             if five:
-                qh = np.uint32(o[2]) | (np.uint32(o[3]) << 8) | (np.uint32(o[4]) << 16) | (np.uint32(o[5]) << 24)
+                qh = (np.uint32(o[Q5_0_QH]) | (np.uint32(o[Q5_0_QH + 1]) << 8) | (np.uint32(o[Q5_0_QH + 2]) << 16)
+                      | (np.uint32(o[Q5_0_QH + 3]) << 24))
                 for j in range(QK // 2):
                     h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
                     h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
-                    y[j] = F32((np.int32(o[6 + j]) & 0x0F | h0) - 16) * d
-                    y[j + 16] = F32((np.int32(o[6 + j]) >> 4 | h1) - 16) * d
+                    y[j] = F32((np.int32(o[Q5_0_QS + j]) & 0x0F | h0) - 16) * d
+                    y[j + 16] = F32((np.int32(o[Q5_0_QS + j]) >> 4 | h1) - 16) * d
             else:  # a loop of qk / 2 (at run time) with unsigned offsets: vectorised (see ..numerics)
-                i0 = U64(b * ts + 2)
+                i0 = U64(b * ts + Q4_0_QS)
                 y0 = U64(b * QK)
                 for j in range(U64(qk >> 1)):
                     byte = data[r, i0 + j]
@@ -138,7 +156,7 @@ def _quantize_q4_1_q5_1(x, out, five, qk):
     in loops of the same kind, one per type (see ..numerics)."""
     nrows, n = x.shape
     nb = n // QK
-    ts = 24 if five else 20
+    ts = Q5_1_TS if five else Q4_1_TS
     nmax = F32(31) if five else F32(15)
     for r in prange(nrows):
         q = np.empty(QK, np.int32)
@@ -168,17 +186,17 @@ def _quantize_q4_1_q5_1(x, out, five, qk):
             if five:
                 for j in range(U64(qk)):
                     q[j] = np.int32(c_float_to_uint8((x[r, x0 + j] - vmin) * idv + HALF))
-                store_fp16(o, 0, d)
-                store_fp16(o, 2, vmin)
-                _pack(q, o, 4, five)
+                store_fp16(o, D, d)
+                store_fp16(o, M, vmin)
+                _pack(q, o, Q4_1_QS, five)
             else:  # Q4_1's two codes of a byte (positions j and j + 16) in one loop
-                o0 = U64(b * ts + 4)
+                o0 = U64(b * ts + Q4_1_QS)
                 for j in range(U64(qk >> 1)):
                     c0 = min(np.int32(15), np.int32(c_float_to_int8((x[r, x0 + j] - vmin) * idv + HALF)))
                     c1 = min(np.int32(15), np.int32(c_float_to_int8((x[r, x0 + U64(16) + j] - vmin) * idv + HALF)))
                     out[r, o0 + j] = np.uint8((c0 & np.int32(0x0F)) | ((c1 & np.int32(0x0F)) << np.int32(4)))
-                store_fp16(o, 0, d)
-                store_fp16(o, 2, vmin)
+                store_fp16(o, D, d)
+                store_fp16(o, M, vmin)
 
 
 @njit(**INLINE)
@@ -190,7 +208,7 @@ def _order_key_inverse(k):
 def _quantize_q4_1_q5_1_imatrix(x, imatrix, out, five):
     nrows, n = x.shape
     nb = n // QK
-    ts = 24 if five else 20
+    ts = Q5_1_TS if five else Q4_1_TS
     nmax = 31 if five else 15
     for r in prange(nrows):
         w = np.empty(n, np.float32)
@@ -201,9 +219,9 @@ def _quantize_q4_1_q5_1_imatrix(x, imatrix, out, five):
             o = out[r, b * ts:(b + 1) * ts]
             d, m = make_qkx3_quants(x[r, b * QK:(b + 1) * QK], nmax, w[b * QK:(b + 1) * QK],
                                     RMIN, RDELTA, 36, L, laux)
-            store_fp16(o, 0, d)
-            store_fp16(o, 2, -m)  # make_qkx3_quants returns -min; the block stores min
-            _pack(L, o, 4, five)
+            store_fp16(o, D, d)
+            store_fp16(o, M, -m)  # make_qkx3_quants returns -min; the block stores min
+            _pack(L, o, Q4_1_QS, five)
 
 
 @njit(**dict(JIT, inline="always"))
@@ -222,25 +240,26 @@ def _mul_add(q, d, m):
 @njit(**PJIT)
 def _dequantize_q4_1_q5_1(data, out, five):
     nrows = data.shape[0]
-    ts = 24 if five else 20
+    ts = Q5_1_TS if five else Q4_1_TS
     nb = data.shape[1] // ts
     for r in prange(nrows):
         for b in range(nb):
             o = data[r, b * ts:(b + 1) * ts]
-            d = fp16_to_fp32(o[0], o[1])
-            m = fp16_to_fp32(o[2], o[3])
+            d = fp16_to_fp32(o[D], o[D + 1])
+            m = fp16_to_fp32(o[M], o[M + 1])
             y = out[r, b * QK:(b + 1) * QK]
             if five:
-                qh = np.uint32(o[4]) | (np.uint32(o[5]) << 8) | (np.uint32(o[6]) << 16) | (np.uint32(o[7]) << 24)
+                qh = (np.uint32(o[Q5_1_QH]) | (np.uint32(o[Q5_1_QH + 1]) << 8) | (np.uint32(o[Q5_1_QH + 2]) << 16)
+                      | (np.uint32(o[Q5_1_QH + 3]) << 24))
                 for j in range(QK // 2):
                     h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
                     h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
-                    y[j] = _mul_add(F32(np.int32(o[8 + j]) & 0x0F | h0), d, m)
-                    y[j + 16] = _mul_add(F32(np.int32(o[8 + j]) >> 4 | h1), d, m)
+                    y[j] = _mul_add(F32(np.int32(o[Q5_1_QS + j]) & 0x0F | h0), d, m)
+                    y[j + 16] = _mul_add(F32(np.int32(o[Q5_1_QS + j]) >> 4 | h1), d, m)
             else:
                 for j in range(QK // 2):
-                    y[j] = _mul_add(F32(np.int32(o[4 + j]) & 0x0F), d, m)
-                    y[j + 16] = _mul_add(F32(np.int32(o[4 + j]) >> 4), d, m)
+                    y[j] = _mul_add(F32(np.int32(o[Q4_1_QS + j]) & 0x0F), d, m)
+                    y[j + 16] = _mul_add(F32(np.int32(o[Q4_1_QS + j]) >> 4), d, m)
 
 
 # --------------------------------------------------------------------------- Q8_0, Q8_1
@@ -249,8 +268,8 @@ def _dequantize_q4_1_q5_1(data, out, five):
 def _quantize_q8(x, out, with_sum):
     nrows, n = x.shape
     nb = n // QK
-    ts = 36 if with_sum else 34
-    at = 4 if with_sum else 2
+    ts = Q8_1_TS if with_sum else Q8_0_TS
+    at = Q8_1_QS if with_sum else Q8_0_QS
     for r in prange(nrows):
         for b in range(nb):
             xb = x[r, b * QK:(b + 1) * QK]
@@ -266,9 +285,9 @@ def _quantize_q8(x, out, with_sum):
                 qv = c_float_to_int8(roundf(xb[j] * idv))
                 o[at + j] = np.uint8(np.int32(qv) & 0xFF)
                 total += np.int32(qv)
-            store_fp16(o, 0, d)
+            store_fp16(o, D, d)
             if with_sum:
-                store_fp16(o, 2, F32(total) * d)
+                store_fp16(o, Q8_1_S, F32(total) * d)
 
 
 @njit(**PJIT)
@@ -276,12 +295,12 @@ def _dequantize_q8(data, sdata, out, with_sum, qk):
     """sdata: the same bytes viewed as int8 (the qs are read signed). qk: QK passed at run time and
     unsigned offsets, so that LLVM vectorises the loop over positions (see ..numerics)."""
     nrows = data.shape[0]
-    ts = 36 if with_sum else 34
-    at = 4 if with_sum else 2
+    ts = Q8_1_TS if with_sum else Q8_0_TS
+    at = Q8_1_QS if with_sum else Q8_0_QS
     nb = data.shape[1] // ts
     for r in prange(nrows):
         for b in range(nb):
-            d = fp16_to_fp32(data[r, b * ts], data[r, b * ts + 1])
+            d = fp16_to_fp32(data[r, b * ts + D], data[r, b * ts + D + 1])
             i0 = U64(b * ts + at)
             y0 = U64(b * qk)
             for j in range(U64(qk)):
@@ -303,7 +322,7 @@ def _c(x):
 
 
 def quantize_q4_0(x, imatrix=None):
-    out = _out(x, 18)
+    out = _out(x, Q4_0_TS)
     if imatrix is None:
         _quantize_q4_0_q5_0(_c(x), out, False, QK)
     else:
@@ -312,7 +331,7 @@ def quantize_q4_0(x, imatrix=None):
 
 
 def quantize_q5_0(x, imatrix=None):
-    out = _out(x, 22)
+    out = _out(x, Q5_0_TS)
     if imatrix is None:
         _quantize_q4_0_q5_0(_c(x), out, True, QK)
     else:
@@ -321,7 +340,7 @@ def quantize_q5_0(x, imatrix=None):
 
 
 def quantize_q4_1(x, imatrix=None):
-    out = _out(x, 20)
+    out = _out(x, Q4_1_TS)
     if imatrix is None:
         _quantize_q4_1_q5_1(_c(x), out, False, QK)
     else:
@@ -330,7 +349,7 @@ def quantize_q4_1(x, imatrix=None):
 
 
 def quantize_q5_1(x, imatrix=None):
-    out = _out(x, 24)
+    out = _out(x, Q5_1_TS)
     if imatrix is None:
         _quantize_q4_1_q5_1(_c(x), out, True, QK)
     else:
@@ -339,50 +358,50 @@ def quantize_q5_1(x, imatrix=None):
 
 
 def quantize_q8_0(x, imatrix=None):
-    out = _out(x, 34)
+    out = _out(x, Q8_0_TS)
     _quantize_q8(_c(x), out, False)
     return out
 
 
 def quantize_q8_1(x, imatrix=None):
-    out = _out(x, 36)
+    out = _out(x, Q8_1_TS)
     _quantize_q8(_c(x), out, True)
     return out
 
 
 def dequantize_q4_0(data):
-    out = _deq_out(data, 18)
+    out = _deq_out(data, Q4_0_TS)
     _dequantize_q4_0_q5_0(_c(data), out, False, QK)
     return out
 
 
 def dequantize_q5_0(data):
-    out = _deq_out(data, 22)
+    out = _deq_out(data, Q5_0_TS)
     _dequantize_q4_0_q5_0(_c(data), out, True, QK)
     return out
 
 
 def dequantize_q4_1(data):
-    out = _deq_out(data, 20)
+    out = _deq_out(data, Q4_1_TS)
     _dequantize_q4_1_q5_1(_c(data), out, False)
     return out
 
 
 def dequantize_q5_1(data):
-    out = _deq_out(data, 24)
+    out = _deq_out(data, Q5_1_TS)
     _dequantize_q4_1_q5_1(_c(data), out, True)
     return out
 
 
 def dequantize_q8_0(data):
-    out = _deq_out(data, 34)
+    out = _deq_out(data, Q8_0_TS)
     data = _c(data)
     _dequantize_q8(data, data.view(np.int8), out, False, QK)
     return out
 
 
 def dequantize_q8_1(data):
-    out = _deq_out(data, 36)
+    out = _deq_out(data, Q8_1_TS)
     data = _c(data)
     _dequantize_q8(data, data.view(np.int8), out, True, QK)
     return out
