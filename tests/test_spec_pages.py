@@ -53,6 +53,13 @@ def test_index_lists_every_format_as_the_registry_has_it():
         assert f"({rec['spec_page']})" in link, name
 
 
+def test_index_rows_of_the_ggml_types_are_generated():
+    """spec/README.md's ggml rows are the registry's (write them with `python tools/gen_spec_layouts.py`)."""
+    from tools.gen_spec_layouts import updated_index
+    text = (SPEC / "README.md").read_text()
+    assert updated_index(text) == text, "spec/README.md: ggml index rows stale; run tools/gen_spec_layouts.py"
+
+
 def test_no_orphan_pages():
     pages = {str(p.relative_to(SPEC)) for p in (SPEC / "ggml").glob("*.md")}
     named = {r["spec_page"] for r in FORMATS}
