@@ -14,6 +14,10 @@ from refquant.pipelines import recipes
 from tools.models import botchan_path, smollm2_path
 
 CTX, CHUNKS = 64, 2
+# The table and the independent forwards below run NumPy's BLAS on one thread: OpenBLAS's sums
+# differ with its thread count, and `refquant eval`'s default count follows the load average
+# (refquant/model/threads.py), so only a stated count makes the two comparable bit for bit.
+THREADS = 1
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,7 @@ def run(tmp_path_factory):
     text = d / "botchan.txt"
     text.write_bytes(botchan_path().read_bytes())
     args = ["eval", str(base), "--text", str(text), "--ctx", str(CTX), "--chunks", str(CHUNKS), "--rows", "Q8_0,RTN-W4G128",
-            "--json", str(d / "q.json"), "--markdown", str(d / "q.md"), "--quiet"]
+            "--threads", str(THREADS), "--json", str(d / "q.json"), "--markdown", str(d / "q.md"), "--quiet"]
     try:
         import matplotlib  # noqa: F401  (the test extra installs it)
         args += ["--png", str(d / "q.png")]
@@ -36,15 +40,18 @@ def run(tmp_path_factory):
 
 def test_q8_0_row_is_llama_cpp_q8_0_file(run, tmp_path):
     from refquant.model.perplexity import model_perplexity
+    from refquant.model.threads import blas_threads
     from tools.oracles import llama_cpp
     d, base, text, table = run
     rows = {r["name"]: r for r in table["rows"]}
     ref = tmp_path / "llama-Q8_0.gguf"
     assert llama_cpp.quantize(base, ref, recipes.file_type("Q8_0").id) == 0
-    r = model_perplexity(ref, text.read_bytes().decode("utf-8"), CTX, CHUNKS, base_path=base)
+    with blas_threads(THREADS):
+        r = model_perplexity(ref, text.read_bytes().decode("utf-8"), CTX, CHUNKS, base_path=base)
     q8 = rows["Q8_0"]
     assert q8["ppl"] == r.ppl and q8["kld"] == r.kld and q8["top1"] == r.top1
-    b = model_perplexity(base, text.read_bytes().decode("utf-8"), CTX, CHUNKS)
+    with blas_threads(THREADS):
+        b = model_perplexity(base, text.read_bytes().decode("utf-8"), CTX, CHUNKS)
     assert rows["F32 (base)"]["ppl"] == b.ppl
     assert q8["delta_pct"] == pytest.approx(100 * (r.ppl / b.ppl - 1), rel=1e-12)
 
