@@ -199,7 +199,7 @@ def cmd_quantize(args) -> int:
         raise RefquantError("quantize: a GGUF input needs a type (--type Q4_K_M, or after the paths as "
                             "llama-quantize takes it)")
     if threads is not None:
-        _set_threads(threads)
+        _set_threads(threads, args.backend)
     copy = ftype.upper() == "COPY"  # llama-quantize's COPY: every tensor copied as it is
     try:
         ft = recipes.file_type("F32" if copy else ftype)
@@ -294,16 +294,16 @@ def _is_ftype(recipes, name) -> bool:
         return False
 
 
-def _set_threads(n: int) -> None:
-    """--threads / llama-quantize's NTHREADS: the Numba backend's thread count (the bytes written
-    do not depend on it, as llama.cpp's do not on its nthread)."""
-    import os
-    if n <= 0:
-        n = os.cpu_count() or 1
-    os.environ["NUMBA_NUM_THREADS"] = str(n)
-    if "numba" in sys.modules:
-        import numba
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+def _set_threads(n: int, backend) -> None:
+    """--threads / llama-quantize's NTHREADS: the backend's thread count where it runs threaded
+    (Numba; at most its cores; n <= 0: all of them). The bytes written do not depend on it, as
+    llama.cpp's do not on its nthread. Set on the backend, not in the environment: a process
+    that goes on (a test calling main) keeps its own thread pool as it was started."""
+    from .backend import get_backend
+    be = get_backend(backend)
+    if be.threaded:
+        m = be.max_threads()
+        be.set_num_threads(m if n <= 0 else min(n, m))
 
 
 def _llama_quantize_options(args, recipes) -> dict:

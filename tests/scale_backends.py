@@ -50,3 +50,8 @@ class Broken(Backend):
 
 
 BROKEN = Broken()
+
+
+def get_env(key):
+    """An environment variable of a worker (client.run(get_env, ...))."""
+    return os.environ.get(key)

@@ -292,3 +292,17 @@ def test_conformance_on_the_cluster_prints_the_local_matrix(cluster, backend):
     spread = conformance(cluster, backend, shards=5, **kw)
     assert spread.matrix() == local.matrix()
     assert local.ok == (backend == "numba")
+
+
+def test_workers_get_one_kernel_thread_and_this_process_keeps_its_environment(cluster):
+    """Each worker runs Numba on one thread; the nannies' environment variables (which Dask
+    writes into the process that starts them) do not stay in this process, where a changed
+    NUMBA_NUM_THREADS would break Numba's running thread pool."""
+    from scale_backends import get_env
+    for v in cluster._client.run(get_env, "NUMBA_NUM_THREADS").values():
+        assert v == "1"
+    for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        assert os.environ.get(k) == ENV_BEFORE.get(k), k
+
+
+ENV_BEFORE = dict(os.environ)

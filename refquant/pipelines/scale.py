@@ -100,15 +100,23 @@ class Runner:
             except (OSError, TimeoutError) as e:
                 raise InputError(f"--scheduler {self.scheduler}: cannot connect: {e}") from None
             return self
-        # one kernel thread a worker process: the workers are the parallelism
-        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
-        environ.update(NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            import logging
-            self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=":0", worker_dashboard_address=":0",
-                                         silence_logs=logging.ERROR)
-            self._client = Client(self._cluster)
+        # one kernel thread a worker process: the workers are the parallelism. Set in each
+        # worker as it starts (distributed.nanny.environ), before it imports Numba. No pre-spawn
+        # variables: a nanny writes those into this process's environment (at every worker
+        # restart too), where a changed NUMBA_NUM_THREADS breaks Numba's running thread pool.
+        environ = dict(dask.config.get("distributed.nanny.environ", {}) or {})
+        environ.update(NUMBA_NUM_THREADS="1")
+        self._environ = dict(os.environ)
+        try:
+            with dask.config.set({"distributed.nanny.environ": environ,
+                                  "distributed.nanny.pre-spawn-environ": {}}):
+                import logging
+                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                             dashboard_address=":0", worker_dashboard_address=":0",
+                                             silence_logs=logging.ERROR)
+                self._client = Client(self._cluster)
+        finally:
+            _restore_environ(self._environ)
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -118,6 +126,8 @@ class Runner:
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+        if getattr(self, "_environ", None) is not None:   # a restarted worker's nanny wrote it again
+            _restore_environ(self._environ)
         return False
 
     @property
@@ -224,6 +234,14 @@ def blas_like(n: Optional[int]):
         return nullcontext()
     from ..model.threads import blas_threads
     return blas_threads(n)
+
+
+def _restore_environ(saved: dict) -> None:
+    for k in [k for k in os.environ if k not in saved]:
+        del os.environ[k]
+    for k, v in saved.items():
+        if os.environ.get(k) != v:
+            os.environ[k] = v
 
 
 def _result(fut):
