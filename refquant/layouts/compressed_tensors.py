@@ -239,7 +239,8 @@ def quantization_config(fmt: str, bits: int = 4, group_size=None, symmetric: boo
             "ignore": list(ignore), "kv_cache_scheme": None}
 
 
-def _weight_block(w: dict, shape) -> tuple:
+def weight_block(w: dict, shape) -> tuple:
+    """The block one weight scale covers, from the weight's quantization args."""
     st = w.get("strategy")
     if st == "tensor":
         return tuple(shape)
@@ -264,7 +265,7 @@ def dequantize(t: dict, fmt: str, weights: dict, who: str = "compressed-tensors"
         if fmt in ("int-quantized", "naive-quantized", "float-quantized"):
             q = t["weight"]
             s = np.asarray(t["weight_scale"])
-            block = _weight_block(weights, q.shape)
+            block = weight_block(weights, q.shape)
             if q.dtype == np.dtype(ml_dtypes.float8_e4m3fn):
                 return fp8_scaling.dequantize(q, s.reshape(affine.scale_shape(q.shape, block)), block)
             z = t.get("weight_zero_point")

@@ -123,8 +123,8 @@ def _check_ct(t, m, fmt, w):
         q = _need(t, m, "weight", [np.int8, F8], ndim=2)
         sc = _need(t, m, "weight_scale", FLOATS)
         from .. import affine
-        from ..layouts.compressed_tensors import _weight_block
-        block = _weight_block(w, q.shape)
+        from ..layouts.compressed_tensors import weight_block
+        block = weight_block(w, q.shape)
         want = affine.scale_shape(q.shape, tuple(min(b, s) for b, s in zip(block, q.shape)))
         if sc.size != int(np.prod(want)):
             raise FormatError(f"dequantize: {m}.weight_scale has {sc.size} values; a {w.get('strategy')} weight of "

@@ -525,18 +525,6 @@ def _config(fmt, bits, group_size, sym, targets=L_targets.DEFAULT_TARGETS, ignor
 
 # ---- compressed-tensors presets (--scheme) ------------------------------------------------------
 
-def _preset_block(w: dict, shape) -> tuple:
-    """The block a weight scale covers, from the preset's weight args."""
-    st = w["strategy"]
-    if st == "tensor":
-        return tuple(shape)
-    if st == "channel":
-        return (1, shape[1])
-    if st == "block":
-        return tuple(w["block_structure"])
-    return (1, w["group_size"])
-
-
 def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None) -> dict:
     """One linear's tensors under compressed-tensors preset `name`, as its compressor writes them:
     W the weight (float32, float16 or bfloat16: integer and FP8 scales are computed in its dtype,
@@ -549,7 +537,7 @@ def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None) -> dict:
     out: dict
     if fmt in ("pack-quantized", "int-quantized"):
         bits, sym = w["num_bits"], w["symmetric"]
-        block = _preset_block(w, W.shape)
+        block = L_ct.weight_block(w, W.shape)
         if q is not None:
             off = 2 ** (bits - 1)
             codes = (q.codes.astype(np.int16) - off).astype(np.int8)
@@ -562,7 +550,7 @@ def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None) -> dict:
         out = (L_ct.pack_quantized(codes, s, z, bits) if fmt == "pack-quantized"
                else L_ct.int_quantized(codes.astype(np.int8), s, z))
     elif fmt == "float-quantized":
-        block = _preset_block(w, W.shape)
+        block = L_ct.weight_block(w, W.shape)
         s = fp8_scaling.choose_scale(W, block)
         out = L_ct.float_quantized(fp8_scaling.quantize(W, s, block), s)
         out["weight_scale"] = s.reshape((1,) if w["strategy"] == "tensor" else s.shape)
