@@ -22,12 +22,18 @@ whose modules list what they implement in tables (as Numba's and CuPy's do) subc
 """
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import importlib.util
+import io
 import itertools
 import os
+import re
 import sys
+import tokenize
 from importlib.metadata import entry_points
+import pathlib
 from typing import NamedTuple
 
 import numpy as np
@@ -270,6 +276,57 @@ class Backend:
 SPEC = Backend()
 
 
+_TABLE_LINE = re.compile(r"^(?:QUANTIZE|DEQUANTIZE|VEC_DOT|MATMUL|DECLARES)\s*=", re.M)
+_DECLARES_LINE = re.compile(r"^DECLARES\s*=", re.M)
+
+
+def _declares(path, src: str):
+    """The literal assigned to DECLARES at the top of a module's source (None where there is
+    none), read by tokenizing that one statement: the module is neither imported nor parsed."""
+    m = _DECLARES_LINE.search(src)
+    if m is None:
+        return None
+    rest = src[m.end():]
+    lines = rest.splitlines(keepends=True)
+    for tok in tokenize.generate_tokens(io.StringIO(rest).readline):
+        if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+            row, col = tok.start
+            break
+    text = "".join(lines[:row - 1]) + (lines[row - 1][:col] if row <= len(lines) else "")
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError) as e:
+        raise RefquantError(f"{path}: DECLARES must be a literal (op -> keys): {e}") from None
+    if not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+        raise RefquantError(f"{path}: DECLARES must map each operation to a string of keys")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def twin_modules(package: str) -> dict:
+    """module path relative to `package` -> its DECLARES (or None), for every module of the
+    package whose source defines a table (QUANTIZE, DEQUANTIZE, VEC_DOT, MATMUL) or DECLARES at
+    its top level; modules whose name begins with "_" are the package's own helpers. Reads the
+    files once per process; imports nothing."""
+    pkg = importlib.import_module(package)
+    out = {}
+    for root in getattr(pkg, "__path__", ()):
+        root = pathlib.Path(root)
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root).with_suffix("").parts
+            if any(part.startswith("_") for part in rel):
+                continue
+            src = path.read_text(encoding="utf-8")
+            if _TABLE_LINE.search(src):
+                out[".".join(rel)] = _declares(path, src)
+    return out
+
+
+def _put(where: dict, op: str, key: str, module: str) -> None:
+    if where.setdefault(key, module) != module:
+        raise RefquantError(f"{op} {key} is in two twin modules: {where[key]} and {module}")
+
+
 class _LazyTable(dict):
     """key -> function of one operation, importing the key's module at the key's first use."""
 
@@ -295,48 +352,70 @@ class _LazyTable(dict):
 class TableBackend(Backend):
     """A backend whose modules export what they implement as tables named after the operation
     (QUANTIZE, DEQUANTIZE, VEC_DOT, MATMUL: key -> function with the spec's row signature, without
-    the format or scheme argument). Subclasses name their package's modules in MODULES (paths
-    relative to the package, mirroring the spec's: "ggml.legacy" twins refquant/ggml/legacy.py);
-    the claims are the union of the tables, so an implementation joins by its module's table.
+    the format or scheme argument). Its twin modules are found in its package's files: every
+    module (not one whose name begins with "_") that defines a table at the top of its source, by
+    its path relative to the package, mirroring the spec's ("ggml.legacy" twins
+    refquant/ggml/legacy.py). The claims are the union of the tables, so an implementation joins
+    by its module's table.
 
-    A subclass may also declare what each module's tables hold in DECLARED (module -> {op: keys,
-    as a space-separated string or a function returning them}): then a module is imported at the
-    first call of one of its keys, not when the backend is made, so a call pays only for the
-    module it needs (its import, and its kernels' compilation or cache loads). A key missing from
-    DECLARED is still found: asking for it (or for all the claims) imports every module once.
-    `declared()` and `loaded()` give the two views, for a test that they agree."""
+    Each twin module also declares what its tables hold in a literal beside them,
 
-    MODULES: tuple = ()
-    DECLARED: dict | None = None
+        DECLARES = {"quantize": "Q4_0 Q4_1", "dequantize": "Q4_0 Q4_1"}
+
+    (op -> keys, space-separated; or "module:attribute", a spec table whose keys they are:
+    "refquant.minifloat:FORMATS"), which the backend reads from the source without importing the
+    module: a module is imported at the first call of one of its keys, not when the backend is
+    made, so a call pays only for the module it needs (its import, and its kernels' compilation
+    or cache loads). A key missing from the declarations is still found: asking for it (or for
+    all the claims) imports every twin module once. `declared()` and `loaded()` give the two
+    views, for a test that they agree."""
+
     TABLES = {"quantize": "QUANTIZE", "dequantize": "DEQUANTIZE", "vec_dot": "VEC_DOT", "matmul": "MATMUL"}
 
     @classmethod
     def _package(cls) -> str:
-        return next(c for c in cls.__mro__ if "MODULES" in c.__dict__).__module__
+        return next(c for c in cls.__mro__ if TableBackend in c.__bases__).__module__
+
+    @classmethod
+    def modules(cls) -> tuple:
+        """The twin modules, by their path relative to the package ("ggml.legacy")."""
+        return tuple(twin_modules(cls._package()))
+
+    @classmethod
+    def declarations(cls) -> dict:
+        """module -> its DECLARES literal, for the twin modules that have one."""
+        return {m: d for m, d in twin_modules(cls._package()).items() if d is not None}
 
     @classmethod
     def declared(cls) -> dict:
-        """op -> {key: module path} from DECLARED."""
+        """op -> {key: module path} from the twin modules' DECLARES."""
         out = {op: {} for op in cls.TABLES}
-        for m, ops in (cls.DECLARED or {}).items():
+        for m, ops in cls.declarations().items():
             for op, keys in ops.items():
-                for k in (keys() if callable(keys) else keys.split()):
-                    out[op][k] = f"{cls._package()}.{m}"
+                if op not in out:
+                    raise RefquantError(f"{cls._package()}.{m}: DECLARES names {op!r}, not an operation "
+                                        f"({', '.join(cls.TABLES)})")
+                if ":" in keys:
+                    module, _, attr = keys.partition(":")
+                    keys = " ".join(getattr(importlib.import_module(module), attr))
+                for k in keys.split():
+                    _put(out[op], op, k, f"{cls._package()}.{m}")
         return out
 
     @classmethod
     def loaded(cls) -> dict:
         """op -> {key: module path} from the modules' own tables (imports every module)."""
         out = {op: {} for op in cls.TABLES}
-        for m in cls.MODULES:
+        for m in cls.modules():
             mod = importlib.import_module(f"{cls._package()}.{m}")
             for op, attr in cls.TABLES.items():
-                out[op].update({k: mod.__name__ for k in getattr(mod, attr, {})})
+                for k in getattr(mod, attr, {}):
+                    _put(out[op], op, k, mod.__name__)
         return out
 
     def __init__(self):
-        self._complete = self.DECLARED is None
-        self._use(self.loaded() if self._complete else self.declared())
+        self._complete = False
+        self._use(self.declared())
 
     def _use(self, where: dict) -> None:
         self._t = {op: _LazyTable(attr, where[op]) for op, attr in self.TABLES.items()}

@@ -73,8 +73,40 @@ def test_declared_claims_are_the_twin_modules_tables():
     """The backend claims from its declaration (so that a call imports one twin module): every
     key declared is in the declared module's table, and every table's key is declared."""
     from refquant_backends.numba import NumbaBackend
-    assert set(NumbaBackend.DECLARED) == set(NumbaBackend.MODULES)
+    assert set(NumbaBackend.declarations()) == set(NumbaBackend.modules())   # every twin declares
     assert NumbaBackend.declared() == NumbaBackend.loaded()
+
+
+def test_twin_modules_are_found_in_the_package_files():
+    """The twin modules are the package's modules that define tables: the spec's mirror paths,
+    not its helpers (numerics, simd, warm, ggml.search: no tables)."""
+    from refquant_backends.numba import NumbaBackend
+    assert set(NumbaBackend.modules()) == {
+        "ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.iquants_grid", "ggml.iquants_iq1",
+        "ggml.lowbit", "ggml.fp4", "ggml.dot", "minifloat", "gemm"}
+
+
+def test_declarations_are_read_without_importing(tmp_path):
+    """In a fresh process, making the backend and reading every declaration imports no twin module."""
+    import subprocess
+    import sys
+    code = ("import sys; from refquant_backends.numba import NumbaBackend; b = NumbaBackend(); "
+            "assert b._claimed >= {('quantize', 'Q4_0'), ('quantize', 'E4M3FN'), ('vec_dot', 'Q2_0'), ('matmul', 'FP8')}; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('refquant_backends.numba.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [], out
+
+
+def test_a_declaration_must_be_a_literal_of_operations(tmp_path):
+    from refquant.backend import _declares
+    from refquant.errors import RefquantError
+    assert _declares(tmp_path / "m.py", 'X = 1\nDECLARES = {"quantize": "A B",\n            "vec_dot": "A"}  # c\nY = 2\n') \
+        == {"quantize": "A B", "vec_dot": "A"}
+    assert _declares(tmp_path / "m.py", "QUANTIZE = {}\n") is None
+    with pytest.raises(RefquantError):
+        _declares(tmp_path / "m.py", "DECLARES = {'quantize': KEYS}\n")
+    with pytest.raises(RefquantError):
+        _declares(tmp_path / "m.py", "DECLARES = {'quantize': ['A']}\n")
 
 
 def test_a_key_missing_from_the_declaration_is_still_claimed():
@@ -82,7 +114,9 @@ def test_a_key_missing_from_the_declaration_is_still_claimed():
     from refquant_backends.numba import NumbaBackend
 
     class Partial(NumbaBackend):
-        DECLARED = {"ggml.legacy": {"quantize": "Q4_0"}}
+        @classmethod
+        def declarations(cls):
+            return {"ggml.legacy": {"quantize": "Q4_0"}}
     b = Partial()
     assert b.supports("quantize", "Q4_0") and b.supports("quantize", "Q8_0") and b.supports("vec_dot", "Q2_K")
     assert b.claims() == NumbaBackend().claims()

@@ -5,7 +5,9 @@
 
 Its modules mirror the spec's (backends/cupy/ggml/legacy.py is the twin of
 refquant/ggml/legacy.py, backends/cupy/gemm.py of refquant/gemm.py); each lists what it runs in
-tables named after the operation (DEQUANTIZE, MATMUL), and the claims are their union.
+tables named after the operation (DEQUANTIZE, MATMUL) and names their keys in a DECLARES literal
+beside them, and the claims are their union. The twin modules are found in this package's files
+(refquant.backend.TableBackend), so a new one joins by existing.
 Importing this package needs neither CuPy nor a GPU; running a claimed operation needs both.
 Nothing here has been run on a GPU yet: see spec/backends/cupy.md.
 """
@@ -32,7 +34,6 @@ def gpu_available() -> tuple[bool, str]:
 
 class CupyBackend(TableBackend):
     name = "cupy"
-    MODULES = ("ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.fp4", "gemm")
 
     def accumulation(self, op, key, K, weight=None):
         from .gemm import accumulation

@@ -109,6 +109,9 @@ def fp8_matmul(a, w, activation="none"):
     return out.get()
 
 
+# What the table below holds, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend); tests/test_cupy_host.py holds it equal to the table.
+DECLARES = {"matmul": "W4A16 FP8"}
 MATMUL = {"W4A16": w4a16_matmul, "FP8": fp8_matmul}
 
 

@@ -8,9 +8,12 @@
 Its modules mirror the spec's: backends/numba/ggml/legacy.py is the twin of
 refquant/ggml/legacy.py, backends/numba/gemm.py of refquant/gemm.py. Each twin module lists what
 it implements in tables named after the operation (QUANTIZE, DEQUANTIZE, VEC_DOT, MATMUL: key ->
-function with the spec's signature); the backend's claims are the union of those tables, so a
-format joins the backend when its twin module is added to MODULES and its keys to DECLARED (which
-lets a call import only the twin module it needs). Everything else falls back to the spec
+function with the spec's signature) and names their keys in a literal beside them
+(`DECLARES = {"quantize": "Q4_0 Q4_1 ...", ...}`), which the backend reads from the source
+without importing the module, so a call imports only the twin module it needs. The backend's
+claims are the union of the tables, and the twin modules are found in this package's files: a
+format joins the backend when its twin module's tables and DECLARES name it, and a new twin
+module joins by existing; nothing here lists them. Everything else falls back to the spec
 (`supports(op, key)` says which).
 
 Claimed (the tables are the list: `supports(op, key)` answers per key, `refquant formats` lists
@@ -44,35 +47,12 @@ from refquant.backend import TableBackend
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _minifloats():
-    from refquant.minifloat import FORMATS  # the names the minifloat twin builds its tables from
-    return tuple(FORMATS)
-
-
 class NumbaBackend(TableBackend):
     name = "numba"
-    # The twin modules, by their path relative to the spec's package. New families join this list.
-    MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.iquants_grid", "ggml.lowbit",
-               "ggml.fp4", "ggml.dot", "minifloat", "affine", "gemm", "ggml.iquants_iq1")
-    # What each module's tables hold, so that a call imports only the module it needs (a quantize
-    # to Q4_0 loads ggml.legacy alone; see TableBackend). tests/test_backend_numba.py checks this
-    # against every module's tables.
-    DECLARED = {
-        "ggml.floats": {"quantize": "F16 BF16", "dequantize": "F16 BF16"},
-        "ggml.legacy": {"quantize": "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1", "dequantize": "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1"},
-        "ggml.kquants": {"quantize": "Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K", "dequantize": "Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K"},
-        "ggml.iquants": {"quantize": "IQ4_NL IQ4_XS", "dequantize": "IQ4_NL IQ4_XS"},
-        "ggml.iquants_grid": {"quantize": "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S",
-                              "dequantize": "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M"},
-        "ggml.iquants_iq1": {"quantize": "IQ1_S IQ1_M"},
-        "ggml.lowbit": {"quantize": "TQ1_0 TQ2_0 Q1_0 Q2_0", "dequantize": "TQ1_0 TQ2_0 Q1_0 Q2_0", "vec_dot": "Q2_0"},
-        "ggml.fp4": {"quantize": "MXFP4 NVFP4", "dequantize": "MXFP4 NVFP4"},
-        "ggml.dot": {"vec_dot": "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL MXFP4 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS TQ1_0 TQ2_0 "
-                                "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M Q1_0 NVFP4"},
-        "minifloat": {"quantize": _minifloats, "dequantize": _minifloats},
-        "affine": {},
-        "gemm": {"matmul": "W8A8 W4A16 FP8"},
-    }
+    # The twin modules are the package's modules that define tables (found in its files), and each
+    # names its keys in its DECLARES, so that a call imports only the module it needs (a quantize
+    # to Q4_0 loads ggml.legacy alone; see TableBackend). tests/test_backend_numba.py checks the
+    # declarations against every module's tables.
 
     def accumulation(self, op, key, K, weight=None):
         from .gemm import accumulation

@@ -365,6 +365,9 @@ def fp8_matmul(a, w, activation="none"):
     return out
 
 
+# What the tables below hold, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend); tests/test_backend_numba.py holds it equal to the tables.
+DECLARES = {"matmul": "W8A8 W4A16 FP8"}
 MATMUL = {"W8A8": w8a8_matmul, "W4A16": w4a16_matmul, "FP8": fp8_matmul}
 
 

@@ -176,5 +176,8 @@ def _rows(f):
 
 
 _ROWS = {name: _rows(f) for name, f in FORMATS.items()}
+# What the tables below hold, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend): every format of the spec's table, named as "module:table".
+DECLARES = {"quantize": "refquant.minifloat:FORMATS", "dequantize": "refquant.minifloat:FORMATS"}
 QUANTIZE = {name: q for name, (q, _) in _ROWS.items()}
 DEQUANTIZE = {name: dq for name, (_, dq) in _ROWS.items()}

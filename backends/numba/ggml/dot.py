@@ -655,3 +655,9 @@ def _make_nested(name):
 
 
 VEC_DOT.update({name: _make_nested(name) for name in NESTED_KIND})
+
+# What VEC_DOT holds (built above from KIND, K_KIND, IQ_KIND and NESTED_KIND), read from this line
+# by the backend without importing the module (refquant.backend.TableBackend);
+# tests/test_backend_numba.py holds it equal to the table.
+DECLARES = {"vec_dot": "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL MXFP4 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS TQ1_0 TQ2_0 "
+                       "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M Q1_0 NVFP4"}

@@ -65,5 +65,8 @@ def dequantize_bf16(data):
     return out.view(np.float32)
 
 
+# What the tables below hold, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend); tests/test_backend_numba.py holds it equal to the tables.
+DECLARES = {"quantize": "F16 BF16", "dequantize": "F16 BF16"}
 QUANTIZE = {"F16": quantize_f16, "BF16": quantize_bf16}
 DEQUANTIZE = {"F16": dequantize_f16, "BF16": dequantize_bf16}

@@ -170,5 +170,8 @@ def dequantize_nvfp4(data):
     return out
 
 
+# What the tables below hold, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend); tests/test_backend_numba.py holds it equal to the tables.
+DECLARES = {"quantize": "MXFP4 NVFP4", "dequantize": "MXFP4 NVFP4"}
 QUANTIZE = {"MXFP4": quantize_mxfp4, "NVFP4": quantize_nvfp4}
 DEQUANTIZE = {"MXFP4": dequantize_mxfp4, "NVFP4": dequantize_nvfp4}

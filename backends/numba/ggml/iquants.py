@@ -243,5 +243,8 @@ def dequantize_iq4_xs(data):
     return out
 
 
+# What the tables below hold, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend); tests/test_backend_numba.py holds it equal to the tables.
+DECLARES = {"quantize": "IQ4_NL IQ4_XS", "dequantize": "IQ4_NL IQ4_XS"}
 QUANTIZE = {"IQ4_NL": quantize_iq4_nl, "IQ4_XS": quantize_iq4_xs}
 DEQUANTIZE = {"IQ4_NL": dequantize_iq4_nl, "IQ4_XS": dequantize_iq4_xs}

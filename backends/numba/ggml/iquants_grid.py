@@ -763,6 +763,10 @@ def quantize_iq3_s(x, imatrix=None):
     return out
 
 
+# What the tables below hold, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend); tests/test_backend_numba.py holds it equal to the tables.
+DECLARES = {"quantize": "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S",
+            "dequantize": "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M"}
 QUANTIZE = {"IQ2_XXS": quantize_iq2_xxs, "IQ2_XS": quantize_iq2_xs, "IQ2_S": quantize_iq2_s,
             "IQ3_XXS": quantize_iq3_xxs, "IQ3_S": quantize_iq3_s}
 DEQUANTIZE = {"IQ2_XXS": dequantize_iq2_xxs, "IQ2_XS": dequantize_iq2_xs, "IQ2_S": dequantize_iq2_s,

@@ -485,4 +485,7 @@ def quantize_iq1_m(x, imatrix=None):
     return out
 
 
+# What the tables below hold, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend); tests/test_backend_numba.py holds it equal to the tables.
+DECLARES = {"quantize": "IQ1_S IQ1_M"}
 QUANTIZE = {"IQ1_S": quantize_iq1_s, "IQ1_M": quantize_iq1_m}

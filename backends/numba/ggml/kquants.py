@@ -667,6 +667,9 @@ def dequantize_q8_k(data):
     return out
 
 
+# What the tables below hold, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend); tests/test_backend_numba.py holds it equal to the tables.
+DECLARES = {"quantize": "Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K", "dequantize": "Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K"}
 QUANTIZE = {"Q2_K": quantize_q2_k, "Q3_K": quantize_q3_k, "Q4_K": quantize_q4_k,
             "Q5_K": quantize_q5_k, "Q6_K": quantize_q6_k, "Q8_K": quantize_q8_k}
 DEQUANTIZE = {"Q2_K": dequantize_q2_k, "Q3_K": dequantize_q3_k, "Q4_K": dequantize_q4_k,

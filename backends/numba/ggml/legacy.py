@@ -407,6 +407,9 @@ def dequantize_q8_1(data):
     return out
 
 
+# What the tables below hold, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend); tests/test_backend_numba.py holds it equal to the tables.
+DECLARES = {"quantize": "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1", "dequantize": "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1"}
 QUANTIZE = {"Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1, "Q5_0": quantize_q5_0,
             "Q5_1": quantize_q5_1, "Q8_0": quantize_q8_0, "Q8_1": quantize_q8_1}
 DEQUANTIZE = {"Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1, "Q5_0": dequantize_q5_0,

@@ -288,6 +288,9 @@ dequantize_q1_0 = _wrap(_dequantize_q1_0, QK1_0, Q1_0_TS, False)
 quantize_q2_0 = _wrap(_quantize_q2_0, QK2_0, Q2_0_TS, True)
 dequantize_q2_0 = _wrap(_dequantize_q2_0, QK2_0, Q2_0_TS, False)
 
+# What the tables below hold, read from this line by the backend without importing the module
+# (refquant.backend.TableBackend); tests/test_backend_numba.py holds it equal to the tables.
+DECLARES = {"quantize": "TQ1_0 TQ2_0 Q1_0 Q2_0", "dequantize": "TQ1_0 TQ2_0 Q1_0 Q2_0", "vec_dot": "Q2_0"}
 QUANTIZE = {"TQ1_0": quantize_tq1_0, "TQ2_0": quantize_tq2_0, "Q1_0": quantize_q1_0, "Q2_0": quantize_q2_0}
 DEQUANTIZE = {"TQ1_0": dequantize_tq1_0, "TQ2_0": dequantize_tq2_0, "Q1_0": dequantize_q1_0,
               "Q2_0": dequantize_q2_0}
