@@ -18,7 +18,7 @@ LLMC_DIR := $(VENV)/llmcompressor-nodeps
 MLD07_PKG := ml_dtypes==0.7.0
 MLD07_DIR := $(VENV)/ml_dtypes-0.7
 
-.PHONY: demo demo-quality test test-deep conformance-numba fuzz bench bench-numba bench-scale bench-gpu install clean
+.PHONY: demo demo-quality test test-deep conformance-numba fuzz bench bench-numba bench-kernels bench-scale bench-gpu install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,11 @@ bench: $(VENV)/.installed
 
 bench-numba: $(VENV)/.installed
 	$(PY) benchmarks/bench_numba.py
+
+# The kernel table alone (issue 18's point 2): per type, quantize and dequantize, ggml C on one
+# thread against the public API on one and on two threads, CPU and wall. ~2.5 min on 2 cores.
+bench-kernels: $(VENV)/.installed
+	$(PY) benchmarks/bench_numba.py --kernels
 
 # Scale-out: N local workers against one process, and against llama.cpp with time and peak memory
 # on a synthetic 8 GiB F16 file (written under /tmp, deleted after; needs ~30 GB free)

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_numba.py [--rows 1024 --cols 4096 --repeat 5] [--types Q4_K,IQ4_XS]
                                      [--ops quantize,dequantize] [--skip-extras]
+    python benchmarks/bench_numba.py --kernels [--repeat 7] [--types ...]    # `make bench-kernels`
 
 * quantize / dequantize of a 1024x4096 float32 matrix for every type the backend claims (the
   issue's targets Q4_0, Q8_0, Q4_K, Q6_K, IQ4_XS first), one thread each: ggml's
@@ -11,6 +12,14 @@
   speed-up (wall time, one thread against all). Ratio = Numba time / ggml time (below 1: Numba
   is faster), by the wall clock and by the process's CPU time (on a loaded host the wall clock
   also counts waiting for a core); the load average is printed before and after.
+* --kernels: the kernel table alone (a couple of minutes on an idle 2-core host): per type,
+  quantize and dequantize, ggml's C on one thread, the backend's public API on one thread and
+  on two (numba.set_num_threads), each timed by the wall clock and by the process's CPU time in
+  the same calls (median of --repeat), the ratio ours / ggml on one thread (CPU and wall) and
+  the two-thread speed-up (one-thread wall / two-thread wall). The targets (issue 18): ratio
+  <= 1.0 on one thread, speed-up >= 1.7 for a kernel whose one-thread call takes over 1 ms; the
+  last column names what a row misses. The load average is printed before, every few rows,
+  and after: only an idle host's speed-ups mean anything.
 * batch-1 W4A16 matmul (N = K = 4096, groups of 128, act-order g_idx) in GB/s of the bytes one
   call actually reads and writes (the weight as the backend prepares it once: codes packed two
   per byte, fp32 scales, uint8 zeros; the activation; the output), against the machine's copy
@@ -77,6 +86,58 @@ def best2(fn, repeat):
     return best(fn, repeat), best(fn, repeat, time.process_time)
 
 
+def timed(fn, repeat):
+    """(median wall s, median CPU s) over `repeat` calls after one untimed call, both clocks read
+    around the same calls (CPU: time.process_time, every thread of the process)."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeat):
+        c, t = time.process_time(), time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return float(np.median(walls)), float(np.median(cpus))
+
+
+# The kernel table's types: legacy, K and IQ4 (issue 18's targets), then the others it states.
+KERNEL_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
+                "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "F16", "BF16"]
+
+
+def kernel_table(nb, x, types, repeat, threads=2):
+    """The per-kernel table: see the module's docstring (--kernels)."""
+    print(f"{'op':<11}{'type':<7}{'C 1T ms':>9}{'ours 1T':>9}{'ratio':>7}{'wall ratio':>11}"
+          f"{'ours ' + str(threads) + 'T':>9}{'2T cpu':>8}{'speed-up':>9}  {'misses':<}")
+    print(f"{'':18}{'(cpu)':>9}{'(cpu)':>9}{'(cpu)':>7}{'':>11}{'(wall)':>9}{'ms':>8}{'(wall)':>9}")
+    missed = []
+    for i, qt in enumerate(types):
+        if i and i % 5 == 0:
+            print(f"  ... {load()}", flush=True)
+        cq, cdq = ggml_fns(qt)
+        q = cq(x)
+        assert (nb.quantize(x, qt) == q).all(), f"{qt}: not ggml's bytes"
+        assert (nb.dequantize(q, qt).view(np.uint32) == cdq(q).view(np.uint32)).all(), f"{qt}: not ggml's floats"
+        for op, c_fn, nb_fn in [("quantize", lambda: cq(x), lambda: nb.quantize(x, qt)),
+                                ("dequantize", lambda: cdq(q), lambda: nb.dequantize(q, qt))]:
+            numba.set_num_threads(1)
+            tc, cc = timed(c_fn, repeat)
+            t1, c1 = timed(nb_fn, repeat)
+            numba.set_num_threads(threads)
+            t2, c2 = timed(nb_fn, repeat)
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+            miss = []
+            if c1 / cc > 1.0:
+                miss.append("ratio")
+            if t1 > 1e-3 and t1 / t2 < 1.7:
+                miss.append("speed-up")
+            if miss:
+                missed.append(f"{op} {qt} ({', '.join(miss)})")
+            print(f"{op:<11}{qt:<7}{cc * 1e3:9.2f}{c1 * 1e3:9.2f}{c1 / cc:7.2f}{t1 / tc:11.2f}"
+                  f"{t2 * 1e3:9.2f}{c2 * 1e3:8.2f}{t1 / t2:9.2f}  {' '.join(miss)}", flush=True)
+    print(f"after the table: {load()}")
+    print("missed: " + ("; ".join(missed) if missed else "none"))
+
+
 def load():
     return "load average " + " / ".join(f"{v:.1f}" for v in os.getloadavg()) + f" (1/5/15 min) on {os.cpu_count()} cores"
 
@@ -132,6 +193,8 @@ def main():
     ap.add_argument("--types", default=",".join(TYPES), help="comma-separated ggml type names")
     ap.add_argument("--ops", default="quantize,dequantize", help="quantize, dequantize or both")
     ap.add_argument("--skip-extras", action="store_true", help="only the quantize/dequantize table")
+    ap.add_argument("--kernels", action="store_true",
+                    help="only the kernel table: ggml 1T, ours 1T and 2T, CPU and wall (make bench-kernels)")
     args = ap.parse_args()
     nb = NumbaBackend()
     rng = np.random.default_rng(0)
@@ -141,6 +204,12 @@ def main():
     print(f"matrix {args.rows}x{args.cols} float32; numba {numba.__version__}, {ncores} threads available, "
           f"threading layer {numba.threading_layer()}; median of {args.repeat} (1 thread) / "
           f"{4 * args.repeat} ({ncores} threads); {load()}")
+    if args.kernels:
+        types = KERNEL_TYPES if args.types == ",".join(TYPES) else args.types.split(",")
+        print(f"kernel table: median of {args.repeat} calls per cell (after one untimed call), "
+              f"ratio = ours / ggml C, both on one thread")
+        kernel_table(nb, x, types, args.repeat)
+        return
     print(f"{'op':<11}{'type':<7}{'ggml C 1T ms':>13}{'numba 1T ms':>12}{'ratio':>7}"
           f"{'C cpu ms':>10}{'nb cpu ms':>10}{'ratio':>7}{'numba ' + str(ncores) + 'T ms':>14}{'speed-up':>9}")
     for qt in args.types.split(","):
