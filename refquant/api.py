@@ -32,13 +32,14 @@ def _where(idx: tuple) -> str:
 
 
 def check_floats(x, who, what: str = "x", *, block: Optional[int] = None, dtypes: tuple = (np.float32,),
-                 why: Optional[str] = None) -> np.ndarray:
+                 why: Optional[str] = None, finite=all_finite) -> np.ndarray:
     """The one input check of float arrays: `x` a numpy array of one of `dtypes` (float32 unless
     said) with at least one dimension and no NaN or Inf; with `block`, its last dimension a
     positive multiple of the block size (otherwise: not empty). `who` names the caller in the
     one-line message: a format record (its name, and its block size unless `block` is given) or
     a string. `why` ends the message on a non-finite value (a record's default: ggml's output for
-    NaN and Inf is undefined). Returns x as it is."""
+    NaN and Inf is undefined). `finite`: the test of the float32 values (a backend may pass its
+    own, e.g. on several threads; same answer as all_finite). Returns x as it is."""
     if isinstance(who, Format):
         block = who.block_size if block is None else block
         why = _GGML_NAN if why is None else why
@@ -59,7 +60,7 @@ def check_floats(x, who, what: str = "x", *, block: Optional[int] = None, dtypes
     if block is None and x.size == 0:
         raise InputError(f"{who}: {what} is empty (shape {x.shape})")
     xf = x if x.dtype == np.float32 else x.astype(np.float32)
-    if not all_finite(xf):
+    if not finite(xf):
         idx = tuple(int(i) for i in np.argwhere(~np.isfinite(xf))[0])
         raise InputError(f"{who}: {what} has a non-finite value {float(x[idx])} at {_where(idx)}"
                          + (f"; {why}" if why else ""))

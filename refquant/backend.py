@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .api import check_bytes, check_floats, check_imatrix, dequantized_shape, quantized_shape
+from .api import all_finite, check_bytes, check_floats, check_imatrix, dequantized_shape, quantized_shape
 from .errors import FormatError, RefquantError
 from .registry import IMATRIX_NONE, all_formats, get_format
 
@@ -179,6 +179,12 @@ class Backend:
     def set_num_threads(self, n: int) -> None:
         pass
 
+    # The input check's test of float32 values (refquant.api.all_finite): a backend may run it its
+    # own way (the Numba backend: on its threads), with the same answer.
+    @staticmethod
+    def all_finite(x: np.ndarray) -> bool:
+        return all_finite(x)
+
     # Row functions: x (nrows, n) float32 -> (nrows, row_bytes) uint8 and back. Overridden.
     def quantize_rows(self, fmt, x, imatrix, search=None):
         if search is not None:
@@ -196,7 +202,7 @@ class Backend:
         if search is not None and search not in quantize_searches(fmt):
             raise RefquantError(f"{fmt.name} has no quantizer search {search!r}; "
                                 f"known: {', '.join(quantize_searches(fmt)) or 'none'}")
-        x = check_floats(x, fmt)
+        x = check_floats(x, fmt, finite=self.all_finite)
         im = check_imatrix(imatrix, fmt, x.shape[-1])
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] == 0:           # zero rows: zero rows of bytes
@@ -237,7 +243,7 @@ class Backend:
         w = check_bytes(w, fmt)
         if w.ndim != 2:
             raise RefquantError(f"{fmt.name} vec_dot: weights must be 2-D (N, row_bytes), got shape {w.shape}")
-        a = check_floats(a, fmt, "activations")
+        a = check_floats(a, fmt, "activations", finite=self.all_finite)
         if a.ndim != 2 or a.shape[1] != w.shape[1] // fmt.type_size * fmt.block_size:
             raise RefquantError(f"{fmt.name} vec_dot: activations must be (M, {w.shape[1] // fmt.type_size * fmt.block_size}), "
                                 f"got {a.shape}")

@@ -234,6 +234,40 @@ def test_large_matrix_bit_exact(nb):
         np.testing.assert_array_equal(nb.quantize(x, qt, im), refquant.quantize(x, qt, im))
 
 
+def test_input_check_on_the_threads_gives_the_specs_answer_and_message(nb):
+    """The Numba backend's NaN/Inf test (one pass over the bits, a chunk per thread) against the
+    spec's all_finite on arrays above its parallel threshold, with the bad value at a chunk's
+    first and last position, on one thread and on all; the error a quantize raises is the
+    spec's, word for word."""
+    from refquant.api import all_finite
+    from refquant.errors import InputError
+    from refquant_backends.numba.api import PARALLEL_MIN, all_finite as nb_finite
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2 * PARALLEL_MIN // 1024 + 2, 1024)) * 0.02).astype(np.float32)
+    n = x.size
+    bad = [np.nan, -np.nan, np.inf, -np.inf, np.float32(3.4e38), -0.0, np.float32(1e-45)]
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            assert nb_finite(x) and all_finite(x)
+            for v in bad:
+                for pos in (0, n // 2 - 1, n // 2, n - 1):
+                    y = x.copy()
+                    y.reshape(-1)[pos] = v
+                    assert nb_finite(y) == all_finite(y), (v, pos, threads)
+                    if not all_finite(y):
+                        with pytest.raises(InputError) as spec_err:
+                            refquant.quantize(y, "Q8_0")
+                        with pytest.raises(InputError) as nb_err:
+                            nb.quantize(y, "Q8_0")
+                        assert str(nb_err.value) == str(spec_err.value)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert nb_finite(x[:, ::2].copy()) and not nb_finite(np.full((PARALLEL_MIN,), np.nan, np.float32))
+    y = x[:, ::2]                      # not contiguous: the spec's reductions
+    assert nb_finite(y) == all_finite(y)
+
+
 # ------------------------------------------------- K-quants, IQ4, low-bit, FP4, minifloats
 
 NEW_GGML = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS",

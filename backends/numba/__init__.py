@@ -54,6 +54,12 @@ class NumbaBackend(TableBackend):
     # to Q4_0 loads ggml.legacy alone; see TableBackend). tests/test_backend_numba.py checks the
     # declarations against every module's tables.
 
+    @staticmethod
+    def all_finite(x):
+        """The input check's NaN/Inf test on the backend's threads (backends/numba/api.py)."""
+        from .api import all_finite
+        return all_finite(x)
+
     def accumulation(self, op, key, K, weight=None):
         from .gemm import accumulation
         return accumulation(op, key, K, weight)

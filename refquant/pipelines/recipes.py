@@ -961,7 +961,7 @@ def _quantize_rows(backend, x: np.ndarray, dst: str, imatrix) -> np.ndarray:
     if rows is None:
         return backend.quantize(x, dst, imatrix)
     fmt = get_format(dst)
-    x = check_floats(x, fmt)
+    x = check_floats(x, fmt, finite=backend.all_finite)
     im = check_imatrix(imatrix, fmt, x.shape[-1])
     with np.errstate(all="ignore"):
         return rows(x, im)
