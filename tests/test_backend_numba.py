@@ -145,6 +145,18 @@ def test_a_quantize_imports_only_its_twin_module(tmp_path):
     assert not {f"refquant_backends.numba.{m}" for m in twins} & set(out), out
 
 
+def test_a_kernel_loads_without_scipy_linalg_and_the_blas_probe_answers_as_numba():
+    """In a fresh process, a kernel runs without Numba's target set-up importing SciPy's linalg
+    (backends/numba/startup.py), and the deferred probe, once read, gives Numba's own answer."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, refquant; nb = refquant.get_backend('refquant_backends.numba:NumbaBackend'); "
+            "nb.quantize(np.ones((1, 32), np.float32), 'Q8_0'); print('scipy.linalg' in sys.modules); "
+            "from numba.np import arraymath; print(bool(arraymath._HAVE_BLAS) == arraymath._check_blas())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"], out
+
+
 def test_unknown_operation_and_key_are_refused(nb):
     with pytest.raises(refquant.RefquantError):
         nb.supports("transpose", "Q4_0")

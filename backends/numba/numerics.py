@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
+
+from . import startup  # noqa: F401  (before the first kernel loads: see startup.py)
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
