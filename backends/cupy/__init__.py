@@ -7,7 +7,11 @@ Its modules mirror the spec's (backends/cupy/ggml/legacy.py is the twin of
 refquant/ggml/legacy.py, backends/cupy/gemm.py of refquant/gemm.py); each lists what it runs in
 tables named after the operation (DEQUANTIZE, MATMUL) and names their keys in a DECLARES literal
 beside them, and the claims are their union. The twin modules are found in this package's files
-(refquant.backend.TableBackend), so a new one joins by existing.
+(refquant.backend.TableBackend), so a new one joins by existing. The kernels' block sizes and
+byte offsets come from the formats' declared layouts (refquant.ggml.layout): host-side from the
+format record, and in the CUDA sources as macros (RQ_Q4_K_TYPE_SIZE, RQ_Q4_K_SCALES, ...)
+generated from the layouts and put in front of each source when it is compiled
+(_runtime.layout_defines; tests/test_cupy_twins.py holds them to the C structs).
 Importing this package needs neither CuPy nor a GPU; running a claimed operation needs both.
 Nothing here has been run on a GPU yet: see spec/backends/cupy.md.
 """

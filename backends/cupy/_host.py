@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._runtime import HERE
+from ._runtime import HERE, layout_defines
 
 DEQUANT_KERNELS = ("dequantize_q4_0", "dequantize_q8_0", "dequantize_q4_k", "dequantize_q5_k",
                    "dequantize_q6_k", "dequantize_iq4_xs", "dequantize_mxfp4")
@@ -57,7 +57,7 @@ def library():
     if cxx is None:
         raise RuntimeError("no C++ compiler (c++, g++ or clang++) on this machine")
     tmp = Path(tempfile.mkdtemp(prefix="refquant-cupy-host-"))
-    src = "#define RQ_HOST 1\n" + "".join(f'#include "{s}"\n' for s in SOURCES) + _GRID + _wrappers() + "\n"
+    src = "#define RQ_HOST 1\n" + layout_defines() + "".join(f'#include "{s}"\n' for s in SOURCES) + _GRID + _wrappers() + "\n"
     (tmp / "host.cpp").write_text(src)
     so = tmp / "host.so"
     cmd = [cxx, "-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",

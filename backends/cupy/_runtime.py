@@ -1,7 +1,8 @@
 """Loading and compiling the CuPy backend's CUDA sources.
 
 Sources are the .cu files beside the launchers; each is compiled as one module with the options
-below (no fast math, no contraction: -fmad=false). On a machine with a GPU, `module(path)` loads
+below (no fast math, no contraction: -fmad=false), behind the block-layout macros generated from
+the spec (`layout_defines`: sizes and field offsets, so that no kernel writes a byte offset). On a machine with a GPU, `module(path)` loads
 it through cupy.RawModule (NVRTC, for the device's own architecture). Without one,
 `compile_nvrtc(path, arch)` calls NVRTC directly through cupy.cuda.nvrtc -- which needs no
 device -- and `compile_nvcc(path, arch)` runs nvcc when it is installed; both return the cubin
@@ -25,8 +26,33 @@ ARCHS = ("sm_80", "sm_89", "sm_90a")
 SOURCES = ("ggml/legacy.cu", "ggml/kquants.cu", "ggml/iquants.cu", "ggml/fp4.cu", "gemm_plain.cu", "gemm.cu", "gemm_sm90.cu")
 
 
+@functools.lru_cache(maxsize=None)
+def layout_defines() -> str:
+    """C macros for every ggml block layout of the spec (refquant.ggml.layout), put in front of
+    each source when it is compiled: RQ_<type>_BLOCK_SIZE (values per block),
+    RQ_<type>_TYPE_SIZE (bytes per block) and RQ_<type>_<FIELD> (the field's byte offset in
+    the block), so that the kernels name fields, not byte offsets. tests/test_cupy_twins.py holds
+    them equal to the layouts."""
+    from refquant.registry import all_formats
+    lines = ["// Generated from the spec's block layouts (refquant.ggml.layout) by _runtime.layout_defines."]
+    for f in sorted(all_formats(), key=lambda f: f.name):
+        layout = getattr(f, "layout", None)
+        if layout is None:
+            continue
+        t = re.sub(r"\W", "_", f.name.upper())
+        lines.append(f"#define RQ_{t}_BLOCK_SIZE {layout.block_size}")
+        lines.append(f"#define RQ_{t}_TYPE_SIZE {layout.type_size}")
+        for field in layout.fields:
+            name = field.name.upper()
+            if name in ("BLOCK_SIZE", "TYPE_SIZE"):
+                raise ValueError(f"{f.name}: a field named {field.name} would shadow the block's size macro")
+            lines.append(f"#define RQ_{t}_{name} {layout.offset(field.name)}")
+    return "\n".join(lines) + "\n"
+
+
 def source(rel: str) -> str:
-    return (HERE / rel).read_text()
+    """The text compiled for a source: the layout macros, then the file (line numbers kept)."""
+    return layout_defines() + f'#line 1 "{rel}"\n' + (HERE / rel).read_text()
 
 
 def _include_dirs(rel: str) -> list[str]:
@@ -108,8 +134,10 @@ def compile_nvcc(rel: str, arch: str) -> tuple[bytes, str]:
     virt = "compute_" + arch[3:]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "k.cubin"
+        src = Path(tmp) / Path(rel).name
+        src.write_text(source(rel))
         cmd = [nv, *OPTIONS, f"-gencode=arch={virt},code={code}", "-cubin", "-Xptxas", "-v",
-               *(f"-I{d}" for d in _include_dirs(rel)), "-o", str(out), str(HERE / rel)]
+               *(f"-I{d}" for d in _include_dirs(rel)), "-o", str(out), str(src)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             raise CompileError(f"{' '.join(cmd)}\n{r.stderr}")

@@ -147,7 +147,8 @@ extern "C" __global__ void splitk_reduce(const float* __restrict__ ws, int split
 }
 
 // ------------------------------------------------------------------------------------ Q4_K fused
-// Weights as the Q4_K rows themselves (N rows of K/256 blocks of 144 bytes): for sub-block s
+// Weights as the Q4_K rows themselves (N rows of K/256 blocks of 144 bytes; sizes and offsets
+// RQ_Q4_K_* generated from the layout in front of this source at compile time): for sub-block s
 // of 32 values, chunk c = s / 2, the codes are the low (s even) or high (s odd) nibbles of
 // qs[32c .. 32c + 31]. Each lane gathers its B-fragment codes from those bytes. Per sub-block:
 // P = sum a * q (mma, exact fp16 integer codes) and Sa = sum a (mma against ones), then
@@ -162,41 +163,41 @@ q4k_fused(const __half* __restrict__ A, const uint8_t* __restrict__ Wq, int M, i
           float* __restrict__ ws) {
     int lane = threadIdx.x & 31;
     int warp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int ntiles = N / 8, mtiles = (M + 15) / 16, nsb = K / 256;
+    int ntiles = N / 8, mtiles = (M + 15) / 16, nsb = K / RQ_Q4_K_BLOCK_SIZE;
     if (warp >= ntiles * mtiles * splits) return;
     int nt = warp % ntiles, rest = warp / ntiles, mt = rest % mtiles, split = rest / mtiles;
     int b0 = (int)((long long)split * nsb / splits), b1 = (int)((long long)(split + 1) * nsb / splits);
     int t = lane & 3, q = lane >> 2;
     int nb = nt * 8 + q;                           // the B-fragment column of this lane
-    const uint8_t* row = Wq + (long long)nb * nsb * 144;
+    const uint8_t* row = Wq + (long long)nb * nsb * RQ_Q4_K_TYPE_SIZE;
     uint32_t ones = 0x3C003C00u;                  // half2(1, 1)
     float tot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int blk = b0; blk < b1; ++blk) {
-        const uint8_t* b = row + (long long)blk * 144;
+        const uint8_t* b = row + (long long)blk * RQ_Q4_K_TYPE_SIZE;
         for (int s = 0; s < 8; ++s) {
             int c = s >> 1, sh = (s & 1) * 4;
             float P[4] = {0, 0, 0, 0}, Sa[4] = {0, 0, 0, 0};
 #pragma unroll
             for (int h = 0; h < 2; ++h) {       // two k16 steps per sub-block of 32
                 int kb = 16 * h + 2 * t;
-                const uint8_t* qs = b + 16 + 32 * c;
+                const uint8_t* qs = b + RQ_Q4_K_QS + 32 * c;
                 uint32_t b0r = pack_h2((qs[kb] >> sh) & 0xF, (qs[kb + 1] >> sh) & 0xF);
                 uint32_t b1r = pack_h2((qs[kb + 8] >> sh) & 0xF, (qs[kb + 9] >> sh) & 0xF);
                 uint32_t a[4];
-                load_a(a, A, M, K, mt * 16, blk * 256 + 32 * s + 16 * h, lane);
+                load_a(a, A, M, K, mt * 16, blk * RQ_Q4_K_BLOCK_SIZE + 32 * s + 16 * h, lane);
                 mma_16816(P, a, b0r, b1r);
                 mma_16816(Sa, a, ones, ones);
             }
             // C columns 2t, 2t+1: their scales come from those columns' own blocks
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const uint8_t* bc = Wq + ((long long)(nt * 8 + 2 * t + e) * nsb + blk) * 144;
-                const uint8_t* sc8 = bc + 4;
+                const uint8_t* bc = Wq + ((long long)(nt * 8 + 2 * t + e) * nsb + blk) * RQ_Q4_K_TYPE_SIZE;
+                const uint8_t* sc8 = bc + RQ_Q4_K_SCALES;
                 int scv, mv;
                 if (s < 4) { scv = sc8[s] & 63; mv = sc8[s + 4] & 63; }
                 else { scv = (sc8[s + 4] & 0xF) | ((sc8[s - 4] >> 6) << 4); mv = (sc8[s + 4] >> 4) | ((sc8[s] >> 6) << 4); }
-                float d1 = __fmul_rn(rq_fp16(rq_u16(bc)), (float)scv);
-                float m1 = __fmul_rn(rq_fp16(rq_u16(bc + 2)), (float)mv);
+                float d1 = __fmul_rn(rq_fp16(rq_u16(bc + RQ_Q4_K_D)), (float)scv);
+                float m1 = __fmul_rn(rq_fp16(rq_u16(bc + RQ_Q4_K_DMIN)), (float)mv);
                 tot[e] = __fadd_rn(tot[e], __fsub_rn(__fmul_rn(d1, P[e]), __fmul_rn(m1, Sa[e])));
                 tot[e + 2] = __fadd_rn(tot[e + 2], __fsub_rn(__fmul_rn(d1, P[e + 2]), __fmul_rn(m1, Sa[e + 2])));
             }

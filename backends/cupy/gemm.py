@@ -110,7 +110,7 @@ def fp8_matmul(a, w, activation="none"):
 
 
 # What the table below holds, read from this line by the backend without importing the module
-# (refquant.backend.TableBackend); tests/test_cupy_host.py holds it equal to the table.
+# (refquant.backend.TableBackend); tests/test_cupy_twins.py holds it equal to the table.
 DECLARES = {"matmul": "W4A16 FP8"}
 MATMUL = {"W4A16": w4a16_matmul, "FP8": fp8_matmul}
 
@@ -292,14 +292,17 @@ def w4a16_fused(a16, wd: "W4A16Device | object", splits: int | None = None):
 
 
 def q4k_fused(a16, wq, splits: int | None = None):
-    """Y (M, N) float32 on the device: float16 activations (M, K) against Q4_K rows (N, K/256*144)."""
+    """Y (M, N) float32 on the device: float16 activations (M, K) against Q4_K rows (N, K/256 blocks)."""
     cp = _cp()
+    from refquant.registry import get_format
+
     from ._runtime import kernel
     M, K = a16.shape
     N = wq.shape[0]
-    if N % 8 or K % 256:
-        raise ValueError("q4k_fused needs N % 8 == 0 and K % 256 == 0")
-    splits = splits or int(max(1, min(K // 256, 132 * 32 // max(1, (N // 8) * -(-M // 16)))))
+    QK = get_format("Q4_K").block_size
+    if N % 8 or K % QK:
+        raise ValueError(f"q4k_fused needs N % 8 == 0 and K % {QK} == 0")
+    splits = splits or int(max(1, min(K // QK, 132 * 32 // max(1, (N // 8) * -(-M // 16)))))
     ws = _empty((splits, M, N))
     warps = (N // 8) * (-(-M // 16)) * splits
     kernel(SRC, "q4k_fused")((-(-warps // WARPS_PER_BLOCK),), (32 * WARPS_PER_BLOCK,),
@@ -346,13 +349,17 @@ def emulate_q4k_fused(a: np.ndarray, wq: np.ndarray, splits: int = 1) -> np.ndar
     8 nt + q, nibble s%2; C columns 8 nt + 2t + {0, 1} scaled by their own blocks' d1, m1."""
     from refquant.ggml.kquants import unpack_scale_min_k4
     from refquant.numerics import fp16_bits_to_fp32
+    from refquant.registry import get_format
+    lay = get_format("Q4_K").layout
     M, K = a.shape
     N = wq.shape[0]
-    nsb = K // 256
-    blocks = wq.reshape(N, nsb, 144)
-    d = fp16_bits_to_fp32(blocks[:, :, 0:2].copy().view("<u2")[..., 0]).astype(np.float32)
-    dmin = fp16_bits_to_fp32(blocks[:, :, 2:4].copy().view("<u2")[..., 0]).astype(np.float32)
-    sc, mm = unpack_scale_min_k4(blocks[:, :, 4:16].reshape(-1, 12))
+    nsb = K // lay.block_size
+    blocks = wq.reshape(N, nsb, lay.type_size)
+    f = lay.split(wq)
+    d = fp16_bits_to_fp32(f["d"].copy().view("<u2")[:, 0]).astype(np.float32).reshape(N, nsb)
+    dmin = fp16_bits_to_fp32(f["dmin"].copy().view("<u2")[:, 0]).astype(np.float32).reshape(N, nsb)
+    sc, mm = unpack_scale_min_k4(f["scales"])
+    QS = lay.offset("qs")
     sc, mm = sc.reshape(N, nsb, 8), mm.reshape(N, nsb, 8)
     A = a.astype(np.float64)
     ws = np.full((splits, M, N), np.nan)
@@ -371,14 +378,14 @@ def emulate_q4k_fused(a: np.ndarray, wq: np.ndarray, splits: int = 1) -> np.ndar
                     B = np.zeros((16, 8))
                     for L in range(32):
                         t, q = L % 4, L // 4
-                        qs = blocks[nt * 8 + q, blk, 16 + 32 * c:16 + 32 * c + 32]
+                        qs = blocks[nt * 8 + q, blk, QS + 32 * c:QS + 32 * c + 32]
                         kb = 16 * h + 2 * t
                         for r, off in zip((2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9), (kb, kb + 1, kb + 8, kb + 9)):
                             B[r, q] = (qs[off] >> sh) & 0xF
                     Ar = np.zeros((16, 16))
                     rows = np.arange(mt * 16, mt * 16 + 16)
                     ok = rows < M
-                    k0 = blk * 256 + 32 * s + 16 * h
+                    k0 = blk * lay.block_size + 32 * s + 16 * h
                     Ar[ok] = A[rows[ok], k0:k0 + 16]
                     P += Ar @ B
                     Sa += Ar @ np.ones((16, 8))

@@ -24,8 +24,14 @@ def launch(src: str, name: str, data: np.ndarray, block_size: int, type_size: in
     return out
 
 
-def host(src, name, block_size, type_size):
-    def f(data):
-        return launch(src, name, data, block_size, type_size).get()
-    f.__name__ = name
-    return f
+def host(src: str, fmt: str):
+    """The row function of `fmt`'s kernel dequantize_<fmt> in `src`; block and type size from
+    the format's declared layout."""
+    from refquant.registry import get_format
+    f = get_format(fmt)
+    name = f"dequantize_{fmt.lower()}"
+
+    def run(data):
+        return launch(src, name, data, f.block_size, f.type_size).get()
+    run.__name__ = name
+    return run

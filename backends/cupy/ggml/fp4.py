@@ -2,6 +2,6 @@
 from ._dequant import host
 
 # What the table below holds, read from this line by the backend without importing the module
-# (refquant.backend.TableBackend); tests/test_cupy_host.py holds it equal to the table.
+# (refquant.backend.TableBackend); tests/test_cupy_twins.py holds it equal to the table.
 DECLARES = {"dequantize": "MXFP4"}
-DEQUANTIZE = {"MXFP4": host("ggml/fp4.cu", "dequantize_mxfp4", 32, 17)}
+DEQUANTIZE = {"MXFP4": host("ggml/fp4.cu", "MXFP4")}

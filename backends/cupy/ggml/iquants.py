@@ -2,6 +2,6 @@
 from ._dequant import host
 
 # What the table below holds, read from this line by the backend without importing the module
-# (refquant.backend.TableBackend); tests/test_cupy_host.py holds it equal to the table.
+# (refquant.backend.TableBackend); tests/test_cupy_twins.py holds it equal to the table.
 DECLARES = {"dequantize": "IQ4_XS"}
-DEQUANTIZE = {"IQ4_XS": host("ggml/iquants.cu", "dequantize_iq4_xs", 256, 136)}
+DEQUANTIZE = {"IQ4_XS": host("ggml/iquants.cu", "IQ4_XS")}

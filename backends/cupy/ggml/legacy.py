@@ -2,7 +2,7 @@
 from ._dequant import host
 
 # What the table below holds, read from this line by the backend without importing the module
-# (refquant.backend.TableBackend); tests/test_cupy_host.py holds it equal to the table.
+# (refquant.backend.TableBackend); tests/test_cupy_twins.py holds it equal to the table.
 DECLARES = {"dequantize": "Q4_0 Q8_0"}
-DEQUANTIZE = {"Q4_0": host("ggml/legacy.cu", "dequantize_q4_0", 32, 18),
-              "Q8_0": host("ggml/legacy.cu", "dequantize_q8_0", 32, 34)}
+DEQUANTIZE = {"Q4_0": host("ggml/legacy.cu", "Q4_0"),
+              "Q8_0": host("ggml/legacy.cu", "Q8_0")}
