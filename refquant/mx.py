@@ -507,6 +507,32 @@ RECORDS = [Format(name, "mx", MX_BLOCK, MX_FORMATS[name].bytes_per_block, _row_q
            for name in ("MXFP8_E4M3", "MXFP8_E5M2", "MXFP4_E2M1", "MXINT8")]
 
 
+# torchao's NVFP4 with one level (no per-tensor scale) is a row format: per 16 values
+# | E4M3 scale code | 8 bytes, two E2M1 codes a byte, element 2i in the low nibble |, as the MX
+# rows above. Its two-level form and compressed-tensors' NVFP4 need a per-tensor scale beside
+# the rows, so they are the functions above (quantize_nvfp4_torchao(x, p), quantize_nvfp4).
+NVFP4_TORCHAO_BYTES = 1 + NVFP4_BLOCK // 2
+
+
+def quantize_nvfp4_torchao_rows(x, imatrix=None):
+    packed, scales = quantize_nvfp4_torchao(x)
+    nrows, nblocks = scales.shape
+    blocks = np.concatenate([scales.reshape(-1, 1), packed.reshape(-1, NVFP4_BLOCK // 2)], axis=1)
+    return blocks.reshape(nrows, nblocks * NVFP4_TORCHAO_BYTES)
+
+
+def dequantize_nvfp4_torchao_rows(data):
+    nrows = data.shape[0]
+    blocks = np.ascontiguousarray(data).reshape(-1, NVFP4_TORCHAO_BYTES)
+    scales = np.ascontiguousarray(blocks[:, 0]).reshape(nrows, -1)
+    packed = np.ascontiguousarray(blocks[:, 1:]).reshape(nrows, -1)
+    return dequantize_nvfp4_torchao(packed, scales)
+
+
+RECORDS.append(Format("NVFP4_TORCHAO", "torchao", NVFP4_BLOCK, NVFP4_TORCHAO_BYTES, quantize_nvfp4_torchao_rows,
+                      dequantize_nvfp4_torchao_rows, spec_page="mx/nvfp4_torchao.md"))
+
+
 __all__ = ["MXFormat", "MX_FORMATS", "SCALE_RULES", "get_mx_format", "shared_exponent", "quantize_mx",
            "dequantize_mx", "pack_fp4", "unpack_fp4", "e8m0_to_float32", "nvfp4_global_scale",
            "quantize_nvfp4", "quantize_nvfp4_modelopt", "dequantize_nvfp4", "quantize_nvfp4_torchao",

@@ -262,5 +262,71 @@ def dequantize_linear(x: np.ndarray, x_scale, x_zero_point=None, axis: int = 1, 
         return (dx * s).astype(F32).astype(scale.dtype)
 
 
+# ---------------------------------------------------------------------------------------------
+# registry: ONNX's types as byte rows, what Cast/CastLike writes from FLOAT and reads back to FLOAT
+#   INT2/UINT2 four codes a byte, INT4/UINT4 two (element 0 in the low bits: pack_int);
+#   INT16/UINT16 one code in two little-endian bytes; FLOAT8E8M0 one code a byte.
+#   Each record is the Cast with ONNX's default attributes; a variant of an attribute is a
+#   record of its own, named <TYPE>_<VALUE> (FLOAT8E8M0_DOWN: round_mode="down").
+#   QuantizeLinear/DequantizeLinear take a scale and a zero point, which a byte row does not
+#   carry: they are the functions above (spec/onnx.md), as are the casts from DOUBLE (a row
+#   format takes float32).
+# ---------------------------------------------------------------------------------------------
+
+RECORD_INT_TYPES = ("INT2", "UINT2", "INT4", "UINT4", "INT16", "UINT16")
+RECORD_E8M0_ROUND_MODES = {"FLOAT8E8M0": "up", "FLOAT8E8M0_DOWN": "down", "FLOAT8E8M0_NEAREST": "nearest"}
+
+
+def _int_rows(to: str):
+    key, (bits, signed, dtype) = _int_type(to)
+    wide = np.dtype("<i2" if signed else "<u2")
+
+    def quantize_rows(x, imatrix=None):
+        v = cast_float_to_int(x, key)
+        if bits == 16:
+            return np.ascontiguousarray(v.astype(wide)).view(np.uint8).reshape(x.shape[0], -1)
+        return pack_int(v, key).reshape(x.shape[0], -1)
+
+    def dequantize_rows(data):
+        data = np.ascontiguousarray(data)
+        if bits == 16:
+            v = data.view(wide)
+        else:
+            v = unpack_int(data, key, data.size * (8 // bits)).reshape(data.shape[0], -1)
+        return v.astype(F32)                      # Cast to FLOAT: every value is exact
+
+    quantize_rows.__name__ = f"cast_float_to_{key.lower()}"
+    dequantize_rows.__name__ = f"cast_{key.lower()}_to_float"
+    return quantize_rows, dequantize_rows
+
+
+def _e8m0_rows(name: str, round_mode: str):
+    def quantize_rows(x, imatrix=None):
+        return cast_to_e8m0(x, saturate=True, round_mode=round_mode)
+
+    def dequantize_rows(data):
+        return mf.decode(np.ascontiguousarray(data), "E8M0")
+
+    quantize_rows.__name__ = f"cast_float_to_{name.lower()}"
+    dequantize_rows.__name__ = f"cast_{name.lower()}_to_float"
+    return quantize_rows, dequantize_rows
+
+
+def _records() -> list:
+    from .format import Format
+    out = []
+    for t in RECORD_INT_TYPES:
+        bits = INT_TYPES[t][0]
+        block, size = (8 // bits, 1) if bits < 8 else (1, bits // 8)
+        out.append(Format(t, "onnx", block, size, *_int_rows(t), spec_page=f"onnx/{t.lower()}.md"))
+    for name, mode in RECORD_E8M0_ROUND_MODES.items():
+        out.append(Format(name, "onnx", 1, 1, *_e8m0_rows(name, mode), spec_page=f"onnx/{name.lower()}.md"))
+    return out
+
+
+RECORDS = _records()
+
+
 __all__ = ["INT_TYPES", "FLOAT_ELEMENT_TYPES", "int_range", "cast_float_to_int", "cast_int_to_int", "cast_double",
-           "cast_to_element", "cast_to_e8m0", "pack_int", "unpack_int", "quantize_linear", "dequantize_linear"]
+           "cast_to_element", "cast_to_e8m0", "pack_int", "unpack_int", "quantize_linear", "dequantize_linear",
+           "RECORD_INT_TYPES", "RECORD_E8M0_ROUND_MODES"]

@@ -18,7 +18,7 @@ from .format import IMATRIX_NONE, IMATRIX_OPTIONAL, IMATRIX_REQUIRED, Format, Ve
 
 # The modules that define formats, relative to this package, in the order `formats()` lists them.
 FORMAT_MODULES = ("ggml.floats", "ggml.legacy", "ggml.kquants", "ggml.iquants", "ggml.iquants_grid", "ggml.lowbit",
-                  "ggml.fp4", "minifloat", "mx", "bnb.formats")
+                  "ggml.fp4", "minifloat", "mx", "bnb.formats", "onnx_ops")
 
 _FORMATS: dict[str, Format] = {}
 _BY_GGML_TYPE: dict[int, Format] = {}

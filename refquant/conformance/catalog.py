@@ -3,7 +3,8 @@ TestFloat's idea, run before any random example.
 
 Level 1 (every default run):
 
-- element formats (a code of at most 16 bits per value: F16, BF16, the FP8/FP6/FP4 minifloats):
+- element formats (a code of at most 16 bits per value: F16, BF16, the FP8/FP6/FP4 minifloats,
+  ONNX's INT2 ... UINT16 and FLOAT8E8M0 casts):
   every code decoded; quantized: every representable value, every midpoint between neighbours,
   one float32 ulp either side of each, ±0, ±Inf, NaN, the largest finite float32 and values past
   the format's largest;
@@ -33,8 +34,9 @@ FP16_MAX = 65504.0
 
 
 def is_element_format(fmt) -> bool:
-    """One value (or two, E2M1) per block: F32, F16, BF16 and the minifloats."""
-    return fmt.block_size <= 2
+    """A few values per block and no scale: F32, F16, BF16, the minifloats (E2M1 two a byte) and
+    ONNX's integer types (INT4 two a byte, INT2 four)."""
+    return fmt.block_size <= 4
 
 
 def names(op: str, key: str, path: str, level: int = 1) -> list[str]:

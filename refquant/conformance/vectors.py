@@ -18,8 +18,11 @@ DIR/<FORMAT>/cases.txt          the level-1 edge catalog (refquant.conformance.c
 last field, and checks each against the spec: a C, Rust or CUDA implementation needs no Python
 binding, only to read a line and write one.
 
-The formats: every quantizable GGUF type, and every minifloat element format (one code a byte,
-E2M1 two; their NaN and Inf codes show in `decoded` as float32 bit patterns).
+The formats: every quantizable GGUF type, every minifloat element format (one code a byte,
+E2M1 two; their NaN and Inf codes show in `decoded` as float32 bit patterns), ONNX's types
+(family onnx) and torchao's NVFP4 (family torchao); the last two hold the level-1 edge catalog
+too (`catalog_rows`). Operations that take more than a byte row (ONNX's QuantizeLinear, casts
+from DOUBLE, torchao's two-level NVFP4): refquant.conformance.tensor_vectors.
 """
 from __future__ import annotations
 
@@ -76,7 +79,41 @@ def vector_input(name: str) -> tuple[np.ndarray, list[str]]:
     n = max(fmt.block_size, 64) if fmt.block_size < 256 else fmt.block_size
     n = n // fmt.block_size * fmt.block_size
     rows = [_block(k, n, rng, grid) for k in ROW_KINDS]
-    return np.stack(rows), list(ROW_KINDS)
+    x, kinds = np.stack(rows), list(ROW_KINDS)
+    if fmt.family in CATALOG_ROW_FAMILIES:
+        extra, extra_kinds = catalog_rows(fmt, n)
+        x, kinds = np.concatenate([x, extra]), kinds + extra_kinds
+    return x, kinds
+
+
+CATALOG_ROW_FAMILIES = ("onnx", "torchao")   # whose vectors hold the level-1 edge catalog too
+CATALOG_ROWS_KEPT = 16                        # a catalog entry of more rows keeps 6 + 4 + 6 of them
+
+
+def catalog_rows(fmt, n: int) -> tuple[np.ndarray, list[str]]:
+    """The level-1 catalog's quantize inputs (refquant.conformance.catalog) as rows of n values,
+    kind "catalog <entry>": the blocks the spec accepts (no NaN or Inf: the public quantize
+    refuses them), end to end, the last row padded with zeros. An entry longer than
+    CATALOG_ROWS_KEPT rows (the 16-bit types' every value) keeps its first 6, middle 4 and last 6
+    rows: the catalog lists values in ascending order, so both ends and zero stay."""
+    from . import cases, catalog
+    rows, kinds = [], []
+    for name in catalog.names("quantize", fmt.name, "quantize", 1):
+        x = cases.build("quantize", fmt.name, f"catalog {name}")["x"]
+        with np.errstate(all="ignore"):
+            if catalog.is_element_format(fmt):
+                v = x.reshape(-1)
+                v = v[np.isfinite(v)]
+            else:
+                b = x.reshape(-1, fmt.block_size)
+                v = b[np.all(np.isfinite(b), axis=1)].reshape(-1)
+        v = np.concatenate([v, np.zeros((-v.size) % n, F32)]).reshape(-1, n)
+        if v.shape[0] > CATALOG_ROWS_KEPT:
+            mid = v.shape[0] // 2
+            v = np.concatenate([v[:6], v[mid - 2:mid + 2], v[-6:]])
+        rows.append(v)
+        kinds += [f"catalog {name}"] * v.shape[0]
+    return np.concatenate(rows).astype(F32), kinds
 
 
 def vector_imatrix(n: int) -> np.ndarray:
@@ -104,7 +141,7 @@ def build(name: str) -> dict[str, np.ndarray]:
     return out
 
 
-VECTOR_FAMILIES = ("minifloat",)   # formats beyond the GGUF types that get vectors
+VECTOR_FAMILIES = ("minifloat", "onnx", "torchao")   # formats beyond the GGUF types that get vectors
 
 
 def vector_formats() -> list[str]:
