@@ -365,9 +365,10 @@ def cmd_formats(args) -> int:
     from .pipelines import recipes
     from .registry import get_format
     print("block types (refquant.quantize / refquant quantize --type NAME: one type for every weight)\n")
-    print(f"{'name':<10} {'family':<12} {'block':>5} {'bytes':>5} {'bpw':>6}  quantize dequantize imatrix")
+    w = max(len(r["name"]) for r in formats())
+    print(f"{'name':<{w}} {'family':<12} {'block':>5} {'bytes':>5} {'bpw':>6}  quantize dequantize imatrix")
     for r in formats():
-        print(f"{r['name']:<10} {r['family']:<12} {r['block_size']:>5} {r['type_size']:>5} "
+        print(f"{r['name']:<{w}} {r['family']:<12} {r['block_size']:>5} {r['type_size']:>5} "
               f"{r['bits_per_weight']:>6.3f}  {'yes' if r['quantize'] else 'no':<8} "
               f"{'yes' if r['dequantize'] else 'no':<10} {r['imatrix']}")
     print("\nllama.cpp file types (refquant quantize IN OUT NAME: llama-quantize's mixture and bytes;\n"

@@ -131,3 +131,6 @@ def test_formats_command(capsys):
     assert main(["formats"]) == 0
     out = capsys.readouterr().out
     assert any(l.split()[:4] == ["Q4_0", "ggml-legacy", "32", "18"] for l in out.splitlines())
+    rows = {l.split()[0]: l.split()[1:4] for l in out.splitlines() if len(l.split()) > 4}
+    assert rows["INT4"] == ["onnx", "2", "1"] and rows["FLOAT8E8M0_NEAREST"] == ["onnx", "1", "1"]
+    assert rows["NVFP4_TORCHAO"] == ["torchao", "16", "9"]
