@@ -415,7 +415,8 @@ def cmd_vectors(args) -> int:
 def cmd_verify_vectors(args) -> int:
     from .conformance.vectors import verify_lines
     if args.cases:
-        with open(args.cases) as f:
+        import gzip
+        with (gzip.open(args.cases, "rt") if args.cases.endswith(".gz") else open(args.cases)) as f:
             n, bad = verify_lines(f)
     else:
         n, bad = verify_lines(sys.stdin)
@@ -629,12 +630,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("vectors", help="write golden test vectors (.npy, .json, .gguf) per format")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--formats", help="comma-separated formats (default: every quantizable GGUF format)")
+    s.add_argument("--formats", help="comma-separated formats or vector sets: GGUF types, element formats, "
+                                     "MXFP8_E4M3 (or one rule of it, MXFP8_E4M3.rceil), MXFP6_E2M3, MXINT8, "
+                                     "BNB_NF4, BNB_NF4.nested, BNB_DYNAMIC8, NVFP4_CT, NVFP4_TORCHAO, ... "
+                                     "(default: all of spec/vectors)")
     s.set_defaults(func=cmd_vectors)
 
     s = sub.add_parser("verify-vectors", help="check an implementation's answers to cases.txt lines "
                                               "(FORMAT OP INPUT IMATRIX RESULT, on stdin) against the spec")
-    s.add_argument("cases", nargs="?", help="a file of case lines (default: stdin)")
+    s.add_argument("cases", nargs="?", help="a file of case lines, or a gzipped one (.gz) (default: stdin)")
     s.add_argument("--show", type=int, default=10, help="print at most this many differing lines (default 10)")
     s.set_defaults(func=cmd_verify_vectors)
 

@@ -13,8 +13,9 @@ VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 # one folder per format, each with its vectors.json (checkpoint layouts' vectors, such as
 # compressed-tensors/, are folders of folders, checked by their own tests)
 COMMITTED = sorted(p.name for p in VECTORS.iterdir() if (p / "vectors.json").is_file())
-GGUF_TYPES = [n for n in COMMITTED if refquant.get_format(n).ggml_type is not None]
-MINIFLOATS = [n for n in COMMITTED if refquant.get_format(n).family == "minifloat"]
+SETS = [n for n in COMMITTED if (VECTORS / n / "cases.txt.gz").is_file()]   # refquant.conformance.vector_sets
+GGUF_TYPES = [n for n in COMMITTED if n not in SETS and refquant.get_format(n).ggml_type is not None]
+MINIFLOATS = [n for n in COMMITTED if n not in SETS and refquant.get_format(n).family == "minifloat"]
 
 
 def test_every_vector_format_has_vectors():
@@ -33,6 +34,19 @@ def test_committed_vectors_are_current(name):
         assert committed.tobytes() == a.tobytes(), f"{name}/{key}.npy is stale: run refquant vectors --out spec/vectors"
     doc = json.loads((d / "vectors.json").read_text())
     assert doc["encoded"] == [r.tobytes().hex() for r in arrays["encoded"]]
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_committed_cases_are_current(name):
+    """A set's committed cases.txt.gz is what `refquant vectors` writes now (the oracles check
+    its contents: tests/test_vectors_oracles.py)."""
+    import gzip
+    from refquant.conformance.vector_sets import SETS as DEFINED
+    from refquant.conformance.vectors import CASES_FORMAT, text_cases
+    assert sorted(DEFINED) == SETS
+    committed = gzip.decompress((VECTORS / name / "cases.txt.gz").read_bytes()).decode()
+    assert committed == CASES_FORMAT + "\n" + "\n".join(text_cases(name)) + "\n", \
+        f"{name}/cases.txt.gz is stale: run refquant vectors --out spec/vectors --formats {name}"
 
 
 @pytest.mark.parametrize("name", GGUF_TYPES)
@@ -144,7 +158,31 @@ def test_verify_vectors_reads_answers_on_stdin():
     assert ok.returncode == 0 and f"{len(lines)} cases, 0 differ" in ok.stdout
 
 
-@pytest.mark.parametrize("name", ["MXFP4_E2M1", "MXINT8", "BNB_NF4", "BNB_FP4", "E4M3FN", "NVFP4"])
+def test_verify_vectors_reads_the_sets_cases(tmp_path):
+    """The committed cases of a set, through the CLI: every line as committed passes; a changed
+    answer to a scale rule's line and to a double-quantized tensor's is found."""
+    import gzip
+    import subprocess
+    import sys
+    lines = []
+    for name, fmt in (("MXFP8_E4M3", "MXFP8_E4M3.rceil"), ("BNB_NF4.nested", "BNB_NF4.nested")):
+        text = gzip.decompress((VECTORS / name / "cases.txt.gz").read_bytes()).decode().splitlines()
+        mine = [ln for ln in text if ln.startswith(fmt + " ")]
+        lines += mine[:40] + [ln for ln in mine if " dequantize " in ln][:10]
+    f = lines[3].split()
+    wrong = " ".join(f[:4] + [("0" if f[4][0] != "0" else "1") + f[4][1:]])
+    run = lambda ls: subprocess.run([sys.executable, "-m", "refquant.cli", "verify-vectors"],  # noqa: E731
+                                    input="\n".join(ls) + "\n", capture_output=True, text=True)
+    ok = run(lines)
+    assert ok.returncode == 0 and f"{len(lines)} cases, 0 differ" in ok.stdout, ok.stdout + ok.stderr
+    bad = run(lines[:3] + [wrong] + lines[4:])
+    assert bad.returncode == 1 and "1 differ from the spec" in bad.stdout, bad.stdout + bad.stderr
+
+
+@pytest.mark.parametrize("name", ["MXFP4_E2M1", "MXINT8", "BNB_NF4", "BNB_FP4", "E4M3FN", "NVFP4", "MXFP6_E3M2.even",
+                                  "BNB_FP4.nested", "NVFP4_TORCHAO_2L"])
 def test_vectors_write_for_every_family(tmp_path, name):
+    from refquant.conformance.vectors import _folder
     paths = write_vectors(tmp_path, [name])
-    assert (tmp_path / name / "cases.txt") in paths and (tmp_path / name / "vectors.json") in paths
+    d = tmp_path / _folder(name)
+    assert (d / "cases.txt") in paths and (d / "vectors.json") in paths

@@ -22,10 +22,16 @@ The formats: every quantizable GGUF type, every minifloat element format (one co
 E2M1 two; their NaN and Inf codes show in `decoded` as float32 bit patterns), ONNX's types
 (family onnx) and torchao's NVFP4 (family torchao); the last two hold the level-1 edge catalog
 too (`catalog_rows`). Operations that take more than a byte row (ONNX's QuantizeLinear, casts
-from DOUBLE, torchao's two-level NVFP4): refquant.conformance.tensor_vectors.
+from DOUBLE, torchao's two-level NVFP4): refquant.conformance.tensor_vectors. And the sets of
+refquant.conformance.vector_sets: the OCP MX formats under each scale rule, bitsandbytes' NF4,
+FP4 (plain and double-quantized) and 8-bit dynamic map, NVFP4 as compressed-tensors and torchao
+(two levels) compute it. A set's folder holds its first member's arrays under the plain names
+and each other member's as `encoded.<rule>.npy`, `decoded.<rule>.npy`; its cases are
+committed, gzipped, as `cases.txt.gz` (the same lines as cases.txt).
 """
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -71,9 +77,23 @@ def _block(kind: str, n: int, rng: np.random.Generator, grid: int) -> np.ndarray
     raise AssertionError(kind)
 
 
+def vector_format(name):
+    """A format by name: a member of a vector set (refquant.conformance.vector_sets), else the
+    registry's."""
+    from .vector_sets import FORMATS
+    if not isinstance(name, str):
+        return get_format(name)
+    return FORMATS.get(name.upper()) or get_format(name)
+
+
+def _set_members(name: str):
+    from .vector_sets import SETS
+    return SETS.get(name)
+
+
 def vector_input(name: str) -> tuple[np.ndarray, list[str]]:
     """The deterministic input for a format: one row per kind, each row a few blocks long."""
-    fmt = get_format(name)
+    fmt = vector_format(name)
     rng = np.random.default_rng(SEED)
     grid = FORMAT_TIE_GRIDS.get(fmt.name, 8)
     n = max(fmt.block_size, 64) if fmt.block_size < 256 else fmt.block_size
@@ -83,7 +103,9 @@ def vector_input(name: str) -> tuple[np.ndarray, list[str]]:
     if fmt.family in CATALOG_ROW_FAMILIES:
         extra, extra_kinds = catalog_rows(fmt, n)
         x, kinds = np.concatenate([x, extra]), kinds + extra_kinds
-    return x, kinds
+    members = _set_members(fmt.name) or []       # a set's rows: those every member quantizes
+    keep = [all(_quantize_blocks(m, r[None, :], None)[0] is not None for m in members) for r in x]
+    return x[np.array(keep, bool)], [k for k, ok in zip(kinds, keep) if ok]
 
 
 CATALOG_ROW_FAMILIES = ("onnx", "torchao")   # whose vectors hold the level-1 edge catalog too
@@ -126,8 +148,21 @@ def _hex_rows(a: np.ndarray) -> list[str]:
 
 
 def build(name: str) -> dict[str, np.ndarray]:
-    fmt = get_format(name)
-    x, _ = vector_input(fmt.name)
+    members = _set_members(name)
+    if members:
+        out = {}
+        for m in members:
+            key = m.name[len(members[0].name):]
+            for k, a in _build_one(m).items():
+                if k == "input" and key:
+                    continue
+                out[k + key] = a
+        return out
+    return _build_one(vector_format(name))
+
+
+def _build_one(fmt) -> dict[str, np.ndarray]:
+    x, _ = vector_input(fmt)
     im = vector_imatrix(x.shape[1]) if fmt.imatrix != IMATRIX_NONE else None
     out = {"input": x}
     with np.errstate(all="ignore"):
@@ -141,12 +176,14 @@ def build(name: str) -> dict[str, np.ndarray]:
     return out
 
 
-VECTOR_FAMILIES = ("minifloat", "onnx", "torchao")   # formats beyond the GGUF types that get vectors
+VECTOR_FAMILIES = ("minifloat", "onnx", "torchao")   # registry families beyond the GGUF types that get vectors
 
 
 def vector_formats() -> list[str]:
+    """The folders of spec/vectors: the GGUF types, the element formats, the vector sets."""
+    from .vector_sets import SETS
     return [f.name for f in all_formats()
-            if f.can_quantize and (f.ggml_type is not None or f.family in VECTOR_FAMILIES)]
+            if f.can_quantize and (f.ggml_type is not None or f.family in VECTOR_FAMILIES)] + list(SETS)
 
 
 # ------------------------------------------------------------------------------ plain text
@@ -178,10 +215,53 @@ def _quantize_blocks(fmt, x: np.ndarray, im) -> list:
         return _quantize_blocks(fmt, x[:h], im) + _quantize_blocks(fmt, x[h:], im)
 
 
+def _set_text_cases(members) -> list[str]:
+    """A vector set's cases: each input block of the level-1 catalog (with MX's scale-rule edges)
+    and of the vector rows quantized by every member, one line each, in turn; then the decoding
+    of every block they encode to and of the set's extra blocks (every scale byte and code)."""
+    from . import cases, catalog
+    from .vector_sets import LAYOUTS, extra_dequantize_blocks, mx_edge_blocks
+    base = members[0]
+    bs = base.block_size
+    lines = [f"# {m.name}: block_size {m.block_size}, type_size {m.type_size}; "
+             f"{LAYOUTS.get(m.name, LAYOUTS['MX'] if m.family == 'mx' else m.name)}" for m in members]
+    entries = [(n, catalog.build("quantize", base, "quantize", n, cases._rng(base.name, "quantize", "catalog " + n), None)["x"])
+               for n in catalog.names("quantize", base, "quantize", 1)]
+    if base.family == "mx":
+        entries.append(("mx-scale-edges", mx_edge_blocks(base)))
+    entries.append(("rows", vector_input(base)[0]))
+    encoded = {m.name: [] for m in members}
+    for n, x in entries:
+        lines.append(f"# quantize: {n}")
+        xb = x.reshape(-1, bs)
+        results = [_quantize_blocks(m, xb, None) for m in members]
+        for i, row in enumerate(xb):
+            for m, res in zip(members, results):
+                out = res[i]
+                lines.append(f"{m.name} quantize {_hex(row)} - {'refused' if out is None else _hex(out)}")
+                if out is not None:
+                    encoded[m.name].append(out)
+    lines.append("# dequantize")
+    same_decoder = base.family == "mx"        # a scale rule changes the encoder only
+    groups = [(base, [b for v in encoded.values() for b in v])] if same_decoder else [(m, encoded[m.name]) for m in members]
+    for m, blocks in groups:
+        extra = extra_dequantize_blocks(m)
+        data = np.stack(blocks + ([] if extra is None else list(extra)))
+        _, first = np.unique(data, axis=0, return_index=True)
+        data = data[np.sort(first)]
+        with np.errstate(all="ignore"):
+            dec = SPEC.dequantize(data, m).reshape(data.shape[0], -1)
+        lines += [f"{m.name} dequantize {_hex(b)} - {_hex(v)}" for b, v in zip(data, dec)]
+    return lines
+
+
 def text_cases(name: str) -> list[str]:
     """The plain-text cases of a format: the level-1 catalog's quantize entries (with and without
     an importance matrix, as the format takes one), the vector rows, and the decoding of every
     block they encode to (every code, for element formats)."""
+    members = _set_members(name)
+    if members:
+        return _set_text_cases(members)
     from . import cases, catalog
     from ..backend import operation_paths
     fmt = get_format(name)
@@ -228,7 +308,7 @@ def verify_lines(lines) -> tuple[int, list[str]]:
         if not batch:
             return
         name, op, imhex = key
-        fmt = get_format(name)
+        fmt = vector_format(name)
         ins = [b[1] for b in batch]
         if op == "quantize":
             x = np.stack([np.frombuffer(bytes.fromhex(h), "<f4") for h in ins]).astype(F32)
@@ -255,7 +335,7 @@ def verify_lines(lines) -> tuple[int, list[str]]:
             bytes.fromhex(f[2])
         except ValueError:
             raise RefquantError(f"verify-vectors: INPUT is not hex in {line[:80]!r}") from None
-        k = (get_format(f[0]).name, f[1], f[3])
+        k = (vector_format(f[0]).name, f[1], f[3])
         if k != key or len(batch) >= 4096:
             flush()
             key = k
@@ -264,16 +344,30 @@ def verify_lines(lines) -> tuple[int, list[str]]:
     return n, bad
 
 
+def gzip_text(text: str) -> bytes:
+    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
+
+
+def _folder(name: str) -> str:
+    """The spec/vectors folder of a format name: its set's, else its own."""
+    from .vector_sets import SETS
+    for k, members in SETS.items():
+        if name.upper() in (k.upper(), *(m.name.upper() for m in members)):
+            return k
+    return get_format(name).name
+
+
 def write_vectors(out_dir, formats=None) -> list[Path]:
     """Write the vectors of `formats` (default: vector_formats()) under out_dir."""
     from ..io.gguf import KV, TensorInfo, write_gguf
     from gguf import GGUFValueType
 
     out_dir = Path(out_dir)
-    names = [get_format(f).name for f in formats] if formats else vector_formats()
+    names = [_folder(f) for f in formats] if formats else vector_formats()
     written, tensors = [], {}
     for name in names:
-        fmt = get_format(name)
+        members = _set_members(name)
+        fmt = members[0] if members else vector_format(name)
         d = out_dir / name
         d.mkdir(parents=True, exist_ok=True)
         arrays = build(name)
@@ -283,11 +377,21 @@ def write_vectors(out_dir, formats=None) -> list[Path]:
         _, kinds = vector_input(name)
         doc = {"format": name, "block_size": fmt.block_size, "type_size": fmt.type_size,
                "row_kinds": kinds, "note": "float32 values are hex strings of their little-endian bytes"}
+        if members:
+            from .vector_sets import LAYOUTS
+            doc["members"] = [{"format": m.name, "keys": [k + m.name[len(fmt.name):] for k in ("encoded", "decoded")],
+                               "block_size": m.block_size, "type_size": m.type_size,
+                               "layout": LAYOUTS.get(m.name, LAYOUTS["MX"] if m.family == "mx" else m.name)}
+                              for m in members]
         doc.update({key: _hex_rows(a) for key, a in arrays.items()})
         (d / "vectors.json").write_text(json.dumps(doc, indent=1) + "\n")
         written.append(d / "vectors.json")
-        (d / "cases.txt").write_text(CASES_FORMAT + "\n" + "\n".join(text_cases(name)) + "\n")
+        text = CASES_FORMAT + "\n" + "\n".join(text_cases(name)) + "\n"
+        (d / "cases.txt").write_text(text)
         written.append(d / "cases.txt")
+        if members:     # committed: gzip with no name or time in its header, so the bytes repeat
+            (d / "cases.txt.gz").write_bytes(gzip_text(text))
+            written.append(d / "cases.txt.gz")
         if fmt.ggml_type is not None:          # GGUF holds ggml's types only
             tensors[name] = (fmt, arrays["input"].shape, arrays["encoded"])
     if tensors:
