@@ -179,6 +179,10 @@ class Backend:
     def set_num_threads(self, n: int) -> None:
         pass
 
+    def get_num_threads(self) -> int:
+        """The thread count set for this thread (set_num_threads)."""
+        return self.max_threads()
+
     # The input check's test of float32 values (refquant.api.all_finite): a backend may run it its
     # own way (the Numba backend: on its threads), with the same answer.
     @staticmethod

@@ -194,12 +194,14 @@ def cmd_quantize(args) -> int:
         bar.summary(args.output, n_elements)  # bits per weight: every stored byte over the input's weights
         return 0
     from .pipelines import recipes
-    out, ftype, threads = _gguf_quantize_positionals(args)
+    out, ftype, nthread = _gguf_quantize_positionals(args)
     if ftype is None:
         raise RefquantError("quantize: a GGUF input needs a type (--type Q4_K_M, or after the paths as "
                             "llama-quantize takes it)")
-    if threads is not None:
-        _set_threads(threads, args.backend)
+    if nthread is not None and args.workers is None:
+        # llama-quantize's NTHREADS: how many tensors' rows are quantized at once (<= 0: every core)
+        args.workers = nthread if nthread > 0 else None
+    args.kernel_threads = _kernel_threads(args.threads)
     copy = ftype.upper() == "COPY"  # llama-quantize's COPY: every tensor copied as it is
     try:
         ft = recipes.file_type("F32" if copy else ftype)
@@ -238,7 +240,7 @@ def cmd_quantize(args) -> int:
         n = len(f.tensors)
     bar = Progress(n, "quantize", args.progress)
     quantize_file(args.input, out, fmt.name, None, args.backend, bar,  # one ggml type everywhere
-                  workers=args.workers, scheduler=args.scheduler)
+                  workers=args.workers, scheduler=args.scheduler, threads=args.kernel_threads)
     bar.summary(out)
     return 0
 
@@ -279,8 +281,6 @@ def _gguf_quantize_positionals(args):
             raise RefquantError(f"quantize: invalid thread count {word!r} (after the type)") from None
     if rest:
         raise RefquantError(f"quantize: unexpected argument {rest[0]!r}")
-    if args.threads is not None:
-        threads = args.threads
     return out, ftype, threads
 
 
@@ -294,16 +294,16 @@ def _is_ftype(recipes, name) -> bool:
         return False
 
 
-def _set_threads(n: int, backend) -> None:
-    """--threads / llama-quantize's NTHREADS: the backend's thread count where it runs threaded
-    (Numba; at most its cores; n <= 0: all of them). The bytes written do not depend on it, as
-    llama.cpp's do not on its nthread. Set on the backend, not in the environment: a process
-    that goes on (a test calling main) keeps its own thread pool as it was started."""
-    from .backend import get_backend
-    be = get_backend(backend)
-    if be.threaded:
-        m = be.max_threads()
-        be.set_num_threads(m if n <= 0 else min(n, m))
+def _kernel_threads(n):
+    """--threads: the kernel threads each worker's task runs on (a threaded backend: Numba; at
+    most its cores; n <= 0: all of them; default 1, the workers being the parallelism). The bytes
+    written do not depend on it, as llama.cpp's do not on its nthread."""
+    if n is None:
+        return None
+    if n <= 0:
+        from .pipelines.scale import default_workers
+        return default_workers()
+    return n
 
 
 def _llama_quantize_options(args, recipes) -> dict:
@@ -354,7 +354,7 @@ def _quantize_ftype(args, recipes, ft, out, opts, type_name) -> int:
     bar = Progress(n_tensors, "quantize", args.progress)
     tps = recipes.quantize_model(args.input, out, ft, imatrix=args.imatrix, backend=args.backend,
                                  progress=lambda tp, i, total: bar(tp), workers=args.workers,
-                                 scheduler=args.scheduler, **opts)
+                                 scheduler=args.scheduler, threads=args.kernel_threads, **opts)
     paths = recipes.split_output_paths(out, tps) if opts["keep_split"] else [out]
     bar.summary(paths, n_elements)
     return 0
@@ -395,8 +395,9 @@ def cmd_conformance(args) -> int:
     if args.scheduler is not None or (args.workers or 1) > 1:
         if args.shard:
             raise RefquantError("conformance: --shard picks one part; --scheduler and --workers run them all")
-        from .pipelines.scale import Runner, conformance
-        with Runner(args.workers or 1, args.scheduler) as rn:
+        from .pipelines.scale import LOCAL, Runner, conformance
+        # shards are whole suites (Hypothesis keeps per-thread state badly): processes, not threads
+        with Runner(args.workers or 1, args.scheduler or LOCAL) as rn:
             report = conformance(rn, args.backend, **kw)
     else:
         report = run(args.backend, shard=parse_shard(args.shard) if args.shard else None, **kw)
@@ -561,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true",
                    help="print each tensor's type and size, and the totals; write nothing")
     s.add_argument("--threads", type=int, default=None,
-                   help="threads for the backend (numba); the bytes written do not depend on it")
+                   help="kernel threads of the backend (numba) for each worker (default 1; <= 0: every core); "
+                        "the bytes written do not depend on it")
     s.add_argument("--method", default="rtn", choices=["rtn", "gptq", "awq", "smoothquant"],
                    help="checkpoint input: algorithm")
     s.add_argument("--bits", type=int, default=None, help="checkpoint input: bits per weight (default 4; "
@@ -599,12 +601,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint input: layers the targets select that stay unquantized, spelled as --targets "
                         "(default: lm_head)")
     s.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes on this machine, a local Dask cluster (default: $REFQUANT_WORKERS, or "
-                        "every core when there are 2 GiB or more to quantize, this process for less; 1: this "
-                        "process only, whose Numba kernels run on every core)")
+                   help="how many tasks run at once: threads of this process, one core each (default: "
+                        "$REFQUANT_WORKERS, or every core; 1: one task after another on one core); with "
+                        "--scheduler local, a Dask cluster of N processes on this machine")
     s.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="a running Dask scheduler (tcp://HOST:PORT) to send the work to; its workers read the "
-                        "input at the same path (a shared filesystem), this process writes the output")
+                        "input at the same path (a shared filesystem), this process writes the output. 'local': "
+                        "start a Dask cluster of --workers processes here (a worker that dies is restarted)")
     progress_flags(s)
     s.set_defaults(func=cmd_quantize)
 

@@ -46,12 +46,12 @@ def small_slabs(monkeypatch):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Dask cluster of two worker processes; the workers import tests/ too (the dying and
-    failing backends below)."""
+    """A local Dask cluster of two worker processes (--scheduler local); the workers import tests/
+    too (the dying and failing backends below)."""
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)] + ([old] if old else []))
     try:
-        with Runner(2) as rn:
+        with Runner(2, "local") as rn:
             yield rn
     finally:
         if old is None:
@@ -98,6 +98,56 @@ def test_local_cluster_byte_identical(llama, models, cluster, tmp_path, small_sl
         ours = tmp_path / f"{which}.gguf"
         recipes.quantize_model(models[which], ours, ft, runner=cluster, backend="numba")
         same_bytes(ours, ref)
+
+
+@pytest.mark.parametrize("ft", ["Q4_K_M", "Q8_0"])
+def test_threads_byte_identical(llama, models, tmp_path, small_slabs, ft):
+    """--workers 2 without a scheduler: two threads of this process, one kernel thread each,
+    writing their slabs at the planned offsets."""
+    ref = tmp_path / "ref.gguf"
+    for which in ("dense", "moe", "f16"):
+        assert llama.quantize(models[which], ref, recipes.file_type(ft).id) == 0
+        ours = tmp_path / f"{which}.gguf"
+        with Runner(2) as rn:
+            assert rn._pool is not None and rn._client is None and rn.n_slots == 2
+            recipes.quantize_model(models[which], ours, ft, runner=rn, backend="numba")
+        same_bytes(ours, ref)
+
+
+def test_threads_task_error_and_interrupt_leave_nothing(models, tmp_path, small_slabs):
+    import scale_backends
+    ours = tmp_path / "ours.gguf"
+    with Runner(2) as rn:
+        with pytest.raises(InputError, match=r"^tensor '.+' \(rows from \d+\): Q8_0 refused by this backend$"):
+            recipes.quantize_model(models["dense"], ours, "Q8_0", runner=rn, backend=scale_backends.FAILING)
+        no_leftovers(ours)
+        seen = []
+
+        def progress(tp, i, n):
+            seen.append(tp.name)
+            if len(seen) == 8:
+                raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt):
+            recipes.quantize_model(models["dense"], ours, "Q4_K_M", runner=rn, progress=progress)
+        no_leftovers(ours)
+
+
+def test_tasks_run_on_one_kernel_thread():
+    """--workers N is N cores' worth of work: a task's Numba kernels run on one thread (or
+    --threads), serially and on the worker threads; the caller's own count is left as it was."""
+    from refquant.backend import get_backend
+    from refquant.pipelines.scale import task_threads
+    be = get_backend("numba")
+    before = be.get_num_threads()
+
+    def seen(_):
+        with task_threads(be):
+            return be.get_num_threads()
+    for workers, threads, want in ((1, None, 1), (2, None, 1), (2, 2, min(2, be.max_threads()))):
+        with Runner(workers, threads=threads) as rn:
+            assert set(rn.imap(seen, range(6))) == {want}
+            assert {r for _, r in rn.imap_unordered(seen, range(6))} == {want}
+        assert be.get_num_threads() == before
 
 
 def test_local_cluster_with_imatrix(llama, models, cluster, tmp_path, small_slabs):
@@ -190,16 +240,17 @@ def test_scheduler_and_two_workers(llama, models, tmp_path, small_slabs):
 
 
 def test_default_workers_is_every_core(monkeypatch):
-    from refquant.pipelines.scale import AUTO_CLUSTER_BYTES, choose_workers, default_workers
+    from refquant.pipelines.scale import default_workers
     monkeypatch.delenv("REFQUANT_WORKERS", raising=False)
     assert default_workers() == len(os.sched_getaffinity(0))
-    # the command line's default: every core for a large input, this process for a small one
-    assert choose_workers(None, None, AUTO_CLUSTER_BYTES) == default_workers()
-    assert choose_workers(None, None, AUTO_CLUSTER_BYTES - 1) == 1
-    assert choose_workers(3, None, 0) == 3
-    assert choose_workers(None, "tcp://127.0.0.1:1", 0) is None
+    with Runner(None) as rn:        # the command line's default, whatever the input's size
+        assert rn.n_slots == default_workers() and rn._client is None
+    with Runner(1) as rn:
+        assert rn.serial and rn.n_slots == 1
     monkeypatch.setenv("REFQUANT_WORKERS", "3")
     assert default_workers() == 3
+    with Runner(None) as rn:
+        assert rn.n_slots == 3
     for bad in ("0", "two"):
         monkeypatch.setenv("REFQUANT_WORKERS", bad)
         with pytest.raises(InputError, match="REFQUANT_WORKERS|--workers"):
@@ -261,6 +312,83 @@ def test_checkpoint_layers_as_tasks(hf_model, cluster, tmp_path, kw):
     quantize_checkpoint(d, tmp_path / "one", method, bits, 64, fmt, acts, **kw)
     quantize_checkpoint(d, tmp_path / "two", method, bits, 64, fmt, acts, runner=cluster, **kw)
     same_dirs(tmp_path / "one", tmp_path / "two")
+
+
+RTN_LAYOUTS = [dict(fmt="gptq"), dict(fmt="gptq_v2"), dict(fmt="awq"), dict(fmt="awq-gemv"),
+               dict(fmt="compressed-tensors"), dict(fmt="compressed-tensors", scheme="FP8_DYNAMIC"),
+               dict(fmt="compressed-tensors", scheme="W8A8"), dict(fmt="compressed-tensors", scheme="NVFP4"),
+               dict(fmt="modelopt-fp8"), dict(fmt="modelopt-nvfp4"), dict(fmt="fp8-block"), dict(fmt="nvfp4")]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A llama-shaped BF16 checkpoint of two small layers (a tied-off lm_head, biases, norms),
+    with calibration activations for every linear layer."""
+    import json
+    import ml_dtypes
+    from refquant.io.safetensors import save_checkpoint
+    d = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    h, ff, vocab = 128, 256, 96
+    shapes = {"model.embed_tokens.weight": (vocab, h), "model.norm.weight": (h,), "lm_head.weight": (vocab, h)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+                       p + "self_attn.q_proj.weight": (h, h), p + "self_attn.q_proj.bias": (h,),
+                       p + "self_attn.k_proj.weight": (h // 2, h), p + "self_attn.v_proj.weight": (h // 2, h),
+                       p + "self_attn.o_proj.weight": (h, h), p + "mlp.gate_proj.weight": (ff, h),
+                       p + "mlp.up_proj.weight": (ff, h), p + "mlp.down_proj.weight": (h, ff)})
+    t = {k: (rng.standard_normal(s) * 0.05).astype(ml_dtypes.bfloat16) for k, s in shapes.items()}
+    save_checkpoint(d / "model", t, extra_files={"config.json": json.dumps({"model_type": "llama"})})
+    acts = d / "acts"
+    acts.mkdir()
+    for k, s in shapes.items():
+        if k.endswith("proj.weight"):
+            np.save(acts / f"{k[:-len('.weight')]}.npy", rng.standard_normal((16, s[1])).astype(np.float32))
+    return d / "model", acts
+
+
+@pytest.mark.parametrize("kw", RTN_LAYOUTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_checkpoint_planned_at_offsets(tiny_checkpoint, tmp_path, monkeypatch, kw):
+    """Round to nearest, every layout: the shards' headers are planned first, the layers written
+    at their offsets by two worker threads, or by the client in a random completion order; the
+    directory (several shards and their index here) is the one the whole-in-memory writer
+    (save_checkpoint) writes."""
+    from refquant.pipelines import hf_quantize
+    from refquant.pipelines.hf_quantize import quantize_checkpoint
+    d, adir = tiny_checkpoint
+    kw = dict(kw)
+    fmt = kw.pop("fmt")
+    scheme = kw.get("scheme")
+    acts = adir if fmt.startswith("modelopt-") or scheme in ("W8A8", "NVFP4") else None
+    bits = 8 if fmt in ("modelopt-fp8", "fp8-block") else 4
+    opts = dict(max_shard_bytes=40 << 10, **kw)
+    monkeypatch.setattr(hf_quantize, "PLANNED", False)
+    quantize_checkpoint(d, tmp_path / "whole", "rtn", bits, 64, fmt, acts, **opts)
+    monkeypatch.setattr(hf_quantize, "PLANNED", True)
+    with Runner(2) as rn:
+        quantize_checkpoint(d, tmp_path / "threads", "rtn", bits, 64, fmt, acts, runner=rn, **opts)
+    quantize_checkpoint(d, tmp_path / "client", "rtn", bits, 64, fmt, acts, runner=Shuffled(0), **opts)
+    assert (tmp_path / "whole" / "model.safetensors.index.json").exists()
+    same_dirs(tmp_path / "whole", tmp_path / "threads")
+    same_dirs(tmp_path / "whole", tmp_path / "client")
+
+
+def test_checkpoint_planned_error_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    from refquant.pipelines import hf_quantize
+    d, _ = tiny_checkpoint
+    real = hf_quantize.quantize_linear
+    calls = []
+
+    def failing(job):
+        calls.append(job["module"])
+        if len(calls) > 16:             # in the second pass (14 layers), after the plan: the shards exist
+            raise InputError("refused")
+        return real(job)
+    monkeypatch.setattr(hf_quantize, "quantize_linear", failing)
+    with Runner(2) as rn, pytest.raises(InputError, match="^refused$"):
+        hf_quantize.quantize_checkpoint(d, tmp_path / "out", "rtn", 4, 64, "gptq", runner=rn)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_calibrated_block_layers_as_tasks(cluster, tmp_path_factory, tmp_path):

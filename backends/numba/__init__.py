@@ -73,7 +73,12 @@ class NumbaBackend(TableBackend):
     @staticmethod
     def set_num_threads(n: int) -> None:
         import numba
-        numba.set_num_threads(n)
+        numba.set_num_threads(n)     # for the calling thread only: each task thread sets its own
+
+    @staticmethod
+    def get_num_threads() -> int:
+        import numba
+        return numba.get_num_threads()
 
 
 def accumulation(op: str, key: str, K: int) -> dict:

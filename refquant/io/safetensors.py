@@ -57,8 +57,31 @@ def dtype_name(dt) -> str:
     return NAMES[dt]
 
 
+class TensorSpec:
+    """A tensor's dtype and shape, known before its bytes (a planned output: `PlannedCheckpoint`)."""
+
+    def __init__(self, dtype, shape):
+        self.dtype, self.shape = np.dtype(dtype), tuple(int(d) for d in shape)
+        self.nbytes = self.dtype.itemsize * int(np.prod(self.shape, dtype=object))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __eq__(self, other):
+        return isinstance(other, TensorSpec) and (self.dtype, self.shape) == (other.dtype, other.shape)
+
+    def __repr__(self):
+        return f"TensorSpec({dtype_name(self.dtype)}, {list(self.shape)})"
+
+
+def spec_of(a) -> TensorSpec:
+    return a if isinstance(a, TensorSpec) else TensorSpec(np.asarray(a).dtype, np.asarray(a).shape)
+
+
 def header(tensors: Mapping, metadata: Optional[dict] = None) -> tuple[bytes, list]:
-    """The header bytes (length prefix included) and the (name, array) order of the data."""
+    """The header bytes (length prefix included) and the (name, array) order of the data; the
+    values may be arrays or `TensorSpec`s."""
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise InputError("safetensors: __metadata__ must map strings to strings")
     order = sorted(tensors.items())
@@ -66,7 +89,7 @@ def header(tensors: Mapping, metadata: Optional[dict] = None) -> tuple[bytes, li
     if metadata:
         h["__metadata__"] = dict(sorted(metadata.items()))
     for name, a in order:
-        a = np.asarray(a)
+        a = a if isinstance(a, TensorSpec) else np.asarray(a)
         n = a.nbytes
         h[name] = {"dtype": dtype_name(a.dtype), "shape": [int(s) for s in a.shape], "data_offsets": [off, off + n]}
         off += n
@@ -288,33 +311,119 @@ def save_checkpoint(directory, tensors: Mapping, max_shard_bytes: int = 5 * 2**3
     out = Path(directory)
     if out.exists():
         raise InputError(f"{out}: output directory already exists")
+    shards = plan_shards(tensors, max_shard_bytes)
+    tmp = temp_dir(out)
+    try:
+        for fname, sh in shards:
+            save_file(tmp / fname, sh, metadata if metadata is not None else {"format": "pt"})
+        _finish(tmp, out, tensors, shards, extra_files)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def plan_shards(tensors: Mapping, max_shard_bytes: int) -> list:
+    """[(file name, {name: tensor or TensorSpec})]: name order, at most max_shard_bytes of data a
+    shard (a larger tensor gets a shard of its own)."""
     shards, cur, size = [], {}, 0
     for name, a in sorted(tensors.items()):
-        n = np.asarray(a).nbytes
+        n = spec_of(a).nbytes
         if cur and size + n > max_shard_bytes:
             shards.append(cur)
             cur, size = {}, 0
         cur[name] = a
         size += n
     shards.append(cur)
-    names = shard_names(len(shards))
-    tmp = temp_dir(out)
+    return list(zip(shard_names(len(shards)), shards))
+
+
+def _finish(tmp: Path, out: Path, tensors: Mapping, shards: list, extra_files: Optional[dict]) -> None:
+    """The index (several shards), the extra files, then the directory renamed into place."""
+    if len(shards) > 1:
+        idx = {"metadata": {"total_size": sum(spec_of(a).nbytes for a in tensors.values())},
+               "weight_map": {k: f for f, sh in shards for k in sorted(sh)}}
+        (tmp / INDEX).write_text(json.dumps(idx, indent=2, sort_keys=True) + "\n")
+    for fname, content in (extra_files or {}).items():
+        with AtomicFile(tmp / fname) as f:
+            f.write(content.encode() if isinstance(content, str) else content)
+    os.chmod(tmp, 0o777 & ~_umask())
+    check_signal()
+    os.replace(tmp, out)
+
+
+class PlannedCheckpoint:
+    """A checkpoint directory written from its plan: every tensor's dtype and shape (`specs`,
+    name -> TensorSpec) fix the shards, their headers and each tensor's offset, so each shard is
+    written (header) and sized first, and tensors are written at their offsets (`place`) in any
+    order, by any process that sees the directory. On a clean exit the index and `extra_files`
+    are written and the temporary directory renamed into place; on an error nothing appears.
+    The bytes are those `save_checkpoint` writes for the same tensors."""
+
+    def __init__(self, directory, specs: Mapping, max_shard_bytes: int = 5 * 2**30,
+                 metadata: Optional[dict] = None, extra_files: Optional[dict] = None):
+        self.out = Path(directory)
+        self.specs = {k: spec_of(v) for k, v in specs.items()}
+        self.max_shard_bytes, self.extra = max_shard_bytes, extra_files
+        self.metadata = metadata if metadata is not None else {"format": "pt"}
+        self.tmp = None
+
+    def __enter__(self) -> "PlannedCheckpoint":
+        if self.out.exists():
+            raise InputError(f"{self.out}: output directory already exists")
+        self.shards = plan_shards(self.specs, self.max_shard_bytes)
+        self.tmp = temp_dir(self.out)
+        self.where = {}
+        try:
+            for fname, sh in self.shards:
+                head, order = header(sh, self.metadata)
+                path = self.tmp / fname
+                with open(path, "wb") as f:
+                    f.write(head)
+                    f.truncate(len(head) + sum(t.nbytes for _, t in order))
+                off = len(head)
+                for name, t in order:
+                    self.where[name] = (str(path), off)
+                    off += t.nbytes
+        except BaseException:
+            shutil.rmtree(self.tmp)
+            raise
+        return self
+
+    def place(self, name: str, a) -> tuple[str, int]:
+        """(shard path, byte offset) of tensor `name`, checking `a` (array or spec) against the plan."""
+        got, want = spec_of(a), self.specs[name]
+        if got != want:
+            raise InputError(f"{name}: planned as {want}, computed as {got}")
+        return self.where[name]
+
+    def __exit__(self, et, ev, tb) -> bool:
+        try:
+            if et is None:
+                for path in {p for p, _ in self.where.values()}:
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                _finish(self.tmp, self.out, self.specs, self.shards, self.extra)
+        finally:
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
+        return False
+
+
+def write_at(path: str, at: int, a) -> None:
+    """Write an array's bytes (little-endian, C order) at byte `at` of an existing file."""
+    a = np.ascontiguousarray(a)
+    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    b = memoryview(a.reshape(-1).view(np.uint8))
+    fd = os.open(path, os.O_WRONLY)
     try:
-        for fname, sh in zip(names, shards):
-            save_file(tmp / fname, sh, metadata if metadata is not None else {"format": "pt"})
-        if len(shards) > 1:
-            idx = {"metadata": {"total_size": sum(np.asarray(a).nbytes for a in tensors.values())},
-                   "weight_map": {k: f for f, sh in zip(names, shards) for k in sorted(sh)}}
-            (tmp / INDEX).write_text(json.dumps(idx, indent=2, sort_keys=True) + "\n")
-        for fname, content in (extra_files or {}).items():
-            with AtomicFile(tmp / fname) as f:
-                f.write(content.encode() if isinstance(content, str) else content)
-        os.chmod(tmp, 0o777 & ~_umask())
-        check_signal()
-        os.replace(tmp, out)
+        while len(b):
+            n = os.pwrite(fd, b, at)
+            b, at = b[n:], at + n
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -49,11 +49,12 @@ def is_quantizable(t: TensorInfo, block_size: int) -> bool:
 
 def quantize_file(src_path, dst_path, qtype: str, imatrix: Optional[dict[str, np.ndarray]] = None,
                   backend: str = "numpy", progress: Optional[Callable[[TensorInfo], None]] = None,
-                  workers: Optional[int] = 1, scheduler: Optional[str] = None) -> None:
-    """Quantize every quantizable weight of a float GGUF model to `qtype`; `workers` and
-    `scheduler` as recipes.quantize_model takes them."""
+                  workers: Optional[int] = 1, scheduler: Optional[str] = None,
+                  threads: Optional[int] = None) -> None:
+    """Quantize every quantizable weight of a float GGUF model to `qtype`; `workers`,
+    `scheduler` and `threads` as recipes.quantize_model takes them."""
     from .recipes import _SLAB_ELEMENTS, Kept, Slab, write_tasks
-    from .scale import Runner, choose_workers
+    from .scale import Runner
     fmt = get_format(qtype)
     if not fmt.can_quantize or fmt.ggml_type is None:
         raise FormatError(f"{fmt.name} is not a GGUF type refquant can quantize to")
@@ -83,7 +84,5 @@ def quantize_file(src_path, dst_path, qtype: str, imatrix: Optional[dict[str, np
                                  min(rows_at, nrows - r), r, t.type_name, fmt.name, im, bname, recipe=False)
                             for r in range(0, nrows, rows_at)]
         kvs = [kv for kv in src.kvs if kv.key not in SPLIT_KEYS]
-        todo = sum(t.nbytes for t in src.tensors if not isinstance(work[t.name], Kept))
-        workers = choose_workers(workers, scheduler, todo)
-        with Runner(workers, scheduler) as rn:
+        with Runner(workers, scheduler, threads) as rn:
             write_tasks(rn, [(dst_path, _with_file_type(kvs, fmt.name), infos)], work, progress or (lambda t: None))

@@ -221,9 +221,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     extra = {"config.json": None}
     extra.update(extra_files(model_dir))      # tokenizer files, gguf_metadata.json, ...: as they are
     if calibration is not None:
-        from .scale import Runner, choose_workers
-        n = choose_workers(workers, scheduler, _nbytes(ck, lin))
-        with (nullcontext(runner) if runner is not None else Runner(n, scheduler)) as rn:
+        from .scale import Runner
+        with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
             out = _calibrated(model_dir, config, ck, lin, method, bits, group_size, fmt, sym, calibration, ctx,
                               calibration_tokens, sequential, alpha, max_rows, progress, record, scheme, rn)
         qc = _config(fmt, bits, group_size, sym, targets, ignore, L_targets.ignored_linears(shapes, lin))
@@ -237,6 +236,10 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         config["quantization_config"] = qc
         extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
         save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
+        return
+    if PLANNED and method == "rtn" and transform is None:
+        _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sym, scheme, adir, shapes,
+                          targets, ignore, max_shard_bytes, progress, workers, scheduler, runner)
         return
     out = {}
     weights = {k: np.asarray(ck[k]) for k in ck}
@@ -267,9 +270,8 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
                 job["w_amax"], job["x_amax"] = w_amax[k], x_amax[k]
             yield job
 
-    from .scale import Runner, choose_workers
-    n = choose_workers(workers, scheduler, _nbytes(ck, lin))
-    with (nullcontext(runner) if runner is not None else Runner(n, scheduler)) as rn:
+    from .scale import Runner
+    with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
         # each linear layer is a task (the model's weights stay here: a checkpoint is read whole)
         for _, t in rn.imap_unordered(quantize_linear, jobs()):
             out.update(t)
@@ -292,8 +294,114 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
 
 
-def _nbytes(ck, lin) -> int:
-    return sum(int(np.prod(ck[k].shape)) * np.dtype(ck[k].dtype).itemsize for k in lin)
+def _quantization_config(config, extra, fmt, bits, group_size, sym, scheme, targets, ignore, shapes, lin, rest):
+    """config.json's quantization_config (and ModelOpt's hf_quant_config.json) of a one-shot
+    run; `rest`: the tensors left as they are (name -> array or spec)."""
+    if fmt.startswith("modelopt-"):
+        hq = L_fp8.quantization_config_modelopt("FP8" if fmt == "modelopt-fp8" else "NVFP4",
+                                                _modelopt_excluded(rest, config))
+        config["quantization_config"] = L_fp8.hf_config_modelopt(hq)
+        extra["hf_quant_config.json"] = json.dumps(hq, indent=4) + "\n"
+    elif scheme is not None:
+        config["quantization_config"] = L_ct.preset_config(scheme, targets, ignore)
+    else:
+        config["quantization_config"] = _config(fmt, bits, group_size, sym, targets, ignore,
+                                                L_targets.ignored_linears(shapes, lin))
+
+
+class Source:
+    """A tensor of the input, read by whichever process runs the task: `shape` of `dtype` at byte
+    `offset` of the safetensors file `path` (a shared filesystem for a remote cluster)."""
+
+    def __init__(self, path, offset: int, dtype, shape):
+        self.path, self.offset, self.dtype, self.shape = str(path), int(offset), np.dtype(dtype), tuple(shape)
+
+    @staticmethod
+    def of(ck, name: str) -> "Source":
+        f = ck.file(ck.weight_map[name])
+        dt, shape, b = f.entries[name]
+        return Source(f.path, f.start + b, dt, shape)
+
+    def read(self) -> np.ndarray:
+        n = self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
+        if n == 0:
+            return np.zeros(self.shape, self.dtype)
+        return np.memmap(self.path, np.uint8, "r", offset=self.offset, shape=(n,)).view(self.dtype).reshape(self.shape)
+
+
+def plan_linear(job: dict) -> dict:
+    """The dtype and shape of each tensor one linear layer's task writes (name -> TensorSpec):
+    the layer quantized and its bytes dropped (a task; the plan of the output comes first)."""
+    from ..io.safetensors import spec_of
+    return {k: spec_of(a) for k, a in quantize_linear(job).items()}
+
+
+def put_linear(task):
+    """One linear layer quantized and its tensors written at their planned places (a task): `dest`
+    maps each output name to (shard path, byte offset, TensorSpec). Without `dest` (a remote
+    cluster: the client writes) the tensors are returned."""
+    from ..io.safetensors import spec_of, write_at
+    job, dest = task
+    t = quantize_linear(job)
+    if dest is None:
+        return t
+    for name, a in t.items():
+        path, at, want = dest[name]
+        if spec_of(a) != want:
+            raise InputError(f"{name}: planned as {want}, computed as {spec_of(a)}")
+        write_at(path, at, a)
+    return len(t)
+
+
+def _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sym, scheme, adir, shapes,
+                      targets, ignore, max_shard_bytes, progress, workers, scheduler, runner) -> None:
+    """Round to nearest, every --format: plan, then fan out. The tasks read their layer from the
+    input by offset and compute each output tensor's dtype and shape (the plan); the shards'
+    headers are written and the files sized; the tasks then quantize again and write their
+    tensors at the planned offsets, while this process copies the other tensors by offset.
+    Memory: a few tensors a worker, nothing a model's size; the bytes are save_checkpoint's."""
+    from ..io.safetensors import PlannedCheckpoint, TensorSpec, write_at
+    from .scale import Runner
+    rest = {k: TensorSpec(ck[k].dtype, ck[k].shape) for k in ck if k not in set(lin)}
+    w_amax = x_amax = None
+    if fmt.startswith("modelopt-"):
+        w_amax, x_amax = _modelopt_amaxes(ck, lin, adir, fuse=fmt == "modelopt-nvfp4")
+
+    def job(k):
+        module = k[:-len(".weight")]
+        j = dict(module=module, w=Source.of(ck, k), fmt=fmt, method="rtn", bits=bits, group_size=group_size,
+                 sym=sym, scheme=scheme, x=None, xa=None, w_amax=None, x_amax=None, blas=None)
+        if scheme is not None and preset_needs_inputs(scheme):
+            j["xa"] = np.max(np.abs(_activations(adir, module, ck[k].shape[1])))
+        if w_amax is not None:
+            j["w_amax"], j["x_amax"] = w_amax[k], x_amax[k]
+        return j
+
+    _quantization_config(config, extra, fmt, bits, group_size, sym, scheme, targets, ignore, shapes, lin, rest)
+    extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
+        specs, names = {}, {}
+        for i, t in rn.imap_unordered(plan_linear, (job(k) for k in lin)):
+            names[i] = [n for n in t if n not in rest]      # as save_checkpoint: a kept tensor wins
+            specs.update(t)
+        specs.update(rest)
+        with PlannedCheckpoint(out_dir, specs, max_shard_bytes, extra_files=extra) as pc:
+            local = rn.writes_locally
+            tasks = [(job(k), {n: pc.where[n] + (specs[n],) for n in names[i]} if local else None)
+                     for i, k in enumerate(lin)]
+            step = 64 * 2**20
+            for k in rest:                     # the tensors kept as they are: copied by offset
+                src, (path, at) = Source.of(ck, k), pc.where[k]
+                flat = src.read().reshape(-1)
+                per = max(1, step // max(flat.dtype.itemsize, 1))
+                for i in range(0, flat.size, per):
+                    write_at(path, at + i * flat.dtype.itemsize, flat[i:i + per])
+            for i, res in rn.imap_unordered(put_linear, tasks):
+                if not local:
+                    for name in names[i]:
+                        write_at(*pc.place(name, res[name]), res[name])
+                if progress:
+                    progress(None)
 
 
 def quantize_linear(job: dict) -> dict:
@@ -301,6 +409,8 @@ def quantize_linear(job: dict) -> dict:
     ModelOpt): its weight in, its output tensors (named `module.name`) out. Runs on any worker."""
     from .scale import blas_like
     wk, module, fmt, method = job["w"], job["module"], job["fmt"], job["method"]
+    if isinstance(wk, Source):
+        wk = wk.read()
     bits, group_size, sym, scheme = job["bits"], job["group_size"], job["sym"], job["scheme"]
     W = wk.astype(np.float32)
     q = None
@@ -448,6 +558,9 @@ def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt,
 
 
 PACKED = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors")
+# round to nearest writes its output from a plan, at offsets (_quantize_planned); False: the whole
+# output in memory, then save_checkpoint (as GPTQ, AWQ and --transform still do)
+PLANNED = True
 
 
 def _pack(fmt, module, W, q, bits, group_size, sym, dtype) -> dict:

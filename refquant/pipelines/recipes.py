@@ -1095,8 +1095,10 @@ def quantize_slab(s: Slab, read: Callable[[str, int, int], np.ndarray] = _read_o
         x = _to_f32(raw, s.src, s.nrows, be)
     except FormatError as e:
         raise FormatError(f"tensor {s.tensor!r}: cannot dequantize {s.src}: {e}") from None
+    from .scale import task_threads
     try:
-        q = _quantize_rows(be, x, s.dst, s.imatrix) if s.recipe else be.quantize(x, s.dst, s.imatrix)
+        with task_threads(be):            # the runner's kernel threads a task (one by default)
+            q = _quantize_rows(be, x, s.dst, s.imatrix) if s.recipe else be.quantize(x, s.dst, s.imatrix)
     except InputError as e:
         raise InputError(f"tensor {s.tensor!r} (rows from {s.first_row}): {e}") from None
     if s.recipe:
@@ -1186,6 +1188,7 @@ def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], N
         with ExitStack() as stack:
             outs = [stack.enter_context(PlannedGGUF(path, kvs, infos)) for path, kvs, infos in files]
             jobs, cur, size, left, placed = [], [], 0, {}, {}
+            group = _TASK_ELEMENTS if rn.batches else 0     # threads: every slab a task (no round trip)
             for out in outs:
                 for t in out.tensors:
                     placed[t.name] = t
@@ -1197,13 +1200,15 @@ def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], N
                     for s in w:
                         cur.append((s, out.data_offset + t.offset + s.first_row * (t.nbytes // rows)))
                         size += t.n_elements * s.nrows // rows
-                        if size >= _TASK_ELEMENTS:
+                        if size >= group:
                             jobs.append((out.tmp, cur))
                             cur, size = [], 0
                 if cur:                           # a task never spans two output files
                     jobs.append((out.tmp, cur))
                     cur, size = [], 0
-            local = rn.scheduler is None
+            local = rn.writes_locally
+            if not rn.batches:     # threads: the costliest slabs first, so none is left for the end alone
+                jobs.sort(key=lambda job: -sum(_cost(s) for s, _ in job[1]))
             fds = {out.tmp: stack.enter_context(_os_fd(out.tmp)) for out in outs}
             for out in outs:                      # the kept tensors: copied here while workers quantize
                 for t in out.tensors:
@@ -1235,6 +1240,12 @@ def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], N
         read.close()
 
 
+def _cost(s: Slab) -> int:
+    """A slab's rough cost, to start the costliest first: its input bytes, four times over for
+    the types whose quantizers search (K-quants, i-quants)."""
+    return s.nbytes * (4 if s.dst.endswith("_K") or s.dst.startswith("IQ") else 1)
+
+
 class _os_fd:
     """os.open(path, O_WRONLY) as a context manager."""
 
@@ -1255,7 +1266,7 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
                    allow_requantize: bool = False, backend="numpy", tensor_types=(), kv_overrides=(),
                    prune_layers=(), keep_split: bool = False, dry_run: bool = False, include_weights=(),
                    exclude_weights=(), workers: Optional[int] = 1, scheduler: Optional[str] = None,
-                   runner=None, only_copy: bool = False) -> list[TensorPlan]:
+                   runner=None, only_copy: bool = False, threads: Optional[int] = None) -> list[TensorPlan]:
     """Quantize a GGUF model (F32, F16 or BF16 tensors; split or not) to llama.cpp's file type
     `ftype`, writing the same bytes as `llama_model_quantize` with the same parameters (and as
     llama-quantize, for the imatrix keys and the options that only it has).
@@ -1281,10 +1292,11 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
     spec runs the others. Default: the spec itself. Use a bit-exact backend only: the output is
     meant to be llama.cpp's bytes.
     Streams one tensor at a time (in row slabs); the output appears only when complete.
-    workers, scheduler: where the slabs are quantized (refquant.pipelines.scale.Runner): 1 is this
-    process; N a local Dask cluster of N processes; a scheduler address a running cluster (the
-    input must be at the same path on its workers). `runner`: an entered Runner to use instead.
-    The bytes are the same in every case.
+    workers, scheduler, threads: where the slabs are quantized (refquant.pipelines.scale.Runner):
+    1 is this process on one core; N (None: every core) N threads of this process; scheduler
+    "local" a local Dask cluster of N processes; a scheduler address a running cluster (the input
+    must be at the same path on its workers). threads: kernel threads a slab (default 1).
+    `runner`: an entered Runner to use instead. The bytes are the same in every case.
     Returns the plan: each tensor's name, shape and types.
     """
     from ..backend import get_backend
@@ -1376,9 +1388,8 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
                                    KV("split.tensors.count", GGUFValueType.INT32, len(tps))]
                 infos = [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps if tp.split == i]
                 files.append((split_path(out_path, i, n_split), meta, infos))
-        from .scale import Runner, choose_workers
-        workers = choose_workers(workers, scheduler, sum(tp.nbytes for tp in converted))
-        with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
+        from .scale import Runner
+        with (nullcontext(runner) if runner is not None else Runner(workers, scheduler, threads)) as rn:
             write_tasks(rn, files, work, on_tensor, together=keep_split)
     return tps
 

@@ -1,4 +1,4 @@
-"""Scale-out: a whole-file job's independent tasks on Dask distributed.
+"""Scale-out: a whole-file job's independent tasks on every local core, or on Dask distributed.
 
 A pipeline first computes its plan (each tensor's type, byte size and place in the output),
 then hands its tasks — row ranges of tensors, or whole linear layers — to a `Runner`, and
@@ -7,32 +7,39 @@ submission order, whatever order the tasks finish in, so the output is byte-iden
 serial run with any number of workers; at most `window` results are held at once, so the
 client's memory is bounded by a few tasks, not by the model.
 
-Where the tasks run:
+Where the tasks run (N workers = N cores' worth of work):
 
-* `workers=1`, no scheduler: in this process, one after another (no Dask is imported).
-* `workers=None` (the command line's default): every core (`default_workers`); a whole-file
-  job chooses this process instead when its input is small (`choose_workers`).
-* `workers=N`: a local Dask cluster of N worker processes, one thread each (numba's kernels
-  get one thread a worker: `NUMBA_NUM_THREADS=1`, set before the workers start). A task whose
-  result depends on NumPy's BLAS thread count (GPTQ) runs with the client's (`blas_like`).
+* `workers=1`, no scheduler: in this process, one after another, on one core: each task's
+  kernels run on `threads` kernel threads (default 1; `task_threads`).
+* `workers=N` (default `None`: every core, `default_workers`), no scheduler: N threads of this
+  process (`concurrent.futures`), one kernel thread each. The kernels release the GIL (Numba's
+  `nogil=True`; NumPy's loops), so N tasks run on N cores with no process to start, no import
+  to repeat and no byte to send: the cheapest engine on one machine, from 2 cores to 64.
+* `scheduler="local"`: a local Dask cluster of N worker processes, one thread each (numba's
+  kernels get one thread a worker: `NUMBA_NUM_THREADS=1`, set before the workers start): its
+  start costs seconds, but a worker that dies is restarted and its tasks re-run.
 * `scheduler="tcp://HOST:PORT"`: a running Dask cluster. Workers read the input themselves,
   so it must be at the same path on every worker (a shared filesystem); the client writes the
-  output.
+  output. A task whose result depends on NumPy's BLAS thread count (GPTQ) runs with the
+  client's (`blas_like`).
 
-Faults: a worker that dies mid-task has its tasks re-run by the scheduler elsewhere (Dask's
-`distributed.scheduler.allowed-failures`); a task that raises stops the run with that task's
-error (the remaining tasks are cancelled); so does Ctrl-C. The caller's atomic write then
-leaves no output.
+Faults: on a Dask cluster a worker that dies mid-task has its tasks re-run by the scheduler
+elsewhere (Dask's `distributed.scheduler.allowed-failures`); everywhere a task that raises
+stops the run with that task's error (the remaining tasks are cancelled, the running ones
+finish first); so does Ctrl-C. The caller's atomic write then leaves no output.
 """
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional
 
 from ..errors import InputError, RefquantError
 
 WORKERS_ENV = "REFQUANT_WORKERS"     # the command line's default number of workers
+LOCAL = "local"                      # --scheduler local: a Dask cluster of worker processes here
 
 
 def default_workers() -> int:
@@ -50,51 +57,92 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-# Below this much input to convert, the default runs in this process: a local cluster's start
-# (processes, imports, each worker's Numba cache) costs more than it saves, and this process's
-# Numba kernels already run on every core (benchmarks/README.md, "Scale-out").
-AUTO_CLUSTER_BYTES = 2 << 30
-
-
-def choose_workers(workers: Optional[int], scheduler: Optional[str], nbytes: int) -> Optional[int]:
-    """The worker count a job of `nbytes` of input runs with: `workers` when given, else
-    $REFQUANT_WORKERS when set, else every core for a job of AUTO_CLUSTER_BYTES or more and
-    this process (1) for a smaller one."""
-    if workers is not None or scheduler is not None or os.environ.get(WORKERS_ENV):
-        return workers
-    return default_workers() if nbytes >= AUTO_CLUSTER_BYTES else 1
-
-
 def check_workers(n) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"--workers must be a whole number >= 1, got {n!r}")
     return n
 
 
+_task = threading.local()
+
+
+def current_task_threads() -> Optional[int]:
+    """The kernel threads a task running in this thread gets (None: not set by a Runner; a
+    Dask worker's kernels run on its NUMBA_NUM_THREADS)."""
+    return getattr(_task, "threads", None)
+
+
+@contextmanager
+def task_threads(backend):
+    """Run a task's kernels on the runner's kernel thread count (`current_task_threads`):
+    set on the backend for this thread (Numba's count is per thread), restored after."""
+    n = current_task_threads()
+    if n is None or not getattr(backend, "threaded", False):
+        yield
+        return
+    old = backend.get_num_threads()
+    n = max(1, min(n, backend.max_threads()))
+    if n == old:
+        yield
+        return
+    backend.set_num_threads(n)
+    try:
+        yield
+    finally:
+        backend.set_num_threads(old)
+
+
+def _init_thread(threads: int) -> None:
+    _task.threads = threads
+
+
 class Runner:
-    """Runs a function over tasks: serially, on a local Dask cluster, or on a remote one.
+    """Runs a function over tasks: serially, on threads of this process, on a local Dask
+    cluster of processes, or on a remote one.
 
-    Use as a context manager; the cluster (when this runner started one) stops on exit."""
+    Use as a context manager; the threads or the cluster (when this runner started one) stop on
+    exit. `threads`: kernel threads per task (default 1; serial and thread workers)."""
 
-    def __init__(self, workers: Optional[int] = 1, scheduler: Optional[str] = None):
+    def __init__(self, workers: Optional[int] = 1, scheduler: Optional[str] = None, threads: Optional[int] = None):
         self.scheduler = scheduler
         self.workers = default_workers() if workers is None else check_workers(workers)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InputError(f"--threads must be a whole number >= 1, got {threads!r}")
+        self.threads = threads or 1
         self._client = None
         self._cluster = None
+        self._pool = None
+        self._saved_threads = None
 
     @property
     def serial(self) -> bool:
         return self.scheduler is None and self.workers == 1
 
+    @property
+    def writes_locally(self) -> bool:
+        """Whether the tasks run on this machine (they can write the output file themselves)."""
+        return self.scheduler in (None, LOCAL)
+
+    @property
+    def batches(self) -> bool:
+        """Whether tasks are worth grouping (each costs a round trip to a Dask scheduler)."""
+        return self._client is not None
+
     def __enter__(self) -> "Runner":
-        if self.serial:
+        if self.scheduler is None:
+            self._saved_threads = (current_task_threads(),)
+            _task.threads = self.threads       # the serial tasks run in this thread
+            if self.workers > 1:
+                from concurrent.futures import ThreadPoolExecutor
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="refquant-worker",
+                                                initializer=_init_thread, initargs=(self.threads,))
             return self
         try:
             import dask
             from distributed import Client, LocalCluster
         except ImportError:
-            raise RefquantError("more than one worker needs Dask distributed: pip install 'refquant[scale]'") from None
-        if self.scheduler is not None:
+            raise RefquantError("--scheduler needs Dask distributed: pip install 'refquant[scale]'") from None
+        if self.scheduler != LOCAL:
             try:
                 self._client = Client(self.scheduler, timeout="20s")
             except (OSError, TimeoutError) as e:
@@ -105,7 +153,7 @@ class Runner:
         # variables: a nanny writes those into this process's environment (at every worker
         # restart too), where a changed NUMBA_NUM_THREADS breaks Numba's running thread pool.
         environ = dict(dask.config.get("distributed.nanny.environ", {}) or {})
-        environ.update(NUMBA_NUM_THREADS="1")
+        environ.update(NUMBA_NUM_THREADS=str(self.threads))
         self._environ = dict(os.environ)
         try:
             with dask.config.set({"distributed.nanny.environ": environ,
@@ -120,6 +168,12 @@ class Runner:
         return self
 
     def __exit__(self, *exc) -> bool:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._saved_threads is not None:
+            _task.threads = self._saved_threads[0]
+            self._saved_threads = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -134,14 +188,28 @@ class Runner:
     def n_slots(self) -> int:
         """How many tasks can run at once."""
         if self._client is None:
-            return 1
+            return self.workers if self._pool is not None else 1
         n = sum(w.get("nthreads", 1) for w in self._client.scheduler_info(n_workers=-1)["workers"].values())
         return max(1, n)
+
+    def _submit(self, fn, t):
+        if self._pool is not None:
+            return self._pool.submit(fn, t)
+        return self._client.submit(fn, t, pure=False)
+
+    def _stop(self, futs) -> None:
+        """Cancel the futures not yet started; on threads, wait for the running ones (they may be
+        writing into the output, which the caller removes next)."""
+        for fut in futs:
+            fut.cancel()
+        if self._pool is not None:
+            from concurrent.futures import wait
+            wait(list(futs))
 
     def imap(self, fn: Callable, tasks: Iterable, window: Optional[int] = None) -> Iterator:
         """fn(task) for each task, yielded in the order of `tasks`; at most `window` submitted
         tasks are not yet consumed (default: twice the slots)."""
-        if self._client is None:
+        if self._client is None and self._pool is None:
             for t in tasks:
                 yield fn(t)
             return
@@ -150,22 +218,24 @@ class Runner:
         it = iter(tasks)
         try:
             for t in it:
-                pending.append(self._client.submit(fn, t, pure=False))
+                pending.append(self._submit(fn, t))
                 if len(pending) >= window:
                     yield _result(pending.popleft())
             while pending:
                 yield _result(pending.popleft())
         finally:
-            for fut in pending:        # an error, Ctrl-C or an abandoned iterator: stop the rest
-                fut.cancel()
+            self._stop(pending)        # an error, Ctrl-C or an abandoned iterator: stop the rest
             pending.clear()
 
     def imap_unordered(self, fn: Callable, tasks: Iterable, window: Optional[int] = None) -> Iterator:
         """(index, fn(task)) as tasks finish; at most `window` tasks are submitted and not yet
         consumed (default: four times the slots), so results held here stay bounded."""
-        if self._client is None:
+        if self._client is None and self._pool is None:
             for i, t in enumerate(tasks):
                 yield i, fn(t)
+            return
+        if self._pool is not None:
+            yield from self._imap_unordered_threads(fn, tasks, window)
             return
         from distributed import as_completed
         window = window or 4 * self.n_slots
@@ -188,8 +258,31 @@ class Runner:
                 yield i, _result(fut)
                 submit_next()
         finally:
-            for _, fut in live.values():    # an error, Ctrl-C or an abandoned iterator
-                fut.cancel()
+            self._stop([fut for _, fut in live.values()])   # an error, Ctrl-C or an abandoned iterator
+            live.clear()
+
+    def _imap_unordered_threads(self, fn, tasks, window):
+        from concurrent.futures import FIRST_COMPLETED, wait
+        window = window or 4 * self.n_slots
+        it = enumerate(tasks)
+        live: dict = {}
+
+        def submit_next() -> None:
+            nxt = next(it, None)
+            if nxt is not None:
+                live[self._pool.submit(fn, nxt[1])] = nxt[0]
+
+        try:
+            for _ in range(window):
+                submit_next()
+            while live:
+                done, _ = wait(live, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=live.get):     # in submission order among those done
+                    i = live.pop(fut)
+                    yield i, _result(fut)
+                    submit_next()
+        finally:
+            self._stop(list(live))
             live.clear()
 
 
