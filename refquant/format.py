@@ -97,6 +97,9 @@ class Format(_Record):
         "layout": None,             # refquant.ggml.layout.Layout, for block types
         "vec_dot": None,            # VecDot, for weight types ggml's CPU mul_mat takes
         "file_type": None,          # llama.cpp's LLAMA_FTYPE_MOSTLY_* id whose default type is this one
+        # llama-quant.cpp's rules that name this type:
+        "fallback": None,           # tensor_type_fallback: the type a row that is not whole blocks gets
+        "token_embd": None,         # llama_tensor_get_type: token_embd.weight's type in this type's file type
     }
     _KEY = ("name", "family", "block_size", "type_size", "imatrix", "ggml_type", "spec_page")
 
@@ -141,7 +144,8 @@ class Format(_Record):
 
 
 def block_format(layout, family, quantize_rows, dequantize_rows, imatrix=IMATRIX_NONE, ggml_type=None,
-                 spec_page=None, vec_dot=None, file_type=None) -> Format:
+                 spec_page=None, vec_dot=None, file_type=None, fallback=None, token_embd=None) -> Format:
     """A ggml block type's record, its block and type size read from its layout."""
     return Format(layout.name, family, layout.block_size, layout.type_size, quantize_rows, dequantize_rows,
-                  imatrix, ggml_type, spec_page, layout=layout, vec_dot=vec_dot, file_type=file_type)
+                  imatrix, ggml_type, spec_page, layout=layout, vec_dot=vec_dot, file_type=file_type,
+                  fallback=fallback, token_embd=token_embd)

@@ -22,12 +22,9 @@ SKIP_DIRS = {".git", ".venv", "venv", "build", "dist", "__pycache__", ".hypothes
 # type -> the files whose code names it, each with the reason it may
 WHERE = {
     "Q2_0": {
-        "refquant/ggml/lowbit.py": "its family module: layout, row functions, vec_dot decoder, record",
+        "refquant/ggml/lowbit.py": "its family module: layout, row functions, vec_dot decoder, record "
+                                   "(with llama-quant.cpp's fallback and token_embd types for it)",
         "backends/numba/ggml/lowbit.py": "its Numba twin module: kernels, tables, DECLARES",
-        "refquant/pipelines/recipes.py": "llama.cpp's per-tensor rules, which name the file type MOSTLY_Q2_0 as "
-                                         "llama-quant.cpp does (the fallback of a row its block does not divide, "
-                                         "the token embedding's type); written from llama.cpp before refquant had "
-                                         "the type -- a recipe, not the format",
     },
     "Q1_0": {
         "refquant/ggml/lowbit.py": "its family module",

@@ -253,5 +253,5 @@ RECORDS = [
                  file_type=25),                                     # LLAMA_FTYPE_MOSTLY_IQ4_NL
     block_format(IQ4_XS, "ggml-iq", quantize_iq4_xs, dequantize_iq4_xs, IMATRIX_OPTIONAL, int(T.IQ4_XS),
                  "ggml/iq4_xs.md", VecDot("Q8_K", vec_dot_iq4_xs, "per 32: (d * (ls - 32)) * sumi"),
-                 file_type=30),                                     # LLAMA_FTYPE_MOSTLY_IQ4_XS
+                 file_type=30, fallback="IQ4_NL"),                  # LLAMA_FTYPE_MOSTLY_IQ4_XS
 ]

@@ -1021,13 +1021,15 @@ VEC_DOT = {
 
 # llama.cpp's LLAMA_FTYPE_MOSTLY_* whose default type is this one (MOSTLY_IQ2_S, 28, defaults to
 # IQ2_XS, and IQ2_S is MOSTLY_IQ2_M's: mixtures, in refquant.pipelines.recipes)
+# llama.cpp's LLAMA_FTYPE_MOSTLY_* of a file of each type, and llama-quant.cpp's tensor_type_fallback
+# and token_embd type for it
 RECORDS = [block_format(LAYOUTS[name], "ggml-iq", quantize, dequantize, im, int(T[name]), f"ggml/{name.lower()}.md",
-                        VEC_DOT[name], file_type=ftype)
-           for name, quantize, dequantize, im, ftype in [
-               ("IQ2_XXS", quantize_iq2_xxs, dequantize_iq2_xxs, IMATRIX_REQUIRED, 19),
-               ("IQ2_XS", quantize_iq2_xs, dequantize_iq2_xs, IMATRIX_REQUIRED, 20),
-               ("IQ2_S", quantize_iq2_s, dequantize_iq2_s, IMATRIX_OPTIONAL, None),
-               ("IQ3_XXS", quantize_iq3_xxs, dequantize_iq3_xxs, IMATRIX_OPTIONAL, 23),
-               ("IQ3_S", quantize_iq3_s, dequantize_iq3_s, IMATRIX_OPTIONAL, 26),
-               ("IQ1_S", quantize_iq1_s, dequantize_iq1_s, IMATRIX_REQUIRED, 24),
-               ("IQ1_M", quantize_iq1_m, dequantize_iq1_m, IMATRIX_OPTIONAL, 31)]]
+                        VEC_DOT[name], file_type=ftype, fallback="IQ4_NL", token_embd=embd)
+           for name, quantize, dequantize, im, ftype, embd in [
+               ("IQ2_XXS", quantize_iq2_xxs, dequantize_iq2_xxs, IMATRIX_REQUIRED, 19, "Q2_K"),
+               ("IQ2_XS", quantize_iq2_xs, dequantize_iq2_xs, IMATRIX_REQUIRED, 20, "Q2_K"),
+               ("IQ2_S", quantize_iq2_s, dequantize_iq2_s, IMATRIX_OPTIONAL, None, None),
+               ("IQ3_XXS", quantize_iq3_xxs, dequantize_iq3_xxs, IMATRIX_OPTIONAL, 23, "IQ3_S"),
+               ("IQ3_S", quantize_iq3_s, dequantize_iq3_s, IMATRIX_OPTIONAL, 26, None),
+               ("IQ1_S", quantize_iq1_s, dequantize_iq1_s, IMATRIX_REQUIRED, 24, "Q2_K"),
+               ("IQ1_M", quantize_iq1_m, dequantize_iq1_m, IMATRIX_OPTIONAL, 31, "Q2_K")]]

@@ -473,12 +473,13 @@ VEC_DOT = {
 
 # llama.cpp's LLAMA_FTYPE_MOSTLY_* whose default type is this one (Q3_K, Q4_K, Q5_K have only
 # the _S/_M/_L mixtures, which are recipes: refquant.pipelines.recipes)
+# llama.cpp's LLAMA_FTYPE_MOSTLY_* of a file of each type, and llama-quant.cpp's tensor_type_fallback
 RECORDS = [block_format(LAYOUTS[name], "ggml-k", q, dq, im, int(T[name]), f"ggml/{name.lower()}.md",
-                        vec_dot=VEC_DOT.get(name), file_type=ftype)
-           for name, q, dq, im, ftype in [
-               ("Q2_K", quantize_q2_k, dequantize_q2_k, IMATRIX_OPTIONAL, 10),
-               ("Q3_K", quantize_q3_k, dequantize_q3_k, IMATRIX_OPTIONAL, None),
-               ("Q4_K", quantize_q4_k, dequantize_q4_k, IMATRIX_OPTIONAL, None),
-               ("Q5_K", quantize_q5_k, dequantize_q5_k, IMATRIX_OPTIONAL, None),
-               ("Q6_K", quantize_q6_k, dequantize_q6_k, IMATRIX_OPTIONAL, 18),
-               ("Q8_K", quantize_q8_k, dequantize_q8_k, IMATRIX_NONE, None)]]
+                        vec_dot=VEC_DOT.get(name), file_type=ftype, fallback=fb)
+           for name, q, dq, im, ftype, fb in [
+               ("Q2_K", quantize_q2_k, dequantize_q2_k, IMATRIX_OPTIONAL, 10, "Q4_0"),
+               ("Q3_K", quantize_q3_k, dequantize_q3_k, IMATRIX_OPTIONAL, None, "Q4_0"),
+               ("Q4_K", quantize_q4_k, dequantize_q4_k, IMATRIX_OPTIONAL, None, "Q5_0"),
+               ("Q5_K", quantize_q5_k, dequantize_q5_k, IMATRIX_OPTIONAL, None, "Q5_1"),
+               ("Q6_K", quantize_q6_k, dequantize_q6_k, IMATRIX_OPTIONAL, 18, "Q8_0"),
+               ("Q8_K", quantize_q8_k, dequantize_q8_k, IMATRIX_NONE, None, None)]]

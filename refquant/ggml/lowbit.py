@@ -236,12 +236,12 @@ VEC_DOT = {
 }
 
 
-# ggml type ids (Q2_0's 42 is newer than gguf-py 0.19's table) and llama.cpp's
-# LLAMA_FTYPE_MOSTLY_* of a file of each type
+# ggml type ids (Q2_0's 42 is newer than gguf-py 0.19's table), llama.cpp's LLAMA_FTYPE_MOSTLY_* of
+# a file of each type, and llama-quant.cpp's fallback and token_embd types for them
 RECORDS = [block_format(LAYOUTS[name], "ggml-lowbit", q, dq, IMATRIX_NONE, ggml_type, f"ggml/{name.lower()}.md",
-                        vec_dot=VEC_DOT[name], file_type=ftype)
-           for name, q, dq, ggml_type, ftype in [
-               ("TQ1_0", quantize_tq1_0, dequantize_tq1_0, int(T.TQ1_0), 36),
-               ("TQ2_0", quantize_tq2_0, dequantize_tq2_0, int(T.TQ2_0), 37),
-               ("Q1_0", quantize_q1_0, dequantize_q1_0, int(T.Q1_0), 40),
-               ("Q2_0", quantize_q2_0, dequantize_q2_0, 42, 41)]]
+                        vec_dot=VEC_DOT[name], file_type=ftype, fallback=fb, token_embd=embd)
+           for name, q, dq, ggml_type, ftype, fb, embd in [
+               ("TQ1_0", quantize_tq1_0, dequantize_tq1_0, int(T.TQ1_0), 36, "Q4_0", "Q4_K"),
+               ("TQ2_0", quantize_tq2_0, dequantize_tq2_0, int(T.TQ2_0), 37, "Q4_0", "Q4_K"),
+               ("Q1_0", quantize_q1_0, dequantize_q1_0, int(T.Q1_0), 40, None, None),
+               ("Q2_0", quantize_q2_0, dequantize_q2_0, 42, 41, "Q4_0", "Q4_K")]]

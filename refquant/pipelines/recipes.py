@@ -414,10 +414,14 @@ def requires_imatrix(name: str, dst: str, ftype: FileType) -> bool:
     return dst == "Q2_K" and ftype.name == "Q2_K_S"
 
 
-# the types a 256-block type falls back to when the row length is not a multiple of 256
-_FALLBACK = {"IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL",
-             "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q2_0": "Q4_0", "Q2_K": "Q4_0",
-             "Q3_K": "Q4_0", "TQ1_0": "Q4_0", "TQ2_0": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+# tensor_type_fallback's table: the type a 256-block type falls back to when the row length is not
+# a multiple of 256 (each format record's `fallback`)
+_FALLBACK = {f.name: f.fallback for f in all_formats() if f.fallback is not None}
+
+
+# llama_tensor_get_type's token_embd type for a file type named after its default type (the
+# record's `token_embd`: IQ2_XXS -> Q2_K, TQ1_0 -> Q4_K, ...)
+_TOKEN_EMBD = {f.name: f.token_embd for f in all_formats() if f.file_type is not None and f.token_embd is not None}
 
 
 def fallback(ncols: int, target: str) -> str:
@@ -512,12 +516,10 @@ def _type_impl(st: _State, new: str, name: str, ne: tuple[int, ...], ft: FileTyp
     elif cat == TOKEN_EMBD:
         if token_embedding_type is not None:
             new = token_embedding_type
-        elif f in ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"):
-            new = "Q2_K"
-        elif f in ("IQ2_S", "IQ2_M", "IQ3_XXS"):
+        elif f in ("IQ2_S", "IQ2_M"):           # the mixtures' rule; the other file types' is in their record
             new = "IQ3_S"
-        elif f in ("TQ1_0", "TQ2_0", "Q2_0"):
-            new = "Q4_K"
+        elif f in _TOKEN_EMBD:
+            new = _TOKEN_EMBD[f]
     elif f in _IQ2_GROUP:
         if _is_attn_v(cat):
             if gqa >= 4 or m.n_expert >= 4:
