@@ -237,6 +237,24 @@ def test_q8_k_scale_from_the_first_of_equal_magnitudes(nb, ggml):
     np.testing.assert_array_equal(nb.quantize(x, "Q8_K"), ggml.quantize_row_ref(x, "Q8_K"))
 
 
+@pytest.mark.parametrize("qtype", ["Q2_K", "Q4_K", "Q5_K"])
+def test_searches_side_by_side_match_ggml_on_every_lane_count(nb, ggml, qtype):
+    """Q2_K/Q4_K/Q5_K run the sub-blocks' searches of several super-blocks side by side (one
+    lane each; past a row's last super-block the lanes hold copies whose results are unused).
+    Rows of 1 to 6 super-blocks, with flat sub-blocks (C's early return), all-zero, all-positive,
+    all-negative and signed-zero sub-blocks, against ggml's bytes."""
+    rng = np.random.default_rng(18)
+    for nsb in range(1, 7):
+        x = (rng.standard_normal((6, 256 * nsb)) * 0.02).astype(np.float32)
+        x[0, :32] = 0.25
+        x[1, 16:48] = 0.0
+        x[2] = np.abs(x[2])
+        x[3] = -np.abs(x[3])
+        x[4, ::3] = -0.0
+        x[5, 256 * nsb - 64:] = np.float32(-1e-3)
+        np.testing.assert_array_equal(nb.quantize(x, qtype), ggml.quantize(x, qtype))
+
+
 def test_large_matrix_bit_exact(nb):
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((64, 1024)) * 0.02).astype(np.float32)

@@ -11,7 +11,8 @@ from numba import njit, prange
 from ..numerics import (F32, JIT, ONE, U64, ZERO, bits_f32, f32_bits, fp16_to_fp32, fp32_to_fp16_bits,
                         nearest_int)
 from .search import (GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qp_quants,
-                     make_qx_quants, make_qx_quants_lanes, make_qx_quants_x2_lanes, NCAND)
+                     make_qx_quants, make_qx_quants_lanes, make_qx_quants_x2_lanes, NCAND, LANES,
+                     make_qkx2_quants_lanes)
 from refquant.registry import get_format
 
 # super-block size, type sizes and the fields' byte offsets, from the declared layouts
@@ -84,11 +85,29 @@ def _scan_max_from_zero(v):
 
 # --------------------------------------------------------------------------- Q2_K
 
+@njit(**dict(JIT, inline="always"))
+def _fill_lanes(x, r, b, nb, nsub, sub, nl, xt, wt):
+    """Sub-block j of super-block b + g (g < nl // nsub; past the row's end, its last
+    super-block again, whose results are not used) into lane g * nsub + j of xt (position i at
+    xt[i * nl + lane]); wt gets |x| (the weights of Q2_K's search without an imatrix)."""
+    for g in range(nl // nsub):
+        bb = min(b + g, nb - 1)
+        for j in range(nsub):
+            for i in range(sub):
+                xv = x[r, bb * QK_K + sub * j + i]
+                xt[i * nl + g * nsub + j] = xv
+                wt[i * nl + g * nsub + j] = abs(xv)
+
+
 @njit(**PJIT)
-def _quantize_q2_k(x, imatrix, use_imatrix, out):
+def _quantize_q2_k(x, imatrix, use_imatrix, out, nl):
+    """Without an imatrix, the sub-blocks' make_qkx2_quants searches of nl // 16 super-blocks
+    run side by side (search.make_qkx2_quants_lanes, nl lanes at run time: vectorised across
+    blocks, each block's operations C's in C's order)."""
     nrows, n = x.shape
     nb = n // QK_K
     ts = Q2_TS
+    per = nl // 16
     for r in prange(nrows):
         L = np.empty(QK_K, np.int32)
         laux = np.empty(16, np.int32)
@@ -98,17 +117,28 @@ def _quantize_q2_k(x, imatrix, use_imatrix, out):
         sw = np.empty(16, np.float32)
         ls = np.empty(16, np.int32)
         lm = np.empty(16, np.int32)
+        xt = np.empty(16 * nl, np.float32)
+        wt = np.empty(16 * nl, np.float32)
+        Lt = np.empty(16 * nl, np.int32)
+        lt = np.empty(16 * nl, np.int32)
+        v = np.empty((15, nl), np.float32)
+        upd = np.empty(nl, np.int32)
+        sc_all = np.empty(nl, np.float32)
+        mn_all = np.empty(nl, np.float32)
         for b in range(nb):
             xb = x[r, b * QK_K:(b + 1) * QK_K]
             o = out[r, b * ts:(b + 1) * ts]
             if not use_imatrix:
-                for l in range(QK_K):
-                    w[l] = abs(xb[l])
+                g = b % per
+                if g == 0:
+                    _fill_lanes(x, r, b, nb, 16, 16, nl, xt, wt)
+                    make_qkx2_quants_lanes(xt, wt, 16, nl, 3, F32(-0.5), F32(0.1), 15, True, Lt, lt, v, upd,
+                                           sc_all, mn_all)
                 for j in range(16):
-                    s, m = make_qkx2_quants(xb[16 * j:16 * j + 16], 3, w[16 * j:16 * j + 16], F32(-0.5),
-                                            F32(0.1), 15, True, L[16 * j:16 * j + 16], laux)
-                    scales[j] = s
-                    mins[j] = m
+                    scales[j] = sc_all[g * 16 + j]
+                    mins[j] = mn_all[g * 16 + j]
+                    for i in range(16):
+                        L[16 * j + i] = Lt[i * nl + g * 16 + j]
                 max_scale = _scan_max_from_zero(scales)
                 max_min = _scan_max_from_zero(mins)
                 if max_scale > ZERO:
@@ -301,14 +331,35 @@ def _scale_min_k4(o, at, j):
     return sc, m
 
 
+@njit(**dict(JIT, inline="always"))
+def _fill_lanes_av(x, r, b, nb, nl, xt, wt):
+    """_fill_lanes for Q4_K/Q5_K's sub-blocks of 32 (8 per super-block): the weights are
+    av_x + |x[l]|, av_x = sqrtf(Σ x² / 32) over the sub-block (the sum in order)."""
+    for g in range(nl // 8):
+        bb = min(b + g, nb - 1)
+        for j in range(8):
+            x0 = bb * QK_K + 32 * j
+            sum_x2 = ZERO
+            for l in range(32):
+                sum_x2 += x[r, x0 + l] * x[r, x0 + l]
+            av_x = np.sqrt(sum_x2 / F32(32))
+            for i in range(32):
+                xv = x[r, x0 + i]
+                xt[i * nl + g * 8 + j] = xv
+                wt[i * nl + g * 8 + j] = av_x + abs(xv)
+
+
 @njit(**PJIT)
-def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five):
+def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five, nl):
+    """Without an imatrix, the sub-blocks' make_qkx2_quants searches of nl // 8 super-blocks run
+    side by side (search.make_qkx2_quants_lanes, as Q2_K's)."""
     nrows, n = x.shape
     nb = n // QK_K
     ts = Q5_TS if five else Q4_TS
     nmax = 31 if five else 15
     rmin = F32(-0.5) if five else F32(-1.0)
     nstep = 15 if five else 20
+    per = nl // 8
     for r in prange(nrows):
         L = np.empty(QK_K, np.int32)
         laux = np.empty(32, np.int32)
@@ -318,24 +369,30 @@ def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five):
         sw = np.empty(8, np.float32)
         ls = np.empty(8, np.int32)
         lm = np.empty(8, np.int32)
+        xt = np.empty(32 * nl, np.float32)
+        wt = np.empty(32 * nl, np.float32)
+        Lt = np.empty(32 * nl, np.int32)
+        lt = np.empty(32 * nl, np.int32)
+        v = np.empty((15, nl), np.float32)
+        upd = np.empty(nl, np.int32)
+        sc_all = np.empty(nl, np.float32)
+        mn_all = np.empty(nl, np.float32)
         for b in range(nb):
             xb = x[r, b * QK_K:(b + 1) * QK_K]
             o = out[r, b * ts:(b + 1) * ts]
             for k in range(ts):
                 o[k] = 0
             if not use_imatrix:
+                g = b % per
+                if g == 0:
+                    _fill_lanes_av(x, r, b, nb, nl, xt, wt)
+                    make_qkx2_quants_lanes(xt, wt, 32, nl, nmax, rmin, F32(0.1), nstep, False, Lt, lt, v, upd,
+                                           sc_all, mn_all)
                 for j in range(8):
-                    xs = xb[32 * j:32 * j + 32]
-                    sum_x2 = ZERO
-                    for l in range(32):
-                        sum_x2 += xs[l] * xs[l]
-                    av_x = np.sqrt(sum_x2 / F32(32))
-                    for l in range(32):
-                        w[32 * j + l] = av_x + abs(xs[l])
-                    s, m = make_qkx2_quants(xs, nmax, w[32 * j:32 * j + 32], rmin, F32(0.1), nstep, False,
-                                            L[32 * j:32 * j + 32], laux)
-                    scales[j] = s
-                    mins[j] = m
+                    scales[j] = sc_all[g * 8 + j]
+                    mins[j] = mn_all[g * 8 + j]
+                    for i in range(32):
+                        L[32 * j + i] = Lt[i * nl + g * 8 + j]
                 max_scale = _scan_max_from_zero(scales)
                 max_min = _scan_max_from_zero(mins)
                 inv_scale = F63 / max_scale if max_scale > ZERO else ZERO
@@ -596,7 +653,7 @@ def _im(x, imatrix):
 
 def quantize_q2_k(x, imatrix=None):
     out = _qout(x, Q2_TS)
-    _quantize_q2_k(_c(x, np.float32), *_im(x, imatrix), out)
+    _quantize_q2_k(_c(x, np.float32), *_im(x, imatrix), out, LANES)
     return out
 
 
@@ -608,13 +665,13 @@ def quantize_q3_k(x, imatrix=None):
 
 def quantize_q4_k(x, imatrix=None):
     out = _qout(x, Q4_TS)
-    _quantize_q4_k_q5_k(_c(x, np.float32), *_im(x, imatrix), out, False)
+    _quantize_q4_k_q5_k(_c(x, np.float32), *_im(x, imatrix), out, False, LANES)
     return out
 
 
 def quantize_q5_k(x, imatrix=None):
     out = _qout(x, Q5_TS)
-    _quantize_q4_k_q5_k(_c(x, np.float32), *_im(x, imatrix), out, True)
+    _quantize_q4_k_q5_k(_c(x, np.float32), *_im(x, imatrix), out, True, LANES)
     return out
 
 

@@ -328,3 +328,100 @@ def make_qkx2_quants(x, nmax, w, rmin, rdelta, nstep, use_mad, L, laux):
                 scale = this_scale
                 vmin = this_min
     return scale, -vmin
+
+
+LANES = 32  # make_qkx2_quants_lanes' lanes: 32 blocks side by side (two 16-wide vectors)
+
+
+@njit(**INLINE)
+def make_qkx2_quants_lanes(xt, wt, n, nl, nmax, rmin, rdelta, nstep, use_mad, Lt, lt, v, upd, scale_out, min_out):
+    """make_qkx2_quants (the same results, bit for bit) for `nl` independent blocks of n values
+    side by side, one block per lane: xt[i * nl + k], wt[i * nl + k] are position i of block k.
+    Each lane runs C's search on its own block with C's operations in C's order (every sum over
+    i in order, the candidates in order, a winner's least-squares min the one the lane's later
+    candidates use); only the loops over lanes (length nl at run time, unsigned offsets) are
+    new, and those LLVM vectorises. C's branches become per-lane selects. Writes Lt[i * nl + k]
+    (block k's levels), scale_out[k] and min_out[k] (C's scale and -min). Scratch: lt (int32,
+    n * nl), v (float32, 15 x nl), upd (int32, nl)."""
+    nmaxf = F32(nmax)
+    nm = np.int32(nmax)
+    L = U64(nl)
+    vmin, vmax, sum_w, sum_x = v[0], v[1], v[2], v[3]
+    scale, best, sl, sl2, sxl = v[4], v[5], v[6], v[7], v[8]
+    tsc, tmn, cur, iscv, dd, flat = v[9], v[10], v[11], v[12], v[13], v[14]
+    for k in range(L):
+        x0 = xt[k]
+        vmin[k] = x0
+        vmax[k] = x0
+        sum_w[k] = wt[k]
+        sum_x[k] = wt[k] * x0
+    for i in range(1, n):
+        o = U64(i) * L
+        for k in range(L):
+            xi = xt[o + k]
+            vmin[k] = xi if xi < vmin[k] else vmin[k]
+            vmax[k] = xi if xi > vmax[k] else vmax[k]
+            sum_w[k] += wt[o + k]
+            sum_x[k] += wt[o + k] * xi
+    for k in range(L):
+        vmin[k] = ZERO if vmin[k] > ZERO else vmin[k]
+        flat[k] = ONE if vmax[k] == vmin[k] else ZERO   # C returns here: L = 0, (0, -min)
+        iscv[k] = nmaxf / (vmax[k] - vmin[k])
+        scale[k] = ONE / iscv[k]
+        best[k] = ZERO
+    for i in range(n):
+        o = U64(i) * L
+        for k in range(L):
+            l = min(max(nearest_int(iscv[k] * (xt[o + k] - vmin[k])), np.int32(0)), nm)
+            Lt[o + k] = l
+            diff = scale[k] * F32(l) + vmin[k] - xt[o + k]
+            diff = abs(diff) if use_mad else diff * diff
+            best[k] += wt[o + k] * diff
+    for is_ in range(nstep + 1 if nstep >= 1 else 0):
+        num = rmin + rdelta * F32(is_) + nmaxf
+        for k in range(L):
+            iscv[k] = num / (vmax[k] - vmin[k])
+            sl[k] = ZERO
+            sl2[k] = ZERO
+            sxl[k] = ZERO
+        for i in range(n):
+            o = U64(i) * L
+            for k in range(L):
+                l = min(max(nearest_int(iscv[k] * (xt[o + k] - vmin[k])), np.int32(0)), nm)
+                lt[o + k] = l
+                wl = wt[o + k] * F32(l)
+                sl[k] += wl
+                sl2[k] += wl * F32(l)
+                sxl[k] += wl * xt[o + k]
+        for k in range(L):
+            D = sum_w[k] * sl2[k] - sl[k] * sl[k]
+            dd[k] = D
+            ts = (sum_w[k] * sxl[k] - sum_x[k] * sl[k]) / D
+            tm = (sl2[k] * sum_x[k] - sl[k] * sxl[k]) / D
+            pos = tm > ZERO
+            tsc[k] = sxl[k] / sl2[k] if pos else ts
+            tmn[k] = ZERO if pos else tm
+            cur[k] = ZERO
+        for i in range(n):
+            o = U64(i) * L
+            for k in range(L):
+                diff = tsc[k] * F32(lt[o + k]) + tmn[k] - xt[o + k]
+                diff = abs(diff) if use_mad else diff * diff
+                cur[k] += wt[o + k] * diff
+        for k in range(L):
+            u = flat[k] == ZERO and dd[k] > ZERO and cur[k] < best[k]
+            upd[k] = np.int32(1) if u else np.int32(0)
+            best[k] = cur[k] if u else best[k]
+            scale[k] = tsc[k] if u else scale[k]
+            vmin[k] = tmn[k] if u else vmin[k]
+        for i in range(n):
+            o = U64(i) * L
+            for k in range(L):
+                Lt[o + k] = lt[o + k] if upd[k] != np.int32(0) else Lt[o + k]
+    for k in range(L):
+        scale_out[k] = ZERO if flat[k] != ZERO else scale[k]
+        min_out[k] = -vmin[k]
+    for i in range(n):
+        o = U64(i) * L
+        for k in range(L):
+            Lt[o + k] = np.int32(0) if flat[k] != ZERO else Lt[o + k]
