@@ -31,7 +31,10 @@ The shared scale is chosen by a *scale rule*; each is named after the implementa
              clamp(127 + floor(log2) - emax_elem, 0, 255); elements x / 2^(code - 127) exactly
              (no 2^-126 floor), clamped, rounded to nearest even; an FP4 or FP8 element of -0.0
              is +0 (FP4: torch.sign(-0.0) is 0; FP8: the zero point added first), an FP6 one
-             keeps its sign, and a negative element that rounds to zero keeps its sign.
+             keeps its sign, and a negative element that rounds to zero keeps its sign. A
+             block whose amax that rounding carries to 2^128 (float32 Inf) is refused:
+             compressed-tensors' scale is then Inf converted to integers, which C leaves
+             undefined.
 
 NVFP4 (NVIDIA): blocks of 16 E2M1 elements, each block with an E4M3 scale, and one float32
 global scale for the whole tensor, computed as compressed-tensors does (see quantize_nvfp4).
@@ -225,6 +228,17 @@ def quantize_mx(x: np.ndarray, fmt, rule: str = DEFAULT_SCALE_RULE) -> tuple[np.
     x = np.ascontiguousarray(check_floats(x, f.name, block=MX_BLOCK, why=_NAN_SCALE))
     xb = x.reshape(*x.shape[:-1], -1, MX_BLOCK)
     amax = np.max(np.abs(xb), axis=-1)                  # max is order-free
+    if rule == "compressed-tensors":
+        # round_to_power_2 carries an amax within half an element ulp of 2^128 into the
+        # exponent field's all-ones: Inf. compressed-tensors then turns Inf into integers
+        # (log2 -> int32, the E8M0 byte), conversions C leaves undefined.
+        m = 3 if f.element == "E2M3" else 1
+        over = amax.view(np.uint32).astype(np.int64) + (1 << (23 - m - 1)) >= 0x7F800000
+        if over.any():
+            idx = tuple(int(i) for i in np.argwhere(over)[0])
+            raise InputError(f"{f.name}: the block at {idx} has amax {amax[idx]!r}, which compressed-tensors' "
+                             f"round_to_power_2 rounds to Inf; its scale is then an integer conversion of Inf, "
+                             f"which C leaves undefined, so refquant refuses it")
     codes = shared_exponent(amax, f, rule)
     with np.errstate(over="ignore", under="ignore"):
         v = _scaled_elements(xb, codes, f, rule)

@@ -7,6 +7,9 @@ result, every committed encoded block decoded by the oracle and compared bit for
     MX, rule ocp                                     torchao FLOOR where the scale is above 2^-127;
                                                      at 2^-127 the saturating cast of x * 2^127
                                                      (ONNX's saturate_cast, ml_dtypes)
+    MXFP4, MXFP6_E2M3, MXFP8_E4M3, compressed-tensors compressed-tensors 0.20.1: calculate_qparams
+                                                     and the MX presets' compressors (decoding is
+                                                     the rules' common decoder, torchao's above)
     MXINT8                                           no implementation at hand (torchao has none):
                                                      OCP v1.0's definition, written out here
     BNB_NF4, BNB_FP4, *.nested, BNB_DYNAMIC8         bitsandbytes 0.50.2 on the CPU
@@ -32,7 +35,13 @@ torch._dynamo.config.disable = True
 import bitsandbytes.functional as BF  # noqa: E402
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.compressors.mxfp6.helpers import kE2M3ToFloat, pack_fp6_to_uint8
     from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from compressed_tensors.quantization.quant_args import FP4_E2M1_DATA, FP6_E2M3_DATA
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams
+    from compressed_tensors.quantization.utils.mxfp_utils import round_to_power_2
     from compressed_tensors.quantization.lifecycle.forward import dequantize as ct_dequantize
     from torchao.prototype.mx_formats.config import ScaleCalculationMode
     from torchao.prototype.mx_formats.constants import DTYPE_FP6_E2M3, DTYPE_FP6_E3M2
@@ -156,6 +165,56 @@ def mx_oracle_dequantize(blocks, name):
         d = d.view(MX_ELEM[name])
     s = torch.from_numpy(np.ascontiguousarray(blocks[:, :1])).view(torch.float8_e8m0fnu)
     return to_dtype(d, s, MX_ELEM[name], 32, torch.float32).numpy()
+
+
+CT_MX = {"MXFP4_E2M1": ("MXFP4A16", "mxfp4-pack-quantized"), "MXFP6_E2M3": ("MXFP6A16", "mxfp6-pack-quantized"),
+         "MXFP8_E4M3": ("MXFP8A16", "mxfp8-quantized")}
+
+
+def ct_fp6_pack(codes):
+    """compressed-tensors' own FP6 packing of 6-bit codes (k, 32): each code's value from its
+    E2M3 table (bit 5 the sign), packed by pack_fp6_to_uint8 -> (k, 24)."""
+    c = torch.from_numpy(codes.astype(np.int64))
+    v = kE2M3ToFloat[c & 0x1F]
+    return pack_fp6_to_uint8(torch.where((c & 0x20) != 0, -v, v)).numpy()
+
+
+def mx_ct_quantize(x, name):
+    """compressed-tensors 0.20.1: each block (k, 32) a group of a (k, 32) weight; scales from
+    calculate_qparams on its min and max (the preset's MX args: generate_mx_scales), the codes
+    from the preset format's compressor -> (k, 1 + element bytes), FP6 as compressed-tensors
+    packs it (three bytes per four codes)."""
+    preset, fmt = CT_MX[name]
+    scheme = preset_name_to_scheme(preset, ["Linear"])
+    w = torch.from_numpy(x.copy())
+    s, _ = calculate_qparams(w.amin(-1, keepdim=True), w.amax(-1, keepdim=True), scheme.weights)
+    sd = {"weight": w, "weight_scale": s,
+          "weight_zero_point": torch.zeros(s.shape, dtype=scheme.weights.zp_dtype or torch.int8)}
+    out = BaseCompressor.get_value_from_registry(fmt).compress(sd, scheme)
+    data = out["weight_packed"] if "weight_packed" in out else out["weight"]
+    return np.concatenate([out["weight_scale"].view(torch.uint8).numpy().reshape(-1, 1),
+                           data.view(torch.uint8).numpy().reshape(x.shape[0], -1)], axis=1)
+
+
+def check_mx_ct(set_name, cases):
+    fmt = f"{set_name}.compressed-tensors"
+    x, res = quantize_cases(cases, fmt)
+    # refused exactly where compressed-tensors' own round_to_power_2 (generate_mx_scales' first
+    # step, with its mantissa width) takes the block's amax to Inf
+    mant = (FP6_E2M3_DATA if set_name == "MXFP6_E2M3" else FP4_E2M1_DATA).mantissa
+    to_inf = torch.isinf(round_to_power_2(torch.from_numpy(np.abs(x).max(axis=1)), mant)).numpy()
+    np.testing.assert_array_equal(np.array([r is None for r in res]), to_inf, err_msg=f"{fmt}: refused")
+    x, res = x[~to_inf], [r for r, i in zip(res, to_inf) if not i]
+    ours = all_results(res)
+    if set_name == "MXFP6_E2M3":           # compare as compressed-tensors stores them
+        ours = np.concatenate([ours[:, :1], ct_fp6_pack(ours[:, 1:])], axis=1)
+    np.testing.assert_array_equal(ours, mx_ct_quantize(x, set_name), err_msg=f"{fmt}")
+
+
+@pytest.mark.parametrize("set_name", list(CT_MX))
+def test_mx_compressed_tensors_rule_vectors_are_compressed_tensors(set_name):
+    check_mx_ct(set_name, read_cases(set_name))
+    check_mx_ct(set_name, npy_cases(set_name))
 
 
 def check_mx(set_name, rule, cases):
@@ -334,31 +393,37 @@ def test_nvfp4_vectors_are_the_oracles(set_name):
 
 # ------------------------------------------------------------------------------ the checks can fail
 
-def _flip(cases, op):
-    """The cases with one byte of one result flipped: the middle case of `op`."""
-    idx = [i for i, c in enumerate(cases) if c[1] == op and c[3] is not None]
+def _flip(cases, op, fmt):
+    """The cases with one byte of one result flipped: the middle `op` case of format `fmt`."""
+    idx = [i for i, c in enumerate(cases) if c[0] == fmt and c[1] == op and c[3] is not None]
     i = idx[len(idx) // 2]
     f, o, inp, r = cases[i]
     r = bytearray(r)
-    r[len(r) // 2] ^= 0x01
+    r[len(r) // 2 if op == "dequantize" else 0] ^= 0x01
     return cases[:i] + [(f, o, inp, bytes(r))] + cases[i + 1:]
 
 
-@pytest.mark.parametrize("set_name,check", [
-    ("MXFP8_E4M3", lambda c: check_mx("MXFP8_E4M3", "rceil", c)),
-    ("BNB_NF4.nested", lambda c: check_bnb_nested("BNB_NF4.nested", c)),
-    ("BNB_DYNAMIC8", check_bnb_dynamic8),
-    ("NVFP4_TORCHAO_2L", check_nvfp4_torchao_2l),
-])
+ALTERED = [   # (set, the format whose line is altered, the check, ops)
+    ("MXFP8_E4M3", "MXFP8_E4M3.rceil", lambda c: check_mx("MXFP8_E4M3", "rceil", c), ["quantize"]),
+    ("MXFP8_E4M3", "MXFP8_E4M3", lambda c: check_mx("MXFP8_E4M3", "ocp", c), ["quantize", "dequantize"]),
+    ("MXFP6_E2M3", "MXFP6_E2M3.compressed-tensors", lambda c: check_mx_ct("MXFP6_E2M3", c), ["quantize"]),
+    ("MXINT8", "MXINT8", check_mxint8, ["quantize", "dequantize"]),
+    ("BNB_NF4", "BNB_NF4", lambda c: check_bnb_4bit("BNB_NF4", c), ["quantize", "dequantize"]),
+    ("BNB_NF4.nested", "BNB_NF4.nested", lambda c: check_bnb_nested("BNB_NF4.nested", c), ["quantize", "dequantize"]),
+    ("BNB_DYNAMIC8", "BNB_DYNAMIC8", check_bnb_dynamic8, ["quantize", "dequantize"]),
+    ("NVFP4_CT", "NVFP4_CT", check_nvfp4_ct, ["quantize", "dequantize"]),
+    ("NVFP4_TORCHAO_2L", "NVFP4_TORCHAO_2L", check_nvfp4_torchao_2l, ["quantize", "dequantize"]),
+]
+
+
 @pytest.mark.parametrize("form", ["cases.txt.gz", "npy"])
-@pytest.mark.parametrize("op", ["quantize", "dequantize"])
-def test_an_altered_vector_is_caught(set_name, check, op, form):
+@pytest.mark.parametrize("set_name,fmt,check,op", [(a, b, c, op) for a, b, c, ops in ALTERED for op in ops],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_an_altered_vector_is_caught(set_name, fmt, check, op, form):
+    """One bit of one committed result changed (a scale byte of a quantized block, a byte of a
+    decoded value): the oracle check fails."""
     cases = read_cases(set_name) if form == "cases.txt.gz" else npy_cases(set_name)
-    if op == "quantize" and set_name == "MXFP8_E4M3":        # a line of the rule checked
-        idx = [i for i, c in enumerate(cases) if c[0] == "MXFP8_E4M3.rceil" and c[1] == "quantize"]
-        f, o, inp, r = cases[idx[7]]
-        cases = cases[:idx[7]] + [(f, o, inp, bytes([r[0] ^ 1]) + r[1:])] + cases[idx[7] + 1:]
-    else:
-        cases = _flip(cases, op)
+    if op == "dequantize":
+        fmt = set_name            # decoded under the set's name
     with pytest.raises(AssertionError):
-        check(cases)
+        check(_flip(cases, op, fmt))

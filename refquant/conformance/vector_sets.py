@@ -24,10 +24,12 @@ from ..registry import get_format
 
 F32 = np.float32
 
-# The scale rules of refquant.mx that an oracle computes (torchao's FLOOR, CEIL, EVEN, RCEIL; the
-# OCP rule is torchao's FLOOR wherever the scale is above 2^-127). The "compressed-tensors" rule
-# has its vectors in spec/vectors/compressed-tensors/ (the MXFP4, MXFP6 and MXFP8 presets).
+# The scale rules of refquant.mx, each as its implementation computes it (torchao's FLOOR, CEIL,
+# EVEN, RCEIL; the OCP rule is torchao's FLOOR wherever the scale is above 2^-127), and the
+# "compressed-tensors" rule for the three element formats compressed-tensors has (its MXFP4,
+# MXFP6 and MXFP8 presets: E2M1, E2M3, E4M3).
 MX_RULES = ("ocp", "floor", "ceil", "even", "rceil")
+CT_ELEMENTS = ("E2M1", "E2M3", "E4M3FN")
 
 # One row view per set member: name -> what each block's bytes hold.
 LAYOUTS = {
@@ -152,7 +154,9 @@ def _torchao_2l(t):
 def _build_sets() -> dict[str, list[Format]]:
     sets = {}
     for name in mx.MX_FORMATS:
-        rules = MX_RULES if mx.MX_FORMATS[name].element is not None else ("ocp",)   # torchao has no MXINT8
+        element = mx.MX_FORMATS[name].element
+        rules = MX_RULES if element is not None else ("ocp",)   # torchao has no MXINT8
+        rules += ("compressed-tensors",) if element in CT_ELEMENTS else ()
         sets[name] = [_mx(name, r) for r in rules]
     for name in ("BNB_NF4", "BNB_FP4"):          # the registry's row view: | absmax f32 | 32 bytes |
         sets[name] = [get_format(name)]
