@@ -75,14 +75,15 @@ class Progress:
             sys.stderr.write(f"{self.label} [{self.done:{w}d}/{self.total}] {name} {kind} {now - self.t0:.1f}s\n")
         sys.stderr.flush()
 
-    def summary(self, paths, n_elements: int | None = None) -> None:
+    def summary(self, paths, n_elements: int | None = None, data: int | None = None) -> None:
         """One closing line on stderr: the files written, their size, the bits per weight of their
-        tensor data (over the input's element count when given, as llama-quantize counts), time."""
+        tensor data (over the input's element count when given, as llama-quantize counts), time.
+        `data`: the tensor data's bytes where the caller knows them (else read from the files)."""
         import os
         from .io.gguf import GGUFFile
         from pathlib import Path
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        size = data = elements = 0
+        known, size, data, elements = data, 0, 0, 0
         for p in paths:
             if Path(p).is_dir():  # a checkpoint: its safetensors files' bytes
                 files = [q for q in Path(p).rglob("*.safetensors") if q.is_file()]
@@ -90,9 +91,11 @@ class Progress:
                 data += sum(os.path.getsize(q) for q in files)
                 continue
             size += os.path.getsize(p)
-            with GGUFFile(p) as f:
-                data += sum(t.nbytes for t in f.tensors)
-                elements += sum(t.n_elements for t in f.tensors)
+            if known is None or not n_elements:
+                with GGUFFile(p) as f:
+                    data += sum(t.nbytes for t in f.tensors)
+                    elements += sum(t.n_elements for t in f.tensors)
+        data = data if known is None else known
         n = n_elements or elements
         names = str(paths[0]) if len(paths) == 1 else f"{paths[0]} .. ({len(paths)} files)"
         bpw = f"{8 * data / n:.3f} bits per weight, " if n else ""
@@ -339,24 +342,24 @@ def _quantize_ftype(args, recipes, ft, out, opts, type_name) -> int:
         out = str(Path(args.input).parent / f"ggml-model-{type_name}") + ("" if opts["keep_split"] else ".gguf")
     elif out is not None and opts["keep_split"] and out.endswith(".gguf"):
         out = out[:-len(".gguf")]  # the split files' prefix, as llama-quantize takes it
-    with open_gguf(args.input) as f:
+    with open_gguf(args.input) as f:    # its metadata parsed once, here (a vocabulary takes ~10 ms)
         n_tensors = len(f.tensors)
         n_elements = sum(t.n_elements for t in f.tensors)
-    if opts["dry_run"]:
-        tps = recipes.quantize_model(args.input, None, ft, imatrix=args.imatrix, backend=args.backend, **opts)
-        for i, tp in enumerate(tps):
-            print(recipes.tensor_line(i + 1, n_tensors, tp))
-        for line in recipes.size_summary(tps, n_elements):
-            print(line)
-        if any(tp.requires_imatrix and tp.converted for tp in tps) and not args.imatrix:
-            print("warning: this quantization will require an importance matrix (--imatrix)")
-        return 0
-    bar = Progress(n_tensors, "quantize", args.progress)
-    tps = recipes.quantize_model(args.input, out, ft, imatrix=args.imatrix, backend=args.backend,
-                                 progress=lambda tp, i, total: bar(tp), workers=args.workers,
-                                 scheduler=args.scheduler, threads=args.kernel_threads, **opts)
+        if opts["dry_run"]:
+            tps = recipes.quantize_model(f, None, ft, imatrix=args.imatrix, backend=args.backend, **opts)
+            for i, tp in enumerate(tps):
+                print(recipes.tensor_line(i + 1, n_tensors, tp))
+            for line in recipes.size_summary(tps, n_elements):
+                print(line)
+            if any(tp.requires_imatrix and tp.converted for tp in tps) and not args.imatrix:
+                print("warning: this quantization will require an importance matrix (--imatrix)")
+            return 0
+        bar = Progress(n_tensors, "quantize", args.progress)
+        tps = recipes.quantize_model(f, out, ft, imatrix=args.imatrix, backend=args.backend,
+                                     progress=lambda tp, i, total: bar(tp), workers=args.workers,
+                                     scheduler=args.scheduler, threads=args.kernel_threads, **opts)
     paths = recipes.split_output_paths(out, tps) if opts["keep_split"] else [out]
-    bar.summary(paths, n_elements)
+    bar.summary(paths, n_elements, data=sum(tp.out_nbytes for tp in tps))   # not read back from the output
     return 0
 
 

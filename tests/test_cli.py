@@ -60,6 +60,25 @@ def test_quantize_file_type_on_a_backend(model, tmp_path, ggml, capsys):
     assert "unknown backend 'nope'" in err
 
 
+def test_quantize_reads_the_metadata_once_and_sums_up_the_written_file(model, tmp_path, monkeypatch, capsys):
+    """The input's header is parsed once (a vocabulary takes milliseconds every time); the closing
+    line's size and bits per weight are the written file's."""
+    from refquant.io import gguf
+    f32, q = tmp_path / "f32.gguf", tmp_path / "q.gguf"
+    assert main(["dequantize", str(model), str(f32), "--no-progress"]) == 0
+    opened = []
+    init = gguf.GGUFFile.__init__
+    monkeypatch.setattr(gguf.GGUFFile, "__init__", lambda self, path: (opened.append(str(path)), init(self, path))[1])
+    capsys.readouterr()
+    assert main(["quantize", str(f32), str(q), "--type", "q4_0", "--no-progress"]) == 0
+    assert opened == [str(f32)]
+    monkeypatch.undo()
+    with GGUFFile(q) as b, GGUFFile(f32) as a:
+        bpw = 8 * sum(t.nbytes for t in b.tensors) / sum(t.n_elements for t in a.tensors)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{q.stat().st_size / 1048576:.2f} MiB, {bpw:.3f} bits per weight" in line, line
+
+
 @pytest.mark.parametrize("out_type", ["F16", "BF16"])
 def test_dequantize_to_half_types(model, tmp_path, out_type):
     out = tmp_path / "h.gguf"

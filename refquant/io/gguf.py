@@ -146,16 +146,20 @@ class StringArray(Sequence):
     def tolist(self) -> list:
         return list(self)
 
+    def in_strings(self) -> np.ndarray:
+        """A mask over the raw bytes: True on the strings' own bytes (not on the key, the
+        header or the length prefixes). The strings do not overlap: +1 where one begins, -1
+        where it ends, summed."""
+        edge = np.zeros(len(self._raw) + 1, np.int8)
+        edge[self._starts] += 1
+        edge[self._starts + self._lengths] -= 1
+        return np.cumsum(edge[:-1], dtype=np.int8).view(bool)
+
     def any_contains_nul(self) -> bool:
-        """Whether any string holds a NUL byte, without decoding them: the NULs of the raw bytes
-        (which also hold the length prefixes), each looked up in the strings' byte ranges."""
-        nul = np.flatnonzero(np.frombuffer(self._raw, np.uint8) == 0)
-        if nul.size == 0 or len(self) == 0:
+        """Whether any string holds a NUL byte, without decoding them."""
+        if len(self) == 0:
             return False
-        i = np.searchsorted(self._starts, nul, side="right") - 1
-        ok = i >= 0
-        i = i[ok]
-        return bool(np.any(nul[ok] < self._starts[i] + self._lengths[i]))
+        return bool(np.any((np.frombuffer(self._raw, np.uint8) == 0) & self.in_strings()))
 
     def __eq__(self, other):
         if isinstance(other, (StringArray, list, tuple)):
@@ -165,6 +169,9 @@ class StringArray(Sequence):
     def __repr__(self):
         head = ", ".join(repr(x) for x in self[:4])
         return f"StringArray([{head}{', ...' if len(self) > 4 else ''}], {len(self)} strings)"
+
+
+_U64 = struct.Struct("<Q")
 
 
 class _Header:
@@ -256,21 +263,28 @@ class _Header:
     def _string_array(self, key: str, n: int):
         # every element is at least its 8-byte length: bounded by the file before allocating
         self.need(8 * n, f"key {key!r}: array of {n} strings")
-        starts = np.empty(n, np.int64)
-        lengths = np.empty(n, np.int64)
-        buf, at, size, unpack = self.buf, self.at, self.size, struct.unpack_from
-        for i in range(n):
-            if at + 8 > size:
+        starts, lengths = [0] * n, [0] * n
+        buf, at, size, unpack = self.buf, self.at, self.size, _U64.unpack_from
+        i = 0
+        try:                              # the walk: a 49k-token vocabulary is walked at every open
+            for i in range(n):
+                (m,) = unpack(buf, at)    # struct.error past the end of the buffer
+                starts[i] = at = at + 8
+                lengths[i] = m
+                at += m
+                if at > size:
+                    break
+            else:
                 self.at = at
-                self.need(8, f"key {key!r}: string {i} of {n}")
-            (m,) = unpack("<Q", buf, at)
-            if m > size - at - 8:
-                self.fail(f"key {key!r}: string {i} of {n}: length {m} runs past the end of the file", at)
-            starts[i] = at + 8
-            lengths[i] = m
-            at += 8 + m
-        self.at = at
-        return starts, lengths
+                return np.array(starts, np.int64), np.array(lengths, np.int64)
+        except struct.error:
+            pass
+        # string i runs past the end of the file: its 8-byte length, or its bytes
+        at = starts[i] - 8 if at > size else at
+        if at + 8 > size:
+            self.at = at
+            self.need(8, f"key {key!r}: string {i} of {n}")
+        self.fail(f"key {key!r}: string {i} of {n}: length {lengths[i]} runs past the end of the file", at)
 
     def _check_utf8(self, key: str, raw: bytes, value: StringArray, start: int, base: int):
         """Every element is UTF-8: the elements' bytes joined decode, and no element begins or
@@ -278,13 +292,7 @@ class _Header:
         if not len(value):
             return
         region = np.frombuffer(raw, np.uint8)
-        keep = np.ones(region.size, bool)
-        keep[:base] = False
-        prefix = value._starts - 8
-        step = 1 << 20                     # the length prefixes' bytes, a bounded slab at a time
-        for i in range(0, len(prefix), step):
-            keep[(prefix[i:i + step, None] + np.arange(8)).reshape(-1)] = False
-        joined = region[keep].tobytes()
+        joined = region[value.in_strings()].tobytes()
         ends = np.cumsum(value._lengths)
         firsts = ends - value._lengths
         bad = None

@@ -1299,11 +1299,13 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
     "local" a local Dask cluster of N processes; a scheduler address a running cluster (the input
     must be at the same path on its workers). threads: kernel threads a slab (default 1).
     `runner`: an entered Runner to use instead. The bytes are the same in every case.
+    `in_path` may also be a model already open (a GGUFFile or SplitGGUF, as open_gguf returns
+    it; left open), so that a caller that read its metadata does not parse it twice.
     Returns the plan: each tensor's name, shape and types.
     """
     from ..backend import get_backend
     from ..ggml.imatrix import Imatrix, read_imatrix
-    from ..io.split import open_gguf, split_path
+    from ..io.split import SplitGGUF, open_gguf, split_path
     be = get_backend(backend)
     ft = file_type(ftype)
     im = None
@@ -1324,7 +1326,8 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
                 raise InputError(f"imatrix entry {name!r} has a non-finite value {v[bad][0]!r}; llama.cpp refuses it too")
     overrides = [parse_kv_override(o) for o in kv_overrides]
     prune = sorted(set(int(i) for i in prune_layers))
-    with open_gguf(in_path) as f:
+    opened = isinstance(in_path, (GGUFFile, SplitGGUF))     # the caller's, left open
+    with (nullcontext(in_path) if opened else open_gguf(in_path)) as f:
         parts = getattr(f, "parts", [f])
         _check_input(f, allow_requantize or only_copy)
         tps = plan(f, ft, has_imatrix=im is not None, output_tensor_type=output_tensor_type,
