@@ -14,6 +14,8 @@ result, every committed encoded block decoded by the oracle and compared bit for
                                                      OCP v1.0's definition, written out here
     BNB_NF4, BNB_FP4, *.nested, BNB_DYNAMIC8         bitsandbytes 0.50.2 on the CPU
     NVFP4_CT                                         compressed-tensors 0.20.1
+    NVFP4_MODELOPT                                   NVIDIA ModelOpt 0.47 NVFP4QTensor.quantize /
+                                                     dequantize
     NVFP4_TORCHAO_2L                                 torchao 0.18 nvfp4_quantize / NVFP4Tensor (torchao's
                                                      one-level NVFP4_TORCHAO, a registry format:
                                                      tests/test_vectors_vs_onnx_torchao.py)
@@ -47,6 +49,10 @@ with warnings.catch_warnings():
     from torchao.prototype.mx_formats.constants import DTYPE_FP6_E2M3, DTYPE_FP6_E3M2
     from torchao.prototype.mx_formats.mx_tensor import to_dtype, to_mx
     from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor, nvfp4_quantize, per_tensor_amax_to_scale
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from modelopt.torch.quantization.qtensor import NVFP4QTensor
 
 from test_nvfp4_vs_compressed_tensors import ARGS as CT_NVFP4_ARGS, ct_quantize  # noqa: E402
 
@@ -384,9 +390,28 @@ def check_nvfp4_torchao_2l(cases):
         same_floats(w, torchao_nvfp4_dequant(blk[8:][None, :], blk[4:8][None, :], p))
 
 
-@pytest.mark.parametrize("set_name", ["NVFP4_CT", "NVFP4_TORCHAO_2L"])
+def check_nvfp4_modelopt(cases):
+    x, res = quantize_cases(cases, "NVFP4_MODELOPT")
+    for xi, r in zip(x, res):
+        qt, s, s2 = NVFP4QTensor.quantize(torch.from_numpy(xi[None, :].copy()), 16)
+        if r is None:      # refused only where ModelOpt's block scales are 0 / 0: an all-zero tensor
+            assert s2.item() == 0 and np.isnan(s.to(torch.float32).numpy()).all(), xi[:4]
+            continue
+        ref = np.concatenate([np.array([s2.item()], "<f4").view(np.uint8), s.view(torch.uint8).numpy().reshape(-1),
+                              qt._quantized_data.numpy().reshape(-1)])
+        assert ref.tobytes() == r, xi[:4]
+    data, want = dequantize_cases(cases, "NVFP4_MODELOPT")
+    for blk, w in zip(data, want):
+        qt = NVFP4QTensor((1, 64), torch.float32, torch.from_numpy(blk[8:][None, :].copy()))
+        s = torch.from_numpy(blk[4:8][None, :].copy()).view(torch.float8_e4m3fn)
+        s2 = torch.tensor(np.ascontiguousarray(blk[:4]).view("<f4")[0])
+        same_floats(w, qt.dequantize(dtype=torch.float32, scale=s, double_scale=s2, block_sizes={-1: 16}).numpy())
+
+
+@pytest.mark.parametrize("set_name", ["NVFP4_CT", "NVFP4_TORCHAO_2L", "NVFP4_MODELOPT"])
 def test_nvfp4_vectors_are_the_oracles(set_name):
-    check = {"NVFP4_CT": check_nvfp4_ct, "NVFP4_TORCHAO_2L": check_nvfp4_torchao_2l}[set_name]
+    check = {"NVFP4_CT": check_nvfp4_ct, "NVFP4_TORCHAO_2L": check_nvfp4_torchao_2l,
+             "NVFP4_MODELOPT": check_nvfp4_modelopt}[set_name]
     check(read_cases(set_name))
     check(npy_cases(set_name))
 
@@ -413,6 +438,7 @@ ALTERED = [   # (set, the format whose line is altered, the check, ops)
     ("BNB_DYNAMIC8", "BNB_DYNAMIC8", check_bnb_dynamic8, ["quantize", "dequantize"]),
     ("NVFP4_CT", "NVFP4_CT", check_nvfp4_ct, ["quantize", "dequantize"]),
     ("NVFP4_TORCHAO_2L", "NVFP4_TORCHAO_2L", check_nvfp4_torchao_2l, ["quantize", "dequantize"]),
+    ("NVFP4_MODELOPT", "NVFP4_MODELOPT", check_nvfp4_modelopt, ["quantize", "dequantize"]),
 ]
 
 

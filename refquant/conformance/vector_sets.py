@@ -1,6 +1,6 @@
 """Golden-vector sets beyond the registry's row formats: every OCP MX format under each scale
 rule refquant names, bitsandbytes' double quantization and 8-bit dynamic map, and NVFP4 as
-compressed-tensors and torchao (two levels) compute it (torchao's one-level NVFP4 is the
+compressed-tensors, torchao (two levels) and NVIDIA ModelOpt compute it (torchao's one-level NVFP4 is the
 registry's NVFP4_TORCHAO).
 
 None of these is a registry format (a scale rule is a parameter of `refquant.mx.quantize_mx`,
@@ -43,6 +43,8 @@ LAYOUTS = {
                 "byte i |  (64 values, one tensor)",
     "NVFP4_TORCHAO_2L": "| per-tensor scale: float32 | 4 scales: E4M3 | 32 bytes, as NVFP4_CT |  "
                         "(64 values, one tensor)",
+    "NVFP4_MODELOPT": "| weight_scale_2: float32 | 4 scales: E4M3 | 32 bytes, as NVFP4_CT |  "
+                      "(64 values, one tensor)",
 }
 
 
@@ -140,6 +142,11 @@ def _nvfp4_tensor(name: str, quantize_one, dequantize_one) -> Format:
     return Format(name, "nvfp4", 64, 40, quantize_rows, dequantize_rows, spec_page="mx/nvfp4.md")
 
 
+def _modelopt_dequantize(packed, scales, wsf2):
+    from ..layouts.fp8_block import E4M3, dequantize_modelopt_nvfp4
+    return dequantize_modelopt_nvfp4({"weight": packed, "weight_scale": scales.view(E4M3), "weight_scale_2": wsf2})
+
+
 def _torchao_2l(t):
     p = mx.nvfp4_per_tensor_scale_torchao(np.max(np.abs(t)))
     if not p > 0:
@@ -165,6 +172,7 @@ def _build_sets() -> dict[str, list[Format]]:
     sets["BNB_DYNAMIC8"] = [_bnb_dynamic8()]
     sets["NVFP4_CT"] = [_nvfp4_tensor("NVFP4_CT", mx.quantize_nvfp4, mx.dequantize_nvfp4)]
     sets["NVFP4_TORCHAO_2L"] = [_nvfp4_tensor("NVFP4_TORCHAO_2L", _torchao_2l, mx.dequantize_nvfp4_torchao)]
+    sets["NVFP4_MODELOPT"] = [_nvfp4_tensor("NVFP4_MODELOPT", mx.quantize_nvfp4_modelopt, _modelopt_dequantize)]
     return sets
 
 
