@@ -165,3 +165,16 @@ def store_fp16(out, at, x):
     h = fp32_to_fp16_bits(x)
     out[at] = np.uint8(h & 0xFF)
     out[at + 1] = np.uint8(h >> 8)
+
+
+@njit(**INLINE)
+def order_key(v):
+    """float32 -> int32 ordered as the floats are (-0 just below +0): the bits, with the
+    magnitude bits flipped for negative values. Its own inverse on the bits."""
+    b = f32_bits(v)
+    return np.int32(b ^ ((b >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+
+@njit(**INLINE)
+def order_key_inverse(k):
+    return np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF)))

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..numerics import (F32, JIT, ONE, U64, ZERO, bits_f32, f32_bits, fp16_to_fp32, fp32_to_fp16_bits,
-                        nearest_int)
+                        nearest_int, order_key as _order_key, order_key_inverse as _order_key_inverse)
 from .search import (GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qp_quants,
                      make_qx_quants, make_qx_quants_lanes, make_qx_quants_x2_lanes, NCAND, LANES,
                      make_qkx2_quants_lanes)
@@ -577,10 +577,12 @@ def _dequantize_q6_k(data, sdata, out):
 
 @njit(**PJIT)
 def _quantize_q8_k(x, out, qk):
-    """C's `if (ax > amax) { amax = ax; max = x[j]; }` as an integer max of |x|'s bits and the
-    first position holding it (an integer min), and the codes, each in a loop of qk (QK_K at run
-    time) with unsigned offsets, which LLVM vectorises (see ..numerics); the group sums are
-    integer sums, exact in any order."""
+    """C's `if (ax > amax) { amax = ax; max = x[j]; }` from the block's smallest and largest
+    values, found as integer min/max of order keys (numerics.order_key) in one loop of qk (QK_K
+    at run time) with unsigned offsets, which LLVM vectorises (see ..numerics): C's max is the
+    one of the two with the larger magnitude; only when both magnitudes are equal (x and -x, or
+    one value throughout) is the first position holding it looked up (an integer min). The
+    codes in a loop of the same kind; the group sums are integer sums, exact in any order."""
     nrows, n = x.shape
     nb = n // QK_K
     ts = Q8_TS
@@ -588,18 +590,27 @@ def _quantize_q8_k(x, out, qk):
         for b in range(nb):
             o = out[r, b * ts:(b + 1) * ts]
             x0 = U64(b * QK_K)
-            kmax = np.int32(0)
+            kmin = np.int32(0x7FFFFFFF)
+            kmax = np.int32(-0x80000000)
             for j in range(U64(qk)):
-                kmax = max(kmax, np.int32(f32_bits(x[r, x0 + j]) & np.int32(0x7FFFFFFF)))
-            if kmax == np.int32(0):   # amax == 0: every value is a zero
+                k = _order_key(x[r, x0 + j])
+                kmin = min(kmin, k)
+                kmax = max(kmax, k)
+            mhi = _order_key_inverse(kmax) & np.int32(0x7FFFFFFF)   # |the largest value|
+            mlo = _order_key_inverse(kmin) & np.int32(0x7FFFFFFF)   # |the smallest value|
+            amax = max(mhi, mlo)
+            if amax == np.int32(0):   # amax == 0: every value is a zero
                 for k in range(ts):
                     o[k] = 0
                 continue
-            first = np.int64(qk)
-            for j in range(U64(qk)):
-                if np.int32(f32_bits(x[r, x0 + j]) & np.int32(0x7FFFFFFF)) == kmax:
-                    first = min(first, np.int64(j))
-            vmax = x[r, x0 + U64(first)]
+            if mhi != mlo:
+                vmax = bits_f32(_order_key_inverse(kmax if mhi > mlo else kmin))
+            else:
+                first = np.int64(qk)
+                for j in range(U64(qk)):
+                    if np.int32(f32_bits(x[r, x0 + j]) & np.int32(0x7FFFFFFF)) == amax:
+                        first = min(first, np.int64(j))
+                vmax = x[r, x0 + U64(first)]
             iscale = F32(-127) / vmax
             o0 = U64(b * ts + Q8_QS)
             for j in range(U64(qk)):
@@ -607,8 +618,8 @@ def _quantize_q8_k(x, out, qk):
             for g in range(16):
                 s = np.int32(0)
                 for l in range(16):
-                    q = np.int32(o[Q8_QS + 16 * g + l])
-                    s += q - 256 if q > 127 else q
+                    qv = np.int32(o[Q8_QS + 16 * g + l])
+                    s += qv - 256 if qv > 127 else qv
                 o[Q8_BSUMS + 2 * g] = np.uint8(s & 0xFF)
                 o[Q8_BSUMS + 1 + 2 * g] = np.uint8((s >> 8) & 0xFF)
             u = f32_bits(ONE / iscale)

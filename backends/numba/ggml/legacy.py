@@ -8,7 +8,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..numerics import (F32, HALF, INLINE, JIT, U64, ZERO, bits_f32, c_float_to_int8, c_float_to_uint8, f32_bits,
-                        fp16_to_fp32, reciprocal_or_zero, roundf, store_fp16)
+                        fp16_to_fp32, order_key as _order_key, order_key_inverse as _order_key_inverse,
+                        reciprocal_or_zero, roundf, store_fp16)
 from refquant.registry import get_format
 
 from .search import make_qkx3_quants, make_qx_quants
@@ -139,14 +140,6 @@ def _dequantize_q4_0_q5_0(data, out, five, qk):
 
 # --------------------------------------------------------------------------- Q4_1, Q5_1
 
-@njit(**INLINE)
-def _order_key(v):
-    """float32 -> int32 ordered as the floats are (-0 just below +0): the bits, with the
-    magnitude bits flipped for negative values. Its own inverse on the bits."""
-    b = f32_bits(v)
-    return np.int32(b ^ ((b >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-
-
 @njit(**PJIT)
 def _quantize_q4_1_q5_1(x, out, five, qk):
     """C's min/max scan (`if (v < min) min = v;`) as integer min/max of order keys in a loop of
@@ -197,11 +190,6 @@ def _quantize_q4_1_q5_1(x, out, five, qk):
                     out[r, o0 + j] = np.uint8((c0 & np.int32(0x0F)) | ((c1 & np.int32(0x0F)) << np.int32(4)))
                 store_fp16(o, D, d)
                 store_fp16(o, M, vmin)
-
-
-@njit(**INLINE)
-def _order_key_inverse(k):
-    return np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF)))
 
 
 @njit(**PJIT)
