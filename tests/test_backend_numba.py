@@ -255,6 +255,27 @@ def test_searches_side_by_side_match_ggml_on_every_lane_count(nb, ggml, qtype):
         np.testing.assert_array_equal(nb.quantize(x, qtype), ggml.quantize(x, qtype))
 
 
+def test_few_long_rows_are_cut_into_more_rows_with_the_same_bytes(nb):
+    """A call with fewer rows than the threads need is cut into shorter rows for the types that
+    work block by block (NumbaBackend.BLOCKWISE): the bytes and floats are the spec's, which
+    runs the rows whole, and an importance matrix keeps the rows whole."""
+    from refquant.registry import get_format
+    assert nb._split(get_format("Q4_0"), 1, 16384 // 32) == 4         # pieces of 4096 values
+    assert nb._split(get_format("Q4_0"), 64, 4096 // 32) == 1
+    assert nb._split(get_format("IQ2_XXS"), 1, 16384 // 256) == 1      # not block by block here
+    rng = np.random.default_rng(21)
+    for qt in sorted(nb.BLOCKWISE):
+        for shape in [(1, 4 * 4096), (3, 2 * 4096 + 512), (1, 3 * 4096)]:
+            x = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+            q = refquant.quantize(x, qt)
+            np.testing.assert_array_equal(nb.quantize(x, qt), q, err_msg=f"{qt} {shape}")
+            np.testing.assert_array_equal(nb.dequantize(q, qt).view(np.uint32),
+                                          refquant.dequantize(q, qt).view(np.uint32), err_msg=f"{qt} {shape}")
+    x = (rng.standard_normal((1, 4 * 4096)) * 0.02).astype(np.float32)
+    im = (rng.random(4 * 4096) + 0.5).astype(np.float32)
+    np.testing.assert_array_equal(nb.quantize(x, "Q4_0", im), refquant.quantize(x, "Q4_0", im))
+
+
 def test_large_matrix_bit_exact(nb):
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((64, 1024)) * 0.02).astype(np.float32)

@@ -54,6 +54,50 @@ class NumbaBackend(TableBackend):
     # to Q4_0 loads ggml.legacy alone; see TableBackend). tests/test_backend_numba.py checks the
     # declarations against every module's tables.
 
+    # Types whose rows are strings of independent blocks (ggml's quantize without an importance
+    # matrix, and every dequantize, work block by block): a call with fewer rows than
+    # SPLIT_ROWS is cut into more, shorter rows (a reshape: C order keeps every block's bytes
+    # where they were), so that the parallel loop over rows has work for every thread. With an
+    # importance matrix a row's weights can depend on the whole row (the legacy types' sigma2),
+    # so those calls keep their rows. tests/test_backend_numba.py checks the result against the
+    # spec, which runs rows whole.
+    BLOCKWISE = frozenset("Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1 Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K IQ4_NL IQ4_XS "
+                          "TQ1_0 TQ2_0 MXFP4 F16 BF16".split())
+    SPLIT_ROWS = 64
+    MIN_PIECE = 4096   # values: a piece keeps whole groups of super-blocks for the K-quant searches
+
+    def _split(self, fmt, nrows: int, nblocks: int) -> int:
+        """How many pieces to cut each row into: the smallest divisor k of the row's block count
+        with nrows * k >= SPLIT_ROWS among those leaving pieces of MIN_PIECE values or more, else
+        the largest of those (1 when the call has rows enough or the type is not block by
+        block)."""
+        if nrows >= self.SPLIT_ROWS or fmt.name not in self.BLOCKWISE:
+            return 1
+        best = 1
+        for k in range(2, nblocks + 1):
+            if nblocks % k:
+                continue
+            if nblocks // k * fmt.block_size < self.MIN_PIECE:
+                break
+            best = k
+            if nrows * k >= self.SPLIT_ROWS:
+                break
+        return best
+
+    def quantize_rows(self, fmt, x, imatrix):
+        k = self._split(fmt, x.shape[0], x.shape[1] // fmt.block_size) if imatrix is None else 1
+        if k == 1:
+            return super().quantize_rows(fmt, x, imatrix)
+        out = super().quantize_rows(fmt, x.reshape(x.shape[0] * k, x.shape[1] // k), None)
+        return out.reshape(x.shape[0], -1)
+
+    def dequantize_rows(self, fmt, data):
+        k = self._split(fmt, data.shape[0], data.shape[1] // fmt.type_size)
+        if k == 1:
+            return super().dequantize_rows(fmt, data)
+        out = super().dequantize_rows(fmt, data.reshape(data.shape[0] * k, data.shape[1] // k))
+        return out.reshape(data.shape[0], -1)
+
     @staticmethod
     def all_finite(x):
         """The input check's NaN/Inf test on the backend's threads (backends/numba/api.py)."""
