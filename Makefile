@@ -17,6 +17,15 @@ LLMC_DIR := $(VENV)/llmcompressor-nodeps
 # tests run it in a child process (tools/oracles/ml_dtypes_07.py).
 MLD07_PKG := ml_dtypes==0.7.0
 MLD07_DIR := $(VENV)/ml_dtypes-0.7
+# transformers' own GPTQ and AWQ loaders (tests/test_gptq_awq_architectures.py): optimum 2.3.0 and
+# GPTQModel 7.7.0 with GPTQModel's import-time dependencies. GPTQModel requires torch >= 2.14.1,
+# which the test extra's torch 2.13.0 (CPU) excludes, and the parts transformers uses run on 2.13,
+# so they go without their dependencies into a folder of their own inside the venv; a child
+# process puts it on sys.path (tools/oracles/gptqmodel_hf.py). pypcre builds its C extension
+# against the system's libpcre2-8 (its own copy of pcre2.h), in seconds.
+GPTQM_PKGS := gptqmodel==7.7.0 optimum==2.3.0 pypcre==0.6.4 logbar==0.4.15 device-smi==0.5.7 \
+	tokenicer==0.0.14 defuser==0.0.28
+GPTQM_DIR := $(VENV)/gptqmodel-nodeps
 
 .PHONY: demo demo-quality test test-deep conformance-numba fuzz bench bench-numba bench-kernels bench-scale bench-gpu install clean
 
@@ -43,7 +52,12 @@ $(MLD07_DIR)/.installed: | $(PY)
 	$(PIP) install --no-deps --target $(MLD07_DIR) $(MLD07_PKG)
 	touch $@
 
-install: $(VENV)/.installed $(MLD07_DIR)/.installed
+$(GPTQM_DIR)/.installed: | $(PY)
+	rm -rf $(GPTQM_DIR)
+	$(PIP) install --no-deps --target $(GPTQM_DIR) $(GPTQM_PKGS)
+	touch $@
+
+install: $(VENV)/.installed $(MLD07_DIR)/.installed $(GPTQM_DIR)/.installed
 
 # The demo needs only the package, ggml's C (ggml-python: the bytes are compared with it) and the
 # model; it runs the spec (from a fresh clone, sooner than Numba's first compilation of its
@@ -64,11 +78,11 @@ demo-quality: $(VENV)/.demo-installed
 	$(PY) -m tools.demo --no-types --eval-rows all --eval-ctx 256 --eval-chunks 2
 
 # pytest exits 5 when it collected no test: that is a broken suite, said as such.
-test: $(VENV)/.installed $(MLD07_DIR)/.installed
+test: $(VENV)/.installed $(MLD07_DIR)/.installed $(GPTQM_DIR)/.installed
 	$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 
-test-deep: $(VENV)/.installed $(MLD07_DIR)/.installed
+test-deep: $(VENV)/.installed $(MLD07_DIR)/.installed $(GPTQM_DIR)/.installed
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-deep: pytest collected no tests"; exit 1; fi; exit $$rc
 

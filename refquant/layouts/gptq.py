@@ -92,3 +92,32 @@ def quantization_config(bits: int, group_size: int, sym: bool, desc_act: bool, v
     else:
         cfg["checkpoint_format"] = "gptq"
     return cfg
+
+
+# optimum.gptq.constants.BLOCK_PATTERNS (optimum 2.3.0, which transformers' GPTQ loader calls): with
+# no block_name_to_quantize the loader takes the first of these that a module name starts with and
+# turns every linear layer under it into a quantized one
+BLOCK_PATTERNS = ("transformer.h", "model.decoder.layers", "gpt_neox.layers", "model.layers",
+                  "model.language_model.layers", "h", "decoder.layers", "layers")
+
+
+def block_fields(quantized, names) -> dict:
+    """The quantization_config fields that make the loader convert the quantized modules
+    `quantized` of a checkpoint whose tensors are `names`: none where its block patterns find a
+    block holding them all (Llama, Gemma, Qwen, Mixtral: model.layers); otherwise (BERT:
+    encoder.layer.N and pooler.dense) the modules' common dotted prefix as block_name_to_quantize
+    (the loader matches it with str.startswith: "" is the whole model) and the modules themselves
+    as modules_in_block_to_quantize (matched with str.endswith: a full name is that module alone)."""
+    quantized = sorted(quantized)
+    block = next((p for p in BLOCK_PATTERNS if any(n.startswith(p) for n in names)), None)
+    if not quantized or (block is not None and all(m.startswith(block) for m in quantized)):
+        return {}
+    parts = [m.split(".") for m in quantized]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    if len(common) == len(parts[0]):      # one module: its parent is the block
+        common = common[:-1]
+    return {"block_name_to_quantize": ".".join(common), "modules_in_block_to_quantize": [quantized]}

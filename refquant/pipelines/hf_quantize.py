@@ -225,7 +225,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
             out = _calibrated(model_dir, config, ck, lin, method, bits, group_size, fmt, sym, calibration, ctx,
                               calibration_tokens, sequential, alpha, max_rows, progress, record, scheme, rn)
-        qc = _config(fmt, bits, group_size, sym, targets, ignore, L_targets.ignored_linears(shapes, lin))
+        qc = _config(fmt, bits, group_size, sym, targets, ignore, L_targets.ignored_linears(shapes, lin), lin, shapes)
         if scheme is not None:
             qc = L_ct.preset_config(scheme, targets, ignore)
         if method == "smoothquant":
@@ -287,7 +287,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         config["quantization_config"] = L_ct.preset_config(scheme, targets, ignore)
     else:
         config["quantization_config"] = _config(fmt, bits, group_size, sym, targets, ignore,
-                                                L_targets.ignored_linears(shapes, lin))
+                                                L_targets.ignored_linears(shapes, lin), lin, shapes)
     if tcfg is not None:
         config["quantization_config"]["transform_config"] = tcfg
     extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
@@ -618,11 +618,15 @@ def _modelopt_excluded(rest: dict, config: dict) -> list:
 
 
 def _config(fmt, bits, group_size, sym, targets=L_targets.DEFAULT_TARGETS, ignore=L_targets.DEFAULT_IGNORE,
-            unconverted=()) -> dict:
+            unconverted=(), quantized=(), names=()) -> dict:
     """config.json's quantization_config; compressed-tensors records targets and ignore as given,
-    AWQ lists the linear layers it left (`unconverted`) in modules_to_not_convert."""
+    AWQ lists the linear layers it left (`unconverted`) in modules_to_not_convert, GPTQ names the
+    block of the `quantized` weights where the loader's block patterns miss it (`names`: every
+    tensor of the checkpoint; L_gptq.block_fields)."""
     if fmt in ("gptq", "gptq_v2"):
-        return L_gptq.quantization_config(bits, group_size, sym, False, "v1" if fmt == "gptq" else "v2")
+        qc = L_gptq.quantization_config(bits, group_size, sym, False, "v1" if fmt == "gptq" else "v2")
+        qc.update(L_gptq.block_fields([k[:-len(".weight")] for k in quantized], names))
+        return qc
     if fmt in ("awq", "awq-gemv"):
         qc = L_awq.quantization_config(group_size, zero_point=not sym, version="gemv" if fmt == "awq-gemv" else "gemm")
         if unconverted:
