@@ -306,7 +306,7 @@ def _quantization_config(config, extra, fmt, bits, group_size, sym, scheme, targ
         config["quantization_config"] = L_ct.preset_config(scheme, targets, ignore)
     else:
         config["quantization_config"] = _config(fmt, bits, group_size, sym, targets, ignore,
-                                                L_targets.ignored_linears(shapes, lin))
+                                                L_targets.ignored_linears(shapes, lin), lin, shapes)
 
 
 class Source:
