@@ -4,6 +4,7 @@ the same core count, with time and peak memory, in the same run on the same inpu
     nice python benchmarks/bench_scale.py                # SmolLM2 Q4_K_M: --workers 1 vs --workers N
     python benchmarks/bench_scale.py [--workers 2] [--repeat 5] [--ftypes Q4_K_M]
                                      [--synthetic-gib 8 --synthetic-ftypes Q4_K_M,Q8_0] [--dir DIR]
+                                     [--checkpoint-gib 2 --checkpoint-formats gptq,fp8-block]
 
 * SmolLM2-135M decoded to F32: `refquant quantize IN OUT --type T --backend numba --workers 1`
   (one task after another on one core) and `--workers N` (N threads of one process, one kernel
@@ -12,6 +13,11 @@ the same core count, with time and peak memory, in the same run on the same inpu
 * With --synthetic-gib: a llama-shaped F16 file of that many GiB (hidden 4096, FFN 11008,
   written once, deleted after) quantized with 1 and N workers, and by llama.cpp's
   `llama_model_quantize` with nthread = N; wall time and peak resident memory of each process.
+* With --checkpoint-gib: a llama-shaped BF16 Hugging Face checkpoint of that many GiB (written
+  from its plan, tensor by tensor; deleted after) quantized with round to nearest to each
+  --checkpoint-formats on N workers, planned (the default) and gathered whole in memory
+  (`hf_quantize.PLANNED = False`, the writer before plans); wall time and peak memory against
+  the bound 2 x the largest tensor + 300 MiB. Same directory both ways.
 
 Every refquant run is the command line in a fresh process (start-up and imports included); a
 warm Numba cache (one untimed run first). Every output pair is compared byte for byte. Figures:
@@ -33,6 +39,59 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_quantize_model import child, load, same, synthetic, theirs  # noqa: E402
 
 
+CKPT = """
+import sys
+from refquant.pipelines import hf_quantize
+hf_quantize.PLANNED = sys.argv[5] == "1"
+hf_quantize.quantize_checkpoint(sys.argv[1], sys.argv[2], "rtn", 8 if sys.argv[3] in ("fp8-block", "modelopt-fp8") else 4,
+                                128, sys.argv[3], workers=int(sys.argv[4]))
+"""
+
+
+def synthetic_checkpoint(d: Path, gib: float, seed=0) -> tuple[Path, int]:
+    """A llama-shaped BF16 checkpoint of about `gib` GiB (hidden 4096, FFN 11008, 32000 tokens),
+    5 GiB shards, written tensor by tensor at its planned offsets; (directory, largest tensor
+    bytes)."""
+    import json
+    import ml_dtypes
+    import numpy as np
+    from refquant.io.safetensors import PlannedCheckpoint, TensorSpec, write_at
+    W, FF, V = 4096, 11008, 32000
+    per_layer = 2 * (2 * W * W + 2 * W * W // 4 + 3 * W * FF + 2 * W)
+    n_layer = max(1, round((gib * 2**30 - 2 * 2 * V * W) / per_layer))
+    shapes = {"model.embed_tokens.weight": (V, W), "model.norm.weight": (W,), "lm_head.weight": (V, W)}
+    for i in range(n_layer):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (W,), p + "post_attention_layernorm.weight": (W,),
+                       p + "self_attn.q_proj.weight": (W, W), p + "self_attn.k_proj.weight": (W // 4, W),
+                       p + "self_attn.v_proj.weight": (W // 4, W), p + "self_attn.o_proj.weight": (W, W),
+                       p + "mlp.gate_proj.weight": (FF, W), p + "mlp.up_proj.weight": (FF, W),
+                       p + "mlp.down_proj.weight": (W, FF)})
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    specs = {k: TensorSpec(bf16, s) for k, s in shapes.items()}
+    block = (np.random.default_rng(seed).standard_normal(1 << 22) * 0.02).astype(bf16)
+    out = d / "synthetic-hf"
+    with PlannedCheckpoint(out, specs, extra_files={"config.json": json.dumps({"model_type": "llama"})}) as pc:
+        for k, t in specs.items():
+            path, at = pc.where[k]
+            n = t.nbytes // 2
+            for i in range(0, n, block.size):
+                write_at(path, at + 2 * i, np.roll(block, i % 9973)[:min(block.size, n - i)])
+    return out, max(t.nbytes for t in specs.values())
+
+
+def ours_checkpoint(src, out, fmt, workers, planned, env):
+    import shutil
+    wall, cpu, rss, _ = child([sys.executable, "-c", CKPT, str(src), str(out), fmt, str(workers),
+                               "1" if planned else "0"], env)
+    return wall, cpu, rss
+
+
+def same_dirs(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.iterdir())
+    return names == sorted(p.name for p in b.iterdir()) and all(same(a / n, b / n) for n in names)
+
+
 def ours(src, out, ft, workers, env):
     """(wall s, CPU s, peak RSS MiB) of `refquant quantize` in a fresh process."""
     wall, cpu, rss, _ = child([sys.executable, "-m", "refquant.cli", "quantize", str(src), str(out), "--type", ft,
@@ -48,7 +107,9 @@ def main():
     ap.add_argument("--synthetic-gib", type=float, default=0.0)
     ap.add_argument("--synthetic-ftypes", default="Q4_K_M,Q8_0")
     ap.add_argument("--synthetic-repeat", type=int, default=1)
-    ap.add_argument("--skip-smollm2", action="store_true", help="only the synthetic file")
+    ap.add_argument("--checkpoint-gib", type=float, default=0.0)
+    ap.add_argument("--checkpoint-formats", default="gptq,fp8-block")
+    ap.add_argument("--skip-smollm2", action="store_true", help="only the synthetic files")
     ap.add_argument("--dir", default=None, help="where inputs and outputs go (default: a temporary directory)")
     a = ap.parse_args()
     from refquant.pipelines import recipes
@@ -98,6 +159,24 @@ def main():
                 for f in ("one.gguf", "ours.gguf", "ref.gguf"):
                     os.remove(d / f)
             os.remove(src)
+        if a.checkpoint_gib:
+            import shutil
+            src, largest = synthetic_checkpoint(d, a.checkpoint_gib)
+            size = sum(f.stat().st_size for f in src.iterdir())
+            bound = 2 * largest / 2**20 + 300
+            print(f"\nsynthetic BF16 checkpoint: {size / 2**30:.2f} GiB, largest tensor {largest / 2**20:.0f} MiB "
+                  f"(bound 2 x largest + 300 MiB = {bound:.0f} MiB); {n} workers, round to nearest")
+            print(f"{'format':<12}{'planned s':>10}{'MiB':>7}{'whole s':>9}{'MiB':>7}{'same':>6}")
+            for fmt in a.checkpoint_formats.split(","):
+                l0 = load()
+                p, w = d / "planned", d / "whole"
+                rp = ours_checkpoint(src, p, fmt, n, True, env)
+                rw = ours_checkpoint(src, w, fmt, n, False, env)
+                print(f"{fmt:<12}{rp[0]:10.1f}{rp[2]:7.0f}{rw[0]:9.1f}{rw[2]:7.0f}{str(same_dirs(p, w)):>6}  "
+                      f"{l0} -> {load()}", flush=True)
+                shutil.rmtree(p)
+                shutil.rmtree(w)
+            shutil.rmtree(src)
 
 
 if __name__ == "__main__":

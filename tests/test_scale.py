@@ -338,6 +338,10 @@ def tiny_checkpoint(tmp_path_factory):
                        p + "self_attn.k_proj.weight": (h // 2, h), p + "self_attn.v_proj.weight": (h // 2, h),
                        p + "self_attn.o_proj.weight": (h, h), p + "mlp.gate_proj.weight": (ff, h),
                        p + "mlp.up_proj.weight": (ff, h), p + "mlp.down_proj.weight": (h, ff)})
+    # rows that no block divides, more than a plan's probes: its tensors' shapes are extrapolated
+    shapes["model.layers.1.mlp.gate_proj.weight"] = (1000, h)
+    shapes["model.layers.1.mlp.up_proj.weight"] = (1000, h)
+    shapes["model.layers.1.mlp.down_proj.weight"] = (h, 1024)
     t = {k: (rng.standard_normal(s) * 0.05).astype(ml_dtypes.bfloat16) for k, s in shapes.items()}
     save_checkpoint(d / "model", t, extra_files={"config.json": json.dumps({"model_type": "llama"})})
     acts = d / "acts"
