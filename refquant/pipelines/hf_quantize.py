@@ -44,7 +44,7 @@ from .. import affine, fp8_scaling, mx
 from ..algorithms.awq import awq as awq_search
 from ..algorithms.gptq import gptq as gptq_run
 from ..algorithms.rtn import rtn as rtn_run
-from ..errors import FormatError, InputError
+from ..errors import FileFormatError, FormatError, InputError
 from ..io.safetensors import Checkpoint, extra_files, read_config, save_checkpoint
 from ..layouts import awq as L_awq
 from ..layouts import compressed_tensors as L_ct
@@ -326,11 +326,23 @@ class Source:
         """The tensor's first n rows."""
         return Source(self.path, self.offset, self.dtype, (n,) + self.shape[1:])
 
-    def read(self) -> np.ndarray:
-        n = self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
-        if n == 0:
-            return np.zeros(self.shape, self.dtype)
-        return np.memmap(self.path, np.uint8, "r", offset=self.offset, shape=(n,)).view(self.dtype).reshape(self.shape)
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
+
+    def read(self, start: int = 0, n: Optional[int] = None) -> np.ndarray:
+        """The tensor (or n of its bytes from byte `start`, as uint8) read into memory of its own:
+        no mapping, whose pages would count in this process's memory and whose faults, from
+        several threads, wait on each other."""
+        whole = n is None
+        n = self.nbytes - start if whole else n
+        b = np.empty(n, np.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start)
+            got = f.readinto(memoryview(b)) if n else 0
+        if got != n:
+            raise FileFormatError(f"{self.path}: truncated at byte {self.offset + start + (got or 0)}")
+        return b.view(self.dtype).reshape(self.shape) if whole else b
 
 
 PROBE_ROWS = 256    # a plan's probes differ by this many rows; every row block of a layout divides it
@@ -339,7 +351,7 @@ PROBE_ROWS = 256    # a plan's probes differ by this many rows; every row block 
 def plan_linear(job: dict) -> dict:
     """The dtype and shape of each tensor one linear layer's task writes (name -> TensorSpec), a
     task of the plan that comes before any output: the layer's first r and r + PROBE_ROWS rows
-    quantized (r = PROBE_ROWS + N mod PROBE_ROWS, so both are N modulo PROBE_ROWS), and each
+    quantized (r = N mod PROBE_ROWS, or PROBE_ROWS: both are N modulo PROBE_ROWS), and each
     dimension extrapolated to the N rows from the two. Exact for every dimension of the form
     a * ceil((N + c) / m) + b with m dividing PROBE_ROWS (packed rows, row groups and blocks
     of 8 to 256; the others do not change with N); a layer of at most r + PROBE_ROWS rows is
@@ -347,7 +359,7 @@ def plan_linear(job: dict) -> dict:
     from ..io.safetensors import TensorSpec, spec_of
     src = job["w"]
     N = src.shape[0]
-    r = PROBE_ROWS + N % PROBE_ROWS
+    r = N % PROBE_ROWS or PROBE_ROWS
     if not isinstance(src, Source) or len(src.shape) != 2 or N <= r + PROBE_ROWS:
         return {k: spec_of(a) for k, a in quantize_linear(job).items()}
     a, b = ({k: spec_of(t) for k, t in quantize_linear(dict(job, w=src.rows(n))).items()}
@@ -413,10 +425,8 @@ def _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sy
             step = 64 * 2**20
             for k in rest:                     # the tensors kept as they are: copied by offset
                 src, (path, at) = Source.of(ck, k), pc.where[k]
-                flat = src.read().reshape(-1)
-                per = max(1, step // max(flat.dtype.itemsize, 1))
-                for i in range(0, flat.size, per):
-                    write_at(path, at + i * flat.dtype.itemsize, flat[i:i + per])
+                for i in range(0, src.nbytes, step):
+                    write_at(path, at + i, src.read(i, min(step, src.nbytes - i)))
             for i, res in rn.imap_unordered(put_linear, tasks):
                 if not local:
                     for name in names[i]:
