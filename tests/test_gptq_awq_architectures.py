@@ -77,6 +77,11 @@ def loaded(tmp_path_factory):
                 job.update(defuse="mixtral", key_mapping=MIXTRAL_KEYS)
             jobs.append(job)
             keys.append((arch, fmt, cls))
+    # a layer inside the block left out: the loader must be told which ones to convert
+    _, d, cls = _build("qwen3", tmp_path_factory)
+    _quantize(d, root / "qwen3-ignore", "gptq", 32, "--ignore", "lm_head", "re:.*down_proj")
+    jobs.append({"dir": root / "qwen3-ignore", "cls": cls.__name__, "method": "gptq", "bits": 4, "backend": "gptq_torch"})
+    keys.append(("qwen3", "ignore", cls))
     recs = G.load(jobs, root / "loader")
     return {(a, f): (root / f"{a}-{f}", cls, r) for (a, f, cls), r in zip(keys, recs)}
 
@@ -151,3 +156,20 @@ def test_awq_gemv(loaded, arch):
         ours = L_awq.dequantize_gemv(t, 64)
         np.testing.assert_array_equal(ours.view(np.uint16), gemm["weights"][_loaded_name(arch, name)].view(np.uint16),
                                       err_msg=name)
+
+
+def test_gptq_ignore_inside_the_block(loaded):
+    """--ignore re:.*down_proj: the loader's block (model.layers) holds linear layers refquant left
+    as they are, so the config lists the quantized ones (modules_in_block_to_quantize); without
+    it the loader turns down_proj into a quantized layer too and reads garbage."""
+    out, cls, rec = loaded[("qwen3", "ignore")]
+    assert "error" not in rec, rec.get("traceback")
+    assert rec["missing"] == [] and rec["unexpected"] == []
+    ck = Checkpoint(out)
+    quantized = sorted(k[:-len(".qweight")] for k in ck if k.endswith(".qweight"))
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["block_name_to_quantize"] == "model.layers" and qc["modules_in_block_to_quantize"] == [quantized]
+    assert "model.layers.0.mlp.down_proj.weight" in ck and not any("down_proj" in n for n in quantized)
+    assert sorted(rec["kinds"]) == quantized
+    for name in quantized:
+        np.testing.assert_array_equal(rec["weights"][name].view(np.uint16), _ours(ck, name, "gptq").view(np.uint16))

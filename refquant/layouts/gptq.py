@@ -101,17 +101,33 @@ BLOCK_PATTERNS = ("transformer.h", "model.decoder.layers", "gpt_neox.layers", "m
                   "model.language_model.layers", "h", "decoder.layers", "layers")
 
 
-def block_fields(quantized, names) -> dict:
-    """The quantization_config fields that make the loader convert the quantized modules
-    `quantized` of a checkpoint whose tensors are `names`: none where its block patterns find a
-    block holding them all (Llama, Gemma, Qwen, Mixtral: model.layers); otherwise (BERT:
-    encoder.layer.N and pooler.dense) the modules' common dotted prefix as block_name_to_quantize
-    (the loader matches it with str.startswith: "" is the whole model) and the modules themselves
-    as modules_in_block_to_quantize (matched with str.endswith: a full name is that module alone)."""
+def _router(module: str, names) -> bool:
+    """A mixture of experts' router (`X.gate` beside `X.experts.E`): a router class, not a Linear,
+    in transformers 5 (MixtralTopKRouter), which the loader never converts."""
+    head, _, last = module.rpartition(".")
+    return last == "gate" and any(n.startswith(f"{head}.experts.") for n in names)
+
+
+def block_fields(quantized, names, unconverted=()) -> dict:
+    """The quantization_config fields that make the loader convert exactly the quantized modules
+    `quantized` of a checkpoint whose tensors are `names` (`unconverted`: the linear layers left
+    as they are). None where its block patterns find a block holding them all and no other
+    linear layer (routers aside): Llama, Gemma, Qwen, Mixtral under model.layers. Otherwise
+    (BERT: encoder.layer.N and pooler.dense; a layer left out by --ignore inside the block) the
+    block as block_name_to_quantize (the modules' common dotted prefix where the patterns miss
+    them; the loader matches it with str.startswith, so "" is the whole model) and the modules'
+    full names as modules_in_block_to_quantize (matched with str.endswith: a full name is that
+    module alone)."""
     quantized = sorted(quantized)
-    block = next((p for p in BLOCK_PATTERNS if any(n.startswith(p) for n in names)), None)
-    if not quantized or (block is not None and all(m.startswith(block) for m in quantized)):
+    if not quantized:
         return {}
+    names = list(names)
+    block = next((p for p in BLOCK_PATTERNS if any(n.startswith(p) for n in names)), None)
+    if block is not None and all(m.startswith(block) for m in quantized):
+        left = [m for m in unconverted if m.startswith(block) and not _router(m, names)]
+        if not left:
+            return {}
+        return {"block_name_to_quantize": block, "modules_in_block_to_quantize": [quantized]}
     parts = [m.split(".") for m in quantized]
     common = []
     for level in zip(*parts):

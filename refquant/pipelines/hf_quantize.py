@@ -656,7 +656,7 @@ def _config(fmt, bits, group_size, sym, targets=L_targets.DEFAULT_TARGETS, ignor
     tensor of the checkpoint; L_gptq.block_fields)."""
     if fmt in ("gptq", "gptq_v2"):
         qc = L_gptq.quantization_config(bits, group_size, sym, False, "v1" if fmt == "gptq" else "v2")
-        qc.update(L_gptq.block_fields([k[:-len(".weight")] for k in quantized], names))
+        qc.update(L_gptq.block_fields([k[:-len(".weight")] for k in quantized], names, unconverted))
         return qc
     if fmt in ("awq", "awq-gemv"):
         qc = L_awq.quantization_config(group_size, zero_point=not sym, version="gemv" if fmt == "awq-gemv" else "gemm")
