@@ -4,9 +4,11 @@
                                               [--ftypes Q4_K_M,Q8_0,Q4_0,Q2_K,IQ4_XS]
                                               [--synthetic-gib 4.2 --synthetic-ftypes Q8_0,Q4_K_M]
 
-* refquant: `refquant quantize IN OUT --type FT --backend numba` in a fresh process (Python and
-  NumPy start-up, imports, the Numba cache loads, reading the metadata, the whole write loop),
-  with NUMBA_NUM_THREADS = --threads and a warm Numba cache (one untimed run first);
+* refquant: `refquant quantize IN OUT --type FT --backend numba --workers T` (T = --threads:
+  T slabs at a time, one kernel thread each) in a fresh process (Python and NumPy start-up,
+  imports, the Numba cache loads, reading the metadata, the whole write loop), with
+  NUMBA_NUM_THREADS = T, a warm Numba cache and the modules' bytecode written (one untimed run
+  first; PYTHONDONTWRITEBYTECODE is dropped for the child, as an install compiles it);
 * llama.cpp: llama-cpp-python's `llama_model_quantize` with nthread = --threads, in a fresh
   process too; its time is the call alone (the process's start-up and the library's load are
   not counted), its CPU time the whole process's.
@@ -62,9 +64,9 @@ def child(cmd, env) -> tuple[float, float, float, str]:
         return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, out.read()
 
 
-def ours(src, out, ft, env):
+def ours(src, out, ft, env, threads):
     return child([sys.executable, "-m", "refquant.cli", "quantize", str(src), str(out), "--type", ft,
-                  "--backend", "numba"], env)
+                  "--backend", "numba", "--workers", str(threads)], env)
 
 
 def theirs(src, out, ft, threads, env):
@@ -130,8 +132,8 @@ def row(label, src, ft, threads, repeat, env, d):
     a, b = d / "ours.gguf", d / "ref.gguf"
     l0 = load()
     if label != "synthetic":  # the real models' rows have warmed the same kernels
-        ours(src, a, ft, env)  # untimed: warms the Numba cache for this file type's kernels
-    r_ours = [ours(src, a, ft, env) for _ in range(repeat)]
+        ours(src, a, ft, env, threads)  # untimed: warms the Numba cache for this file type's kernels
+    r_ours = [ours(src, a, ft, env, threads) for _ in range(repeat)]
     r_ref = [theirs(src, b, ft, threads, env) for _ in range(repeat)]
     ok = same(a, b)
     med = lambda rs, i: statistics.median(r[i] for r in rs)  # noqa: E731
@@ -158,6 +160,7 @@ def main():
     from tools.models import gemma3_path, smollm2_path
     env = dict(os.environ, NUMBA_NUM_THREADS=str(a.threads), PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)   # an install has its modules' bytecode compiled
     print(f"{a.threads} thread(s) each; median of {a.repeat}; {os.cpu_count()} cores; load average (1/5/15 min) "
           f"before -> after each row")
     print(f"{'model':<10}{'type':<8}{'ours s':>9}{'llama s':>9}{'ratio':>7}{'ours cpu':>9}{'ll cpu':>9}{'ratio':>7}"

@@ -843,7 +843,7 @@ KEY_IMATRIX_FILE = "quantize.imatrix.file"
 KEY_IMATRIX_DATASET = "quantize.imatrix.dataset"
 KEY_IMATRIX_N_ENTRIES = "quantize.imatrix.entries_count"
 KEY_IMATRIX_N_CHUNKS = "quantize.imatrix.chunks_count"
-_SLAB_ELEMENTS = 1 << 22      # rows are quantized in slabs of about this many values
+_SLAB_ELEMENTS = 1 << 21      # rows are quantized in slabs of about this many values (8 MiB of F32)
 _TASK_ELEMENTS = 1 << 24      # and, on workers, in tasks of about this many (a few slabs)
 
 
