@@ -173,3 +173,43 @@ def test_gptq_ignore_inside_the_block(loaded):
     assert sorted(rec["kinds"]) == quantized
     for name in quantized:
         np.testing.assert_array_equal(rec["weights"][name].view(np.uint16), _ours(ck, name, "gptq").view(np.uint16))
+
+
+@pytest.fixture(scope="module")
+def loaded_bits(tmp_path_factory):
+    """GPTQ v1 and v2 at 2, 3 and 8 bits (GPTQ's other widths; 3 bits straddle words), every
+    architecture, through the loader in one child process."""
+    root = tmp_path_factory.mktemp("gptq-bits")
+    jobs, keys = [], []
+    for arch in ARCHS:
+        _, d, cls = _build(arch, tmp_path_factory)
+        for bits in (2, 3, 8):
+            for fmt in ("gptq", "gptq_v2"):
+                out = root / f"{arch}-{fmt}-{bits}"
+                assert main(["quantize", str(d), str(out), "--format", fmt, "--bits", str(bits), "--group-size", "32",
+                             "--no-progress", *(MOE_IGNORE if arch == "mixtral" else ())]) == 0
+                job = {"dir": out, "cls": cls.__name__, "method": "gptq", "bits": bits, "backend": "gptq_torch"}
+                if arch == "mixtral":
+                    job.update(defuse="mixtral", key_mapping=MIXTRAL_KEYS)
+                jobs.append(job)
+                keys.append((arch, fmt, bits))
+    return {k: (j["dir"], r) for k, j, r in zip(keys, jobs, G.load(jobs, root / "loader"))}
+
+
+@pytest.mark.skipif(not DEEP, reason="24 more loads (a minute on 2 cores): the thorough profile "
+                    "(HYPOTHESIS_PROFILE=thorough, make test-deep); 4 bits run by default")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gptq_other_widths_loaded_by_transformers(loaded_bits, arch):
+    for (a, fmt, bits), (out, rec) in loaded_bits.items():
+        if a != arch:
+            continue
+        assert "error" not in rec, (fmt, bits, rec.get("traceback"))
+        assert rec["missing"] == [] and rec["unexpected"] == [], (fmt, bits)
+        ck = Checkpoint(out)
+        quantized = sorted(k[:-len(".qweight")] for k in ck if k.endswith(".qweight"))
+        assert quantized and sorted(rec["kinds"]) == sorted(_loaded_name(arch, n) for n in quantized)
+        for name in quantized:
+            tens = {k: np.asarray(ck[f"{name}.{k}"]) for k in ("qweight", "qzeros", "scales", "g_idx")}
+            ours = L_gptq.dequantize(tens, bits, "v2" if fmt == "gptq_v2" else "v1")
+            np.testing.assert_array_equal(rec["weights"][_loaded_name(arch, name)].view(np.uint16),
+                                          ours.view(np.uint16), err_msg=f"{fmt} {bits} {name}")
