@@ -242,7 +242,8 @@ def test_searches_side_by_side_match_ggml_on_every_lane_count(nb, ggml, qtype):
     """Q2_K/Q4_K/Q5_K run the sub-blocks' searches of several super-blocks side by side (one
     lane each; past a row's last super-block the lanes hold copies whose results are unused).
     Rows of 1 to 6 super-blocks, with flat sub-blocks (C's early return), all-zero, all-positive,
-    all-negative and signed-zero sub-blocks, against ggml's bytes."""
+    all-negative and signed-zero sub-blocks, without and with an importance matrix (zero
+    weights included), against ggml's bytes."""
     rng = np.random.default_rng(18)
     for nsb in range(1, 7):
         x = (rng.standard_normal((6, 256 * nsb)) * 0.02).astype(np.float32)
@@ -253,6 +254,9 @@ def test_searches_side_by_side_match_ggml_on_every_lane_count(nb, ggml, qtype):
         x[4, ::3] = -0.0
         x[5, 256 * nsb - 64:] = np.float32(-1e-3)
         np.testing.assert_array_equal(nb.quantize(x, qtype), ggml.quantize(x, qtype))
+        im = (rng.random(256 * nsb) + 0.25).astype(np.float32)
+        im[:16] = 0.0
+        np.testing.assert_array_equal(nb.quantize(x, qtype, im), ggml.quantize(x, qtype, im))
 
 
 def test_few_long_rows_are_cut_into_more_rows_with_the_same_bytes(nb):

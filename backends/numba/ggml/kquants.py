@@ -10,7 +10,7 @@ from numba import njit, prange
 
 from ..numerics import (F32, JIT, ONE, U64, ZERO, bits_f32, f32_bits, fp16_to_fp32, fp32_to_fp16_bits,
                         nearest_int, order_key as _order_key, order_key_inverse as _order_key_inverse)
-from .search import (GROUP_MAX_EPS, make_q3_quants, make_qkx2_quants, make_qp_quants,
+from .search import (GROUP_MAX_EPS, make_q3_quants, make_qp_quants,
                      make_qx_quants, make_qx_quants_lanes, make_qx_quants_x2_lanes, NCAND, LANES,
                      make_qkx2_quants_lanes)
 from refquant.registry import get_format
@@ -99,25 +99,39 @@ def _fill_lanes(x, r, b, nb, nsub, sub, nl, xt, wt):
                 wt[i * nl + g * nsub + j] = abs(xv)
 
 
+@njit(**dict(JIT, inline="always"))
+def _fill_lanes_imatrix(x, imatrix, r, b, nb, nsub, sub, factor, nl, xt, wt, wg):
+    """The imatrix paths' lanes: each super-block's weights first (_impl_weights with C's
+    sigma2 factor, into wg[g * QK_K:]), then sub-block j of super-block b + g into lane
+    g * nsub + j of xt and wt (as _fill_lanes)."""
+    for g in range(nl // nsub):
+        bb = min(b + g, nb - 1)
+        _impl_weights(x[r, bb * QK_K:(bb + 1) * QK_K], imatrix[bb * QK_K:(bb + 1) * QK_K], factor,
+                      wg[g * QK_K:(g + 1) * QK_K])
+        for j in range(nsub):
+            for i in range(sub):
+                xt[i * nl + g * nsub + j] = x[r, bb * QK_K + sub * j + i]
+                wt[i * nl + g * nsub + j] = wg[g * QK_K + sub * j + i]
+
+
 @njit(**PJIT)
 def _quantize_q2_k(x, imatrix, use_imatrix, out, nl):
-    """Without an imatrix, the sub-blocks' make_qkx2_quants searches of nl // 16 super-blocks
-    run side by side (search.make_qkx2_quants_lanes, nl lanes at run time: vectorised across
-    blocks, each block's operations C's in C's order)."""
+    """The sub-blocks' make_qkx2_quants searches of nl // 16 super-blocks run side by side
+    (search.make_qkx2_quants_lanes, nl lanes at run time: vectorised across blocks, each
+    block's operations C's in C's order), with and without an imatrix."""
     nrows, n = x.shape
     nb = n // QK_K
     ts = Q2_TS
     per = nl // 16
     for r in prange(nrows):
         L = np.empty(QK_K, np.int32)
-        laux = np.empty(16, np.int32)
-        w = np.empty(QK_K, np.float32)
         scales = np.empty(16, np.float32)
         mins = np.empty(16, np.float32)
         sw = np.empty(16, np.float32)
         ls = np.empty(16, np.int32)
         lm = np.empty(16, np.int32)
         xt = np.empty(16 * nl, np.float32)
+        wg = np.empty(nl // 16 * QK_K, np.float32)
         wt = np.empty(16 * nl, np.float32)
         Lt = np.empty(16 * nl, np.int32)
         lt = np.empty(16 * nl, np.int32)
@@ -160,16 +174,20 @@ def _quantize_q2_k(x, imatrix, use_imatrix, out, nl):
                         lm[j] = 0
                     dmin = ZERO
             else:
-                _impl_weights(xb, imatrix[b * QK_K:(b + 1) * QK_K], ONE, w)
+                g = b % per
+                if g == 0:
+                    _fill_lanes_imatrix(x, imatrix, r, b, nb, 16, 16, ONE, nl, xt, wt, wg)
+                    make_qkx2_quants_lanes(xt, wt, 16, nl, 3, F32(-0.9), F32(0.05), 36, False, Lt, lt, v, upd,
+                                           sc_all, mn_all)
                 for j in range(16):
                     t = ZERO
                     for l in range(16):
-                        t += w[16 * j + l]
+                        t += wg[g * QK_K + 16 * j + l]
                     sw[j] = t
-                    s, m = make_qkx2_quants(xb[16 * j:16 * j + 16], 3, w[16 * j:16 * j + 16], F32(-0.9),
-                                            F32(0.05), 36, False, L[16 * j:16 * j + 16], laux)
-                    scales[j] = s
-                    mins[j] = m
+                    scales[j] = sc_all[g * 16 + j]
+                    mins[j] = mn_all[g * 16 + j]
+                    for i in range(16):
+                        L[16 * j + i] = Lt[i * nl + g * 16 + j]
                 d = make_qp_quants(scales, 15, sw, ls)
                 dmin = make_qp_quants(mins, 15, sw, lm)
             for j in range(16):
@@ -351,8 +369,8 @@ def _fill_lanes_av(x, r, b, nb, nl, xt, wt):
 
 @njit(**PJIT)
 def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five, nl):
-    """Without an imatrix, the sub-blocks' make_qkx2_quants searches of nl // 8 super-blocks run
-    side by side (search.make_qkx2_quants_lanes, as Q2_K's)."""
+    """The sub-blocks' make_qkx2_quants searches of nl // 8 super-blocks run side by side
+    (search.make_qkx2_quants_lanes, as Q2_K's), with and without an imatrix."""
     nrows, n = x.shape
     nb = n // QK_K
     ts = Q5_TS if five else Q4_TS
@@ -362,14 +380,13 @@ def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five, nl):
     per = nl // 8
     for r in prange(nrows):
         L = np.empty(QK_K, np.int32)
-        laux = np.empty(32, np.int32)
-        w = np.empty(QK_K, np.float32)
         scales = np.empty(8, np.float32)
         mins = np.empty(8, np.float32)
         sw = np.empty(8, np.float32)
         ls = np.empty(8, np.int32)
         lm = np.empty(8, np.int32)
         xt = np.empty(32 * nl, np.float32)
+        wg = np.empty(nl // 8 * QK_K, np.float32)
         wt = np.empty(32 * nl, np.float32)
         Lt = np.empty(32 * nl, np.int32)
         lt = np.empty(32 * nl, np.int32)
@@ -403,16 +420,20 @@ def _quantize_q4_k_q5_k(x, imatrix, use_imatrix, out, five, nl):
                 d = max_scale / F63
                 dmin = max_min / F63
             else:
-                _impl_weights(xb, imatrix[b * QK_K:(b + 1) * QK_K], F32(2), w)
+                g = b % per
+                if g == 0:
+                    _fill_lanes_imatrix(x, imatrix, r, b, nb, 8, 32, F32(2), nl, xt, wt, wg)
+                    make_qkx2_quants_lanes(xt, wt, 32, nl, nmax, F32(-0.9), F32(0.05), 36, False, Lt, lt, v, upd,
+                                           sc_all, mn_all)
                 for j in range(8):
                     t = ZERO
                     for l in range(32):
-                        t += w[32 * j + l]
+                        t += wg[g * QK_K + 32 * j + l]
                     sw[j] = t
-                    s, m = make_qkx2_quants(xb[32 * j:32 * j + 32], nmax, w[32 * j:32 * j + 32], F32(-0.9),
-                                            F32(0.05), 36, False, L[32 * j:32 * j + 32], laux)
-                    scales[j] = s
-                    mins[j] = m
+                    scales[j] = sc_all[g * 8 + j]
+                    mins[j] = mn_all[g * 8 + j]
+                    for i in range(32):
+                        L[32 * j + i] = Lt[i * nl + g * 8 + j]
                 d = make_qp_quants(scales, 63, sw, ls)
                 dmin = make_qp_quants(mins, 63, sw, lm)
                 if five:  # Q5_K's impl clamps to 63; Q4_K's stores the uint8 as it is
