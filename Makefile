@@ -113,7 +113,8 @@ bench-numba: $(VENV)/.installed
 	$(PY) benchmarks/bench_numba.py
 
 # The kernel table alone (issue 18's point 2): per type, quantize and dequantize, ggml C on one
-# thread against the public API on one and on two threads, CPU and wall. ~2.5 min on 2 cores.
+# thread against the public API on one and on two threads, CPU and wall. About a minute on 2
+# cores once Numba's cache holds the kernels (a first run compiles them, outside the timings).
 bench-kernels: $(VENV)/.installed
 	$(PY) benchmarks/bench_numba.py --kernels
 

@@ -221,7 +221,7 @@ def main():
         types = KERNEL_TYPES if args.types == ",".join(TYPES) else args.types.split(",")
         print(f"kernel table: median of {args.repeat} calls per cell (after one untimed call), "
               f"ratio = ours / ggml C, both on one thread")
-        kernel_table(nb, x, types, args.repeat)
+        kernel_table(nb, x, types, args.repeat, threads=min(2, ncores))
         return
     print(f"{'op':<11}{'type':<7}{'ggml C 1T ms':>13}{'numba 1T ms':>12}{'ratio':>7}"
           f"{'C cpu ms':>10}{'nb cpu ms':>10}{'ratio':>7}{'numba ' + str(ncores) + 'T ms':>14}{'speed-up':>9}")
