@@ -649,7 +649,9 @@ def _quantize_q8_k(x, out, qk):
 
 
 @njit(**PJIT)
-def _dequantize_q8_k(data, out):
+def _dequantize_q8_k(data, sdata, out, qk):
+    """sdata: the same bytes viewed as int8; qk: QK_K at run time, with unsigned offsets, so that
+    LLVM vectorises the loop over positions (see ..numerics)."""
     nrows = data.shape[0]
     nb = data.shape[1] // Q8_TS
     for r in prange(nrows):
@@ -657,10 +659,10 @@ def _dequantize_q8_k(data, out):
             o = data[r, b * Q8_TS:(b + 1) * Q8_TS]
             d = bits_f32(np.int32(np.uint32(o[Q8_D]) | (np.uint32(o[Q8_D + 1]) << 8) | (np.uint32(o[Q8_D + 2]) << 16)
                                   | (np.uint32(o[Q8_D + 3]) << 24)))
-            y = out[r, b * QK_K:(b + 1) * QK_K]
-            for j in range(QK_K):
-                v = np.int32(o[Q8_QS + j])
-                y[j] = d * F32(v - 256 if v > 127 else v)
+            i0 = U64(b * Q8_TS + Q8_QS)
+            y0 = U64(b * qk)
+            for j in range(U64(qk)):
+                out[r, y0 + j] = d * F32(sdata[r, i0 + j])
 
 
 # --------------------------------------------------------------------------- the spec's signatures
@@ -752,7 +754,8 @@ def dequantize_q6_k(data):
 
 def dequantize_q8_k(data):
     out = _dout(data, Q8_TS)
-    _dequantize_q8_k(_c(data), out)
+    data = _c(data)
+    _dequantize_q8_k(data, data.view(np.int8), out, QK_K)
     return out
 
 
