@@ -289,14 +289,18 @@ def test_large_matrix_bit_exact(nb):
         np.testing.assert_array_equal(nb.quantize(x, qt, im), refquant.quantize(x, qt, im))
 
 
-def test_input_check_on_the_threads_gives_the_specs_answer_and_message(nb):
-    """The Numba backend's NaN/Inf test (one pass over the bits, a chunk per thread) against the
-    spec's all_finite on arrays above its parallel threshold, with the bad value at a chunk's
+@pytest.mark.parametrize("threads_from", [None, 1 << 17])
+def test_input_check_on_the_threads_gives_the_specs_answer_and_message(nb, monkeypatch, threads_from):
+    """The Numba backend's NaN/Inf test (one pass over the bits, on the calling thread or a chunk
+    per thread) against the spec's all_finite on arrays above its threshold, with the bad value at a chunk's
     first and last position, on one thread and on all; the error a quantize raises is the
     spec's, word for word."""
     from refquant.api import all_finite
     from refquant.errors import InputError
+    from refquant_backends.numba import api
     from refquant_backends.numba.api import PARALLEL_MIN, all_finite as nb_finite
+    if threads_from is not None:     # the chunk-per-thread pass on an array this small too
+        monkeypatch.setattr(api, "THREADS_FROM", threads_from)
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((2 * PARALLEL_MIN // 1024 + 2, 1024)) * 0.02).astype(np.float32)
     n = x.size

@@ -3,8 +3,8 @@ backend's threads.
 
 The spec's all_finite runs two NumPy reductions (min and max) on one thread; before a
 multi-threaded kernel that serial pass bounded the call's speed-up (a quarter of a Q4_0
-quantize's time on one thread). Here one pass over the float32 bits, cut into one chunk per
-thread, takes the integer max of |x|'s bits (the sign bit cleared): a value is NaN or an
+quantize's time on one thread). Here one pass over the float32 bits (on large arrays cut into
+one chunk per thread) takes the integer max of |x|'s bits (the sign bit cleared): a value is NaN or an
 infinity exactly when those bits are at least 0x7F800000. Integer operations only, so there is
 no float order to keep; the answer is the spec's for every input."""
 from __future__ import annotations
@@ -17,8 +17,12 @@ from refquant.api import all_finite as _spec_all_finite
 
 from .numerics import JIT
 
-# Below this many values a thread's wake-up costs more than the pass: the spec's reductions run.
+# Below PARALLEL_MIN values the spec's reductions run (no kernel to load for a small call); up to
+# THREADS_FROM values one pass on the calling thread: measured on the 2-core host, starting a
+# parallel region costs 60-80 µs (waking the other thread), more than it saves on an array that
+# the last-level cache holds (16 MiB: 0.17 ms on one thread, 0.20 on two; 64 MiB: 1.57 and 1.10).
 PARALLEL_MIN = 1 << 16
+THREADS_FROM = 1 << 23
 _EXP = np.uint32(0x7F800000)
 _MAG = np.uint32(0x7FFFFFFF)
 
@@ -43,9 +47,21 @@ def _max_magnitude_bits(u, nchunks):
     return m
 
 
+@njit(**JIT)
+def _max_magnitude_bits_here(u):
+    """_max_magnitude_bits on the calling thread alone."""
+    m = np.uint32(0)
+    for i in range(np.uint64(u.shape[0])):
+        m = max(m, u[i] & _MAG)
+    return m
+
+
 def all_finite(x: np.ndarray) -> bool:
     """refquant.api.all_finite (the same answer), for a C-contiguous float32 array on the
     backend's threads; other arrays, and small ones, go to the spec's."""
     if x.dtype != np.float32 or x.size < PARALLEL_MIN or not x.flags.c_contiguous:
         return _spec_all_finite(x)
-    return bool(_max_magnitude_bits(x.reshape(-1).view(np.uint32), max(1, numba.get_num_threads())) < _EXP)
+    u = x.reshape(-1).view(np.uint32)
+    if x.size < THREADS_FROM or numba.get_num_threads() == 1:
+        return bool(_max_magnitude_bits_here(u) < _EXP)
+    return bool(_max_magnitude_bits(u, numba.get_num_threads()) < _EXP)

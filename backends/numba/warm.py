@@ -33,8 +33,9 @@ def warm(types=None, log=None) -> int:
     im = (rng.random(n) + 0.5).astype(np.float32)
     claims = sorted(nb.claims())
     done = 0
-    from .api import PARALLEL_MIN
-    nb.all_finite(np.zeros(PARALLEL_MIN, np.float32))   # the input check's kernel (backends/numba/api.py)
+    from .api import PARALLEL_MIN, _max_magnitude_bits
+    nb.all_finite(np.zeros(PARALLEL_MIN, np.float32))   # the input check's kernels (backends/numba/api.py)
+    _max_magnitude_bits(np.zeros(PARALLEL_MIN, np.float32).view(np.uint32), 2)
     for op, key in claims:
         if types is not None and key not in types:
             continue
