@@ -1,10 +1,15 @@
 """Numba twin of refquant/ggml/fp4.py: ggml's MXFP4 and NVFP4, bit-exact with it.
 
 The scale codes decode through 256-entry tables taken from the spec's own decoders (E8M0 and
-UE4M3 halves). MXFP4's shared exponent is floorf(log2f(amax)): a transcendental whose last-bit
-rounding just below a power of two decides the exponent, so it is computed by the spec's rule
-(refquant.ggml.fp4.mxfp4_shared_exponent, on one float32 per block) between two kernels — the
-amax scan and the code search run here."""
+UE4M3 halves). MXFP4's shared exponent is (uint8_t)(floorf(log2f(amax)) - 2 + 127): a
+transcendental whose last-bit rounding just below a power of two decides the exponent (the spec's
+NumPy log2 rounds up to the next integer for up to a few dozen floats below 2^k). It is computed
+in the quantize kernel from amax's bits and a table read off the spec's own rule
+(refquant.ggml.fp4.mxfp4_shared_exponent) at import: within each binade of positive floats
+(each normal exponent field, each leading-bit position of the subnormals) the spec's code is one
+value below a threshold and another from it (`mxfp4_exponent_table`, found by bisection on the
+spec); tests/test_backend_numba_fp4_exponent.py holds the rule equal to the spec's on every
+positive finite float32 (exhaustively in the thorough profile)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,6 +20,52 @@ from refquant.ggml.fp4 import (KVALUES_MXFP4, e8m0_to_fp32_half, mxfp4_shared_ex
 from refquant.registry import get_format
 
 from ..numerics import F32, JIT, ZERO, c_float_to_int32, f32_bits
+
+
+def _binade_bounds():
+    """The 277 binades of positive finite float32 as bit ranges [lo, hi): the subnormals with
+    leading bit p (p = 0..22: [2^p, 2^(p+1))), then the normal exponent fields 1..254."""
+    lo = np.array([1 << p for p in range(23)] + [e << 23 for e in range(1, 255)], np.int64)
+    hi = np.array([2 << p for p in range(23)] + [(e + 1) << 23 for e in range(1, 255)], np.int64)
+    return lo, hi
+
+
+def mxfp4_exponent_table():
+    """(code_lo, code_hi, threshold) per binade (see _binade_bounds): the spec's shared-exponent
+    code of a positive float whose bits b lie in the binade is code_lo below `threshold` and
+    code_hi from it. The threshold is found by bisection on the spec's own function, so the
+    table holds exactly when the spec's code steps at most once per binade (proved over every
+    float by the exhaustive test)."""
+    lo, hi = _binade_bounds()
+    spec = lambda b: mxfp4_shared_exponent(b.astype(np.uint32).view(F32))
+    code_lo, code_hi = spec(lo), spec(hi - 1)
+    a, b = lo.copy(), hi.copy()          # invariant: spec(a) == code_lo, spec(b) != code_lo or b == hi
+    while np.any(b - a > 1):
+        m = (a + b) // 2
+        same = spec(m) == code_lo
+        a = np.where(same, m, a)
+        b = np.where(same, b, m)
+    thr = np.where(code_hi == code_lo, hi, b)
+    return code_lo.astype(np.uint8), code_hi.astype(np.uint8), thr.astype(np.uint32)
+
+
+MX_CODE_LO, MX_CODE_HI, MX_THRESHOLD = mxfp4_exponent_table()
+
+
+@njit(**dict(JIT, inline="always"))
+def mxfp4_exponent_code(amax):
+    """mxfp4_shared_exponent (the spec) of one float32 amax >= 0, finite: 0 for 0, else the
+    binade's table entry."""
+    b = np.int64(f32_bits(amax)) & 0x7FFFFFFF
+    if b == 0:
+        return np.uint8(0)
+    if b >= (1 << 23):
+        k = (b >> 23) + 22
+    else:                                # a subnormal: its leading bit's position
+        k = np.int64(0)
+        while (b >> (k + 1)) != 0:
+            k += 1
+    return MX_CODE_HI[k] if b >= MX_THRESHOLD[k] else MX_CODE_LO[k]
 
 # block sizes, type sizes and the fields' byte offsets, from the declared layouts (refquant.ggml.layout)
 _MX, _NV = get_format("MXFP4").layout, get_format("NVFP4").layout
@@ -50,24 +101,16 @@ def _amax(xb):
 
 
 @njit(**PJIT)
-def _amax_blocks(x, block, out):
-    nrows, n = x.shape
-    nb = n // block
-    for r in prange(nrows):
-        for b in range(nb):
-            out[r, b] = _amax(x[r, b * block:(b + 1) * block])
-
-
-@njit(**PJIT)
-def _quantize_mxfp4(x, e, out):
+def _quantize_mxfp4(x, out):
     nrows, n = x.shape
     nb = n // QK_MXFP4
     for r in prange(nrows):
         for b in range(nb):
             xb = x[r, b * QK_MXFP4:(b + 1) * QK_MXFP4]
             o = out[r, b * MX_TS:(b + 1) * MX_TS]
-            o[MX_E] = e[r, b]
-            d = E8M0_HALF[e[r, b]]
+            e = mxfp4_exponent_code(_amax(xb))
+            o[MX_E] = e
+            d = E8M0_HALF[e]
             for j in range(16):
                 o[MX_QS + j] = np.uint8(best_index_mxfp4(xb[j], d) | (best_index_mxfp4(xb[j + 16], d) << 4))
 
@@ -144,11 +187,8 @@ def _dequantize_nvfp4(data, out):
 
 def quantize_mxfp4(x, imatrix=None):
     x = np.ascontiguousarray(x, dtype=np.float32)
-    amax = np.empty((x.shape[0], x.shape[1] // QK_MXFP4), np.float32)
-    _amax_blocks(x, QK_MXFP4, amax)
-    e = mxfp4_shared_exponent(amax)                  # floorf(log2f(amax)): the spec's rule
     out = np.empty((x.shape[0], x.shape[1] // QK_MXFP4 * MX_TS), np.uint8)
-    _quantize_mxfp4(x, np.ascontiguousarray(e), out)
+    _quantize_mxfp4(x, out)
     return out
 
 
