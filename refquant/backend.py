@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .api import all_finite, check_bytes, check_floats, check_imatrix, dequantized_shape, quantized_shape
-from .errors import FormatError, RefquantError
+from .errors import FormatError, InputError, RefquantError
 from .registry import IMATRIX_NONE, all_formats, get_format
 
 ENTRY_POINT_GROUP = "refquant.backends"
@@ -134,6 +134,16 @@ def path_label(op: str, imatrix=None, search=None, variant=None, options=None) -
     return op
 
 
+class NonFiniteInput(Exception):
+    """Raised by a row function that tests its input itself (Backend.finite_in_kernel) on meeting
+    a NaN or an infinity; Backend.quantize turns it into the input check's error."""
+
+
+def _unchecked(x) -> bool:
+    """The finiteness test of a call whose row function does its own (Backend.finite_in_kernel)."""
+    return True
+
+
 class Backend:
     """The interface every backend offers. The base class is the spec: subclasses override
     `quantize_rows` / `dequantize_rows` for what they claim in `claims()`."""
@@ -189,6 +199,14 @@ class Backend:
     def all_finite(x: np.ndarray) -> bool:
         return all_finite(x)
 
+    # A row function may test its input for NaN and Inf itself, in the pass it makes anyway (one
+    # pass over the values instead of two, on the kernel's threads): quantize then skips the
+    # separate all_finite pass for an unweighted, unsearched call, and the row function raises
+    # NonFiniteInput when it meets such a value; quantize answers with the input check's own
+    # error, and an imatrix error still comes only after the input's (as with the check first).
+    def finite_in_kernel(self, fmt) -> bool:
+        return False
+
     # Row functions: x (nrows, n) float32 -> (nrows, row_bytes) uint8 and back. Overridden.
     def quantize_rows(self, fmt, x, imatrix, search=None):
         if search is not None:
@@ -206,17 +224,31 @@ class Backend:
         if search is not None and search not in quantize_searches(fmt):
             raise RefquantError(f"{fmt.name} has no quantizer search {search!r}; "
                                 f"known: {', '.join(quantize_searches(fmt)) or 'none'}")
-        x = check_floats(x, fmt, finite=self.all_finite)
-        im = check_imatrix(imatrix, fmt, x.shape[-1])
+        defer = (imatrix is None and search is None and self._runs("quantize", fmt.name) is self
+                 and self.finite_in_kernel(fmt))
+        x = check_floats(x, fmt, finite=_unchecked if defer else self.all_finite)
+        try:
+            im = check_imatrix(imatrix, fmt, x.shape[-1])
+        except InputError:
+            if defer:                    # the input's error first, as when it is checked first
+                check_floats(x, fmt, finite=self.all_finite)
+            raise
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] == 0:           # zero rows: zero rows of bytes
             return np.zeros(quantized_shape(x.shape, fmt), np.uint8)
         impl = self._runs(path_label("quantize", im if fmt.imatrix != IMATRIX_NONE else None, search), fmt.name)
         with np.errstate(all="ignore"):  # overflow to inf is part of the C arithmetic reproduced
-            if search is None:
-                out = impl.quantize_rows(fmt, rows, im)
-            else:
-                out = impl.quantize_rows(fmt, rows, im, search=search)
+            try:
+                if search is None:
+                    out = impl.quantize_rows(fmt, rows, im)
+                else:
+                    out = impl.quantize_rows(fmt, rows, im, search=search)
+            except NonFiniteInput:
+                if not defer:
+                    raise
+                check_floats(x, fmt)     # raises the input check's error, naming the first bad value
+                raise RefquantError(f"{fmt.name}: the {self.name} backend's kernel reported a "
+                                    f"non-finite value in a finite input") from None
         return out.reshape(quantized_shape(x.shape, fmt))
 
     def dequantize(self, data, qtype) -> np.ndarray:
@@ -445,6 +477,11 @@ class TableBackend(Backend):
         if (op, key) not in self._claimed:   # not declared: every module's tables say
             self._load_all()
         return super()._runs(path, key)
+
+    def finite_in_kernel(self, fmt) -> bool:
+        """Whether the quantize function of `fmt` tests its input for NaN and Inf (it says so by
+        its attribute checks_finite = True, and raises NonFiniteInput; see Backend)."""
+        return bool(getattr(self._t["quantize"][fmt.name], "checks_finite", False))
 
     def quantize_rows(self, fmt, x, imatrix):
         return self._t["quantize"][fmt.name](x, imatrix)

@@ -10,6 +10,7 @@ from numba import njit, prange
 from ..numerics import (F32, HALF, INLINE, JIT, U64, ZERO, bits_f32, c_float_to_int8, c_float_to_uint8, f32_bits,
                         fp16_to_fp32, order_key as _order_key, order_key_inverse as _order_key_inverse,
                         reciprocal_or_zero, roundf, store_fp16)
+from refquant.backend import NonFiniteInput
 from refquant.registry import get_format
 
 from .search import make_qkx3_quants, make_qx_quants
@@ -140,13 +141,21 @@ def _dequantize_q4_0_q5_0(data, out, five, qk):
 
 # --------------------------------------------------------------------------- Q4_1, Q5_1
 
+# order keys (..numerics.order_key) of +inf and -inf: a block's values are all finite exactly
+# when its key range lies strictly between them (a NaN's key lies beyond the infinity of its sign)
+KEY_INF = np.int32(0x7F800000)
+KEY_NEG_INF = np.int32(0x807FFFFF - (1 << 32))
+
+
 @njit(**PJIT)
-def _quantize_q4_1_q5_1(x, out, five, qk):
+def _quantize_q4_1_q5_1(x, out, five, qk, bad):
     """C's min/max scan (`if (v < min) min = v;`) as integer min/max of order keys in a loop of
-    qk (QK at run time) with unsigned offsets, which LLVM vectorises: for finite values (the API
-    refuses others) the minimum is one value, the same bits whichever position it is found at,
-    except for a zero, where C keeps the first zero's sign: then the scan runs as C's. The codes
-    in loops of the same kind, one per type (see ..numerics)."""
+    qk (QK at run time) with unsigned offsets, which LLVM vectorises: for finite values the
+    minimum is one value, the same bits whichever position it is found at, except for a zero,
+    where C keeps the first zero's sign: then the scan runs as C's. The codes in loops of the
+    same kind, one per type (see ..numerics). The key range also tests the input check's NaN
+    and Inf (Backend.finite_in_kernel): bad[r] = 1 for a row holding one (its bytes are then
+    not used)."""
     nrows, n = x.shape
     nb = n // QK
     ts = Q5_1_TS if five else Q4_1_TS
@@ -163,6 +172,8 @@ def _quantize_q4_1_q5_1(x, out, five, qk):
                 k = _order_key(x[r, x0 + j])
                 kmin = min(kmin, k)
                 kmax = max(kmax, k)
+            if kmax >= KEY_INF or kmin <= KEY_NEG_INF:
+                bad[r] = 1
             if kmin == np.int32(-1) or kmin == np.int32(0) or kmax == np.int32(-1) or kmax == np.int32(0):
                 vmin = xb[0]
                 vmax = xb[0]
@@ -330,19 +341,31 @@ def quantize_q5_0(x, imatrix=None):
 def quantize_q4_1(x, imatrix=None):
     out = _out(x, Q4_1_TS)
     if imatrix is None:
-        _quantize_q4_1_q5_1(_c(x), out, False, QK)
+        bad = np.zeros(x.shape[0], np.uint8)
+        _quantize_q4_1_q5_1(_c(x), out, False, QK, bad)
+        if bad.any():
+            raise NonFiniteInput
     else:
         _quantize_q4_1_q5_1_imatrix(_c(x), _c(imatrix), out, False)
     return out
 
 
+quantize_q4_1.checks_finite = True   # without an imatrix (refquant.backend.Backend.finite_in_kernel)
+
+
 def quantize_q5_1(x, imatrix=None):
     out = _out(x, Q5_1_TS)
     if imatrix is None:
-        _quantize_q4_1_q5_1(_c(x), out, True, QK)
+        bad = np.zeros(x.shape[0], np.uint8)
+        _quantize_q4_1_q5_1(_c(x), out, True, QK, bad)
+        if bad.any():
+            raise NonFiniteInput
     else:
         _quantize_q4_1_q5_1_imatrix(_c(x), _c(imatrix), out, True)
     return out
+
+
+quantize_q5_1.checks_finite = True   # without an imatrix (refquant.backend.Backend.finite_in_kernel)
 
 
 def quantize_q8_0(x, imatrix=None):
