@@ -105,10 +105,13 @@ def _quantize_mxfp4(x, out):
     nrows, n = x.shape
     nb = n // QK_MXFP4
     for r in prange(nrows):
+        codes = np.empty(nb, np.uint8)       # the row's amax scan and exponents first, a loop of their own
+        for b in range(nb):
+            codes[b] = mxfp4_exponent_code(_amax(x[r, b * QK_MXFP4:(b + 1) * QK_MXFP4]))
         for b in range(nb):
             xb = x[r, b * QK_MXFP4:(b + 1) * QK_MXFP4]
             o = out[r, b * MX_TS:(b + 1) * MX_TS]
-            e = mxfp4_exponent_code(_amax(xb))
+            e = codes[b]
             o[MX_E] = e
             d = E8M0_HALF[e]
             for j in range(16):
