@@ -438,3 +438,42 @@ def test_workers_get_one_kernel_thread_and_this_process_keeps_its_environment(cl
 
 
 ENV_BEFORE = dict(os.environ)
+
+
+CHUNKED_LAYOUTS = RTN_LAYOUTS + [
+    dict(fmt="gptq", bits=8), dict(fmt="awq", sym=True),
+    dict(fmt="compressed-tensors", scheme="W4A16_ASYM"), dict(fmt="compressed-tensors", scheme="FP8_BLOCK"),
+    dict(fmt="compressed-tensors", scheme="NVFP4A16"), dict(fmt="compressed-tensors", scheme="MXFP6A16"),
+    dict(fmt="compressed-tensors", scheme="MXFP8"), dict(fmt="compressed-tensors", scheme="FP8")]
+
+
+@pytest.mark.parametrize("kw", CHUNKED_LAYOUTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_checkpoint_layer_in_row_chunks(tiny_checkpoint, tmp_path, monkeypatch, kw):
+    """A layer's task quantizes 128 output rows at a time (its 1000-row layers in 7 chunks and
+    one of 104 rows, no quantize call on all 1000 rows after the plan) and its tensors are the
+    whole layer's, byte for byte, written by worker threads and by the client; a preset with one
+    scale for the whole tensor (FP8) keeps the whole layer in one call."""
+    from refquant.pipelines import hf_quantize
+    from refquant.pipelines.hf_quantize import preset_needs_inputs, quantize_checkpoint
+    d, adir = tiny_checkpoint
+    kw = dict(kw)
+    fmt = kw.pop("fmt")
+    bits = kw.pop("bits", 8 if fmt in ("modelopt-fp8", "fp8-block") else 4)
+    scheme = kw.get("scheme")
+    acts = adir if fmt.startswith("modelopt-") or (scheme and preset_needs_inputs(scheme)) else None
+    opts = dict(max_shard_bytes=40 << 10, **kw)
+    monkeypatch.setattr(hf_quantize, "PLANNED", False)
+    quantize_checkpoint(d, tmp_path / "whole", "rtn", bits, 64, fmt, acts, **opts)
+    monkeypatch.setattr(hf_quantize, "PLANNED", True)
+    monkeypatch.setattr(hf_quantize, "CHUNK_ROWS", 128)
+    rows, real = [], hf_quantize.quantize_linear
+    monkeypatch.setattr(hf_quantize, "quantize_linear", lambda job: rows.append(job["w"].shape[0]) or real(job))
+    quantize_checkpoint(d, tmp_path / "client", "rtn", bits, 64, fmt, acts, runner=Shuffled(1), **opts)
+    with Runner(2) as rn:
+        quantize_checkpoint(d, tmp_path / "threads", "rtn", bits, 64, fmt, acts, runner=rn, **opts)
+    same_dirs(tmp_path / "whole", tmp_path / "client")
+    same_dirs(tmp_path / "whole", tmp_path / "threads")
+    if scheme == "FP8":
+        assert 1000 in rows
+    else:
+        assert 1000 not in rows and rows.count(104) == 2 * 2          # gate/up, two runs: the last chunk

@@ -322,9 +322,10 @@ class Source:
         dt, shape, b = f.entries[name]
         return Source(f.path, f.start + b, dt, shape)
 
-    def rows(self, n: int) -> "Source":
-        """The tensor's first n rows."""
-        return Source(self.path, self.offset, self.dtype, (n,) + self.shape[1:])
+    def rows(self, n: int, start: int = 0) -> "Source":
+        """The tensor's n rows from row `start` (default its first n)."""
+        row = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        return Source(self.path, self.offset + start * row, self.dtype, (n,) + self.shape[1:])
 
     @property
     def nbytes(self) -> int:
@@ -375,7 +376,7 @@ def put_linear(task):
     cluster: the client writes) the tensors are returned."""
     from ..io.safetensors import spec_of, write_at
     job, dest = task
-    t = quantize_linear(job)
+    t = quantize_chunked(job, None if dest is None else {n: d[2] for n, d in dest.items()})
     if dest is None:
         return t
     for name, a in t.items():
@@ -384,6 +385,109 @@ def put_linear(task):
             raise InputError(f"{name}: planned as {want}, computed as {spec_of(a)}")
         write_at(path, at, a)
     return len(t)
+
+
+CHUNK_ROWS = 256    # a task quantizes its layer this many output rows at a time (a multiple of every
+                    # layout's row block: packs of 32/bits, AWQ's 8, FP8's 128, ModelOpt's 16)
+
+
+def chunkable(job: dict) -> bool:
+    """Whether the layer of `job` quantizes CHUNK_ROWS output rows at a time to the same bytes as
+    whole: round to nearest of a Source, in a layout whose scales are per output row, per (row,
+    group) or per block of rows dividing CHUNK_ROWS, or whose one per-tensor scale comes from an
+    amax known before (ModelOpt's, given; NVFP4's global scale, from a streaming pass). The
+    presets with one scale for the whole tensor (strategy "tensor": FP8, INT8 per tensor) and
+    GPTQ with activations are not: they keep the whole-layer path."""
+    if job["method"] != "rtn" or not isinstance(job["w"], Source) or len(job["w"].shape) != 2:
+        return False
+    fmt, scheme = job["fmt"], job["scheme"]
+    if scheme is not None:
+        pfmt, w, _ = L_ct.preset(scheme)
+        st = w.get("strategy")
+        if st in ("channel", "group") or pfmt == "nvfp4-pack-quantized":
+            return True
+        return st == "block" and CHUNK_ROWS % int(w["block_structure"][0]) == 0
+    if fmt.startswith("modelopt-"):
+        return job["w_amax"] is not None
+    return fmt in PACKED or fmt in ("fp8-block", "nvfp4")
+
+
+def _needs_global_scale(job: dict) -> bool:
+    if job["scheme"] is not None:
+        return L_ct.preset(job["scheme"])[0] == "nvfp4-pack-quantized"
+    return job["fmt"] == "nvfp4"
+
+
+def _row_chunks(src: "Source"):
+    N, n = src.shape[0], CHUNK_ROWS
+    for s in range(0, N, n):
+        yield s, src.rows(min(n, N - s), s)
+
+
+def quantize_chunked(job: dict, specs: Optional[dict] = None) -> dict:
+    """quantize_linear(job), the same tensors, computed CHUNK_ROWS output rows at a time when the
+    layout allows it (chunkable): the float32 copies, scales, codes and packing intermediates
+    exist for one chunk only, and each chunk's part of a tensor is copied into that tensor,
+    allocated once from its planned shape (`specs`: name -> TensorSpec; without, plan_linear's).
+    A tensor's part is along the one axis where a chunk's shape differs from the whole one
+    (GPTQ's and AWQ's columns, the other layouts' rows: AWQ's interleave of 8 columns and the
+    packs of 32/bits lie inside a chunk); a tensor that does not grow with the rows (g_idx, a global or input scale) must come out
+    the same from every chunk (else the task fails), weight_shape is the layer's."""
+    src = job["w"]
+    if not chunkable(job) or src.shape[0] <= CHUNK_ROWS:
+        return quantize_linear(job)
+    N, K = src.shape
+    if specs is None:                         # no plan at hand (a remote worker): the plan's probes
+        specs = plan_linear(job)
+    job = dict(job)
+    if _needs_global_scale(job):              # NVFP4: the global scale from the whole layer's amax
+        lo, hi = np.float32(np.inf), np.float32(-np.inf)
+        for _, c in _row_chunks(src):
+            x = c.read().astype(np.float32)
+            lo, hi = min(lo, np.float32(x.min())), max(hi, np.float32(x.max()))
+            del x
+        job["global_scale"] = mx.nvfp4_global_scale(np.array([lo, hi], np.float32))
+    out, parts, axis = {}, {}, {}
+    for s, c in _row_chunks(src):
+        t = quantize_linear(dict(job, w=c))
+        for name, a in t.items():
+            if name.endswith(".weight_shape"):
+                out[name] = np.array([N, K], a.dtype)
+                continue
+            if name not in axis:
+                full = tuple(specs[name].shape)
+                axis[name] = _chunk_axis(a.shape, full)
+                if axis[name] is not None:
+                    out[name] = np.empty(full, a.dtype)
+                    parts[name] = 0
+            ax = axis[name]
+            if ax is None:
+                if name not in out:
+                    out[name] = a
+                elif (out[name].dtype, out[name].shape, out[name].tobytes()) != (a.dtype, a.shape, a.tobytes()):
+                    raise InputError(f"{name}: differs between row chunks of the layer; it cannot be "
+                                     f"quantized {CHUNK_ROWS} rows at a time")
+            else:
+                i = parts[name]
+                idx = [slice(None)] * a.ndim
+                idx[ax] = slice(i, i + a.shape[ax])
+                out[name][tuple(idx)] = a
+                parts[name] = i + a.shape[ax]
+        del t
+    for name, a in out.items():
+        if name in parts and parts[name] != a.shape[axis[name]]:
+            raise InputError(f"{name}: row chunks gave {parts[name]} of its {a.shape[axis[name]]} places "
+                             f"along axis {axis[name]}")
+    return out
+
+
+def _chunk_axis(chunk_shape, full_shape) -> Optional[int]:
+    """The axis along which a tensor grows with the layer's rows (None: it does not): the one
+    where a chunk's shape differs from the planned one."""
+    diff = [i for i, (c, f) in enumerate(zip(chunk_shape, full_shape)) if c != f]
+    if len(chunk_shape) != len(full_shape) or len(diff) > 1:
+        raise InputError(f"a chunk's tensor {tuple(chunk_shape)} is no slice of the planned {tuple(full_shape)}")
+    return diff[0] if diff else None
 
 
 def _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sym, scheme, adir, shapes,
@@ -453,14 +557,14 @@ def quantize_linear(job: dict) -> dict:
             q = rtn_run(W, bits, group_size, sym)
     if scheme is not None:
         Wd = wk if wk.dtype in (np.float32, np.float16, BF16) and method != "awq" else W
-        t = preset_tensors(scheme, Wd, q if method != "rtn" else None, job["xa"])
+        t = preset_tensors(scheme, Wd, q if method != "rtn" else None, job["xa"], job.get("global_scale"))
     elif fmt == "modelopt-fp8":
         dt = wk.dtype if wk.dtype in (np.float16, BF16) else np.float32
         t = L_fp8.modelopt_fp8(wk.astype(dt), dt, job["w_amax"], job["x_amax"])
     elif fmt == "modelopt-nvfp4":
         t = L_fp8.modelopt_nvfp4(W, job["w_amax"], job["x_amax"])
     else:
-        t = _pack(fmt, module, W, q, bits, group_size, sym, wk.dtype)
+        t = _pack(fmt, module, W, q, bits, group_size, sym, wk.dtype, job.get("global_scale"))
     return {f"{module}.{name}": a for name, a in t.items()}
 
 
@@ -598,9 +702,9 @@ PACKED = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors")
 PLANNED = True
 
 
-def _pack(fmt, module, W, q, bits, group_size, sym, dtype) -> dict:
+def _pack(fmt, module, W, q, bits, group_size, sym, dtype, global_scale=None) -> dict:
     """The tensors of linear `module` in `fmt`: from q (QuantizedLinear) for the integer formats,
-    from the float weight W for fp8-block and nvfp4."""
+    from the float weight W for fp8-block and nvfp4 (global_scale: NVFP4's, default W's own)."""
     N, K = W.shape
     if fmt in PACKED:
         if group_size != -1 and K % group_size:
@@ -620,7 +724,7 @@ def _pack(fmt, module, W, q, bits, group_size, sym, dtype) -> dict:
         return L_fp8.block_fp8(W)
     if K % 16:
         raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of NVFP4's 16")
-    packed, scales, gs = mx.quantize_nvfp4(W)
+    packed, scales, gs = mx.quantize_nvfp4(W, global_scale)
     t = L_ct.nvfp4_pack_quantized(packed, scales, gs)
     t["weight_shape"] = np.array(W.shape, np.int64)
     return t
@@ -677,13 +781,13 @@ def _config(fmt, bits, group_size, sym, targets=L_targets.DEFAULT_TARGETS, ignor
 
 # ---- compressed-tensors presets (--scheme) ------------------------------------------------------
 
-def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None) -> dict:
+def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None, global_scale=None) -> dict:
     """One linear's tensors under compressed-tensors preset `name`, as its compressor writes them:
     W the weight (float32, float16 or bfloat16: integer and FP8 scales are computed in its dtype,
     as llm-compressor's min-max observer does on a model of that dtype; MX and NVFP4 in float32);
     q a QuantizedLinear from GPTQ/AWQ for the integer presets (None: round to nearest on
     compressed-tensors' own grid); x_amax the layer's input amax for the presets with static
-    input scales (FP8, NVFP4)."""
+    input scales (FP8, NVFP4); global_scale NVFP4's (default W's own)."""
     fmt, w, a = L_ct.preset(name)
     N, K = W.shape
     out: dict
@@ -707,7 +811,7 @@ def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None) -> dict:
         out = L_ct.float_quantized(fp8_scaling.quantize(W, s, block), s)
         out["weight_scale"] = s.reshape((1,) if w["strategy"] == "tensor" else s.shape)
     elif fmt == "nvfp4-pack-quantized":
-        packed, scales, gs = mx.quantize_nvfp4(W.astype(np.float32))
+        packed, scales, gs = mx.quantize_nvfp4(W.astype(np.float32), global_scale)
         out = L_ct.nvfp4_pack_quantized(packed, scales, gs)
     else:
         element = {"mxfp4-pack-quantized": "MXFP4_E2M1", "mxfp6-pack-quantized": "MXFP6_E2M3",
