@@ -432,7 +432,8 @@ def quantize_chunked(job: dict, specs: Optional[dict] = None) -> dict:
     A tensor's part is along the one axis where a chunk's shape differs from the whole one
     (GPTQ's and AWQ's columns, the other layouts' rows: AWQ's interleave of 8 columns and the
     packs of 32/bits lie inside a chunk); a tensor that does not grow with the rows (g_idx, a
-    global or input scale) must come out the same from every chunk (else the task fails), weight_shape is the layer's."""
+    global or input scale) must come out the same from every chunk (else the task fails);
+    weight_shape is the layer's."""
     src = job["w"]
     if not chunkable(job) or src.shape[0] <= CHUNK_ROWS:
         return quantize_linear(job)
