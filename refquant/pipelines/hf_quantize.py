@@ -735,7 +735,11 @@ def _modelopt_amaxes(weights: dict, lin: list, adir: Path, fuse: bool):
     """Each linear's weight amax (max |W|) and input amax (max |X| over its activations); with
     `fuse`, then the largest of each within a group of layers that share an input (q/k/v, gate/up).
     ModelOpt 0.47 fuses every format but per-tensor FP8 (_fuse_shared_input_modules)."""
-    w_amax = {k: np.float32(np.max(np.abs(weights[k].astype(np.float32)))) for k in lin}
+    def amax(w):                       # CHUNK_ROWS rows at a time: no float32 copy of the layer
+        w = np.asarray(w)
+        return max(np.float32(np.max(np.abs(w[i:i + CHUNK_ROWS].astype(np.float32))))
+                   for i in range(0, max(w.shape[0], 1), CHUNK_ROWS))
+    w_amax = {k: amax(weights[k]) for k in lin}
     x_amax = {k: np.float32(np.max(np.abs(_activations(adir, k[:-len(".weight")], weights[k].shape[1])))) for k in lin}
     prefixes = sorted({k.rsplit(".", 3)[0] for k in lin}) if fuse else []
     for p in prefixes:
