@@ -17,9 +17,13 @@ from numba import njit, prange
 
 from refquant.ggml.fp4 import (KVALUES_MXFP4, e8m0_to_fp32_half, mxfp4_shared_exponent,
                                ue4m3_to_fp32_half)
+from refquant.backend import NonFiniteInput
 from refquant.registry import get_format
 
-from ..numerics import F32, JIT, ZERO, c_float_to_int32, f32_bits
+from ..numerics import F32, JIT, U64, ZERO, c_float_to_int32, f32_bits
+
+MAG = np.int32(0x7FFFFFFF)        # a float32's magnitude bits; from INF_BITS up: NaN or an infinity
+INF_BITS = np.int32(0x7F800000)
 
 
 def _binade_bounds():
@@ -56,7 +60,12 @@ MX_CODE_LO, MX_CODE_HI, MX_THRESHOLD = mxfp4_exponent_table()
 def mxfp4_exponent_code(amax):
     """mxfp4_shared_exponent (the spec) of one float32 amax >= 0, finite: 0 for 0, else the
     binade's table entry."""
-    b = np.int64(f32_bits(amax)) & 0x7FFFFFFF
+    return mxfp4_exponent_code_bits(np.int64(f32_bits(amax)) & 0x7FFFFFFF)
+
+
+@njit(**dict(JIT, inline="always"))
+def mxfp4_exponent_code_bits(b):
+    """mxfp4_exponent_code of the float whose bits are b (0 <= b < 0x7F800000)."""
     if b == 0:
         return np.uint8(0)
     if b >= (1 << 23):
@@ -101,13 +110,25 @@ def _amax(xb):
 
 
 @njit(**PJIT)
-def _quantize_mxfp4(x, out):
+def _quantize_mxfp4(x, out, qk, bad):
+    """First each row's amax scans and shared exponents, in loops of their own: amax as the integer
+    max of the values' magnitude bits (fabsf's bits), which for finite values is C's float scan's
+    amax, in a loop of qk (QK at run time) with unsigned offsets, vectorised (see ..numerics); the
+    same max is the input check's NaN and Inf test (refquant.backend.Backend.finite_in_kernel):
+    bad[r] = 1 for a row holding one. Then the code search, block by block."""
     nrows, n = x.shape
     nb = n // QK_MXFP4
     for r in prange(nrows):
-        codes = np.empty(nb, np.uint8)       # the row's amax scan and exponents first, a loop of their own
+        codes = np.empty(nb, np.uint8)
         for b in range(nb):
-            codes[b] = mxfp4_exponent_code(_amax(x[r, b * QK_MXFP4:(b + 1) * QK_MXFP4]))
+            x0 = U64(b * QK_MXFP4)
+            m = np.int32(0)
+            for j in range(U64(qk)):
+                m = max(m, f32_bits(x[r, x0 + j]) & MAG)
+            if m >= INF_BITS:
+                bad[r] = 1
+                m = np.int32(0)
+            codes[b] = mxfp4_exponent_code_bits(np.int64(m))
         for b in range(nb):
             xb = x[r, b * QK_MXFP4:(b + 1) * QK_MXFP4]
             o = out[r, b * MX_TS:(b + 1) * MX_TS]
@@ -191,8 +212,14 @@ def _dequantize_nvfp4(data, out):
 def quantize_mxfp4(x, imatrix=None):
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((x.shape[0], x.shape[1] // QK_MXFP4 * MX_TS), np.uint8)
-    _quantize_mxfp4(x, out)
+    bad = np.zeros(x.shape[0], np.uint8)
+    _quantize_mxfp4(x, out, QK_MXFP4, bad)
+    if bad.any():
+        raise NonFiniteInput
     return out
+
+
+quantize_mxfp4.checks_finite = True   # refquant.backend.Backend.finite_in_kernel
 
 
 def quantize_nvfp4(x, imatrix=None):
