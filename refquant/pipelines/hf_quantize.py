@@ -395,21 +395,28 @@ def chunkable(job: dict) -> bool:
     """Whether the layer of `job` quantizes CHUNK_ROWS output rows at a time to the same bytes as
     whole: round to nearest of a Source, in a layout whose scales are per output row, per (row,
     group) or per block of rows dividing CHUNK_ROWS, or whose one per-tensor scale comes from an
-    amax known before (ModelOpt's, given; NVFP4's global scale, from a streaming pass). The
-    presets with one scale for the whole tensor (strategy "tensor": FP8, INT8 per tensor) and
-    GPTQ with activations are not: they keep the whole-layer path."""
+    amax known before (ModelOpt's, given; NVFP4's global scale and the FP8 preset's tensor
+    scale, from a streaming pass). The others keep the whole-layer path (GPTQ with activations,
+    an integer preset with one scale per tensor: none of compressed-tensors' has one)."""
     if job["method"] != "rtn" or not isinstance(job["w"], Source) or len(job["w"].shape) != 2:
         return False
     fmt, scheme = job["fmt"], job["scheme"]
     if scheme is not None:
         pfmt, w, _ = L_ct.preset(scheme)
         st = w.get("strategy")
-        if st in ("channel", "group") or pfmt == "nvfp4-pack-quantized":
+        if st in ("channel", "group") or pfmt == "nvfp4-pack-quantized" or (st, pfmt) == ("tensor", "float-quantized"):
             return True
         return st == "block" and CHUNK_ROWS % int(w["block_structure"][0]) == 0
     if fmt.startswith("modelopt-"):
         return job["w_amax"] is not None
     return fmt in PACKED or fmt in ("fp8-block", "nvfp4")
+
+
+def _needs_tensor_amax(job: dict) -> bool:
+    if job["scheme"] is None:
+        return False
+    pfmt, w, _ = L_ct.preset(job["scheme"])
+    return (w.get("strategy"), pfmt) == ("tensor", "float-quantized")
 
 
 def _needs_global_scale(job: dict) -> bool:
@@ -448,6 +455,15 @@ def quantize_chunked(job: dict, specs: Optional[dict] = None) -> dict:
             lo, hi = min(lo, np.float32(x.min())), max(hi, np.float32(x.max()))
             del x
         job["global_scale"] = mx.nvfp4_global_scale(np.array([lo, hi], np.float32))
+    if _needs_tensor_amax(job):               # FP8 per tensor: max |W| in W's dtype (exact)
+        amax = None
+        for _, c in _row_chunks(src):
+            x = c.read()
+            x = x if x.dtype in (np.float32, np.float16, BF16) else x.astype(np.float32)
+            m = np.max(np.abs(x))
+            amax = m if amax is None else np.maximum(amax, m)      # a NaN stays (and is refused)
+            del x
+        job["tensor_amax"] = amax
     out, parts, axis = {}, {}, {}
     for s, c in _row_chunks(src):
         t = quantize_linear(dict(job, w=c))
@@ -558,7 +574,8 @@ def quantize_linear(job: dict) -> dict:
             q = rtn_run(W, bits, group_size, sym)
     if scheme is not None:
         Wd = wk if wk.dtype in (np.float32, np.float16, BF16) and method != "awq" else W
-        t = preset_tensors(scheme, Wd, q if method != "rtn" else None, job["xa"], job.get("global_scale"))
+        t = preset_tensors(scheme, Wd, q if method != "rtn" else None, job["xa"], job.get("global_scale"),
+                           job.get("tensor_amax"))
     elif fmt == "modelopt-fp8":
         dt = wk.dtype if wk.dtype in (np.float16, BF16) else np.float32
         t = L_fp8.modelopt_fp8(wk.astype(dt), dt, job["w_amax"], job["x_amax"])
@@ -786,13 +803,14 @@ def _config(fmt, bits, group_size, sym, targets=L_targets.DEFAULT_TARGETS, ignor
 
 # ---- compressed-tensors presets (--scheme) ------------------------------------------------------
 
-def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None, global_scale=None) -> dict:
+def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None, global_scale=None, tensor_amax=None) -> dict:
     """One linear's tensors under compressed-tensors preset `name`, as its compressor writes them:
     W the weight (float32, float16 or bfloat16: integer and FP8 scales are computed in its dtype,
     as llm-compressor's min-max observer does on a model of that dtype; MX and NVFP4 in float32);
     q a QuantizedLinear from GPTQ/AWQ for the integer presets (None: round to nearest on
     compressed-tensors' own grid); x_amax the layer's input amax for the presets with static
-    input scales (FP8, NVFP4); global_scale NVFP4's (default W's own)."""
+    input scales (FP8, NVFP4); global_scale NVFP4's (default W's own); tensor_amax the max |W|
+    of the whole tensor, in W's dtype, a per-tensor FP8 scale is computed from (default W's)."""
     fmt, w, a = L_ct.preset(name)
     N, K = W.shape
     out: dict
@@ -812,7 +830,10 @@ def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None, global_scale=N
                else L_ct.int_quantized(codes.astype(np.int8), s, z))
     elif fmt == "float-quantized":
         block = L_ct.weight_block(w, W.shape)
-        s = fp8_scaling.choose_scale(W, block)
+        if w["strategy"] == "tensor" and tensor_amax is not None:     # W: rows of the tensor
+            s = fp8_scaling.choose_scale(np.full((1, 1), tensor_amax, W.dtype), (1, 1))
+        else:
+            s = fp8_scaling.choose_scale(W, block)
         out = L_ct.float_quantized(fp8_scaling.quantize(W, s, block), s)
         out["weight_scale"] = s.reshape((1,) if w["strategy"] == "tensor" else s.shape)
     elif fmt == "nvfp4-pack-quantized":
