@@ -513,7 +513,8 @@ def _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sy
     input by offset and compute each output tensor's dtype and shape (the plan); the shards'
     headers are written and the files sized; the tasks then quantize again and write their
     tensors at the planned offsets, while this process copies the other tensors by offset.
-    Memory: a few tensors a worker, nothing a model's size; the bytes are save_checkpoint's."""
+    Memory: a worker holds its layer's output tensors and one chunk of CHUNK_ROWS rows in
+    quantization (quantize_chunked), nothing a model's size; the bytes are save_checkpoint's."""
     from ..io.safetensors import PlannedCheckpoint, TensorSpec, write_at
     from .scale import Runner
     rest = {k: TensorSpec(ck[k].dtype, ck[k].shape) for k in ck if k not in set(lin)}
