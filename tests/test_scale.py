@@ -474,3 +474,22 @@ def test_checkpoint_layer_in_row_chunks(tiny_checkpoint, tmp_path, monkeypatch, 
     same_dirs(tmp_path / "whole", tmp_path / "client")
     same_dirs(tmp_path / "whole", tmp_path / "threads")
     assert 1000 not in rows and rows.count(104) == 2 * 2          # gate/up, two runs: the last chunk
+
+
+@pytest.mark.parametrize("fmt,scheme", [("compressed-tensors", "FP8"), ("nvfp4", None), ("gptq", None)])
+def test_row_chunks_refuse_a_nan_as_the_whole_layer(tmp_path, fmt, scheme):
+    """A NaN in a layer's 551st row: the chunked task fails with the whole layer's message (its
+    row as the layer's, not as a chunk's)."""
+    import ml_dtypes
+    from refquant.pipelines import hf_quantize as hq
+    w = (np.random.default_rng(0).standard_normal((600, 64)) * 0.05).astype(ml_dtypes.bfloat16)
+    w[550, 3] = np.nan
+    (tmp_path / "w").write_bytes(w.tobytes())
+    job = dict(module="m", w=hq.Source(tmp_path / "w", 0, w.dtype, w.shape), fmt=fmt, method="rtn", bits=4,
+               group_size=64, sym=True, scheme=scheme, x=None, xa=None, w_amax=None, x_amax=None, blas=None)
+    with pytest.raises(InputError) as whole:
+        hq.quantize_linear(job)
+    with pytest.raises(InputError) as chunked:
+        hq.quantize_chunked(job)
+    assert str(chunked.value) == str(whole.value)
+    assert fmt == "gptq" or "row 550" in str(chunked.value)

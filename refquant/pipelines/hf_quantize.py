@@ -444,6 +444,15 @@ def quantize_chunked(job: dict, specs: Optional[dict] = None) -> dict:
     src = job["w"]
     if not chunkable(job) or src.shape[0] <= CHUNK_ROWS:
         return quantize_linear(job)
+    try:
+        with np.errstate(invalid="ignore"):
+            return _quantize_chunks(job, specs)
+    except InputError:          # the whole layer's own message (a NaN's row is the layer's, not a chunk's)
+        return quantize_linear(job)
+
+
+def _quantize_chunks(job: dict, specs: Optional[dict]) -> dict:
+    src = job["w"]
     N, K = src.shape
     if specs is None:                         # no plan at hand (a remote worker): the plan's probes
         specs = plan_linear(job)
