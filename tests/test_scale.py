@@ -114,6 +114,17 @@ def test_threads_byte_identical(llama, models, tmp_path, small_slabs, ft):
         same_bytes(ours, ref)
 
 
+def ctrl_c_at(count):
+    """A progress callback that raises KeyboardInterrupt (Ctrl-C) at the count-th tensor."""
+    seen = []
+
+    def progress(tp, i, n):
+        seen.append(tp.name)
+        if len(seen) == count:
+            raise KeyboardInterrupt
+    return progress
+
+
 def test_threads_task_error_and_interrupt_leave_nothing(models, tmp_path, small_slabs):
     import scale_backends
     ours = tmp_path / "ours.gguf"
@@ -121,14 +132,8 @@ def test_threads_task_error_and_interrupt_leave_nothing(models, tmp_path, small_
         with pytest.raises(InputError, match=r"^tensor '.+' \(rows from \d+\): Q8_0 refused by this backend$"):
             recipes.quantize_model(models["dense"], ours, "Q8_0", runner=rn, backend=scale_backends.FAILING)
         no_leftovers(ours)
-        seen = []
-
-        def progress(tp, i, n):
-            seen.append(tp.name)
-            if len(seen) == 8:
-                raise KeyboardInterrupt
         with pytest.raises(KeyboardInterrupt):
-            recipes.quantize_model(models["dense"], ours, "Q4_K_M", runner=rn, progress=progress)
+            recipes.quantize_model(models["dense"], ours, "Q4_K_M", runner=rn, progress=ctrl_c_at(8))
         no_leftovers(ours)
 
 
@@ -185,14 +190,8 @@ def test_task_error_stops_the_run(models, cluster, tmp_path, small_slabs):
 
 def test_interrupt_cancels_and_leaves_nothing(models, cluster, tmp_path, small_slabs):
     ours = tmp_path / "ours.gguf"
-    seen = []
-
-    def progress(tp, i, n):
-        seen.append(tp.name)
-        if len(seen) == 8:
-            raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        recipes.quantize_model(models["dense"], ours, "Q4_K_M", runner=cluster, progress=progress)
+        recipes.quantize_model(models["dense"], ours, "Q4_K_M", runner=cluster, progress=ctrl_c_at(8))
     no_leftovers(ours)
     deadline = time.time() + 20         # the cancelled tasks leave the cluster
     while cluster._client.processing() and any(cluster._client.processing().values()) and time.time() < deadline:

@@ -278,16 +278,7 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
             if progress:
                 progress(None)
     out.update(weights)
-    if fmt.startswith("modelopt-"):
-        hq = L_fp8.quantization_config_modelopt("FP8" if fmt == "modelopt-fp8" else "NVFP4",
-                                                _modelopt_excluded(weights, config))
-        config["quantization_config"] = L_fp8.hf_config_modelopt(hq)
-        extra["hf_quant_config.json"] = json.dumps(hq, indent=4) + "\n"
-    elif scheme is not None:
-        config["quantization_config"] = L_ct.preset_config(scheme, targets, ignore)
-    else:
-        config["quantization_config"] = _config(fmt, bits, group_size, sym, targets, ignore,
-                                                L_targets.ignored_linears(shapes, lin), lin, shapes)
+    _quantization_config(config, extra, fmt, bits, group_size, sym, scheme, targets, ignore, shapes, lin, weights)
     if tcfg is not None:
         config["quantization_config"]["transform_config"] = tcfg
     extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"

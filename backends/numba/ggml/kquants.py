@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..numerics import (F32, JIT, ONE, U64, ZERO, bits_f32, f32_bits, fp16_to_fp32, fp32_to_fp16_bits,
-                        nearest_int, order_key as _order_key, order_key_inverse as _order_key_inverse)
+                        nearest_int, key_range, order_key_inverse as _order_key_inverse)
 from .search import (GROUP_MAX_EPS, make_q3_quants, make_qp_quants,
                      make_qx_quants, make_qx_quants_lanes, make_qx_quants_x2_lanes, NCAND, LANES,
                      make_qkx2_quants_lanes)
@@ -611,12 +611,7 @@ def _quantize_q8_k(x, out, qk):
         for b in range(nb):
             o = out[r, b * ts:(b + 1) * ts]
             x0 = U64(b * QK_K)
-            kmin = np.int32(0x7FFFFFFF)
-            kmax = np.int32(-0x80000000)
-            for j in range(U64(qk)):
-                k = _order_key(x[r, x0 + j])
-                kmin = min(kmin, k)
-                kmax = max(kmax, k)
+            kmin, kmax = key_range(x, r, x0, qk)
             mhi = _order_key_inverse(kmax) & np.int32(0x7FFFFFFF)   # |the largest value|
             mlo = _order_key_inverse(kmin) & np.int32(0x7FFFFFFF)   # |the smallest value|
             amax = max(mhi, mlo)

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..numerics import (F32, HALF, INLINE, JIT, U64, ZERO, bits_f32, c_float_to_int8, c_float_to_uint8, f32_bits,
-                        fp16_to_fp32, order_key as _order_key, order_key_inverse as _order_key_inverse,
+                        fp16_to_fp32, key_range, order_key_inverse as _order_key_inverse,
                         reciprocal_or_zero, roundf, store_fp16)
 from refquant.backend import NonFiniteInput
 from refquant.registry import get_format
@@ -166,12 +166,7 @@ def _quantize_q4_1_q5_1(x, out, five, qk, bad):
             xb = x[r, b * QK:(b + 1) * QK]
             o = out[r, b * ts:(b + 1) * ts]
             x0 = U64(b * QK)
-            kmin = np.int32(0x7FFFFFFF)
-            kmax = np.int32(-0x80000000)
-            for j in range(U64(qk)):
-                k = _order_key(x[r, x0 + j])
-                kmin = min(kmin, k)
-                kmax = max(kmax, k)
+            kmin, kmax = key_range(x, r, x0, qk)
             if kmax >= KEY_INF or kmin <= KEY_NEG_INF:
                 bad[r] = 1
             if kmin == np.int32(-1) or kmin == np.int32(0) or kmax == np.int32(-1) or kmax == np.int32(0):
