@@ -199,6 +199,9 @@ def cmd_quantize(args) -> int:
     from .pipelines import recipes
     out, ftype, nthread = _gguf_quantize_positionals(args)
     if ftype is None:
+        from .io.gguf import GGUFFile
+        with GGUFFile(args.input):      # an input that is not a GGUF file is named as such first
+            pass
         raise RefquantError("quantize: a GGUF input needs a type (--type Q4_K_M, or after the paths as "
                             "llama-quantize takes it)")
     if nthread is not None and args.workers is None:

@@ -74,6 +74,16 @@ def test_missing_output_directory_and_directory_inputs(model, tmp_path, capsys):
     assert "is a directory" in one_line(capsys, ["dequantize", str(model), str(tmp_path)])
 
 
+def test_quantize_of_a_file_that_is_not_gguf_names_it(tmp_path, capsys):
+    from refquant.io.safetensors import save_file
+    st = tmp_path / "model.safetensors"
+    save_file(st, {"a": np.ones((4, 32), np.float32)})
+    for argv in (["quantize", str(st), str(tmp_path / "o")], ["quantize", str(st), str(tmp_path / "o"), "Q4_0"]):
+        err = one_line(capsys, argv)
+        assert "model.safetensors" in err and "not a GGUF file" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
 def test_internal_error_is_one_line_and_status_3(model, monkeypatch, capsys):
     import refquant.cli as cli
 
