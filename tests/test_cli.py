@@ -146,6 +146,22 @@ def test_module_entry_point_runs(model):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
+def test_console_script_collects_rarely_and_skips_the_exit_walk():
+    """The `refquant` script (pyproject's entry point) is run(): one collector pass per million
+    allocations, and everything frozen before the interpreter's final pass."""
+    import tomllib
+    from pathlib import Path
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["refquant"] == "refquant.cli:run"
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 1000, gc.get_threshold()[0]))\n"
+             "sys.argv = ['refquant', 'formats']\n"
+             "from refquant.cli import run\n"
+             "run()\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "frozen True 1000000", r.stdout[-300:] + r.stderr
+
+
 def test_formats_command(capsys):
     assert main(["formats"]) == 0
     out = capsys.readouterr().out
