@@ -11,7 +11,10 @@
   first; PYTHONDONTWRITEBYTECODE is dropped for the child, as an install compiles it);
 * llama.cpp: llama-cpp-python's `llama_model_quantize` with nthread = --threads, in a fresh
   process too; its time is the call alone (the process's start-up and the library's load are
-  not counted), its CPU time the whole process's.
+  not counted), its CPU time the whole process's;
+* "warm s": refquant's `quantize_model` on the same input in one process that has run it once
+  (the work without the start-up), with the fixed cost of a fresh process printed first
+  (Python with NumPy alone, and the command on a one-tensor file).
 
 Inputs: SmolLM2-135M and Gemma-3-270M decoded to F32 (the test fixtures' way: refquant's
 dequantize_model, byte-identical with llama.cpp's), and with --synthetic-gib a llama-shaped F32
@@ -34,6 +37,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+WARM = """
+import statistics, sys, time
+from refquant.pipelines import recipes
+src, out, ft, threads, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+ts = []
+for _ in range(n + 1):
+    t = time.perf_counter()
+    recipes.quantize_model(src, out, ft, backend="numba", workers=threads)
+    ts.append(time.perf_counter() - t)
+print(statistics.median(ts[1:]))
+"""
 
 LLAMA = """
 import sys, time
@@ -67,6 +82,31 @@ def child(cmd, env) -> tuple[float, float, float, str]:
 def ours(src, out, ft, env, threads):
     return child([sys.executable, "-m", "refquant.cli", "quantize", str(src), str(out), "--type", ft,
                   "--backend", "numba", "--workers", str(threads)], env)
+
+
+def warm(src, out, ft, env, threads, repeat) -> float:
+    """The same quantization inside one process, after a first untimed call: the work alone,
+    without the process's start-up (median of `repeat` calls)."""
+    return float(child([sys.executable, "-c", WARM, str(src), str(out), ft, str(threads), str(repeat)], env)[3])
+
+
+def startup(env, repeat) -> tuple[float, float]:
+    """The command's fixed cost, median wall s: Python with NumPy alone, and `refquant quantize`
+    of a one-tensor file to Q4_0 (imports, the Numba target set-up, one kernel loaded,
+    the exit), to read the rows' ratios against."""
+    with tempfile.TemporaryDirectory() as d:
+        from refquant.io.gguf import KV, GGUFValueType, TensorInfo, write_gguf
+        src, out = Path(d) / "one.gguf", Path(d) / "q.gguf"
+        write_gguf(src, [KV("general.architecture", GGUFValueType.STRING, "llama"),
+                         KV("llama.block_count", GGUFValueType.UINT32, 1)],
+                   [TensorInfo("blk.0.ffn_up.weight", 0, (32, 256))],
+                   lambda t: [np.ones(t.shape, np.float32)])
+        py = statistics.median(child([sys.executable, "-c", "import numpy"], env)[0] for _ in range(repeat))
+        cmd = [sys.executable, "-m", "refquant.cli", "quantize", str(src), str(out), "--type", "Q4_0",
+               "--backend", "numba", "--no-progress"]
+        child(cmd, env)
+        one = statistics.median(child(cmd, env)[0] for _ in range(repeat))
+    return py, one
 
 
 def theirs(src, out, ft, threads, env):
@@ -136,10 +176,11 @@ def row(label, src, ft, threads, repeat, env, d):
     r_ours = [ours(src, a, ft, env, threads) for _ in range(repeat)]
     r_ref = [theirs(src, b, ft, threads, env) for _ in range(repeat)]
     ok = same(a, b)
+    ww = warm(src, a, ft, env, threads, repeat)
     med = lambda rs, i: statistics.median(r[i] for r in rs)  # noqa: E731
     w, c, m = med(r_ours, 0), med(r_ours, 1), max(r[2] for r in r_ours)
     wr, cr, mr = med(r_ref, 0), med(r_ref, 1), max(r[2] for r in r_ref)
-    print(f"{label:<10}{ft:<8}{w:9.2f}{wr:9.2f}{w / wr:7.2f}{c:9.2f}{cr:9.2f}{c / cr:7.2f}{m:9.0f}{mr:9.0f}"
+    print(f"{label:<10}{ft:<8}{w:9.2f}{wr:9.2f}{w / wr:7.2f}{ww:8.2f}{ww / wr:7.2f}{c:9.2f}{cr:9.2f}{c / cr:7.2f}{m:9.0f}{mr:9.0f}"
           f"{str(ok):>6}  {l0} -> {load()}", flush=True)
     os.remove(a)
     os.remove(b)
@@ -163,7 +204,11 @@ def main():
     env.pop("PYTHONDONTWRITEBYTECODE", None)   # an install has its modules' bytecode compiled
     print(f"{a.threads} thread(s) each; median of {a.repeat}; {os.cpu_count()} cores; load average (1/5/15 min) "
           f"before -> after each row")
-    print(f"{'model':<10}{'type':<8}{'ours s':>9}{'llama s':>9}{'ratio':>7}{'ours cpu':>9}{'ll cpu':>9}{'ratio':>7}"
+    py, one = startup(env, 5)
+    print(f"fixed cost of a fresh process: python + numpy {py:.3f} s; refquant quantize of a one-tensor file "
+          f"{one:.3f} s (imports, Numba's target set-up, one kernel loaded, exit). 'warm s': the same "
+          f"quantization in a process that has done it once (the work without the start-up)")
+    print(f"{'model':<10}{'type':<8}{'ours s':>9}{'llama s':>9}{'ratio':>7}{'warm s':>8}{'ratio':>7}{'ours cpu':>9}{'ll cpu':>9}{'ratio':>7}"
           f"{'ours MiB':>9}{'ll MiB':>9}{'same':>6}")
     with tempfile.TemporaryDirectory(dir=a.dir) as d:
         d = Path(d)
