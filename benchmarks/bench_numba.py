@@ -14,7 +14,8 @@
   also counts waiting for a core); the load average is printed before and after.
 * --kernels: the kernel table alone (a couple of minutes on an idle 2-core host): per type,
   quantize and dequantize, ggml's C on one thread, the backend's public API on one thread and
-  on two (numba.set_num_threads), each timed by the wall clock and by the process's CPU time in
+  on two (numba.set_num_threads; one- and two-thread calls alternate, so that a burst of the
+  host's load meets both), each timed by the wall clock and by the process's CPU time in
   the same calls (median of --repeat), the ratio ours / ggml on one thread (CPU and wall) and
   the two-thread speed-up (one-thread wall / two-thread wall). "est. idle": the speed-up an
   idle host would give if the work is split as it was here, one-thread CPU time over the
@@ -108,6 +109,28 @@ def timed(fn, repeat, main=False):
     return out + (float(np.median(mains)),) if main else out
 
 
+def timed_threads(fn, repeat, threads):
+    """timed(fn) on one thread and on `threads` (with main=True), the calls alternating one and
+    `threads` so that a burst of the shared host's load meets both sides of the speed-up alike
+    (timing one side's calls and then the other's let a burst land on one side only)."""
+    fns = [(1, fn), (threads, fn)]
+    for n, f in fns:
+        numba.set_num_threads(n)
+        f()
+    walls, cpus, mains = ([], []), ([], []), ([], [])
+    for _ in range(repeat):
+        for i, (n, f) in enumerate(fns):
+            numba.set_num_threads(n)
+            m, c, t = time.thread_time(), time.process_time(), time.perf_counter()
+            f()
+            walls[i].append(time.perf_counter() - t)
+            cpus[i].append(time.process_time() - c)
+            mains[i].append(time.thread_time() - m)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    med = lambda v: float(np.median(v))  # noqa: E731
+    return (med(walls[0]), med(cpus[0])), (med(walls[1]), med(cpus[1]), med(mains[1]))
+
+
 # The kernel table's types: legacy, K and IQ4 (issue 18's targets), then the others it states.
 KERNEL_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
                 "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "F16", "BF16"]
@@ -134,10 +157,7 @@ def kernel_table(nb, x, types, repeat, threads=2):
                 continue
             numba.set_num_threads(1)
             tc, cc = timed(c_fn, repeat)
-            t1, c1 = timed(nb_fn, repeat)
-            numba.set_num_threads(threads)
-            t2, c2, m2 = timed(nb_fn, repeat, main=True)
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+            (t1, c1), (t2, c2, m2) = timed_threads(nb_fn, repeat, threads)
             miss = []
             if c1 / cc > 1.0:
                 miss.append("ratio")
