@@ -33,14 +33,26 @@ def _deinterleave(a):
     return a.reshape(R, N // 8, 8)[:, :, inv].reshape(R, N)
 
 
+def _check_out(N):
+    if N % 8:
+        raise InputError(f"awq.pack: out features ({N}) must be a multiple of 8")
+
+
+def pack_specs(N: int, K: int, G: int) -> dict:
+    """The (dtype, shape) of each tensor `pack` writes for a layer of N outputs, K inputs and G
+    groups, from the layout's table above (nothing packed): 8 columns a word."""
+    _check_out(N)
+    return {"qweight": (np.dtype(np.int32), (K, N // 8)), "qzeros": (np.dtype(np.int32), (G, N // 8)),
+            "scales": (np.dtype(np.float16), (G, N))}
+
+
 def pack(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int = 4) -> dict:
     """codes uint8 (N, K), scales (N, G), zeros (N, G) -> the GEMM tensors."""
     if bits != 4:
         raise FormatError(f"awq.pack: AWQ GEMM checkpoints hold 4-bit codes, not {bits!r}")
     codes = np.asarray(codes)
     N, K = codes.shape
-    if N % 8:
-        raise InputError(f"awq.pack: out features ({N}) must be a multiple of 8")
+    _check_out(N)
     z = np.rint(np.asarray(zeros, np.float64)).astype(np.int64)
     if z.min() < 0 or z.max() > 15:
         raise InputError("awq.pack: zero points must lie in [0, 15]")
@@ -97,19 +109,32 @@ def zeros_width(K: int, g: int) -> int:
     return -(-base // m) * m
 
 
+def _gemv_groups(N, K, group_size):
+    """(G, Z): the groups and the qzeros words of a row, the dimensions checked."""
+    g = K if group_size == -1 else group_size
+    if K % 8 or N % 8:
+        raise InputError(f"awq.pack_gemv: in features ({K}) and out features ({N}) must be multiples of 8")
+    if K % g:
+        raise InputError(f"awq.pack_gemv: in features ({K}) must be a multiple of the group size ({g})")
+    return K // g, zeros_width(K, g)
+
+
+def pack_gemv_specs(N: int, K: int, group_size: int) -> dict:
+    """The (dtype, shape) of each tensor `pack_gemv` writes for a layer of N outputs and K inputs,
+    from the GEMV table above (nothing packed): K/8 words a row, Z words of zeros and 8·Z
+    scales a row (zeros_width)."""
+    _, Z = _gemv_groups(N, K, group_size)
+    return {"qweight": (np.dtype(np.int32), (N, K // 8)), "qzeros": (np.dtype(np.int32), (N, Z)),
+            "scales": (np.dtype(np.float16), (N, 8 * Z))}
+
+
 def pack_gemv(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, group_size: int, bits: int = 4) -> dict:
     """codes uint8 (N, K), scales (N, G), zeros (N, G) -> the GEMV tensors."""
     if bits != 4:
         raise FormatError(f"awq.pack_gemv: AWQ GEMV checkpoints hold 4-bit codes, not {bits!r}")
     codes = np.asarray(codes)
     N, K = codes.shape
-    g = K if group_size == -1 else group_size
-    if K % 8 or N % 8:
-        raise InputError(f"awq.pack_gemv: in features ({K}) and out features ({N}) must be multiples of 8")
-    if K % g:
-        raise InputError(f"awq.pack_gemv: in features ({K}) must be a multiple of the group size ({g})")
-    G = K // g
-    Z = zeros_width(K, g)
+    G, Z = _gemv_groups(N, K, group_size)
     scales = np.asarray(scales, np.float32)
     z = np.rint(np.asarray(zeros, np.float64)).astype(np.int64)
     if scales.shape != (N, G) or z.shape != (N, G):

@@ -128,6 +128,19 @@ def pack_quantized(q: np.ndarray, scale: np.ndarray, zero_point, bits: int) -> d
     return out
 
 
+def pack_quantized_specs(N: int, K: int, G: int, bits: int, scale_dtype, symmetric: bool) -> dict:
+    """The (dtype, shape) of each tensor `pack_quantized` writes for a layer of N outputs and K
+    inputs whose scale is `scale_dtype` (N, G), from the table above (nothing packed): codes
+    packed along K, zero points (asymmetric only) along N, ceil(·b/32) words."""
+    bits = _bits(bits)
+    out = {"weight_packed": (np.dtype(np.int32), (N, -(-K * bits // 32))),
+           "weight_scale": (np.dtype(scale_dtype), (N, G)),
+           "weight_shape": (np.dtype(np.int64), (2,))}
+    if not symmetric:
+        out["weight_zero_point"] = (np.dtype(np.int32), (-(-N * bits // 32), G))
+    return out
+
+
 def unpack_quantized(t: dict, bits: int):
     """-> (signed codes int8 (N, K), scale, zero_point int8 (N, G) or None)."""
     bits = _bits(bits)
@@ -156,6 +169,53 @@ def int_quantized(q: np.ndarray, scale: np.ndarray, zero_point=None) -> dict:
     if zero_point is not None:
         out["weight_zero_point"] = np.asarray(zero_point).astype(np.int8)
     return out
+
+
+def int_quantized_specs(N: int, K: int, scale_shape, scale_dtype, symmetric: bool) -> dict:
+    """The (dtype, shape) of each tensor `int_quantized` writes: int8 codes (N, K), the scale as
+    given, an int8 zero point of the scale's shape when asymmetric."""
+    out = {"weight": (np.dtype(np.int8), (N, K)), "weight_scale": (np.dtype(scale_dtype), tuple(scale_shape))}
+    if not symmetric:
+        out["weight_zero_point"] = (np.dtype(np.int8), tuple(scale_shape))
+    return out
+
+
+def float_quantized_specs(N: int, K: int, scale_shape) -> dict:
+    """The (dtype, shape) of each tensor `float_quantized` writes: E4M3 codes (N, K), a float32
+    scale of the given shape."""
+    return {"weight": (np.dtype(ml_dtypes.float8_e4m3fn), (N, K)),
+            "weight_scale": (np.dtype(np.float32), tuple(scale_shape))}
+
+
+def _blocks(K: int, block: int, who: str) -> int:
+    if K % block:
+        raise InputError(f"{who}: in features ({K}) must be a multiple of its block of {block}")
+    return K // block
+
+
+def nvfp4_pack_quantized_specs(N: int, K: int) -> dict:
+    """The (dtype, shape) of each tensor `nvfp4_pack_quantized` writes, from the table above:
+    two codes a byte, one E4M3 scale a block of 16, one global scale."""
+    from ..mx import NVFP4_BLOCK
+    nb = _blocks(K, NVFP4_BLOCK, "nvfp4-pack-quantized")
+    return {"weight_packed": (np.dtype(np.uint8), (N, K // 2)),
+            "weight_scale": (np.dtype(ml_dtypes.float8_e4m3fn), (N, nb)),
+            "weight_global_scale": (np.dtype(np.float32), (1,))}
+
+
+def mx_specs(fmt: str, N: int, K: int) -> dict:
+    """The (dtype, shape) of each tensor `mxfp4_pack_quantized`, `mxfp6_pack_quantized` or
+    `mxfp8_quantized` (format `fmt`) writes, from the table above: the elements (two FP4 codes a
+    byte, four FP6 codes in three bytes, one FP8 code a byte) and one E8M0 byte a block of 32."""
+    from ..mx import MX_BLOCK
+    scale = (np.dtype(np.uint8), (N, _blocks(K, MX_BLOCK, fmt)))
+    if fmt == "mxfp4-pack-quantized":
+        return {"weight_packed": (np.dtype(np.uint8), (N, K // 2)), "weight_scale": scale}
+    if fmt == "mxfp6-pack-quantized":
+        return {"weight_packed": (np.dtype(np.uint8), (N, 3 * K // 4)), "weight_scale": scale}
+    if fmt == "mxfp8-quantized":
+        return {"weight": (np.dtype(ml_dtypes.float8_e4m3fn), (N, K)), "weight_scale": scale}
+    raise FormatError(f"compressed-tensors: {fmt!r} is not an MX format")
 
 
 def float_quantized(q_e4m3: np.ndarray, scale: np.ndarray) -> dict:

@@ -44,6 +44,12 @@ def block_fp8(w: np.ndarray) -> dict:
     return {"weight": q, "weight_scale_inv": np.asarray(s, np.float32)}
 
 
+def block_fp8_specs(N: int, K: int) -> dict:
+    """The (dtype, shape) of each tensor `block_fp8` writes, from the table above: E4M3 codes
+    (N, K), one float32 scale a 128 x 128 block, edge blocks partial."""
+    return {"weight": (E4M3, (N, K)), "weight_scale_inv": (np.dtype(np.float32), (-(-N // BLOCK), -(-K // BLOCK)))}
+
+
 def dequantize_block_fp8(t: dict) -> np.ndarray:
     q, s = t["weight"], t["weight_scale_inv"]
     return fp8_scaling.dequantize(q, s, fp8_scaling.weight_blocks(q.shape, BLOCK), "deepseek-v3")
@@ -72,6 +78,19 @@ def modelopt_nvfp4(w: np.ndarray, weight_amax=None, input_amax=None) -> dict:
     return t
 
 
+def modelopt_nvfp4_specs(N: int, K: int, input_scale: bool) -> dict:
+    """The (dtype, shape) of each tensor `modelopt_nvfp4` writes (input_scale: whether an input
+    amax is given), from the table above: two codes a byte, one E4M3 scale a block of 16,
+    0-d float32 scales."""
+    if K % mx.NVFP4_BLOCK:
+        raise InputError(f"modelopt nvfp4: in features ({K}) must be a multiple of {mx.NVFP4_BLOCK}")
+    t = {"weight": (np.dtype(np.uint8), (N, K // 2)), "weight_scale": (E4M3, (N, K // mx.NVFP4_BLOCK)),
+         "weight_scale_2": (np.dtype(np.float32), ())}
+    if input_scale:
+        t["input_scale"] = (np.dtype(np.float32), ())
+    return t
+
+
 def dequantize_modelopt_nvfp4(t: dict) -> np.ndarray:
     """e2m1 · (weight_scale · weight_scale_2) in float32 (ModelOpt's NVFP4QTensor.dequantize). Its
     E2M1 table holds +0 at code 0x8 (no negative zero): a -0 code reads as +0."""
@@ -89,6 +108,15 @@ def modelopt_fp8(w: np.ndarray, dtype=np.float32, weight_amax=None, input_amax=N
     t = {"weight": q, "weight_scale": scale}
     if input_amax is not None:
         t["input_scale"] = _input_scale(input_amax, 448)
+    return t
+
+
+def modelopt_fp8_specs(N: int, K: int, input_scale: bool) -> dict:
+    """The (dtype, shape) of each tensor `modelopt_fp8` writes (input_scale: whether an input amax
+    is given): E4M3 codes (N, K), 0-d float32 scales."""
+    t = {"weight": (E4M3, (N, K)), "weight_scale": (np.dtype(np.float32), ())}
+    if input_scale:
+        t["input_scale"] = (np.dtype(np.float32), ())
     return t
 
 

@@ -35,14 +35,30 @@ def _check(bits, version, who):
         raise FormatError(f"{who}: version must be 'v1' or 'v2', got {version!r}")
 
 
+def _check_words(N, K, bits, who):
+    if (K * bits) % 32 or (N * bits) % 32:
+        raise InputError(f"{who}: in ({K}) and out ({N}) features times {bits} bits must be multiples of 32")
+
+
+def pack_specs(N: int, K: int, G: int, bits: int, version: str = "v1") -> dict:
+    """The (dtype, shape) of each tensor `pack` writes for a layer of N outputs, K inputs and G
+    groups, from the layout's table above (nothing packed): qweight K·b/32 words a column,
+    qzeros N·b/32 words a group, float16 scales, g_idx one per input column."""
+    _check(bits, version, "gptq.pack")
+    _check_words(N, K, bits, "gptq.pack")
+    return {"qweight": (np.dtype(np.int32), (K * bits // 32, N)),
+            "qzeros": (np.dtype(np.int32), (G, N * bits // 32)),
+            "scales": (np.dtype(np.float16), (G, N)),
+            "g_idx": (np.dtype(np.int32), (K,))}
+
+
 def pack(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, g_idx: np.ndarray, bits: int,
          version: str = "v1") -> dict:
     """codes uint8 (N, K), scales (N, G), zeros (N, G) real zero points, g_idx (K,) -> tensors."""
     _check(bits, version, "gptq.pack")
     codes = np.asarray(codes)
     N, K = codes.shape
-    if (K * bits) % 32 or (N * bits) % 32:
-        raise InputError(f"gptq.pack: in ({K}) and out ({N}) features times {bits} bits must be multiples of 32")
+    _check_words(N, K, bits, "gptq.pack")
     scales = np.asarray(scales)
     z = np.rint(np.asarray(zeros, np.float64)).astype(np.int64)
     if scales.shape != z.shape or scales.shape[0] != N:
