@@ -337,7 +337,7 @@ def tiny_checkpoint(tmp_path_factory):
                        p + "self_attn.k_proj.weight": (h // 2, h), p + "self_attn.v_proj.weight": (h // 2, h),
                        p + "self_attn.o_proj.weight": (h, h), p + "mlp.gate_proj.weight": (ff, h),
                        p + "mlp.up_proj.weight": (ff, h), p + "mlp.down_proj.weight": (h, ff)})
-    # rows that no block divides, more than a plan's probes: its tensors' shapes are extrapolated
+    # rows that no block of 256 divides: a task quantizes them in chunks and a last partial one
     shapes["model.layers.1.mlp.gate_proj.weight"] = (1000, h)
     shapes["model.layers.1.mlp.up_proj.weight"] = (1000, h)
     shapes["model.layers.1.mlp.down_proj.weight"] = (h, 1024)
@@ -385,7 +385,7 @@ def test_checkpoint_planned_error_leaves_nothing(tiny_checkpoint, tmp_path, monk
 
     def failing(job):
         calls.append(job["module"])
-        if len(calls) > 16:             # in the second pass (14 layers), after the plan: the shards exist
+        if len(calls) > 2:              # a task's: the plan quantizes nothing, the shards exist
             raise InputError("refused")
         return real(job)
     monkeypatch.setattr(hf_quantize, "quantize_linear", failing)
@@ -449,7 +449,7 @@ CHUNKED_LAYOUTS = RTN_LAYOUTS + [
 @pytest.mark.parametrize("kw", CHUNKED_LAYOUTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
 def test_checkpoint_layer_in_row_chunks(tiny_checkpoint, tmp_path, monkeypatch, kw):
     """A layer's task quantizes 128 output rows at a time (its 1000-row layers in 7 chunks and
-    one of 104 rows, no quantize call on all 1000 rows after the plan) and its tensors are the
+    one of 104 rows, no quantize call on all 1000 rows, none for the plan) and its tensors are the
     whole layer's, byte for byte, written by worker threads and by the client (FP8's and NVFP4's
     per-tensor scales from a pass over the whole layer first)."""
     from refquant.pipelines import hf_quantize
@@ -473,6 +473,7 @@ def test_checkpoint_layer_in_row_chunks(tiny_checkpoint, tmp_path, monkeypatch, 
     same_dirs(tmp_path / "whole", tmp_path / "client")
     same_dirs(tmp_path / "whole", tmp_path / "threads")
     assert 1000 not in rows and rows.count(104) == 2 * 2          # gate/up, two runs: the last chunk
+    assert set(rows) == {64, 128, 104}          # and nothing else: the plan quantizes no rows (shape rules)
 
 
 @pytest.mark.parametrize("fmt,scheme", [("compressed-tensors", "FP8"), ("nvfp4", None), ("gptq", None)])

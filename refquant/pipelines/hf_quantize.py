@@ -337,28 +337,26 @@ class Source:
         return b.view(self.dtype).reshape(self.shape) if whole else b
 
 
-PROBE_ROWS = 256    # a plan's probes differ by this many rows; every row block of a layout divides it
-
-
 def plan_linear(job: dict) -> dict:
     """The dtype and shape of each tensor one linear layer's task writes (name -> TensorSpec), a
-    task of the plan that comes before any output: the layer's first r and r + PROBE_ROWS rows
-    quantized (r = N mod PROBE_ROWS, or PROBE_ROWS: both are N modulo PROBE_ROWS), and each
-    dimension extrapolated to the N rows from the two. Exact for every dimension of the form
-    a * ceil((N + c) / m) + b with m dividing PROBE_ROWS (packed rows, row groups and blocks
-    of 8 to 256; the others do not change with N); a layer of at most r + PROBE_ROWS rows is
-    quantized whole. Each task checks its tensors against the plan when it writes them."""
-    from ..io.safetensors import TensorSpec, spec_of
-    src = job["w"]
-    N = src.shape[0]
-    r = N % PROBE_ROWS or PROBE_ROWS
-    if not isinstance(src, Source) or len(src.shape) != 2 or N <= r + PROBE_ROWS:
-        return {k: spec_of(a) for k, a in quantize_linear(job).items()}
-    a, b = ({k: spec_of(t) for k, t in quantize_linear(dict(job, w=src.rows(n))).items()}
-            for n in (r, r + PROBE_ROWS))
-    steps = (N - r - PROBE_ROWS) // PROBE_ROWS
-    return {k: TensorSpec(b[k].dtype, [db + (db - da) * steps for da, db in zip(a[k].shape, b[k].shape)])
-            for k in b}
+    task of the plan that comes before any output: the shape rules of the layouts that write the
+    tensors (preset_specs, _pack_specs, L_fp8's modelopt_*_specs, as quantize_linear picks
+    them), from the layer's (N, K) and dtype and the options; nothing is read or quantized.
+    Each task checks its tensors against the plan when it writes them."""
+    from ..io.safetensors import TensorSpec
+    w, module, fmt, scheme = job["w"], job["module"], job["fmt"], job["scheme"]
+    if len(w.shape) != 2:
+        raise InputError(f"quantize: layer {module} has a weight of shape {tuple(w.shape)}, not (out, in)")
+    N, K = (int(d) for d in w.shape)
+    if scheme is not None:
+        t = preset_specs(scheme, N, K, _preset_dtype(w.dtype, job["method"]))
+    elif fmt == "modelopt-fp8":
+        t = L_fp8.modelopt_fp8_specs(N, K, job["x_amax"] is not None)
+    elif fmt == "modelopt-nvfp4":
+        t = L_fp8.modelopt_nvfp4_specs(N, K, job["x_amax"] is not None)
+    else:
+        t = _pack_specs(fmt, module, N, K, job["bits"], job["group_size"], job["sym"], w.dtype)
+    return {f"{module}.{name}": TensorSpec(dt, shape) for name, (dt, shape) in t.items()}
 
 
 def put_linear(task):
@@ -445,7 +443,7 @@ def quantize_chunked(job: dict, specs: Optional[dict] = None) -> dict:
 def _quantize_chunks(job: dict, specs: Optional[dict]) -> dict:
     src = job["w"]
     N, K = src.shape
-    if specs is None:                         # no plan at hand (a remote worker): the plan's probes
+    if specs is None:                         # no plan at hand (a remote worker): the layouts' rules
         specs = plan_linear(job)
     job = dict(job)
     if _needs_global_scale(job):              # NVFP4: the global scale from the whole layer's amax
@@ -509,10 +507,11 @@ def _chunk_axis(chunk_shape, full_shape) -> Optional[int]:
 
 def _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sym, scheme, adir, shapes,
                       targets, ignore, max_shard_bytes, progress, workers, scheduler, runner) -> None:
-    """Round to nearest, every --format: plan, then fan out. The tasks read their layer from the
-    input by offset and compute each output tensor's dtype and shape (the plan); the shards'
-    headers are written and the files sized; the tasks then quantize again and write their
-    tensors at the planned offsets, while this process copies the other tensors by offset.
+    """Round to nearest, every --format: plan, then fan out. Each output tensor's dtype and shape
+    come from its layout's shape rule (plan_linear: nothing quantized); the shards' headers are
+    written and the files sized; the tasks then read their layer from the input by offset,
+    quantize it and write their tensors at the planned offsets, while this process copies the
+    other tensors by offset.
     Memory: a worker holds its layer's output tensors and one chunk of CHUNK_ROWS rows in
     quantization (quantize_chunked), nothing a model's size; the bytes are save_checkpoint's."""
     from ..io.safetensors import PlannedCheckpoint, TensorSpec, write_at
@@ -534,16 +533,18 @@ def _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sy
 
     _quantization_config(config, extra, fmt, bits, group_size, sym, scheme, targets, ignore, shapes, lin, rest)
     extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    jobs = [job(k) for k in lin]
+    specs, names = {}, []
+    for j in jobs:                             # the plan: shape rules, here
+        t = plan_linear(j)
+        names.append([n for n in t if n not in rest])      # as save_checkpoint: a kept tensor wins
+        specs.update(t)
+    specs.update(rest)
     with (nullcontext(runner) if runner is not None else Runner(workers, scheduler)) as rn:
-        specs, names = {}, {}
-        for i, t in rn.imap_unordered(plan_linear, (job(k) for k in lin)):
-            names[i] = [n for n in t if n not in rest]      # as save_checkpoint: a kept tensor wins
-            specs.update(t)
-        specs.update(rest)
         with PlannedCheckpoint(out_dir, specs, max_shard_bytes, extra_files=extra) as pc:
             local = rn.writes_locally
-            tasks = [(job(k), {n: pc.where[n] + (specs[n],) for n in names[i]} if local else None)
-                     for i, k in enumerate(lin)]
+            tasks = [(j, {n: pc.where[n] + (specs[n],) for n in names[i]} if local else None)
+                     for i, j in enumerate(jobs)]
             step = 64 * 2**20
             for k in rest:                     # the tensors kept as they are: copied by offset
                 src, (path, at) = Source.of(ck, k), pc.where[k]
@@ -574,7 +575,7 @@ def quantize_linear(job: dict) -> dict:
         else:
             q = rtn_run(W, bits, group_size, sym)
     if scheme is not None:
-        Wd = wk if wk.dtype in (np.float32, np.float16, BF16) and method != "awq" else W
+        Wd = wk if wk.dtype == _preset_dtype(wk.dtype, method) else W
         t = preset_tensors(scheme, Wd, q if method != "rtn" else None, job["xa"], job.get("global_scale"),
                            job.get("tensor_amax"))
     elif fmt == "modelopt-fp8":
@@ -721,6 +722,44 @@ PACKED = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors")
 PLANNED = True
 
 
+def _preset_dtype(dtype, method: str) -> np.dtype:
+    """The dtype a layer's weight goes to preset_tensors in: the checkpoint's own float dtype
+    (llm-compressor observes a model in its dtype), float32 for any other and after AWQ's
+    scaling (done in float32)."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype in (np.float32, np.float16, BF16) and method != "awq" else np.dtype(F32)
+
+
+def _ct_scale_dtype(dtype) -> np.dtype:
+    """The scales' dtype of --format compressed-tensors: float16 from a float16 checkpoint, else
+    float32."""
+    return np.dtype(np.float16) if np.dtype(dtype) == np.float16 else np.dtype(F32)
+
+
+def _pack_specs(fmt, module, N, K, bits, group_size, sym, dtype) -> dict:
+    """The (dtype, shape) of each tensor _pack writes for a layer of N outputs and K inputs held
+    in `dtype`: its layout's rule (L_gptq.pack_specs, ...), with G = K / group_size groups (one
+    with -1) as RTN and GPTQ make them."""
+    if fmt in PACKED:
+        if group_size != -1 and K % group_size:
+            raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of group size {group_size}")
+        G = 1 if group_size == -1 else K // group_size
+        if fmt in ("gptq", "gptq_v2"):
+            return L_gptq.pack_specs(N, K, G, bits, "v1" if fmt == "gptq" else "v2")
+        if fmt == "awq":
+            return L_awq.pack_specs(N, K, G)
+        if fmt == "awq-gemv":
+            return L_awq.pack_gemv_specs(N, K, group_size)
+        return L_ct.pack_quantized_specs(N, K, G, bits, _ct_scale_dtype(dtype), sym)
+    if fmt == "fp8-block":
+        return L_fp8.block_fp8_specs(N, K)
+    if K % 16:
+        raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of NVFP4's 16")
+    t = L_ct.nvfp4_pack_quantized_specs(N, K)
+    t["weight_shape"] = (np.dtype(np.int64), (2,))
+    return t
+
+
 def _pack(fmt, module, W, q, bits, group_size, sym, dtype, global_scale=None) -> dict:
     """The tensors of linear `module` in `fmt`: from q (QuantizedLinear) for the integer formats,
     from the float weight W for fp8-block and nvfp4 (global_scale: NVFP4's, default W's own)."""
@@ -737,8 +776,7 @@ def _pack(fmt, module, W, q, bits, group_size, sym, dtype, global_scale=None) ->
         off = 2 ** (bits - 1)
         codes = (q.codes.astype(np.int16) - off).astype(np.int8)
         z = None if sym else (q.zeros - off).astype(np.int8)
-        dt = dtype if dtype in (np.float16,) else np.float32
-        return L_ct.pack_quantized(codes, q.scales.astype(dt), z, bits)
+        return L_ct.pack_quantized(codes, q.scales.astype(_ct_scale_dtype(dtype)), z, bits)
     if fmt == "fp8-block":
         return L_fp8.block_fp8(W)
     if K % 16:
@@ -851,6 +889,32 @@ def preset_tensors(name: str, W: np.ndarray, q=None, x_amax=None, global_scale=N
         out["input_scale"] = np.array([np.float32(x_amax) / np.float32(448.0)], np.float32)
     elif a is not None and a["dynamic"] == "local":  # NVFP4: a static global input scale
         out["input_global_scale"] = np.array([np.float32(448.0 * 6.0) / np.float32(x_amax)], np.float32)
+    return out
+
+
+def preset_specs(name: str, N: int, K: int, dtype) -> dict:
+    """The (dtype, shape) of each tensor preset_tensors writes for a layer of N outputs and K
+    inputs given to it in `dtype` (float32, float16 or bfloat16): the format's rule in
+    refquant.layouts.compressed_tensors, with the scales preset_tensors computes (one per
+    weight_block of the preset's weight args, in the weight's dtype; FP8's per tensor (1,)) and the static input scale a preset stores."""
+    fmt, w, a = L_ct.preset(name)
+    dtype = np.dtype(dtype)
+    if fmt in ("pack-quantized", "int-quantized"):
+        scale = affine.scale_shape((N, K), L_ct.weight_block(w, (N, K)))
+        out = (L_ct.pack_quantized_specs(N, K, scale[1], w["num_bits"], dtype, w["symmetric"])
+               if fmt == "pack-quantized" else L_ct.int_quantized_specs(N, K, scale, dtype, w["symmetric"]))
+    elif fmt == "float-quantized":
+        scale = (1,) if w["strategy"] == "tensor" else affine.scale_shape((N, K), L_ct.weight_block(w, (N, K)))
+        out = L_ct.float_quantized_specs(N, K, scale)
+        out["weight_scale"] = (dtype, scale)        # preset_tensors keeps the scale s in W's dtype
+    elif fmt == "nvfp4-pack-quantized":
+        out = L_ct.nvfp4_pack_quantized_specs(N, K)
+    else:
+        out = L_ct.mx_specs(fmt, N, K)
+    if a is not None and not a["dynamic"]:          # FP8: a static per-tensor input scale
+        out["input_scale"] = (np.dtype(F32), (1,))
+    elif a is not None and a["dynamic"] == "local":  # NVFP4: a static global input scale
+        out["input_global_scale"] = (np.dtype(F32), (1,))
     return out
 
 
