@@ -1,7 +1,8 @@
 """The plan of a round-to-nearest checkpoint (hf_quantize.plan_linear) comes from the layouts'
-shape rules, nothing quantized: for every --format and --scheme the planned path takes, every
-option the command line accepts for it and layers whose rows and columns are no multiple of 256,
-of the group size or of the blocks, each planned tensor is the dtype and shape of the tensor the
+shape rules, nothing quantized: for every --format and --scheme the planned path takes (each
+format's bits, group sizes -1, 32, 64 and 128, both symmetries), bfloat16, float16 and float32
+layers whose rows and columns are no multiple of 256, of the group size or of the blocks, each
+planned tensor is the dtype and shape of the tensor the
 packer writes (quantize_linear on random data, whole and 256 rows at a time), and a layer the
 packer refuses is refused by the plan too (before any output exists)."""
 import ml_dtypes
