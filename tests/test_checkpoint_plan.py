@@ -84,15 +84,18 @@ def test_plan_is_what_the_packer_writes(kw, tmp_path):
 
 
 def test_plan_refuses_what_the_packer_refuses():
-    """Layers each layout cannot hold: the plan says so with the packer's one-line message."""
+    """Layers each layout cannot hold: the plan says so with the packer's one-line message,
+    naming the layer."""
     cases = [(dict(fmt="gptq", bits=3, group_size=-1), (264, 64), "multiples of 32"),
              (dict(fmt="awq", bits=4, group_size=64), (36, 64), "multiple of 8"),
              (dict(fmt="awq-gemv", bits=4, group_size=-1), (64, 96), "no padding rule"),
              (dict(fmt="compressed-tensors", bits=4, group_size=64), (64, 96), "group.size 64"),
              (dict(fmt="nvfp4", bits=4, group_size=128), (64, 40), "multiple of NVFP4's 16")]
     for kw, (N, K), msg in cases:
-        job = _job(np.zeros((N, K), F32), dict(scheme=None, sym=True, **kw), None)
+        job = dict(_job(np.zeros((N, K), F32), dict(scheme=None, sym=True, **kw), None),
+                   module="model.layers.3.mlp.up_proj")
         with pytest.raises(RefquantError, match=msg):
             hq.quantize_linear(job)
-        with pytest.raises(RefquantError, match=msg):
+        with pytest.raises(RefquantError, match=msg) as e:
             hq.plan_linear(job)
+        assert "model.layers.3.mlp.up_proj" in str(e.value) and "\n" not in str(e.value)   # the layer, one line

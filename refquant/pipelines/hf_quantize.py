@@ -348,14 +348,19 @@ def plan_linear(job: dict) -> dict:
     if len(w.shape) != 2:
         raise InputError(f"quantize: layer {module} has a weight of shape {tuple(w.shape)}, not (out, in)")
     N, K = (int(d) for d in w.shape)
-    if scheme is not None:
-        t = preset_specs(scheme, N, K, _preset_dtype(w.dtype, job["method"]))
-    elif fmt == "modelopt-fp8":
-        t = L_fp8.modelopt_fp8_specs(N, K, job["x_amax"] is not None)
-    elif fmt == "modelopt-nvfp4":
-        t = L_fp8.modelopt_nvfp4_specs(N, K, job["x_amax"] is not None)
-    else:
-        t = _pack_specs(fmt, module, N, K, job["bits"], job["group_size"], job["sym"], w.dtype)
+    try:
+        if scheme is not None:
+            t = preset_specs(scheme, N, K, _preset_dtype(w.dtype, job["method"]))
+        elif fmt == "modelopt-fp8":
+            t = L_fp8.modelopt_fp8_specs(N, K, job["x_amax"] is not None)
+        elif fmt == "modelopt-nvfp4":
+            t = L_fp8.modelopt_nvfp4_specs(N, K, job["x_amax"] is not None)
+        else:
+            t = _pack_specs(fmt, module, N, K, job["bits"], job["group_size"], job["sym"], w.dtype)
+    except (InputError, FormatError) as e:    # a layout's own check ("awq.pack: ..."): name the layer
+        if module in str(e):
+            raise
+        raise type(e)(f"quantize: layer {module} ({N}x{K}): {e}") from None
     return {f"{module}.{name}": TensorSpec(dt, shape) for name, (dt, shape) in t.items()}
 
 
