@@ -4,6 +4,12 @@ column's rounding error onto the columns not yet quantized through the inverse H
 Read against IST-DASLab's gptq.py (GPTQ.fasterquant) and AutoGPTQ's copy of it; the steps run
 in the same order, in float32 (both references quantize W.float()), with NumPy's LAPACK/BLAS for
 the Cholesky factors and the block updates. See spec/algorithms/gptq.md.
+
+The bytes depend on the values of W and H (or X) and on the BLAS thread count only
+(spec/algorithms/gptq.md, "Same input, same bytes"): the products and factorizations run on
+C-ordered float32 copies that this module allocates, whatever memory the inputs come in. (An X
+at an address no multiple of 4, as a Dask worker can receive it, made NumPy's matmul buffer XᵀX's
+two operands apart and call gemm instead of syrk: other sums, other codes.)
 """
 from __future__ import annotations
 
@@ -20,9 +26,12 @@ F32 = np.float32
 
 def hessian(X: np.ndarray) -> np.ndarray:
     """H = 2/n XᵀX, float32 (K, K), as the references accumulate it (X: (n, K) activations)."""
-    X = np.asarray(X, F32)
+    X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] == 0:
         raise InputError(f"hessian: activations must be a non-empty 2-D array (n, K), got shape {X.shape}")
+    # a C-ordered float32 copy of our own (aligned: X.T and X are one buffer, NumPy's syrk),
+    # whatever X's dtype, order, alignment or backing (memmap, a received frame)
+    X = np.array(X, F32, order="C")
     return ((F32(2.0 / X.shape[0])) * (X.T @ X)).astype(F32)
 
 
@@ -65,7 +74,7 @@ def gptq(W: np.ndarray, H: Optional[np.ndarray] = None, X: Optional[np.ndarray] 
         if X is None:
             raise InputError("gptq: give the Hessian H or the activations X")
         H = hessian(X)
-    H = np.array(H, F32)
+    H = np.array(H, F32, order="C")        # a copy of our own, as X's in hessian
     if H.shape != (K, K):
         raise InputError(f"gptq: Hessian must have shape ({K}, {K}), got {H.shape}")
     if not np.isfinite(H).all():
