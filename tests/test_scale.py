@@ -317,6 +317,9 @@ RTN_LAYOUTS = [dict(fmt="gptq"), dict(fmt="gptq_v2"), dict(fmt="awq"), dict(fmt=
                dict(fmt="compressed-tensors"), dict(fmt="compressed-tensors", scheme="FP8_DYNAMIC"),
                dict(fmt="compressed-tensors", scheme="W8A8"), dict(fmt="compressed-tensors", scheme="NVFP4"),
                dict(fmt="modelopt-fp8"), dict(fmt="modelopt-nvfp4"), dict(fmt="fp8-block"), dict(fmt="nvfp4")]
+GPTQ_LAYOUTS = [dict(method="gptq", fmt="gptq"), dict(method="gptq", fmt="gptq_v2"), dict(method="gptq", fmt="awq"),
+                dict(method="gptq", fmt="compressed-tensors"),
+                dict(method="gptq", fmt="compressed-tensors", scheme="W4A16_ASYM")]
 
 
 @pytest.fixture(scope="module")
@@ -351,27 +354,27 @@ def tiny_checkpoint(tmp_path_factory):
     return d / "model", acts
 
 
-@pytest.mark.parametrize("kw", RTN_LAYOUTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+@pytest.mark.parametrize("kw", RTN_LAYOUTS + GPTQ_LAYOUTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
 def test_checkpoint_planned_at_offsets(tiny_checkpoint, tmp_path, monkeypatch, kw):
-    """Round to nearest, every layout: the shards' headers are planned first, the layers written
-    at their offsets by two worker threads, or by the client in a random completion order; the
-    directory (several shards and their index here) is the one the whole-in-memory writer
-    (save_checkpoint) writes."""
+    """Round to nearest, every layout, and GPTQ on --activations: the shards' headers are planned
+    first, the layers written at their offsets by two worker threads, or by the client in a
+    random completion order; the directory (several shards and their index here) is the one the
+    whole-in-memory writer (save_checkpoint) writes."""
     from refquant.pipelines import hf_quantize
     from refquant.pipelines.hf_quantize import quantize_checkpoint
     d, adir = tiny_checkpoint
     kw = dict(kw)
-    fmt = kw.pop("fmt")
+    method, fmt = kw.pop("method", "rtn"), kw.pop("fmt")
     scheme = kw.get("scheme")
-    acts = adir if fmt.startswith("modelopt-") or scheme in ("W8A8", "NVFP4") else None
+    acts = adir if method == "gptq" or fmt.startswith("modelopt-") or scheme in ("W8A8", "NVFP4") else None
     bits = 8 if fmt in ("modelopt-fp8", "fp8-block") else 4
     opts = dict(max_shard_bytes=40 << 10, **kw)
     monkeypatch.setattr(hf_quantize, "PLANNED", False)
-    quantize_checkpoint(d, tmp_path / "whole", "rtn", bits, 64, fmt, acts, **opts)
+    quantize_checkpoint(d, tmp_path / "whole", method, bits, 64, fmt, acts, **opts)
     monkeypatch.setattr(hf_quantize, "PLANNED", True)
     with Runner(2) as rn:
-        quantize_checkpoint(d, tmp_path / "threads", "rtn", bits, 64, fmt, acts, runner=rn, **opts)
-    quantize_checkpoint(d, tmp_path / "client", "rtn", bits, 64, fmt, acts, runner=Shuffled(0), **opts)
+        quantize_checkpoint(d, tmp_path / "threads", method, bits, 64, fmt, acts, runner=rn, **opts)
+    quantize_checkpoint(d, tmp_path / "client", method, bits, 64, fmt, acts, runner=Shuffled(0), **opts)
     assert (tmp_path / "whole" / "model.safetensors.index.json").exists()
     same_dirs(tmp_path / "whole", tmp_path / "threads")
     same_dirs(tmp_path / "whole", tmp_path / "client")
@@ -392,6 +395,22 @@ def test_checkpoint_planned_error_leaves_nothing(tiny_checkpoint, tmp_path, monk
     with Runner(2) as rn, pytest.raises(InputError, match="^refused$"):
         hf_quantize.quantize_checkpoint(d, tmp_path / "out", "rtn", 4, 64, "gptq", runner=rn)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_checkpoint_planned_gptq_error_leaves_nothing(tiny_checkpoint, tmp_path):
+    """GPTQ's plan needs no activations (round to nearest's shapes): a layer whose activations
+    hold a NaN fails in the second pass, with gptq's message, after the shards exist."""
+    d, adir = tiny_checkpoint
+    acts = tmp_path / "acts"
+    shutil.copytree(adir, acts)
+    x = np.load(acts / "model.layers.1.mlp.down_proj.npy")
+    x[3, 5] = np.nan
+    np.save(acts / "model.layers.1.mlp.down_proj.npy", x)
+    from refquant.pipelines.hf_quantize import quantize_checkpoint
+    with Runner(2) as rn, pytest.raises(InputError, match="^gptq: activations have non-finite values$"):
+        quantize_checkpoint(d, tmp_path / "out", "gptq", 4, 64, "gptq", acts, runner=rn)
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acts"]
 
 
 def test_calibrated_block_layers_as_tasks(cluster, tmp_path_factory, tmp_path):

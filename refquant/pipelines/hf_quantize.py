@@ -237,9 +237,9 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
         extra["config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
         save_checkpoint(out_dir, out, max_shard_bytes=max_shard_bytes, extra_files=extra)
         return
-    if PLANNED and method == "rtn" and transform is None:
-        _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sym, scheme, adir, shapes,
-                          targets, ignore, max_shard_bytes, progress, workers, scheduler, runner)
+    if PLANNED and method in ("rtn", "gptq") and transform is None:
+        _quantize_planned(ck, lin, out_dir, config, extra, method, fmt, bits, group_size, sym, scheme, adir,
+                          shapes, targets, ignore, max_shard_bytes, progress, workers, scheduler, runner)
         return
     out = {}
     weights = {k: np.asarray(ck[k]) for k in ck}
@@ -536,17 +536,20 @@ def _chunk_axis(chunk_shape, full_shape) -> Optional[int]:
     return diff[0] if diff else None
 
 
-def _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sym, scheme, adir, shapes,
+def _quantize_planned(ck, lin, out_dir, config, extra, method, fmt, bits, group_size, sym, scheme, adir, shapes,
                       targets, ignore, max_shard_bytes, progress, workers, scheduler, runner) -> None:
-    """Round to nearest, every --format: plan, then fan out. Each output tensor's dtype and shape
-    come from its layout's shape rule (plan_linear: nothing quantized); the shards' headers are
-    written and the files sized; the tasks then read their layer from the input by offset,
-    quantize it and write their tensors at the planned offsets, while this process copies the
-    other tensors by offset.
+    """Round to nearest, every --format, and GPTQ on --activations: plan, then fan out. Each
+    output tensor's dtype and shape come from its layout's shape rule (plan_linear: nothing
+    quantized; GPTQ writes round to nearest's layout); the shards' headers are written and the
+    files sized; the tasks then read their layer from the input by offset (GPTQ's also map their
+    activations' .npy), quantize it and write their tensors at the planned offsets, while this
+    process copies the other tensors by offset.
     Memory: a worker holds its layer's output tensors and one chunk of CHUNK_ROWS rows in
-    quantization (quantize_chunked), nothing a model's size; the bytes are save_checkpoint's."""
+    quantization (quantize_chunked; GPTQ: the whole layer, its activations and Hessian), nothing
+    a model's size; the bytes are save_checkpoint's."""
     from ..io.safetensors import PlannedCheckpoint, TensorSpec, write_at
-    from .scale import Runner
+    from .scale import Runner, current_blas_threads
+    blas = current_blas_threads() if method == "gptq" else None     # GPTQ's sums: the client's count
     rest = {k: TensorSpec(ck[k].dtype, ck[k].shape) for k in ck if k not in set(lin)}
     w_amax = x_amax = None
     if fmt.startswith("modelopt-"):
@@ -554,8 +557,10 @@ def _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sy
 
     def job(k):
         module = k[:-len(".weight")]
-        j = dict(module=module, w=Source.of(ck, k), fmt=fmt, method="rtn", bits=bits, group_size=group_size,
-                 sym=sym, scheme=scheme, x=None, xa=None, w_amax=None, x_amax=None, blas=None)
+        j = dict(module=module, w=Source.of(ck, k), fmt=fmt, method=method, bits=bits, group_size=group_size,
+                 sym=sym, scheme=scheme, x=None, xa=None, w_amax=None, x_amax=None, blas=blas)
+        if method == "gptq":                # the task maps them itself (_activations)
+            j["x"] = adir / f"{module}.npy"
         if scheme is not None and preset_needs_inputs(scheme):
             j["xa"] = np.max(np.abs(_activations(adir, module, ck[k].shape[1])))
         if w_amax is not None:
@@ -591,7 +596,9 @@ def _quantize_planned(ck, lin, out_dir, config, extra, fmt, bits, group_size, sy
 
 def quantize_linear(job: dict) -> dict:
     """One linear layer of the one-shot path (RTN, GPTQ on given activations, the presets,
-    ModelOpt): its weight in, its output tensors (named `module.name`) out. Runs on any worker."""
+    ModelOpt): its weight in, its output tensors (named `module.name`) out. Runs on any worker.
+    GPTQ's `x`: the activations, or (a planned task) the path of their .npy, which the task maps;
+    `blas`: the BLAS thread count its sums run with (the client's)."""
     from .scale import blas_like
     wk, module, fmt, method = job["w"], job["module"], job["fmt"], job["method"]
     if isinstance(wk, Source):
@@ -601,8 +608,11 @@ def quantize_linear(job: dict) -> dict:
     q = None
     if fmt in PACKED and (scheme is None or method != "rtn"):
         if method == "gptq":
+            X = job["x"]
+            if isinstance(X, Path):          # a planned task: the activations' .npy
+                X = _activations(X.parent, module, W.shape[1])
             with blas_like(job["blas"]):
-                q = gptq_run(W, X=job["x"], bits=bits, group_size=group_size, sym=sym)
+                q = gptq_run(W, X=X, bits=bits, group_size=group_size, sym=sym)
         else:
             q = rtn_run(W, bits, group_size, sym)
     if scheme is not None:
@@ -744,12 +754,12 @@ def _calibrated(model_dir: Path, config, ck, lin, method, bits, group_size, fmt,
 
 
 PACKED = ("gptq", "gptq_v2", "awq", "awq-gemv", "compressed-tensors")
-# round to nearest writes its output from a plan, at offsets (_quantize_planned); False: the whole
-# output in memory, then save_checkpoint (as GPTQ, AWQ and --transform still do). GPTQ planned
-# this way gave other bytes on a Dask worker process that read its layer itself than the same
-# layer sent from the client (same data, same BLAS thread count; the cause, presumably the
-# memory layout its float sums meet, is not established), so GPTQ stays on the path whose
-# cluster runs are tested byte-identical.
+# round to nearest and GPTQ on --activations write their output from a plan, at offsets
+# (_quantize_planned); False: the whole output in memory, then save_checkpoint (as AWQ, --transform
+# and --calibration still do). GPTQ's bytes depend on its inputs' values and the BLAS thread count
+# only (refquant.algorithms.gptq: a worker's activations received at an odd address once made its
+# XᵀX a gemm instead of a syrk), and its tasks run with the client's count: the directory is the
+# one the whole-in-memory writer writes, on threads, on a Dask cluster, or written by the client.
 PLANNED = True
 
 
