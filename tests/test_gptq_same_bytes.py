@@ -150,3 +150,25 @@ def test_pipeline_tasks(tmp_path, fmt):
             H = hessian(X)
         t, _ = calibrated_linear(dict(job, w=W, dtype=BF16, h=received(H, 49)))
         assert tensors(t) == want
+
+
+def test_tasks_on_concurrent_threads():
+    """A Runner's thread workers (or a Dask worker of several threads) run GPTQ tasks at once,
+    each with its client's BLAS count (blas_like), a count the process shares: every task's
+    bytes are those of its count, tasks of 1 and 2 threads mixed, and the process's own count
+    is back after."""
+    from refquant.pipelines.scale import current_blas_threads
+    W, X = layer(seed=4)
+    own = current_blas_threads()
+
+    def run(blas):
+        job = dict(module="m", w=W, x=X, fmt="compressed-tensors", method="gptq", bits=4, group_size=64, sym=True,
+                   scheme=None, xa=None, w_amax=None, x_amax=None, blas=blas)
+        return {k: a.tobytes() for k, a in quantize_linear(job).items()}
+    want = {blas: run(blas) for blas in BLAS}
+    assert want[1] != want[2]                 # the count is a parameter of the bytes (else no test)
+    counts = [1, 1, 1, 2, 2, 1, 2, 2, 1, 1, 2, 1]
+    with ThreadPoolExecutor(3) as ex:
+        got = list(ex.map(run, counts))
+    assert [g == want[b] for g, b in zip(got, counts)] == [True] * len(counts)
+    assert current_blas_threads() == own

@@ -320,13 +320,52 @@ def current_blas_threads() -> Optional[int]:
     return n[0] if n else None
 
 
+_blas = threading.Condition()
+_blas_held: dict = {"n": None, "tasks": 0, "limit": None}
+
+
+def _free_blas_control() -> None:
+    """threadpoolctl (3.6 on) lets one Python thread at a time set a process-wide OpenBLAS's
+    count and silently ignores the limits other threads set: free it, so this thread's apply."""
+    try:
+        from threadpoolctl import OpenBLASController
+        OpenBLASController.clear_controlling_thread(force=True)
+    except (ImportError, AttributeError):     # an older threadpoolctl: any thread's limit applies
+        pass
+
+
+@contextmanager
 def blas_like(n: Optional[int]):
-    """A context in which NumPy's BLAS runs on n threads (None: as it is)."""
+    """A context in which NumPy's BLAS runs on n threads (None: as it is). The count is the
+    process's, not the thread's (OpenBLAS's pthreads): tasks on concurrent threads share it, the
+    first in sets it and the last out restores it (a task that asks for another count waits
+    until none runs), so no task's sums run on another count than its own. Not nested."""
     if n is None:
-        from contextlib import nullcontext
-        return nullcontext()
-    from ..model.threads import blas_threads
-    return blas_threads(n)
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with _blas:
+        _blas.wait_for(lambda: _blas_held["tasks"] == 0 or _blas_held["n"] == n)
+        if _blas_held["tasks"] == 0:
+            _free_blas_control()
+            _blas_held["limit"] = threadpool_limits(limits=n, user_api="blas")  # this thread controls it
+            _blas_held["n"] = n
+        _blas_held["tasks"] += 1
+    try:
+        yield
+    finally:
+        with _blas:
+            _blas_held["tasks"] -= 1
+            if _blas_held["tasks"] == 0:
+                _free_blas_control()
+                _blas_held["limit"].restore_original_limits()
+                _free_blas_control()
+                _blas_held["limit"] = _blas_held["n"] = None
+                _blas.notify_all()
 
 
 def _restore_environ(saved: dict) -> None:
