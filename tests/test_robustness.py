@@ -422,6 +422,50 @@ def test_a_full_disk_names_the_output(model, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
 
 
+def test_writers_start_the_writeback_of_every_byte_they_write(tmp_path, monkeypatch):
+    """Every output's bytes have their writeback started as they are written (sync_file_range,
+    so the fsync before the rename waits for little): the serial GGUF writer's ranges tile the
+    file from byte 0, the planned writer's cover every tensor's bytes; pwrite_all writes an
+    array's bytes at its offset."""
+    from refquant.io import files
+    from refquant.pipelines.recipes import quantize_model
+    if sys.platform.startswith("linux"):
+        assert files._sync_file_range() is not None          # glibc has it since 2.6
+        fd = os.open(tmp_path / "probe", os.O_RDWR | os.O_CREAT)
+        try:
+            os.write(fd, b"x" * 8192)
+            assert files._SYNC_FILE_RANGE(fd, 0, 8192, files._SYNC_FILE_RANGE_WRITE) == 0
+        finally:
+            os.close(fd)
+    a = np.arange(12, dtype=np.float16).reshape(3, 4)
+    (tmp_path / "w").write_bytes(b"\xff" * 40)
+    fd = os.open(tmp_path / "w", os.O_WRONLY)
+    try:
+        files.pwrite_all(fd, a, 5)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "w").read_bytes() == b"\xff" * 5 + a.tobytes() + b"\xff" * 11
+
+    seen = []
+    monkeypatch.setattr(files, "_SYNC_FILE_RANGE", lambda fd, at, n, flags: seen.append((at, n, flags)) or 0)
+    src = tmp_path / "m.gguf"
+    small_model(src)
+    assert seen and seen[0][0] == 0 and all(f == files._SYNC_FILE_RANGE_WRITE for *_, f in seen)
+    assert all(a + n == b for (a, n, _), (b, _, _) in zip(seen, seen[1:]))
+    assert seen[-1][0] + seen[-1][1] == src.stat().st_size
+    for workers in (1, 2):
+        seen.clear()
+        out = tmp_path / f"q{workers}.gguf"
+        quantize_model(src, out, "Q8_0", workers=workers, allow_requantize=True)
+        f = GGUFFile(out)
+        covered = np.zeros(out.stat().st_size, bool)
+        for at, n, _ in seen:
+            covered[at:at + n] = True
+        for t in f.tensors:
+            at = f.data_offset + t.offset
+            assert covered[at:at + t.nbytes].all(), (workers, t.name)
+
+
 def test_imatrix_with_a_nan_count_is_refused(tmp_path):
     """Found by the fuzzer: a NaN count reached lround (undefined in C; a NumPy warning here)."""
     from refquant.ggml.imatrix import read_imatrix, write_imatrix_gguf

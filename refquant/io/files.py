@@ -6,6 +6,9 @@
     AtomicFile(path)                    a file written under a temporary name and renamed into place
                                         when complete; removed on any error, interrupt or SIGTERM
     temp_dir(out)                       the same for a directory (a checkpoint's shards)
+    pwrite_all(fd, a, at)               an array's bytes written at an offset, their writeback started
+    start_writeback(fd, at, n)          the disk starts writing those bytes now (the fsync before
+                                        the rename then waits for little)
 
 Temporary names are `.NAME.refquant-HOST-PID-RANDOM.tmp` beside the destination. A run killed with
 SIGKILL cannot remove its own; the next write into that directory removes those whose process is
@@ -27,6 +30,45 @@ from ..errors import InputError, RefquantError
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
 _TEMP = re.compile(r"^\..*\.refquant-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
+
+def _sync_file_range():
+    """Linux's sync_file_range(2) from the C library (os has none), or None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        f = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    f.restype = ctypes.c_int
+    return f
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2        # <fcntl.h>: start writeback of the range's dirty pages, do not wait
+
+
+def start_writeback(fd: int, at: int, nbytes: int) -> None:
+    """Have the disk start writing bytes [at, at + nbytes) of `fd` now, without waiting for them:
+    every output is fsync'ed before its rename, and bytes whose writeback began while the
+    following tensors were quantized leave that fsync little to wait for (SmolLM2's 100 MB: 25
+    of 30 ms; a 1 GB output: ~0.3 s). A hint: where it does not exist or fails, nothing changes."""
+    if _SYNC_FILE_RANGE is not None and nbytes > 0:
+        _SYNC_FILE_RANGE(fd, at, nbytes, _SYNC_FILE_RANGE_WRITE)
+
+
+def pwrite_all(fd: int, a, at: int) -> None:
+    """Write an array's bytes (C order, as they are in memory) at byte `at` of open file `fd`,
+    all of them, and start their writeback."""
+    import numpy as np
+    b = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    start, n = at, len(b)
+    while len(b):
+        k = os.pwrite(fd, b, at)
+        b, at = b[k:], at + k
+    start_writeback(fd, start, n)
+
 
 class Terminated(BaseException):
     """A termination signal (SIGTERM, SIGHUP) arrived under the command line: it unwinds like an

@@ -24,7 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuant
 
 from ..errors import FileFormatError, FormatError
 from ..registry import get_format
-from .files import AtomicFile, check_signal  # AtomicFile re-exported: writers import it from here
+from .files import AtomicFile, check_signal, start_writeback  # AtomicFile re-exported: writers import it from here
 
 GGUF_VERSION = 3
 ALIGNMENT_KEY = "general.alignment"
@@ -574,6 +574,7 @@ def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],
     head, infos, alignment = header(kvs, tensors)
     with AtomicFile(path) as fh:
         fh.write(head)
+        written = 0                                   # bytes whose writeback has started
         for t in infos:
             data = tensor_data(t)
             # an array, or an iterable of arrays written one after the other (row slabs)
@@ -588,6 +589,9 @@ def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],
                 raise FormatError(f"tensor {t.name!r}: {size} bytes given, {t.type_name} {t.shape} "
                                   f"takes {t.nbytes}")
             fh.write(b"\0" * (pad(t.nbytes, alignment) - t.nbytes))
+            fh.flush()
+            start_writeback(fh.fileno(), written, fh.tell() - written)
+            written = fh.tell()
             if on_tensor is not None:
                 on_tensor(t)
             check_signal()

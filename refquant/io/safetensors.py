@@ -414,14 +414,11 @@ class PlannedCheckpoint:
 
 def write_at(path: str, at: int, a) -> None:
     """Write an array's bytes (little-endian, C order) at byte `at` of an existing file."""
+    from .files import pwrite_all
     a = np.ascontiguousarray(a)
-    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-    b = memoryview(a.reshape(-1).view(np.uint8))
     fd = os.open(path, os.O_WRONLY)
     try:
-        while len(b):
-            n = os.pwrite(fd, b, at)
-            b, at = b[n:], at + n
+        pwrite_all(fd, a.astype(a.dtype.newbyteorder("<"), copy=False), at)
     finally:
         os.close(fd)
 

@@ -31,6 +31,7 @@ import numpy as np
 from gguf import GGUFValueType
 
 from ..errors import FileFormatError, FormatError, InputError
+from ..io.files import pwrite_all
 from ..io.gguf import KV, GGUFFile, StringArray, TensorInfo, write_gguf
 from ..registry import all_formats
 
@@ -1134,17 +1135,10 @@ def put_slabs(task) -> object:
     fd = os.open(path, os.O_WRONLY)
     try:
         for q, (_, at) in zip(out, items):
-            _pwrite_all(fd, q, at)
+            pwrite_all(fd, q, at)
     finally:
         os.close(fd)
     return sum(q.nbytes for q in out)
-
-
-def _pwrite_all(fd: int, a: np.ndarray, at: int) -> None:
-    b = memoryview(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
-    while len(b):
-        n = os.pwrite(fd, b, at)
-        b, at = b[n:], at + n
 
 
 def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], None],
@@ -1218,7 +1212,7 @@ def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], N
                     if isinstance(w, Kept) or not w:
                         at = out.data_offset + t.offset
                         for chunk in copied(w) if isinstance(w, Kept) else ():
-                            _pwrite_all(fds[out.tmp], chunk, at)
+                            pwrite_all(fds[out.tmp], chunk, at)
                             at += chunk.size
                         on_tensor(t)
                         check_signal()
@@ -1230,7 +1224,7 @@ def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], N
                 tmp, items = jobs[i]
                 if not local:
                     for q, (_, at) in zip(res, items):
-                        _pwrite_all(fds[tmp], q, at)
+                        pwrite_all(fds[tmp], q, at)
                 for s, _ in items:
                     left[s.tensor] -= 1
                     if left[s.tensor] == 0:
