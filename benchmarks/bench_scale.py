@@ -5,6 +5,7 @@ the same core count, with time and peak memory, in the same run on the same inpu
     python benchmarks/bench_scale.py [--workers 2] [--repeat 5] [--ftypes Q4_K_M]
                                      [--synthetic-gib 8 --synthetic-ftypes Q4_K_M,Q8_0] [--dir DIR]
                                      [--checkpoint-gib 2 --checkpoint-formats gptq,fp8-block]
+    python benchmarks/bench_scale.py --dispatch 10000   # the thread runner's own cost a task
 
 * SmolLM2-135M decoded to F32: `refquant quantize IN OUT --type T --backend numba --workers 1`
   (one task after another on one core) and `--workers N` (N threads of one process, one kernel
@@ -99,6 +100,23 @@ def ours(src, out, ft, workers, env):
     return wall, cpu, rss
 
 
+def dispatch(n_tasks: int, workers: int, task_s: float = 0.0005) -> None:
+    """The thread runner's own cost: `n_tasks` tasks of `task_s` s each (a sleep: no CPU), all in
+    flight at once as the GGUF writer submits a model's slabs; CPU time of this process per task.
+    A cost that grows with the tasks in flight shows here as CPU time growing faster than
+    n_tasks."""
+    import time
+    from refquant.pipelines.scale import Runner
+    for n in (n_tasks // 4, n_tasks):
+        with Runner(workers=workers) as rn:
+            t, c = time.perf_counter(), time.process_time()
+            done = sum(1 for _ in rn.imap_unordered(lambda x: time.sleep(task_s) or x, range(n), window=n))
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+        assert done == n
+        print(f"dispatch: {n} tasks of {task_s * 1e3:.1f} ms in flight on {workers} threads: {wall:.2f} s wall, "
+              f"{cpu:.2f} s CPU ({cpu / n * 1e6:.0f} us a task)", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
@@ -111,7 +129,11 @@ def main():
     ap.add_argument("--checkpoint-formats", default="gptq,fp8-block")
     ap.add_argument("--skip-smollm2", action="store_true", help="only the synthetic files")
     ap.add_argument("--dir", default=None, help="where inputs and outputs go (default: a temporary directory)")
+    ap.add_argument("--dispatch", type=int, default=0, metavar="N",
+                    help="only the thread runner's cost a task, with N and N/4 tasks in flight")
     a = ap.parse_args()
+    if a.dispatch:
+        return dispatch(a.dispatch, a.workers)
     from refquant.pipelines import recipes
     from tools.models import smollm2_path
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

@@ -262,21 +262,29 @@ class Runner:
             live.clear()
 
     def _imap_unordered_threads(self, fn, tasks, window):
-        from concurrent.futures import FIRST_COMPLETED, wait
+        # each future reports itself on a queue when done: one wait per result, whatever the
+        # number of tasks in flight (concurrent.futures.wait walks every pending future at each
+        # call, quadratic in a model's hundreds of thousands of slabs)
+        import queue
         window = window or 4 * self.n_slots
         it = enumerate(tasks)
         live: dict = {}
+        finished: queue.SimpleQueue = queue.SimpleQueue()
 
         def submit_next() -> None:
             nxt = next(it, None)
             if nxt is not None:
-                live[self._pool.submit(fn, nxt[1])] = nxt[0]
+                fut = self._pool.submit(fn, nxt[1])
+                live[fut] = nxt[0]
+                fut.add_done_callback(finished.put)
 
         try:
             for _ in range(window):
                 submit_next()
             while live:
-                done, _ = wait(live, return_when=FIRST_COMPLETED)
+                done = [finished.get()]
+                while not finished.empty():
+                    done.append(finished.get())
                 for fut in sorted(done, key=live.get):     # in submission order among those done
                     i = live.pop(fut)
                     yield i, _result(fut)
