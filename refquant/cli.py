@@ -169,7 +169,7 @@ def cmd_quantize(args) -> int:
     if Path(args.input).is_dir():      # a Hugging Face safetensors checkpoint
         if args.output is None or args.rest:
             raise RefquantError("quantize: a checkpoint directory takes IN_DIR OUT_DIR")
-        from .pipelines.hf_quantize import linear_names, quantize_checkpoint
+        from .pipelines.hf_quantize import keep_chunk_heap, linear_names, quantize_checkpoint
         from .io.safetensors import Checkpoint
         from .errors import InputError
         ck = Checkpoint(args.input)
@@ -188,6 +188,7 @@ def cmd_quantize(args) -> int:
         fmt = args.format or ("compressed-tensors" if sq or args.scheme is not None else "gptq")
         bits = args.bits if args.bits is not None else (8 if sq else 4)
         bar = Progress(n, "quantize", args.progress)
+        keep_chunk_heap()                  # the command's own process: malloc keeps the chunks' heap
         quantize_checkpoint(args.input, args.output, args.method, bits, args.group_size, fmt,
                             args.activations, progress=bar,
                             calibration=text, ctx=args.ctx, calibration_tokens=args.calibration_tokens,

@@ -407,7 +407,9 @@ def test_checkpoint_planned_gptq_error_leaves_nothing(tiny_checkpoint, tmp_path)
     x[3, 5] = np.nan
     np.save(acts / "model.layers.1.mlp.down_proj.npy", x)
     from refquant.pipelines.hf_quantize import quantize_checkpoint
-    with Runner(2) as rn, pytest.raises(InputError, match="^gptq: activations have non-finite values$"):
+    with Runner(2) as rn, pytest.raises(InputError, match=r"^quantize: layer model\.layers\.1\.mlp\.down_proj "
+                                                       r"\(activations .*model\.layers\.1\.mlp\.down_proj\.npy\): "
+                                                       r"gptq: activations have non-finite values$"):
         quantize_checkpoint(d, tmp_path / "out", "gptq", 4, 64, "gptq", acts, runner=rn)
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acts"]

@@ -7,9 +7,10 @@ the Cholesky factors and the block updates. See spec/algorithms/gptq.md.
 
 The bytes depend on the values of W and H (or X) and on the BLAS thread count only
 (spec/algorithms/gptq.md, "Same input, same bytes"): the products and factorizations run on
-C-ordered float32 copies that this module allocates, whatever memory the inputs come in. (An X
-at an address no multiple of 4, as a Dask worker can receive it, made NumPy's matmul buffer XᵀX's
-two operands apart and call gemm instead of syrk: other sums, other codes.)
+C-ordered, aligned float32 arrays (copies where the inputs are not so), whatever memory the
+inputs come in. (An X at an address no multiple of 4, as a Dask worker can receive it, made
+NumPy's matmul buffer XᵀX's two operands apart and call gemm instead of syrk: other sums, other
+codes.)
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ def hessian(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] == 0:
         raise InputError(f"hessian: activations must be a non-empty 2-D array (n, K), got shape {X.shape}")
-    # a C-ordered float32 copy of our own (aligned: X.T and X are one buffer, NumPy's syrk),
-    # whatever X's dtype, order, alignment or backing (memmap, a received frame)
-    X = np.array(X, F32, order="C")
+    # C-ordered, aligned float32 (X.T and X then are one buffer: NumPy's syrk), whatever X's
+    # dtype, order, alignment or backing (a memmap, a received frame); copied only when X is
+    # not so already (a mapped float32 .npy is used in place)
+    X = np.require(X, F32, ["C_CONTIGUOUS", "ALIGNED"])
     return ((F32(2.0 / X.shape[0])) * (X.T @ X)).astype(F32)
 
 

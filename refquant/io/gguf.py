@@ -24,6 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuant
 
 from ..errors import FileFormatError, FormatError
 from ..registry import get_format
+from . import files
 from .files import AtomicFile, check_signal, start_writeback  # AtomicFile re-exported: writers import it from here
 
 GGUF_VERSION = 3
@@ -574,7 +575,7 @@ def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],
     head, infos, alignment = header(kvs, tensors)
     with AtomicFile(path) as fh:
         fh.write(head)
-        written = 0                                   # bytes whose writeback has started
+        written = 0                                   # where the bytes not yet in writeback start
         for t in infos:
             data = tensor_data(t)
             # an array, or an iterable of arrays written one after the other (row slabs)
@@ -589,9 +590,11 @@ def write_gguf(path, kvs: list[KV], tensors: list[TensorInfo],
                 raise FormatError(f"tensor {t.name!r}: {size} bytes given, {t.type_name} {t.shape} "
                                   f"takes {t.nbytes}")
             fh.write(b"\0" * (pad(t.nbytes, alignment) - t.nbytes))
-            fh.flush()
-            start_writeback(fh.fileno(), written, fh.tell() - written)
-            written = fh.tell()
+            end = fh.tell()
+            if end - written >= files.WRITEBACK_BATCH:
+                fh.flush()
+                start_writeback(fh.fileno(), written, end - written)
+                written = end // files.PAGE * files.PAGE      # the partial page: with the next batch
             if on_tensor is not None:
                 on_tensor(t)
             check_signal()

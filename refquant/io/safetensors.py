@@ -342,7 +342,8 @@ def _finish(tmp: Path, out: Path, tensors: Mapping, shards: list, extra_files: O
     if len(shards) > 1:
         idx = {"metadata": {"total_size": sum(spec_of(a).nbytes for a in tensors.values())},
                "weight_map": {k: f for f, sh in shards for k in sorted(sh)}}
-        (tmp / INDEX).write_text(json.dumps(idx, indent=2, sort_keys=True) + "\n")
+        with AtomicFile(tmp / INDEX) as f:             # on disk before the rename, as the shards
+            f.write((json.dumps(idx, indent=2, sort_keys=True) + "\n").encode())
     for fname, content in (extra_files or {}).items():
         with AtomicFile(tmp / fname) as f:
             f.write(content.encode() if isinstance(content, str) else content)

@@ -428,14 +428,16 @@ def _row_chunks(src: "Source"):
 _HEAP_KEPT = False
 
 
-def _keep_chunk_heap() -> None:
+def keep_chunk_heap() -> None:
     """Once a process: glibc's malloc keeps the memory a chunk's arrays free for the next chunk.
     It serves blocks above M_MMAP_THRESHOLD by mmap and hands a free heap top above
     M_TRIM_THRESHOLD back to the system; both start at 128 KiB and grow only as large blocks are
     freed, so a loop whose temporaries are a few MiB a chunk had every page faulted in afresh at
     each chunk (fp8-block and nvfp4: ~0.7 s of system time a 380 MiB checkpoint, more than the
     quantization's own). Fixed at 32 MiB (the dynamic threshold's ceiling) and 64 MiB: freed
-    memory is kept, never more than was in use at once. Other C libraries: nothing done."""
+    memory is kept, never more than was in use at once. Other C libraries: nothing done.
+    A setting of the whole process, for good: the command line makes it for its own process
+    (refquant.cli); a library call leaves the caller's malloc as it is, and Dask's workers too."""
     global _HEAP_KEPT
     if _HEAP_KEPT:
         return
@@ -463,7 +465,6 @@ def quantize_chunked(job: dict, specs: Optional[dict] = None) -> dict:
     src = job["w"]
     if not chunkable(job) or src.shape[0] <= CHUNK_ROWS:
         return quantize_linear(job)
-    _keep_chunk_heap()
     try:
         with np.errstate(invalid="ignore"):
             return _quantize_chunks(job, specs)
@@ -609,10 +610,15 @@ def quantize_linear(job: dict) -> dict:
     if fmt in PACKED and (scheme is None or method != "rtn"):
         if method == "gptq":
             X = job["x"]
+            where = f"layer {module}"
             if isinstance(X, Path):          # a planned task: the activations' .npy
+                where += f" (activations {X})"
                 X = _activations(X.parent, module, W.shape[1])
             with blas_like(job["blas"]):
-                q = gptq_run(W, X=X, bits=bits, group_size=group_size, sym=sym)
+                try:
+                    q = gptq_run(W, X=X, bits=bits, group_size=group_size, sym=sym)
+                except InputError as e:      # gptq's own check ("activations have non-finite values")
+                    raise InputError(f"quantize: {where}: {e}") from None
         else:
             q = rtn_run(W, bits, group_size, sym)
     if scheme is not None:

@@ -292,6 +292,8 @@ class Runner:
         finally:
             self._stop(list(live))
             live.clear()
+            while not finished.empty():    # futures stopped or finished meanwhile: their results go now
+                finished.get()
 
 
 def conformance_shard(job):
@@ -342,12 +344,27 @@ def _free_blas_control() -> None:
         pass
 
 
+_BLAS_PER_THREAD: list = []
+
+
+def _blas_count_per_thread() -> bool:
+    """Whether NumPy's BLAS keeps a thread count per calling thread (an OpenMP build: OpenMP's
+    count is the thread's) rather than one for the process (OpenBLAS on pthreads, as NumPy's
+    wheels ship it). Asked once."""
+    if not _BLAS_PER_THREAD:
+        from threadpoolctl import threadpool_info
+        layers = {i.get("threading_layer") for i in threadpool_info() if i.get("user_api") == "blas"}
+        _BLAS_PER_THREAD.append("openmp" in layers)
+    return _BLAS_PER_THREAD[0]
+
+
 @contextmanager
 def blas_like(n: Optional[int]):
-    """A context in which NumPy's BLAS runs on n threads (None: as it is). The count is the
-    process's, not the thread's (OpenBLAS's pthreads): tasks on concurrent threads share it, the
-    first in sets it and the last out restores it (a task that asks for another count waits
-    until none runs), so no task's sums run on another count than its own. Not nested."""
+    """A context in which NumPy's BLAS runs on n threads (None: as it is). Where the count is
+    the process's, not the thread's (OpenBLAS on pthreads): tasks on concurrent threads share
+    it, the first in sets it and the last out restores it (a task that asks for another count
+    waits until none runs), so no task's sums run on another count than its own. Where it is
+    the thread's (OpenMP), each task sets its own. Not nested."""
     if n is None:
         yield
         return
@@ -355,6 +372,10 @@ def blas_like(n: Optional[int]):
         from threadpoolctl import threadpool_limits
     except ImportError:
         yield
+        return
+    if _blas_count_per_thread():
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
         return
     with _blas:
         _blas.wait_for(lambda: _blas_held["tasks"] == 0 or _blas_held["n"] == n)
@@ -369,11 +390,13 @@ def blas_like(n: Optional[int]):
         with _blas:
             _blas_held["tasks"] -= 1
             if _blas_held["tasks"] == 0:
-                _free_blas_control()
-                _blas_held["limit"].restore_original_limits()
-                _free_blas_control()
-                _blas_held["limit"] = _blas_held["n"] = None
-                _blas.notify_all()
+                try:
+                    _free_blas_control()
+                    _blas_held["limit"].restore_original_limits()
+                    _free_blas_control()
+                finally:                   # whatever restoring raised, no waiting task hangs
+                    _blas_held["limit"] = _blas_held["n"] = None
+                    _blas.notify_all()
 
 
 def _restore_environ(saved: dict) -> None:
