@@ -249,9 +249,10 @@ def quantize_checkpoint(model_dir, out_dir, method: str = "rtn", bits: int = 4, 
     if fmt.startswith("modelopt-"):
         w_amax, x_amax = _modelopt_amaxes(weights, lin, adir, fuse=fmt == "modelopt-nvfp4")
     if method == "awq":
-        floats = {k: weights[k].astype(np.float32) for k in weights if k.startswith("model.layers.") or k in lin}
-        _awq_fold(floats, adir, bits, group_size, sym, config.get("model_type", ""), set(lin))
-        weights.update({k: v.astype(weights[k].dtype) for k, v in floats.items() if k not in lin})
+        quantized = set(lin)                   # a list's `in` per tensor would be quadratic
+        floats = {k: weights[k].astype(np.float32) for k in weights if k.startswith("model.layers.") or k in quantized}
+        _awq_fold(floats, adir, bits, group_size, sym, config.get("model_type", ""), quantized)
+        weights.update({k: v.astype(weights[k].dtype) for k, v in floats.items() if k not in quantized})
         weights.update({k: floats[k] for k in lin})
     from .scale import current_blas_threads
     blas = current_blas_threads()
@@ -551,7 +552,8 @@ def _quantize_planned(ck, lin, out_dir, config, extra, method, fmt, bits, group_
     from ..io.safetensors import PlannedCheckpoint, TensorSpec, write_at
     from .scale import Runner, current_blas_threads
     blas = current_blas_threads() if method == "gptq" else None     # GPTQ's sums: the client's count
-    rest = {k: TensorSpec(ck[k].dtype, ck[k].shape) for k in ck if k not in set(lin)}
+    quantized = set(lin)                       # once: a set built per tensor made this quadratic
+    rest = {k: TensorSpec(ck[k].dtype, ck[k].shape) for k in ck if k not in quantized}
     w_amax = x_amax = None
     if fmt.startswith("modelopt-"):
         w_amax, x_amax = _modelopt_amaxes(ck, lin, adir, fuse=fmt == "modelopt-nvfp4")
