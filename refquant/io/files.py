@@ -22,7 +22,9 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
@@ -199,10 +201,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_sweeps = threading.local()
+
+
+@contextmanager
+def one_sweep():
+    """Within this context (this thread's), `remove_stale_temps` sweeps each directory once: a
+    run that writes many files into one directory (a split model's parts) scans it once, not once
+    a file (a scan of every entry for each of N files: quadratic in N)."""
+    if getattr(_sweeps, "done", None) is not None:      # nested: the outer context's sweeps count
+        yield
+        return
+    _sweeps.done = set()
+    try:
+        yield
+    finally:
+        _sweeps.done = None
+
+
 def remove_stale_temps(directory) -> list[Path]:
     """Remove the temporary files and directories that killed refquant runs on this host left
-    in `directory`; say each one on stderr. Returns what was removed."""
+    in `directory`; say each one on stderr. Returns what was removed. Inside `one_sweep`, a
+    directory already swept there is not scanned again."""
     removed = []
+    done = getattr(_sweeps, "done", None)
+    if done is not None:
+        key = os.path.abspath(directory)
+        if key in done:
+            return removed
+        done.add(key)
     try:
         entries = list(os.scandir(directory))
     except OSError:

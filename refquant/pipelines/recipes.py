@@ -31,7 +31,7 @@ import numpy as np
 from gguf import GGUFValueType
 
 from ..errors import FileFormatError, FormatError, InputError
-from ..io.files import pwrite_all
+from ..io.files import one_sweep, pwrite_all
 from ..io.gguf import KV, GGUFFile, StringArray, TensorInfo, write_gguf
 from ..registry import all_formats
 
@@ -1141,6 +1141,7 @@ def put_slabs(task) -> object:
     return sum(q.nbytes for q in out)
 
 
+@one_sweep()       # the output directory's stale temporaries: one scan for all the files written there
 def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], None],
                 together: bool = False) -> None:
     """Write GGUF files — `files` is [(path, kvs, infos)], the tensors in file order — whose
@@ -1379,14 +1380,16 @@ def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Ca
             # keep_split names the files llama_split_path(out_path, i, n_split), even when
             # there is one; split.* keys only when there are several
             files = []
+            by_split: list[list[TensorInfo]] = [[] for _ in range(n_split)]   # in one pass, not one a file
+            for tp in tps:
+                by_split[tp.split].append(TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape))
             for i in range(n_split):
                 meta = kvs if i == 0 else []
                 if n_split > 1:
                     meta = meta + [KV("split.no", GGUFValueType.UINT16, i),
                                    KV("split.count", GGUFValueType.UINT16, n_split),
                                    KV("split.tensors.count", GGUFValueType.INT32, len(tps))]
-                infos = [TensorInfo(tp.name, GGML_TYPES[tp.dst_type].id, tp.shape) for tp in tps if tp.split == i]
-                files.append((split_path(out_path, i, n_split), meta, infos))
+                files.append((split_path(out_path, i, n_split), meta, by_split[i]))
         from .scale import Runner
         with (nullcontext(runner) if runner is not None else Runner(workers, scheduler, threads)) as rn:
             write_tasks(rn, files, work, on_tensor, together=keep_split)
