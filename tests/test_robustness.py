@@ -426,6 +426,42 @@ def test_a_split_write_scans_its_directory_once(tmp_path, monkeypatch, capsys, w
                                                          for i in range(n_parts)]
 
 
+def _split_model(d, n_parts):
+    from refquant.io.split import split_path
+    names = [f"blk.{i}.{k}.weight" for i in range(n_parts) for k in ("attn_q", "ffn_up")]
+    for p in range(n_parts):
+        kvs = [KV("general.architecture", V.STRING, "llama"), KV("llama.block_count", V.UINT32, n_parts)]
+        kvs = kvs if p == 0 else []
+        kvs += [KV("split.no", V.UINT16, p), KV("split.count", V.UINT16, n_parts),
+                KV("split.tensors.count", V.INT32, len(names))]
+        write_gguf(split_path(d / "m", p, n_parts), kvs,
+                   [TensorInfo(n, 1, (2, 256)) for n in names[2 * p:2 * p + 2]], lambda t: np.ones(512, np.float16))
+    return split_path(d / "m", 0, n_parts)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_split_write_holds_few_descriptors_a_part(tmp_path, workers):
+    """--keep-split of N parts holds one file descriptor a part for its input's map and, written
+    in parallel, one for its output; no more (it held two more a part and ran out of them:
+    "Too many open files" at some hundreds of parts under the usual limit of 1,024)."""
+    import resource
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("counts this process's descriptors in /proc/self/fd (Linux)")
+    n = 40
+    src = _split_model(tmp_path, n)
+    a_part = 2 if workers > 1 else 1
+    code = ("import os, resource\n"
+            "from refquant.pipelines.recipes import quantize_model\n"
+            "base = len(os.listdir('/proc/self/fd'))\n"
+            f"limit = base + {a_part * n} + 16\n"      # 16: the few the run opens and closes as it goes
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+            f"quantize_model({str(src)!r}, {str(tmp_path / 'q')!r}, 'Q8_0', keep_split=True, workers={workers})\n")
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[1] >= 200
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list(tmp_path.glob(f"q-*-of-{n:05d}.gguf"))) == n
+
+
 def test_inspect_shows_arrays_as_values(model, capsys):
     assert main(["inspect", str(model)]) == 0
     out = capsys.readouterr().out

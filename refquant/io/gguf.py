@@ -541,8 +541,9 @@ def header(kvs: list[KV], tensors: Iterable[TensorInfo]) -> tuple[bytes, list[Te
 class PlannedGGUF:
     """A GGUF file written by offset: the header first, the file sized to its end (the padding
     is zeros), then each tensor's bytes put at `data_offset + info.offset + byte` by anyone who
-    opens `self.tmp` for writing — in any order, by any process on the same filesystem. Renamed
-    into place on a clean exit, removed otherwise (AtomicFile)."""
+    opens `self.tmp` for writing — in any order, by any process on the same filesystem; this
+    process can write through `self.fd` (os.pwrite), the descriptor the file was created with,
+    open until the exit. Renamed into place on a clean exit, removed otherwise (AtomicFile)."""
 
     def __init__(self, path, kvs: list[KV], tensors: Iterable[TensorInfo]):
         self.head, self.tensors, alignment = header(kvs, tensors)
@@ -556,6 +557,7 @@ class PlannedGGUF:
         fh.truncate(self.size)
         fh.flush()
         self.tmp = str(self._atomic._tmp)
+        self.fd = fh.fileno()         # unbuffered writes by offset only from here (the header is flushed)
         return self
 
     def __exit__(self, *exc):

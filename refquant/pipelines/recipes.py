@@ -1050,16 +1050,23 @@ _BACKEND_CACHE: dict = {}
 
 class Reader:
     """Reads input bytes into one buffer reused from read to read (each slab is quantized or
-    written before the next is read): no fresh pages to fault in for every slab."""
+    written before the next is read): no fresh pages to fault in for every slab. At most
+    `keep` input files stay open (the least recently read closed first): a split model's
+    parts are read one after another, and hundreds open at once would exhaust the process's
+    file descriptors (a soft limit of 1,024 by default)."""
 
-    def __init__(self):
+    def __init__(self, keep: int = 4):
         self.files: dict = {}
+        self.keep = keep
         self.buf = np.empty(0, np.uint8)
 
     def __call__(self, path: str, offset: int, n: int) -> np.ndarray:
-        fd = self.files.get(path)
+        fd = self.files.pop(path, None)
         if fd is None:
-            fd = self.files[path] = open(path, "rb")
+            if len(self.files) >= self.keep:
+                self.files.pop(next(iter(self.files))).close()
+            fd = open(path, "rb")
+        self.files[path] = fd                      # the most recently read last
         if self.buf.size < n:
             self.buf = np.empty(n, np.uint8)
         b = self.buf[:n]
@@ -1206,7 +1213,8 @@ def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], N
             local = rn.writes_locally
             if not rn.batches:     # threads: the costliest slabs first, so none is left for the end alone
                 jobs.sort(key=lambda job: -sum(_cost(s) for s, _ in job[1]))
-            fds = {out.tmp: stack.enter_context(_os_fd(out.tmp)) for out in outs}
+            fds = {out.tmp: out.fd for out in outs}     # no second descriptor a file: a split model's
+                                                        # hundreds of parts would run out of them
             for out in outs:                      # the kept tensors: copied here while workers quantize
                 for t in out.tensors:
                     w = work[t.name]
@@ -1241,20 +1249,6 @@ def _cost(s: Slab) -> int:
     """A slab's rough cost, to start the costliest first: its input bytes, four times over for
     the types whose quantizers search (K-quants, i-quants)."""
     return s.nbytes * (4 if s.dst.endswith("_K") or s.dst.startswith("IQ") else 1)
-
-
-class _os_fd:
-    """os.open(path, O_WRONLY) as a context manager."""
-
-    def __init__(self, path):
-        self.fd = os.open(path, os.O_WRONLY)
-
-    def __enter__(self) -> int:
-        return self.fd
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
-        return False
 
 
 def quantize_model(in_path, out_path, ftype, imatrix=None, progress: Optional[Callable[[TensorPlan, int, int], None]] = None,
