@@ -114,6 +114,29 @@ def test_threads_byte_identical(llama, models, tmp_path, small_slabs, ft):
         same_bytes(ours, ref)
 
 
+def test_threads_hold_a_few_slabs_in_flight(models, tmp_path, small_slabs):
+    """On threads the slabs are submitted a few a thread ahead, not all at once: a model's
+    hundreds of thousands of slabs would all be futures held here (about 2 KiB each). The bytes
+    are those of one worker."""
+    one, two = tmp_path / "one.gguf", tmp_path / "two.gguf"
+    recipes.quantize_model(models["dense"], one, "Q8_0", workers=1)
+    with Runner(2) as rn:
+        slots = rn.n_slots
+        submit, live, most, n = rn._pool.submit, [0], [0], [0]
+
+        def counted(fn, *a):
+            fut = submit(fn, *a)
+            live[0] += 1
+            n[0] += 1
+            most[0] = max(most[0], live[0])
+            fut.add_done_callback(lambda f: live.__setitem__(0, live[0] - 1))
+            return fut
+        rn._pool.submit = counted
+        recipes.quantize_model(models["dense"], two, "Q8_0", runner=rn)
+    assert slots == 2 and n[0] > 40 * slots and most[0] <= 4 * slots, (n[0], most[0])
+    same_bytes(two, one)
+
+
 def ctrl_c_at(count):
     """A progress callback that raises KeyboardInterrupt (Ctrl-C) at the count-th tensor."""
     seen = []

@@ -1225,9 +1225,12 @@ def write_tasks(rn, files: list, work: dict, on_tensor: Callable[[TensorInfo], N
                             at += chunk.size
                         on_tensor(t)
                         check_signal()
-            # written in place, a task's result is a count: every task is submitted at once, so no
-            # worker waits on a round trip to this process; returned bytes are bounded by a window
-            window = len(jobs) if local else None
+            # on a local cluster a task's result is a count (written in place): every task is
+            # submitted at once, so no worker waits on a round trip to this process; returned bytes
+            # are bounded by a window. Threads have no round trip: the runner's window (a few tasks
+            # a thread) keeps them busy, and a model's hundreds of thousands of slabs are not all
+            # futures at once (about 2 KiB each: 200,000 took 400 MiB)
+            window = len(jobs) if local and rn.batches else None
             for i, res in rn.imap_unordered(put_slabs, ((tmp if local else None, items) for tmp, items in jobs),
                                             window=window):
                 tmp, items = jobs[i]
