@@ -6,6 +6,8 @@ the same core count, with time and peak memory, in the same run on the same inpu
                                      [--synthetic-gib 8 --synthetic-ftypes Q4_K_M,Q8_0] [--dir DIR]
                                      [--checkpoint-gib 2 --checkpoint-formats gptq,fp8-block]
     python benchmarks/bench_scale.py --dispatch 10000   # the thread runner's own cost a task
+    python benchmarks/bench_scale.py --many 50000 [--many-kinds tensors,slabs,parts,checkpoint]
+                                                        # costs a tensor, slab, part: N/4 vs N
 
 * SmolLM2-135M decoded to F32: `refquant quantize IN OUT --type T --backend numba --workers 1`
   (one task after another on one core) and `--workers N` (N threads of one process, one kernel
@@ -19,6 +21,16 @@ the same core count, with time and peak memory, in the same run on the same inpu
   --checkpoint-formats on N workers, planned (the default) and gathered whole in memory
   (`hf_quantize.PLANNED = False`, the writer before plans); wall time and peak memory against
   the bound 2 x the largest tensor + 300 MiB. Same directory both ways.
+
+* With --many N: the whole-file pipelines' own costs, on inputs whose counts are a large
+  model's but whose tensors are tiny, at N/4 and N (a cost that grows faster than the count
+  shows as a CPU ratio above 4): a GGUF of N F16 tensors of 2 x 256 (`tensors`); a GGUF whose
+  tensors split into 2N slabs (400 x 256 tensors, `_SLAB_ELEMENTS` set to one row: `slabs`);
+  a split GGUF of N/25 parts of 4 tensors written with --keep-split (`parts`); a BF16
+  checkpoint of 2N/5 tensors in 40 shards, round to nearest to GPTQ (`checkpoint`). Each
+  to Q8_0 on 1 worker and on --workers threads (the checkpoint: --workers), in a fresh
+  process; the figures are the call's own (imports and the input's writing excluded) and the
+  process's peak memory.
 
 Every refquant run is the command line in a fresh process (start-up and imports included); a
 warm Numba cache (one untimed run first). Every output pair is compared byte for byte. Figures:
@@ -117,6 +129,104 @@ def dispatch(n_tasks: int, workers: int, task_s: float = 0.0005) -> None:
               f"{cpu:.2f} s CPU ({cpu / n * 1e6:.0f} us a task)", flush=True)
 
 
+MANY = """
+import sys, time
+from refquant.pipelines import hf_quantize, recipes
+kind, src, out, workers, slab = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+if slab:
+    recipes._SLAB_ELEMENTS = slab
+t, c = time.perf_counter(), time.process_time()
+if kind == "checkpoint":
+    hf_quantize.quantize_checkpoint(src, out, "rtn", 4, 128, "gptq", workers=workers)
+else:
+    recipes.quantize_model(src, out, "Q8_0", workers=workers, keep_split=kind == "parts")
+print(time.perf_counter() - t, time.process_time() - c)
+"""
+
+
+def many_gguf(path: Path, n_tensors: int, rows: int = 2, parts: int = 1) -> Path:
+    """A llama GGUF of n_tensors F16 tensors of rows x 256 (4 a layer), split into `parts`
+    files (split_path names); the first file's path."""
+    import numpy as np
+    from refquant.io.gguf import KV, TensorInfo, write_gguf
+    from refquant.io.gguf import GGUFValueType as V
+    from refquant.io.split import split_path
+    n_layer = max(1, n_tensors // 4)
+    names = [f"blk.{i}.{k}.weight" for i in range(n_layer) for k in ("attn_q", "attn_v", "ffn_up", "ffn_down")]
+    x = np.full(rows * 256, 0.01, np.float16)
+    per = -(-len(names) // parts)
+    for p in range(parts):
+        kvs = [KV("general.architecture", V.STRING, "llama"), KV("llama.block_count", V.UINT32, n_layer),
+               KV("llama.attention.head_count", V.UINT32, 4), KV("llama.attention.head_count_kv", V.UINT32, 4),
+               KV("general.file_type", V.UINT32, 1)] if p == 0 else []
+        if parts > 1:
+            kvs += [KV("split.no", V.UINT16, p), KV("split.count", V.UINT16, parts),
+                    KV("split.tensors.count", V.INT32, len(names))]
+        write_gguf(split_path(path, p, parts) if parts > 1 else path, kvs,
+                   [TensorInfo(n, 1, (rows, 256)) for n in names[p * per:(p + 1) * per]], lambda t: x)
+    return Path(split_path(path, 0, parts)) if parts > 1 else path
+
+
+def many_checkpoint(d: Path, n_tensors: int, shards: int = 40) -> Path:
+    """A llama-shaped BF16 checkpoint of about n_tensors tiny tensors (hidden 128) in `shards` shards."""
+    import json
+    import ml_dtypes
+    import numpy as np
+    from refquant.io.safetensors import PlannedCheckpoint, TensorSpec, write_at
+    W, bf16 = 128, np.dtype(ml_dtypes.bfloat16)
+    shapes = {"model.embed_tokens.weight": (256, W), "model.norm.weight": (W,), "lm_head.weight": (256, W)}
+    for i in range(max(1, n_tensors // 9)):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (W,), p + "post_attention_layernorm.weight": (W,),
+                       p + "self_attn.q_proj.weight": (16, W), p + "self_attn.k_proj.weight": (16, W),
+                       p + "self_attn.v_proj.weight": (16, W), p + "self_attn.o_proj.weight": (W, W),
+                       p + "mlp.gate_proj.weight": (16, W), p + "mlp.up_proj.weight": (16, W),
+                       p + "mlp.down_proj.weight": (W, W)})
+    specs = {k: TensorSpec(bf16, s) for k, s in shapes.items()}
+    out = d / f"many-hf-{n_tensors}"
+    with PlannedCheckpoint(out, specs, max_shard_bytes=sum(t.nbytes for t in specs.values()) // shards + 1,
+                           extra_files={"config.json": json.dumps({"model_type": "llama"})}) as pc:
+        for k, t in specs.items():
+            write_at(*pc.where[k], (np.arange(t.nbytes // 2) % 251 * 0.001).astype(bf16))
+    return out
+
+
+def many_counts(n: int, workers: int, kinds: list, d: Path, env) -> None:
+    """The pipelines' cost a tensor, slab, part and checkpoint tensor at n // 4 and n."""
+    import shutil
+    print(f"{'kind':<11}{'count':>8}{'workers':>8}{'wall s':>8}{'CPU s':>7}{'MiB':>6}{'CPU ratio':>10}")
+    for kind in kinds:
+        for w in ([workers] if kind == "checkpoint" else [1, workers]):
+            cpu = {}
+            for m in (n // 4, n):
+                count = {"parts": m // 25, "checkpoint": m * 2 // 5, "slabs": max(4, 2 * m // 400) * 400}.get(kind, m)
+                src = d / f"many-{kind}-{m}.gguf"
+                if kind == "tensors":
+                    src = many_gguf(src, m) if not src.exists() else src
+                elif kind == "slabs":
+                    src = many_gguf(src, count // 400, rows=400) if not src.exists() else src
+                elif kind == "parts":
+                    (d / f"parts-{m}").mkdir(exist_ok=True)
+                    src = many_gguf(d / f"parts-{m}" / "in", count * 4, parts=count)
+                else:
+                    src = d / f"many-hf-{count}"
+                    src = many_checkpoint(d, count) if not src.exists() else src
+                out = d / f"many-out-{kind}"
+                if kind == "parts":
+                    out.mkdir()
+                    dst = out / "q"
+                else:
+                    dst = out if kind == "checkpoint" else d / "many-out.gguf"
+                _, _, rss, res = child([sys.executable, "-c", MANY, kind, str(src), str(dst), str(w),
+                                        "256" if kind == "slabs" else "0"], env)
+                wall, cpu[m] = (float(v) for v in res.split())
+                ratio = f"{cpu[m] / cpu[n // 4]:10.2f}" if m == n else ""
+                print(f"{kind:<11}{count:>8}{w:>8}{wall:8.2f}{cpu[m]:7.2f}{rss:6.0f}{ratio}", flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+                if kind == "parts":
+                    shutil.rmtree(d / f"parts-{m}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
@@ -131,9 +241,20 @@ def main():
     ap.add_argument("--dir", default=None, help="where inputs and outputs go (default: a temporary directory)")
     ap.add_argument("--dispatch", type=int, default=0, metavar="N",
                     help="only the thread runner's cost a task, with N and N/4 tasks in flight")
+    ap.add_argument("--many", type=int, default=0, metavar="N",
+                    help="only the pipelines' costs a tensor, slab, part: N/4 and N of them")
+    ap.add_argument("--many-kinds", default="tensors,slabs,parts,checkpoint")
     a = ap.parse_args()
     if a.dispatch:
         return dispatch(a.dispatch, a.workers)
+    if a.many:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        print(f"{len(os.sched_getaffinity(0))} cores; --many {a.many}: N/4 and N; load average {load()}")
+        with tempfile.TemporaryDirectory(dir=a.dir) as d:
+            many_counts(a.many, a.workers, a.many_kinds.split(","), Path(d), env)
+        print(f"load average after: {load()}")
+        return
     from refquant.pipelines import recipes
     from tools.models import smollm2_path
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

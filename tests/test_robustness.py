@@ -394,6 +394,20 @@ def test_a_killed_checkpoint_write_is_removed_by_the_next(tmp_path, capsys):
     assert str(dead) in capsys.readouterr().err
 
 
+def _split_model(d, n_parts):
+    """A split GGUF model of n_parts files of two F16 tensors each in `d`; its first file."""
+    from refquant.io.split import split_path
+    names = [f"blk.{i}.{k}.weight" for i in range(n_parts) for k in ("attn_q", "ffn_up")]
+    for p in range(n_parts):
+        kvs = [KV("general.architecture", V.STRING, "llama"), KV("llama.block_count", V.UINT32, n_parts)]
+        kvs = kvs if p == 0 else []
+        kvs += [KV("split.no", V.UINT16, p), KV("split.count", V.UINT16, n_parts),
+                KV("split.tensors.count", V.INT32, len(names))]
+        write_gguf(split_path(d / "m", p, n_parts), kvs,
+                   [TensorInfo(n, 1, (2, 256)) for n in names[2 * p:2 * p + 2]], lambda t: np.ones(512, np.float16))
+    return split_path(d / "m", 0, n_parts)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_split_write_scans_its_directory_once(tmp_path, monkeypatch, capsys, workers):
     """--keep-split writes one file a part into one directory: a killed run's temporary there is
@@ -406,37 +420,17 @@ def test_a_split_write_scans_its_directory_once(tmp_path, monkeypatch, capsys, w
     src_dir, out_dir = tmp_path / "in", tmp_path / "out"
     src_dir.mkdir()
     out_dir.mkdir()
-    names = [f"blk.{i}.{k}.weight" for i in range(n_parts) for k in ("attn_q", "ffn_up")]
-    for p in range(n_parts):
-        kvs = [KV("general.architecture", V.STRING, "llama"), KV("llama.block_count", V.UINT32, n_parts)]
-        kvs = kvs if p == 0 else []
-        kvs += [KV("split.no", V.UINT16, p), KV("split.count", V.UINT16, n_parts),
-                KV("split.tensors.count", V.INT32, len(names))]
-        write_gguf(split_path(src_dir / "m", p, n_parts), kvs,
-                   [TensorInfo(n, 1, (2, 256)) for n in names[2 * p:2 * p + 2]], lambda t: np.ones(512, np.float16))
+    src = _split_model(src_dir, n_parts)
     dead = out_dir / f".q-00001-of-00006.gguf.refquant-{files._HOST}-999999999-abc.tmp"     # no such process
     dead.write_bytes(b"partial")
     scans = []
     scandir = os.scandir
     monkeypatch.setattr(files.os, "scandir", lambda d=".": scans.append(os.path.abspath(d)) or scandir(d))
-    quantize_model(split_path(src_dir / "m", 0, n_parts), out_dir / "q", "Q8_0", keep_split=True, workers=workers)
+    quantize_model(src, out_dir / "q", "Q8_0", keep_split=True, workers=workers)
     assert scans.count(str(out_dir)) == 1, scans
     assert not dead.exists() and capsys.readouterr().err.count(str(dead)) == 1
     assert sorted(p.name for p in out_dir.iterdir()) == [os.path.basename(split_path("q", i, n_parts))
                                                          for i in range(n_parts)]
-
-
-def _split_model(d, n_parts):
-    from refquant.io.split import split_path
-    names = [f"blk.{i}.{k}.weight" for i in range(n_parts) for k in ("attn_q", "ffn_up")]
-    for p in range(n_parts):
-        kvs = [KV("general.architecture", V.STRING, "llama"), KV("llama.block_count", V.UINT32, n_parts)]
-        kvs = kvs if p == 0 else []
-        kvs += [KV("split.no", V.UINT16, p), KV("split.count", V.UINT16, n_parts),
-                KV("split.tensors.count", V.INT32, len(names))]
-        write_gguf(split_path(d / "m", p, n_parts), kvs,
-                   [TensorInfo(n, 1, (2, 256)) for n in names[2 * p:2 * p + 2]], lambda t: np.ones(512, np.float16))
-    return split_path(d / "m", 0, n_parts)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
