@@ -207,6 +207,33 @@ def _ct_group(module: str, groups: list):
     raise FormatError(f"dequantize: quantized module {module} matches no compressed-tensors config group")
 
 
+def _bnb_owners(k: str):
+    """The modules `m` whose bitsandbytes entries a tensor name can be: `m.weight`,
+    `m.weight.<anything>`, `m.SCB`, `m.weight_format`."""
+    if k.endswith(".weight"):
+        yield k[:-len(".weight")]
+    for suffix in (".SCB", ".weight_format"):
+        if k.endswith(suffix):
+            yield k[:-len(suffix)]
+    at = k.find(".weight.")
+    while at >= 0:
+        yield k[:at]
+        at = k.find(".weight.", at + 1)
+
+
+def _bnb_entries(tensors: dict, mods: list) -> dict:
+    """module -> the names of its entries, in the tensors' order: each name goes to the first
+    module in `mods` order that it can belong to (as taking them module by module would give),
+    found in one pass over the names, not one a module (quadratic in a large checkpoint)."""
+    rank = {m: i for i, m in enumerate(mods)}
+    out: dict = {m: [] for m in mods}
+    for k in tensors:
+        owners = [m for m in _bnb_owners(k) if m in rank]
+        if owners:
+            out[min(owners, key=rank.__getitem__)].append(k)
+    return out
+
+
 CT_NAMES = ("weight", "weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_global_scale",
             "weight_g_idx", "input_scale", "input_zero_point", "input_global_scale", "output_scale",
             "output_zero_point")
@@ -299,9 +326,9 @@ def dequantize_checkpoint(in_dir, out_dir, dtype: Optional[str] = None, progress
     elif method == "bitsandbytes":
         mods = sorted(set(_modules(tensors, "SCB")) |
                       {k.split(".weight." + L_bnb.QS_KEY)[0] for k in tensors if ".weight." + L_bnb.QS_KEY in k})
+        owned = _bnb_entries(tensors, mods)
         for m in mods:
-            entries = {k: np.asarray(tensors.pop(k)) for k in [k for k in tensors if k == f"{m}.weight" or
-                                                               k.startswith(f"{m}.weight.") or k in (f"{m}.SCB", f"{m}.weight_format")]}
+            entries = {k: np.asarray(tensors.pop(k)) for k in owned[m]}
             if f"{m}.weight_format" in entries:     # a 0-d tensor; the reader may hand it back as (1,)
                 entries[f"{m}.weight_format"] = entries[f"{m}.weight_format"].reshape(())
             put(m, L_bnb.dequantize_entries(entries, m))
