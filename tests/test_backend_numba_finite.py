@@ -1,7 +1,7 @@
 """The Numba backend's quantize kernels that test their input for NaN and Inf themselves
-(refquant.backend.Backend.finite_in_kernel: Q4_1, Q5_1 and MXFP4 without an imatrix): the same error
-as the spec's input check, word for word, and the same precedence when the imatrix is bad too
-(the input's error first)."""
+(refquant.backend.Backend.finite_in_kernel: Q4_1, Q5_1 and MXFP4 without an imatrix, and Q8_K):
+the same error as the spec's input check, word for word, and the same precedence when the
+imatrix is bad too (the input's error first)."""
 import numpy as np
 import pytest
 
@@ -11,7 +11,7 @@ from refquant import quantize                                            # noqa:
 from refquant.backend import get_backend                                 # noqa: E402
 from refquant.registry import get_format                                 # noqa: E402
 
-TYPES = ("Q4_1", "Q5_1", "MXFP4")
+TYPES = ("Q4_1", "Q5_1", "MXFP4", "Q8_K")
 N = 256
 
 

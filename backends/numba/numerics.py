@@ -180,6 +180,12 @@ def order_key_inverse(k):
     return np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF)))
 
 
+# order keys of +inf and -inf: a block's values are all finite exactly when its key range lies
+# strictly between them (a NaN's key lies beyond the infinity of its sign)
+KEY_INF = np.int32(0x7F800000)
+KEY_NEG_INF = np.int32(0x807FFFFF - (1 << 32))
+
+
 @njit(**INLINE)
 def key_range(x, r, x0, n):
     """(min, max) of order_key over x[r, x0:x0 + n]: a block's smallest and largest values as

@@ -417,7 +417,8 @@ def _make_k(name):
         _unpack_k(np.ascontiguousarray(w), kind, wq, wsc, wm, wd, wdmin)
         M = a.shape[0]
         qa = np.empty((M, nb * 292), np.uint8)
-        _quantize_q8_k(np.ascontiguousarray(a), qa, QK_K)   # Q8_K: one quantizer for both variants
+        _quantize_q8_k(np.ascontiguousarray(a), qa, QK_K,     # Q8_K: one quantizer for both variants
+                       np.zeros(qa.shape[0], np.uint8))
         aq = np.empty((M, K), np.int8)
         ad = np.empty((M, nb), np.float32)
         abs_ = np.empty((M, nb * 16), np.int32)
@@ -557,7 +558,8 @@ def _make_iq(name):
         K = nb * QK_K
         M = a.shape[0]
         qa = np.empty((M, nb * 292), np.uint8)
-        _quantize_q8_k(np.ascontiguousarray(a), qa, QK_K)   # Q8_K: one quantizer for both variants
+        _quantize_q8_k(np.ascontiguousarray(a), qa, QK_K,     # Q8_K: one quantizer for both variants
+                       np.zeros(qa.shape[0], np.uint8))
         aq = np.empty((M, K), np.int8)
         ad = np.empty((M, nb), np.float32)
         abs_ = np.empty((M, nb * 16), np.int32)

@@ -9,10 +9,11 @@ import numpy as np
 from numba import njit, prange
 
 from ..numerics import (F32, JIT, ONE, U64, ZERO, bits_f32, f32_bits, fp16_to_fp32, fp32_to_fp16_bits,
-                        nearest_int, key_range, order_key_inverse as _order_key_inverse)
+                        nearest_int, KEY_INF, KEY_NEG_INF, key_range, order_key_inverse as _order_key_inverse)
 from .search import (GROUP_MAX_EPS, make_q3_quants, make_qp_quants,
                      make_qx_quants, make_qx_quants_lanes, make_qx_quants_x2_lanes, NCAND, LANES,
                      make_qkx2_quants_lanes)
+from refquant.backend import NonFiniteInput
 from refquant.registry import get_format
 
 # super-block size, type sizes and the fields' byte offsets, from the declared layouts
@@ -597,13 +598,15 @@ def _dequantize_q6_k(data, sdata, out):
 # --------------------------------------------------------------------------- Q8_K
 
 @njit(**PJIT)
-def _quantize_q8_k(x, out, qk):
+def _quantize_q8_k(x, out, qk, bad):
     """C's `if (ax > amax) { amax = ax; max = x[j]; }` from the block's smallest and largest
     values, found as integer min/max of order keys (numerics.order_key) in one loop of qk (QK_K
     at run time) with unsigned offsets, which LLVM vectorises (see ..numerics): C's max is the
     one of the two with the larger magnitude; only when both magnitudes are equal (x and -x, or
     one value throughout) is the first position holding it looked up (an integer min). The
-    codes in a loop of the same kind; the group sums are integer sums, exact in any order."""
+    codes in a loop of the same kind; the group sums are integer sums, exact in any order. The
+    key range also tests the input check's NaN and Inf (Backend.finite_in_kernel): bad[r] = 1
+    for a row holding one (quantize then refuses the input; vec_dot uses the bytes, as C's)."""
     nrows, n = x.shape
     nb = n // QK_K
     ts = Q8_TS
@@ -612,6 +615,8 @@ def _quantize_q8_k(x, out, qk):
             o = out[r, b * ts:(b + 1) * ts]
             x0 = U64(b * QK_K)
             kmin, kmax = key_range(x, r, x0, qk)
+            if kmax >= KEY_INF or kmin <= KEY_NEG_INF:
+                bad[r] = 1              # the block is still computed as C does (vec_dot's activations)
             mhi = _order_key_inverse(kmax) & np.int32(0x7FFFFFFF)   # |the largest value|
             mlo = _order_key_inverse(kmin) & np.int32(0x7FFFFFFF)   # |the smallest value|
             amax = max(mhi, mlo)
@@ -712,8 +717,14 @@ def quantize_q6_k(x, imatrix=None):
 
 def quantize_q8_k(x, imatrix=None):
     out = _qout(x, Q8_TS)
-    _quantize_q8_k(_c(x, np.float32), out, QK_K)
+    bad = np.zeros(x.shape[0], np.uint8)
+    _quantize_q8_k(_c(x, np.float32), out, QK_K, bad)
+    if bad.any():
+        raise NonFiniteInput
     return out
+
+
+quantize_q8_k.checks_finite = True   # Q8_K takes no imatrix (refquant.backend.Backend.finite_in_kernel)
 
 
 def dequantize_q2_k(data):

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..numerics import (F32, HALF, INLINE, JIT, U64, ZERO, bits_f32, c_float_to_int8, c_float_to_uint8, f32_bits,
-                        fp16_to_fp32, key_range, order_key_inverse as _order_key_inverse,
+                        fp16_to_fp32, KEY_INF, KEY_NEG_INF, key_range, order_key_inverse as _order_key_inverse,
                         reciprocal_or_zero, roundf, store_fp16)
 from refquant.backend import NonFiniteInput
 from refquant.registry import get_format
@@ -140,12 +140,6 @@ def _dequantize_q4_0_q5_0(data, out, five, qk):
 
 
 # --------------------------------------------------------------------------- Q4_1, Q5_1
-
-# order keys (..numerics.order_key) of +inf and -inf: a block's values are all finite exactly
-# when its key range lies strictly between them (a NaN's key lies beyond the infinity of its sign)
-KEY_INF = np.int32(0x7F800000)
-KEY_NEG_INF = np.int32(0x807FFFFF - (1 << 32))
-
 
 @njit(**PJIT)
 def _quantize_q4_1_q5_1(x, out, five, qk, bad):
