@@ -785,13 +785,21 @@ def _ct_scale_dtype(dtype) -> np.dtype:
     return np.dtype(np.float16) if np.dtype(dtype) == np.float16 else np.dtype(F32)
 
 
+def _check_inputs(fmt, module, K, group_size) -> None:
+    """A layer's K inputs as `fmt` groups them (_pack and _pack_specs): whole groups of the
+    integer formats, NVFP4's blocks of 16."""
+    if fmt in PACKED and group_size != -1 and K % group_size:
+        raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of group size {group_size}")
+    if fmt == "nvfp4" and K % 16:
+        raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of NVFP4's 16")
+
+
 def _pack_specs(fmt, module, N, K, bits, group_size, sym, dtype) -> dict:
     """The (dtype, shape) of each tensor _pack writes for a layer of N outputs and K inputs held
     in `dtype`: its layout's rule (L_gptq.pack_specs, ...), with G = K / group_size groups (one
     with -1) as RTN and GPTQ make them."""
+    _check_inputs(fmt, module, K, group_size)
     if fmt in PACKED:
-        if group_size != -1 and K % group_size:
-            raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of group size {group_size}")
         G = 1 if group_size == -1 else K // group_size
         if fmt in ("gptq", "gptq_v2"):
             return L_gptq.pack_specs(N, K, G, bits, "v1" if fmt == "gptq" else "v2")
@@ -802,8 +810,6 @@ def _pack_specs(fmt, module, N, K, bits, group_size, sym, dtype) -> dict:
         return L_ct.pack_quantized_specs(N, K, G, bits, _ct_scale_dtype(dtype), sym)
     if fmt == "fp8-block":
         return L_fp8.block_fp8_specs(N, K)
-    if K % 16:
-        raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of NVFP4's 16")
     t = L_ct.nvfp4_pack_quantized_specs(N, K)
     t["weight_shape"] = (np.dtype(np.int64), (2,))
     return t
@@ -813,9 +819,8 @@ def _pack(fmt, module, W, q, bits, group_size, sym, dtype, global_scale=None) ->
     """The tensors of linear `module` in `fmt`: from q (QuantizedLinear) for the integer formats,
     from the float weight W for fp8-block and nvfp4 (global_scale: NVFP4's, default W's own)."""
     N, K = W.shape
+    _check_inputs(fmt, module, K, group_size)
     if fmt in PACKED:
-        if group_size != -1 and K % group_size:
-            raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of group size {group_size}")
         if fmt in ("gptq", "gptq_v2"):
             return L_gptq.pack(q.codes, q.scales, q.zeros, q.g_idx, bits, "v1" if fmt == "gptq" else "v2")
         if fmt == "awq":
@@ -828,8 +833,6 @@ def _pack(fmt, module, W, q, bits, group_size, sym, dtype, global_scale=None) ->
         return L_ct.pack_quantized(codes, q.scales.astype(_ct_scale_dtype(dtype)), z, bits)
     if fmt == "fp8-block":
         return L_fp8.block_fp8(W)
-    if K % 16:
-        raise InputError(f"quantize: layer {module} has {K} inputs, not a multiple of NVFP4's 16")
     packed, scales, gs = mx.quantize_nvfp4(W, global_scale)
     t = L_ct.nvfp4_pack_quantized(packed, scales, gs)
     t["weight_shape"] = np.array(W.shape, np.int64)
@@ -945,7 +948,8 @@ def preset_specs(name: str, N: int, K: int, dtype) -> dict:
     """The (dtype, shape) of each tensor preset_tensors writes for a layer of N outputs and K
     inputs given to it in `dtype` (float32, float16 or bfloat16): the format's rule in
     refquant.layouts.compressed_tensors, with the scales preset_tensors computes (one per
-    weight_block of the preset's weight args, in the weight's dtype; FP8's per tensor (1,)) and the static input scale a preset stores."""
+    weight_block of the preset's weight args, in the weight's dtype; FP8's per tensor (1,)) and
+    the static input scale a preset stores."""
     fmt, w, a = L_ct.preset(name)
     dtype = np.dtype(dtype)
     if fmt in ("pack-quantized", "int-quantized"):

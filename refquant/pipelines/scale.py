@@ -374,7 +374,8 @@ def blas_like(n: Optional[int]):
         yield
         return
     if _blas_count_per_thread():
-        with threadpool_limits(limits=n, user_api="blas"):
+        from ..model.threads import blas_threads
+        with blas_threads(n):
             yield
         return
     with _blas:
