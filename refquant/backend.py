@@ -39,8 +39,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .api import all_finite, check_bytes, check_floats, check_imatrix, dequantized_shape, quantized_shape
-from .errors import FormatError, InputError, RefquantError
-from .registry import IMATRIX_NONE, all_formats, get_format
+from .errors import FormatError, RefquantError
+from .registry import IMATRIX_NONE, IMATRIX_REQUIRED, all_formats, get_format
 
 ENTRY_POINT_GROUP = "refquant.backends"
 FORMAT_OPERATIONS = ("quantize", "dequantize")
@@ -224,15 +224,12 @@ class Backend:
         if search is not None and search not in quantize_searches(fmt):
             raise RefquantError(f"{fmt.name} has no quantizer search {search!r}; "
                                 f"known: {', '.join(quantize_searches(fmt)) or 'none'}")
-        defer = (imatrix is None and search is None and self._runs("quantize", fmt.name) is self
-                 and self.finite_in_kernel(fmt))
+        # the kernel tests the input itself: only with nothing that check_imatrix could refuse
+        # first (the input's error comes before a missing required imatrix's)
+        defer = (imatrix is None and search is None and fmt.imatrix != IMATRIX_REQUIRED
+                 and self._runs("quantize", fmt.name) is self and self.finite_in_kernel(fmt))
         x = check_floats(x, fmt, finite=_unchecked if defer else self.all_finite)
-        try:
-            im = check_imatrix(imatrix, fmt, x.shape[-1])
-        except InputError:
-            if defer:                    # the input's error first, as when it is checked first
-                check_floats(x, fmt, finite=self.all_finite)
-            raise
+        im = check_imatrix(imatrix, fmt, x.shape[-1])
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] == 0:           # zero rows: zero rows of bytes
             return np.zeros(quantized_shape(x.shape, fmt), np.uint8)

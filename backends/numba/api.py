@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from refquant.api import all_finite as _spec_all_finite
+from refquant.backend import NonFiniteInput
 
 from .numerics import JIT
 
@@ -65,3 +66,14 @@ def all_finite(x: np.ndarray) -> bool:
     if x.size < THREADS_FROM or numba.get_num_threads() == 1:
         return bool(_max_magnitude_bits_here(u) < _EXP)
     return bool(_max_magnitude_bits(u, numba.get_num_threads()) < _EXP)
+
+
+def checked(kernel, x, *args) -> None:
+    """kernel(x, *args, bad) for a quantize kernel that tests its input for NaN and Inf itself
+    (refquant.backend.Backend.finite_in_kernel; its function says so by checks_finite = True):
+    bad[r] = 1 for a row holding one, and then NonFiniteInput, which Backend.quantize turns into
+    the input check's error."""
+    bad = np.zeros(x.shape[0], np.uint8)
+    kernel(x, *args, bad)
+    if bad.any():
+        raise NonFiniteInput

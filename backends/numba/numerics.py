@@ -168,22 +168,29 @@ def store_fp16(out, at, x):
 
 
 @njit(**INLINE)
-def order_key(v):
-    """float32 -> int32 ordered as the floats are (-0 just below +0): the bits, with the
-    magnitude bits flipped for negative values. Its own inverse on the bits."""
-    b = f32_bits(v)
-    return np.int32(b ^ ((b >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-
-
-@njit(**INLINE)
 def order_key_inverse(k):
     return np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF)))
 
 
+@njit(**INLINE)
+def order_key(v):
+    """float32 -> int32 ordered as the floats are (-0 just below +0): the bits, with the
+    magnitude bits flipped for negative values. Its own inverse on the bits."""
+    return order_key_inverse(f32_bits(v))
+
+
+MAG = np.int32(0x7FFFFFFF)        # a float32's magnitude bits; from INF_BITS up: NaN or an infinity
+INF_BITS = np.int32(0x7F800000)
 # order keys of +inf and -inf: a block's values are all finite exactly when its key range lies
 # strictly between them (a NaN's key lies beyond the infinity of its sign)
-KEY_INF = np.int32(0x7F800000)
+KEY_INF = INF_BITS
 KEY_NEG_INF = np.int32(0x807FFFFF - (1 << 32))
+
+
+@njit(**INLINE)
+def keys_nonfinite(kmin, kmax):
+    """Whether a block whose order keys span [kmin, kmax] (key_range) holds a NaN or an infinity."""
+    return kmax >= KEY_INF or kmin <= KEY_NEG_INF
 
 
 @njit(**INLINE)

@@ -402,6 +402,19 @@ def _vec_dot_k(kind, wq, wsc, wm, wd, wdmin, aq, ad, abs_, out):
             out[mi, n] = sumf
 
 
+def _q8_k_activations(a, nb: int):
+    """The activations a (M, nb * QK_K) as ggml's K and lattice-IQ dot products take them: Q8_K
+    (one quantizer for both variants), unpacked to codes, scales and the group sums."""
+    M = a.shape[0]
+    qa = np.empty((M, nb * 292), np.uint8)
+    _quantize_q8_k(np.ascontiguousarray(a), qa, QK_K, np.zeros(M, np.uint8))   # NaN/Inf: C's bytes
+    aq = np.empty((M, nb * QK_K), np.int8)
+    ad = np.empty((M, nb), np.float32)
+    abs_ = np.empty((M, nb * 16), np.int32)
+    _unpack_q8_k(qa, aq, ad, abs_)
+    return aq, ad, abs_
+
+
 def _make_k(name):
     ts, kind = K_KIND[name]
 
@@ -416,13 +429,7 @@ def _make_k(name):
         wdmin = np.zeros((N, nb), np.float32)
         _unpack_k(np.ascontiguousarray(w), kind, wq, wsc, wm, wd, wdmin)
         M = a.shape[0]
-        qa = np.empty((M, nb * 292), np.uint8)
-        _quantize_q8_k(np.ascontiguousarray(a), qa, QK_K,     # Q8_K: one quantizer for both variants
-                       np.zeros(qa.shape[0], np.uint8))
-        aq = np.empty((M, K), np.int8)
-        ad = np.empty((M, nb), np.float32)
-        abs_ = np.empty((M, nb * 16), np.int32)
-        _unpack_q8_k(qa, aq, ad, abs_)
+        aq, ad, abs_ = _q8_k_activations(a, nb)
         out = np.empty((M, N), np.float32)
         _vec_dot_k(kind, wq, wsc, wm, wd, wdmin, aq, ad, abs_, out)
         return out
@@ -555,15 +562,8 @@ def _make_iq(name):
     def vec_dot(w, a, variant="ref"):
         wq, wqd, wd = _iq_weights(name, w)
         nb = wd.shape[1]
-        K = nb * QK_K
         M = a.shape[0]
-        qa = np.empty((M, nb * 292), np.uint8)
-        _quantize_q8_k(np.ascontiguousarray(a), qa, QK_K,     # Q8_K: one quantizer for both variants
-                       np.zeros(qa.shape[0], np.uint8))
-        aq = np.empty((M, K), np.int8)
-        ad = np.empty((M, nb), np.float32)
-        abs_ = np.empty((M, nb * 16), np.int32)
-        _unpack_q8_k(qa, aq, ad, abs_)
+        aq, ad, abs_ = _q8_k_activations(a, nb)
         out = np.empty((M, wq.shape[0]), np.float32)
         _vec_dot_iq(kind, F32(final), wq, wqd, wd, aq, ad, abs_, out)
         return out

@@ -17,13 +17,10 @@ from numba import njit, prange
 
 from refquant.ggml.fp4 import (KVALUES_MXFP4, e8m0_to_fp32_half, mxfp4_shared_exponent,
                                ue4m3_to_fp32_half)
-from refquant.backend import NonFiniteInput
 from refquant.registry import get_format
 
-from ..numerics import F32, JIT, U64, ZERO, c_float_to_int32, f32_bits
-
-MAG = np.int32(0x7FFFFFFF)        # a float32's magnitude bits; from INF_BITS up: NaN or an infinity
-INF_BITS = np.int32(0x7F800000)
+from ..api import checked
+from ..numerics import F32, INF_BITS, JIT, MAG, U64, ZERO, c_float_to_int32, f32_bits
 
 
 def _binade_bounds():
@@ -212,10 +209,7 @@ def _dequantize_nvfp4(data, out):
 def quantize_mxfp4(x, imatrix=None):
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((x.shape[0], x.shape[1] // QK_MXFP4 * MX_TS), np.uint8)
-    bad = np.zeros(x.shape[0], np.uint8)
-    _quantize_mxfp4(x, out, QK_MXFP4, bad)
-    if bad.any():
-        raise NonFiniteInput
+    checked(_quantize_mxfp4, x, out, QK_MXFP4)
     return out
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..api import checked
 from ..numerics import (F32, JIT, ONE, U64, ZERO, bits_f32, f32_bits, fp16_to_fp32, fp32_to_fp16_bits,
-                        nearest_int, KEY_INF, KEY_NEG_INF, key_range, order_key_inverse as _order_key_inverse)
+                        nearest_int, key_range, keys_nonfinite, order_key_inverse as _order_key_inverse)
 from .search import (GROUP_MAX_EPS, make_q3_quants, make_qp_quants,
                      make_qx_quants, make_qx_quants_lanes, make_qx_quants_x2_lanes, NCAND, LANES,
                      make_qkx2_quants_lanes)
-from refquant.backend import NonFiniteInput
 from refquant.registry import get_format
 
 # super-block size, type sizes and the fields' byte offsets, from the declared layouts
@@ -615,7 +615,7 @@ def _quantize_q8_k(x, out, qk, bad):
             o = out[r, b * ts:(b + 1) * ts]
             x0 = U64(b * QK_K)
             kmin, kmax = key_range(x, r, x0, qk)
-            if kmax >= KEY_INF or kmin <= KEY_NEG_INF:
+            if keys_nonfinite(kmin, kmax):
                 bad[r] = 1              # the block is still computed as C does (vec_dot's activations)
             mhi = _order_key_inverse(kmax) & np.int32(0x7FFFFFFF)   # |the largest value|
             mlo = _order_key_inverse(kmin) & np.int32(0x7FFFFFFF)   # |the smallest value|
@@ -717,10 +717,7 @@ def quantize_q6_k(x, imatrix=None):
 
 def quantize_q8_k(x, imatrix=None):
     out = _qout(x, Q8_TS)
-    bad = np.zeros(x.shape[0], np.uint8)
-    _quantize_q8_k(_c(x, np.float32), out, QK_K, bad)
-    if bad.any():
-        raise NonFiniteInput
+    checked(_quantize_q8_k, _c(x, np.float32), out, QK_K)
     return out
 
 

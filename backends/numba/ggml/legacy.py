@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..api import checked
 from ..numerics import (F32, HALF, INLINE, JIT, U64, ZERO, bits_f32, c_float_to_int8, c_float_to_uint8, f32_bits,
-                        fp16_to_fp32, KEY_INF, KEY_NEG_INF, key_range, order_key_inverse as _order_key_inverse,
+                        fp16_to_fp32, key_range, keys_nonfinite, order_key_inverse as _order_key_inverse,
                         reciprocal_or_zero, roundf, store_fp16)
-from refquant.backend import NonFiniteInput
 from refquant.registry import get_format
 
 from .search import make_qkx3_quants, make_qx_quants
@@ -161,7 +161,7 @@ def _quantize_q4_1_q5_1(x, out, five, qk, bad):
             o = out[r, b * ts:(b + 1) * ts]
             x0 = U64(b * QK)
             kmin, kmax = key_range(x, r, x0, qk)
-            if kmax >= KEY_INF or kmin <= KEY_NEG_INF:
+            if keys_nonfinite(kmin, kmax):
                 bad[r] = 1
             if kmin == np.int32(-1) or kmin == np.int32(0) or kmax == np.int32(-1) or kmax == np.int32(0):
                 vmin = xb[0]
@@ -330,10 +330,7 @@ def quantize_q5_0(x, imatrix=None):
 def quantize_q4_1(x, imatrix=None):
     out = _out(x, Q4_1_TS)
     if imatrix is None:
-        bad = np.zeros(x.shape[0], np.uint8)
-        _quantize_q4_1_q5_1(_c(x), out, False, QK, bad)
-        if bad.any():
-            raise NonFiniteInput
+        checked(_quantize_q4_1_q5_1, _c(x), out, False, QK)
     else:
         _quantize_q4_1_q5_1_imatrix(_c(x), _c(imatrix), out, False)
     return out
@@ -345,10 +342,7 @@ quantize_q4_1.checks_finite = True   # without an imatrix (refquant.backend.Back
 def quantize_q5_1(x, imatrix=None):
     out = _out(x, Q5_1_TS)
     if imatrix is None:
-        bad = np.zeros(x.shape[0], np.uint8)
-        _quantize_q4_1_q5_1(_c(x), out, True, QK, bad)
-        if bad.any():
-            raise NonFiniteInput
+        checked(_quantize_q4_1_q5_1, _c(x), out, True, QK)
     else:
         _quantize_q4_1_q5_1_imatrix(_c(x), _c(imatrix), out, True)
     return out
